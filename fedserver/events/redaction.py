@@ -69,9 +69,11 @@ def redact(pdu: dict[str, Any], rv: RoomVersion) -> dict[str, Any]:
     new_content = {k: v for k, v in content.items() if k in kept}
     tpi = new_content.get("third_party_invite")
     if tpi is not None:
-        # v11: m.room.member keeps only the "signed" key of third_party_invite.
-        if isinstance(tpi, dict) and "signed" in tpi:
-            new_content["third_party_invite"] = {"signed": tpi["signed"]}
+        # v11: m.room.member keeps the third_party_invite key, stripped of everything but
+        # its "signed" key: an object without "signed" stays as {} (Synapse agrees, and the
+        # difference changes reference hashes); a non-object value is dropped.
+        if isinstance(tpi, dict):
+            new_content["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
         else:
             del new_content["third_party_invite"]
     out["content"] = new_content
