@@ -1,0 +1,280 @@
+"""The auth-event DAG of one resolution, interned to integers, with its reachability queries."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable, Iterable, Mapping, Sequence
+
+from fedserver.events.model import Event
+
+POWER_LEVELS = "m.room.power_levels"
+CREATE = "m.room.create"
+
+
+class AuthGraph:
+    """The part of a room's ``auth_events`` graph one state resolution touches.
+
+    Every event id met is given a small integer (its *node*); events are fetched through
+    ``get_event`` once, on first use, and only as far as a query needs them, so callers may
+    back ``get_event`` by a cache of the room's auth chain without loading all of it.
+
+    An event ``get_event`` cannot supply (it raises :class:`KeyError`) is *missing*: it has no
+    parents, is left out of every answer, and edges to it are ignored. This is what servers do
+    for events they cannot obtain; every server that has the events computes the same answer.
+    When ``room_id`` is given, an event of another room counts as missing too.
+
+    Cycles (possible only with format-V1 ids, which are not hashes) never hang a query: every
+    walk keeps a visited mark.
+
+    :param get_event: maps an event id to its :class:`Event`; raises :class:`KeyError` if
+        unknown.
+    :param room_id: if given, events whose ``room_id`` differs are treated as missing.
+    """
+
+    __slots__ = ("_get_event", "_room_id", "index", "ids", "events", "_parents", "_pl_parent")
+
+    def __init__(self, get_event: Callable[[str], Event], room_id: str | None = None):
+        self._get_event = get_event
+        self._room_id = room_id
+        #: event id -> node
+        self.index: dict[str, int] = {}
+        #: node -> event id
+        self.ids: list[str] = []
+        #: node -> Event, or None if missing
+        self.events: list[Event | None] = []
+        self._parents: list[tuple[int, ...] | None] = []
+        self._pl_parent: dict[int, int] = {}
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def node(self, event_id: str) -> int:
+        """The node of ``event_id``, fetching the event the first time it is seen."""
+        n = self.index.get(event_id)
+        if n is not None:
+            return n
+        n = len(self.ids)
+        self.index[event_id] = n
+        self.ids.append(event_id)
+        try:
+            ev = self._get_event(event_id)
+        except KeyError:
+            ev = None
+        if ev is not None and self._room_id is not None and ev.room_id != self._room_id:
+            ev = None
+        self.events.append(ev)
+        self._parents.append(None if ev is not None else ())
+        return n
+
+    def event(self, event_id: str) -> Event | None:
+        """The event named ``event_id``, or ``None`` if it is missing."""
+        return self.events[self.node(event_id)]
+
+    def parents(self, n: int) -> tuple[int, ...]:
+        """The nodes of the (present, de-duplicated) ``auth_events`` of node ``n``."""
+        ps = self._parents[n]
+        if ps is None:
+            seen: list[int] = []
+            for aid in self.events[n].auth_event_ids:  # type: ignore[union-attr]
+                if not isinstance(aid, str):
+                    continue
+                p = self.node(aid)
+                if self.events[p] is not None and p not in seen and p != n:
+                    seen.append(p)
+            ps = tuple(seen)
+            self._parents[n] = ps
+        return ps
+
+    def power_levels_parent(self, n: int) -> int | None:
+        """The first ``m.room.power_levels`` event (state key ``""``) among the auth events of
+        node ``n``, or ``None``."""
+        cached = self._pl_parent.get(n, -2)
+        if cached != -2:
+            return None if cached == -1 else cached
+        found = -1
+        for p in self.parents(n):
+            ev = self.events[p]
+            if ev.type == POWER_LEVELS and ev.state_key == "":  # type: ignore[union-attr]
+                found = p
+                break
+        self._pl_parent[n] = found
+        return None if found == -1 else found
+
+    def depth(self, n: int) -> int:
+        d = self.events[n].depth  # type: ignore[union-attr]
+        return d if type(d) is int else 0
+
+    # -- reachability --------------------------------------------------------------------
+
+    def reach_masks(self, starts: Sequence[Iterable[int]]) -> dict[int, int]:
+        """For every node reachable from the start sets, a bit mask of the start sets it is
+        reachable from (a node reaches itself).
+
+        Nodes reachable from *every* set may be left out: the walk goes by descending
+        ``depth`` and stops as soon as every pending node is reachable from all sets, since
+        their ancestors are too. That shortcut needs each auth event to be shallower than the
+        event citing it; if the graph breaks that (a malicious ``depth``, or a cycle), the
+        full walk is done instead, so the answer never depends on ``depth``.
+
+        :param starts: one iterable of nodes per set; missing nodes are ignored.
+        :returns: node -> mask (bit ``i`` for ``starts[i]``); only nodes with a non-zero mask.
+        """
+        full = (1 << len(starts)) - 1
+        mask: dict[int, int] = {}
+        for i, nodes in enumerate(starts):
+            bit = 1 << i
+            for n in nodes:
+                if self.events[n] is not None:
+                    mask[n] = mask.get(n, 0) | bit
+        fast = self._reach_masks_by_depth(dict(mask), full)
+        if fast is not None:
+            return fast
+        return self._reach_masks_full(mask)
+
+    def _reach_masks_by_depth(self, mask: dict[int, int], full: int) -> dict[int, int] | None:
+        depth = self.depth
+        parents = self.parents
+        heap = [(-depth(n), n) for n in mask]
+        heapq.heapify(heap)
+        queued = set(mask)
+        pending = sum(1 for m in mask.values() if m != full)
+        while heap and pending:
+            negd, n = heapq.heappop(heap)
+            queued.discard(n)
+            m = mask[n]
+            if m != full:
+                pending -= 1
+            d = -negd
+            for p in parents(n):
+                if depth(p) >= d:
+                    return None  # depth does not order this graph: no shortcut
+                old = mask.get(p, 0)
+                new = old | m
+                if new == old:
+                    continue
+                mask[p] = new
+                if p in queued:
+                    if new == full:
+                        pending -= 1
+                else:
+                    queued.add(p)
+                    heapq.heappush(heap, (-depth(p), p))
+                    if new != full:
+                        pending += 1
+        return mask
+
+    def _reach_masks_full(self, start: dict[int, int]) -> dict[int, int]:
+        # One plain walk per distinct bit; correct on any graph, cycles included.
+        mask: dict[int, int] = {}
+        bits: dict[int, list[int]] = {}
+        for n, m in start.items():
+            b = 1
+            while b <= m:
+                if m & b:
+                    bits.setdefault(b, []).append(n)
+                b <<= 1
+        parents = self.parents
+        for b, nodes in bits.items():
+            seen = set(nodes)
+            stack = list(nodes)
+            while stack:
+                n = stack.pop()
+                mask[n] = mask.get(n, 0) | b
+                for p in parents(n):
+                    if p not in seen:
+                        seen.add(p)
+                        stack.append(p)
+        return mask
+
+    def auth_difference(self, state_sets: Sequence[Mapping[object, str]]) -> set[int]:
+        """Spec "Auth difference": the union minus the intersection of the full auth chains
+        of the state sets.
+
+        The full auth chain of a state set is taken to include the set's own events (as
+        Synapse computes it). The spec's wording ("the union of the auth chains for each
+        event") leaves them out; the two readings differ only for an event present in every
+        set that is in some sets' auth chains but not others', and making it part of the
+        difference would only replay an event every set already agrees on.
+
+        :returns: nodes.
+        """
+        k = len(state_sets)
+        full = (1 << k) - 1
+        starts = [[self.node(eid) for eid in s.values()] for s in state_sets]
+        masks = self.reach_masks(starts)
+        return {n for n, m in masks.items() if m != full}
+
+    def conflicted_subgraph(self, conflicted: set[int]) -> set[int]:
+        """Room v12 "Conflicted state subgraph": every event on an ``auth_events`` path from a
+        conflicted event to another conflicted event, endpoints included.
+
+        The walk down from the conflicted events stops at events shallower than the
+        shallowest conflicted event (nothing below can lead back up to one) unless ``depth``
+        fails to order the graph, in which case it walks everything reachable.
+
+        :param conflicted: nodes of the conflicted state set (missing ones are ignored).
+        :returns: nodes, including every present conflicted node.
+        """
+        present = [n for n in conflicted if self.events[n] is not None]
+        if not present:
+            return set()
+        region = self._region_above(present, min(self.depth(n) for n in present))
+        if region is None:
+            region = self._region_above(present, None)
+        assert region is not None
+        # leads[n]: some conflicted event is reachable from n (n itself included). Decided
+        # in post-order over the region; a back edge of a cycle counts as "does not lead".
+        leads: dict[int, bool] = {}
+        parents = self.parents
+        conflicted_present = set(present)
+        for root in present:
+            if root in leads:
+                continue
+            stack = [(root, iter(parents(root)))]
+            on_stack = {root}
+            while stack:
+                n, it = stack[-1]
+                advanced = False
+                for p in it:
+                    if p in region and p not in leads and p not in on_stack:
+                        on_stack.add(p)
+                        stack.append((p, iter(parents(p))))
+                        advanced = True
+                        break
+                if advanced:
+                    continue
+                stack.pop()
+                on_stack.discard(n)
+                leads[n] = n in conflicted_present or any(
+                    leads.get(p, False) for p in parents(n) if p in region
+                )
+        # A node is in the subgraph if it is reachable from a conflicted node (it is in the
+        # region) and leads to a conflicted node other than through itself being the start.
+        out = set(conflicted_present)
+        for n in region:
+            if n in conflicted_present:
+                continue
+            if leads.get(n, False):
+                out.add(n)
+        return out
+
+    def _region_above(self, starts: list[int], min_depth: int | None) -> set[int] | None:
+        """Nodes reachable from ``starts`` (themselves included), not going below
+        ``min_depth``; ``None`` if an edge does not decrease ``depth`` while pruning."""
+        region = set(starts)
+        stack = list(starts)
+        parents = self.parents
+        depth = self.depth
+        while stack:
+            n = stack.pop()
+            dn = depth(n) if min_depth is not None else 0
+            for p in parents(n):
+                if min_depth is not None:
+                    dp = depth(p)
+                    if dp >= dn:
+                        return None
+                    if dp < min_depth:
+                        continue
+                if p not in region:
+                    region.add(p)
+                    stack.append(p)
+        return region
