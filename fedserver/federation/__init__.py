@@ -1,0 +1,1 @@
+"""Talking to other servers: keys, discovery, the outbound client and the sender."""
