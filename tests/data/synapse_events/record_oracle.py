@@ -1,21 +1,30 @@
-"""Record Synapse's redaction and reference hash of crafted PDUs, as an oracle for our tests.
+"""Record Synapse's verdicts on crafted PDUs and on events fedserver builds (test oracle).
 
-Not a test and not imported by one. Run it with the Synapse venv, e.g.::
+Not a test and not imported by one. Run it from the repository root with the Synapse venv
+(it imports Synapse, and fedserver from the working tree)::
 
-    /tmp/synpeer/venv/bin/python tests/data/synapse_events/record_redactions.py
+    /tmp/synpeer/venv/bin/python tests/data/synapse_events/record_oracle.py
 
-It writes ``redaction_cases.json`` next to itself: for every crafted PDU and room version,
-the redacted form Synapse computes (without ``signatures`` / ``unsigned``) and its reference
-hash (unpadded standard base64).
+It writes next to itself:
+
+- ``redaction_cases.json``: for every crafted PDU and room version 1-12, the redacted form
+  Synapse computes (without ``signatures`` / ``unsigned``) and its reference hash
+  (unpadded standard base64);
+- ``built_by_fedserver.json``: events built by ``fedserver.events.builder`` with the spec's
+  test key, and the event id, content hash verdict and signature verdict Synapse gives them.
 """
 
 import base64
 import copy
 import json
 import os
+import sys
+
+import signedjson.key
+import signedjson.sign
 
 from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
-from synapse.crypto.event_signing import compute_event_reference_hash
+from synapse.crypto.event_signing import check_event_content_hash, compute_event_reference_hash
 from synapse.events import make_event_from_dict
 from synapse.events.utils import prune_event
 
@@ -91,7 +100,11 @@ CASES = [
 ]
 
 
-def main():
+HERE = os.path.dirname(os.path.abspath(__file__))
+SPEC_TEST_SEED = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
+
+
+def record_redactions():
     out = []
     for v in VERSIONS:
         rv = KNOWN_ROOM_VERSIONS[v]
@@ -117,12 +130,42 @@ def main():
                 "redacted": pruned,
                 "reference_hash": base64.b64encode(digest).decode().rstrip("="),
             })
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "redaction_cases.json")
+    _write("redaction_cases.json", out)
+
+
+def record_built_events():
+    sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..")))
+    from tests.test_events_builder import build_sample_events
+
+    signing_key = signedjson.key.decode_signing_key_base64("ed25519", "1", SPEC_TEST_SEED)
+    verify_key = signedjson.key.get_verify_key(signing_key)
+    out = []
+    for rv, event in build_sample_events(signing_key):
+        srv = KNOWN_ROOM_VERSIONS[rv.identifier]
+        ev = make_event_from_dict(copy.deepcopy(event.pdu), srv)
+        try:
+            signedjson.sign.verify_signed_json(prune_event(ev).get_pdu_json(), "domain", verify_key)
+            signature_ok = True
+        except signedjson.sign.SignatureVerifyException:
+            signature_ok = False
+        out.append({
+            "room_version": rv.identifier,
+            "pdu": event.pdu,
+            "synapse_event_id": ev.event_id,
+            "synapse_content_hash_ok": check_event_content_hash(ev),
+            "synapse_signature_ok": signature_ok,
+        })
+    _write("built_by_fedserver.json", out)
+
+
+def _write(name, data):
+    path = os.path.join(HERE, name)
     with open(path, "w") as f:
-        json.dump(out, f, indent=1, sort_keys=True, ensure_ascii=False)
+        json.dump(data, f, indent=1, sort_keys=True, ensure_ascii=False)
         f.write("\n")
-    print(f"{len(out)} cases -> {path}")
+    print(f"{len(data)} entries -> {path}")
 
 
 if __name__ == "__main__":
-    main()
+    record_redactions()
+    record_built_events()
