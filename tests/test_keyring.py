@@ -313,8 +313,12 @@ class DocumentValidationTests(KeyringTestBase):
         self.assertRejected(doc)
 
     def test_server_name_mismatch_rejected(self):
-        """A correctly self-signed document for another server is rejected."""
+        """A correctly self-signed document for another server is rejected, even when it also
+        carries a valid signature under the name of the server we asked."""
         self.assertRejected(make_key_doc("evil.example", [self.remote_key], NOW_MS + DAY_MS))
+        doc = make_key_doc("evil.example", [self.remote_key], NOW_MS + DAY_MS)
+        sign_json_object(doc, "remote.example", key_id(self.remote_key), self.remote_key)
+        self.assertRejected(doc)
 
     def test_valid_until_ts_must_be_integer(self):
         """valid_until_ts that is a string, float, boolean, negative, too large or missing is
@@ -461,6 +465,12 @@ class NotaryFetchTests(KeyringTestBase):
         impostor = generate_signing_key("n1")
         self.assertNotaryRejected({"server_keys": [self.notarised(doc, key=impostor)]})
 
+    def test_notary_signature_by_unconfigured_key_rejected(self):
+        """A notary signature under a key id that is not configured for that notary does not
+        count."""
+        doc = make_key_doc("remote.example", [self.remote_key], NOW_MS + DAY_MS)
+        self.assertNotaryRejected({"server_keys": [self.notarised(doc, key=generate_signing_key("other"))]})
+
     def test_notary_cannot_vouch_for_unsigned_document(self):
         """A notary-signed document lacking the origin's own signature is rejected."""
         doc = make_key_doc("remote.example", [self.remote_key], NOW_MS + DAY_MS, signers=[])
@@ -564,6 +574,26 @@ class BatchVerificationTests(KeyringTestBase):
         reqs = [("remote.example", signed_bytes(obj), obj["signatures"]["remote.example"], NOW_MS)] * 50
         d = keyring.verify_signatures(reqs)
         self.assertEqual(self.successResultOf(d), [True] * 50)
+
+    def test_every_usable_signature_must_verify(self):
+        """An object with one good and one bad signature by two known keys of the server fails,
+        whichever order they come in."""
+        second = generate_signing_key("r2")
+        self.origins.docs["remote.example"] = make_key_doc("remote.example", [self.remote_key, second], NOW_MS + DAY_MS)
+        keyring = self.make_keyring()
+        obj = signed_object("remote.example", self.remote_key)
+        sign_json_object(obj, "remote.example", key_id(second), second)
+        good = obj["signatures"]["remote.example"]
+        forged = second.sign(b"something else").signature
+        msg = signed_bytes(obj)
+        for sigs in (
+            {key_id(self.remote_key): good[key_id(self.remote_key)], key_id(second): unpadded_base64(forged)},
+            {key_id(second): unpadded_base64(forged), key_id(self.remote_key): good[key_id(self.remote_key)]},
+        ):
+            [result] = self.successResultOf(keyring.verify_signatures([("remote.example", msg, sigs, NOW_MS)]))
+            self.assertIn("bad signature", result)
+        [result] = self.successResultOf(keyring.verify_signatures([("remote.example", msg, good, NOW_MS)]))
+        self.assertIs(result, True)
 
     def test_per_request_minimum(self):
         """Each request is judged against its own minimum_valid_until_ts within one batch."""
