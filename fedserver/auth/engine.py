@@ -1,0 +1,407 @@
+"""AuthEngine: the spec's authorization control flow, calling the auth hooks in spec order."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+import pluggy
+
+from fedserver.auth.auth_state import AuthState
+from fedserver.auth.power_levels import PowerLevels
+from fedserver.auth.rule_ids import redaction_is_auth_rule
+from fedserver.auth.selection import CREATE, CREATE_KEY, MEMBER, auth_types_for_event
+from fedserver.auth.verdict import ALLOWED, AuthResult, Deny
+from fedserver.events.model import Event
+from fedserver.room_versions import SPEC_ROOM_VERSIONS, RoomVersion, RoomVersionRegistry
+
+#: Every hook the engine calls, by the role it plays.
+AUTH_HOOKS = (
+    "fedserver_auth_create",
+    "fedserver_auth_room_create_event",
+    "fedserver_auth_auth_events",
+    "fedserver_auth_federate",
+    "fedserver_auth_aliases",
+    "fedserver_auth_member",
+    "fedserver_auth_member_join",
+    "fedserver_auth_member_invite",
+    "fedserver_auth_member_third_party_invite",
+    "fedserver_auth_member_leave",
+    "fedserver_auth_member_ban",
+    "fedserver_auth_member_knock",
+    "fedserver_auth_sender_in_room",
+    "fedserver_auth_third_party_invite_event",
+    "fedserver_auth_event_power",
+    "fedserver_auth_state_key_ownership",
+    "fedserver_auth_power_levels",
+    "fedserver_auth_redaction",
+    "fedserver_auth_event",
+    "fedserver_auth_join_rule_allows",
+)
+
+_MEMBERSHIP_HOOKS = {
+    "join": "fedserver_auth_member_join",
+    "invite": "fedserver_auth_member_invite",
+    "leave": "fedserver_auth_member_leave",
+    "ban": "fedserver_auth_member_ban",
+    "knock": "fedserver_auth_member_knock",
+}
+
+_THIRD_PARTY_INVITE = "m.room.third_party_invite"
+_POWER_LEVELS = "m.room.power_levels"
+_REDACTION = "m.room.redaction"
+_ALIASES = "m.room.aliases"
+
+# (plugin name, function, argument names) for one hook implementation.
+_Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
+
+
+class AuthHookError(Exception):
+    """A plugin implements an auth hook in a way the engine cannot call (e.g. as a
+    wrapper)."""
+
+
+class AuthEngine:
+    """Authorises events: the spec's rules and every plugin's, as pluggy hooks.
+
+    Build it once, after every plugin is registered (see
+    :func:`fedserver.auth.plugins.make_plugin_manager`), and share it: it keeps a small
+    cache of parsed power levels.  Pure and synchronous: no I/O, no Deferreds.
+
+    Two entry points:
+
+    - :meth:`check` judges an event against the auth events it cites (check 4 of the
+      spec's "Checks performed on receipt of a PDU"), including rule 3 (v12 numbering) on
+      those auth events;
+    - :meth:`check_against_state` judges it against a state (checks 5 and 6, soft failure,
+      and the iterative auth checks of state resolution), selecting the auth events from
+      that state per the auth events selection algorithm.
+    """
+
+    def __init__(
+        self,
+        plugin_manager: pluggy.PluginManager,
+        room_versions: RoomVersionRegistry | None = None,
+        *,
+        essential_plugins: Collection[str] | None = None,
+    ):
+        """
+        :param plugin_manager: a plugin manager holding the hookspecs and the built-in
+            rules (from :func:`~fedserver.auth.plugins.make_plugin_manager`).
+        :param room_versions: the versions this server knows (rule 1.3: a create event
+            naming another version is rejected); by default the spec's plus those the
+            plugins register.
+        :param essential_plugins: names of the built-in rule plugins, whose results are
+            listed first; by default :data:`fedserver.auth.plugins.ESSENTIAL_PLUGINS`.
+        :raises AuthHookError: if an auth hook is implemented as a wrapper.
+        """
+        from fedserver.auth import plugins
+
+        self._pm = plugin_manager
+        if room_versions is None:
+            room_versions = RoomVersionRegistry(plugins.registered_room_versions(plugin_manager))
+        self.room_versions = room_versions
+        self._essential = frozenset(
+            plugins.ESSENTIAL_PLUGINS if essential_plugins is None else essential_plugins
+        )
+        self._spec_versions = frozenset(SPEC_ROOM_VERSIONS)
+        self._pl_cache: dict[str, PowerLevels] = {}
+        self._impls: dict[str, tuple[_Impl, ...]] = {}
+        self.reload_hooks()
+
+    # -- hook plumbing -----------------------------------------------------------------
+
+    def reload_hooks(self) -> None:
+        """Re-read the hook implementations from the plugin manager (call after
+        registering or unregistering a plugin on a live engine).
+
+        :raises AuthHookError: if an auth hook is implemented as a wrapper.
+        """
+        impls = {}
+        for name in AUTH_HOOKS:
+            caller = getattr(self._pm.hook, name, None)
+            if caller is None:
+                impls[name] = ()
+                continue
+            found = []
+            # pluggy lists implementations in reverse call order; keep call order, but
+            # put the built-in (essential) rules first so spec denials are listed first.
+            for impl in reversed(caller.get_hookimpls()):
+                if impl.hookwrapper or impl.wrapper:
+                    raise AuthHookError(
+                        f"plugin {impl.plugin_name!r} implements {name} as a wrapper; "
+                        "auth hooks must return None or a Deny"
+                    )
+                found.append((impl.plugin_name, impl.function, tuple(impl.argnames)))
+            found.sort(key=lambda i: i[0] not in self._essential)
+            impls[name] = tuple(found)
+        self._impls = impls
+
+    def _call(self, name: str, args: dict[str, Any]) -> list[Deny]:
+        """Run every implementation of ``name``; the denials, plugin names filled in."""
+        denials: list[Deny] = []
+        for plugin_name, func, argnames in self._impls[name]:
+            try:
+                result = func(*[args[a] for a in argnames])
+            except Exception as e:  # a plugin bug must not crash ingestion: fail closed
+                denials.append(Deny(
+                    f"{name} raised {type(e).__name__}: {e}", f"{plugin_name} error",
+                    plugin_name,
+                ))
+                continue
+            if result is None:
+                continue
+            if type(result) is not Deny:
+                denials.append(Deny(
+                    f"{name} returned {type(result).__name__}, not None or Deny",
+                    f"{plugin_name} error", plugin_name,
+                ))
+                continue
+            denials.append(Deny(result.reason, result.rule, plugin_name))
+        return denials
+
+    def _join_rule_allows(self, auth_state: AuthState, join_rule: str) -> bool:
+        args = {
+            "event": auth_state.event, "auth_state": auth_state,
+            "room_version": auth_state.room_version, "join_rule": join_rule,
+        }
+        for _plugin, func, argnames in self._impls["fedserver_auth_join_rule_allows"]:
+            try:
+                if func(*[args[a] for a in argnames]) is True:
+                    return True
+            except Exception:  # an admission hook that fails admits nothing
+                continue
+        return False
+
+    def _auth_state(
+        self,
+        event: Event,
+        rv: RoomVersion,
+        auth_map: Mapping[tuple[str, str], Event],
+        create: Event | None,
+        verified_servers: Collection[str] | None,
+    ) -> AuthState:
+        return AuthState(
+            rv, event, auth_map, create,
+            verified_servers=verified_servers,
+            is_spec_version=rv in self._spec_versions,
+            room_versions=self.room_versions,
+            power_levels_cache=self._pl_cache,
+            join_rule_allows=self._join_rule_allows,
+        )
+
+    # -- entry points ------------------------------------------------------------------
+
+    def check(
+        self,
+        event: Event,
+        auth_events: Sequence[Event] | Mapping[Any, Event],
+        room_version: RoomVersion | None = None,
+        *,
+        create_event: Event | None = None,
+        verified_servers: Collection[str] | None = None,
+    ) -> AuthResult:
+        """Authorise ``event`` against the auth events it cites.
+
+        :param event: the event.
+        :param auth_events: the events its ``auth_events`` name, as a list (a mapping's
+            values are used).  Missing ones are the caller's to fetch first; an event
+            whose auth events cannot be found must not be accepted.
+        :param room_version: the version to judge under (default: the event's).
+        :param create_event: from room v12 (where the create event is never an auth
+            event), the create event whose id the ``room_id`` names; the caller looks it
+            up as ``"$" + room_id[1:]``.  Ignored before v12.
+        :param verified_servers: servers whose signatures on ``event`` the caller has
+            verified (for the ``join_authorised_via_users_server`` rule); ``None`` means
+            only the presence of a signature is checked.
+        :returns: an :class:`AuthResult`.
+        """
+        rv = room_version or event.room_version
+        if event.type == CREATE:
+            return self._check_create(event, rv, verified_servers)
+        if isinstance(auth_events, Mapping):
+            auth_events = list(auth_events.values())
+        auth_map: dict[tuple[str, str], Event] = {}
+        for ae in auth_events:
+            key = ae.state_tuple
+            if key is not None and key not in auth_map:
+                auth_map[key] = ae
+        if rv.room_id_from_create_event:
+            create = create_event
+        else:
+            create = auth_map.get(CREATE_KEY)
+        state = self._auth_state(event, rv, auth_map, create, verified_servers)
+        return self._run(event, rv, state, auth_events)
+
+    def check_against_state(
+        self,
+        event: Event,
+        state: Mapping[tuple[str, str], Event],
+        room_version: RoomVersion | None = None,
+        *,
+        create_event: Event | None = None,
+        verified_servers: Collection[str] | None = None,
+    ) -> AuthResult:
+        """Authorise ``event`` against a state: the state before it, the current state
+        (soft failure), or a partial state during state resolution.
+
+        The auth events are selected from ``state`` per the auth events selection
+        algorithm (the event's own ``auth_events`` are not consulted, and rule 3 on cited
+        auth events does not apply).
+
+        :param event: the event.
+        :param state: ``(type, state_key)`` to :class:`Event`.
+        :param room_version: the version to judge under (default: the event's).
+        :param create_event: the create event, used when ``state`` has none (e.g. the
+            empty starting state of v12 state resolution); ``state``'s wins otherwise.
+        :param verified_servers: as for :meth:`check`.
+        :returns: an :class:`AuthResult`.
+        """
+        rv = room_version or event.room_version
+        if event.type == CREATE:
+            return self._check_create(event, rv, verified_servers)
+        keys = auth_types_for_event(rv, event.type, event.state_key, event.sender, event.content)
+        auth_map = {}
+        get = state.get
+        for key in keys:
+            ev = get(key)
+            if ev is not None:
+                auth_map[key] = ev
+        create = get(CREATE_KEY) or create_event
+        auth_state = self._auth_state(event, rv, auth_map, create, verified_servers)
+        return self._run(event, rv, auth_state, None)
+
+    def check_auth_events(
+        self,
+        event: Event,
+        auth_events: Sequence[Event],
+        room_version: RoomVersion | None = None,
+    ) -> AuthResult:
+        """Only rule 3 (v12 numbering; 2.1-2.3 before): the checks on the cited auth
+        events themselves (duplicates, unexpected types, rejected events, another room).
+
+        :param event: the event.
+        :param auth_events: the events its ``auth_events`` name.
+        :param room_version: the version to judge under (default: the event's).
+        :returns: an :class:`AuthResult`.
+        """
+        rv = room_version or event.room_version
+        if event.type == CREATE:
+            return ALLOWED
+        denials = self._call(
+            "fedserver_auth_auth_events",
+            {"event": event, "auth_events": list(auth_events), "room_version": rv},
+        )
+        return AuthResult(False, tuple(denials)) if denials else ALLOWED
+
+    # -- the spec's control flow -------------------------------------------------------
+
+    def _check_create(
+        self, event: Event, rv: RoomVersion, verified_servers: Collection[str] | None
+    ) -> AuthResult:
+        state = self._auth_state(event, rv, {}, event, verified_servers)
+        args = {"event": event, "auth_state": state, "room_version": rv}
+        # Rule 1: m.room.create is judged by rule 1 alone.
+        denials = self._call("fedserver_auth_create", args)
+        if not denials:
+            denials = self._call("fedserver_auth_event", args)
+        return AuthResult(False, tuple(denials)) if denials else ALLOWED
+
+    def _run(
+        self,
+        event: Event,
+        rv: RoomVersion,
+        state: AuthState,
+        cited: Sequence[Event] | None,
+    ) -> AuthResult:
+        args = {"event": event, "auth_state": state, "room_version": rv}
+        call = self._call
+        if rv.room_id_from_create_event:
+            # v12 rule 2: the room id names an accepted create event.
+            denials = call("fedserver_auth_room_create_event", args)
+            if denials:
+                return AuthResult(False, tuple(denials))
+            # v12 rule 3: the cited auth events themselves.
+            if cited is not None:
+                denials = call("fedserver_auth_auth_events", {
+                    "event": event, "auth_events": cited, "room_version": rv,
+                })
+                if denials:
+                    return AuthResult(False, tuple(denials))
+        else:
+            # Rule 2.1-2.3: the cited auth events themselves.
+            if cited is not None:
+                denials = call("fedserver_auth_auth_events", {
+                    "event": event, "auth_events": cited, "room_version": rv,
+                })
+                if denials:
+                    return AuthResult(False, tuple(denials))
+            # Rule 2.4: a create event among them.
+            denials = call("fedserver_auth_room_create_event", args)
+            if denials:
+                return AuthResult(False, tuple(denials))
+
+        # Rule 3 (v12: 4): m.federate.
+        denials = call("fedserver_auth_federate", args)
+        if denials:
+            return AuthResult(False, tuple(denials))
+
+        etype = event.type
+        if etype == _ALIASES and rv.special_case_aliases_auth:
+            # v1-v5 rule 4: m.room.aliases has its own rule, then allow.
+            return self._finish(call("fedserver_auth_aliases", args), args)
+
+        if etype == MEMBER:
+            # Rule 5 (v6-v11: 4): membership events; 5.1, 5.2 and "unknown membership".
+            denials = call("fedserver_auth_member", args)
+            if denials:
+                return AuthResult(False, tuple(denials))
+            membership = event.membership
+            if membership == "invite" and "third_party_invite" in event.content:
+                hook = "fedserver_auth_member_third_party_invite"  # 5.4.1
+            else:
+                hook = _MEMBERSHIP_HOOKS.get(membership)  # type: ignore[arg-type]
+            if hook is None:
+                # Only reachable if the built-in rules were bypassed: fail closed.
+                return AuthResult.deny(Deny(f"unknown membership {membership!r}", "member"))
+            return self._finish(call(hook, args), args)
+
+        # Rule 6: the sender must be joined.
+        denials = call("fedserver_auth_sender_in_room", args)
+        if denials:
+            return AuthResult(False, tuple(denials))
+
+        if etype == _THIRD_PARTY_INVITE:
+            # Rule 7: allowed iff the sender has the invite level.
+            return self._finish(call("fedserver_auth_third_party_invite_event", args), args)
+
+        # Rule 8: the required power level for the event type.
+        denials = call("fedserver_auth_event_power", args)
+        if denials:
+            return AuthResult(False, tuple(denials))
+
+        # Rule 9: state keys starting with @ belong to that user.
+        denials = call("fedserver_auth_state_key_ownership", args)
+        if denials:
+            return AuthResult(False, tuple(denials))
+
+        if etype == _POWER_LEVELS:
+            # Rule 10: power levels changes.
+            return self._finish(call("fedserver_auth_power_levels", args), args)
+
+        if etype == _REDACTION and redaction_is_auth_rule(rv):
+            # v1-v2 rule 11: redactions.
+            return self._finish(call("fedserver_auth_redaction", args), args)
+
+        # Last rule: otherwise, allow.
+        return self._finish([], args)
+
+    def _finish(self, denials: list[Deny], args: dict[str, Any]) -> AuthResult:
+        """The spec allowed the event unless ``denials``; then plugins' catch-all hook."""
+        if denials:
+            return AuthResult(False, tuple(denials))
+        if self._impls["fedserver_auth_event"]:
+            denials = self._call("fedserver_auth_event", args)
+            if denials:
+                return AuthResult(False, tuple(denials))
+        return ALLOWED
+
