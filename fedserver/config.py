@@ -1,0 +1,493 @@
+"""Server configuration: the typed Config, its defaults, YAML loading, validation and --generate-config."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import yaml
+
+#: Signing key validity we publish by default: one day, in milliseconds. The spec caps what
+#: receivers honour at 7 days ("Servers MUST use the lesser of this field and 7 days into
+#: the future"); shorter validity lets a key rotation reach peers sooner.
+DEFAULT_KEY_VALIDITY_MS = 24 * 60 * 60 * 1000
+#: Spec (keys_server.yaml): originating servers should avoid responses that expire in less
+#: than an hour.
+MIN_KEY_VALIDITY_MS = 60 * 60 * 1000
+MAX_KEY_VALIDITY_MS = 7 * 24 * 60 * 60 * 1000
+
+#: 200 events of the spec's 65536-byte maximum: 12.5 MiB. A federation transaction holds at
+#: most 50 PDUs (<= 3.2 MiB) plus 100 EDUs, so a legitimate body never comes near it.
+DEFAULT_MAX_REQUEST_BODY_SIZE = 200 * 65536
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+# Twisted endpoint types whose descriptions we accept verbatim for the listen options.
+_ENDPOINT_TYPES = ("tcp", "ssl", "unix", "systemd", "tcp6", "ssl6", "tls", "le", "lets", "onion")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` is one line naming the option."""
+
+
+@dataclass(frozen=True)
+class OldVerifyKey:
+    """A signing key we used to use, published under ``old_verify_keys``.
+
+    :ivar key_id: e.g. ``ed25519:abc``.
+    :ivar key: unpadded base64 public key.
+    :ivar expired_ts: when we stopped using it, ms since the epoch.
+    """
+
+    key_id: str
+    key: str
+    expired_ts: int
+
+
+@dataclass(frozen=True)
+class TrustedKeyServer:
+    """A notary we may ask for other servers' keys.
+
+    :ivar server_name: the notary's server name.
+    :ivar verify_keys: ``((key_id, unpadded base64 public key), ...)``; the notary's answers
+        must be signed by one of them. Empty means "trust on first use".
+    """
+
+    server_name: str
+    verify_keys: tuple[tuple[str, str], ...] = ()
+
+    def verify_keys_map(self) -> dict[str, str]:
+        """:returns: ``{key_id: base64 key}``."""
+        return dict(self.verify_keys)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole server configuration; see :data:`OPTIONS` for what each field means."""
+
+    server_name: str = "localhost:8448"
+    database_path: str = "fedserver.db"
+    signing_key_path: str = "fedserver.signing.key"
+    tls_certificate_path: str = "fedserver.tls.crt"
+    tls_private_key_path: str = "fedserver.tls.key"
+    federation_listen: str = "8448"
+    client_listen: str = "127.0.0.1:8008"
+    key_validity_period: int = DEFAULT_KEY_VALIDITY_MS
+    old_verify_keys: tuple[OldVerifyKey, ...] = ()
+    trusted_key_servers: tuple[TrustedKeyServer, ...] = ()
+    federation_verify_certificates: bool = True
+    federation_allow_private_addresses: bool = False
+    federation_client_timeout: float = 60.0
+    outbound_max_retry_interval: float = 3600.0
+    plugins: tuple[str, ...] = ()
+    disabled_plugins: tuple[str, ...] = ()
+    max_request_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE
+    enable_registration: bool = False
+    registration_shared_secret: str | None = None
+    log_level: str = "info"
+
+    @property
+    def server_host(self) -> str:
+        """The host part of :attr:`server_name`, without port or IPv6 brackets."""
+        return split_server_name(self.server_name)[0]
+
+    def replace(self, **changes: Any) -> Config:
+        """:returns: a validated copy with ``changes`` applied (raw values, as in YAML).
+
+        :raises ConfigError: for unknown options or bad values.
+        """
+        raw = to_raw(self)
+        raw.update(changes)
+        return config_from_dict(raw)
+
+
+# -- validators -------------------------------------------------------------------------------
+
+_DNS_NAME = re.compile(r"^[A-Za-z0-9.\-]{1,255}$")
+_KEY_ID = re.compile(r"^ed25519:[a-zA-Z0-9_]+$")
+
+
+def split_server_name(server_name: str) -> tuple[str, int | None]:
+    """Split a server name (appendix "Server Name") into host and optional port.
+
+    :returns: ``(host, port)``; IPv6 hosts are returned without brackets.
+    :raises ValueError: if it is not a valid server name.
+    """
+    if not isinstance(server_name, str) or not server_name or len(server_name) > 255:
+        raise ValueError("must be a non-empty string of at most 255 characters")
+    port: int | None = None
+    if server_name.startswith("["):
+        end = server_name.find("]")
+        if end < 0:
+            raise ValueError("unterminated IPv6 literal")
+        host, rest = server_name[1:end], server_name[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("unexpected text after the IPv6 literal")
+            port = _parse_port(rest[1:])
+        return host, port
+    host, sep, port_s = server_name.partition(":")
+    if sep:
+        port = _parse_port(port_s)
+    if not _DNS_NAME.match(host):
+        raise ValueError(f"{host!r} is not a valid hostname (letters, digits, '.', '-')")
+    return host, port
+
+
+def _parse_port(s: str) -> int:
+    if not (s.isascii() and s.isdigit()) or len(s) > 5 or not 1 <= int(s) <= 65535:
+        raise ValueError(f"port {s!r} is not a number from 1 to 65535")
+    return int(s)
+
+
+def _v_server_name(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("must be a string like 'example.org' or 'example.org:8448'")
+    split_server_name(v)
+    return v
+
+
+def _v_path(v: Any) -> str:
+    if not isinstance(v, str) or not v or "\x00" in v:
+        raise ValueError("must be a non-empty file path")
+    return v
+
+
+def _v_listen(v: Any) -> str:
+    if isinstance(v, bool):
+        raise ValueError("must be a port, 'host:port' or a Twisted endpoint description")
+    if isinstance(v, int):
+        v = str(v)
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("must be a port, 'host:port' or a Twisted endpoint description")
+    v = v.strip()
+    if _is_endpoint_description(v):
+        return v
+    _parse_host_port(v)
+    return v
+
+
+def _is_endpoint_description(v: str) -> bool:
+    kind = v.split(":", 1)[0].lower()
+    return ":" in v and kind in _ENDPOINT_TYPES
+
+
+def _parse_host_port(v: str) -> tuple[str | None, int]:
+    """Parse ``PORT``, ``HOST:PORT`` or ``[V6]:PORT`` (port 0 means any free port)."""
+    host: str | None = None
+    port_s = v
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0 or v[end + 1 : end + 2] != ":":
+            raise ValueError("expected '[IPv6]:port'")
+        host, port_s = v[1:end], v[end + 2 :]
+        ipaddress.IPv6Address(host)
+    elif ":" in v:
+        host, port_s = v.rsplit(":", 1)
+        if host != "*":
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IPv4 address; use '[v6]:port' for IPv6") from None
+        else:
+            host = None
+    if not (port_s.isascii() and port_s.isdigit()) or int(port_s) > 65535:
+        raise ValueError(f"port {port_s!r} is not a number from 0 to 65535")
+    return host, int(port_s)
+
+
+def listen_description(value: str, *, tls_certificate: str | None = None, tls_private_key: str | None = None) -> str:
+    """Turn a ``*_listen`` option into a Twisted strports description.
+
+    A full endpoint description (``tcp:...``, ``ssl:...``, ``unix:...``) is used verbatim;
+    ``PORT``, ``HOST:PORT`` and ``[V6]:PORT`` become ``ssl:`` (when TLS files are given) or
+    ``tcp:`` descriptions.
+    """
+    from twisted.internet.endpoints import quoteStringArgument as q
+
+    if _is_endpoint_description(value):
+        return value
+    host, port = _parse_host_port(value)
+    if tls_certificate is not None:
+        desc = f"ssl:{port}:privateKey={q(tls_private_key or tls_certificate)}:certKey={q(tls_certificate)}"
+    else:
+        desc = f"tcp:{port}"
+    if host is not None:
+        desc += f":interface={q(host)}"
+    return desc
+
+
+def _v_int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be an integer")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be between {lo} and {hi}" if hi is not None else f"must be at least {lo}")
+        return v
+
+    return check
+
+
+def _v_seconds(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 10**9):
+        raise ValueError("must be a positive number of seconds")
+    return float(v)
+
+
+def _v_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _v_str_list(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("must be a list of non-empty strings")
+    return tuple(v)
+
+
+def _v_optional_secret(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string or null")
+    return v
+
+
+def _v_log_level(v: Any) -> str:
+    if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return v.lower()
+
+
+def _check_public_key(key_id: Any, key: Any) -> tuple[str, str]:
+    if not isinstance(key_id, str) or not _KEY_ID.match(key_id):
+        raise ValueError(f"key id {key_id!r} must look like 'ed25519:abc_1'")
+    if not isinstance(key, str):
+        raise ValueError(f"key for {key_id} must be an unpadded base64 string")
+    try:
+        raw = base64.b64decode(key + "=" * (-len(key) % 4), validate=True)
+    except (ValueError, TypeError):
+        raise ValueError(f"key for {key_id} is not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"key for {key_id} is not a 32-byte ed25519 public key")
+    return key_id, key.rstrip("=")
+
+
+def _v_old_verify_keys(v: Any) -> tuple[OldVerifyKey, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise ValueError("must be a list of {key_id, key, expired_ts}")
+    out = []
+    for item in v:
+        if not isinstance(item, dict) or set(item) != {"key_id", "key", "expired_ts"}:
+            raise ValueError("each entry must have exactly key_id, key and expired_ts")
+        key_id, key = _check_public_key(item["key_id"], item["key"])
+        ts = item["expired_ts"]
+        if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+            raise ValueError(f"expired_ts of {key_id} must be a timestamp in milliseconds")
+        out.append(OldVerifyKey(key_id, key, ts))
+    return tuple(out)
+
+
+def _v_trusted_key_servers(v: Any) -> tuple[TrustedKeyServer, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise ValueError("must be a list of {server_name, verify_keys}")
+    out = []
+    for item in v:
+        if not isinstance(item, dict) or "server_name" not in item or not set(item) <= {"server_name", "verify_keys"}:
+            raise ValueError("each entry must have server_name and optionally verify_keys")
+        name = _v_server_name(item["server_name"])
+        keys = item.get("verify_keys") or {}
+        if not isinstance(keys, dict):
+            raise ValueError(f"verify_keys of {name} must map key ids to base64 keys")
+        out.append(TrustedKeyServer(name, tuple(sorted(_check_public_key(k, kv) for k, kv in keys.items()))))
+    return tuple(out)
+
+
+# -- the option table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option: its name, validator and documentation."""
+
+    name: str
+    check: Callable[[Any], Any]
+    doc: str
+    example: str | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("server_name", _v_server_name,
+           "The server name: the part after ':' in user ids and room aliases; 'host' or 'host:port'.\n"
+           "Peers reach us at this host and port (8448 when no port is given; no .well-known/SRV here)."),
+    Option("database_path", _v_path, "SQLite database file (created on first start)."),
+    Option("signing_key_path", _v_path,
+           "ed25519 signing key file ('ed25519 VERSION BASE64'), generated on first start and kept."),
+    Option("tls_certificate_path", _v_path,
+           "PEM TLS certificate for the federation listener. Generated (self-signed, for the\n"
+           "server name's host) on first start if it and the key are missing."),
+    Option("tls_private_key_path", _v_path, "PEM private key of the TLS certificate."),
+    Option("federation_listen", _v_listen,
+           "Where the federation API listens, over TLS with the files above: PORT, IPV4:PORT or\n"
+           "[IPV6]:PORT; or a Twisted endpoint description used verbatim, e.g. 'tcp:8448' behind a\n"
+           "TLS-terminating proxy."),
+    Option("client_listen", _v_listen,
+           "Where the client API listens, plain HTTP (PORT, HOST:PORT or an endpoint description)."),
+    Option("key_validity_period", _v_int(MIN_KEY_VALIDITY_MS, MAX_KEY_VALIDITY_MS),
+           "How long (ms) a published key response is valid (valid_until_ts = now + this).\n"
+           "1 hour to 7 days: receivers ignore anything beyond 7 days."),
+    Option("old_verify_keys", _v_old_verify_keys,
+           "Keys we used to sign with, still published so old signatures verify.",
+           "old_verify_keys:\n  - key_id: 'ed25519:old1'\n    key: 'BASE64PUBLICKEY'\n    expired_ts: 1700000000000"),
+    Option("trusted_key_servers", _v_trusted_key_servers,
+           "Notaries asked for other servers' keys when direct fetching fails; empty means none.",
+           "trusted_key_servers:\n  - server_name: 'matrix.org'\n    verify_keys:\n"
+           "      'ed25519:auto': 'Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw'"),
+    Option("federation_verify_certificates", _v_bool,
+           "Verify peers' TLS certificates. Turn off only for loopback test peers with self-signed certificates."),
+    Option("federation_allow_private_addresses", _v_bool,
+           "Allow outbound federation to loopback/private/link-local addresses (tests only)."),
+    Option("federation_client_timeout", _v_seconds, "Seconds before an outbound federation request gives up."),
+    Option("outbound_max_retry_interval", _v_seconds,
+           "Upper bound (seconds) of the backoff between retries to an unreachable destination."),
+    Option("plugins", _v_str_list,
+           "Extra plugin modules (dotted paths) to load besides the 'fedserver' entry points.",
+           "plugins:\n  - 'mycompany.fedserver_rules'"),
+    Option("disabled_plugins", _v_str_list, "Names of plugins not to load (built-in essential rules cannot be disabled)."),
+    Option("max_request_body_size", _v_int(1024),
+           "Largest request body accepted, in bytes; larger ones get 413 M_TOO_LARGE while reading."),
+    Option("enable_registration", _v_bool, "Allow open registration on the client API."),
+    Option("registration_shared_secret", _v_optional_secret,
+           "Shared secret for admin registration (/_synapse/admin/v1/register style); null disables it."),
+    Option("log_level", _v_log_level, "Least severe log level shown: debug, info, warn, error or critical."),
+)
+
+_OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+assert set(_OPTIONS_BY_NAME) == {f.name for f in dataclasses.fields(Config)}, "OPTIONS and Config disagree"
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate raw option values (as in the YAML file) and build a :class:`Config`.
+
+    Missing options take their defaults.
+
+    :raises ConfigError: naming the first unknown option or bad value.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the configuration must be a mapping of option: value")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        opt = _OPTIONS_BY_NAME.get(name) if isinstance(name, str) else None
+        if opt is None:
+            raise ConfigError(f"unknown configuration option {name!r}{_suggest(name)}")
+        try:
+            values[name] = opt.check(value)
+        except ValueError as e:
+            raise ConfigError(f"invalid value for option {name!r}: {_one_line(str(e))}") from None
+    return Config(**values)
+
+
+def _suggest(name: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(_OPTIONS_BY_NAME), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
+
+
+def parse_yaml(text: str, source: str = "configuration") -> dict[str, Any]:
+    """Parse a YAML configuration document (empty means all defaults).
+
+    :raises ConfigError: for YAML syntax errors or a document that is not a mapping.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: {problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a mapping of option: value")
+    return data
+
+
+def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load the YAML file at ``path`` (if any), apply ``overrides`` and validate.
+
+    :param path: YAML file; ``None`` for defaults only.
+    :param overrides: raw option values taking precedence over the file (command line).
+    :raises ConfigError: one line naming the file problem, unknown option or bad value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8") from None
+        raw = parse_yaml(text, path)
+    if overrides:
+        raw.update(overrides)
+    return config_from_dict(raw)
+
+
+def to_raw(config: Config) -> dict[str, Any]:
+    """:returns: the configuration as plain YAML-able values (inverse of :func:`config_from_dict`)."""
+    raw: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        v = getattr(config, f.name)
+        if f.name == "old_verify_keys":
+            v = [{"key_id": k.key_id, "key": k.key, "expired_ts": k.expired_ts} for k in v]
+        elif f.name == "trusted_key_servers":
+            v = [{"server_name": t.server_name, "verify_keys": t.verify_keys_map()} for t in v]
+        elif isinstance(v, tuple):
+            v = list(v)
+        raw[f.name] = v
+    return raw
+
+
+def generate_config_text(config: Config | None = None) -> str:
+    """Render a commented YAML configuration file holding ``config`` (defaults if ``None``).
+
+    Loading the text back gives an equal :class:`Config`.
+    """
+    config = config or Config()
+    raw = to_raw(config)
+    out = [
+        "# fedserver configuration. Every option is shown with its current value; delete",
+        "# lines to fall back to the built-in defaults. Relative paths are relative to the",
+        "# directory the server is started in. Command-line options override this file.",
+        "",
+    ]
+    for opt in OPTIONS:
+        out.extend("# " + line for line in opt.doc.splitlines())
+        if opt.example and not raw[opt.name]:
+            out.append("# Example:")
+            out.extend("#   " + line for line in opt.example.splitlines())
+        dumped = yaml.safe_dump({opt.name: raw[opt.name]}, default_flow_style=False, sort_keys=False)
+        out.append(dumped.rstrip("\n"))
+        out.append("")
+    return "\n".join(out)
