@@ -595,6 +595,18 @@ class BatchVerificationTests(KeyringTestBase):
         [result] = self.successResultOf(keyring.verify_signatures([("remote.example", msg, good, NOW_MS)]))
         self.assertIs(result, True)
 
+    def test_lenient_numbers_signed_by_signedjson(self):
+        """An object signed with signedjson (as Synapse signs) verifies even when it carries a
+        float or an integer beyond 2**53 (request bodies may hold room v1-5 events); NaN is
+        refused with KeyVerificationError, not a crash."""
+        from signedjson.sign import sign_json
+
+        keyring = self.make_keyring()
+        obj = sign_json({"pdus": [{"depth": 2**60, "content": {"x": 1.5}}]}, "remote.example", self.remote_key)
+        self.successResultOf(keyring.verify_json_for_server("remote.example", obj, NOW_MS))
+        nan = dict(obj, extra=float("nan"))
+        self.failureResultOf(keyring.verify_json_for_server("remote.example", nan, NOW_MS), KeyVerificationError)
+
     def test_per_request_minimum(self):
         """Each request is judged against its own minimum_valid_until_ts within one batch."""
         keyring = self.make_keyring()

@@ -19,13 +19,14 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from canonicaljson import encode_canonical_json as _canonical_encode
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from fedserver.events.canonical import MAX_SAFE_INTEGER, CanonicalJSONError, encode_canonical_json
+from fedserver.events.canonical import MAX_SAFE_INTEGER, CanonicalJSONError
 from fedserver.events.hashing import decode_unpadded_base64, unpadded_base64
 from fedserver.room_versions import RoomVersion
 
@@ -105,9 +106,21 @@ def signed_bytes(obj: Mapping[str, Any]) -> bytes:
     """The bytes a JSON signature covers: canonical JSON without ``signatures`` and
     ``unsigned`` (appendix "Signing Details").
 
-    :raises CanonicalJSONError: if the object is not representable in canonical JSON.
+    Not strict about floats and integers beyond 2**53: a signed request body may carry
+    events of rooms v1-5, which do not enforce canonical JSON, and the signer encoded them
+    as they are. (Event strictness is the event validator's job.)
+
+    Uses canonicaljson's C-accelerated encoder directly: a federation request body can be
+    megabytes, and its parser (:func:`fedserver.events.canonical.parse_json`) already
+    bounded its depth.
+
+    :raises CanonicalJSONError: if the object is not representable (NaN, infinities, lone
+        surrogates, non-JSON types).
     """
-    return encode_canonical_json({k: v for k, v in obj.items() if k != "signatures" and k != "unsigned"})
+    try:
+        return _canonical_encode({k: v for k, v in obj.items() if k != "signatures" and k != "unsigned"})
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CanonicalJSONError(f"not encodable as canonical JSON: {e}") from None
 
 
 def sign_json_object(obj: dict[str, Any], server_name: str, key_id: str, signing_key: Any) -> dict[str, Any]:
@@ -284,8 +297,8 @@ def parse_key_document(doc: Any, server_name: str) -> KeyDocument:
         origin_only = dict(doc)
         origin_only["signatures"] = {server_name: own_sigs}
         origin_only.pop("unsigned", None)
-        json_bytes = encode_canonical_json(origin_only)
-    except CanonicalJSONError as e:
+        json_bytes = _canonical_encode(origin_only)
+    except (CanonicalJSONError, ValueError, TypeError, RecursionError) as e:
         raise KeyDocumentError(f"key document is not canonical JSON: {e}") from None
     # "The key response must be signed by the key(s) it claims": every current key signs.
     for key_id, vk in verify_keys.items():
