@@ -8,7 +8,6 @@ import json
 from signedjson.key import generate_signing_key, get_verify_key
 from signedjson.sign import verify_signed_json
 from treq.testing import StubTreq
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
