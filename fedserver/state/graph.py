@@ -26,16 +26,36 @@ class AuthGraph:
     Cycles (possible only with format-V1 ids, which are not hashes) never hang a query: every
     walk keeps a visited mark.
 
+    Without ``auth_depth`` the reachability queries walk every auth chain involved down to
+    the create event. With it they walk only the part above the point where the state sets'
+    chains meet. The event's own ``depth`` field is never used for this: any server can
+    forge it, and a wrong shortcut would make this server's answer differ from others'.
+
     :param get_event: maps an event id to its :class:`Event`; raises :class:`KeyError` if
         unknown.
     :param room_id: if given, events whose ``room_id`` differs are treated as missing.
+    :param auth_depth: optional event id -> *auth depth*, a number strictly greater than the
+        auth depth of each of the event's auth events (e.g. 0 for the create event and
+        ``1 + max(auth depth of its auth events)`` otherwise, computed once when an event is
+        stored). Should it raise :class:`KeyError` or break that rule, the full walks are
+        used.
     """
 
-    __slots__ = ("_get_event", "_room_id", "index", "ids", "events", "_parents", "_pl_parent")
+    __slots__ = (
+        "_get_event", "_room_id", "_auth_depth", "_depths", "index", "ids", "events",
+        "_parents", "_pl_parent",
+    )
 
-    def __init__(self, get_event: Callable[[str], Event], room_id: str | None = None):
+    def __init__(
+        self,
+        get_event: Callable[[str], Event],
+        room_id: str | None = None,
+        auth_depth: Callable[[str], int] | None = None,
+    ):
         self._get_event = get_event
         self._room_id = room_id
+        self._auth_depth = auth_depth
+        self._depths: dict[int, int] = {}
         #: event id -> node
         self.index: dict[str, int] = {}
         #: node -> event id
@@ -100,8 +120,19 @@ class AuthGraph:
         return None if found == -1 else found
 
     def depth(self, n: int) -> int:
-        d = self.events[n].depth  # type: ignore[union-attr]
-        return d if type(d) is int else 0
+        """The auth depth of node ``n``.
+
+        :raises KeyError: if there is no ``auth_depth`` or it does not know the event.
+        """
+        d = self._depths.get(n)
+        if d is None:
+            if self._auth_depth is None:
+                raise KeyError(self.ids[n])
+            d = self._auth_depth(self.ids[n])
+            if type(d) is not int:
+                raise KeyError(self.ids[n])
+            self._depths[n] = d
+        return d
 
     # -- reachability --------------------------------------------------------------------
 
@@ -109,11 +140,10 @@ class AuthGraph:
         """For every node reachable from the start sets, a bit mask of the start sets it is
         reachable from (a node reaches itself).
 
-        Nodes reachable from *every* set may be left out: the walk goes by descending
-        ``depth`` and stops as soon as every pending node is reachable from all sets, since
-        their ancestors are too. That shortcut needs each auth event to be shallower than the
-        event citing it; if the graph breaks that (a malicious ``depth``, or a cycle), the
-        full walk is done instead, so the answer never depends on ``depth``.
+        Nodes reachable from *every* set may be left out: given ``auth_depth``, the walk goes
+        by descending auth depth and stops as soon as every pending node is reachable from
+        all sets, since their ancestors are too. Otherwise (or if the auth depths turn out
+        not to decrease along an edge) every chain is walked in full.
 
         :param starts: one iterable of nodes per set; missing nodes are ignored.
         :returns: node -> mask (bit ``i`` for ``starts[i]``); only nodes with a non-zero mask.
@@ -125,9 +155,13 @@ class AuthGraph:
             for n in nodes:
                 if self.events[n] is not None:
                     mask[n] = mask.get(n, 0) | bit
-        fast = self._reach_masks_by_depth(dict(mask), full)
-        if fast is not None:
-            return fast
+        if self._auth_depth is not None:
+            try:
+                fast = self._reach_masks_by_depth(dict(mask), full)
+            except KeyError:
+                fast = None
+            if fast is not None:
+                return fast
         return self._reach_masks_full(mask)
 
     def _reach_masks_by_depth(self, mask: dict[int, int], full: int) -> dict[int, int] | None:
@@ -207,9 +241,9 @@ class AuthGraph:
         """Room v12 "Conflicted state subgraph": every event on an ``auth_events`` path from a
         conflicted event to another conflicted event, endpoints included.
 
-        The walk down from the conflicted events stops at events shallower than the
-        shallowest conflicted event (nothing below can lead back up to one) unless ``depth``
-        fails to order the graph, in which case it walks everything reachable.
+        Given ``auth_depth``, the walk down from the conflicted events stops at events
+        shallower than the shallowest conflicted event (nothing below can lead back up to
+        one); otherwise it walks everything reachable.
 
         :param conflicted: nodes of the conflicted state set (missing ones are ignored).
         :returns: nodes, including every present conflicted node.
@@ -217,7 +251,12 @@ class AuthGraph:
         present = [n for n in conflicted if self.events[n] is not None]
         if not present:
             return set()
-        region = self._region_above(present, min(self.depth(n) for n in present))
+        region = None
+        if self._auth_depth is not None:
+            try:
+                region = self._region_above(present, min(self.depth(n) for n in present))
+            except KeyError:
+                region = None
         if region is None:
             region = self._region_above(present, None)
         assert region is not None
