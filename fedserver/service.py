@@ -1,0 +1,321 @@
+"""twistd wiring: command-line Options and makeService, the only place that assembles the server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import yaml
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+)
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from fedserver import __version__
+from fedserver.config import Config, ConfigError, _is_endpoint_description, generate_config_text, listen_description, load_config
+from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
+from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
+from fedserver.http.resource import MatrixSite
+from fedserver.http.site import StartingResource, build_client_root, build_federation_root
+from fedserver.room_versions import RoomVersionRegistry
+
+log = Logger()
+
+# Command-line flags that override one config option each (anything else: --set).
+_OVERRIDES = {
+    "server-name": "server_name",
+    "database": "database_path",
+    "signing-key": "signing_key_path",
+    "tls-cert": "tls_certificate_path",
+    "tls-key": "tls_private_key_path",
+    "federation-listen": "federation_listen",
+    "client-listen": "client_listen",
+    "log-level": "log_level",
+}
+
+
+class Options(usage.Options):
+    """``twistd fedserver`` options: a config file, overrides, and --generate-config."""
+
+    synopsis = "[--config FILE] [--generate-config] [options]"
+    longdesc = (
+        "Run fedserver, a federating Matrix homeserver. With no options it serves server name "
+        "localhost:8448 with files in the current directory, federation over TLS on port 8448 "
+        "and the client API on 127.0.0.1:8008. Command-line options override the config file."
+    )
+    optFlags = [
+        ["generate-config", None, "Write a commented config file (to --config, which must not exist, or stdout) and exit."],
+    ]
+    optParameters = [
+        ["config", "c", None, "YAML configuration file."],
+        ["server-name", None, None, "Server name (host or host:port)."],
+        ["database", None, None, "SQLite database file."],
+        ["signing-key", None, None, "ed25519 signing key file (generated if missing)."],
+        ["tls-cert", None, None, "TLS certificate (PEM; self-signed one generated if missing)."],
+        ["tls-key", None, None, "TLS private key (PEM)."],
+        ["federation-listen", None, None, "Federation listener: PORT, HOST:PORT or endpoint description."],
+        ["client-listen", None, None, "Client listener: PORT, HOST:PORT or endpoint description."],
+        ["log-level", None, None, "debug, info, warn, error or critical."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["set"] = []
+        self.config: Config | None = None
+
+    def opt_set(self, value: str) -> None:
+        """Set any config option: --set NAME=VALUE (VALUE is YAML; repeatable)."""
+        name, sep, raw = value.partition("=")
+        if not sep or not name.strip():
+            raise usage.UsageError(f"--set expects NAME=VALUE, got {value!r}")
+        try:
+            parsed = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise usage.UsageError(f"--set {name.strip()}: value is not valid YAML") from None
+        self["set"].append((name.strip(), parsed))
+
+    def overrides(self) -> dict[str, Any]:
+        """:returns: the raw option values given on the command line."""
+        out: dict[str, Any] = {}
+        for flag, name in _OVERRIDES.items():
+            if self[flag] is not None:
+                out[name] = self[flag]
+        out.update(self["set"])
+        return out
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if self["generate-config"]:
+            self._generate_config(path)
+        try:
+            self.config = load_config(path, self.overrides())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _generate_config(self, path: str | None) -> None:
+        try:
+            text = generate_config_text(load_config(None, self.overrides()))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if path is None:
+            sys.stdout.write(text)
+            raise SystemExit(0)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise usage.UsageError(f"--generate-config: {path} already exists; not overwriting it") from None
+        except OSError as e:
+            raise usage.UsageError(f"--generate-config: cannot create {path}: {e.strerror}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        sys.stderr.write(f"Wrote {path}\n")
+        raise SystemExit(0)
+
+
+class ListenerService(service.Service):
+    """Listens on a strports description with ``factory``; binding failures raise at startup.
+
+    :ivar port: the :class:`IListeningPort` once listening.
+    """
+
+    def __init__(self, label: str, description: str, factory: Any, reactor: Any, scheme: str) -> None:
+        self.label = label
+        self.description = description
+        self.factory = factory
+        self._reactor = reactor
+        self._scheme = scheme
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        # Bind here, before privileges are dropped and synchronously, so that a port that is
+        # in use stops twistd with an error instead of leaving a server that is not listening.
+        results: list[Any] = []
+        serverFromString(self._reactor, self.description).listen(self.factory).addBoth(results.append)
+        if not results:
+            raise RuntimeError(f"{self.label}: endpoint {self.description!r} did not listen synchronously")
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        self.port = results[0]
+        host = self.port.getHost()
+        where = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(host)
+        log.info("{label} listening on {scheme}://{where}", label=self.label, scheme=self._scheme, where=where)
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        service.Service.startService(self)
+
+    def stopService(self) -> defer.Deferred | None:
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+class FedserverService(service.MultiService):
+    """The running server: keys, listeners, and (once started) the store and plugins.
+
+    Construction loads or generates the signing key and TLS files (fails fast); starting
+    binds both listeners, then opens the store and installs the URL trees.
+
+    :param config: the validated configuration.
+    :param reactor: the reactor (injected; tests pass their own).
+    :param log_observer: installed as the twistd application's log observer (applies
+        ``log_level``); ``None`` to leave logging alone.
+    :raises KeyFileError: if key or certificate files are malformed.
+    """
+
+    def __init__(self, config: Config, reactor: Any, log_observer: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._log_observer = log_observer
+        self.room_versions = RoomVersionRegistry()
+        self.signing_key, self.key_generated = load_or_generate_signing_key(config.signing_key_path)
+        self.key_id = key_id(self.signing_key)
+
+        fed_desc = config.federation_listen
+        self.tls = None
+        if not _is_endpoint_description(fed_desc):
+            self.tls = load_or_generate_tls(config.tls_certificate_path, config.tls_private_key_path, config.server_host)
+            fed_desc = listen_description(
+                fed_desc, tls_certificate=config.tls_certificate_path, tls_private_key=config.tls_private_key_path
+            )
+        client_desc = listen_description(config.client_listen)
+
+        self.key_document = ServerKeyDocument(
+            config.server_name, self.signing_key, reactor, config.key_validity_period, config.old_verify_keys
+        )
+        self.federation_site = MatrixSite(
+            StartingResource(), max_request_body_size=config.max_request_body_size, log_name="federation", reactor=reactor
+        )
+        self.client_site = MatrixSite(
+            StartingResource(), max_request_body_size=config.max_request_body_size, cors=True, log_name="client", reactor=reactor
+        )
+        scheme = "https" if fed_desc.startswith("ssl:") else "http"
+        self.federation_listener = ListenerService("Federation API", fed_desc, self.federation_site, reactor, scheme)
+        self.client_listener = ListenerService("Client API", client_desc, self.client_site, reactor, "http")
+        self.federation_listener.setServiceParent(self)
+        self.client_listener.setServiceParent(self)
+
+        self.store: Any = None
+        self.plugin_manager: Any = None
+        #: Fires (with this service) once the store is open and the trees are installed.
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            # twistd's AppLogger uses the application's ILogObserver component when set.
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "fedserver {version}: server name {name}, signing key {key_id} ({how}, public key {pub})",
+            version=__version__,
+            name=self.config.server_name,
+            key_id=self.key_id,
+            how="generated" if self.key_generated else f"loaded from {self.config.signing_key_path}",
+            pub=verify_key_base64(self.signing_key),
+        )
+        if self.tls is not None:
+            log.info(
+                "TLS certificate {path} ({how}), SHA-256 fingerprint {fp}",
+                path=self.tls.certificate_path,
+                how="self-signed, generated" if self.tls.generated else "loaded",
+                fp=self.tls.fingerprint_sha256,
+            )
+        d = defer.ensureDeferred(self._finish_start())
+        d.addCallbacks(self._started, self._start_failed)
+
+    async def _finish_start(self) -> None:
+        self.store = await self._open_store()
+        self.plugin_manager = self._make_plugin_manager()
+        self.federation_site.resource = build_federation_root(server_keys=ServerKeyResource(self.key_document))
+        self.client_site.resource = build_client_root()
+
+    async def _open_store(self) -> Any:
+        try:
+            from fedserver.storage.sqlite import open_store
+        except ModuleNotFoundError as e:
+            if e.name not in ("fedserver.storage", "fedserver.storage.sqlite"):
+                raise
+            log.warn("No storage layer installed yet; running without a database")
+            return None
+        return await open_store(self.config.database_path, self.reactor, self.room_versions)
+
+    def _make_plugin_manager(self) -> Any:
+        try:
+            from fedserver.auth.plugins import make_plugin_manager
+        except ModuleNotFoundError as e:
+            if e.name != "fedserver.auth.plugins":
+                raise
+            log.warn("No plugin manager installed yet; running without plugins")
+            return None
+        return make_plugin_manager(
+            load_entrypoints=True, module_paths=list(self.config.plugins), disabled=list(self.config.disabled_plugins)
+        )
+
+    def _started(self, _: Any) -> None:
+        log.info("fedserver ready (database {db})", db=self.config.database_path)
+        self.ready.callback(self)
+
+    def _start_failed(self, failure: Failure) -> None:
+        log.failure("fedserver failed to start", failure=failure, level=LogLevel.critical)
+        self.ready.errback(failure)
+        if self.running and self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> defer.Deferred:
+        d = defer.maybeDeferred(super().stopService)
+        store, self.store = self.store, None
+        close = getattr(store, "close", None)
+        if close is not None:
+            d.addCallback(lambda _: close())
+        return d
+
+
+def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
+    """Build the log observer twistd would have made, filtered to ``level``; ``None`` if a
+    custom ``--logger`` was given or twistd's logger cannot be reproduced."""
+    if twistd_options is None or not hasattr(twistd_options, "get") or twistd_options.get("logger"):
+        return None
+    try:
+        from twisted.scripts.twistd import _SomeApplicationRunner
+
+        base = _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
+    except Exception:
+        return None
+    if not ILogObserver.providedBy(base):
+        base = LegacyLogObserverWrapper(base)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    return FilteringLogObserver(base, [predicate])
+
+
+def makeService(options: Options) -> FedserverService:
+    """Assemble the server from parsed ``twistd fedserver`` options (twistd's entry point)."""
+    from twisted.internet import reactor  # the wiring point is the one place that picks the reactor
+
+    config = options.config or load_config(options["config"], options.overrides())
+    observer = _level_filtered_twistd_observer(getattr(options, "parent", None), config.log_level)
+    try:
+        return FedserverService(config, reactor, observer)
+    except KeyFileError as e:
+        raise SystemExit(f"fedserver: {e}") from None
+
+
+__all__ = ["FedserverService", "ListenerService", "Options", "makeService"]
