@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedserver import __version__
+from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
 from fedserver.config import Config, ConfigError, _is_endpoint_description, generate_config_text, listen_description, load_config
 from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
 from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
@@ -166,16 +167,18 @@ class ListenerService(service.Service):
 
 
 class FedserverService(service.MultiService):
-    """The running server: keys, listeners, and (once started) the store and plugins.
+    """The running server: plugins, keys, listeners, and (once started) the store.
 
-    Construction loads or generates the signing key and TLS files (fails fast); starting
-    binds both listeners, then opens the store and installs the URL trees.
+    Construction builds the plugin manager and loads or generates the signing key and TLS
+    files (all fail fast); starting binds both listeners, then opens the store and installs
+    the URL trees.
 
     :param config: the validated configuration.
     :param reactor: the reactor (injected; tests pass their own).
     :param log_observer: installed as the twistd application's log observer (applies
         ``log_level``); ``None`` to leave logging alone.
     :raises KeyFileError: if key or certificate files are malformed.
+    :raises PluginError: if the plugin configuration is wrong.
     """
 
     def __init__(self, config: Config, reactor: Any, log_observer: Any = None) -> None:
@@ -183,7 +186,11 @@ class FedserverService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self._log_observer = log_observer
-        self.room_versions = RoomVersionRegistry()
+        # Plugins first: a bad plugin configuration must stop the start before anything binds.
+        self.plugin_manager = make_plugin_manager(
+            load_entrypoints=True, module_paths=config.plugins, disabled=config.disabled_plugins
+        )
+        self.room_versions = RoomVersionRegistry(registered_room_versions(self.plugin_manager))
         self.signing_key, self.key_generated = load_or_generate_signing_key(config.signing_key_path)
         self.key_id = key_id(self.signing_key)
 
@@ -212,7 +219,6 @@ class FedserverService(service.MultiService):
         self.client_listener.setServiceParent(self)
 
         self.store: Any = None
-        self.plugin_manager: Any = None
         #: Fires (with this service) once the store is open and the trees are installed.
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -244,7 +250,6 @@ class FedserverService(service.MultiService):
 
     async def _finish_start(self) -> None:
         self.store = await self._open_store()
-        self.plugin_manager = self._make_plugin_manager()
         self.federation_site.resource = build_federation_root(server_keys=ServerKeyResource(self.key_document))
         self.client_site.resource = build_client_root()
 
@@ -257,18 +262,6 @@ class FedserverService(service.MultiService):
             log.warn("No storage layer installed yet; running without a database")
             return None
         return await open_store(self.config.database_path, self.reactor, self.room_versions)
-
-    def _make_plugin_manager(self) -> Any:
-        try:
-            from fedserver.auth.plugins import make_plugin_manager
-        except ModuleNotFoundError as e:
-            if e.name != "fedserver.auth.plugins":
-                raise
-            log.warn("No plugin manager installed yet; running without plugins")
-            return None
-        return make_plugin_manager(
-            load_entrypoints=True, module_paths=list(self.config.plugins), disabled=list(self.config.disabled_plugins)
-        )
 
     def _started(self, _: Any) -> None:
         log.info("fedserver ready (database {db})", db=self.config.database_path)
@@ -314,7 +307,7 @@ def makeService(options: Options) -> FedserverService:
     observer = _level_filtered_twistd_observer(getattr(options, "parent", None), config.log_level)
     try:
         return FedserverService(config, reactor, observer)
-    except KeyFileError as e:
+    except (KeyFileError, PluginError) as e:
         raise SystemExit(f"fedserver: {e}") from None
 
 

@@ -179,6 +179,17 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn(path, str(e.code))
         self.assertNotIn("\n", str(e.code))
 
+    def test_bad_plugin_exits_with_message(self):
+        """A plugin module that cannot be imported stops startup with a message naming it,
+        before any key file is written."""
+        d = self.mktemp()
+        os.mkdir(d)
+        o = Options()
+        o.parseOptions(["--set", "plugins=[no_such_module_xyz]", "--signing-key", os.path.join(d, "k")])
+        e = self.assertRaises(SystemExit, makeService, o)
+        self.assertIn("no_such_module_xyz", str(e.code))
+        self.assertEqual(os.listdir(d), [])
+
     def test_starting_resource(self):
         """Before the store is open, requests get 503 M_UNKNOWN with Retry-After."""
         resp = self.successResultOf(StubTreq(StartingResource()).get("http://x/_matrix/key/v2/server"))
