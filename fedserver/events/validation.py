@@ -317,7 +317,7 @@ def _check_values(value: Any, strict: bool) -> None:
                     continue
                 push((item, depth + 1))
             continue
-        if t is list:
+        if t is list or t is tuple:  # tuples encode as arrays, as in canonical.py
             if depth >= MAX_DEPTH:
                 raise InvalidEvent("JSON nested too deeply")
             for item in v:
@@ -357,9 +357,11 @@ def _content_hash_input(pdu: dict[str, Any], rv: RoomVersion) -> bytes:
     size = len(data)
     if size > MAX_PDU_BYTES:
         raise InvalidEvent(f"event is larger than {MAX_PDU_BYTES} bytes")
-    for key in _EXCLUDED_FROM_CONTENT_HASH:
-        if key in pdu:
-            size += len(key) + 4 + len(_encode(pdu[key]))  # quotes, colon, comma
+    excluded = {k: pdu[k] for k in _EXCLUDED_FROM_CONTENT_HASH if k in pdu}
+    if excluded:
+        # '{' + a + '}' and '{' + b + '}' merge into '{' + a + ',' + b + '}' (the merged
+        # members sort among each other however they interleave).
+        size += len(_encode(excluded)) - 1
     if size > MAX_PDU_BYTES:
         raise InvalidEvent(f"event is larger than {MAX_PDU_BYTES} bytes")
     return data
