@@ -188,3 +188,27 @@ class Room:
         if result.allowed:
             self.add(event)
         return result
+
+
+def pick(rv: RoomVersion, table: dict[str, str]) -> str:
+    """The expected rule label for ``rv`` from ``{"1-5": "5.2.3", "6-11": ..., "12": ...}``."""
+    n = int(rv.identifier)
+    for span, number in table.items():
+        lo, _, hi = span.partition("-")
+        if int(lo) <= n <= int(hi or lo):
+            return f"v{n} {number}"
+    raise KeyError(f"no expectation for room version {n}")
+
+
+class AuthAssertions:
+    """Assertions on :class:`AuthResult` for trial test cases."""
+
+    def assertAllowed(self, result: AuthResult) -> None:
+        if not result.allowed:
+            self.fail(f"expected the event to be allowed, got {result.denials}")  # type: ignore[attr-defined]
+
+    def assertDenied(self, result: AuthResult, rule: str | None = None) -> None:
+        if result.allowed:
+            self.fail(f"expected a denial under {rule}, the event was allowed")  # type: ignore[attr-defined]
+        if rule is not None and result.rule != rule:
+            self.fail(f"expected a denial under {rule}, got {result.denials}")  # type: ignore[attr-defined]
