@@ -158,9 +158,16 @@ class RoomBuilder:
         self.send("alice_join", MEMBER, ALICE, {"membership": "join"}, ALICE, after="create")
         levels = {ALICE: 100}
         levels.update(users or {})
-        self.send("pl0", PL, ALICE, power_levels(levels), "", after="alice_join")
+        self.send("pl0", PL, ALICE, self.power_levels(levels), "", after="alice_join")
         self.send("jr0", JR, ALICE, {"join_rule": join_rule}, "", after="pl0")
         return "jr0"
+
+    def power_levels(self, users: dict[str, int], **extra: Any) -> dict[str, Any]:
+        """:func:`power_levels` content; from room v12 the creator (Alice) is left out of
+        ``users``, since creators may not be listed there."""
+        if self.rv.privileged_creators:
+            users = {u: v for u, v in users.items() if u != ALICE}
+        return power_levels(users, **extra)
 
     def join(self, name: str, user: str, after: str) -> Event:
         return self.send(name, MEMBER, user, {"membership": "join"}, user, after=after)

@@ -16,7 +16,7 @@ from fedserver.state.v2 import (
     split_conflicted,
 )
 from tests.test_state_fixtures import (
-    ALICE, BOB, CHARLIE, JR, MEMBER, PL, TOPIC, RoomBuilder, power_levels, simple_auth_check,
+    ALICE, BOB, CHARLIE, JR, MEMBER, PL, TOPIC, RoomBuilder, simple_auth_check,
 )
 
 VERSIONS = (V2, V10, V11, V12)
@@ -71,10 +71,10 @@ class AuthDifferenceTests(SynchronousTestCase):
         room = RoomBuilder(rv)
         last = room.standard_room(users={BOB: 50})
         room.join("bob_join", BOB, after=last)
-        room.send("pl_common", PL, ALICE, power_levels({ALICE: 100, BOB: 55}), "",
+        room.send("pl_common", PL, ALICE, room.power_levels({ALICE: 100, BOB: 55}), "",
                   after="bob_join")
         # fork A: Alice changes PL then topic; fork B: Bob sets the topic
-        room.send("pl_a", PL, ALICE, power_levels({ALICE: 100, BOB: 60}), "", after="pl_common")
+        room.send("pl_a", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "", after="pl_common")
         room.send("topic_a", TOPIC, ALICE, {"topic": "a"}, "", after="pl_a")
         room.send("topic_b", TOPIC, BOB, {"topic": "b"}, "", after="pl_common")
         return room
@@ -118,6 +118,20 @@ class AuthDifferenceTests(SynchronousTestCase):
             diff = graph.auth_difference([room.state("topic_a"), room.state("topic_b")])
             names = {graph.ids[n] for n in diff}
             self.assertEqual(names, {room.id("pl_a"), room.id("topic_a"), room.id("topic_b")})
+
+    def test_lying_auth_depth_cannot_stop_the_walk_early(self):
+        """Auth depths that claim a cited event is deeper than its citer would let the
+        early stop leave an old event marked as not shared; the edge check notices and the
+        answer is the true one."""
+        room = RoomBuilder(V10)
+        last = room.standard_room()
+        room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 1}), "", after=last)
+        room.send("pl2", PL, ALICE, room.power_levels({ALICE: 100, BOB: 2}), "", after="pl1")
+        room.auth_depths[room.id("pl1")] = 1000
+        room.auth_depths[room.id("pl0")] = 999
+        graph = AuthGraph(room.get_event, auth_depth=room.auth_depth)
+        diff = graph.auth_difference([room.state("pl1"), room.state("pl2")])
+        self.assertEqual({graph.ids[n] for n in diff}, {room.id("pl2")})
 
     def test_unknown_auth_depth_falls_back(self):
         """An auth_depth that does not know an event (KeyError) means the full walk."""
@@ -168,23 +182,42 @@ class ConflictedSubgraphTests(SynchronousTestCase):
             room = RoomBuilder(rv)
             last = room.standard_room()
             room.join("bob_join", BOB, after=last)
-            room.send("pl1", PL, ALICE, power_levels({ALICE: 100, BOB: 50}), "", after="bob_join")
-            room.send("pl2", PL, ALICE, power_levels({ALICE: 100, BOB: 60}), "", after="pl1")
-            room.send("pl3", PL, ALICE, power_levels({ALICE: 100, BOB: 70}), "", after="pl2")
-            room.send("pl4", PL, ALICE, power_levels({ALICE: 100, BOB: 80}), "", after="pl3")
+            room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 50}), "", after="bob_join")
+            room.send("pl2", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "", after="pl1")
+            room.send("pl3", PL, ALICE, room.power_levels({ALICE: 100, BOB: 70}), "", after="pl2")
+            room.send("pl4", PL, ALICE, room.power_levels({ALICE: 100, BOB: 80}), "", after="pl3")
             for auth_depth in (None, room.auth_depth):
                 graph = AuthGraph(room.get_event, auth_depth=auth_depth)
                 conflicted = {graph.node(room.id("pl1")), graph.node(room.id("pl3"))}
                 sub = {graph.ids[n] for n in graph.conflicted_subgraph(conflicted)}
                 self.assertEqual(sub, {room.id(n) for n in ("pl1", "pl2", "pl3")}, rv)
 
+    def test_auth_depth_bounds_the_walk(self):
+        """With auth depths, nothing below the shallowest conflicted event is fetched."""
+        room = RoomBuilder(V12)
+        last = room.standard_room()
+        room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 50}), "", after=last)
+        room.send("pl2", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "", after="pl1")
+        fetched = []
+
+        def get_event(eid):
+            fetched.append(eid)
+            return room.get_event(eid)
+
+        graph = AuthGraph(get_event, auth_depth=room.auth_depth)
+        graph.conflicted_subgraph({graph.node(room.id("pl1")), graph.node(room.id("pl2"))})
+        self.assertNotIn(room.id("pl0"), fetched)
+        graph = AuthGraph(get_event)
+        graph.conflicted_subgraph({graph.node(room.id("pl1")), graph.node(room.id("pl2"))})
+        self.assertIn(room.id("pl0"), fetched)
+
     def test_event_depth_is_not_trusted(self):
         """A forged ``depth`` field changes nothing: the subgraph is still found."""
         room = RoomBuilder(V12)
         last = room.standard_room()
-        room.send("pl1", PL, ALICE, power_levels({ALICE: 100, BOB: 50}), "", after=last)
-        room.send("pl2", PL, ALICE, power_levels({ALICE: 100, BOB: 60}), "", after="pl1")
-        room.send("pl3", PL, ALICE, power_levels({ALICE: 100, BOB: 70}), "", after="pl2")
+        room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 50}), "", after=last)
+        room.send("pl2", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "", after="pl1")
+        room.send("pl3", PL, ALICE, room.power_levels({ALICE: 100, BOB: 70}), "", after="pl2")
         room.ev("pl2").depth = 1
         room.ev("pl1").depth = 100
         graph = AuthGraph(room.get_event)
@@ -238,7 +271,7 @@ class OrderingTests(SynchronousTestCase):
             last = room.standard_room(users={BOB: 50})
             room.join("bob_join", BOB, after=last)
             room.send("t_old", TOPIC, ALICE, {"topic": "1"}, "", after="bob_join", ts=9000)
-            room.send("pl1", PL, ALICE, power_levels({ALICE: 100, BOB: 60}), "", after="t_old")
+            room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "", after="t_old")
             room.send("t_new_b", TOPIC, BOB, {"topic": "2"}, "", after="pl1", ts=100)
             room.send("t_new_a", TOPIC, BOB, {"topic": "3"}, "", after="pl1", ts=100)
             room.send("t_newer", TOPIC, BOB, {"topic": "4"}, "", after="pl1", ts=50)

@@ -243,7 +243,7 @@ class AuthGraph:
 
         Given ``auth_depth``, the walk down from the conflicted events stops at events
         shallower than the shallowest conflicted event (nothing below can lead back up to
-        one); otherwise it walks everything reachable.
+        one, and nothing below is fetched); otherwise it walks everything reachable.
 
         :param conflicted: nodes of the conflicted state set (missing ones are ignored).
         :returns: nodes, including every present conflicted node.
@@ -260,60 +260,79 @@ class AuthGraph:
         if region is None:
             region = self._region_above(present, None)
         assert region is not None
-        # leads[n]: some conflicted event is reachable from n (n itself included). Decided
+        # leads[n]: some conflicted event is reachable from n (n itself included), decided
         # in post-order over the region; a back edge of a cycle counts as "does not lead".
         leads: dict[int, bool] = {}
-        parents = self.parents
-        conflicted_present = set(present)
+        targets = set(present)
         for root in present:
             if root in leads:
                 continue
-            stack = [(root, iter(parents(root)))]
+            stack = [(root, iter(region[root]))]
             on_stack = {root}
             while stack:
                 n, it = stack[-1]
-                advanced = False
                 for p in it:
-                    if p in region and p not in leads and p not in on_stack:
+                    if p not in leads and p not in on_stack:
                         on_stack.add(p)
-                        stack.append((p, iter(parents(p))))
-                        advanced = True
+                        stack.append((p, iter(region[p])))
                         break
-                if advanced:
-                    continue
-                stack.pop()
-                on_stack.discard(n)
-                leads[n] = n in conflicted_present or any(
-                    leads.get(p, False) for p in parents(n) if p in region
-                )
-        # A node is in the subgraph if it is reachable from a conflicted node (it is in the
-        # region) and leads to a conflicted node other than through itself being the start.
-        out = set(conflicted_present)
-        for n in region:
-            if n in conflicted_present:
-                continue
-            if leads.get(n, False):
-                out.add(n)
-        return out
+                else:
+                    stack.pop()
+                    on_stack.discard(n)
+                    leads[n] = n in targets or any(leads.get(p, False) for p in region[n])
+        # Every region node is reachable from a conflicted event; it is on a path between
+        # two if it also leads to one.
+        return {n for n in region if leads.get(n, False)}
 
-    def _region_above(self, starts: list[int], min_depth: int | None) -> set[int] | None:
-        """Nodes reachable from ``starts`` (themselves included), not going below
-        ``min_depth``; ``None`` if an edge does not decrease ``depth`` while pruning."""
-        region = set(starts)
+    def _region_above(
+        self, starts: list[int], min_depth: int | None
+    ) -> dict[int, list[int]] | None:
+        """The nodes reachable from ``starts`` (themselves included), each with its parents
+        in that set, not going below auth depth ``min_depth`` (events below are not even
+        fetched); ``None`` if an edge does not decrease the auth depth while pruning.
+
+        :raises KeyError: if ``auth_depth`` does not know an event.
+        """
+        region: dict[int, list[int]] = {n: [] for n in starts}
         stack = list(starts)
-        parents = self.parents
-        depth = self.depth
+        if min_depth is None:
+            parents = self.parents
+            while stack:
+                n = stack.pop()
+                ps = region[n]
+                for p in parents(n):
+                    ps.append(p)
+                    if p not in region:
+                        region[p] = []
+                        stack.append(p)
+            return region
+        auth_depth = self._auth_depth
+        assert auth_depth is not None
+        events = self.events
+        index = self.index
         while stack:
             n = stack.pop()
-            dn = depth(n) if min_depth is not None else 0
-            for p in parents(n):
-                if min_depth is not None:
-                    dp = depth(p)
-                    if dp >= dn:
-                        return None
-                    if dp < min_depth:
-                        continue
-                if p not in region:
-                    region.add(p)
-                    stack.append(p)
+            dn = self.depth(n)
+            ps = region[n]
+            for aid in events[n].auth_event_ids:  # type: ignore[union-attr]
+                if not isinstance(aid, str):
+                    continue
+                known = index.get(aid)
+                if known is not None and known in region:
+                    if known not in ps and known != n:
+                        ps.append(known)
+                    continue
+                dp = auth_depth(aid)
+                if type(dp) is not int:
+                    raise KeyError(aid)
+                if dp >= dn:
+                    return None
+                if dp < min_depth:
+                    continue
+                p = self.node(aid)
+                if events[p] is None:
+                    continue
+                ps.append(p)
+                region[p] = []
+                stack.append(p)
         return region
