@@ -1,0 +1,44 @@
+"""Storage: the only code that knows SQL (SQLite through twisted.enterprise.adbapi)."""
+
+from fedserver.storage.interface import (
+    DestinationRetry,
+    EventMeta,
+    InvalidDataError,
+    OutboundItem,
+    PersistedEvent,
+    PersistEntry,
+    ReceivedTxn,
+    Refusal,
+    RefusedEvent,
+    RoomInfo,
+    SchemaError,
+    SchemaTooNewError,
+    StorageError,
+    Store,
+    UnknownEventsError,
+    UnknownStateGroupError,
+)
+from fedserver.storage.sqlite import SQLiteStore, open_store
+from fedserver.storage.statemap import StateMap
+
+__all__ = [
+    "DestinationRetry",
+    "EventMeta",
+    "InvalidDataError",
+    "OutboundItem",
+    "PersistedEvent",
+    "PersistEntry",
+    "ReceivedTxn",
+    "Refusal",
+    "RefusedEvent",
+    "RoomInfo",
+    "SchemaError",
+    "SchemaTooNewError",
+    "SQLiteStore",
+    "StateMap",
+    "StorageError",
+    "Store",
+    "UnknownEventsError",
+    "UnknownStateGroupError",
+    "open_store",
+]

@@ -1,0 +1,192 @@
+"""Versioned schema: builds a new database atomically and applies upgrade scripts in order.
+
+The schema directory holds ``NNN_description.sql`` files. ``001`` is the full schema of a
+new database; each later number is an upgrade from the one before. The versions applied
+are recorded in the ``schema_version`` table.
+
+* A new database is built in ONE transaction (bootstrap table, every script, the version
+  rows): a crash half way leaves an empty file, which the next start builds again.
+* An existing database gets each missing upgrade in its own transaction, in order.
+* A database whose version is newer than the newest script is refused, as is a file that
+  has tables but no ``schema_version`` (not ours).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterator
+
+from fedserver.storage.interface import SchemaError, SchemaTooNewError
+
+#: Where the shipped schema scripts live.
+DEFAULT_SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema")
+
+_SCRIPT_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
+
+_BOOTSTRAP = (
+    "CREATE TABLE schema_version ("
+    " version INTEGER NOT NULL PRIMARY KEY,"
+    " applied_ts INTEGER NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class SchemaScript:
+    """One ``NNN_name.sql`` file."""
+
+    version: int
+    path: str
+
+    def statements(self) -> list[str]:
+        """The file's SQL statements, in order.
+
+        :raises SchemaError: if the file ends inside an unfinished statement.
+        """
+        with open(self.path, encoding="utf-8") as f:
+            return list(split_statements(f.read(), self.path))
+
+
+def split_statements(sql: str, source: str = "<sql>") -> Iterator[str]:
+    """Split a script into complete statements (SQLite's own parser decides where one ends,
+    so semicolons in strings or trigger bodies are handled).
+
+    ``executescript`` cannot be used: it commits any open transaction first, which would
+    break the atomic creation of a new database.
+    """
+    buf: list[str] = []
+    for line in sql.splitlines(keepends=True):
+        buf.append(line)
+        text = "".join(buf)
+        if sqlite3.complete_statement(text):
+            if _has_sql(text):
+                yield text.strip()
+            buf = []
+    rest = "".join(buf)
+    if _has_sql(rest):
+        raise SchemaError(f"{source}: unterminated SQL statement at end of file")
+
+
+def _has_sql(text: str) -> bool:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("--"):
+            return True
+    return False
+
+
+def find_scripts(schema_dir: str) -> list[SchemaScript]:
+    """The scripts of ``schema_dir``, by version.
+
+    :raises SchemaError: if there are none, two share a number, a number is missing, or
+        the first is not ``001``.
+    """
+    try:
+        names = os.listdir(schema_dir)
+    except OSError as e:
+        raise SchemaError(f"cannot read schema directory {schema_dir!r}: {e}") from None
+    scripts: dict[int, SchemaScript] = {}
+    for name in names:
+        m = _SCRIPT_NAME.match(name)
+        if m is None:
+            continue
+        version = int(m.group(1))
+        if version in scripts:
+            raise SchemaError(f"two schema scripts for version {version} in {schema_dir!r}")
+        scripts[version] = SchemaScript(version, os.path.join(schema_dir, name))
+    if not scripts:
+        raise SchemaError(f"no schema scripts in {schema_dir!r}")
+    ordered = [scripts[v] for v in sorted(scripts)]
+    for expected, script in enumerate(ordered, start=1):
+        if script.version != expected:
+            raise SchemaError(f"schema script {expected:03d} is missing from {schema_dir!r}")
+    return ordered
+
+
+def get_schema_version(conn: sqlite3.Connection) -> int | None:
+    """The version recorded in the database, or ``None`` if it has no schema yet.
+
+    :raises SchemaError: if it has tables but no ``schema_version`` table.
+    """
+    cur = conn.cursor()
+    try:
+        tables = {
+            row[0]
+            for row in cur.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if "schema_version" not in tables:
+            if tables:
+                raise SchemaError(
+                    "the database has tables but no schema_version table: it was not "
+                    "created by fedserver"
+                )
+            return None
+        row = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    finally:
+        cur.close()
+    if row is None or row[0] is None:
+        raise SchemaError("the schema_version table is empty: the database is damaged")
+    return int(row[0])
+
+
+def prepare_database(conn: sqlite3.Connection, schema_dir: str, now_ms: int) -> int:
+    """Create or upgrade the schema of ``conn`` (opened with ``isolation_level=None``).
+
+    :param schema_dir: the directory of ``NNN_*.sql`` scripts.
+    :param now_ms: recorded as the time each version was applied.
+    :returns: the schema version now in the database.
+    :raises SchemaTooNewError: if the database is newer than the newest script.
+    :raises SchemaError: if the database is not ours or a script is broken; nothing of the
+        failing step is left behind.
+    """
+    scripts = find_scripts(schema_dir)
+    code_version = scripts[-1].version
+    cur = conn.cursor()
+    try:
+        # IMMEDIATE: take the write lock before looking, so two processes starting at once
+        # cannot both decide to build the schema.
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            current = get_schema_version(conn)
+            if current is None:
+                cur.execute(_BOOTSTRAP)
+                for script in scripts:
+                    _apply(cur, script, now_ms)
+            elif current > code_version:
+                raise SchemaTooNewError(
+                    f"the database has schema version {current}, newer than the newest this "
+                    f"code knows ({code_version}); refusing to open it"
+                )
+            else:
+                cur.execute("COMMIT")
+                for script in scripts[current:]:
+                    cur.execute("BEGIN IMMEDIATE")
+                    _apply(cur, script, now_ms)
+                    cur.execute("COMMIT")
+                return code_version
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+    finally:
+        cur.close()
+    return code_version
+
+
+def _apply(cur: sqlite3.Cursor, script: SchemaScript, now_ms: int) -> None:
+    for statement in script.statements():
+        try:
+            cur.execute(statement)
+        except sqlite3.Error as e:
+            raise SchemaError(
+                f"schema script {os.path.basename(script.path)} failed: {e}"
+            ) from e
+    cur.execute(
+        "INSERT INTO schema_version (version, applied_ts) VALUES (?, ?)",
+        (script.version, now_ms),
+    )
