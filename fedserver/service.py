@@ -19,6 +19,7 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     Logger,
 )
+from twisted.protocols import policies
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -124,8 +125,49 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+class _ConnectionTracker(policies.WrappingFactory):
+    """Wraps a factory to know its open connections, so that stopping can close them."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, reactor: Any) -> None:
+        super().__init__(wrapped)
+        self._reactor = reactor
+        self._waiters: list[defer.Deferred] = []
+
+    def logPrefix(self) -> str:
+        return self.wrappedFactory.logPrefix() if hasattr(self.wrappedFactory, "logPrefix") else "fedserver"
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_all(self, grace: float = 5.0) -> defer.Deferred:
+        """Close every open connection (aborting those still open after ``grace`` seconds).
+
+        :returns: a Deferred firing once none is left.
+        """
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        for p in list(self.protocols):
+            p.transport.loseConnection()
+        abort = self._reactor.callLater(grace, self._abort_all)
+        d.addBoth(lambda r: (abort.cancel() if abort.active() else None, r)[1])
+        return d
+
+    def _abort_all(self) -> None:
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+
+
 class ListenerService(service.Service):
     """Listens on a strports description with ``factory``; binding failures raise at startup.
+    Stopping stops listening and closes the connections still open.
 
     :ivar port: the :class:`IListeningPort` once listening.
     """
@@ -134,6 +176,7 @@ class ListenerService(service.Service):
         self.label = label
         self.description = description
         self.factory = factory
+        self._tracker = _ConnectionTracker(factory, reactor)
         self._reactor = reactor
         self._scheme = scheme
         self.port: IListeningPort | None = None
@@ -142,7 +185,7 @@ class ListenerService(service.Service):
         # Bind here, before privileges are dropped and synchronously, so that a port that is
         # in use stops twistd with an error instead of leaving a server that is not listening.
         results: list[Any] = []
-        serverFromString(self._reactor, self.description).listen(self.factory).addBoth(results.append)
+        serverFromString(self._reactor, self.description).listen(self._tracker).addBoth(results.append)
         if not results:
             raise RuntimeError(f"{self.label}: endpoint {self.description!r} did not listen synchronously")
         if isinstance(results[0], Failure):
@@ -161,9 +204,11 @@ class ListenerService(service.Service):
     def stopService(self) -> defer.Deferred | None:
         service.Service.stopService(self)
         port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-        return None
+        if port is None:
+            return None
+        d = defer.maybeDeferred(port.stopListening)
+        d.addCallback(lambda _: self._tracker.close_all())
+        return d
 
 
 class FedserverService(service.MultiService):
@@ -261,7 +306,7 @@ class FedserverService(service.MultiService):
                 raise
             log.warn("No storage layer installed yet; running without a database")
             return None
-        return await open_store(self.config.database_path, self.reactor, self.room_versions)
+        return await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
 
     def _started(self, _: Any) -> None:
         log.info("fedserver ready (database {db})", db=self.config.database_path)

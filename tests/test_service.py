@@ -253,7 +253,8 @@ class RunningServerTests(TestCase):
     async def fetch_keys(self, svc):
         with open(self.config.tls_certificate_path, "rb") as f:
             pem = f.read()
-        pool = HTTPConnectionPool(reactor, persistent=False)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
         client = treq.client.HTTPClient(Agent(reactor, contextFactory=_TrustOnly(pem), pool=pool))
         port = svc.federation_listener.port.getHost().port
         resp = await client.get(f"https://localhost:{port}/_matrix/key/v2/server")
@@ -262,8 +263,11 @@ class RunningServerTests(TestCase):
 
     async def test_start_fetch_restart(self):
         """The key document fetched over TLS (hostname-checked against the generated
-        certificate) verifies against its own key; after a restart the key id is unchanged."""
+        certificate) verifies against its own key; stopping closes open connections; after a
+        restart the key id is unchanged."""
         svc = await self.start()
+        if svc.store is not None:
+            self.assertTrue(os.path.exists(self.config.database_path))
         resp, doc = await self.fetch_keys(svc)
         self.assertEqual(resp.code, 200)
         self.assertEqual(doc["server_name"], "localhost:8448")
@@ -279,7 +283,12 @@ class RunningServerTests(TestCase):
         self.assertEqual(resp.code, 404)
         self.assertEqual((await resp.json())["errcode"], "M_UNRECOGNIZED")
         self.assertEqual(resp.headers.getRawHeaders(b"Access-Control-Allow-Origin"), [b"*"])
+        # The keep-alive connection of the key fetch is still open; stopping closes it.
+        self.assertTrue(svc.federation_listener._tracker.protocols)
         await svc.stopService()
+        self.assertFalse(svc.federation_listener._tracker.protocols)
+        self.assertFalse(svc.client_listener._tracker.protocols)
+        self.assertIsNone(svc.store)
 
         svc2 = await self.start()
         self.assertEqual(svc2.key_id, kid)
