@@ -66,6 +66,13 @@ def _reject_constant(name: str) -> Any:
     raise CanonicalJSONError(f"{name} is not valid JSON")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise CanonicalJSONError("number out of range")
+    return value
+
+
 def parse_json(data: bytes | str) -> Any:
     """Parse JSON as the spec requires of input: UTF-8, no NaN/Infinity, bounded depth.
 
@@ -80,7 +87,7 @@ def parse_json(data: bytes | str) -> Any:
         except UnicodeDecodeError:
             raise CanonicalJSONError("body is not UTF-8") from None
     try:
-        value = json.loads(data, parse_constant=_reject_constant)
+        value = json.loads(data, parse_constant=_reject_constant, parse_float=_parse_float)
     except RecursionError:
         raise CanonicalJSONError("JSON nested too deeply") from None
     except ValueError as e:
