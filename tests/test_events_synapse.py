@@ -172,3 +172,16 @@ class RedactionOracleTests(SynchronousTestCase):
                 case["reference_hash"],
                 (case["room_version"], case["name"]),
             )
+
+
+class RedactsOracleTests(SynchronousTestCase):
+    def test_redaction_target_matches_synapse(self):
+        """With ``redacts`` at top level, in content, or both, ``Event.redacts`` names the
+        same target as Synapse in every room version: top level before v11, content from
+        v11 (a top-level key is then ignored)."""
+        cases = load("redacts_cases.json")
+        self.assertEqual(len(cases), 36)
+        for case in cases:
+            rv = spec_version(case["room_version"])
+            event = Event.from_pdu(case["pdu"], rv, event_id="$x")
+            self.assertEqual(event.redacts, case["synapse_redacts"], (case["room_version"], case["placement"]))

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fedserver.events.model import Event
 from fedserver.events.validation import (
+    EventTooLarge,
     InvalidEvent,
     check_pdu,
     is_valid_server_name,
@@ -231,35 +232,35 @@ class SizeTests(SynchronousTestCase):
             for where in ("content", "unsigned", "signatures"):
                 validate_pdu(self._pad_to(base, SPEC_MAX_PDU_BYTES, where), rv)
                 self.assertRaises(
-                    InvalidEvent, validate_pdu, self._pad_to(base, SPEC_MAX_PDU_BYTES + 1, where), rv
+                    EventTooLarge, validate_pdu, self._pad_to(base, SPEC_MAX_PDU_BYTES + 1, where), rv
                 )
 
     def test_size_counts_utf8_bytes(self):
         """The limit is in UTF-8 bytes of the canonical form, not characters."""
         pdu = base_pdu(V11, content={"pad": "€" * 22000})  # 66000 bytes, 22000 characters
-        self.assertRaises(InvalidEvent, validate_pdu, pdu, V11)
+        self.assertRaises(EventTooLarge, validate_pdu, pdu, V11)
 
     def test_field_limits(self):
         """type, state_key, sender, room_id and (v1-2) event_id may be 255 bytes, not 256,
-        counted in UTF-8 bytes."""
+        counted in UTF-8 bytes (EventTooLarge)."""
         for rv in SPEC_ROOM_VERSIONS:
             validate_pdu(base_pdu(rv, type="t" * 255), rv)
-            self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, type="t" * 256), rv)
-            self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, type="é" * 128), rv)
+            self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, type="t" * 256), rv)
+            self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, type="é" * 128), rv)
             validate_pdu(base_pdu(rv, state_key="k" * 255), rv)
             validate_pdu(base_pdu(rv, state_key="é" * 127), rv)
-            self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, state_key="k" * 256), rv)
-            self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, state_key="é" * 128), rv)
+            self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, state_key="k" * 256), rv)
+            self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, state_key="é" * 128), rv)
             sender = "@" + "u" * 251 + ":hs"  # 255 bytes
             validate_pdu(base_pdu(rv, sender=sender), rv)
-            self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, sender="@u" + sender[1:]), rv)
-            self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, sender="@" + "ü" * 126 + ":hs"), rv)
+            self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, sender="@u" + sender[1:]), rv)
+            self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, sender="@" + "ü" * 126 + ":hs"), rv)
             if not rv.room_id_from_create_event:
                 validate_pdu(base_pdu(rv, room_id="!" + "r" * 251 + ":hs"), rv)
-                self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, room_id="!" + "r" * 252 + ":hs"), rv)
+                self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, room_id="!" + "r" * 252 + ":hs"), rv)
             if rv.event_format == EventFormat.V1:
                 validate_pdu(base_pdu(rv, event_id="$" + "e" * 251 + ":hs"), rv)
-                self.assertRaises(InvalidEvent, validate_pdu, base_pdu(rv, event_id="$" + "e" * 252 + ":hs"), rv)
+                self.assertRaises(EventTooLarge, validate_pdu, base_pdu(rv, event_id="$" + "e" * 252 + ":hs"), rv)
 
 
 class EdgeTests(SynchronousTestCase):
@@ -304,7 +305,7 @@ class IdentifierTests(SynchronousTestCase):
                 "@a:1.2.3.4", "@a:1.2.3.4:5", "@a:[::1]", "@a:[1234:5678::abcd]:5678",
                 "@a=b/c+d:matrix.org"]
         bad = ["alice:hs", "@alice", "@alice:", "@a:bad_domain", "@a:hs:123456", "@a:hs:",
-               "@a\x00b:hs", "@a:h s", "@a:[::1", "#a:hs", "", None, 5]
+               "@a\x00b:hs", "@\ud800:hs", "@a:h s", "@a:[::1", "#a:hs", "", None, 5]
         for user_id in good:
             self.assertTrue(is_valid_user_id(user_id), user_id)
             validate_pdu(base_pdu(V11, sender=user_id), V11)

@@ -105,11 +105,12 @@ class Event:
     @property
     def redacts(self) -> str | None:
         """The event an ``m.room.redaction`` redacts: in ``content`` from v11, top level
-        before (v11+ also accepts the top-level key for compatibility)."""
+        before.  A top-level ``redacts`` in v11+ is ignored: it is not part of that format,
+        and Synapse ignores it too (tests/data/synapse_events/redacts_cases.json)."""
         if self.type != "m.room.redaction":
             return None
         if self.room_version.redacts_in_content:
-            r = self.content.get("redacts", self.pdu.get("redacts"))
+            r = self.content.get("redacts")
         else:
             r = self.pdu.get("redacts")
         return r if isinstance(r, str) else None

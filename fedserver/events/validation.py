@@ -63,6 +63,11 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
+class EventTooLarge(InvalidEvent):
+    """The PDU, or one of its size-limited fields, is over the spec's limit (the client
+    API's ``413 M_TOO_LARGE``)."""
+
+
 class CheckedPdu(NamedTuple):
     """A valid PDU with what the signature and hash checks need.
 
@@ -92,7 +97,8 @@ def validate_pdu(pdu: dict[str, Any], rv: RoomVersion) -> None:
 
     :param pdu: the PDU as received (parsed JSON).
     :param rv: the room's version.
-    :raises InvalidEvent: naming the first problem found.
+    :raises InvalidEvent: naming the first problem found; :class:`EventTooLarge` (a
+        subclass) for the size limits.
     """
     _check_shape(pdu, rv)
     _content_hash_input(pdu, rv)
@@ -156,6 +162,8 @@ def _check_shape(pdu: Any, rv: RoomVersion) -> None:
     _check_bytes(event_type, "type")
 
     sender = pdu.get("sender")
+    if type(sender) is str:
+        _check_bytes(sender, "sender")
     if not is_valid_user_id(sender):
         raise InvalidEvent("'sender' must be a valid user id of at most 255 bytes")
 
@@ -174,6 +182,8 @@ def _check_shape(pdu: Any, rv: RoomVersion) -> None:
     # hash, and a stray event_id would change that hash (Synapse refuses these too).
     if fmt == EventFormat.V1:
         event_id = pdu.get("event_id")
+        if type(event_id) is str:
+            _check_bytes(event_id, "event_id")
         if type(event_id) is not str or not event_id.startswith("$") or not _valid_id_with_domain(event_id):
             raise InvalidEvent("'event_id' must be '$opaque_id:server_name' of at most 255 bytes")
     elif "event_id" in pdu:
@@ -227,6 +237,8 @@ def _check_room_id(pdu: dict[str, Any], rv: RoomVersion, event_type: str) -> Non
             raise InvalidEvent("'room_id' must be '!' and a 43-character URL-safe base64 hash")
         return
     room_id = pdu.get("room_id")
+    if type(room_id) is str:
+        _check_bytes(room_id, "room_id")
     if type(room_id) is not str or not room_id.startswith("!") or not _valid_id_with_domain(room_id):
         raise InvalidEvent("'room_id' must be '!opaque_id:server_name' of at most 255 bytes")
 
@@ -263,7 +275,7 @@ def _check_bytes(value: str, name: str) -> None:
     except UnicodeEncodeError:
         raise InvalidEvent(f"'{name}' is not valid UTF-8") from None
     if n > MAX_FIELD_BYTES:
-        raise InvalidEvent(f"'{name}' is longer than {MAX_FIELD_BYTES} bytes")
+        raise EventTooLarge(f"'{name}' is longer than {MAX_FIELD_BYTES} bytes")
 
 
 def _valid_id_with_domain(value: str) -> bool:
@@ -274,13 +286,10 @@ def _valid_id_with_domain(value: str) -> bool:
         return False
     if _SERVER_NAME.fullmatch(value, colon + 1) is None:
         return False
-    if len(value) * 4 > MAX_FIELD_BYTES:
-        try:
-            if len(value.encode("utf-8")) > MAX_FIELD_BYTES:
-                return False
-        except UnicodeEncodeError:
-            return False
-    return True
+    try:
+        return len(value.encode("utf-8")) <= MAX_FIELD_BYTES  # also refuses lone surrogates
+    except UnicodeEncodeError:
+        return False
 
 
 # -- values and sizes -----------------------------------------------------------------
@@ -356,14 +365,14 @@ def _content_hash_input(pdu: dict[str, Any], rv: RoomVersion) -> bytes:
     data = _encode(stripped)
     size = len(data)
     if size > MAX_PDU_BYTES:
-        raise InvalidEvent(f"event is larger than {MAX_PDU_BYTES} bytes")
+        raise EventTooLarge(f"event is larger than {MAX_PDU_BYTES} bytes")
     excluded = {k: pdu[k] for k in _EXCLUDED_FROM_CONTENT_HASH if k in pdu}
     if excluded:
         # '{' + a + '}' and '{' + b + '}' merge into '{' + a + ',' + b + '}' (the merged
         # members sort among each other however they interleave).
         size += len(_encode(excluded)) - 1
     if size > MAX_PDU_BYTES:
-        raise InvalidEvent(f"event is larger than {MAX_PDU_BYTES} bytes")
+        raise EventTooLarge(f"event is larger than {MAX_PDU_BYTES} bytes")
     return data
 
 

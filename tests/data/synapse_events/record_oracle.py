@@ -10,6 +10,8 @@ It writes next to itself:
 - ``redaction_cases.json``: for every crafted PDU and room version 1-12, the redacted form
   Synapse computes (without ``signatures`` / ``unsigned``) and its reference hash
   (unpadded standard base64);
+- ``redacts_cases.json``: which event Synapse takes a redaction to target when ``redacts``
+  is at top level, in content, or both, in every room version;
 - ``built_by_fedserver.json``: events built by ``fedserver.events.builder`` with the spec's
   test key, and the event id, content hash verdict and signature verdict Synapse gives them.
 """
@@ -133,6 +135,25 @@ def record_redactions():
     _write("redaction_cases.json", out)
 
 
+def record_redacts():
+    out = []
+    for v in VERSIONS:
+        rv = KNOWN_ROOM_VERSIONS[v]
+        for placement in ("top", "content", "both"):
+            _, pdu = case("redaction", "m.room.redaction", {"reason": "r"})
+            if placement in ("top", "both"):
+                pdu["redacts"] = "$top:example.org"
+            if placement in ("content", "both"):
+                pdu["content"]["redacts"] = "$content:example.org"
+            if rv.event_format == 1:
+                pdu["event_id"] = "$redaction:example.org"
+            if v == "12":
+                pdu["room_id"] = "!" + "A" * 43
+            ev = make_event_from_dict(copy.deepcopy(pdu), rv)
+            out.append({"room_version": v, "placement": placement, "pdu": pdu, "synapse_redacts": ev.redacts})
+    _write("redacts_cases.json", out)
+
+
 def record_built_events():
     sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..")))
     from tests.test_events_builder import build_sample_events
@@ -168,4 +189,5 @@ def _write(name, data):
 
 if __name__ == "__main__":
     record_redactions()
+    record_redacts()
     record_built_events()
