@@ -1,9 +1,4 @@
-"""Building our own events: the PDU in the room version's format, content hash, signature.
-
-Spec: server-server "Adding hashes and signatures to outgoing events", and each room
-version's event format.  Everything built here has passed
-:func:`fedserver.events.validation.validate_pdu`, so it is never sent out malformed.
-"""
+"""Building our own events in the room version's format: content hash, signature, validation."""
 
 from __future__ import annotations
 

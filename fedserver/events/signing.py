@@ -1,10 +1,5 @@
-"""Event and JSON signatures: signing, verifying, and which servers must have signed.
-
-Spec: server-server "Signing Events" ("Adding hashes and signatures to outgoing events",
-"Validating hashes and signatures on received events") and appendix "Signing JSON" /
-"Checking for a Signature".  Keys are signedjson / PyNaCl ``SigningKey`` / ``VerifyKey``
-objects carrying ``alg`` and ``version``; their key id is ``ed25519:<version>``.
-"""
+"""Event and JSON signatures: signing, verifying, and which servers must have signed
+(server-server "Signing Events", appendix "Signing JSON"); key ids are ``ed25519:<version>``."""
 
 from __future__ import annotations
 

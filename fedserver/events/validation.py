@@ -1,15 +1,5 @@
-"""Checks that a PDU has the shape its room version's event format requires (receipt check 1).
-
-The server-server spec, "Checks performed on receipt of a PDU", step 1: an event that is not
-valid for its room version's event format is *dropped*.  :func:`validate_pdu` decides that,
-from the PDU schemas (``data/api/server-server/definitions/pdu_v1.yaml`` ... ``pdu_v12.yaml``),
-the client-server "Size limits" section and the appendix identifier grammars.  Auth rules,
-signatures and hashes are checked elsewhere.
-
-:func:`check_pdu` does the same work and also returns what the next receipt steps need
-(the signed bytes and the content hash verdict), so a PDU's JSON is encoded only twice in
-total: once whole (content hash and size), once redacted (signatures and event id).
-"""
+"""PDU validity per room version event format (receipt check 1: invalid PDUs are dropped),
+from the PDU schemas, the client-server "Size limits" and the appendix identifier grammars."""
 
 from __future__ import annotations
 
@@ -117,7 +107,8 @@ def parse_pdu(pdu: dict[str, Any], rv: RoomVersion) -> Event:
 def check_pdu(pdu: dict[str, Any], rv: RoomVersion) -> CheckedPdu:
     """Validate ``pdu`` and prepare the signature and content hash checks in one pass.
 
-    Receipt steps 1 and 3 of the server-server spec, and the encoding step 2 needs: pass
+    The PDU is encoded only twice: once whole (content hash input and size) and once
+    redacted (signed bytes and event id).  Receipt steps 1 and 3 of the server-server spec, and the encoding step 2 needs: pass
     :attr:`CheckedPdu.signed_bytes` with each required server's signature to
     :func:`fedserver.events.signing.verify_signature_bytes` (or batch them).
 
