@@ -1,0 +1,722 @@
+"""The outbound federation client: X-Matrix-signed JSON requests to other servers over treq."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from http.cookiejar import CookiePolicy
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.internet.interfaces import IConsumer, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, URI
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from fedserver import __version__
+from fedserver.events.canonical import CanonicalJSONError, encode_canonical_json, parse_json
+from fedserver.federation.discovery import ServerNameResolver, WellKnownResponse
+from fedserver.federation.tls import AddressNotAllowed, FederationConnector, FederationTLSPolicy, first_error
+from fedserver.federation.xmatrix import InvalidServerName, SigningKey, sign_request_bytes
+
+log = Logger()
+
+#: Cap on a response body: large room state (a 20,000-member room's ``send_join``) runs to
+#: tens of MiB.
+DEFAULT_MAX_RESPONSE_SIZE = 50 * 1024 * 1024
+#: Cap on a well-known response body.
+WELL_KNOWN_MAX_SIZE = 64 * 1024
+
+USER_AGENT = f"fedserver/{__version__}".encode("ascii")
+
+#: Pseudo-scheme of the URLs handed from the client to :class:`MatrixFederationAgent`.
+SCHEME = b"matrix-federation"
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class FederationClientError(Exception):
+    """Base class of everything a federation request can fail with."""
+
+
+class HttpResponseError(FederationClientError):
+    """The server answered with a non-2xx status.
+
+    :ivar code: the HTTP status.
+    :ivar errcode: the Matrix ``errcode`` if the body was a Matrix error, else ``None``.
+    :ivar error: the Matrix ``error`` message if any, else ``None``.
+    :ivar body: the raw (size-capped) body.
+    :ivar json: the parsed body if it was a JSON object, else ``None`` (e.g. ``room_version``
+        of ``M_INCOMPATIBLE_ROOM_VERSION``).
+    """
+
+    def __init__(self, code: int, errcode: str | None, error: str | None, body: bytes, json: Any = None) -> None:
+        super().__init__(f"HTTP {code} {errcode or ''}: {error or body[:200]!r}")
+        self.code = code
+        self.errcode = errcode
+        self.error = error
+        self.body = body
+        self.json = json
+
+
+class RequestTimedOut(FederationClientError):
+    """The request (connecting, sending and reading the whole response) took too long."""
+
+
+class FederationUnreachable(FederationClientError):
+    """No response could be had: invalid server name, DNS, refused address, connection or TLS
+    failure.
+
+    :ivar reason: what went wrong, for logs.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TLSVerificationFailed(FederationUnreachable):
+    """The server's certificate is not valid for the name it must be valid for."""
+
+
+class InvalidResponse(FederationClientError):
+    """A 2xx response whose body is not acceptable JSON."""
+
+
+class ResponseTooLarge(FederationClientError):
+    """The response body exceeded the size cap; the connection was dropped."""
+
+
+# -- bodies -------------------------------------------------------------------------------------
+
+
+class _CappedReader(Protocol):
+    def __init__(self, max_size: int, finished: defer.Deferred) -> None:
+        self._max = max_size
+        self._finished = finished
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
+        self._size += len(data)
+        if self._size > self._max:
+            self._chunks = []
+            self._finished.errback(ResponseTooLarge(f"response body exceeds {self._max} bytes"))
+            self.transport.stopProducing()
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._finished.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(reason)
+
+
+def read_body(response: IResponse, max_size: int) -> defer.Deferred:
+    """Read a response body, refusing it (and dropping the connection) past ``max_size``.
+
+    :returns: Deferred firing with the body bytes; cancelling it drops the connection.
+    :raises ResponseTooLarge: (through the Deferred) if the body is too large.
+    """
+    if response.length is not UNKNOWN_LENGTH and response.length > max_size:
+        response.deliverBody(_Discard())
+        return defer.fail(ResponseTooLarge(f"response body of {response.length} bytes exceeds {max_size}"))
+    reader: _CappedReader
+
+    def cancel(d: defer.Deferred) -> None:
+        if reader.transport is not None:
+            reader.transport.stopProducing()
+
+    finished: defer.Deferred = defer.Deferred(cancel)
+    reader = _CappedReader(max_size, finished)
+    response.deliverBody(reader)
+    return finished
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """Writes a request body in one go (no cooperator, hence no global reactor)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred:
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _NoCookies(CookiePolicy):
+    """Federation carries no cookies: none are stored, none are sent."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+
+@implementer(IAgent)
+class MatrixFederationAgent:
+    """An ``IAgent`` for ``matrix-federation://`` URLs made by :meth:`uri_for`.
+
+    Each request's destination is resolved with server discovery; the ``Host`` header is
+    set to what discovery says, and the connection goes to the discovered targets in turn
+    over TLS valid for the discovered name (through the ``connector``). Connections are
+    pooled per destination.
+
+    The URL's host is a token standing for the destination, because server names (IPv6
+    literals, names of up to 255 characters) do not survive URL handling as hosts.
+
+    :param reactor: the reactor.
+    :param resolver: a :class:`ServerNameResolver` (anything with ``resolve(name)``).
+    :param connector: a :class:`FederationConnector`.
+    :param pool: an ``HTTPConnectionPool``; one is made if not given.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: Any,
+        connector: FederationConnector,
+        *,
+        pool: HTTPConnectionPool | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._connector = connector
+        if pool is None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 5
+        self.pool = pool
+        self._destinations: dict[bytes, str] = {}
+        self._agent = Agent.usingEndpointFactory(reactor, _DestinationEndpointFactory(self), pool=pool)
+
+    def uri_for(self, destination: str, path_and_query: str) -> bytes:
+        """The URL to request ``path_and_query`` (as it goes on the wire) from ``destination``."""
+        token = b"d" + hashlib.blake2b(destination.encode("utf-8"), digest_size=16).hexdigest().encode("ascii")
+        self._destinations[token] = destination
+        return SCHEME + b"://" + token + path_and_query.encode("ascii")
+
+    def destination_for(self, token: bytes) -> str:
+        """The destination behind a URL host made by :meth:`uri_for`.
+
+        :raises ValueError: for a host this agent did not make.
+        """
+        try:
+            return self._destinations[token]
+        except KeyError:
+            raise ValueError(f"not a URL made by uri_for: {token!r}") from None
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> defer.Deferred:
+        """Send a request (``IAgent``).
+
+        :returns: Deferred firing with the ``IResponse``.
+        """
+        return defer.Deferred.fromCoroutine(self._request(method, uri, headers, bodyProducer))
+
+    async def _request(
+        self, method: bytes, uri: bytes, headers: Headers | None, bodyProducer: IBodyProducer | None
+    ) -> IResponse:
+        parsed = URI.fromBytes(uri)
+        if parsed.scheme != SCHEME:
+            raise ValueError(f"not a {SCHEME.decode()} URL: {uri[:100]!r}")
+        destination = self.destination_for(parsed.host)
+        resolved = await self._resolver.resolve(destination)
+        headers = headers.copy() if headers is not None else Headers()
+        headers.setRawHeaders(b"Host", [resolved.host_header.encode("ascii")])
+        return await self._agent.request(method, uri, headers, bodyProducer)
+
+    def close(self) -> defer.Deferred:
+        """Close pooled connections."""
+        return self.pool.closeCachedConnections()
+
+
+@implementer(IAgentEndpointFactory)
+class _DestinationEndpointFactory:
+    def __init__(self, agent: MatrixFederationAgent) -> None:
+        self._agent = agent
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        destination = self._agent.destination_for(uri.host)
+        return _DestinationEndpoint(self._agent._resolver, self._agent._connector, destination)
+
+
+@implementer(IStreamClientEndpoint)
+class _DestinationEndpoint:
+    def __init__(self, resolver: Any, connector: FederationConnector, destination: str) -> None:
+        self._resolver = resolver
+        self._connector = connector
+        self._destination = destination
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, protocolFactory: IProtocolFactory) -> Any:
+        resolved = await self._resolver.resolve(self._destination)
+        errors: list[Exception] = []
+        for host, port in resolved.targets:
+            try:
+                return await self._connector.connect(host, port, resolved.tls_server_name, protocolFactory)
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                errors.append(e)
+        raise first_error(errors) or ConnectError(string=f"no targets for {self._destination}")
+
+
+@implementer(IAgentEndpointFactory)
+class _HTTPSAgentEndpoints:
+    """Endpoint factory for plain ``https://`` URLs (well-known), with the same address and
+    TLS policy as federation connections."""
+
+    def __init__(self, connector: FederationConnector) -> None:
+        self._connector = connector
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        if uri.scheme != b"https":
+            raise ValueError(f"refusing non-HTTPS URL {uri.toBytes()[:100]!r}")
+        host = uri.host.decode("ascii")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return self._connector.endpoint(host, uri.port, host)
+
+
+def make_https_agent(
+    reactor: Any, connector: FederationConnector, *, pool: HTTPConnectionPool | None = None
+) -> IAgent:
+    """An ``IAgent`` for plain ``https://`` URLs (well-known fetches) connecting through
+    ``connector``: same address refusal, certificate checked for the URL's host."""
+    return Agent.usingEndpointFactory(reactor, _HTTPSAgentEndpoints(connector), pool=pool)
+
+
+def make_well_known_getter(
+    agent: IAgent, *, max_size: int = WELL_KNOWN_MAX_SIZE
+) -> Any:
+    """A :data:`fedserver.federation.discovery.WellKnownGetter` over ``agent`` (which must
+    verify TLS for the URL's host and refuse private addresses as policy says).
+
+    :param max_size: cap on the body; a larger body fails the fetch.
+    """
+
+    async def get(url: str) -> WellKnownResponse:
+        headers = Headers({b"User-Agent": [USER_AGENT]})
+        response = await agent.request(b"GET", url.encode("ascii"), headers, None)
+        body = await read_body(response, max_size)
+        flat = {
+            name.decode("latin-1").lower(): values[0].decode("latin-1")
+            for name, values in response.headers.getAllRawHeaders()
+            if values
+        }
+        return WellKnownResponse(response.code, flat, body)
+
+    return lambda url: defer.Deferred.fromCoroutine(get(url))
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+
+def fed_path(template: str, *segments: str) -> str:
+    """Build a request path, percent-encoding each segment completely.
+
+    ``fed_path("/_matrix/federation/v1/make_join/{}/{}", room_id, user_id)``
+
+    :param template: the path with ``{}`` for each segment.
+    """
+    return template.format(*(quote(s, safe="") for s in segments))
+
+
+def _query_string(args: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in args.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        for v in values:
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            parts.append(f"{quote(str(key), safe='')}={quote(str(v), safe='')}")
+    return "&".join(parts)
+
+
+_PATH_FORBIDDEN = frozenset(" ?#\"<>\\^`{|}")
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/") or not path.isascii() or not path.isprintable() or _PATH_FORBIDDEN & set(path):
+        raise ValueError(f"request path must be percent-encoded and start with '/': {path[:200]!r}")
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+class FederationClient:
+    """Makes JSON requests to other homeservers, signed with X-Matrix.
+
+    Every request is signed over method, URI (path and query as sent), origin, destination
+    and body (server-server API, "Request Authentication"), has a timeout covering connect,
+    send and the whole response, and a response size cap. It is logged with its status and
+    duration.
+
+    :param reactor: the reactor (TCP, ``callLater``, ``seconds``).
+    :param server_name: our server name, the ``origin``.
+    :param signing_key: our ed25519 signing key (see :class:`fedserver.federation.xmatrix.SigningKey`).
+    :param resolver: a :class:`ServerNameResolver`.
+    :param verify_tls: verify certificates (default). ``False`` is for loopback test peers.
+    :param allow_private_addresses: permit private/loopback/link-local targets (tests).
+    :param timeout: default seconds per request.
+    :param tls_policy: a :class:`FederationTLSPolicy`, overriding ``verify_tls``.
+    :param agent: a :class:`MatrixFederationAgent`-like ``IAgent`` with ``uri_for``; built
+        from the above if not given.
+    :param max_response_size: default cap on response bodies, bytes.
+    :param name_resolver: ``IHostnameResolver`` for AAAA/A lookups (default: the reactor's).
+    :param connect_timeout: seconds per TCP connection attempt.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        server_name: str,
+        signing_key: SigningKey,
+        resolver: Any,
+        *,
+        verify_tls: bool = True,
+        allow_private_addresses: bool = False,
+        timeout: float = 60.0,
+        tls_policy: FederationTLSPolicy | None = None,
+        agent: Any = None,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        name_resolver: Any = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._reactor = reactor
+        self.server_name = server_name
+        self._signing_key = signing_key
+        self.resolver = resolver
+        self._timeout = timeout
+        self._max_size = max_response_size
+        if agent is None:
+            connector = FederationConnector(
+                reactor,
+                tls_policy or FederationTLSPolicy(verify=verify_tls),
+                allow_private_addresses=allow_private_addresses,
+                name_resolver=name_resolver,
+                connect_timeout=connect_timeout,
+            )
+            agent = MatrixFederationAgent(reactor, resolver, connector)
+        self.agent = agent
+        self._http = HTTPClient(
+            agent, cookiejar=IndexableCookieJar(policy=_NoCookies()), data_to_body_producer=_BytesProducer
+        )
+
+    def get_json(
+        self,
+        destination: str,
+        path: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        sign: bool = True,
+        timeout: float | None = None,
+        max_size: int | None = None,
+    ) -> defer.Deferred:
+        """GET ``path`` from ``destination``.
+
+        :param destination: the server name.
+        :param path: the percent-encoded path from ``/_matrix/...`` (see :func:`fed_path`).
+        :param args: query parameters; a list or tuple value repeats the parameter.
+        :param sign: add the X-Matrix header (not needed for key fetches).
+        :param timeout: seconds, overriding the default.
+        :param max_size: response cap in bytes, overriding the default.
+        :returns: Deferred firing with the parsed JSON response.
+        :raises FederationClientError: (through the Deferred) :class:`HttpResponseError`,
+            :class:`RequestTimedOut`, :class:`FederationUnreachable`,
+            :class:`InvalidResponse` or :class:`ResponseTooLarge`.
+        """
+        return self.request_json("GET", destination, path, args, None, sign=sign, timeout=timeout, max_size=max_size)
+
+    def put_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        args: Mapping[str, Any] | None = None,
+        *,
+        sign: bool = True,
+        timeout: float | None = None,
+        max_size: int | None = None,
+    ) -> defer.Deferred:
+        """PUT the JSON ``body`` to ``path`` on ``destination``; see :meth:`get_json`."""
+        return self.request_json("PUT", destination, path, args, body, sign=sign, timeout=timeout, max_size=max_size)
+
+    def post_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        args: Mapping[str, Any] | None = None,
+        *,
+        sign: bool = True,
+        timeout: float | None = None,
+        max_size: int | None = None,
+    ) -> defer.Deferred:
+        """POST the JSON ``body`` to ``path`` on ``destination``; see :meth:`get_json`."""
+        return self.request_json("POST", destination, path, args, body, sign=sign, timeout=timeout, max_size=max_size)
+
+    def request_json(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        args: Mapping[str, Any] | None = None,
+        body: Any = None,
+        *,
+        sign: bool = True,
+        timeout: float | None = None,
+        max_size: int | None = None,
+    ) -> defer.Deferred:
+        """Make a request with an optional JSON ``body`` (``None``: no body); see
+        :meth:`get_json`.
+
+        :raises ValueError: (through the Deferred) for a path that is not percent-encoded
+            or a body that is not JSON.
+        """
+        try:
+            _check_path(path)
+            target = path + ("?" + _query_string(args) if args else "")
+            canonical = None if body is None else encode_canonical_json(body, strict=False)
+        except (ValueError, TypeError) as e:
+            return defer.fail(ValueError(str(e)))
+        timeout = self._timeout if timeout is None else timeout
+        max_size = self._max_size if max_size is None else max_size
+        start = self._reactor.seconds()
+        d = defer.Deferred.fromCoroutine(self._send(method, destination, path, target, canonical, sign, max_size, start))
+        # Our own timer rather than addTimeout: cancelling deep in twisted.web surfaces as
+        # ResponseNeverReceived / ResponseFailed wrapping the CancelledError.
+        timed_out: list[bool] = []
+
+        def on_timeout() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(timeout, on_timeout)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
+        d.addErrback(self._translate_failure, destination, timeout, timed_out)
+        d.addErrback(self._log_failure, method, destination, path, start)
+        return d
+
+    async def _send(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        target: str,
+        canonical: bytes | None,
+        sign: bool,
+        max_size: int,
+        start: float,
+    ) -> Any:
+        headers = Headers({b"User-Agent": [USER_AGENT]})
+        if canonical is not None:
+            headers.setRawHeaders(b"Content-Type", [b"application/json"])
+        if sign:
+            auth = sign_request_bytes(self.server_name, self._signing_key, destination, method, target, canonical)
+            headers.setRawHeaders(b"Authorization", [auth.encode("ascii")])
+        response = await self._http.request(
+            method,
+            self.agent.uri_for(destination, target),
+            headers=headers,
+            data=canonical,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self._reactor,
+        )
+        body = await read_body(response, max_size)
+        code = response.code
+        log.info(
+            "{method} {destination} {path} -> {code} ({size} bytes) in {ms:.0f}ms",
+            method=method,
+            destination=destination,
+            path=path,
+            code=code,
+            size=len(body),
+            ms=(self._reactor.seconds() - start) * 1000,
+        )
+        if 200 <= code < 300:
+            try:
+                return parse_json(body)
+            except CanonicalJSONError as e:
+                raise InvalidResponse(f"{destination} answered {code} with invalid JSON: {e}") from None
+        parsed = None
+        try:
+            parsed = parse_json(body) if body else None
+        except CanonicalJSONError:
+            pass
+        if type(parsed) is dict:
+            errcode, error = parsed.get("errcode"), parsed.get("error")
+            raise HttpResponseError(
+                code,
+                errcode if type(errcode) is str else None,
+                error if type(error) is str else None,
+                body,
+                parsed,
+            )
+        raise HttpResponseError(code, None, None, body)
+
+    def _translate_failure(self, failure: Failure, destination: str, timeout: float, timed_out: list[bool]) -> Failure:
+        if timed_out:
+            raise RequestTimedOut(f"request to {destination} timed out after {timeout}s")
+        if failure.check(FederationClientError):
+            return failure
+        if failure.check(InvalidServerName):
+            raise FederationUnreachable(f"invalid server name {destination!r:.300}")
+        if failure.check(ValueError):
+            return failure
+        reasons = _unwrap(failure)
+        for reason in reasons:
+            if reason.check(SSL.Error, VerificationError):
+                raise TLSVerificationFailed(f"TLS with {destination} failed: {_describe(reason)}")
+        for reason in reasons:
+            if reason.check(AddressNotAllowed):
+                raise FederationUnreachable(reason.getErrorMessage())
+        if not failure.check(ConnectError, DNSLookupError, ConnectingCancelledError) and not reasons:
+            log.failure("Unexpected error from request to {destination}", failure, destination=destination)
+        raise FederationUnreachable(f"cannot reach {destination}: {_describe(reasons[0] if reasons else failure)}")
+
+    def _log_failure(self, failure: Failure, method: str, destination: str, path: str, start: float) -> Failure:
+        if not failure.check(HttpResponseError, InvalidResponse):  # those were logged with their status
+            log.info(
+                "{method} {destination} {path} -> {error} in {ms:.0f}ms",
+                method=method,
+                destination=destination,
+                path=path,
+                error=failure.getErrorMessage()[:300],
+                ms=(self._reactor.seconds() - start) * 1000,
+            )
+        return failure
+
+    def close(self) -> defer.Deferred:
+        """Close pooled connections.
+
+        :returns: Deferred firing once they are closed.
+        """
+        close = getattr(self.agent, "close", None)
+        return close() if close is not None else defer.succeed(None)
+
+
+def _unwrap(failure: Failure) -> list[Failure]:
+    """The underlying failures of twisted.web's wrapper exceptions (ResponseNeverReceived,
+    ResponseFailed, RequestTransmissionFailed...)."""
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        out: list[Failure] = []
+        for r in reasons:
+            out.extend(_unwrap(r) if isinstance(r, Failure) else [])
+        return out
+    return [failure]
+
+
+def _describe(failure: Failure) -> str:
+    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:300]
+
+
+def build_federation_client(
+    reactor: Any,
+    server_name: str,
+    signing_key: SigningKey,
+    *,
+    verify_tls: bool = True,
+    allow_private_addresses: bool = False,
+    tls_policy: FederationTLSPolicy | None = None,
+    srv_resolver: Any = None,
+    name_resolver: Any = None,
+    timeout: float = 60.0,
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+    connect_timeout: float = 10.0,
+    rng: random.Random | None = None,
+) -> FederationClient:
+    """Wire a :class:`FederationClient` with server discovery, the well-known fetcher and
+    one connection pool, all under the same TLS and address policy.
+
+    :param srv_resolver: ``IResolver`` for SRV records; default
+        ``twisted.names.client.createResolver(reactor=reactor)``.
+    :param name_resolver: ``IHostnameResolver`` for AAAA/A records; default the reactor's.
+    :returns: the client; its ``resolver`` attribute is the :class:`ServerNameResolver`.
+    """
+    if srv_resolver is None:
+        from twisted.names.client import createResolver
+
+        srv_resolver = createResolver(reactor=reactor)
+    connector = FederationConnector(
+        reactor,
+        tls_policy or FederationTLSPolicy(verify=verify_tls),
+        allow_private_addresses=allow_private_addresses,
+        name_resolver=name_resolver,
+        connect_timeout=connect_timeout,
+    )
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 5
+    https_agent = make_https_agent(reactor, connector, pool=pool)
+    resolver = ServerNameResolver(reactor, make_well_known_getter(https_agent), srv_resolver, rng=rng)
+    agent = MatrixFederationAgent(reactor, resolver, connector, pool=pool)
+    return FederationClient(
+        reactor,
+        server_name,
+        signing_key,
+        resolver,
+        timeout=timeout,
+        agent=agent,
+        max_response_size=max_response_size,
+    )
