@@ -7,6 +7,7 @@ import json
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -207,7 +208,8 @@ class SiteTests(SynchronousTestCase):
             return {"ok": True, "len": len(read_json_object(request))}
 
         res.add_route("PUT", "/send/{txn}", put)
-        site = MatrixSite(build_tree({"/_matrix/federation/v1": res}), **kwargs)
+        # A Clock, not the global reactor, runs the channel's idle timeout.
+        site = MatrixSite(build_tree({"/_matrix/federation/v1": res}), reactor=Clock(), **kwargs)
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
         channel.makeConnection(transport)
