@@ -416,6 +416,23 @@ class RoundTripTests(LoopbackTLSTestCase):
         self.assertIn(b"srv.test", self.snis)
 
 
+class DefaultWiringTests(LoopbackTLSTestCase):
+    """build_federation_client with nothing injected."""
+
+    async def test_default_resolvers(self):
+        """Without injected resolvers the client builds its own twisted.names resolver on
+        the given reactor (not the global one) and still reaches an IP-literal peer."""
+        clock = Clock()
+        client = build_federation_client(
+            ClockedReactor(reactor, clock), ORIGIN, self.key, verify_tls=False, allow_private_addresses=True
+        )
+        self.clients.append(client)
+        self.expected_destination = self.destination
+        result = await client.get_json(self.destination, "/_matrix/federation/v1/echo/x")
+        self.assertEqual(result["origin"], ORIGIN)
+        self.assertTrue(clock.getDelayedCalls())  # resolv.conf re-reads live on our clock
+
+
 class _StaticSRV:
     def __init__(self, table):
         self.table = table

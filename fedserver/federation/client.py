@@ -672,6 +672,20 @@ def _describe(failure: Failure) -> str:
     return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"[:300]
 
 
+def system_dns_resolver(reactor: Any) -> Any:
+    """A caching ``twisted.names`` resolver using the system's ``/etc/resolv.conf``, built
+    on ``reactor`` (``createResolver`` would use the global reactor).
+
+    :returns: an ``IResolver``.
+    """
+    from twisted.names import cache, resolve
+    from twisted.names.client import Resolver
+
+    return resolve.ResolverChain(
+        [cache.CacheResolver(reactor=reactor), Resolver(resolv=b"/etc/resolv.conf", reactor=reactor)]
+    )
+
+
 def build_federation_client(
     reactor: Any,
     server_name: str,
@@ -691,14 +705,12 @@ def build_federation_client(
     one connection pool, all under the same TLS and address policy.
 
     :param srv_resolver: ``IResolver`` for SRV records; default
-        ``twisted.names.client.createResolver(reactor=reactor)``.
+        :func:`system_dns_resolver`.
     :param name_resolver: ``IHostnameResolver`` for AAAA/A records; default the reactor's.
     :returns: the client; its ``resolver`` attribute is the :class:`ServerNameResolver`.
     """
     if srv_resolver is None:
-        from twisted.names.client import createResolver
-
-        srv_resolver = createResolver(reactor=reactor)
+        srv_resolver = system_dns_resolver(reactor)
     connector = FederationConnector(
         reactor,
         tls_policy or FederationTLSPolicy(verify=verify_tls),
