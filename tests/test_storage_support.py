@@ -102,3 +102,21 @@ class StoreTestCase(unittest.TestCase):
         store = await open_store(path or self.db_path(), reactor, **kw)
         self.addCleanup(store.close)
         return store
+
+
+def linear_entries(events: list[Event], state: Optional[dict] = None, **kw: Any) -> list:
+    """PersistEntries for events that follow each other, each with the full state before
+    it as a map and a current-state delta for state events.
+
+    :param state: the state before the first event (empty by default); updated in place.
+    """
+    from fedserver.storage import PersistEntry
+
+    state = {} if state is None else state
+    entries = []
+    for e in events:
+        delta = {e.state_tuple: e.event_id} if e.is_state() else None
+        entries.append(PersistEntry(e, state_before=dict(state), update_current_state=delta, **kw))
+        if e.is_state():
+            state[e.state_tuple] = e.event_id
+    return entries

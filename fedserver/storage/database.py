@@ -14,7 +14,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from fedserver.storage.interface import InvalidDataError
+from fedserver.storage.interface import InvalidDataError, StorageError
 
 T = TypeVar("T")
 
@@ -66,6 +66,16 @@ def lookup_ids(ids: Iterable[str]) -> list[str]:
         if i not in seen and storable_text(i):
             seen[i] = None
     return list(seen)
+
+
+def lookup_text(value: Any, what: str) -> bool:
+    """For lookups: whether ``value`` could be stored at all (if not, nothing matches it).
+
+    :raises InvalidDataError: if it is not a string.
+    """
+    if type(value) is not str:
+        raise InvalidDataError(f"{what} must be a string, not {type(value).__name__}")
+    return storable_text(value)
 
 
 def check_text(value: Any, what: str, *, nullable: bool = False) -> None:
@@ -161,12 +171,18 @@ class Database:
 
     def __init__(self, pool: adbapi.ConnectionPool):
         self._pool = pool
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the database is closed")
 
     def run_read(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
         """Run ``func(txn, *args, **kw)`` in a read transaction.
 
         :returns: Deferred firing with what ``func`` returned.
         """
+        self._check_open()
         return self._pool.runWithConnection(self._run, func, "BEGIN", args, kw)
 
     def run_write(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
@@ -176,11 +192,13 @@ class Database:
 
         :returns: Deferred firing with what ``func`` returned, once committed.
         """
+        self._check_open()
         return self._pool.runWithConnection(self._run, func, "BEGIN IMMEDIATE", args, kw)
 
     def run_with_connection(self, func: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Run ``func(connection, *args)`` with no transaction opened for it (schema
         preparation manages its own). ``connection`` behaves as a sqlite3 connection."""
+        self._check_open()
         return self._pool.runWithConnection(func, *args)
 
     @staticmethod
@@ -198,8 +216,11 @@ class Database:
         return result
 
     def close(self) -> None:
-        """Finish the queued transactions, then close the connection."""
-        self._pool.close()
+        """Finish the queued transactions, then close the connection (once; later calls do
+        nothing, and later queries fail with :class:`StorageError`)."""
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
 
 
 def _configure_connection(synchronous: str, busy_timeout_ms: int) -> Callable[[Any], None]:

@@ -9,7 +9,7 @@ from fedserver.events.canonical import CanonicalJSONError, encode_canonical_json
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Txn, check_int, check_text, lookup_ids
+from fedserver.storage.database import Txn, check_int, check_text, lookup_ids, lookup_text
 from fedserver.storage.interface import (
     EventMeta,
     InvalidDataError,
@@ -478,7 +478,8 @@ class EventStore:
 
     def get_rejection_txn(self, txn: Txn, event_id: str) -> Optional[Refusal]:
         """Why ``event_id`` was rejected, or ``None``."""
-        check_text(event_id, "event id")
+        if not lookup_text(event_id, "event id"):
+            return None
         row = txn.execute(
             "SELECT r.reason, r.rule, r.plugin FROM events e"
             " JOIN event_refusals r ON r.event_nid = e.event_nid"
@@ -529,7 +530,8 @@ class EventStore:
 
     def get_forward_extremities_txn(self, txn: Txn, room_id: str) -> list[str]:
         """The room's forward extremities, deepest first."""
-        check_text(room_id, "room id")
+        if not lookup_text(room_id, "room id"):
+            return []
         rows = txn.execute(
             "SELECT e.event_id FROM forward_extremities f JOIN events e ON e.event_nid = f.event_nid"
             " WHERE f.room_id = ? ORDER BY e.depth DESC, e.event_nid DESC",
@@ -584,9 +586,8 @@ class EventStore:
     def get_backfill_txn(self, txn: Txn, room_id: str, from_ids: Iterable[str], limit: int) -> list[Event]:
         """Spec ``/backfill``: the given events and those before them, up to ``limit``,
         walking ``prev_events`` breadth first and keeping the deepest."""
-        check_text(room_id, "room id")
         check_int(limit, "limit")
-        if limit <= 0:
+        if not lookup_text(room_id, "room id") or limit <= 0:
             return []
         start = self._in_room_txn(txn, room_id, from_ids)
         visited = dict(start)
@@ -616,9 +617,10 @@ class EventStore:
         """Spec ``/get_missing_events``: a breadth-first walk of the ``prev_events`` of
         ``latest``, not entering ``earliest``, skipping events below ``min_depth``, up to
         ``limit`` events; returned oldest (lowest depth) first."""
-        check_text(room_id, "room id")
         check_int(limit, "limit")
         check_int(min_depth, "min_depth")
+        if not lookup_text(room_id, "room id"):
+            return []
         earliest_ids = lookup_ids(earliest)
         latest_ids = lookup_ids(latest)
         visited = set(earliest_ids) | set(latest_ids)
@@ -676,7 +678,8 @@ class EventStore:
 
         :raises UnknownRoomVersion: if its version is no longer registered.
         """
-        check_text(room_id, "room id")
+        if not lookup_text(room_id, "room id"):
+            return None
         row = txn.execute(
             "SELECT room_id, room_version, creator, is_public, created_ts FROM rooms WHERE room_id = ?",
             (room_id,),
@@ -693,7 +696,8 @@ class EventStore:
         """The room's current state ``{(type, state_key): event_id}``, optionally only
         the given types (a type string or ``(type, None)``: every state key; ``(type,
         state_key)``: that one)."""
-        check_text(room_id, "room id")
+        if not lookup_text(room_id, "room id"):
+            return {}
         sql = (
             "SELECT c.type, c.state_key, e.event_id FROM current_state c"
             " JOIN events e ON e.event_nid = c.event_nid WHERE c.room_id = ?"
@@ -723,8 +727,8 @@ class EventStore:
 
     def get_room_members_txn(self, txn: Txn, room_id: str, membership: str) -> list[str]:
         """User ids whose current membership in the room is ``membership``."""
-        check_text(room_id, "room id")
-        check_text(membership, "membership")
+        if not (lookup_text(room_id, "room id") and lookup_text(membership, "membership")):
+            return []
         rows = txn.execute(
             "SELECT state_key FROM current_state"
             " WHERE room_id = ? AND type = 'm.room.member' AND membership = ?",

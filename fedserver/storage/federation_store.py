@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Optional
 
-from fedserver.storage.database import Txn, check_int, check_text, lookup_ids, storable_text
+from fedserver.storage.database import Txn, check_int, check_text, lookup_ids, lookup_text
 from fedserver.storage.interface import DestinationRetry, InvalidDataError, OutboundItem
 
 
@@ -75,7 +75,8 @@ class FederationStore:
         self, txn: Txn, server_name: str, key_ids: Iterable[str]
     ) -> dict[str, dict[str, Any]]:
         """``{key_id: {"verify_key", "valid_until_ts", "expired_ts"}}`` for stored keys."""
-        check_text(server_name, "server_name")
+        if not lookup_text(server_name, "server_name"):
+            return {}
         rows = txn.select_in(
             "SELECT key_id, verify_key, valid_until_ts, expired_ts FROM server_keys"
             " WHERE server_name = ? AND key_id IN ({})",
@@ -89,7 +90,8 @@ class FederationStore:
     def get_server_key_json_txn(self, txn: Txn, server_name: str) -> list[bytes]:
         """The distinct key documents stored for ``server_name``, most recently fetched
         first."""
-        check_text(server_name, "server_name")
+        if not lookup_text(server_name, "server_name"):
+            return []
         rows = txn.execute(
             "SELECT key_json FROM server_keys WHERE server_name = ? AND key_json IS NOT NULL"
             " ORDER BY fetched_ts DESC, key_id",
@@ -101,9 +103,7 @@ class FederationStore:
 
     def get_received_txn_txn(self, txn: Txn, origin: str, txn_id: str) -> Optional[tuple[int, bytes]]:
         """The answer recorded for ``(origin, txn_id)``, or ``None``."""
-        if not (isinstance(origin, str) and isinstance(txn_id, str)):
-            raise InvalidDataError("origin and txn_id must be strings")
-        if not (storable_text(origin) and storable_text(txn_id)):
+        if not (lookup_text(origin, "origin") and lookup_text(txn_id, "txn_id")):
             return None  # not storable, so never stored
         row = txn.execute(
             "SELECT response_code, response_json FROM received_transactions"
@@ -184,9 +184,10 @@ class FederationStore:
         """The oldest items queued for ``destination``: a prefix of the queue holding at
         most ``max_pdus`` PDUs and ``max_edus`` EDUs (a prefix, so that acknowledging up
         to its last queue id acknowledges exactly what was sent)."""
-        check_text(destination, "destination")
         check_int(max_pdus, "max_pdus")
         check_int(max_edus, "max_edus")
+        if not lookup_text(destination, "destination"):
+            return []
         limits = {"pdu": max(0, max_pdus), "edu": max(0, max_edus)}
         rows = txn.execute(
             "SELECT q.queue_id, p.kind, p.json FROM outbound_queue q"
@@ -255,7 +256,8 @@ class FederationStore:
 
     def get_destination_retry_txn(self, txn: Txn, destination: str) -> Optional[DestinationRetry]:
         """The back-off state, or ``None`` if the destination is not backing off."""
-        check_text(destination, "destination")
+        if not lookup_text(destination, "destination"):
+            return None
         row = txn.execute(
             "SELECT failure_ts, retry_interval_ms FROM destinations"
             " WHERE destination = ? AND failure_ts IS NOT NULL",

@@ -58,6 +58,8 @@ def split_statements(sql: str, source: str = "<sql>") -> Iterator[str]:
     """
     buf: list[str] = []
     for line in sql.splitlines(keepends=True):
+        if not buf and (not line.strip() or line.lstrip().startswith("--")):
+            continue  # blank lines and comments between statements
         buf.append(line)
         text = "".join(buf)
         if sqlite3.complete_statement(text):
