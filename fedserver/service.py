@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from twisted.application import service
@@ -31,6 +31,7 @@ from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
 from fedserver.room_versions import RoomVersionRegistry
+from fedserver.storage.sqlite import open_store
 
 log = Logger()
 
@@ -222,14 +223,24 @@ class FedserverService(service.MultiService):
     :param reactor: the reactor (injected; tests pass their own).
     :param log_observer: installed as the twistd application's log observer (applies
         ``log_level``); ``None`` to leave logging alone.
+    :param on_fatal: called if starting fails after the listeners are bound (e.g. the
+        database cannot be opened); twistd's makeService passes one that stops the process
+        with a non-zero status. Either way :meth:`when_ready` fails.
     :raises KeyFileError: if key or certificate files are malformed.
     :raises PluginError: if the plugin configuration is wrong.
     """
 
-    def __init__(self, config: Config, reactor: Any, log_observer: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        log_observer: Any = None,
+        on_fatal: Callable[[Failure], None] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self._on_fatal = on_fatal
         self._log_observer = log_observer
         # Plugins first: a bad plugin configuration must stop the start before anything binds.
         self.plugin_manager = make_plugin_manager(
@@ -264,8 +275,8 @@ class FedserverService(service.MultiService):
         self.client_listener.setServiceParent(self)
 
         self.store: Any = None
-        #: Fires (with this service) once the store is open and the trees are installed.
-        self.ready: defer.Deferred = defer.Deferred()
+        self._ready_result: Any = None
+        self._ready_waiters: list[defer.Deferred] = []
 
     def setServiceParent(self, parent: Any) -> None:
         if self._log_observer is not None and hasattr(parent, "setComponent"):
@@ -294,29 +305,37 @@ class FedserverService(service.MultiService):
         d.addCallbacks(self._started, self._start_failed)
 
     async def _finish_start(self) -> None:
-        self.store = await self._open_store()
+        self.store = await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
         self.federation_site.resource = build_federation_root(server_keys=ServerKeyResource(self.key_document))
         self.client_site.resource = build_client_root()
 
-    async def _open_store(self) -> Any:
-        try:
-            from fedserver.storage.sqlite import open_store
-        except ModuleNotFoundError as e:
-            if e.name not in ("fedserver.storage", "fedserver.storage.sqlite"):
-                raise
-            log.warn("No storage layer installed yet; running without a database")
-            return None
-        return await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
+    def when_ready(self) -> defer.Deferred:
+        """:returns: a Deferred firing with this service once the store is open and the URL
+            trees are installed, or failing if starting failed."""
+        if self._ready_result is not None:
+            return defer.succeed(self) if self._ready_result is self else defer.fail(self._ready_result)
+        d: defer.Deferred = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def _set_ready(self, result: Any) -> None:
+        self._ready_result = result
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if result is self:
+                d.callback(self)
+            else:
+                d.errback(result)
 
     def _started(self, _: Any) -> None:
         log.info("fedserver ready (database {db})", db=self.config.database_path)
-        self.ready.callback(self)
+        self._set_ready(self)
 
     def _start_failed(self, failure: Failure) -> None:
         log.failure("fedserver failed to start", failure=failure, level=LogLevel.critical)
-        self.ready.errback(failure)
-        if self.running and self.reactor.running:
-            self.reactor.stop()
+        if self._on_fatal is not None:
+            self._on_fatal(failure)
+        self._set_ready(failure)
 
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(super().stopService)
@@ -344,6 +363,22 @@ def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
     return FilteringLogObserver(base, [predicate])
 
 
+def _exit_nonzero(reactor: Any) -> Callable[[Failure], None]:
+    """:returns: an ``on_fatal`` that stops ``reactor`` and makes the process exit with 1."""
+
+    def on_fatal(failure: Failure) -> None:
+        def exit_1() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # twistd itself would exit 0 after a reactor.stop()
+
+        reactor.addSystemEventTrigger("after", "shutdown", exit_1)
+        if reactor.running:
+            reactor.stop()
+
+    return on_fatal
+
+
 def makeService(options: Options) -> FedserverService:
     """Assemble the server from parsed ``twistd fedserver`` options (twistd's entry point)."""
     from twisted.internet import reactor  # the wiring point is the one place that picks the reactor
@@ -351,7 +386,7 @@ def makeService(options: Options) -> FedserverService:
     config = options.config or load_config(options["config"], options.overrides())
     observer = _level_filtered_twistd_observer(getattr(options, "parent", None), config.log_level)
     try:
-        return FedserverService(config, reactor, observer)
+        return FedserverService(config, reactor, observer, on_fatal=_exit_nonzero(reactor))
     except (KeyFileError, PluginError) as e:
         raise SystemExit(f"fedserver: {e}") from None
 

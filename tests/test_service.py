@@ -247,7 +247,7 @@ class RunningServerTests(TestCase):
         svc.privilegedStartService()
         svc.startService()
         self.addCleanup(lambda: svc.stopService() if svc.running else None)
-        await svc.ready
+        await svc.when_ready()
         return svc
 
     async def fetch_keys(self, svc):
@@ -266,8 +266,8 @@ class RunningServerTests(TestCase):
         certificate) verifies against its own key; stopping closes open connections; after a
         restart the key id is unchanged."""
         svc = await self.start()
-        if svc.store is not None:
-            self.assertTrue(os.path.exists(self.config.database_path))
+        self.assertIsNotNone(svc.store)
+        self.assertTrue(os.path.exists(self.config.database_path))
         resp, doc = await self.fetch_keys(svc)
         self.assertEqual(resp.code, 200)
         self.assertEqual(doc["server_name"], "localhost:8448")
@@ -296,6 +296,23 @@ class RunningServerTests(TestCase):
         _, doc2 = await self.fetch_keys(svc2)
         verify_signed_json(doc2, "localhost:8448", vk)
         await svc2.stopService()
+
+    async def test_database_failure_fails_ready(self):
+        """If the database cannot be opened, ready fails and on_fatal is told; nothing hangs."""
+        fatal = []
+        config = self.config.replace(database_path=os.path.join(self.dir, "missing-dir", "x.db"))
+        svc = FedserverService(config, reactor, on_fatal=fatal.append)
+        svc.privilegedStartService()
+        svc.startService()
+        try:
+            await svc.when_ready()
+        except Exception:
+            pass
+        else:
+            self.fail("ready should have failed")
+        self.assertEqual(len(fatal), 1)
+        self.flushLoggedErrors()
+        await svc.stopService()
 
     async def test_busy_port_fails_start(self):
         """If the federation port is taken, starting raises instead of running deaf."""
