@@ -66,7 +66,7 @@ class FakeSRV:
         if isinstance(r, Exception):
             return defer.fail(r)
         answers = [
-            dns.RRHeader(name, type=dns.SRV, ttl=ttl, payload=dns.Record_SRV(prio, weight, port, target, ttl))
+            dns.RRHeader(name, type=dns.SRV, ttl=ttl, payload=dns.Record_SRV(prio, weight, port, "" if target == "." else target, ttl))
             for prio, weight, port, target, ttl in r
         ]
         return defer.succeed((answers, [], []))

@@ -149,6 +149,15 @@ class RawResource(resource.Resource):
         super().__init__()
         self.hanging = []
         self.arrived = defer.Deferred()
+        self.waiters = []
+
+    def wait_for_hanging(self, n):
+        """Fire once ``n`` requests have arrived at /hang in total."""
+        if len(self.hanging) >= n:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.waiters.append((n, d))
+        return d
 
     def render_GET(self, request):
         what = request.postpath[0]
@@ -179,6 +188,10 @@ class RawResource(resource.Resource):
             self.hanging.append(request)
             if not self.arrived.called:
                 self.arrived.callback(request)
+            for n, d in list(self.waiters):
+                if len(self.hanging) >= n:
+                    self.waiters.remove((n, d))
+                    d.callback(None)
             return server.NOT_DONE_YET
         request.setResponseCode(404)
         return b"{}"
@@ -376,6 +389,23 @@ class RoundTripTests(LoopbackTLSTestCase):
         await self.assertFailure(d, RequestTimedOut)
         await self.site.connections[0].lost
         self.assertTrue(request._disconnected)
+
+    async def test_concurrency_per_destination_limited(self):
+        """At most max_concurrent_per_destination requests are in flight to one
+        destination (each on its own connection); the rest wait and then complete."""
+        client = self.make_client(max_concurrent_per_destination=3)
+        ds = [client.get_json(self.destination, "/_matrix/test/hang") for _ in range(7)]
+        answered = 0
+        while answered < 7:
+            await self.raw.wait_for_hanging(min(answered + 3, 7))
+            self.assertLessEqual(len(self.site.connections), 3)
+            for request in self.raw.hanging[answered:]:
+                request.write(b'{"n":1}')
+                request.finish()
+            answered = len(self.raw.hanging)
+        results = await defer.gatherResults(ds)
+        self.assertEqual(results, [{"n": 1}] * 7)
+        self.assertLessEqual(len(self.site.connections), 3)
 
     async def test_delegated_host_header_and_sni(self):
         """With a well-known delegation to localhost:PORT the request goes there with Host

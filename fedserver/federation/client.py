@@ -25,10 +25,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from zope.interface import implementer
 
 from fedserver import __version__
-from fedserver.events.canonical import CanonicalJSONError, encode_canonical_json, parse_json
+from fedserver.events.canonical import CanonicalJSONError, parse_json
 from fedserver.federation.discovery import ServerNameResolver, WellKnownResponse
 from fedserver.federation.tls import AddressNotAllowed, FederationConnector, FederationTLSPolicy, first_error
-from fedserver.federation.xmatrix import InvalidServerName, SigningKey, sign_request_bytes
+from fedserver.federation.xmatrix import InvalidServerName, SigningKey, encode_request_body, sign_request_bytes
 
 log = Logger()
 
@@ -230,7 +230,7 @@ class MatrixFederationAgent:
         self._connector = connector
         if pool is None:
             pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 5
+            pool.maxPersistentPerHost = 10
         self.pool = pool
         self._destinations: dict[bytes, str] = {}
         self._agent = Agent.usingEndpointFactory(reactor, _DestinationEndpointFactory(self), pool=pool)
@@ -418,6 +418,8 @@ class FederationClient:
     :param max_response_size: default cap on response bodies, bytes.
     :param name_resolver: ``IHostnameResolver`` for AAAA/A lookups (default: the reactor's).
     :param connect_timeout: seconds per TCP connection attempt.
+    :param max_concurrent_per_destination: requests in flight to one destination at once
+        (each needs a connection); more wait their turn, within their timeout.
     """
 
     def __init__(
@@ -435,9 +437,12 @@ class FederationClient:
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         name_resolver: Any = None,
         connect_timeout: float = 10.0,
+        max_concurrent_per_destination: int = 10,
     ) -> None:
         self._reactor = reactor
         self.server_name = server_name
+        self._max_concurrent = max_concurrent_per_destination
+        self._limits: dict[str, defer.DeferredSemaphore] = {}
         self._signing_key = signing_key
         self.resolver = resolver
         self._timeout = timeout
@@ -450,7 +455,9 @@ class FederationClient:
                 name_resolver=name_resolver,
                 connect_timeout=connect_timeout,
             )
-            agent = MatrixFederationAgent(reactor, resolver, connector)
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = max_concurrent_per_destination
+            agent = MatrixFederationAgent(reactor, resolver, connector, pool=pool)
         self.agent = agent
         self._http = HTTPClient(
             agent, cookiejar=IndexableCookieJar(policy=_NoCookies()), data_to_body_producer=_BytesProducer
@@ -530,7 +537,7 @@ class FederationClient:
         try:
             _check_path(path)
             target = path + ("?" + _query_string(args) if args else "")
-            canonical = None if body is None else encode_canonical_json(body, strict=False)
+            canonical = None if body is None else encode_request_body(body)
         except (ValueError, TypeError) as e:
             return defer.fail(ValueError(str(e)))
         timeout = self._timeout if timeout is None else timeout
@@ -574,16 +581,25 @@ class FederationClient:
         if sign:
             auth = sign_request_bytes(self.server_name, self._signing_key, destination, method, target, canonical)
             headers.setRawHeaders(b"Authorization", [auth.encode("ascii")])
-        response = await self._http.request(
-            method,
-            self.agent.uri_for(destination, target),
-            headers=headers,
-            data=canonical,
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=self._reactor,
-        )
-        body = await read_body(response, max_size)
+        limit = self._limits.get(destination)
+        if limit is None:
+            limit = self._limits[destination] = defer.DeferredSemaphore(self._max_concurrent)
+        await limit.acquire()
+        try:
+            response = await self._http.request(
+                method,
+                self.agent.uri_for(destination, target),
+                headers=headers,
+                data=canonical,
+                allow_redirects=False,
+                unbuffered=True,
+                reactor=self._reactor,
+            )
+            body = await read_body(response, max_size)
+        finally:
+            limit.release()
+            if limit.tokens == limit.limit and self._limits.get(destination) is limit:
+                del self._limits[destination]
         code = response.code
         log.info(
             "{method} {destination} {path} -> {code} ({size} bytes) in {ms:.0f}ms",
@@ -700,6 +716,7 @@ def build_federation_client(
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
     connect_timeout: float = 10.0,
     rng: random.Random | None = None,
+    max_concurrent_per_destination: int = 10,
 ) -> FederationClient:
     """Wire a :class:`FederationClient` with server discovery, the well-known fetcher and
     one connection pool, all under the same TLS and address policy.
@@ -719,7 +736,7 @@ def build_federation_client(
         connect_timeout=connect_timeout,
     )
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 5
+    pool.maxPersistentPerHost = max_concurrent_per_destination
     https_agent = make_https_agent(reactor, connector, pool=pool)
     resolver = ServerNameResolver(reactor, make_well_known_getter(https_agent), srv_resolver, rng=rng)
     agent = MatrixFederationAgent(reactor, resolver, connector, pool=pool)
@@ -731,4 +748,5 @@ def build_federation_client(
         timeout=timeout,
         agent=agent,
         max_response_size=max_response_size,
+        max_concurrent_per_destination=max_concurrent_per_destination,
     )

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import canonicaljson
+
 from fedserver.events.canonical import encode_canonical_json
 from fedserver.events.hashing import unpadded_base64
 
@@ -147,8 +149,8 @@ def request_signing_bytes(
     ``content`` sorts before ``destination``, ``method``, ``origin`` and ``uri``, so the
     encoded body is spliced in first instead of being encoded a second time.
 
-    :param canonical_content: canonical JSON of the request body, or ``None`` if there is
-        no body.
+    :param canonical_content: canonical JSON of the request body (see
+        :func:`encode_request_body`), or ``None`` if there is no body.
     """
     rest = encode_canonical_json(
         {"method": method, "uri": uri, "origin": origin, "destination": destination}, strict=False
@@ -156,6 +158,20 @@ def request_signing_bytes(
     if canonical_content is None:
         return rest
     return b'{"content":' + canonical_content + b"," + rest[1:]
+
+
+def encode_request_body(content: Any) -> bytes:
+    """Encode a request body as canonical JSON, leniently: floats and integers beyond 2**53
+    pass (room v1-5 events carry them and must be relayed as their sender encoded them);
+    NaN and infinities do not. This is the encoding the signature covers, and the bytes
+    sent.
+
+    :raises ValueError: if ``content`` cannot be encoded.
+    """
+    try:
+        return canonicaljson.encode_canonical_json(content)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"request body is not JSON: {e}") from None
 
 
 def sign_request_bytes(
@@ -202,7 +218,7 @@ def sign_request(
     :returns: the header value.
     :raises InvalidServerName: if ``server_name`` or ``destination`` is not a server name.
     """
-    canonical = None if content is None else encode_canonical_json(content, strict=False)
+    canonical = None if content is None else encode_request_body(content)
     return sign_request_bytes(server_name, signing_key, destination, method, uri, canonical)
 
 
