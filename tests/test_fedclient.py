@@ -245,11 +245,13 @@ class LoopbackTLSTestCase(TestCase):
         await self.port.stopListening()
 
     def _root(self):
-        auth = XMatrixAuthenticator(FakeKeyring(ORIGIN, get_verify_key(self.key)), None, Clock())
+        keyring = FakeKeyring(ORIGIN, get_verify_key(self.key))
         test = self
 
         async def echo(request, thing):
-            auth._server_name = test.destination_seen(request)
+            # The server's own name is whatever destination the test expects the client to
+            # sign for.
+            auth = XMatrixAuthenticator(keyring, test.expected_destination, Clock())
             origin = await auth.authenticate(request)
             test.handled.append(request)
             return {
@@ -273,11 +275,7 @@ class LoopbackTLSTestCase(TestCase):
         wk.add_route("GET", "/server", lambda request: {"m.server": "delegated.test:1234"})
         return build_tree({"/_matrix/federation/v1": res, "/_matrix/test": self.raw, "/.well-known/matrix": wk})
 
-    def destination_seen(self, request):
-        """The destination the client named (the X-Matrix header's) is checked against the
-        server name this test expects."""
-        return self.expected_destination
-
+    #: The server name the loopback server answers to (set by each test).
     expected_destination = None
 
     def make_client(self, **kwargs):

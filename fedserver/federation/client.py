@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from http.cookiejar import CookiePolicy
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import quote
 
 from OpenSSL import SSL
@@ -13,10 +13,10 @@ from service_identity import VerificationError
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IConsumer, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, URI
 from twisted.web.http import PotentialDataLoss
@@ -210,7 +210,8 @@ class MatrixFederationAgent:
     pooled per destination.
 
     The URL's host is a token standing for the destination, because server names (IPv6
-    literals, names of up to 255 characters) do not survive URL handling as hosts.
+    literals, names of up to 255 characters) do not survive URL handling as hosts; the
+    agent keeps one token per destination it was ever asked for.
 
     :param reactor: the reactor.
     :param resolver: a :class:`ServerNameResolver` (anything with ``resolve(name)``).

@@ -8,7 +8,6 @@ from typing import Any, Iterable
 
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -20,6 +19,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS, platformTrust
+from twisted.logger import Logger
 from zope.interface import implementer
 
 log = Logger()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from fedserver.events.canonical import CanonicalJSONError, parse_json
