@@ -10,7 +10,7 @@ import yaml
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -22,6 +22,7 @@ from twisted.logger import (
 from twisted.protocols import policies
 from twisted.python import usage
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from fedserver import __version__
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
@@ -126,10 +127,19 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+@implementer(IProtocolNegotiationFactory)
 class _ConnectionTracker(policies.WrappingFactory):
-    """Wraps a factory to know its open connections, so that stopping can close them."""
+    """Wraps a factory to know its open connections, so that stopping can close them.
+
+    It passes the wrapped Site's ALPN protocols through: without them Twisted's TLS layer
+    answers any client offering ALPN (curl, browsers, Synapse) with an internal-error alert.
+    """
 
     noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return list(inner.acceptableProtocols()) if inner is not None else [b"http/1.1"]
 
     def __init__(self, wrapped: Any, reactor: Any) -> None:
         super().__init__(wrapped)

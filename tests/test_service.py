@@ -216,13 +216,14 @@ class MakeServiceTests(SynchronousTestCase):
 
 @implementer(IPolicyForHTTPS)
 class _TrustOnly:
-    """Client TLS policy trusting exactly one certificate (and checking the hostname)."""
+    """Client TLS policy trusting exactly one certificate (and checking the hostname),
+    offering ALPN like curl and browsers do."""
 
     def __init__(self, pem: bytes) -> None:
         self.cert = ssl.Certificate.loadPEM(pem)
 
     def creatorForNetloc(self, hostname, port):
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self.cert)
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self.cert, acceptableProtocols=[b"http/1.1"])
 
 
 class RunningServerTests(TestCase):
