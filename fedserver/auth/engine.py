@@ -51,6 +51,10 @@ _POWER_LEVELS = "m.room.power_levels"
 _REDACTION = "m.room.redaction"
 _ALIASES = "m.room.aliases"
 
+# The arguments most implementations take, in this order: called without a lookup per
+# argument.
+_STANDARD_ARGS = ("event", "auth_state", "room_version")
+
 # (plugin name, function, argument names) for one hook implementation.
 _Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
 
@@ -103,7 +107,7 @@ class AuthEngine:
         self._essential = frozenset(
             plugins.ESSENTIAL_PLUGINS if essential_plugins is None else essential_plugins
         )
-        self._spec_versions = frozenset(SPEC_ROOM_VERSIONS)
+        self._spec_by_identifier = {v.identifier: v for v in SPEC_ROOM_VERSIONS}
         self._pl_cache: dict[str, PowerLevels] = {}
         self._impls: dict[str, tuple[_Impl, ...]] = {}
         self.reload_hooks()
@@ -141,7 +145,10 @@ class AuthEngine:
         denials: list[Deny] = []
         for plugin_name, func, argnames in self._impls[name]:
             try:
-                result = func(*[args[a] for a in argnames])
+                if argnames == _STANDARD_ARGS:
+                    result = func(args["event"], args["auth_state"], args["room_version"])
+                else:
+                    result = func(*[args[a] for a in argnames])
             except Exception as e:  # a plugin bug must not crash ingestion: fail closed
                 denials.append(Deny(
                     f"{name} raised {type(e).__name__}: {e}", f"{plugin_name} error",
@@ -172,6 +179,10 @@ class AuthEngine:
                 continue
         return False
 
+    def _is_spec_version(self, rv: RoomVersion) -> bool:
+        spec = self._spec_by_identifier.get(rv.identifier)
+        return spec is rv or (spec is not None and spec == rv)
+
     def _auth_state(
         self,
         event: Event,
@@ -183,7 +194,7 @@ class AuthEngine:
         return AuthState(
             rv, event, auth_map, create,
             verified_servers=verified_servers,
-            is_spec_version=rv in self._spec_versions,
+            is_spec_version=self._is_spec_version(rv),
             room_versions=self.room_versions,
             power_levels_cache=self._pl_cache,
             join_rule_allows=self._join_rule_allows,
@@ -218,7 +229,7 @@ class AuthEngine:
         rv = room_version or event.room_version
         if event.type == CREATE:
             return self._check_create(event, rv, verified_servers)
-        if isinstance(auth_events, Mapping):
+        if type(auth_events) is not list and isinstance(auth_events, Mapping):
             auth_events = list(auth_events.values())
         auth_map: dict[tuple[str, str], Event] = {}
         for ae in auth_events:
