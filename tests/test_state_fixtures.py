@@ -33,8 +33,9 @@ class RoomBuilder:
         self.rv = rv
         self.events: dict[str, Event] = {}
         self.after: dict[str, dict[tuple[str, str], str]] = {}
-        #: event id -> auth depth (1 + the greatest of its auth events', -1 for none)
-        self.auth_depths: dict[str, int] = {}
+        #: event id -> auth order: the order events were added in, as storage's
+        #: persistence order would be
+        self.auth_orders: dict[str, int] = {}
         self.ts = ts
         self.room_id = "!room:a.test"
 
@@ -46,8 +47,8 @@ class RoomBuilder:
     def get_event(self, event_id: str) -> Event:
         return self.events[event_id]
 
-    def auth_depth(self, event_id: str) -> int:
-        return self.auth_depths[event_id]
+    def auth_order(self, event_id: str) -> int:
+        return self.auth_orders[event_id]
 
     def ev(self, name: str) -> Event:
         return self.events[self.id(name)]
@@ -138,9 +139,7 @@ class RoomBuilder:
         assert eid not in self.events, name
         ev = Event.from_pdu(pdu, self.rv, event_id=eid)
         self.events[eid] = ev
-        self.auth_depths[eid] = 1 + max(
-            (self.auth_depths[a] for a in ev.auth_event_ids if a in self.auth_depths), default=-1
-        )
+        self.auth_orders[eid] = len(self.auth_orders)
         after = dict(state_before)
         if ev.state_key is not None:
             after[(ev.type, ev.state_key)] = eid

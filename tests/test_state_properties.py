@@ -86,7 +86,7 @@ class OrderIndependenceTests(SynchronousTestCase):
             rng.shuffle(order)
             order = [shuffled(s, rng) for s in order]
             got = resolve_state(rv, order, room.get_event, self.auth_check,
-                                auth_depth=room.auth_depth if trial % 2 else None)
+                                auth_order=room.auth_order if trial % 2 else None)
             self.assertEqual(got, expected, (rv.identifier, seed, trial))
         # Every resolved entry is a state event of its key (from a set or an auth chain).
         for (etype, skey), eid in expected.items():
@@ -96,7 +96,7 @@ class OrderIndependenceTests(SynchronousTestCase):
 
     def test_two_forks(self):
         """Two random forks: the same answer whatever the order of sets and entries, with
-        or without auth depths (room versions 2, 10, 11, 12)."""
+        or without auth orders (room versions 2, 10, 11, 12)."""
         for rv in (V2, V10, V11, V12):
             for seed in range(12):
                 self.check_room(rv, seed, 2, 12)

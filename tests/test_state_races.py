@@ -21,13 +21,13 @@ class RaceTests(SynchronousTestCase):
 
     def resolve(self, room, *names):
         """Resolve the states after ``names`` in every order of the sets, with and without
-        auth depths, and check all agree."""
+        auth orders, and check all agree."""
         sets = [room.state(n) for n in names]
         results = []
         for order in (sets, sets[::-1]):
-            for auth_depth in (None, room.auth_depth):
+            for auth_order in (None, room.auth_order):
                 results.append(resolve_state(room.rv, order, room.get_event, self.auth_check,
-                                             auth_depth=auth_depth))
+                                             auth_order=auth_order))
         for r in results[1:]:
             self.assertEqual(r, results[0], room.rv)
         return results[0]

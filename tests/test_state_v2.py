@@ -81,18 +81,18 @@ class AuthDifferenceTests(SynchronousTestCase):
 
     def test_difference(self):
         """The auth difference holds what is reachable (events included) from some but not
-        all state sets, and nothing all sets share; with and without auth depths."""
+        all state sets, and nothing all sets share; with and without auth orders."""
         for rv in VERSIONS:
             room = self._forked(rv)
-            for auth_depth in (None, room.auth_depth):
-                graph = AuthGraph(room.get_event, auth_depth=auth_depth)
+            for auth_order in (None, room.auth_order):
+                graph = AuthGraph(room.get_event, auth_order=auth_order)
                 diff = graph.auth_difference([room.state("topic_a"), room.state("topic_b")])
                 names = {graph.ids[n] for n in diff}
                 self.assertEqual(
                     names, {room.id("pl_a"), room.id("topic_a"), room.id("topic_b")})
 
-    def test_auth_depth_stops_early(self):
-        """With auth depths the walk does not fetch the history all sets share (here the
+    def test_auth_order_stops_early(self):
+        """With auth orders the walk does not fetch the history all sets share (here the
         first power levels event, superseded before the fork); without, it does."""
         room = self._forked(V11)
         fetched = []
@@ -101,59 +101,65 @@ class AuthDifferenceTests(SynchronousTestCase):
             fetched.append(eid)
             return room.get_event(eid)
 
-        graph = AuthGraph(get_event, auth_depth=room.auth_depth)
+        graph = AuthGraph(get_event, auth_order=room.auth_order)
         graph.auth_difference([room.state("topic_a"), room.state("topic_b")])
         self.assertNotIn(room.id("pl0"), fetched)
         graph = AuthGraph(get_event)
         graph.auth_difference([room.state("topic_a"), room.state("topic_b")])
         self.assertIn(room.id("pl0"), fetched)
 
-    def test_lying_auth_depth_falls_back(self):
-        """When the given auth depths do not decrease along an auth edge, the full walk
+    def test_lying_auth_order_falls_back(self):
+        """When the given auth orders do not decrease along an auth edge, the full walk
         is used and the answer is unchanged."""
         for rv in VERSIONS:
             room = self._forked(rv)
-            room.auth_depths[room.id("pl0")] = 1000
-            graph = AuthGraph(room.get_event, auth_depth=room.auth_depth)
+            room.auth_orders[room.id("pl0")] = 1000
+            graph = AuthGraph(room.get_event, auth_order=room.auth_order)
             diff = graph.auth_difference([room.state("topic_a"), room.state("topic_b")])
             names = {graph.ids[n] for n in diff}
             self.assertEqual(names, {room.id("pl_a"), room.id("topic_a"), room.id("topic_b")})
 
-    def test_lying_auth_depth_cannot_stop_the_walk_early(self):
-        """Auth depths that claim a cited event is deeper than its citer would let the
+    def test_lying_auth_order_cannot_stop_the_walk_early(self):
+        """Auth orders that claim a cited event is deeper than its citer would let the
         early stop leave an old event marked as not shared; the edge check notices and the
         answer is the true one."""
         room = RoomBuilder(V10)
         last = room.standard_room()
         room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 1}), "", after=last)
         room.send("pl2", PL, ALICE, room.power_levels({ALICE: 100, BOB: 2}), "", after="pl1")
-        room.auth_depths[room.id("pl1")] = 1000
-        room.auth_depths[room.id("pl0")] = 999
-        graph = AuthGraph(room.get_event, auth_depth=room.auth_depth)
+        room.auth_orders[room.id("pl1")] = 1000
+        room.auth_orders[room.id("pl0")] = 999
+        graph = AuthGraph(room.get_event, auth_order=room.auth_order)
         diff = graph.auth_difference([room.state("pl1"), room.state("pl2")])
         self.assertEqual({graph.ids[n] for n in diff}, {room.id("pl2")})
 
-    def test_unknown_auth_depth_falls_back(self):
-        """An auth_depth that does not know an event (KeyError) means the full walk."""
+    def test_unknown_auth_order_falls_back(self):
+        """An auth_order that does not know an event (KeyError) means the full walk."""
         room = self._forked(V10)
 
-        def auth_depth(eid):
+        def auth_order(eid):
             raise KeyError(eid)
 
-        graph = AuthGraph(room.get_event, auth_depth=auth_depth)
+        graph = AuthGraph(room.get_event, auth_order=auth_order)
         diff = graph.auth_difference([room.state("topic_a"), room.state("topic_b")])
         self.assertEqual({graph.ids[n] for n in diff},
                          {room.id("pl_a"), room.id("topic_a"), room.id("topic_b")})
 
-    def test_masks_match_full_walk(self):
-        """The depth-ordered walk and the full walk agree on which nodes are partial."""
-        room = self._forked(V11)
-        graph = AuthGraph(room.get_event, auth_depth=room.auth_depth)
-        starts = [[graph.node(e) for e in room.state(n).values()] for n in ("topic_a", "topic_b")]
-        fast = graph.reach_masks(starts)
-        full = graph._reach_masks_full(_start_masks(starts))
-        self.assertEqual({n for n, m in fast.items() if m != 3},
-                         {n for n, m in full.items() if m != 3})
+    def test_both_walks_agree(self):
+        """The auth-depth walk and the plain walks find the same partial nodes, on random
+        forked rooms."""
+        import random
+
+        from tests.test_state_properties import random_room
+
+        for seed in range(5):
+            room, heads = random_room(V11, random.Random(seed), 3, 10)
+            graph = AuthGraph(room.get_event, auth_order=room.auth_order)
+            starts = [[graph.node(e) for e in room.state(h).values()] for h in heads]
+            fast = graph.partial_nodes(starts)
+            plain = graph._partial_by_walks(_start_masks(starts), 7)
+            self.assertEqual(fast, plain)
+            self.assertTrue(fast)
 
     def test_missing_events_are_ignored(self):
         """Events get_event cannot supply are left out of the difference and do not
@@ -186,14 +192,14 @@ class ConflictedSubgraphTests(SynchronousTestCase):
             room.send("pl2", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "", after="pl1")
             room.send("pl3", PL, ALICE, room.power_levels({ALICE: 100, BOB: 70}), "", after="pl2")
             room.send("pl4", PL, ALICE, room.power_levels({ALICE: 100, BOB: 80}), "", after="pl3")
-            for auth_depth in (None, room.auth_depth):
-                graph = AuthGraph(room.get_event, auth_depth=auth_depth)
+            for auth_order in (None, room.auth_order):
+                graph = AuthGraph(room.get_event, auth_order=auth_order)
                 conflicted = {graph.node(room.id("pl1")), graph.node(room.id("pl3"))}
                 sub = {graph.ids[n] for n in graph.conflicted_subgraph(conflicted)}
                 self.assertEqual(sub, {room.id(n) for n in ("pl1", "pl2", "pl3")}, rv)
 
-    def test_auth_depth_bounds_the_walk(self):
-        """With auth depths, nothing below the shallowest conflicted event is fetched."""
+    def test_auth_order_bounds_the_walk(self):
+        """With auth orders, nothing below the shallowest conflicted event is fetched."""
         room = RoomBuilder(V12)
         last = room.standard_room()
         room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 50}), "", after=last)
@@ -204,7 +210,7 @@ class ConflictedSubgraphTests(SynchronousTestCase):
             fetched.append(eid)
             return room.get_event(eid)
 
-        graph = AuthGraph(get_event, auth_depth=room.auth_depth)
+        graph = AuthGraph(get_event, auth_order=room.auth_order)
         graph.conflicted_subgraph({graph.node(room.id("pl1")), graph.node(room.id("pl2"))})
         self.assertNotIn(room.id("pl0"), fetched)
         graph = AuthGraph(get_event)

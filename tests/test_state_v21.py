@@ -20,13 +20,13 @@ class StateResetTests(SynchronousTestCase):
 
     def both(self, room, sets):
         """Resolve with v2 and v2.1 (the room's version for the auth rules), in both set
-        orders, with and without auth depths; return (v2, v2.1)."""
+        orders, with and without auth orders; return (v2, v2.1)."""
         out = []
         for v2_1 in (False, True):
             results = [
                 resolve_state_v2(room.rv, order, room.get_event, self.auth_check, v2_1=v2_1,
-                                 auth_depth=auth_depth)
-                for order in (sets, sets[::-1]) for auth_depth in (None, room.auth_depth)
+                                 auth_order=auth_order)
+                for order in (sets, sets[::-1]) for auth_order in (None, room.auth_order)
             ]
             for r in results[1:]:
                 self.assertEqual(r, results[0])

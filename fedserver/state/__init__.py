@@ -27,7 +27,7 @@ def resolve_state(
     auth_check: AuthCheck,
     *,
     room_id: str | None = None,
-    auth_depth: Callable[[str], int] | None = None,
+    auth_order: Callable[[str], int] | None = None,
 ) -> dict[StateKey, str]:
     """Resolve ``state_sets`` with the algorithm of ``rv`` (``rv.state_res``).
 
@@ -38,8 +38,9 @@ def resolve_state(
     :param auth_check: ``auth_check(event, state) -> bool``: whether ``event`` passes the
         authorization rules against ``state``, a mapping ``(type, state_key)`` -> Event.
     :param room_id: if given, events of other rooms are treated as missing.
-    :param auth_depth: optional event id -> auth depth (0 for the create event, else one
-        more than the greatest of its auth events'); with it v2 and v2.1 walk only the part
+    :param auth_order: optional event id -> an integer strictly greater than that of each
+        of the event's auth events, computed locally, such as storage's persistence order
+        (an event is stored after its auth events). With it v2 and v2.1 walk only the part
         of the auth chains above where the sets meet. Ignored by v1.
     :returns: the resolved state, a new dict ``(type, state_key)`` -> event id.
     :raises ValueError: if ``rv`` names an algorithm this module does not know.
@@ -47,11 +48,11 @@ def resolve_state(
     algorithm = rv.state_res
     if algorithm == StateResAlgorithm.V2:
         return resolve_state_v2(
-            rv, state_sets, get_event, auth_check, room_id=room_id, auth_depth=auth_depth
+            rv, state_sets, get_event, auth_check, room_id=room_id, auth_order=auth_order
         )
     if algorithm == StateResAlgorithm.V2_1:
         return resolve_state_v2_1(
-            rv, state_sets, get_event, auth_check, room_id=room_id, auth_depth=auth_depth
+            rv, state_sets, get_event, auth_check, room_id=room_id, auth_order=auth_order
         )
     if algorithm == StateResAlgorithm.V1:
         return resolve_state_v1(rv, state_sets, get_event, auth_check, room_id=room_id)

@@ -34,7 +34,7 @@ def state_before_event(
     auth_check: AuthCheck,
     *,
     room_id: str | None = None,
-    auth_depth: Callable[[str], int] | None = None,
+    auth_order: Callable[[str], int] | None = None,
 ) -> dict[StateKey, str]:
     """Spec: S(E) is the resolution of the states after E's ``prev_events``.
 
@@ -49,7 +49,7 @@ def state_before_event(
     :param get_event: see :func:`~fedserver.state.resolve_state`.
     :param auth_check: see :func:`~fedserver.state.resolve_state`.
     :param room_id: if given, events of other rooms are treated as missing.
-    :param auth_depth: see :func:`~fedserver.state.resolve_state`.
+    :param auth_order: see :func:`~fedserver.state.resolve_state`.
     :returns: S(E), a new dict.
     """
     distinct: list[Mapping[StateKey, str]] = []
@@ -62,5 +62,5 @@ def state_before_event(
     if len(distinct) == 1:
         return dict(distinct[0])
     return resolve_state(
-        rv, distinct, get_event, auth_check, room_id=room_id, auth_depth=auth_depth
+        rv, distinct, get_event, auth_check, room_id=room_id, auth_order=auth_order
     )

@@ -26,7 +26,7 @@ class AuthGraph:
     Cycles (possible only with format-V1 ids, which are not hashes) never hang a query: every
     walk keeps a visited mark.
 
-    Without ``auth_depth`` the reachability queries walk every auth chain involved down to
+    Without ``auth_order`` the reachability queries walk every auth chain involved down to
     the create event. With it they walk only the part above the point where the state sets'
     chains meet. The event's own ``depth`` field is never used for this: any server can
     forge it, and a wrong shortcut would make this server's answer differ from others'.
@@ -34,15 +34,16 @@ class AuthGraph:
     :param get_event: maps an event id to its :class:`Event`; raises :class:`KeyError` if
         unknown.
     :param room_id: if given, events whose ``room_id`` differs are treated as missing.
-    :param auth_depth: optional event id -> *auth depth*, a number strictly greater than the
-        auth depth of each of the event's auth events (e.g. 0 for the create event and
-        ``1 + max(auth depth of its auth events)`` otherwise, computed once when an event is
-        stored). Should it raise :class:`KeyError` or break that rule, the full walks are
-        used.
+    :param auth_order: optional event id -> integer *auth order*, strictly greater than the
+        auth order of each of the event's auth events, and computed locally (never taken
+        from a peer). Storage's persistence order fits, since an event is stored only after
+        its auth events: it puts recent events above old history, which is what lets the
+        walks stop early. Should it raise :class:`KeyError` or break the rule on an edge
+        the walks see, the full walks are used.
     """
 
     __slots__ = (
-        "_get_event", "_room_id", "_auth_depth", "_depths", "index", "ids", "events",
+        "_get_event", "_room_id", "_auth_order", "_orders", "index", "ids", "events",
         "_parents", "_pl_parent",
     )
 
@@ -50,12 +51,12 @@ class AuthGraph:
         self,
         get_event: Callable[[str], Event],
         room_id: str | None = None,
-        auth_depth: Callable[[str], int] | None = None,
+        auth_order: Callable[[str], int] | None = None,
     ):
         self._get_event = get_event
         self._room_id = room_id
-        self._auth_depth = auth_depth
-        self._depths: dict[int, int] = {}
+        self._auth_order = auth_order
+        self._orders: dict[int, int] = {}
         #: event id -> node
         self.index: dict[str, int] = {}
         #: node -> event id
@@ -72,6 +73,9 @@ class AuthGraph:
         n = self.index.get(event_id)
         if n is not None:
             return n
+        return self._new_node(event_id)
+
+    def _new_node(self, event_id: str) -> int:
         n = len(self.ids)
         self.index[event_id] = n
         self.ids.append(event_id)
@@ -87,21 +91,29 @@ class AuthGraph:
 
     def event(self, event_id: str) -> Event | None:
         """The event named ``event_id``, or ``None`` if it is missing."""
-        return self.events[self.node(event_id)]
+        n = self.index.get(event_id)
+        if n is None:
+            n = self._new_node(event_id)
+        return self.events[n]
 
     def parents(self, n: int) -> tuple[int, ...]:
         """The nodes of the (present, de-duplicated) ``auth_events`` of node ``n``."""
         ps = self._parents[n]
-        if ps is None:
-            seen: list[int] = []
-            for aid in self.events[n].auth_event_ids:  # type: ignore[union-attr]
-                if not isinstance(aid, str):
-                    continue
-                p = self.node(aid)
-                if self.events[p] is not None and p not in seen and p != n:
-                    seen.append(p)
-            ps = tuple(seen)
-            self._parents[n] = ps
+        if ps is not None:
+            return ps
+        seen: list[int] = []
+        index = self.index
+        events = self.events
+        for aid in events[n].auth_event_ids:  # type: ignore[union-attr]
+            if type(aid) is not str:
+                continue
+            p = index.get(aid)
+            if p is None:
+                p = self._new_node(aid)
+            if events[p] is not None and p != n and p not in seen:
+                seen.append(p)
+        ps = tuple(seen)
+        self._parents[n] = ps
         return ps
 
     def power_levels_parent(self, n: int) -> int | None:
@@ -119,68 +131,80 @@ class AuthGraph:
         self._pl_parent[n] = found
         return None if found == -1 else found
 
-    def depth(self, n: int) -> int:
-        """The auth depth of node ``n``.
+    def order(self, n: int) -> int:
+        """The auth order of node ``n``.
 
-        :raises KeyError: if there is no ``auth_depth`` or it does not know the event.
+        :raises KeyError: if there is no ``auth_order`` or it does not know the event.
         """
-        d = self._depths.get(n)
+        d = self._orders.get(n)
         if d is None:
-            if self._auth_depth is None:
+            if self._auth_order is None:
                 raise KeyError(self.ids[n])
-            d = self._auth_depth(self.ids[n])
+            d = self._auth_order(self.ids[n])
             if type(d) is not int:
                 raise KeyError(self.ids[n])
-            self._depths[n] = d
+            self._orders[n] = d
         return d
 
     # -- reachability --------------------------------------------------------------------
 
-    def reach_masks(self, starts: Sequence[Iterable[int]]) -> dict[int, int]:
-        """For every node reachable from the start sets, a bit mask of the start sets it is
-        reachable from (a node reaches itself).
+    def partial_nodes(self, starts: Sequence[Iterable[int]]) -> set[int]:
+        """The nodes reachable (a node reaches itself) from some but not all of the start
+        sets.
 
-        Nodes reachable from *every* set may be left out: given ``auth_depth``, the walk goes
-        by descending auth depth and stops as soon as every pending node is reachable from
-        all sets, since their ancestors are too. Otherwise (or if the auth depths turn out
-        not to decrease along an edge) every chain is walked in full.
+        Without ``auth_order``: first everything reachable from the nodes in *every* set is
+        marked (all of it is reachable from every set); then each set is walked from its
+        other nodes, stopping at marked nodes. Each node is visited about once, plus once
+        per set for the part that differs.
+
+        With ``auth_order``: one walk by descending auth order, carrying a bit mask of the
+        sets each node is reachable from, that stops as soon as every pending node is
+        reachable from all sets (their ancestors are too), so shared history below the
+        differences is never visited. If the auth orders do not decrease along an edge it
+        falls back to the first method.
 
         :param starts: one iterable of nodes per set; missing nodes are ignored.
-        :returns: node -> mask (bit ``i`` for ``starts[i]``); only nodes with a non-zero mask.
+        :returns: nodes.
         """
         full = (1 << len(starts)) - 1
         mask: dict[int, int] = {}
+        events = self.events
         for i, nodes in enumerate(starts):
             bit = 1 << i
             for n in nodes:
-                if self.events[n] is not None:
+                if events[n] is not None:
                     mask[n] = mask.get(n, 0) | bit
-        if self._auth_depth is not None:
+        if self._auth_order is not None:
             try:
-                fast = self._reach_masks_by_depth(dict(mask), full)
+                fast = self._masks_by_order(dict(mask), full)
             except KeyError:
                 fast = None
             if fast is not None:
-                return fast
-        return self._reach_masks_full(mask)
+                return {n for n, m in fast.items() if m != full}
+        return self._partial_by_walks(mask, full)
 
-    def _reach_masks_by_depth(self, mask: dict[int, int], full: int) -> dict[int, int] | None:
-        depth = self.depth
+    def _masks_by_order(self, mask: dict[int, int], full: int) -> dict[int, int] | None:
+        orders = self._orders
+        order = self.order
         parents = self.parents
-        heap = [(-depth(n), n) for n in mask]
+        heap = [(-order(n), n) for n in mask]
         heapq.heapify(heap)
+        heappop = heapq.heappop
+        heappush = heapq.heappush
         queued = set(mask)
         pending = sum(1 for m in mask.values() if m != full)
         while heap and pending:
-            negd, n = heapq.heappop(heap)
+            negd, n = heappop(heap)
             queued.discard(n)
             m = mask[n]
             if m != full:
                 pending -= 1
-            d = -negd
             for p in parents(n):
-                if depth(p) >= d:
-                    return None  # depth does not order this graph: no shortcut
+                dp = orders.get(p)
+                if dp is None:
+                    dp = order(p)
+                if -dp <= negd:
+                    return None  # auth orders do not order this graph: no shortcut
                 old = mask.get(p, 0)
                 new = old | m
                 if new == old:
@@ -191,33 +215,35 @@ class AuthGraph:
                         pending -= 1
                 else:
                     queued.add(p)
-                    heapq.heappush(heap, (-depth(p), p))
+                    heappush(heap, (-dp, p))
                     if new != full:
                         pending += 1
         return mask
 
-    def _reach_masks_full(self, start: dict[int, int]) -> dict[int, int]:
-        # One plain walk per distinct bit; correct on any graph, cycles included.
-        mask: dict[int, int] = {}
-        bits: dict[int, list[int]] = {}
-        for n, m in start.items():
-            b = 1
-            while b <= m:
-                if m & b:
-                    bits.setdefault(b, []).append(n)
-                b <<= 1
+    def _partial_by_walks(self, start: dict[int, int], full: int) -> set[int]:
+        # Exact on any graph, cycles included.
         parents = self.parents
-        for b, nodes in bits.items():
-            seen = set(nodes)
-            stack = list(nodes)
+        shared = {n for n, m in start.items() if m == full}
+        stack = list(shared)
+        while stack:
+            for p in parents(stack.pop()):
+                if p not in shared:
+                    shared.add(p)
+                    stack.append(p)
+        mask: dict[int, int] = {}
+        bit = 1
+        while bit < full:
+            stack = [n for n, m in start.items() if m & bit and n not in shared]
+            seen = set(stack)
             while stack:
                 n = stack.pop()
-                mask[n] = mask.get(n, 0) | b
+                mask[n] = mask.get(n, 0) | bit
                 for p in parents(n):
-                    if p not in seen:
+                    if p not in seen and p not in shared:
                         seen.add(p)
                         stack.append(p)
-        return mask
+            bit <<= 1
+        return {n for n, m in mask.items() if m != full}
 
     def auth_difference(self, state_sets: Sequence[Mapping[object, str]]) -> set[int]:
         """Spec "Auth difference": the union minus the intersection of the full auth chains
@@ -231,17 +257,14 @@ class AuthGraph:
 
         :returns: nodes.
         """
-        k = len(state_sets)
-        full = (1 << k) - 1
-        starts = [[self.node(eid) for eid in s.values()] for s in state_sets]
-        masks = self.reach_masks(starts)
-        return {n for n, m in masks.items() if m != full}
+        node = self.node
+        return self.partial_nodes([[node(eid) for eid in s.values()] for s in state_sets])
 
     def conflicted_subgraph(self, conflicted: set[int]) -> set[int]:
         """Room v12 "Conflicted state subgraph": every event on an ``auth_events`` path from a
         conflicted event to another conflicted event, endpoints included.
 
-        Given ``auth_depth``, the walk down from the conflicted events stops at events
+        Given ``auth_order``, the walk down from the conflicted events stops at events
         shallower than the shallowest conflicted event (nothing below can lead back up to
         one, and nothing below is fetched); otherwise it walks everything reachable.
 
@@ -252,9 +275,9 @@ class AuthGraph:
         if not present:
             return set()
         region = None
-        if self._auth_depth is not None:
+        if self._auth_order is not None:
             try:
-                region = self._region_above(present, min(self.depth(n) for n in present))
+                region = self._region_above(present, min(self.order(n) for n in present))
             except KeyError:
                 region = None
         if region is None:
@@ -285,17 +308,17 @@ class AuthGraph:
         return {n for n in region if leads.get(n, False)}
 
     def _region_above(
-        self, starts: list[int], min_depth: int | None
+        self, starts: list[int], min_order: int | None
     ) -> dict[int, list[int]] | None:
         """The nodes reachable from ``starts`` (themselves included), each with its parents
-        in that set, not going below auth depth ``min_depth`` (events below are not even
-        fetched); ``None`` if an edge does not decrease the auth depth while pruning.
+        in that set, not going below auth order ``min_order`` (events below are not even
+        fetched); ``None`` if an edge does not decrease the auth order while pruning.
 
-        :raises KeyError: if ``auth_depth`` does not know an event.
+        :raises KeyError: if ``auth_order`` does not know an event.
         """
         region: dict[int, list[int]] = {n: [] for n in starts}
         stack = list(starts)
-        if min_depth is None:
+        if min_order is None:
             parents = self.parents
             while stack:
                 n = stack.pop()
@@ -306,13 +329,13 @@ class AuthGraph:
                         region[p] = []
                         stack.append(p)
             return region
-        auth_depth = self._auth_depth
-        assert auth_depth is not None
+        auth_order = self._auth_order
+        assert auth_order is not None
         events = self.events
         index = self.index
         while stack:
             n = stack.pop()
-            dn = self.depth(n)
+            dn = self.order(n)
             ps = region[n]
             for aid in events[n].auth_event_ids:  # type: ignore[union-attr]
                 if not isinstance(aid, str):
@@ -322,12 +345,12 @@ class AuthGraph:
                     if known not in ps and known != n:
                         ps.append(known)
                     continue
-                dp = auth_depth(aid)
+                dp = auth_order(aid)
                 if type(dp) is not int:
                     raise KeyError(aid)
                 if dp >= dn:
                     return None
-                if dp < min_depth:
+                if dp < min_order:
                     continue
                 p = self.node(aid)
                 if events[p] is None:

@@ -33,14 +33,37 @@ class AuthStateView(Mapping[StateKey, Event]):
     five lookups.
     """
 
-    __slots__ = ("_partial", "_fallback", "_graph")
+    __slots__ = ("_partial", "_fallback", "_graph", "_rv", "_event")
 
     def __init__(
-        self, partial: Mapping[StateKey, str], fallback: dict[StateKey, Event], graph: AuthGraph
+        self,
+        partial: Mapping[StateKey, str],
+        fallback: dict[StateKey, Event] | None,
+        graph: AuthGraph,
+        rv: RoomVersion | None = None,
+        event: Event | None = None,
     ):
+        """
+        :param partial: the partially resolved state, key -> event id.
+        :param fallback: the auth events to fall back on, or ``None`` to compute them from
+            ``event`` (in room version ``rv``) on the first miss.
+        :param graph: where events are looked up.
+        """
         self._partial = partial
         self._fallback = fallback
         self._graph = graph
+        self._rv = rv
+        self._event = event
+
+    def _fallbacks(self) -> dict[StateKey, Event]:
+        fb = self._fallback
+        if fb is None:
+            if self._event is None or self._rv is None:
+                fb = {}
+            else:
+                fb = auth_event_fallback(self._rv, self._graph, self._event)
+            self._fallback = fb
+        return fb
 
     def __getitem__(self, key: StateKey) -> Event:
         eid = self._partial.get(key)
@@ -48,7 +71,7 @@ class AuthStateView(Mapping[StateKey, Event]):
             ev = self._graph.event(eid)
             if ev is not None and ev.rejected_reason is None:
                 return ev
-        return self._fallback[key]
+        return self._fallbacks()[key]
 
     def get(self, key, default=None):  # type: ignore[override]
         try:
@@ -63,8 +86,8 @@ class AuthStateView(Mapping[StateKey, Event]):
         for key in self._partial:
             if key in self:
                 yield key
-        for key in self._fallback:
-            if key not in self._partial or key not in self:
+        for key in self._fallbacks():
+            if key not in self._partial:
                 yield key
 
     def __len__(self) -> int:
@@ -123,7 +146,7 @@ def iterative_auth_checks(
         ev = events[n]
         if ev is None or ev.rejected_reason is not None or ev.state_key is None:
             continue
-        view = AuthStateView(state, auth_event_fallback(rv, graph, ev), graph)
+        view = AuthStateView(state, None, graph, rv, ev)
         if checked(auth_check, ev, view):
             state[(ev.type, ev.state_key)] = ev.event_id
     return state

@@ -146,7 +146,7 @@ def resolve_state_v2(
     *,
     v2_1: bool = False,
     room_id: str | None = None,
-    auth_depth: Callable[[str], int] | None = None,
+    auth_order: Callable[[str], int] | None = None,
 ) -> dict[StateKey, str]:
     """Resolve ``state_sets`` with the room v2 algorithm, or with v2.1 (room v12).
 
@@ -164,13 +164,13 @@ def resolve_state_v2(
     :param state_sets: the states to resolve, ``(type, state_key)`` -> event id.
     :param get_event: event id -> :class:`Event`; raises :class:`KeyError` if unknown. It
         must supply the conflicted events and their auth chains: all of them, or with
-        ``auth_depth`` only the part above where the sets' chains meet.
+        ``auth_order`` only the part above where the sets' chains meet.
     :param auth_check: ``auth_check(event, state) -> bool``; called once per replayed event
         with a mapping that looks up state lazily.
     :param v2_1: use state resolution v2.1: step 2 starts from an empty map and the full
         conflicted set includes the conflicted state subgraph.
     :param room_id: if given, events of other rooms are treated as missing.
-    :param auth_depth: optional event id -> auth depth, which lets the auth difference and
+    :param auth_order: optional event id -> auth order, which lets the auth difference and
         the conflicted state subgraph stop early (see :class:`AuthGraph`).
     :returns: the resolved state, a new dict.
     """
@@ -183,7 +183,7 @@ def resolve_state_v2(
     if not conflicted_ids:
         return unconflicted
 
-    graph = AuthGraph(get_event, room_id, auth_depth)
+    graph = AuthGraph(get_event, room_id, auth_order)
     events = graph.events
     conflicted = {graph.node(eid) for eid in conflicted_ids}
     conflicted = {n for n in conflicted if events[n] is not None}
@@ -229,9 +229,9 @@ def resolve_state_v2_1(
     auth_check: AuthCheck,
     *,
     room_id: str | None = None,
-    auth_depth: Callable[[str], int] | None = None,
+    auth_order: Callable[[str], int] | None = None,
 ) -> dict[StateKey, str]:
     """State resolution v2.1 (room v12): :func:`resolve_state_v2` with ``v2_1=True``."""
     return resolve_state_v2(
-        rv, state_sets, get_event, auth_check, v2_1=True, room_id=room_id, auth_depth=auth_depth
+        rv, state_sets, get_event, auth_check, v2_1=True, room_id=room_id, auth_order=auth_order
     )
