@@ -102,6 +102,15 @@ class ServerKeyEndpointTests(SynchronousTestCase):
             resp, body = self.get(path)
             self.assertEqual((resp.code, json.loads(body)["errcode"]), (404, "M_UNRECOGNIZED"), path)
 
+    def test_current_is_the_served_document(self):
+        """current() returns the served document as a dict; mutating it changes nothing served."""
+        served = json.loads(self.get()[1])
+        mine = self.doc.current()
+        self.assertEqual(mine, served)
+        mine["signatures"]["notary.example"] = {"ed25519:n": "x"}
+        self.assertEqual(json.loads(self.get()[1]), served)
+        self.assertEqual(self.doc.current(), served)
+
     def test_current_key_not_listed_as_old(self):
         """A configured old key with our current key id is not published as old."""
         doc = ServerKeyDocument("s", self.key, self.clock, DAY_MS, [OldVerifyKey("ed25519:k1", self.old_b64, 1)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable
 
 from signedjson.sign import sign_json
@@ -51,6 +52,7 @@ class ServerKeyDocument:
         self._old = {k.key_id: {"key": k.key, "expired_ts": k.expired_ts} for k in old_verify_keys if k.key_id != self.key_id}
         self._refresh_after_s = min(validity_ms / 2000.0, MAX_CACHE_SECONDS)
         self._cached: bytes | None = None
+        self._cached_doc: dict[str, Any] = {}
         self._cached_at = 0.0
 
     def build(self) -> dict[str, Any]:
@@ -68,9 +70,16 @@ class ServerKeyDocument:
         """:returns: the signed document as canonical JSON, re-signed when the cache is stale."""
         now = self._clock.seconds()
         if self._cached is None or not (self._cached_at <= now < self._cached_at + self._refresh_after_s):
-            self._cached = encode_json(self.build())
+            self._cached_doc = self.build()
+            self._cached = encode_json(self._cached_doc)
             self._cached_at = now
         return self._cached
+
+    def current(self) -> dict[str, Any]:
+        """:returns: a copy of the document :meth:`encoded` serves (e.g. for the notary's
+            ``own_key_document``); callers may add signatures to it."""
+        self.encoded()
+        return copy.deepcopy(self._cached_doc)
 
 
 class ServerKeyResource(JsonResource):
