@@ -3,11 +3,12 @@ every room version."""
 
 from __future__ import annotations
 
-from signedjson.key import generate_signing_key
+from signedjson.key import generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 from twisted.trial.unittest import SynchronousTestCase
 
-from fedserver.events.hashing import unpadded_base64
+from fedserver.events.hashing import add_content_hash, unpadded_base64
+from fedserver.events.signing import sign_event, verify_event_signature
 from fedserver.room_versions import SPEC_ROOM_VERSIONS, V7, V12
 from tests.test_auth_fixtures import (
     ALICE, BOB, CAROL, DAVE, AuthAssertions, Room, make_event, pick,
@@ -19,6 +20,7 @@ INVITE = {"1-5": "5.3", "6-7": "4.3", "8-11": "4.4", "12": "5.4"}
 LEAVE = {"1-5": "5.4", "6-7": "4.4", "8-11": "4.5", "12": "5.5"}
 BAN = {"1-5": "5.5", "6-7": "4.5", "8-11": "4.6", "12": "5.6"}
 KNOCK = {"7": "4.6", "8-11": "4.7", "12": "5.7"}
+MOD = "@mod:m.example"
 
 
 def sub(table: dict[str, str], suffix: str) -> dict[str, str]:
@@ -77,6 +79,44 @@ class MemberCommonTests(SynchronousTestCase, AuthAssertions):
                 self.assertAllowed(room.check(signed))
                 bad = room.member(BOB, "join", join_authorised_via_users_server="nobody")
                 self.assertDenied(room.check(bad), label)
+
+
+class AuthorisedViaSignatureTests(SynchronousTestCase, AuthAssertions):
+    """The join_authorised_via_users_server signature, verified the way the ingest path
+    does it: the caller verifies, then tells the engine which servers verified."""
+
+    def _verified(self, pdu, rv, keys):
+        return {server for server, key in keys.items()
+                if verify_event_signature(pdu, rv, server, get_verify_key(key))}
+
+    def test_real_signatures(self):
+        """A restricted join signed by the authorising user's server is allowed when the
+        caller reports that server as verified; a forged signature (present but invalid)
+        is caught by verification and the join is rejected under "If the event is not
+        validly signed by the homeserver of the user ID denoted by the key, reject"."""
+        keys = {"a.example": generate_signing_key("1"), "c.example": generate_signing_key("1")}
+        for rv in SPEC_ROOM_VERSIONS[7:]:
+            with self.subTest(rv=rv.identifier):
+                room = Room(rv).standard("restricted")
+                ev = room.member(CAROL, "join", join_authorised_via_users_server=ALICE)
+                pdu = ev.pdu
+                pdu["signatures"] = {}
+                add_content_hash(pdu, strict=rv.strict_canonicaljson)
+                sign_event(pdu, rv, "c.example", keys["c.example"])
+                sign_event(pdu, rv, "a.example", keys["a.example"])
+                verified = self._verified(pdu, rv, keys)
+                self.assertEqual(verified, {"a.example", "c.example"})
+                self.assertAllowed(room.check(ev, verified_servers=verified))
+
+                forged = room.member(CAROL, "join", join_authorised_via_users_server=ALICE)
+                forged.pdu["signatures"] = {}
+                add_content_hash(forged.pdu, strict=rv.strict_canonicaljson)
+                sign_event(forged.pdu, rv, "c.example", keys["c.example"])
+                forged.pdu["signatures"]["a.example"] = {"ed25519:1": unpadded_base64(b"x" * 64)}
+                verified = self._verified(forged.pdu, rv, keys)
+                self.assertEqual(verified, {"c.example"})
+                self.assertDenied(room.check(forged, verified_servers=verified),
+                                  pick(rv, sub(MEMBER, ".2")))
 
 
 class JoinTests(SynchronousTestCase, AuthAssertions):
@@ -184,11 +224,13 @@ class JoinTests(SynchronousTestCase, AuthAssertions):
         """v8+ "If the join_rule is restricted: If membership state is join or invite,
         allow. If the join_authorised_via_users_server key in content is not a user with
         sufficient permission to invite other users, reject. Otherwise, allow."
-        Before v8 ``restricted`` admits nobody."""
+        Permission to invite needs membership join and the invite level.  Before v8 ``restricted`` admits nobody."""
         for rv in SPEC_ROOM_VERSIONS:
             with self.subTest(rv=rv.identifier):
-                room = Room(rv).standard("restricted", pl_extra={"invite": 50})
+                room = Room(rv).standard("restricted", pl_extra={"invite": 50},
+                                         pl_users={ALICE: 100, MOD: 100})
                 room.join(BOB)  # joined, power level 0 < invite level 50
+                # MOD has the power to invite but is not joined, so cannot invite.
                 if not rv.restricted_joins:
                     ev = room.member(CAROL, "join")
                     self.assertDenied(room.check(ev), join_otherwise(rv))
@@ -197,6 +239,7 @@ class JoinTests(SynchronousTestCase, AuthAssertions):
                 self.assertAllowed(room.check(self._restricted_join(room, ALICE)))
                 self.assertDenied(room.check(self._restricted_join(room, BOB)), authoriser_rule)
                 self.assertDenied(room.check(self._restricted_join(room, DAVE)), authoriser_rule)
+                self.assertDenied(room.check(self._restricted_join(room, MOD)), authoriser_rule)
                 self.assertDenied(room.check(room.member(CAROL, "join")), authoriser_rule)
                 room.add(room.member(CAROL, "invite", sender=ALICE))
                 self.assertAllowed(room.check(room.member(CAROL, "join")))
