@@ -210,6 +210,40 @@ class RoundTripTests(StoreTestCase):
                 await store.persist_events([PersistEntry(make_event(V10, "!b:a.example", "m.room.message"), outlier=True)] + batch)
         self.assertEqual(_count(path, "events"), 4)
 
+    async def test_bad_argument_types_fail_the_deferred(self):
+        """Arguments of the wrong type give a failed Deferred with InvalidDataError (never a
+        synchronous exception or a raw sqlite error)."""
+        store = await self.open()
+        calls = [
+            lambda: store.get_events([5]),
+            lambda: store.get_event(None),
+            lambda: store.have_events([b"$bytes"]),
+            lambda: store.get_rejection(7),
+            lambda: store.get_backfill("!r:a.example", ["$x"], "10"),
+            lambda: store.set_room_public(None, True),
+            lambda: store.get_current_state_ids(["!r"]),
+            lambda: store.persist_events([None]),
+        ]
+        for call in calls:
+            d = call()
+            with self.assertRaises(InvalidDataError):
+                await d
+
+    async def test_cached_event_refreshed_when_deoutliered(self):
+        """An event loaded (and cached) as an outlier, then persisted as a rejected
+        non-outlier, loads with its rejection afterwards: the cache is invalidated on
+        commit."""
+        store = await self.open()
+        room_id, events = make_room(V10)
+        out = await store.persist_events(linear_entries(events))
+        group = out[events[-1].event_id].state_group_after
+        e = make_event(V10, room_id, "m.room.message", prev=[events[-1].event_id], depth=5)
+        await store.persist_events([PersistEntry(e, outlier=True)])
+        self.assertIsNone((await store.get_event(e.event_id)).rejected_reason)
+        await store.persist_events([PersistEntry(e, state_group_before=group, rejection=("nope", "9", None))])
+        self.assertEqual((await store.get_event(e.event_id)).rejected_reason, "nope")
+        self.assertIsNone(await store.get_event(e.event_id, allow_rejected=False))
+
     async def test_room_version_mismatch_refused(self):
         """An event claiming another room version than its (known) room's is refused."""
         store = await self.open()

@@ -184,6 +184,44 @@ class StateGroupTests(StoreTestCase):
         expected[("m.room.member", "@u7:b.example")] = leave.event_id
         self.assertEqual(dict(await store.get_state_group(after)), expected)
 
+    async def test_full_chain_stores_changes_since_snapshot(self):
+        """When a delta chain is full, a one-entry change on a large state is stored as the
+        (small) changes since the chain's snapshot rather than a new full snapshot, until
+        those changes grow past the bound; every state still reads back exactly."""
+        path = self.db_path()
+        store = await self.open(path, max_state_chain=4)
+        room_id, room, events = await self.make_state_events(store, 460)
+        state = {e.state_tuple: e.event_id for e in events[:400]}
+        base = await store.store_state_group(room_id, state)
+        groups = {base: dict(state)}
+        prev = base
+        for e in events[400:460]:
+            state[e.state_tuple] = e.event_id
+            prev = await store.store_state_group(room_id, None, prev_group=prev, delta={e.state_tuple: e.event_id})
+            groups[prev] = dict(state)
+        conn = sqlite3.connect(path)
+        self.addCleanup(conn.close)
+        rows = conn.execute(
+            "SELECT g.group_id, g.chain_length, g.prev_group, COUNT(e.group_id) FROM state_groups g"
+            " JOIN state_group_entries e ON e.group_id = g.group_id"
+            " WHERE g.group_id > ? GROUP BY g.group_id ORDER BY g.group_id",
+            (base,),
+        ).fetchall()
+        self.assertEqual(len(rows), 60)
+        self.assertTrue(all(r[1] <= 4 for r in rows))
+        # sqrt(2 * 4 * size) is about 58 rows: changes since the snapshot are stored
+        # instead of a snapshot of 400+ entries until they exceed that.
+        cumulative = [r for r in rows if r[1] == 1 and r[2] == base]
+        self.assertTrue(any(r[3] > 1 for r in cumulative))
+        snapshots = [r for r in rows if r[1] == 0]
+        self.assertLessEqual(len(snapshots), 1)
+        self.assertTrue(all(r[3] > 400 for r in snapshots))
+        self.assertLess(sum(r[3] for r in rows), 60 * 30)
+        store.close()
+        store = await self.open(path, max_state_chain=4)
+        for group, expected in groups.items():
+            self.assertEqual(dict(await store.get_state_group(group)), expected)
+
     async def test_state_before_with_prev_group_hint(self):
         """A state_before map given with a nearby group is stored as a small delta."""
         path = self.db_path()

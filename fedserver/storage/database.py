@@ -88,6 +88,14 @@ def check_text(value: Any, what: str, *, nullable: bool = False) -> None:
         raise InvalidDataError(f"{what} is not valid Unicode (lone surrogate)")
 
 
+def check_texts(values: Sequence[Any], what: str) -> None:
+    """:func:`check_text` for many values, fast when they are all ASCII strings."""
+    if all(type(v) is str for v in values) and "".join(values).isascii():
+        return
+    for v in values:
+        check_text(v, what)
+
+
 def check_int(value: Any, what: str, *, nullable: bool = False) -> None:
     """Raise :class:`InvalidDataError` unless ``value`` is an int SQLite can hold."""
     if value is None and nullable:

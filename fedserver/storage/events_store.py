@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from fedserver.events.canonical import CanonicalJSONError, encode_canonical_json
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Txn, check_int, check_text, lookup_ids, lookup_text
+from fedserver.storage.database import Txn, check_int, check_text, check_texts, lookup_ids, lookup_text
 from fedserver.storage.interface import (
     EventMeta,
     InvalidDataError,
@@ -71,6 +70,15 @@ class _Work:
         return not self.entry.outlier and self.refusal is None
 
 
+def _encode_pdu(pdu: dict[str, Any]) -> bytes:
+    # Canonical JSON (appendix "Canonical JSON": sorted keys, no insignificant whitespace,
+    # UTF-8). The PDU was validated before it got here, so the number checks of
+    # fedserver.events.canonical are not repeated: they cost more than the encoding.
+    return json.dumps(
+        pdu, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+    ).encode("utf-8")
+
+
 def _refusal(value: Any, what: str) -> Optional[Refusal]:
     if value is None:
         return None
@@ -101,7 +109,7 @@ class EventStore:
         state_groups: StateGroupStore,
         clock_ms: Callable[[], int],
         *,
-        cache_size: int = 20_000,
+        cache_size: int = 5_000,
     ):
         self._registry = registry
         self._state_groups = state_groups
@@ -112,6 +120,7 @@ class EventStore:
 
     def _validate(self, batch: Sequence[PersistEntry]) -> list[_Work]:
         chosen: dict[str, _Work] = {}
+        known_versions: set[RoomVersion] = set()
         for entry in batch:
             if not isinstance(entry, PersistEntry):
                 raise InvalidDataError(f"expected PersistEntry, got {type(entry).__name__}")
@@ -125,11 +134,13 @@ class EventStore:
             check_text(event.sender, "sender")
             check_int(event.depth, "depth")
             check_int(event.origin_server_ts, "origin_server_ts")
-            for ref in (*event.prev_event_ids, *event.auth_event_ids):
-                check_text(ref, "prev/auth event id")
+            check_texts(event.prev_event_ids, "prev event id")
+            check_texts(event.auth_event_ids, "auth event id")
             rv = event.room_version
-            if rv.identifier not in self._registry or self._registry.get(rv.identifier) != rv:
-                raise InvalidDataError(f"room version {rv.identifier!r} is not registered here")
+            if rv not in known_versions:
+                if rv.identifier not in self._registry or self._registry.get(rv.identifier) != rv:
+                    raise InvalidDataError(f"room version {rv.identifier!r} is not registered here")
+                known_versions.add(rv)
             check_int(entry.state_group_before, "state_group_before", nullable=True)
             check_int(entry.state_group_after, "state_group_after", nullable=True)
             check_int(entry.state_before_prev_group, "state_before_prev_group", nullable=True)
@@ -151,8 +162,8 @@ class EventStore:
             if previous is not None and not (previous.entry.outlier and not entry.outlier):
                 continue  # a duplicate adds nothing; a non-outlier copy replaces an outlier
             try:
-                encoded = encode_canonical_json(event.pdu, strict=rv.strict_canonicaljson)
-            except (CanonicalJSONError, UnicodeError, TypeError, ValueError, RecursionError) as e:
+                encoded = _encode_pdu(event.pdu)
+            except (UnicodeError, TypeError, ValueError, RecursionError) as e:
                 raise InvalidDataError(f"event {event.event_id!r} cannot be stored as JSON: {e}") from None
             chosen[event.event_id] = _Work(entry, encoded, refusal, kind)
         return list(chosen.values())

@@ -54,8 +54,8 @@ def open_store(
     schema_dir: str = DEFAULT_SCHEMA_DIR,
     synchronous: str = "NORMAL",
     busy_timeout_ms: int = 10_000,
-    event_cache_size: int = 20_000,
-    state_cache_weight: int = 300_000,
+    event_cache_size: int = 5_000,
+    state_cache_weight: int = 100_000,
     max_state_chain: int = DEFAULT_MAX_CHAIN,
 ) -> "Deferred[SQLiteStore]":
     """Open (creating or upgrading as needed) the SQLite database at ``path``.
@@ -67,8 +67,10 @@ def open_store(
         :mod:`fedserver.storage.database` for the trade-off), ``FULL`` to survive power
         loss with no committed transaction lost.
     :param busy_timeout_ms: how long to wait for a lock held by another process.
-    :param event_cache_size: how many loaded events to keep in memory.
-    :param state_cache_weight: how many state entries the state group cache may hold.
+    :param event_cache_size: how many loaded events to keep in memory (a small member
+        event takes about 3 KB as an Event).
+    :param state_cache_weight: how many state entries the state group cache may hold
+        (about 250 bytes each).
     :param max_state_chain: the longest delta chain before a state snapshot.
     :returns: Deferred firing with the store.
     :raises SchemaTooNewError: (in the Deferred) if the database is newer than the code.
@@ -119,8 +121,8 @@ class SQLiteStore:
         registry: RoomVersionRegistry,
         clock_ms: Callable[[], int],
         *,
-        event_cache_size: int = 20_000,
-        state_cache_weight: int = 300_000,
+        event_cache_size: int = 5_000,
+        state_cache_weight: int = 100_000,
         max_state_chain: int = DEFAULT_MAX_CHAIN,
     ):
         self._db = db
@@ -386,8 +388,9 @@ class SQLiteStore:
         With ``prev_group`` (a group of the same room) only the delta is stored (computed
         from ``state`` unless ``delta`` is given; ``None`` values in a delta remove a
         key), or a full snapshot when the delta chain would grow past its bound or the
-        delta is more than half the state. If the state equals ``prev_group``'s, that id
-        is returned and nothing is written.
+        delta is more than half the state (see
+        :class:`~fedserver.storage.state_groups.StateGroupStore`). If the state equals
+        ``prev_group``'s, that id is returned and nothing is written.
 
         :returns: Deferred firing with the group id.
         :raises UnknownEventsError: if the state names events that are not stored.

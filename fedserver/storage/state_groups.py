@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Mapping, NamedTuple, Optional
 
@@ -34,6 +35,7 @@ WHERE e.group_id IN ({})
 
 class GroupMeta(NamedTuple):
     room_id: str
+    prev_group: Optional[int]
     chain_length: int
     entry_count: int
 
@@ -47,7 +49,12 @@ class StateGroupStore:
 
     A group is a full snapshot, or a delta against ``prev_group``; a delta chain never
     grows beyond ``max_chain`` groups, and a delta larger than half the state is stored
-    as a snapshot instead. Groups are immutable, so read groups are cached as
+    as a snapshot instead. When a chain is full, the new group is stored as the changes
+    since the chain's snapshot (chain length 1) while those stay below
+    ``sqrt(2 * max_chain * size)`` entries, and as a new snapshot after that; so a
+    20,000-member room writes a few dozen rows per membership change on average, not a
+    20,000-row snapshot every ``max_chain`` changes. Reads touch at most ``max_chain``
+    groups. Groups are immutable, so read groups are cached as
     :class:`~fedserver.storage.statemap.StateMap` objects that share structure with their
     parent (no copy of a 20,000-entry state per event). The cache is bounded by the number
     of entries the maps hold themselves.
@@ -62,7 +69,7 @@ class StateGroupStore:
         keys: StateKeyInterner,
         *,
         max_chain: int = DEFAULT_MAX_CHAIN,
-        cache_weight: int = 300_000,
+        cache_weight: int = 100_000,
     ):
         if max_chain < 0:
             raise ValueError("max_chain must not be negative")
@@ -94,7 +101,8 @@ class StateGroupStore:
         :param delta: the changes from ``prev_group`` (``None`` values remove a key);
             trusted over ``state`` when both are given.
         :param known: refs of events not committed yet (the batch being persisted).
-        :returns: the new group's id, or ``prev_group`` itself if the state is the same.
+        :returns: the new group's id, or an existing group's (``prev_group`` or the
+            snapshot under it) if it holds exactly this state.
         :raises InvalidDataError: for malformed maps, or events or a prev group of
             another room.
         :raises UnknownEventsError: if the state names events that are not stored.
@@ -125,7 +133,26 @@ class StateGroupStore:
             if not delta:
                 return prev_group
             new_map = prev_map.evolve(delta)
-            snapshot = meta.chain_length + 1 > self._max_chain or 2 * len(delta) > len(new_map)
+            size = len(new_map)
+            snapshot = False
+            if 2 * len(delta) > size:
+                snapshot = True
+            elif meta.chain_length + 1 > self._max_chain:
+                # The chain is full. Rather than rewriting the whole state (20,000 rows in
+                # a big room, every max_chain events), store the changes since the
+                # snapshot at the bottom of the chain, while they stay small: about
+                # sqrt(2 * max_chain * size) rows minimises the rows written per group.
+                snapshot = True
+                if self._max_chain >= 1 and meta.prev_group is not None:
+                    base_group = self._chain_base_txn(txn, prev_group)
+                    cumulative = state_delta(self.get_state_group_txn(txn, base_group), new_map)
+                    if not cumulative:
+                        return base_group
+                    limit = min(size // 2, int(math.sqrt(2 * self._max_chain * size)))
+                    if len(cumulative) <= limit:
+                        snapshot = False
+                        prev_group, delta = base_group, cumulative
+                        meta = self.group_meta_txn(txn, base_group)
             rows = new_map.to_dict() if snapshot else delta
 
         refs = resolve_event_nids_txn(
@@ -155,7 +182,10 @@ class StateGroupStore:
             ],
         )
         pending = txn.local.setdefault("state_groups", {})
-        pending[group_id] = (new_map, GroupMeta(room_id, chain_length, len(new_map)))
+        pending[group_id] = (
+            new_map,
+            GroupMeta(room_id, None if snapshot else prev_group, chain_length, len(new_map)),
+        )
         txn.call_after_commit(self._cache.put, group_id, new_map)
         return group_id
 
@@ -170,12 +200,20 @@ class StateGroupStore:
         if pending and group in pending:
             return pending[group][1]
         row = txn.execute(
-            "SELECT room_id, chain_length, entry_count FROM state_groups WHERE group_id = ?",
+            "SELECT room_id, prev_group, chain_length, entry_count FROM state_groups WHERE group_id = ?",
             (group,),
         ).fetchone()
         if row is None:
             raise UnknownStateGroupError(group)
         return GroupMeta(*row)
+
+    def _chain_base_txn(self, txn: Txn, group: int) -> int:
+        """The snapshot at the bottom of ``group``'s delta chain."""
+        meta = self.group_meta_txn(txn, group)
+        while meta.prev_group is not None:
+            group = meta.prev_group
+            meta = self.group_meta_txn(txn, group)
+        return group
 
     def get_state_group_txn(self, txn: Txn, group: int) -> StateMap:
         """The full state of ``group``.
