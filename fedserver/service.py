@@ -168,8 +168,13 @@ class _ConnectionTracker(policies.WrappingFactory):
         for p in list(self.protocols):
             p.transport.loseConnection()
         abort = self._reactor.callLater(grace, self._abort_all)
-        d.addBoth(lambda r: (abort.cancel() if abort.active() else None, r)[1])
-        return d
+
+        def cancel_abort(result: Any) -> Any:
+            if abort.active():
+                abort.cancel()
+            return result
+
+        return d.addBoth(cancel_abort)
 
     def _abort_all(self) -> None:
         for p in list(self.protocols):
@@ -211,6 +216,10 @@ class ListenerService(service.Service):
         if self.port is None:
             self.privilegedStartService()
         service.Service.startService(self)
+
+    def open_connections(self) -> int:
+        """:returns: how many connections to this listener are open."""
+        return len(self._tracker.protocols)
 
     def stopService(self) -> defer.Deferred | None:
         service.Service.stopService(self)

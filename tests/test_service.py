@@ -285,10 +285,10 @@ class RunningServerTests(TestCase):
         self.assertEqual((await resp.json())["errcode"], "M_UNRECOGNIZED")
         self.assertEqual(resp.headers.getRawHeaders(b"Access-Control-Allow-Origin"), [b"*"])
         # The keep-alive connection of the key fetch is still open; stopping closes it.
-        self.assertTrue(svc.federation_listener._tracker.protocols)
+        self.assertEqual(svc.federation_listener.open_connections(), 1)
         await svc.stopService()
-        self.assertFalse(svc.federation_listener._tracker.protocols)
-        self.assertFalse(svc.client_listener._tracker.protocols)
+        self.assertEqual(svc.federation_listener.open_connections(), 0)
+        self.assertEqual(svc.client_listener.open_connections(), 0)
         self.assertIsNone(svc.store)
 
         svc2 = await self.start()
