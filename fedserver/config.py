@@ -169,13 +169,14 @@ def _v_listen(v: Any) -> str:
     if not isinstance(v, str) or not v.strip():
         raise ValueError("must be a port, 'host:port' or a Twisted endpoint description")
     v = v.strip()
-    if _is_endpoint_description(v):
+    if is_endpoint_description(v):
         return v
     _parse_host_port(v)
     return v
 
 
-def _is_endpoint_description(v: str) -> bool:
+def is_endpoint_description(v: str) -> bool:
+    """:returns: whether a ``*_listen`` value is a Twisted endpoint description (used verbatim)."""
     kind = v.split(":", 1)[0].lower()
     return ":" in v and kind in _ENDPOINT_TYPES
 
@@ -213,7 +214,7 @@ def listen_description(value: str, *, tls_certificate: str | None = None, tls_pr
     """
     from twisted.internet.endpoints import quoteStringArgument as q
 
-    if _is_endpoint_description(value):
+    if is_endpoint_description(value):
         return value
     host, port = _parse_host_port(value)
     if tls_certificate is not None:

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from fedserver import __version__
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
-from fedserver.config import Config, ConfigError, _is_endpoint_description, generate_config_text, listen_description, load_config
+from fedserver.config import Config, ConfigError, is_endpoint_description, generate_config_text, listen_description, load_config
 from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
 from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.resource import MatrixSite
@@ -271,7 +271,7 @@ class FedserverService(service.MultiService):
 
         fed_desc = config.federation_listen
         self.tls = None
-        if not _is_endpoint_description(fed_desc):
+        if not is_endpoint_description(fed_desc):
             self.tls = load_or_generate_tls(config.tls_certificate_path, config.tls_private_key_path, config.server_host)
             fed_desc = listen_description(
                 fed_desc, tls_certificate=config.tls_certificate_path, tls_private_key=config.tls_private_key_path
