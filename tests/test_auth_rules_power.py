@@ -174,20 +174,39 @@ class PowerLevelsTests(SynchronousTestCase, AuthAssertions):
                     else:
                         self.assertAllowed(result)
                 result = room.check(self._pl(room, ban=True))
-                self.assertDenied(result, pl_rule(rv, "scalar_types" if rv.integer_power_levels else "users"))
+                self.assertDenied(result, pl_rule(rv, "scalar_types" if rv.integer_power_levels else "scalars"))
                 result = room.check(self._pl(room, events=[]))
-                self.assertDenied(result, pl_rule(rv, "map_types" if rv.integer_power_levels else "users"))
+                self.assertDenied(result, pl_rule(rv, "map_types" if rv.integer_power_levels else "maps_added"))
 
     def test_non_integer_strings_rejected(self):
         """Before v10 a string value must hold "a single base 10 integer" (sign, leading
-        zeroes and surrounding whitespace allowed); anything else cannot be compared and
-        is rejected."""
+        zeroes and surrounding whitespace allowed); anything else cannot be compared with
+        the sender's level and is rejected when it changes a previous power levels
+        event.  The first power levels event is only checked for users ("If there is no
+        previous m.room.power_levels event in the room, allow")."""
         for rv in SPEC_ROOM_VERSIONS[:9]:
             with self.subTest(rv=rv.identifier):
                 room = self._room(rv)
                 for bad in ("fifty", "5.0", "1_0", "", "\u0665"):
-                    self.assertDenied(room.check(self._pl(room, kick=bad)), pl_rule(rv, "users"))
+                    self.assertDenied(room.check(self._pl(room, kick=bad)), pl_rule(rv, "scalars"))
+                self.assertDenied(room.check(self._pl(room, events={"m.x": "x"})),
+                                  pl_rule(rv, "maps_added"))
                 self.assertAllowed(room.check(self._pl(room, kick=" -0050 ")))
+                first = Room(rv)
+                first.join(ALICE)
+                self.assertAllowed(first.check(first.power_levels({"kick": "fifty"})))
+
+    def test_notifications_form_before_v6(self):
+        """Before v6 notifications play no part in the auth rules, so their form is not
+        checked either; from v6 a value that is no integer is rejected."""
+        for rv in SPEC_ROOM_VERSIONS[:9]:
+            with self.subTest(rv=rv.identifier):
+                room = self._room(rv)
+                result = room.check(self._pl(room, notifications={"room": "lots"}))
+                if rv.limit_notifications_power_levels:
+                    self.assertDenied(result, pl_rule(rv, "maps_added"))
+                else:
+                    self.assertAllowed(result)
 
     def test_floats_before_v6(self):
         """Before v6 (no strict canonical JSON) a float level is truncated: 50.7 counts

@@ -6,6 +6,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import pluggy
 
+from fedserver.auth import plugins
 from fedserver.auth.auth_state import AuthState
 from fedserver.auth.power_levels import PowerLevels
 from fedserver.auth.rule_ids import redaction_is_auth_rule
@@ -98,8 +99,6 @@ class AuthEngine:
             listed first; by default :data:`fedserver.auth.plugins.ESSENTIAL_PLUGINS`.
         :raises AuthHookError: if an auth hook is implemented as a wrapper.
         """
-        from fedserver.auth import plugins
-
         self._pm = plugin_manager
         if room_versions is None:
             room_versions = RoomVersionRegistry(plugins.registered_room_versions(plugin_manager))

@@ -66,22 +66,6 @@ def check_power_levels(
         for key in maps:
             if key in content and _levels(content[key], rv) is None:
                 return Deny(f"{key} is not an object of integers", rule("map_types"))
-    else:
-        # Before v10 the rules only spell out the check on users (below), but every value
-        # must be "an integer (or a string that is an integer)" (the "m.room.power_levels
-        # events accept values as strings" section): anything else cannot be compared, so
-        # it is rejected under the same rule as users.
-        for key in _SCALARS:
-            if key in content and parse_level(content[key], rv) is None:
-                return Deny(
-                    f"{key} is not an integer (or a string that is an integer)", rule("users")
-                )
-        for key in maps:
-            if key in content and _levels(content[key], rv) is None:
-                return Deny(
-                    f"{key} is not an object of integers (or strings that are integers)",
-                    rule("users"),
-                )
     # users: If the users property in content is not an object with keys that are valid
     # user IDs with values that are integers (or, before v10, a string that is an
     # integer), reject.  (Absent is an empty object.)
@@ -102,6 +86,26 @@ def check_power_levels(
         return None
     old = previous.content
     sender_level = auth_state.sender_level
+    checked_maps = maps if rv.limit_notifications_power_levels else ("events",)
+
+    if not rv.integer_power_levels:
+        # Before v10 the rules only check the form of users, but comparing a value with
+        # the sender's level needs "an integer (or a string that is an integer)" (the
+        # "m.room.power_levels events accept values as strings" section).  A value that
+        # is neither cannot be compared, so a change to it is rejected under the rule that
+        # compares it.
+        for key in _SCALARS:
+            if key in content and parse_level(content[key], rv) is None:
+                return Deny(
+                    f"{key} is not an integer (or a string that is an integer)",
+                    rule("scalars"),
+                )
+        for key in checked_maps:
+            if key in content and _levels(content[key], rv) is None:
+                return Deny(
+                    f"{key} is not an object of integers (or strings that are integers)",
+                    rule("maps_added"),
+                )
 
     # For the properties users_default, events_default, state_default, ban, redact, kick,
     # invite check if they were added, changed or removed. For each found alteration:
@@ -117,7 +121,6 @@ def check_power_levels(
         if new_v is not None and new_v > sender_level:
             return Deny(f"sender may not set {key} to {new_v}", rule("scalars"))
 
-    checked_maps = maps if rv.limit_notifications_power_levels else ("events",)
     pairs = [
         (key, _lenient_levels(old.get(key), rv), _levels(content.get(key, {}), rv) or {})
         for key in checked_maps
