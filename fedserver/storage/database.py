@@ -1,9 +1,8 @@
-"""The SQLite connection: one adbapi connection (one writer), WAL, explicit transactions.
+"""The SQLite connection: one adbapi connection (one writer), WAL, explicit transactions."""
 
-Every storage operation is a function ``f(txn, ...)`` run by :meth:`Database.run_read` or
-:meth:`Database.run_write` in the pool's single thread, inside one transaction that is
-committed if ``f`` returns and rolled back if it raises.
-"""
+# Every storage operation is a function f(txn, ...) run by Database.run_read or
+# Database.run_write in the pool's single thread, inside one transaction that is committed
+# if f returns and rolled back if it raises.
 
 from __future__ import annotations
 

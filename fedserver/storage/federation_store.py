@@ -1,5 +1,4 @@
-"""Federation bookkeeping: remote server keys, answered transactions, the outbound queue
-and per-destination transaction ids and back-off."""
+"""Federation bookkeeping: remote server keys, answered transactions, the outbound queue."""
 
 from __future__ import annotations
 

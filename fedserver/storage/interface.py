@@ -1,10 +1,4 @@
-"""What the rest of fedserver may rely on from storage: value types, errors and the store API.
-
-Handlers code against :class:`Store`; :class:`fedserver.storage.sqlite.SQLiteStore` is the
-implementation. Every method returns a Deferred and runs its SQL in one database
-transaction; no caller ever sees SQL or a cursor, except through the explicit ``*_txn``
-variants used to put several writes in one transaction.
-"""
+"""What the rest of fedserver may rely on from storage: value types, errors and the store API."""
 
 from __future__ import annotations
 
@@ -184,8 +178,13 @@ class OutboundItem(NamedTuple):
 
 
 class Store(Protocol):
-    """The storage API. See :class:`fedserver.storage.sqlite.SQLiteStore` for the full
-    documentation of each method; every method returns a Deferred."""
+    """The storage API handlers code against.
+
+    :class:`fedserver.storage.sqlite.SQLiteStore` implements it and documents each method.
+    Every method returns a Deferred and runs its SQL in one database transaction; callers
+    never see SQL or a cursor, except through the explicit ``*_txn`` variants run inside
+    :meth:`run_write` to put several writes in one transaction.
+    """
 
     # events
     def persist_events(self, batch: Sequence[PersistEntry], *, received_txn: ReceivedTxn | None = None): ...

@@ -1,15 +1,13 @@
-"""Versioned schema: builds a new database atomically and applies upgrade scripts in order.
+"""Versioned schema: builds a new database atomically and applies upgrade scripts in order."""
 
-The schema directory holds ``NNN_description.sql`` files. ``001`` is the full schema of a
-new database; each later number is an upgrade from the one before. The versions applied
-are recorded in the ``schema_version`` table.
-
-* A new database is built in ONE transaction (bootstrap table, every script, the version
-  rows): a crash half way leaves an empty file, which the next start builds again.
-* An existing database gets each missing upgrade in its own transaction, in order.
-* A database whose version is newer than the newest script is refused, as is a file that
-  has tables but no ``schema_version`` (not ours).
-"""
+# The schema directory holds NNN_description.sql files. 001 is the full schema of a new
+# database; each later number is an upgrade from the one before. The versions applied are
+# recorded in the schema_version table.
+# * A new database is built in ONE transaction (bootstrap table, every script, the version
+#   rows): a crash half way leaves an empty file, which the next start builds again.
+# * An existing database gets each missing upgrade in its own transaction, in order.
+# * A database whose version is newer than the newest script is refused, as is a file that
+#   has tables but no schema_version (not ours).
 
 from __future__ import annotations
 
