@@ -1,0 +1,1 @@
+"""What the server does: membership, ingest, transactions, directory, profiles. No HTTP, no SQL."""
