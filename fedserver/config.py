@@ -53,8 +53,8 @@ class TrustedKeyServer:
     """A notary we may ask for other servers' keys.
 
     :ivar server_name: the notary's server name.
-    :ivar verify_keys: ``((key_id, unpadded base64 public key), ...)``; the notary's answers
-        must be signed by one of them. Empty means "trust on first use".
+    :ivar verify_keys: ``((key_id, unpadded base64 public key), ...)``, never empty; the
+        notary's answers must be signed by one of them.
     """
 
     server_name: str
@@ -310,11 +310,15 @@ def _v_trusted_key_servers(v: Any) -> tuple[TrustedKeyServer, ...]:
     out = []
     for item in v:
         if not isinstance(item, dict) or "server_name" not in item or not set(item) <= {"server_name", "verify_keys"}:
-            raise ValueError("each entry must have server_name and optionally verify_keys")
+            raise ValueError("each entry must have server_name and verify_keys")
         name = _v_server_name(item["server_name"])
         keys = item.get("verify_keys") or {}
         if not isinstance(keys, dict):
             raise ValueError(f"verify_keys of {name} must map key ids to base64 keys")
+        if not keys:
+            # Trusting whatever key a notary first presents would let anyone who can
+            # intercept that first request vouch for every server's keys.
+            raise ValueError(f"{name} has no verify_keys; give the notary's ed25519 key(s), trust on first use is not supported")
         out.append(TrustedKeyServer(name, tuple(sorted(_check_public_key(k, kv) for k, kv in keys.items()))))
     return tuple(out)
 
@@ -356,7 +360,8 @@ OPTIONS: tuple[Option, ...] = (
            "Keys we used to sign with, still published so old signatures verify.",
            "old_verify_keys:\n  - key_id: 'ed25519:old1'\n    key: 'BASE64PUBLICKEY'\n    expired_ts: 1700000000000"),
     Option("trusted_key_servers", _v_trusted_key_servers,
-           "Notaries asked for other servers' keys when direct fetching fails; empty means none.",
+           "Notaries asked for other servers' keys when direct fetching fails; empty means none.\n"
+           "Each needs the notary's own verify_keys: its answers must be signed by one of them.",
            "trusted_key_servers:\n  - server_name: 'matrix.org'\n    verify_keys:\n"
            "      'ed25519:auto': 'Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw'"),
     Option("federation_verify_certificates", _v_bool,

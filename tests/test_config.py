@@ -84,6 +84,8 @@ trusted_key_servers:
     verify_keys:
       ed25519:auto: {KEY}
   - server_name: "[::1]:8448"
+    verify_keys:
+      ed25519:b: {KEY}
 """
         )
         c = load_config(path)
@@ -94,7 +96,7 @@ trusted_key_servers:
         self.assertEqual(c.old_verify_keys, (OldVerifyKey("ed25519:old", KEY, 1600000000000),))
         self.assertEqual(
             c.trusted_key_servers,
-            (TrustedKeyServer("notary.example", (("ed25519:auto", KEY),)), TrustedKeyServer("[::1]:8448", ())),
+            (TrustedKeyServer("notary.example", (("ed25519:auto", KEY),)), TrustedKeyServer("[::1]:8448", (("ed25519:b", KEY),))),
         )
         self.assertEqual(c.trusted_key_servers[0].verify_keys_map(), {"ed25519:auto": KEY})
 
@@ -125,7 +127,8 @@ trusted_key_servers:
             "old_verify_keys": [{"a": 1}, [{"key_id": "ed25519:x", "key": "AAAA", "expired_ts": 1}],
                                 [{"key_id": "rsa:x", "key": KEY, "expired_ts": 1}],
                                 [{"key_id": "ed25519:x", "key": KEY, "expired_ts": -1}]],
-            "trusted_key_servers": ["matrix.org", [{"verify_keys": {}}], [{"server_name": "a", "verify_keys": {"ed25519:x": "!!"}}]],
+            "trusted_key_servers": ["matrix.org", [{"verify_keys": {}}], [{"server_name": "a", "verify_keys": {"ed25519:x": "!!"}}],
+                                    [{"server_name": "notary.example"}], [{"server_name": "notary.example", "verify_keys": {}}]],
             "federation_verify_certificates": ["yes", 1],
             "federation_client_timeout": [0, -1, "60", True],
             "plugins": ["a.b", [1], [""]],
@@ -139,6 +142,15 @@ trusted_key_servers:
                 msg = str(e)
                 self.assertIn(repr(name), msg, (name, value))
                 self.assertNotIn("\n", msg)
+
+    def test_notary_without_keys_is_refused(self):
+        """A trusted key server without verify_keys is refused with a one-line error naming
+        it: trusting the first key a notary presents would be unsafe."""
+        for entry in ({"server_name": "notary.example"}, {"server_name": "notary.example", "verify_keys": {}}):
+            e = self.assertRaises(ConfigError, config_from_dict, {"trusted_key_servers": [entry]})
+            self.assertIn("notary.example", str(e))
+            self.assertIn("verify_keys", str(e))
+            self.assertNotIn("\n", str(e))
 
     def test_yaml_syntax_error(self):
         """Broken YAML is a one-line error with the file name and line."""

@@ -14,7 +14,6 @@ remembered for a short while so that a flood of events from a dead server costs 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 
 from fedserver.events.canonical import MAX_SAFE_INTEGER, CanonicalJSONError
 from fedserver.events.hashing import decode_unpadded_base64, unpadded_base64
+from fedserver.federation.xmatrix import is_valid_server_name  # noqa: F401 - the strict grammar, re-exported (notary)
 from fedserver.room_versions import RoomVersion
 
 log = Logger()
@@ -53,29 +53,6 @@ MAX_SIGNATURES_PER_SERVER = 8
 
 #: Key ids: the algorithm, a colon and a version of ``[a-zA-Z0-9_]`` (keys.yaml).
 _KEY_ID_RE = re.compile(r"ed25519:[A-Za-z0-9_]{1,128}\Z")
-
-#: Server name grammar (appendix "Server Name"): hostname [":" port].
-_SERVER_NAME_RE = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,255})(:[0-9]{1,5})?\Z")
-
-
-def is_valid_server_name(server_name: Any) -> bool:
-    """Whether ``server_name`` follows the spec's server name grammar (appendix "Server Name").
-
-    IPv6 literals must also parse as IPv6 addresses.
-    """
-    if type(server_name) is not str:
-        return False
-    m = _SERVER_NAME_RE.match(server_name)
-    if m is None:
-        return False
-    host = m.group(1)
-    if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return False
-    return True
-
 
 def key_validity_minimum(origin_server_ts: int, room_version: RoomVersion) -> int:
     """The ``minimum_valid_until_ts`` to ask for when checking an event's signatures.
