@@ -18,6 +18,7 @@ from fedserver.storage.interface import (
     RefusedEvent,
     RoomInfo,
     StateKey,
+    UnknownEventsError,
 )
 from fedserver.storage.nids import EventRef, check_state_key, resolve_event_nids_txn
 from fedserver.storage.state_groups import StateGroupStore
@@ -295,10 +296,16 @@ class EventStore:
             checked.add(group)
 
         groups: dict[int, tuple[Optional[int], Optional[int]]] = {}
+        after_by_id: dict[str, int] = {}
         for w in stored:
             entry = w.entry
             before = entry.state_group_before
             if before is not None:
+                check_group(before, w.room_id)
+            elif entry.state_before_event is not None:
+                before = after_by_id.get(entry.state_before_event)
+                if before is None:
+                    before = self._state_group_after_txn(txn, entry.state_before_event)
                 check_group(before, w.room_id)
             elif entry.state_before is not None:
                 before = sg.store_state_group_txn(
@@ -322,6 +329,8 @@ class EventStore:
             if before is not None or after is not None:
                 rows.append((w.nid, before, after))
                 groups[w.nid] = (before, after)
+            if after is not None:
+                after_by_id[w.event_id] = after
         if rows:
             txn.executemany(
                 "INSERT INTO event_state (event_nid, state_group_before, state_group_after)"
@@ -331,6 +340,17 @@ class EventStore:
                 rows,
             )
         return groups
+
+    @staticmethod
+    def _state_group_after_txn(txn: Txn, event_id: str) -> int:
+        row = txn.execute(
+            "SELECT s.state_group_after FROM events e JOIN event_state s ON s.event_nid = e.event_nid"
+            " WHERE e.event_id = ?",
+            (event_id,),
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise UnknownEventsError([event_id], "events with state")
+        return row[0]
 
     def _store_rooms_txn(self, txn: Txn, works: list[_Work]) -> None:
         creators = {

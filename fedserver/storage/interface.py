@@ -91,6 +91,9 @@ class PersistEntry:
     :ivar state_before: alternatively, the state before the event as a map; storage stores
         a group for it (as a delta against ``state_before_prev_group`` if given, which should
         be a group close to it, e.g. the state after one of its prev events).
+    :ivar state_before_event: alternatively, the id of an event (stored with state, or earlier
+        in this batch) whose state AFTER is this event's state before: the linear case (one
+        prev event), where no map is copied and no group is written.
     :ivar state_group_after: the state group after the event; if ``None`` storage derives
         it: the same group as before for non-state or rejected events, else a new group
         replacing the event's ``(type, state_key)``.
@@ -98,7 +101,8 @@ class PersistEntry:
         event is stored: ``{(type, state_key): event_id or None to remove}``. Applied in
         batch order; ignored if the event was already stored (re-persisting is a no-op).
 
-    Non-outlier events need ``state_group_before`` or ``state_before``.
+    Non-outlier events need ``state_group_before``, ``state_before`` or
+    ``state_before_event``.
     """
 
     event: Event
@@ -109,6 +113,7 @@ class PersistEntry:
     state_group_before: Optional[int] = None
     state_before: Optional[Mapping[StateKey, str]] = None
     state_before_prev_group: Optional[int] = None
+    state_before_event: Optional[str] = None
     state_group_after: Optional[int] = None
     update_current_state: Optional[Mapping[StateKey, Optional[str]]] = None
 

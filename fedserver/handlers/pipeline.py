@@ -1,0 +1,615 @@
+"""The one path by which events join a room's DAG: state before, the receipt auth checks, persistence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from fedserver.auth.policy import check_event_policy
+from fedserver.auth.selection import auth_types_for_event
+from fedserver.events.model import Event
+from fedserver.room_versions import RoomVersion
+from fedserver.state.compute import state_before_event
+from fedserver.storage.interface import PersistEntry, Refusal, StateKey
+from fedserver.storage.statemap import StateMap
+
+log = Logger()
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+SOFT_FAILED = "soft_failed"
+MISSING = "missing"
+
+#: How many rooms' current state the pipeline keeps in memory.
+ROOM_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event given to :meth:`RoomPipeline.process`.
+
+    :ivar status: ``accepted``, ``rejected``, ``soft_failed``, or ``missing`` (prev or
+        auth events we do not have; nothing was stored for it).
+    :ivar refusal: why it was rejected or soft-failed.
+    :ivar missing: the prev/auth event ids we lack (status ``missing``).
+    :ivar duplicate: the event was already in the room's DAG; nothing changed.
+    :ivar stored: it was written by this call (rejected events are stored too, unless the
+        caller asked not to).
+    """
+
+    status: str
+    refusal: Optional[Refusal] = None
+    missing: frozenset[str] = frozenset()
+    duplicate: bool = False
+    stored: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == ACCEPTED
+
+
+class _RoomState:
+    """The pipeline's in-memory view of one room: current state and forward extremities.
+
+    Only the pipeline writes a room's DAG (under the room's lock), so this stays true to
+    the database; it is rebuilt from storage after any failed write.
+    """
+
+    __slots__ = ("current", "extremities", "create")
+
+    def __init__(self, current: StateMap, extremities: set[str], create: Optional[Event]):
+        self.current = current
+        self.extremities = extremities
+        self.create = create
+
+
+class _EventState(Mapping[StateKey, Event]):
+    """A state map (ids) seen as ``(type, state_key) -> Event`` through loaded events."""
+
+    __slots__ = ("_ids", "_events")
+
+    def __init__(self, ids: Mapping[StateKey, str], events: Mapping[str, Event]):
+        self._ids = ids
+        self._events = events
+
+    def __getitem__(self, key: StateKey) -> Event:
+        return self._events[self._ids[key]]
+
+    def get(self, key: StateKey, default: Any = None) -> Any:
+        event_id = self._ids.get(key)
+        if event_id is None:
+            return default
+        return self._events.get(event_id, default)
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def _refusal_from(result) -> Refusal:
+    deny = result.denials[0]
+    return Refusal(deny.reason, deny.rule, deny.plugin or None)
+
+
+def _ordered(events: Sequence[Event]) -> list[Event]:
+    """Events in an order where each comes after the batch events it cites as prev events
+    (depth, then timestamp and id, as tie-breaks that need no trust in either)."""
+    by_id = {e.event_id: e for e in events}
+    out: list[Event] = []
+    seen: set[str] = set()
+    for root in sorted(events, key=lambda e: (e.depth, e.origin_server_ts, e.event_id)):
+        if root.event_id in seen:
+            continue
+        stack = [(root, False)]
+        while stack:
+            ev, expanded = stack.pop()
+            if ev.event_id in seen:
+                continue
+            if expanded:
+                seen.add(ev.event_id)
+                out.append(ev)
+                continue
+            stack.append((ev, True))
+            for p in ev.prev_event_ids:
+                pe = by_id.get(p)
+                if pe is not None and p not in seen:
+                    stack.append((pe, False))
+    return out
+
+
+class RoomPipeline:
+    """Takes events into rooms: computes the state before each, runs the checks on receipt
+    of a PDU (server-server spec, "Checks performed on receipt of a PDU", steps 4-6 and the
+    policy hook), and persists a whole batch in one database transaction.
+
+    - Step 4: the auth rules against the event's own ``auth_events``: failing rejects.
+    - Step 5: the auth rules against the state before the event (resolved over its
+      ``prev_events`` where branches meet): failing rejects.
+    - Step 6: the auth rules against the room's current state: failing soft-fails
+      (events from other servers only; a local event is built on the current state).
+    - The policy hook (``fedserver_check_event_policy``) may only soft-fail.
+
+    Rejected events are stored with the rule and plugin that denied them (never as state,
+    never as an extremity); soft-failed events are stored, and are state after themselves,
+    but never extremities and never current state.
+
+    Batches for one room run one at a time; different rooms run concurrently. State is
+    kept as structure-sharing :class:`StateMap` overlays, so a chain of events in a
+    20,000-member room costs a small dict per state event, and a linear event costs no
+    state write at all.
+
+    :param store: the :class:`fedserver.storage.interface.Store`.
+    :param engine: the :class:`fedserver.auth.engine.AuthEngine`.
+    :param plugin_manager: for the policy hook.
+    """
+
+    def __init__(self, store, engine, plugin_manager) -> None:
+        self._store = store
+        self._engine = engine
+        self._pm = plugin_manager
+        self._locks: dict[str, defer.DeferredLock] = {}
+        self._rooms: dict[str, _RoomState] = {}
+        #: callables ``(room_id, [(event, outcome)])`` run after each committed batch.
+        self.on_persisted: list[Callable[[str, list[tuple[Event, Outcome]]], Any]] = []
+
+    # -- public API -------------------------------------------------------------------------
+
+    def process(
+        self,
+        room_id: str,
+        events: Sequence[Event],
+        *,
+        local: bool = False,
+        persist_rejected: bool = True,
+        state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
+        verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+    ) -> "defer.Deferred[dict[str, Outcome]]":
+        """Take ``events`` (all of ``room_id``) into the room.
+
+        :param local: events made by this server for its users: no soft-failure check
+            (they were built on the current state), and the caller gets the verdict.
+        :param persist_rejected: store rejected events (``True`` for events from other
+            servers, whose refusal must be remembered; ``False`` for a local event the
+            auth rules refuse, which must simply not exist).
+        :param state_before: ``{event_id: state}`` for events whose prev events we hold
+            without state (the join event of a remote join, the end of a gap filled from
+            ``/state_ids``): their state before is given, not computed.
+        :param verified_servers: ``{event_id: servers}`` whose signatures were verified.
+        :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
+        """
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = defer.DeferredLock()
+        d = lock.run(
+            lambda: defer.ensureDeferred(
+                self._process(room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {})
+            )
+        )
+
+        def release(result):
+            if not lock.locked and not lock.waiting and self._locks.get(room_id) is lock:
+                del self._locks[room_id]
+            return result
+
+        return d.addBoth(release)
+
+    def create_local(
+        self,
+        room_id: str,
+        build: Callable[[Mapping[StateKey, str], set[str]], Any],
+    ) -> "defer.Deferred[tuple[Event, Outcome]]":
+        """Build a local event on the room's current state and take it in, atomically with
+        respect to other events of the room (so concurrent local events form a chain, not
+        forks).
+
+        :param build: ``build(current_state, forward_extremities)`` returning (a Deferred or
+            coroutine of) the new :class:`Event`.
+        :returns: Deferred firing with ``(event, outcome)``; a rejected event is not stored.
+        """
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = defer.DeferredLock()
+
+        async def run():
+            room = await self._room(room_id)
+            current = room.current if room is not None else StateMap.from_dict({})
+            extremities = set(room.extremities) if room is not None else set()
+            event = await defer.maybeDeferred(build, current, extremities)
+            outcomes = await self._process(room_id, [event], True, False, {}, {})
+            return event, outcomes[event.event_id]
+
+        d = lock.run(lambda: defer.ensureDeferred(run()))
+
+        def release(result):
+            if not lock.locked and not lock.waiting and self._locks.get(room_id) is lock:
+                del self._locks[room_id]
+            return result
+
+        return d.addBoth(release)
+
+    def current_state(self, room_id: str) -> "defer.Deferred[Mapping[StateKey, str]]":
+        """The room's current state as the pipeline sees it (a read-only map)."""
+        return defer.ensureDeferred(self._room(room_id)).addCallback(lambda r: r.current if r else {})
+
+    def forward_extremities(self, room_id: str) -> "defer.Deferred[set[str]]":
+        """The room's forward extremities (the events new local events cite)."""
+        return defer.ensureDeferred(self._room(room_id)).addCallback(lambda r: set(r.extremities) if r else set())
+
+    def invalidate(self, room_id: str) -> None:
+        """Forget the cached view of ``room_id`` (after writing it outside the pipeline)."""
+        self._rooms.pop(room_id, None)
+
+    # -- the batch ----------------------------------------------------------------------
+
+    async def _room(self, room_id: str) -> Optional[_RoomState]:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            return room
+        current = await self._store.get_current_state_ids(room_id)
+        extremities = await self._store.get_forward_extremities(room_id)
+        create_id = current.get(("m.room.create", ""))
+        create = (await self._store.get_event(create_id)) if create_id else None
+        if create is None and not extremities:
+            return None
+        room = _RoomState(StateMap.from_dict(dict(current)), set(extremities), create)
+        if len(self._rooms) >= ROOM_CACHE_SIZE:
+            self._rooms.pop(next(iter(self._rooms)))
+        self._rooms[room_id] = room
+        return room
+
+    async def _process(
+        self,
+        room_id: str,
+        events: list[Event],
+        local: bool,
+        persist_rejected: bool,
+        given_state: Mapping[str, Mapping[StateKey, str]],
+        verified: Mapping[str, Collection[str]],
+    ) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        if not events:
+            return outcomes
+        store = self._store
+        ids = [e.event_id for e in events]
+        meta = await store.get_event_meta(ids)
+        todo: list[Event] = []
+        for e in events:
+            m = meta.get(e.event_id)
+            if m is not None and not m.outlier:
+                status = REJECTED if m.rejected else SOFT_FAILED if m.soft_failed else ACCEPTED
+                outcomes[e.event_id] = Outcome(status, duplicate=True)
+            else:
+                todo.append(e)
+        if not todo:
+            return outcomes
+        room = await self._room(room_id)
+        batch_events = {e.event_id: e for e in todo}
+
+        # Load in bulk what the batch needs: the states after prev events held in storage,
+        # the cited auth events, and the state events the auth rules will consult.
+        outside_prevs = {p for e in todo for p in e.prev_event_ids if p not in batch_events}
+        groups = await store.get_state_ids_for_events(outside_prevs, after=True) if outside_prevs else {}
+        group_states: dict[int, StateMap] = {}
+        for g in set(groups.values()):
+            group_states[g] = await store.get_state_group(g)
+        events_by_id: dict[str, Event] = {}
+        wanted = {a for e in todo for a in e.auth_event_ids if a not in batch_events}
+        initial_states: list[Mapping[StateKey, str]] = list(group_states.values()) + list(given_state.values())
+        if room is not None:
+            initial_states.append(room.current)
+        for e in todo:
+            keys = auth_types_for_event(e.room_version, e.type, e.state_key, e.sender, e.content)
+            for s in initial_states:
+                for k in keys:
+                    v = s.get(k)
+                    if v is not None and v not in batch_events:
+                        wanted.add(v)
+        if wanted:
+            events_by_id.update(await store.get_events(wanted))
+
+        create = room.create if room is not None else None
+        if create is None:
+            create = next((e for e in todo if e.type == "m.room.create" and e.state_key == ""), None)
+        if create is None and todo[0].room_version.room_id_from_create_event:
+            create = await store.get_event("$" + room_id[1:])
+        current = room.current if room is not None else StateMap.from_dict({})
+        extremities = set(room.extremities) if room is not None else set()
+        current_changed = False
+
+        after: dict[str, Mapping[StateKey, str]] = {}
+        entries: list[PersistEntry] = []
+        accepted_in_order: list[tuple[Event, Outcome]] = []
+        for event in _ordered(todo):
+            rv = event.room_version
+            eid = event.event_id
+            # -- the state before the event ------------------------------------------------
+            entry_kw: dict[str, Any] = {}
+            missing: set[str] = set()
+            prev_states: list[Mapping[StateKey, str]] = []
+            prev_keys: list[Any] = []
+            if eid in given_state:
+                before: Mapping[StateKey, str] = given_state[eid]
+                if not isinstance(before, StateMap):
+                    before = StateMap.from_dict(dict(before))
+                entry_kw["state_before"] = before
+            else:
+                for p in event.prev_event_ids:
+                    if p in after:
+                        prev_states.append(after[p])
+                        prev_keys.append(("event", p))
+                    elif p in groups:
+                        prev_states.append(group_states[groups[p]])
+                        prev_keys.append(("group", groups[p]))
+                    elif p in batch_events:
+                        missing.add(p)  # a prev in this batch that could not be taken in
+                    else:
+                        missing.add(p)
+                if event.type == "m.room.create" and not event.prev_event_ids:
+                    before = StateMap.from_dict({})
+                    entry_kw["state_before"] = before
+                elif missing or not prev_states:
+                    outcomes[eid] = Outcome(MISSING, missing=frozenset(missing or event.prev_event_ids))
+                    continue
+                else:
+                    before, entry_kw = await self._state_before(
+                        room_id, rv, event, prev_states, prev_keys, groups, events_by_id, create
+                    )
+                    if len(extremities) == 1 and extremities == set(event.prev_event_ids):
+                        # The usual case: the event follows the room's only forward extremity,
+                        # so the state before it is the current state (already in memory).
+                        before = current
+            # -- step 4: the auth rules against the cited auth events -------------------
+            auth_list = []
+            for a in event.auth_event_ids:
+                ae = batch_events.get(a) if a in after else events_by_id.get(a)
+                if ae is None:
+                    missing.add(a)
+                else:
+                    auth_list.append(ae)
+            if missing:
+                outcomes[eid] = Outcome(MISSING, missing=frozenset(missing))
+                continue
+            servers = verified.get(eid)
+            refusal: Optional[Refusal] = None
+            soft: Optional[Refusal] = None
+            result = self._engine.check(event, auth_list, create_event=create, verified_servers=servers)
+            if not result.allowed:
+                refusal = _refusal_from(result)
+            else:
+                # -- step 5: the auth rules against the state before the event ------------
+                await self._ensure_loaded(event, before, events_by_id, batch_events)
+                view = _EventState(before, _Overlay(events_by_id, batch_events))
+                result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
+                if not result.allowed:
+                    refusal = _refusal_from(result)
+            if refusal is None and not local and current is not before:
+                # -- step 6: the current state (soft failure) ------------------------------
+                await self._ensure_loaded(event, current, events_by_id, batch_events)
+                view = _EventState(current, _Overlay(events_by_id, batch_events))
+                result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
+                if not result.allowed:
+                    soft = _refusal_from(result)
+            if refusal is None and soft is None and self._has_policies():
+                view = _EventState(current, _Overlay(events_by_id, batch_events))
+                policy = await check_event_policy(self._pm, event, rv, view)
+                if policy.soft_failed:
+                    sf = policy.soft_failures[0]
+                    soft = Refusal(sf.reason, "policy", sf.plugin or None)
+
+            if refusal is not None:
+                event.rejected_reason = refusal.reason
+                outcome = Outcome(REJECTED, refusal, stored=persist_rejected)
+                after[eid] = before
+                outcomes[eid] = outcome
+                if persist_rejected:
+                    entries.append(PersistEntry(event=event, rejection=refusal, **entry_kw))
+                log.info("Rejected {event_id} in {room_id}: {reason} (rule {rule})",
+                         event_id=eid, room_id=room_id, reason=refusal.reason, rule=refusal.rule)
+                continue
+            state_after: Mapping[StateKey, str] = before
+            if event.state_key is not None:
+                state_after = _evolve(before, {(event.type, event.state_key): eid})
+            after[eid] = state_after
+            batch_events[eid] = event
+            if soft is not None:
+                outcome = Outcome(SOFT_FAILED, soft, stored=True)
+                entries.append(PersistEntry(event=event, soft_failed=True, soft_failure=soft, **entry_kw))
+                log.info("Soft-failed {event_id} in {room_id}: {reason}", event_id=eid, room_id=room_id, reason=soft.reason)
+            else:
+                outcome = Outcome(ACCEPTED, stored=True)
+                # The new current state: the state after this event if it descends from every
+                # forward extremity (the usual linear case); otherwise resolve the two.
+                prevs = set(event.prev_event_ids)
+                if before is current:
+                    new_current = state_after
+                    delta = {} if state_after is before else {(event.type, event.state_key): eid}
+                elif extremities <= prevs or not extremities:
+                    new_current = state_after
+                    delta = _diff(current, new_current)
+                else:
+                    new_current = await self._resolve(room_id, rv, [current, state_after], events_by_id, batch_events, create)
+                    delta = _diff(current, new_current)
+                extremities = (extremities - prevs) | {eid}
+                if delta:
+                    current_changed = True
+                current = new_current if isinstance(new_current, StateMap) else StateMap.from_dict(dict(new_current))
+                entries.append(PersistEntry(event=event, update_current_state=delta or None, **entry_kw))
+                if event.type == "m.room.create" and event.state_key == "":
+                    create = event
+            outcomes[eid] = outcome
+            accepted_in_order.append((event, outcome))
+
+        if entries:
+            try:
+                await store.persist_events(entries)
+            except Exception:
+                self.invalidate(room_id)
+                raise
+            if room is None:
+                room = _RoomState(current, extremities, create)
+                self._rooms[room_id] = room
+            else:
+                room.extremities = extremities
+                if current_changed:
+                    room.current = current
+                if room.create is None:
+                    room.create = create
+        for callback in list(self.on_persisted):
+            try:
+                callback(room_id, accepted_in_order)
+            except Exception:
+                log.failure("on_persisted callback failed")
+        return outcomes
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _has_policies(self) -> bool:
+        return bool(self._pm.hook.fedserver_check_event_policy.get_hookimpls())
+
+    async def _ensure_loaded(
+        self, event: Event, state: Mapping[StateKey, str], events_by_id: dict[str, Event], batch: Mapping[str, Event]
+    ) -> None:
+        keys = auth_types_for_event(event.room_version, event.type, event.state_key, event.sender, event.content)
+        need = []
+        for k in keys:
+            v = state.get(k)
+            if v is not None and v not in events_by_id and v not in batch:
+                need.append(v)
+        if need:
+            events_by_id.update(await self._store.get_events(need))
+
+    async def _state_before(
+        self,
+        room_id: str,
+        rv: RoomVersion,
+        event: Event,
+        prev_states: list[Mapping[StateKey, str]],
+        prev_keys: list[Any],
+        groups: Mapping[str, int],
+        events_by_id: dict[str, Event],
+        create: Optional[Event],
+    ) -> tuple[Mapping[StateKey, str], dict[str, Any]]:
+        first = prev_states[0]
+        if all(s is first or k == prev_keys[0] for s, k in zip(prev_states, prev_keys)):
+            kind, value = prev_keys[0]
+            if kind == "event":
+                return first, {"state_before_event": value}
+            return first, {"state_group_before": value}
+        resolved = await self._resolve(room_id, rv, prev_states, events_by_id, {}, create)
+        hint = next((v for k, v in prev_keys if k == "group"), None)
+        kw: dict[str, Any] = {"state_before": resolved}
+        if hint is not None:
+            kw["state_before_prev_group"] = hint
+        return StateMap.from_dict(resolved), kw
+
+    async def _resolve(
+        self,
+        room_id: str,
+        rv: RoomVersion,
+        states: list[Mapping[StateKey, str]],
+        events_by_id: dict[str, Event],
+        batch: Mapping[str, Event],
+        create: Optional[Event],
+    ) -> dict[StateKey, str]:
+        """Resolve ``states`` after loading what state resolution will read: the conflicted
+        events and their auth chains, and the auth-relevant unconflicted state."""
+        keys: set[StateKey] = set()
+        for s in states:
+            keys.update(s.keys())
+        conflicted: set[str] = set()
+        for k in keys:
+            values = {s.get(k) for s in states}
+            if len(values) > 1:
+                conflicted.update(v for v in values if v is not None)
+        need = {c for c in conflicted if c not in events_by_id and c not in batch}
+        if need:
+            events_by_id.update(await self._store.get_events(need))
+        chain = await self._store.get_auth_chain_ids([c for c in conflicted if c not in batch])
+        for c in conflicted:
+            ev = batch.get(c)
+            if ev is not None:
+                chain.update(ev.auth_event_ids)
+        need = {c for c in chain if c not in events_by_id and c not in batch}
+        if need:
+            events_by_id.update(await self._store.get_events(need))
+        # The unconflicted state the iterative auth checks will look at.
+        relevant = set()
+        lookup = _Overlay(events_by_id, batch)
+        for c in conflicted | chain:
+            ev = lookup.get(c)
+            if ev is not None:
+                relevant |= auth_types_for_event(ev.room_version, ev.type, ev.state_key, ev.sender, ev.content)
+        need = set()
+        for s in states:
+            for k in relevant:
+                v = s.get(k)
+                if v is not None and v not in events_by_id and v not in batch:
+                    need.add(v)
+        if need:
+            events_by_id.update(await self._store.get_events(need))
+        engine = self._engine
+
+        def auth_check(ev: Event, state: Mapping[StateKey, Event]) -> bool:
+            return engine.check_against_state(ev, state, create_event=create).allowed
+
+        def get_event(event_id: str) -> Event:
+            ev = lookup.get(event_id)
+            if ev is None:
+                raise KeyError(event_id)
+            return ev
+
+        return state_before_event(rv, states, get_event, auth_check, room_id=room_id)
+
+
+class _Overlay(Mapping[str, Event]):
+    """Two event dicts read as one (batch events first)."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Mapping[str, Event], b: Mapping[str, Event]):
+        self._a = a
+        self._b = b
+
+    def __getitem__(self, key: str) -> Event:
+        ev = self._b.get(key)
+        if ev is None:
+            return self._a[key]
+        return ev
+
+    def get(self, key: str, default: Any = None) -> Any:
+        ev = self._b.get(key)
+        if ev is None:
+            return self._a.get(key, default)
+        return ev
+
+    def __iter__(self):
+        yield from self._b
+        yield from (k for k in self._a if k not in self._b)
+
+    def __len__(self) -> int:
+        return len(set(self._a) | set(self._b))
+
+
+def _evolve(state: Mapping[StateKey, str], delta: dict[StateKey, str]) -> Mapping[StateKey, str]:
+    if isinstance(state, StateMap):
+        return state.evolve(delta)
+    return StateMap.from_dict({**state, **delta})
+
+
+def _diff(old: Mapping[StateKey, str], new: Mapping[StateKey, str]) -> dict[StateKey, Optional[str]]:
+    """``{key: new id or None}`` turning ``old`` into ``new``."""
+    if old is new:
+        return {}
+    delta: dict[StateKey, Optional[str]] = {}
+    for k, v in new.items():
+        if old.get(k) != v:
+            delta[k] = v
+    for k in old:
+        if k not in new:
+            delta[k] = None
+    return delta
