@@ -13,6 +13,7 @@ from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_store import FederationStore
+from fedserver.storage.history_store import HistoryStore
 from fedserver.storage.interface import (
     DestinationRetry,
     EventMeta,
@@ -133,6 +134,7 @@ class SQLiteStore:
         )
         self._events = EventStore(registry, self._state_groups, clock_ms, cache_size=event_cache_size)
         self._federation = FederationStore()
+        self.history = HistoryStore(self)  # reads for serving history and refusals
 
     # -- transactions -----------------------------------------------------------------
 
