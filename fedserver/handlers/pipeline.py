@@ -232,6 +232,66 @@ class RoomPipeline:
 
         return d.addBoth(release)
 
+    def process_outliers(
+        self,
+        room_id: str,
+        events: Sequence[Event],
+        *,
+        verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+    ) -> "defer.Deferred[dict[str, Outcome]]":
+        """Take in events we hold without their place in the DAG (auth chains and state
+        fetched for a join or a gap): each is checked against its own ``auth_events`` (step
+        4; they come in auth order) and stored as an outlier, rejected or not.
+
+        :returns: Deferred firing with ``{event_id: Outcome}``; ``missing`` for events whose
+            auth events are neither stored nor in ``events``.
+        """
+        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}))
+
+    async def _process_outliers(
+        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]]
+    ) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        if not events:
+            return outcomes
+        store = self._store
+        known = await store.get_event_meta([e.event_id for e in events])
+        todo = {e.event_id: e for e in events if e.event_id not in known}
+        for e in events:
+            if e.event_id in known:
+                m = known[e.event_id]
+                outcomes[e.event_id] = Outcome(REJECTED if m.rejected else ACCEPTED, duplicate=True)
+        wanted = {a for e in todo.values() for a in e.auth_event_ids if a not in todo}
+        create_id = "$" + room_id[1:] if events[0].room_version.room_id_from_create_event else None
+        if create_id and create_id not in todo:
+            wanted.add(create_id)
+        stored = await store.get_events(wanted) if wanted else {}
+        lookup = _Overlay(stored, todo)
+        create = lookup.get(create_id) if create_id else None
+        entries: list[PersistEntry] = []
+        for event in _auth_ordered(list(todo.values())):
+            eid = event.event_id
+            missing = [a for a in event.auth_event_ids if lookup.get(a) is None]
+            if missing:
+                outcomes[eid] = Outcome(MISSING, missing=frozenset(missing))
+                todo.pop(eid, None)  # nothing citing it can be checked either
+                continue
+            auth_list = [lookup[a] for a in event.auth_event_ids]
+            if create is None and event.type == "m.room.create":
+                create = event
+            result = self._engine.check(event, auth_list, create_event=create, verified_servers=verified.get(eid))
+            if result.allowed:
+                outcomes[eid] = Outcome(ACCEPTED, stored=True)
+                entries.append(PersistEntry(event=event, outlier=True))
+            else:
+                refusal = _refusal_from(result)
+                event.rejected_reason = refusal.reason
+                outcomes[eid] = Outcome(REJECTED, refusal, stored=True)
+                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal))
+        if entries:
+            await store.persist_events(entries)
+        return outcomes
+
     def current_state(self, room_id: str) -> "defer.Deferred[Mapping[StateKey, str]]":
         """The room's current state as the pipeline sees it (a read-only map)."""
         return defer.ensureDeferred(self._room(room_id)).addCallback(lambda r: r.current if r else {})
@@ -564,6 +624,29 @@ class RoomPipeline:
             return ev
 
         return state_before_event(rv, states, get_event, auth_check, room_id=room_id)
+
+
+def _auth_ordered(events: list[Event]) -> list[Event]:
+    """Events ordered so each comes after the batch events in its ``auth_events``."""
+    by_id = {e.event_id: e for e in events}
+    out: list[Event] = []
+    seen: set[str] = set()
+    for root in sorted(events, key=lambda e: (e.depth, e.event_id)):
+        stack = [(root, False)]
+        while stack:
+            ev, expanded = stack.pop()
+            if ev.event_id in seen:
+                continue
+            if expanded:
+                seen.add(ev.event_id)
+                out.append(ev)
+                continue
+            stack.append((ev, True))
+            for a in ev.auth_event_ids:
+                ae = by_id.get(a)
+                if ae is not None and a not in seen:
+                    stack.append((ae, False))
+    return out
 
 
 class _Overlay(Mapping[str, Event]):
