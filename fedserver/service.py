@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -11,6 +12,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
+from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -28,13 +30,31 @@ from fedserver import __version__
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
 from fedserver.config import Config, ConfigError, is_endpoint_description, generate_config_text, listen_description, load_config
 from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
+from fedserver.federation.acl import ServerAcls
+from fedserver.federation.client import build_federation_client, fed_path
+from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFetcher
+from fedserver.federation.sender import FederationSender
+from fedserver.handlers.ingest import Ingest
+from fedserver.handlers.transactions import TransactionHandler
+from fedserver.http.errors import not_found
+from fedserver.http.federation import FederationResource
 from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
+from fedserver.http.notary import NotaryResource, NotaryService
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
+from fedserver.http.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
 
 log = Logger()
+
+#: How often answered inbound transactions are pruned, and how long they are kept (a
+#: replay after that is processed again, which is harmless: events are stored once).
+PRUNE_RECEIVED_TXNS_EVERY_S = 3600.0
+KEEP_RECEIVED_TXNS_MS = 24 * 3600 * 1000
+#: First retry delay of an unreachable destination (doubling up to
+#: ``outbound_max_retry_interval``).
+OUTBOUND_MIN_RETRY_MS = 2_000
 
 # Command-line flags that override one config option each (anything else: --set).
 _OVERRIDES = {
@@ -231,12 +251,52 @@ class ListenerService(service.Service):
         return d
 
 
+class _SystemDnsResolver:
+    """The SRV resolver for server discovery: twisted.names over ``/etc/resolv.conf``
+    (re-read every minute) behind a cache, built on the injected reactor, with a
+    :meth:`stop` that cancels its timers so a stopped server leaves none behind."""
+
+    def __init__(self, reactor: Any, resolv_conf: bytes = b"/etc/resolv.conf") -> None:
+        from twisted.names import cache, client, resolve
+
+        class _Resolver(client.Resolver):
+            def stop(self) -> None:
+                self.resolv = None  # no further re-reads
+                call = getattr(self, "_parseCall", None)
+                if call is not None and call.active():
+                    call.cancel()
+
+        self._cache = cache.CacheResolver(reactor=reactor)
+        self._resolver = _Resolver(resolv=resolv_conf, reactor=reactor)
+        self.chain = resolve.ResolverChain([self._cache, self._resolver])
+
+    def stop(self) -> None:
+        """Cancel the resolv.conf re-reads and the cache expiry timers."""
+        self._resolver.stop()
+        for call in list(getattr(self._cache, "cancel", {}).values()):
+            if call.active():
+                call.cancel()
+
+
+class _NoProfiles:
+    """Stands in for the profile handler until accounts exist: nobody is known here."""
+
+    def get_local_profile(self, user_id: str, field: str | None = None) -> defer.Deferred:
+        return defer.fail(not_found("Profile was not found"))
+
+
 class FedserverService(service.MultiService):
-    """The running server: plugins, keys, listeners, and (once started) the store.
+    """The running server: plugins, keys, listeners, and (once started) the store and the
+    federation machinery.
 
     Construction builds the plugin manager and loads or generates the signing key and TLS
-    files (all fail fast); starting binds both listeners, then opens the store and installs
-    the URL trees.
+    files (all fail fast); starting binds both listeners, then opens the store, wires the
+    federation components (:meth:`_wire_federation`), installs the URL trees and starts the
+    outbound sender.
+
+    Once ready, these attributes hold the components (for later features to build on):
+    ``store``, ``federation_client``, ``keyring``, ``notary``, ``authenticator``, ``acls``,
+    ``ingest``, ``transactions``, ``sender``, ``profiles`` and ``federation_resource``.
 
     :param config: the validated configuration.
     :param reactor: the reactor (injected; tests pass their own).
@@ -294,6 +354,18 @@ class FedserverService(service.MultiService):
         self.client_listener.setServiceParent(self)
 
         self.store: Any = None
+        self.federation_client: Any = None
+        self.keyring: Any = None
+        self.notary: Any = None
+        self.authenticator: Any = None
+        self.acls: Any = None
+        self.ingest: Any = None
+        self.transactions: Any = None
+        self.sender: Any = None
+        self.profiles: Any = None
+        self.federation_resource: Any = None
+        self._prune_loop: LoopingCall | None = None
+        self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
         self._ready_waiters: list[defer.Deferred] = []
 
@@ -325,8 +397,72 @@ class FedserverService(service.MultiService):
 
     async def _finish_start(self) -> None:
         self.store = await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
-        self.federation_site.resource = build_federation_root(server_keys=ServerKeyResource(self.key_document))
+        self._wire_federation(self.store)
+        self.federation_site.resource = build_federation_root(
+            server_keys=ServerKeyResource(self.key_document),
+            key_query=NotaryResource(self.notary),
+            federation_v1=self.federation_resource,
+        )
         self.client_site.resource = build_client_root()
+        await self.sender.start()
+        self._prune_loop = LoopingCall(self._prune_received_txns)
+        self._prune_loop.clock = self.reactor
+        self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
+
+    def _wire_federation(self, store: Any) -> None:
+        """Build the federation components around ``store`` (the only place they meet)."""
+        config, reactor, name = self.config, self.reactor, self.config.server_name
+        self._dns = _SystemDnsResolver(reactor)
+        client = self.federation_client = build_federation_client(
+            reactor,
+            name,
+            self.signing_key,
+            srv_resolver=self._dns.chain,
+            verify_tls=config.federation_verify_certificates,
+            allow_private_addresses=config.federation_allow_private_addresses,
+            timeout=config.federation_client_timeout,
+        )
+        # Keys: directly from each server, then from the configured notaries.
+        fetchers: list[Any] = [DirectKeyFetcher(lambda dest, path: client.get_json(dest, path, sign=False))]
+        if config.trusted_key_servers:
+            notaries = [(n.server_name, n.verify_keys_map()) for n in config.trusted_key_servers]
+            fetchers.append(NotaryKeyFetcher(client.post_json, notaries))
+        self.keyring = Keyring(reactor, store, fetchers, name, {self.key_id: self.signing_key.verify_key})
+        self.notary = NotaryService(
+            reactor, self.keyring, store, name, self.signing_key, own_key_document=self.key_document.current
+        )
+        # Inbound: authenticate, apply ACLs, check and store PDUs.
+        self.authenticator = XMatrixAuthenticator(self.keyring, name, reactor)
+        self.acls = ServerAcls(store)
+        self.ingest = Ingest(store, self.keyring)
+        self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls)
+        self.profiles = _NoProfiles()
+        self.federation_resource = FederationResource(
+            self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
+        )
+        # Outbound: the persisted queue; a valid request from a server ends its backoff.
+        max_retry_ms = int(config.outbound_max_retry_interval * 1000)
+        self.sender = FederationSender(
+            reactor,
+            store,
+            lambda dest, txn_id, body: client.put_json(dest, fed_path("/_matrix/federation/v1/send/{}", txn_id), body),
+            name,
+            min_retry_ms=min(OUTBOUND_MIN_RETRY_MS, max_retry_ms),
+            max_retry_ms=max_retry_ms,
+        )
+        self.authenticator.on_authenticated.append(self.sender.on_server_seen)
+
+    def _prune_received_txns(self) -> defer.Deferred:
+        """Forget the answers to inbound transactions older than a day (errors are logged,
+        so the loop keeps running)."""
+        store = self.store
+        if store is None:
+            return defer.succeed(None)
+        before = int(self.reactor.seconds() * 1000) - KEEP_RECEIVED_TXNS_MS
+        d = store.prune_received_txns(before)
+        d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
+        d.addErrback(lambda f: log.failure("Pruning answered transactions failed", f))
+        return d
 
     def when_ready(self) -> defer.Deferred:
         """:returns: a Deferred firing with this service once the store is open and the URL
@@ -357,12 +493,77 @@ class FedserverService(service.MultiService):
         self._set_ready(failure)
 
     def stopService(self) -> defer.Deferred:
+        """Stop listening, then stop the sender (what it was sending stays queued), the
+        transaction pruning and the federation client, and close the store last."""
         d = defer.maybeDeferred(super().stopService)
+        sender, self.sender = self.sender, None
+        loop, self._prune_loop = self._prune_loop, None
+        client, self.federation_client = self.federation_client, None
+        dns, self._dns = self._dns, None
         store, self.store = self.store, None
+        if sender is not None:
+            d.addCallback(lambda _: sender.stop())
+        if loop is not None and loop.running:
+            d.addCallback(lambda _: loop.stop())
+        if client is not None:
+            d.addCallback(lambda _: client.close())
+        if dns is not None:
+            d.addCallback(lambda _: dns.stop())
         close = getattr(store, "close", None)
         if close is not None:
             d.addCallback(lambda _: close())
         return d
+
+
+#: stdlib logging levels for our log_level names.
+_STDLIB_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+class StdlibToTwistedHandler(logging.Handler):
+    """A :class:`logging.Handler` that re-emits stdlib log records as twisted.logger events
+    (namespace = the stdlib logger's name), so that modules using ``logging`` reach the
+    twistd log like the rest."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.CRITICAL:
+                level = LogLevel.critical
+            elif record.levelno >= logging.ERROR:
+                level = LogLevel.error
+            elif record.levelno >= logging.WARNING:
+                level = LogLevel.warn
+            elif record.levelno >= logging.INFO:
+                level = LogLevel.info
+            else:
+                level = LogLevel.debug
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            Logger(namespace=record.name).emit(level, "{stdlib_message}", stdlib_message=text)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def install_stdlib_logging_bridge(level: str) -> StdlibToTwistedHandler:
+    """Route stdlib ``logging`` into twisted.logger at ``level`` (a ``log_level`` name).
+    Installing it again only updates the level.
+
+    :returns: the handler on the root logger.
+    """
+    root = logging.getLogger()
+    root.setLevel(_STDLIB_LEVELS[level])
+    for handler in root.handlers:
+        if isinstance(handler, StdlibToTwistedHandler):
+            return handler
+    handler = StdlibToTwistedHandler()
+    root.addHandler(handler)
+    return handler
 
 
 def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
@@ -404,10 +605,11 @@ def makeService(options: Options) -> FedserverService:
 
     config = options.config or load_config(options["config"], options.overrides())
     observer = _level_filtered_twistd_observer(getattr(options, "parent", None), config.log_level)
+    install_stdlib_logging_bridge(config.log_level)
     try:
         return FedserverService(config, reactor, observer, on_fatal=_exit_nonzero(reactor))
     except (KeyFileError, PluginError) as e:
         raise SystemExit(f"fedserver: {e}") from None
 
 
-__all__ = ["FedserverService", "ListenerService", "Options", "makeService"]
+__all__ = ["FedserverService", "ListenerService", "Options", "StdlibToTwistedHandler", "install_stdlib_logging_bridge", "makeService"]

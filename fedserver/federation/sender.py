@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any, Iterable, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
-log = logging.getLogger(__name__)
+log = Logger()
 
 #: The spec's limits for one transaction.
 MAX_PDUS_PER_TXN = 50
@@ -37,11 +37,12 @@ class OutboundStore(Protocol):
 class _Destination:
     """In-memory bookkeeping for one destination (the queue itself lives in the database)."""
 
-    __slots__ = ("name", "sending", "wakeup", "retry_interval_ms", "retry_at_ms", "pending")
+    __slots__ = ("name", "sending", "wakeup", "retry_interval_ms", "retry_at_ms", "pending", "put")
 
     def __init__(self, name: str):
         self.name = name
         self.sending = False
+        self.put: defer.Deferred | None = None  # the PUT in flight
         self.wakeup: IDelayedCall | None = None
         self.retry_interval_ms = 0
         self.retry_at_ms = 0
@@ -109,12 +110,18 @@ class FederationSender:
             self._kick(dest)
 
     def stop(self) -> defer.Deferred:
-        """Stop scheduling; fires once the transactions in flight have finished."""
+        """Stop scheduling and cancel the requests in flight (what they carried stays
+        queued and is sent again after the next :meth:`start`).
+
+        :returns: Deferred firing once every destination loop has ended.
+        """
         self._running = False
         for dest in self._destinations.values():
             if dest.wakeup is not None and dest.wakeup.active():
                 dest.wakeup.cancel()
             dest.wakeup = None
+            if dest.put is not None:
+                dest.put.cancel()
         return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
     # -- queueing ------------------------------------------------------------------------
@@ -148,11 +155,11 @@ class FederationSender:
         dest = self._destinations.get(server_name)
         if dest is None or dest.retry_interval_ms == 0:
             return
-        log.info("%s is reachable again; resetting its backoff", server_name)
+        log.info("{destination} is reachable again; resetting its backoff", destination=server_name)
         dest.retry_interval_ms = 0
         dest.retry_at_ms = 0
         self._store.clear_destination_retry(server_name).addErrback(
-            lambda f: log.error("clearing retry state for %s: %s", server_name, f.getErrorMessage())
+            lambda f: log.failure("Clearing the retry state of {destination} failed", f, destination=server_name)
         )
         if dest.wakeup is not None and dest.wakeup.active():
             dest.wakeup.cancel()
@@ -199,7 +206,7 @@ class FederationSender:
             return result
 
         d.addBoth(done)
-        d.addErrback(lambda f: log.error("sender loop for %s failed: %s", dest.name, f.getTraceback()))
+        d.addErrback(lambda f: log.failure("Sender loop for {destination} failed", f, destination=dest.name))
 
     def _wake(self, dest: _Destination) -> None:
         dest.wakeup = None
@@ -224,19 +231,24 @@ class FederationSender:
             }
             if edus:
                 body["edus"] = edus
+            dest.put = defer.maybeDeferred(self._put, dest.name, txn_id, body)
             try:
-                yield self._put(dest.name, txn_id, body)
+                yield dest.put
             except Exception as e:  # noqa: BLE001 - every failure is classified below
+                if not self._running:
+                    return  # stopping: the items stay queued for the next start
                 code = getattr(e, "code", None)
-                if isinstance(code, int) and 400 <= code < 500 and code != 429:
-                    log.warning(
-                        "%s refused transaction %s (%d items) with %s; dropping it",
-                        dest.name, txn_id, len(batch), code,
+                if type(code) is int and 400 <= code < 500 and code != 429:
+                    log.warn(
+                        "{destination} refused transaction {txn_id} ({n} items) with {code}; dropping it",
+                        destination=dest.name, txn_id=txn_id, n=len(batch), code=code,
                     )
                     yield self._store.ack_outbound(dest.name, last_id)
                     continue
                 yield self._backoff(dest, e)
                 return
+            finally:
+                dest.put = None
             yield self._store.ack_outbound(dest.name, last_id)
             if dest.retry_interval_ms:
                 dest.retry_interval_ms = 0
@@ -252,7 +264,10 @@ class FederationSender:
         now = self._now_ms()
         dest.retry_interval_ms = interval
         dest.retry_at_ms = now + interval
-        log.info("sending to %s failed (%s); retrying in %.1fs", dest.name, error, interval / 1000)
+        log.info(
+            "Sending to {destination} failed ({error}); retrying in {seconds:.1f}s",
+            destination=dest.name, error=str(error)[:300], seconds=interval / 1000,
+        )
         yield self._store.set_destination_retry(dest.name, now, interval)
         if self._running:
             dest.wakeup = self._clock.callLater(interval / 1000.0, self._wake, dest)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable, Mapping
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
+from fedserver.events.hashing import compute_event_id
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
 from fedserver.events.signing import SignatureServersError, required_signature_servers
 from fedserver.events.validation import InvalidEvent, check_pdu
 from fedserver.federation.keyring import key_validity_minimum
-from fedserver.room_versions import RoomVersion
+from fedserver.room_versions import EventFormat, RoomVersion, UnknownRoomVersion
 from fedserver.storage.interface import PersistEntry
 
-log = logging.getLogger(__name__)
+log = Logger()
+
+#: Longest event id we echo back in a per-PDU result.
+MAX_EVENT_ID_LENGTH = 255
 
 
 class CheckedBatch:
@@ -34,6 +38,21 @@ class CheckedBatch:
         self.entries: list[PersistEntry] = []
 
 
+def _event_id_of(pdu: dict[str, Any], rv: RoomVersion) -> str | None:
+    """The id of a PDU that may be malformed, for reporting an error about it; ``None`` if
+    it has none we can name."""
+    try:
+        if rv.event_format == EventFormat.V1:
+            eid = pdu.get("event_id")
+        else:
+            eid = compute_event_id(pdu, rv)
+    except Exception:  # noqa: BLE001 - a malformed PDU may break hashing in many ways
+        return None
+    if type(eid) is not str or not eid or len(eid) > MAX_EVENT_ID_LENGTH:
+        return None
+    return eid
+
+
 class Ingest:
     """Checks received PDUs (spec "Checks performed on receipt of a PDU", steps 1-3) for
     a whole transaction at once, and decides what to persist.
@@ -44,22 +63,36 @@ class Ingest:
     Accepted events are persisted as outliers for now: authorization against state
     (steps 4-6) builds on this class.
 
-    :param store: the :class:`fedserver.storage.interface.Store`.
+    :param store: the :class:`fedserver.storage.interface.Store` (``get_room_version``).
     :param keyring: a :class:`fedserver.federation.keyring.Keyring`.
     """
 
-    def __init__(self, store, keyring) -> None:
+    def __init__(self, store: Any, keyring: Any) -> None:
         self._store = store
         self._keyring = keyring
 
     @defer.inlineCallbacks
-    def check_pdus(self, origin: str, pdus: Iterable[Any]):
+    def check_pdus(  # type: ignore[no-untyped-def]
+        self,
+        origin: str,
+        pdus: Iterable[Any],
+        denied_rooms: Collection[str] = (),
+        *,
+        room_versions: Mapping[str, RoomVersion] | None = None,
+    ):
         """Check ``pdus`` received from ``origin``.
 
+        :param denied_rooms: rooms whose server ACL denies ``origin``: their PDUs get a
+            per-PDU error and are not processed (server-server API "Server ACLs": ``/send``
+            is protected "on a per-PDU basis").
+        :param room_versions: the result of :meth:`room_versions` for these PDUs, if the
+            caller already has it.
         :returns: Deferred firing with a :class:`CheckedBatch`.
         """
+        pdus = list(pdus)
         batch = CheckedBatch()
-        room_versions = yield self._room_versions(pdus)
+        if room_versions is None:
+            room_versions = yield self.room_versions(pdus)
         checked: list[tuple[Event, bool]] = []
         requests = []
         owners: list[int] = []
@@ -67,20 +100,28 @@ class Ingest:
             room_id = pdu.get("room_id") if type(pdu) is dict else None
             rv: RoomVersion | None = room_versions.get(room_id) if type(room_id) is str else None
             if rv is None:
-                log.info("Ignoring PDU from %s for unknown room %.100r", origin, room_id)
+                # Step 1 needs the room version; a PDU for a room we are not in is ignored.
+                log.debug("Ignoring PDU from {origin} for unknown room {room_id!r:.100}", origin=origin, room_id=room_id)
+                continue
+            if room_id in denied_rooms:
+                eid = _event_id_of(pdu, rv)
+                if eid is not None:
+                    batch.results[eid] = {"error": "Server is banned from this room by its server ACL"}
                 continue
             try:
                 c = check_pdu(pdu, rv)
                 servers = required_signature_servers(pdu, rv)
             except (InvalidEvent, SignatureServersError) as e:
-                eid = pdu.get("event_id")
-                log.info("Dropping invalid PDU from %s: %s", origin, e)
-                if type(eid) is str and len(eid) <= 255:
+                # Step 1: not a valid event: dropped, with an error if it has an id.
+                eid = _event_id_of(pdu, rv)
+                log.info("Dropping invalid PDU {event_id} from {origin}: {why}", event_id=eid, origin=origin, why=e)
+                if eid is not None:
                     batch.results[eid] = {"error": f"Invalid event: {e}"}
                 continue
             index = len(checked)
             checked.append((c.event, c.content_hash_ok))
-            sigs = pdu.get("signatures", {})
+            sigs = pdu.get("signatures")
+            sigs = sigs if type(sigs) is dict else {}
             minimum = key_validity_minimum(c.event.origin_server_ts, rv)
             for server in servers:
                 requests.append((server, c.signed_bytes, sigs.get(server), minimum))
@@ -92,25 +133,32 @@ class Ingest:
                 failed[index] = str(verdict)
         for index, (event, hash_ok) in enumerate(checked):
             if index in failed:
-                log.info("Dropping %s from %s: bad signature: %s", event.event_id, origin, failed[index])
+                # Step 2: signature check failed: dropped.
+                log.info("Dropping {event_id} from {origin}: bad signature: {why}", event_id=event.event_id, origin=origin, why=failed[index])
                 batch.results[event.event_id] = {"error": f"Signature check failed: {failed[index]}"}
                 continue
             if not hash_ok:
                 # Step 3: a content hash mismatch means we keep only the redacted form.
-                log.info("Content hash mismatch on %s from %s; keeping it redacted", event.event_id, origin)
+                log.info("Content hash mismatch on {event_id} from {origin}; keeping it redacted", event_id=event.event_id, origin=origin)
                 event = Event.from_pdu(redact(event.pdu, event.room_version), event.room_version, event.event_id)
             batch.results[event.event_id] = {}
             batch.entries.append(PersistEntry(event=event, outlier=True))
         return batch
 
     @defer.inlineCallbacks
-    def _room_versions(self, pdus: Iterable[Any]):
+    def room_versions(self, pdus: Iterable[Any]):  # type: ignore[no-untyped-def]
+        """:returns: Deferred firing with ``{room_id: RoomVersion}`` for the rooms of
+            ``pdus`` that we know (a version no longer supported counts as unknown)."""
         room_ids = {p.get("room_id") for p in pdus if type(p) is dict}
         found: dict[str, RoomVersion] = {}
         for room_id in room_ids:
-            if type(room_id) is not str or len(room_id) > 255:
+            if type(room_id) is not str or not room_id or len(room_id) > 255:
                 continue
-            rv = yield self._store.get_room_version(room_id)
+            try:
+                rv = yield self._store.get_room_version(room_id)
+            except UnknownRoomVersion as e:  # e.g. a version a plugin no longer registers
+                log.warn("Cannot use the room version of {room_id}: {why}", room_id=room_id, why=e)
+                continue
             if rv is not None:
                 found[room_id] = rv
         return found

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
-from fedserver.http.errors import MatrixError, bad_json
-from fedserver.storage.interface import ReceivedTxn
+from fedserver.http.errors import MatrixError, bad_json, forbidden
+from fedserver.storage.interface import InvalidDataError, ReceivedTxn
 
-log = logging.getLogger(__name__)
+log = Logger()
 
-#: The spec's limits on one transaction ("Transactions": at most 50 PDUs and 100 EDUs).
+#: The spec's limits on one transaction (server-server API "Transactions": "at most 50
+#: PDUs and 100 EDUs").
 MAX_PDUS = 50
 MAX_EDUS = 100
+#: Longest transaction id we accept (it is stored, keyed with the origin).
+MAX_TXN_ID_LENGTH = 255
 
 #: EDU types a server may send us that we accept without acting on them yet.
 KNOWN_EDU_TYPES = frozenset(
@@ -40,26 +43,32 @@ class TransactionHandler:
     - A repeated transaction id from the same origin gets the stored first response; its
       PDUs are not processed again. The response and the events it acknowledges are
       committed in one database transaction, so a 200 means both are durable.
+    - PDUs (and room EDUs) for rooms whose server ACL denies the origin are not processed.
     - EDUs go to the handler registered for their type; unknown types are ignored, and an
       EDU handler's failure never fails the transaction.
 
     :param clock: for timestamps.
     :param store: the :class:`fedserver.storage.interface.Store`.
-    :param ingest: an object with ``check_pdus(origin, pdus) -> Deferred[CheckedBatch]``
+    :param ingest: an object with ``check_pdus(origin, pdus, denied_rooms, room_versions=)
+        -> Deferred[CheckedBatch]`` and ``room_versions(pdus) -> Deferred[dict]``
         (:class:`fedserver.handlers.ingest.Ingest`).
+    :param acls: a :class:`fedserver.federation.acl.ServerAcls`, or ``None`` to apply no
+        server ACLs.
     :param edu_handlers: ``{edu_type: handler(origin, content)}``.
     """
 
     def __init__(
         self,
         clock: IReactorTime,
-        store,
-        ingest,
+        store: Any,
+        ingest: Any,
+        acls: Any = None,
         edu_handlers: Mapping[str, EduHandler] | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
         self._ingest = ingest
+        self._acls = acls
         self._edu_handlers = dict(edu_handlers or {})
         self._locks: dict[str, defer.DeferredLock] = {}
 
@@ -70,11 +79,12 @@ class TransactionHandler:
     def on_transaction(self, origin: str, txn_id: str, body: Any) -> defer.Deferred:
         """Process a transaction body from the authenticated ``origin``.
 
-        :returns: Deferred firing with ``(code, response_body)``.
+        :returns: Deferred firing with ``(200, response)``; ``response`` is a dict, or the
+            stored JSON bytes when answering a replay.
         :raises MatrixError: (as a failed Deferred) for a malformed transaction.
         """
         try:
-            pdus, edus = _check_transaction(origin, txn_id, body)
+            pdus, edus = check_transaction(origin, txn_id, body)
         except MatrixError:
             return defer.fail()
         lock = self._locks.get(origin)
@@ -82,7 +92,7 @@ class TransactionHandler:
             lock = self._locks[origin] = defer.DeferredLock()
         d = lock.run(self._process, origin, txn_id, pdus, edus)
 
-        def release_lock_entry(result):
+        def release_lock_entry(result: Any) -> Any:
             if not lock.locked and not lock.waiting and self._locks.get(origin) is lock:
                 del self._locks[origin]
             return result
@@ -90,52 +100,120 @@ class TransactionHandler:
         d.addBoth(release_lock_entry)
         return d
 
+    def busy_origins(self) -> int:
+        """:returns: how many origins have a transaction being processed or waiting."""
+        return len(self._locks)
+
     @defer.inlineCallbacks
-    def _process(self, origin: str, txn_id: str, pdus: list, edus: list):
+    def _process(self, origin: str, txn_id: str, pdus: list, edus: list):  # type: ignore[no-untyped-def]
         previous = yield self._store.get_received_txn(origin, txn_id)
         if previous is not None:
-            log.info("Replayed transaction %s from %s: answering as before", txn_id, origin)
+            log.info("Replayed transaction {txn_id} from {origin}: answering as before", txn_id=txn_id, origin=origin)
             return previous
-        batch = yield self._ingest.check_pdus(origin, pdus)
+        # One room version lookup per room, shared by the ACL check and ingest.
+        rooms = yield self._ingest.room_versions(pdus + [{"room_id": r} for e in edus for r in _edu_rooms(e)])
+        denied = yield self._denied_rooms(origin, rooms)
+        batch = yield self._ingest.check_pdus(origin, pdus, denied, room_versions=rooms)
         response = {"pdus": batch.results}
         now = int(self._clock.seconds() * 1000)
-        yield self._store.persist_events(
-            batch.entries, received_txn=ReceivedTxn(origin, txn_id, 200, response, now)
-        )
+        record = ReceivedTxn(origin, txn_id, 200, response, now)
+        try:
+            yield self._store.persist_events(batch.entries, received_txn=record)
+        except InvalidDataError as e:
+            # Something in the batch cannot be stored: store the events one by one so
+            # that only the bad ones fail, then record the answer.
+            log.warn("Transaction {txn_id} from {origin} cannot be stored in one batch ({why}); storing event by event",
+                     txn_id=txn_id, origin=origin, why=e)
+            yield self._persist_one_by_one(batch, record)
         for edu in edus:
-            self._dispatch_edu(origin, edu)
-        if batch.entries or edus:
+            self._dispatch_edu(origin, edu, denied)
+        if pdus or edus:
             log.info(
-                "Transaction %s from %s: %d PDUs (%d accepted), %d EDUs",
-                txn_id, origin, len(pdus), len(batch.entries), len(edus),
+                "Transaction {txn_id} from {origin}: {n_pdus} PDUs ({n_ok} accepted), {n_edus} EDUs",
+                txn_id=txn_id, origin=origin, n_pdus=len(pdus), n_ok=len(batch.entries), n_edus=len(edus),
             )
         return (200, response)
 
-    def _dispatch_edu(self, origin: str, edu: Any) -> None:
+    @defer.inlineCallbacks
+    def _persist_one_by_one(self, batch: Any, record: ReceivedTxn):  # type: ignore[no-untyped-def]
+        for entry in batch.entries:
+            try:
+                yield self._store.persist_events([entry])
+            except InvalidDataError as e:
+                batch.results[entry.event.event_id] = {"error": f"Event cannot be stored: {e}"}
+        yield self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
+
+    @defer.inlineCallbacks
+    def _denied_rooms(self, origin: str, rooms: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+        if self._acls is None or not rooms:
+            return frozenset()
+        denied = yield self._acls.denied_rooms(origin, rooms)
+        if denied:
+            log.info("Server ACLs deny {origin} in {rooms}", origin=origin, rooms=sorted(denied))
+        return frozenset(denied)
+
+    def _dispatch_edu(self, origin: str, edu: Any, denied_rooms: frozenset) -> None:
         if type(edu) is not dict:
             return
         edu_type, content = edu.get("edu_type"), edu.get("content")
         if type(edu_type) is not str or type(content) is not dict:
             return
+        if denied_rooms:
+            content = _without_rooms(edu_type, content, denied_rooms)
+            if content is None:
+                return
         handler = self._edu_handlers.get(edu_type)
         if handler is None:
             if edu_type not in KNOWN_EDU_TYPES:
-                log.debug("Ignoring EDU of unknown type %.100r from %s", edu_type, origin)
+                log.debug("Ignoring EDU of unknown type {edu_type!r:.100} from {origin}", edu_type=edu_type, origin=origin)
             return
         d = defer.maybeDeferred(handler, origin, content)
-        d.addErrback(lambda f: log.error("EDU %s from %s failed: %s", edu_type, origin, f.getTraceback()))
+        d.addErrback(lambda f: log.failure("EDU {edu_type} from {origin} failed", f, edu_type=edu_type, origin=origin))
 
 
-def _check_transaction(origin: str, txn_id: str, body: Any) -> tuple[list, list]:
+def _edu_rooms(edu: Any) -> list[str]:
+    """The rooms an EDU is about (typing: ``room_id``; receipts: the content's keys)."""
+    if type(edu) is not dict or type(edu.get("content")) is not dict:
+        return []
+    content = edu["content"]
+    if edu.get("edu_type") == "m.typing":
+        room_id = content.get("room_id")
+        return [room_id] if type(room_id) is str else []
+    if edu.get("edu_type") == "m.receipt":
+        return [k for k in content if type(k) is str]
+    return []
+
+
+def _without_rooms(edu_type: str, content: dict[str, Any], denied: frozenset) -> dict[str, Any] | None:
+    """``content`` without what concerns ``denied`` rooms; ``None`` if nothing is left."""
+    if edu_type == "m.typing":
+        return None if content.get("room_id") in denied else content
+    if edu_type == "m.receipt":
+        kept = {k: v for k, v in content.items() if k not in denied}
+        return kept or None
+    return content
+
+
+def check_transaction(origin: str, txn_id: str, body: Any) -> tuple[list, list]:
+    """Check the shape of a ``/send`` body (HOSTILE.md rows 6 and 9).
+
+    :returns: ``(pdus, edus)``.
+    :raises MatrixError: 400 ``M_BAD_JSON`` for a body that is not an object, an invalid
+        transaction id, ``pdus`` / ``edus`` that are not lists or exceed the spec's limits;
+        403 ``M_FORBIDDEN`` when the body's ``origin`` is not the server that signed the
+        request.
+    """
     if type(body) is not dict:
         raise bad_json("Transaction must be a JSON object")
-    if not txn_id or len(txn_id) > 255:
+    if not txn_id or len(txn_id.encode("utf-8", "surrogatepass")) > MAX_TXN_ID_LENGTH:
         raise bad_json("Invalid transaction id")
     body_origin = body.get("origin")
     if body_origin is not None and body_origin != origin:
-        raise MatrixError(403, "M_FORBIDDEN", "Transaction origin does not match the request's signer")
+        raise forbidden("Transaction origin does not match the request's signer")
     pdus = body.get("pdus", [])
     edus = body.get("edus", [])
+    if pdus is None:
+        pdus = []
     if type(pdus) is not list:
         raise bad_json("pdus must be a list")
     if edus is None:
