@@ -65,6 +65,68 @@ class EventCreator:
         )
         return await self._pipeline.create_local(event.room_id, lambda state, ext: event)
 
+    async def prepare(
+        self,
+        room_id: str,
+        rv: RoomVersion,
+        state: Mapping[StateKey, str],
+        extremities: set[str],
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """The fields a new event on this state needs: ``prev_event_ids``,
+        ``auth_event_ids``, ``depth`` and (format V1) ``edge_hashes``."""
+        prev_ids = sorted(extremities)
+        metas = await self._store.get_event_meta(prev_ids)
+        prev_ids.sort(key=lambda p: -(metas[p].depth if p in metas else 0))
+        prev_ids = prev_ids[:MAX_PREV_EVENTS]
+        depth = max((metas[p].depth for p in prev_ids if p in metas), default=0) + 1
+        fields = {"type": type, "state_key": state_key, "sender": sender, "content": content}
+        auth_ids = select_auth_events(rv, fields, state)
+        edge_hashes = None
+        if rv.event_format == EventFormat.V1:
+            referenced = await self._store.get_events(prev_ids + auth_ids)
+            edge_hashes = {eid: unpadded_base64(compute_reference_hash(ev.pdu, rv)) for eid, ev in referenced.items()}
+        return {
+            "prev_event_ids": prev_ids,
+            "auth_event_ids": auth_ids,
+            "depth": min(depth, 2**53 - 1),
+            "edge_hashes": edge_hashes,
+        }
+
+    async def template(
+        self,
+        room_id: str,
+        rv: RoomVersion,
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: Optional[str] = None,
+    ) -> tuple[dict[str, Any], Mapping[StateKey, str]]:
+        """An unsigned event template on the room's current state, as ``make_join`` /
+        ``make_leave`` / ``make_knock`` answer with: the joining server completes, hashes and
+        signs it.
+
+        :returns: ``(template, current state)``.
+        """
+        state = await self._pipeline.current_state(room_id)
+        extremities = await self._pipeline.forward_extremities(room_id)
+        fields = await self.prepare(
+            room_id, rv, state, extremities, type=type, sender=sender, content=content, state_key=state_key
+        )
+        event = build_event(
+            rv, room_id=room_id, type=type, sender=sender, content=content, state_key=state_key,
+            origin_server_ts=self.now_ms(), server_name=self._server_name, signing_key=self._signing_key,
+            **fields,
+        )
+        template = {k: v for k, v in event.pdu.items() if k not in ("hashes", "signatures", "event_id", "unsigned")}
+        template["origin"] = self._server_name
+        return template, state
+
     async def send(
         self,
         room_id: str,
@@ -84,19 +146,9 @@ class EventCreator:
         """
 
         async def build(state: Mapping[StateKey, str], extremities: set[str]) -> Event:
-            prev_ids = sorted(extremities)
-            metas = await self._store.get_event_meta(prev_ids)
-            prev_ids.sort(key=lambda p: -(metas[p].depth if p in metas else 0))
-            prev_ids = prev_ids[:MAX_PREV_EVENTS]
-            depth = max((metas[p].depth for p in prev_ids if p in metas), default=0) + 1
-            fields = {"type": type, "state_key": state_key, "sender": sender, "content": content}
-            auth_ids = select_auth_events(rv, fields, state)
-            edge_hashes = None
-            if rv.event_format == EventFormat.V1:
-                referenced = await self._store.get_events(prev_ids + auth_ids)
-                edge_hashes = {
-                    eid: unpadded_base64(compute_reference_hash(ev.pdu, rv)) for eid, ev in referenced.items()
-                }
+            fields = await self.prepare(
+                room_id, rv, state, extremities, type=type, sender=sender, content=content, state_key=state_key
+            )
             return build_event(
                 rv,
                 room_id=room_id,
@@ -104,15 +156,12 @@ class EventCreator:
                 sender=sender,
                 content=content,
                 state_key=state_key,
-                prev_event_ids=prev_ids,
-                auth_event_ids=auth_ids,
-                depth=min(depth, 2**53 - 1),
                 origin_server_ts=self.now_ms(),
                 server_name=self._server_name,
                 signing_key=self._signing_key,
                 redacts=redacts,
                 unsigned=unsigned,
-                edge_hashes=edge_hashes,
+                **fields,
             )
 
         return await self._pipeline.create_local(room_id, build)
