@@ -122,12 +122,37 @@ class HistoryStore:
         ids = lookup_ids(event_ids)
         if not ids:
             return []
-        # One recursive query over all the ids when they fit in one IN list, so a chain
-        # shared by many state events is walked once.
+        # One recursive query per 500 ids; the CTE's UNION walks a shared chain once per
+        # query, and the dict keeps each id once across queries, in first-seen order.
         found: dict[str, None] = {}
         for r in txn.select_in(_ACCEPTED_AUTH_CHAIN_SQL, ids):
             found[r[0]] = None
         return list(found)
+
+    # -- access -------------------------------------------------------------------------
+
+    def get_room_access(self, room_id: str, server_name: str) -> "Deferred[tuple[bool, bool]]":
+        """Whether we know ``room_id`` at all, and whether ``server_name`` has a user
+        joined to it in its current state.
+
+        :returns: Deferred firing with ``(room known, server joined)``.
+        """
+        return self._store.run_read(self._room_access_txn, room_id, server_name)
+
+    @staticmethod
+    def _room_access_txn(txn: Txn, room_id: str, server_name: str) -> tuple[bool, bool]:
+        if not (lookup_text(room_id, "room id") and lookup_text(server_name, "server name")):
+            return False, False
+        known = txn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is not None
+        if not known:
+            return False, False
+        suffix = ":" + server_name
+        rows = txn.execute(
+            "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND membership = 'join' AND substr(state_key, ?) = ?",
+            (room_id, -len(suffix), suffix),
+        ).fetchall()
+        return True, any(r[0].partition(":")[2] == server_name for r in rows)
 
     # -- visibility ---------------------------------------------------------------------
 
