@@ -1,0 +1,402 @@
+"""Serving the membership handshakes to other servers: make_/send_ join, leave, knock, and invite."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Collection, Mapping, Optional, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from fedserver.auth.selection import auth_types_for_event
+from fedserver.events.model import Event
+from fedserver.events.signing import SignatureServersError, required_signature_servers, sign_event
+from fedserver.events.validation import InvalidEvent, check_pdu
+from fedserver.federation.keyring import key_validity_minimum
+from fedserver.handlers.pipeline import ACCEPTED, MISSING, RoomPipeline
+from fedserver.http.errors import MatrixError
+from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
+from fedserver.storage.interface import PersistEntry, StateKey
+
+log = Logger()
+
+#: State event types shown to an invitee or knocker before they are in the room (the
+#: client-server spec's "stripped state" recommendation).
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+)
+
+
+def _domain(user_id: Any) -> Optional[str]:
+    if not isinstance(user_id, str) or not user_id.startswith("@") or ":" not in user_id:
+        return None
+    return user_id.split(":", 1)[1]
+
+
+def _not_found() -> MatrixError:
+    # Seed 004: a room we are not in, or a private one the user may not join, answers
+    # exactly as a room that does not exist.
+    return MatrixError(404, "M_NOT_FOUND", "Unknown room")
+
+
+def _bad(why: str) -> MatrixError:
+    return MatrixError(400, "M_BAD_JSON", why)
+
+
+def _forbidden(why: str) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", why)
+
+
+def stripped_state(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The stripped form (type, state_key, sender, content) of state events."""
+    return [
+        {"type": e.type, "state_key": e.state_key, "sender": e.sender, "content": e.content}
+        for e in events
+        if e.state_key is not None
+    ]
+
+
+class HandshakeHandler:
+    """The resident server's side of the membership handshakes (server-server spec
+    "Joining Rooms", "Leaving Rooms (Rejecting Invites)", "Knocking upon a room",
+    "Inviting to a room"), with every check of HOSTILE.md rows 18-25.
+
+    :param clock: for timestamps.
+    :param store: the :class:`fedserver.storage.interface.Store`.
+    :param pipeline: the :class:`RoomPipeline` (the only way events enter a room).
+    :param creator: the :class:`fedserver.handlers.creator.EventCreator` (templates).
+    :param engine: the :class:`fedserver.auth.engine.AuthEngine` (templates are checked
+        before they are offered).
+    :param keyring: verifies the joining server's signatures.
+    :param room_versions: the versions we support.
+    :param server_name: ours.
+    :param signing_key: ours (restricted joins and invites are countersigned).
+    :param distribute: ``(pdus, destinations) -> Deferred``: queue PDUs for other servers.
+    :param on_invite: ``(event, invite_room_state) -> Awaitable`` recording an invite for a
+        local user (so their client sees it), or ``None``.
+    :param is_local_user: ``user_id -> Awaitable[bool]``: whether a user exists here.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        store,
+        pipeline: RoomPipeline,
+        creator,
+        engine,
+        keyring,
+        room_versions: RoomVersionRegistry,
+        server_name: str,
+        signing_key: Any,
+        distribute: Callable[[list[dict], Collection[str]], Any],
+        on_invite: Optional[Callable[[Event, list], Awaitable[Any]]] = None,
+        is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._pipeline = pipeline
+        self._creator = creator
+        self._engine = engine
+        self._keyring = keyring
+        self._room_versions = room_versions
+        self._server_name = server_name
+        self._signing_key = signing_key
+        self._distribute = distribute
+        self._on_invite = on_invite
+        self._is_local_user = is_local_user
+
+    # -- make_join / make_leave / make_knock ------------------------------------------------
+
+    async def make_membership(
+        self, origin: str, room_id: str, user_id: str, membership: str, versions: Optional[Sequence[str]]
+    ) -> dict[str, Any]:
+        """Answer ``make_<membership>``: an event template on our current state.
+
+        :param versions: the ``ver`` query values (join, knock); ``None`` for leave.
+        :raises MatrixError: 403 if ``user_id`` is not on ``origin`` (HOSTILE 19), 404 if we
+            are not in the room or it is private to the user (HOSTILE 20), 400
+            ``M_INCOMPATIBLE_ROOM_VERSION`` if the joining server cannot speak the room's
+            version (HOSTILE 18), 403 if the auth rules refuse the membership.
+        """
+        if _domain(user_id) != origin:
+            raise _forbidden("The user is not on the requesting server")
+        rv = await self._resident_room(room_id)
+        if versions is not None:
+            # Spec: without ``ver`` the joining server is taken to support only version 1.
+            if rv.identifier not in (versions or ["1"]):
+                raise MatrixError(
+                    400, "M_INCOMPATIBLE_ROOM_VERSION",
+                    f"Your server does not support room version {rv.identifier}",
+                    room_version=rv.identifier,
+                )
+        content: dict[str, Any] = {"membership": membership}
+        state = await self._pipeline.current_state(room_id)
+        if membership == "join":
+            authoriser = await self._restricted_authoriser(room_id, rv, user_id, state)
+            if authoriser is not None:
+                content["join_authorised_via_users_server"] = authoriser
+        template, state = await self._creator.template(
+            room_id, rv, type="m.room.member", sender=user_id, content=content, state_key=user_id
+        )
+        await self._check_template(rv, template, state, membership)
+        return {"event": template, "room_version": rv.identifier}
+
+    async def _resident_room(self, room_id: str) -> RoomVersion:
+        rv = await self._store.get_room_version(room_id)
+        if rv is None or self._server_name not in await self._store.get_joined_hosts(room_id):
+            raise _not_found()
+        return rv
+
+    async def _restricted_authoriser(
+        self, room_id: str, rv: RoomVersion, user_id: str, state: Mapping[StateKey, str]
+    ) -> Optional[str]:
+        """For restricted rooms (v8+), a local user who may invite, if the joining user is
+        neither invited nor joined and belongs to a room the join rules allow."""
+        if not rv.restricted_joins:
+            return None
+        jr_id = state.get(("m.room.join_rules", ""))
+        if jr_id is None:
+            return None
+        events = await self._store.get_events([jr_id])
+        jr = events.get(jr_id)
+        rule = jr.content.get("join_rule") if jr else None
+        if rule not in ("restricted", "knock_restricted"):
+            return None
+        member_id = state.get(("m.room.member", user_id))
+        if member_id is not None:
+            m = (await self._store.get_events([member_id])).get(member_id)
+            if m is not None and m.membership in ("invite", "join"):
+                return None
+        allowed = False
+        for entry in jr.content.get("allow") or []:
+            if not isinstance(entry, dict) or entry.get("type") != "m.room_membership":
+                continue
+            other = entry.get("room_id")
+            if not isinstance(other, str):
+                continue
+            members = await self._store.get_room_members(other, "join")
+            if user_id in members:
+                allowed = True
+                break
+        if not allowed:
+            raise MatrixError(
+                400, "M_UNABLE_TO_AUTHORISE_JOIN",
+                "The user is not a member of any room the join rules allow, as far as this server knows",
+            )
+        # A joined local user whose power reaches the invite level.
+        pl_id = state.get(("m.room.power_levels", ""))
+        pl = (await self._store.get_events([pl_id])).get(pl_id) if pl_id else None
+        invite_level = 0
+        users: Mapping[str, Any] = {}
+        default = 0
+        if pl is not None:
+            invite_level = _as_int(pl.content.get("invite"), 0)
+            users = pl.content.get("users") if isinstance(pl.content.get("users"), dict) else {}
+            default = _as_int(pl.content.get("users_default"), 0)
+        creators = await self._creators(room_id, rv, state)
+        members = await self._store.get_room_members(room_id, "join")
+        candidates = []
+        for member in members:
+            if _domain(member) != self._server_name:
+                continue
+            level = float("inf") if member in creators else _as_int(users.get(member), default)
+            if level >= invite_level:
+                candidates.append((-level if level != float("inf") else float("-inf"), member))
+        if not candidates:
+            raise MatrixError(400, "M_UNABLE_TO_GRANT_JOIN", "No user of this server may invite to the room")
+        return sorted(candidates)[0][1]
+
+    async def _creators(self, room_id: str, rv: RoomVersion, state: Mapping[StateKey, str]) -> set[str]:
+        if not rv.privileged_creators:
+            return set()
+        create_id = state.get(("m.room.create", ""))
+        create = (await self._store.get_events([create_id])).get(create_id) if create_id else None
+        if create is None:
+            return set()
+        extra = create.content.get("additional_creators")
+        return {create.sender} | ({u for u in extra if isinstance(u, str)} if isinstance(extra, list) else set())
+
+    async def _check_template(
+        self, rv: RoomVersion, template: dict[str, Any], state: Mapping[StateKey, str], membership: str
+    ) -> None:
+        """Offer a template only if the auth rules would accept it on the current state."""
+        event = Event.from_pdu(template, rv, event_id="$template")
+        need = auth_types_for_event(rv, event.type, event.state_key, event.sender, event.content)
+        need.add(("m.room.create", ""))
+        loaded = await self._store.get_events([state[k] for k in need if k in state])
+        view = {k: loaded[state[k]] for k in need if k in state and state[k] in loaded}
+        create = view.get(("m.room.create", ""))
+        result = self._engine.check_against_state(event, view, create_event=create)
+        if result.allowed:
+            return
+        if membership == "join":
+            jr = view.get(("m.room.join_rules", ""))
+            rule = jr.content.get("join_rule") if jr is not None else "invite"
+            own = view.get(("m.room.member", event.sender))
+            if rule in ("invite", "knock") and (own is None or own.membership not in ("ban",)):
+                raise _not_found()  # private rooms look non-existent (seed 004)
+        raise _forbidden(result.reason or "Not allowed")
+
+    # -- send_join / send_leave / send_knock --------------------------------------------
+
+    async def send_membership(
+        self, origin: str, room_id: str, event_id: str, pdu: Any, membership: str
+    ) -> dict[str, Any]:
+        """Accept a signed membership event (``send_join`` / ``send_leave`` /
+        ``send_knock``), take it into the room, pass it on, and answer.
+
+        :returns: the v2 response body (callers wrap it for v1).
+        :raises MatrixError: HOSTILE rows 21-23: 400 ``M_BAD_JSON`` for a body that is not
+            the expected membership event of this room, 403 for a refused or unsigned event,
+            404 for a room we are not in.
+        """
+        if not isinstance(pdu, dict):
+            raise _bad("The body must be an event")
+        if pdu.get("room_id") != room_id:
+            raise _bad("The event's room_id does not match the path")
+        if pdu.get("type") != "m.room.member":
+            raise _bad("Not a membership event")
+        content = pdu.get("content")
+        if not isinstance(content, dict) or content.get("membership") != membership:
+            raise _bad(f"The event's membership is not {membership}")
+        if pdu.get("state_key") != pdu.get("sender"):
+            raise _bad("state_key must be the sender")
+        if _domain(pdu.get("sender")) != origin:
+            raise _forbidden("The sender is not on the requesting server")
+        rv = await self._resident_room(room_id)
+        try:
+            checked = check_pdu(pdu, rv)
+            servers = required_signature_servers(pdu, rv)
+        except (InvalidEvent, SignatureServersError) as e:
+            raise _bad(f"Invalid event: {e}") from None
+        event = checked.event
+        if event.event_id != event_id:
+            raise _bad("The event id does not match the path")
+        if not checked.content_hash_ok:
+            raise _bad("The event's content hash does not match")
+        # A restricted join names one of our users as the authoriser: we countersign.
+        if self._server_name in servers:
+            signed = sign_event(dict(pdu), rv, self._server_name, self._signing_key)
+            pdu = signed
+            event = Event.from_pdu(pdu, rv, event.event_id)
+        await self._verify(event, checked.signed_bytes, servers - {self._server_name})
+        outcomes = await self._pipeline.process(room_id, [event], verified_servers={event.event_id: servers})
+        outcome = outcomes[event.event_id]
+        if outcome.status == MISSING:
+            raise _forbidden("The event cites events this server does not have")
+        if outcome.status != ACCEPTED:
+            reason = outcome.refusal.reason if outcome.refusal else outcome.status
+            raise _forbidden(f"Not allowed: {reason}")
+        hosts = await self._store.get_joined_hosts(room_id)
+        if not outcome.duplicate:
+            await self._distribute([pdu], [h for h in hosts if h not in (origin, self._server_name)])
+        if membership == "join":
+            return await self._join_response(room_id, event, pdu, hosts)
+        if membership == "knock":
+            return {"knock_room_state": await self._stripped_room_state(room_id)}
+        return {}
+
+    async def _verify(self, event: Event, signed_bytes: bytes, servers: Collection[str]) -> None:
+        minimum = key_validity_minimum(event.origin_server_ts, event.room_version)
+        sigs = event.signatures
+        requests = [(s, signed_bytes, sigs.get(s), minimum) for s in sorted(servers)]
+        verdicts = await self._keyring.verify_signatures(requests)
+        for server, verdict in zip(sorted(servers), verdicts):
+            if verdict is not True:
+                raise _forbidden(f"Signature of {server} does not verify: {verdict}")
+
+    async def _join_response(
+        self, room_id: str, event: Event, pdu: dict, hosts: Collection[str]
+    ) -> dict[str, Any]:
+        groups = await self._store.get_state_ids_for_events([event.event_id])
+        group = groups.get(event.event_id)
+        state_ids: Mapping[StateKey, str] = await self._store.get_state_group(group) if group is not None else {}
+        ids = list(state_ids.values())
+        chain = await self._store.get_auth_chain_ids(ids + [event.event_id])
+        events = await self._store.get_events(set(ids) | set(chain))
+        state = [events[i].pdu for i in ids if i in events]
+        auth_chain = [events[i].pdu for i in chain if i in events]
+        return {
+            "origin": self._server_name,
+            "event": pdu,
+            "state": state,
+            "auth_chain": auth_chain,
+            "members_omitted": False,
+            "servers_in_room": sorted(set(hosts) | {self._server_name}),
+        }
+
+    async def _stripped_room_state(self, room_id: str) -> list[dict[str, Any]]:
+        state = await self._pipeline.current_state(room_id)
+        ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
+        events = await self._store.get_events(ids)
+        return stripped_state([events[i] for i in ids if i in events])
+
+    # -- invites ---------------------------------------------------------------------------
+
+    async def on_invite(
+        self, origin: str, room_id: str, event_id: str, pdu: Any, room_version: Any, invite_room_state: Any
+    ) -> dict[str, Any]:
+        """Accept an invite for one of our users (``PUT /v2/invite``): check it, countersign
+        it, record it for the invitee, and return our signed copy.
+
+        :raises MatrixError: 400 ``M_INCOMPATIBLE_ROOM_VERSION`` for a version we do not
+            support (HOSTILE 24), 400 ``M_BAD_JSON`` for anything but an invite event of this
+            room (HOSTILE 25), 403 if the invitee is not ours or the signature fails.
+        """
+        try:
+            rv = self._room_versions.get(room_version)
+        except UnknownRoomVersion:
+            raise MatrixError(
+                400, "M_INCOMPATIBLE_ROOM_VERSION", f"Room version {room_version!r} is not supported here",
+                room_version=room_version if isinstance(room_version, str) else None,
+            ) from None
+        if not isinstance(pdu, dict):
+            raise _bad("The body must carry an event")
+        if pdu.get("room_id") != room_id:
+            raise _bad("The event's room_id does not match the path")
+        content = pdu.get("content")
+        if pdu.get("type") != "m.room.member" or not isinstance(content, dict) or content.get("membership") != "invite":
+            raise _bad("Not an invite event")
+        target = pdu.get("state_key")
+        if _domain(target) != self._server_name:
+            raise _forbidden("The invited user is not on this server")
+        if self._is_local_user is not None and not await self._is_local_user(target):
+            raise MatrixError(404, "M_NOT_FOUND", "No such user")
+        if _domain(pdu.get("sender")) != origin:
+            raise _forbidden("The inviter is not on the requesting server")
+        try:
+            checked = check_pdu(pdu, rv)
+            servers = required_signature_servers(pdu, rv)
+        except (InvalidEvent, SignatureServersError) as e:
+            raise _bad(f"Invalid event: {e}") from None
+        if checked.event.event_id != event_id:
+            raise _bad("The event id does not match the path")
+        if not checked.content_hash_ok:
+            raise _bad("The event's content hash does not match")
+        await self._verify(checked.event, checked.signed_bytes, servers - {self._server_name})
+        signed = sign_event(dict(pdu), rv, self._server_name, self._signing_key)
+        event = Event.from_pdu(signed, rv, checked.event.event_id)
+        state = invite_room_state if isinstance(invite_room_state, list) else []
+        state = [s for s in state if isinstance(s, dict)][:50]
+        await self._store.persist_events([PersistEntry(event=event, outlier=True)])
+        if self._on_invite is not None:
+            await self._on_invite(event, state)
+        log.info("{target} invited to {room_id} by {sender}", target=target, room_id=room_id, sender=pdu.get("sender"))
+        return {"event": signed}
+
+
+def _as_int(value: Any, default: int) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return default
+    return default
