@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
+from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_store import FederationStore
@@ -135,6 +136,7 @@ class SQLiteStore:
         self._events = EventStore(registry, self._state_groups, clock_ms, cache_size=event_cache_size)
         self._federation = FederationStore()
         self.history = HistoryStore(self)  # reads for serving history and refusals
+        self.accounts = AccountStore(db, clock_ms)
 
     # -- transactions -----------------------------------------------------------------
 
