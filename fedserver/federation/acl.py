@@ -8,8 +8,6 @@ and server-server API "Server Access Control Lists (ACLs)" (which endpoints must
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections import OrderedDict
 from typing import Any, Iterable, Mapping
 
 from twisted.internet import defer
@@ -22,49 +20,40 @@ log = Logger()
 #: The state event holding a room's ACL (its ``state_key`` is empty).
 SERVER_ACL_EVENT = ("m.room.server_acl", "")
 
-#: Globs longer than this never match (a hostile ACL must not cost us a huge regex).
+#: Globs longer than this never match (a hostile ACL must not cost us much time).
 MAX_GLOB_LENGTH = 1024
-#: How many compiled globs are kept.
-_GLOB_CACHE_SIZE = 4096
-
-_glob_cache: OrderedDict[str, re.Pattern[str] | None] = OrderedDict()
-
-
-def _compile_glob(glob: str) -> re.Pattern[str] | None:
-    """A case-insensitive full-match regex for ``glob``: ``*`` is zero or more
-    characters, ``?`` exactly one; everything else is literal."""
-    compiled = _glob_cache.get(glob)
-    if compiled is not None or glob in _glob_cache:
-        _glob_cache.move_to_end(glob)
-        return compiled
-    if len(glob) > MAX_GLOB_LENGTH:
-        compiled = None
-    else:
-        # Runs of '*' are one '*': same language, and no catastrophic backtracking.
-        parts = []
-        previous_star = False
-        for ch in glob:
-            if ch == "*":
-                if not previous_star:
-                    parts.append(".*")
-                previous_star = True
-                continue
-            previous_star = False
-            parts.append("." if ch == "?" else re.escape(ch))
-        compiled = re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
-    _glob_cache[glob] = compiled
-    if len(_glob_cache) > _GLOB_CACHE_SIZE:
-        _glob_cache.popitem(last=False)
-    return compiled
 
 
 def glob_matches(glob: Any, text: str) -> bool:
-    """Whether ``text`` matches the glob ``glob`` (case-insensitive); a glob that is not a
-    string matches nothing."""
-    if type(glob) is not str:
+    """Whether ``text`` matches the glob ``glob``, ignoring letter case: ``*`` matches zero
+    or more characters, ``?`` exactly one, everything else itself. A glob that is not a
+    string, or is longer than :data:`MAX_GLOB_LENGTH`, matches nothing.
+
+    Greedy matching that backtracks only to the last ``*``: at most
+    ``len(glob) * len(text)`` steps, whatever the glob (a regex could take exponential
+    time on globs like ``*a*a*a*b``, and ACLs are written by other servers' users).
+    """
+    if type(glob) is not str or len(glob) > MAX_GLOB_LENGTH:
         return False
-    compiled = _compile_glob(glob)
-    return compiled is not None and compiled.fullmatch(text) is not None
+    g, t = glob.lower(), text.lower()
+    gi = ti = 0
+    star = -1  # position of the last '*' seen in the glob
+    resume = 0  # where in the text that '*' currently stops
+    while ti < len(t):
+        if gi < len(g) and g[gi] == "*":
+            star, resume = gi, ti
+            gi += 1
+        elif gi < len(g) and (g[gi] == "?" or g[gi] == t[ti]):
+            gi += 1
+            ti += 1
+        elif star >= 0:
+            resume += 1  # let the last '*' swallow one more character
+            gi, ti = star + 1, resume
+        else:
+            return False
+    while gi < len(g) and g[gi] == "*":
+        gi += 1
+    return gi == len(g)
 
 
 def strip_port(server_name: str) -> str:
