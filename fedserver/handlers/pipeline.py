@@ -131,7 +131,8 @@ class RoomPipeline:
     - Step 5: the auth rules against the state before the event (resolved over its
       ``prev_events`` where branches meet): failing rejects.
     - Step 6: the auth rules against the room's current state: failing soft-fails
-      (events from other servers only; a local event is built on the current state).
+      (events from other servers only, as a local event is built on the current state;
+      and not for the first events of a room we did not know, such as our remote join).
     - The policy hook (``fedserver_check_event_policy``) may only soft-fail.
 
     Rejected events are stored with the rule and plugin that denied them (never as state,
@@ -447,7 +448,7 @@ class RoomPipeline:
                 result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
                 if not result.allowed:
                     refusal = _refusal_from(result)
-            if refusal is None and not local and current is not before:
+            if refusal is None and not local and room is not None and current is not before:
                 # -- step 6: the current state (soft failure) ------------------------------
                 await self._ensure_loaded(event, current, events_by_id, batch_events)
                 view = _EventState(current, _Overlay(events_by_id, batch_events))
