@@ -40,9 +40,25 @@ configuration or database errors.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser writing usage, help and errors to the given streams."""
+
+    def __init__(self, *args: Any, stdout: TextIO, stderr: TextIO, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._out = stdout
+        self._err = stderr
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (self._err if file is sys.stderr else self._out).write(message)
+
+
+def build_parser(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> argparse.ArgumentParser:
     """The command line of ``fedserver-refusals``."""
-    p = argparse.ArgumentParser(prog="fedserver-refusals", description=DESCRIPTION, epilog=EPILOG)
+    p = _Parser(
+        prog="fedserver-refusals", description=DESCRIPTION, epilog=EPILOG, stdout=stdout, stderr=stderr,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("-c", "--config", metavar="FILE", help="server configuration file (for database_path)")
     where.add_argument("-d", "--database", metavar="PATH", help="SQLite database file (default: fedserver.db)")
@@ -126,7 +142,7 @@ async def run(reactor: Any, argv: Sequence[str], stdout: TextIO, stderr: TextIO)
     The database is opened as the server opens it (so a schema the code does not know
     is refused) and only read; it runs alongside a running server (WAL mode).
     """
-    parser = build_parser()
+    parser = build_parser(stdout, stderr)
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as e:  # argparse has printed the usage
