@@ -150,6 +150,28 @@ class StateTests(HistoryTestCase):
         chain = set().union(*(auth_chain(self.room, e) for e in state))
         self.assertEqual(set(resp.body["auth_chain_ids"]), chain)
 
+    async def test_rejected_events_never_served_as_state(self):
+        """Even when a state handed to storage names a rejected state event, /state and
+        /state_ids at the next event leave it out (spec "Rejection"), and it is not in
+        the auth chain either."""
+        room = await self.setup_room()
+        bad_topic = room.add(
+            "bad_topic", "m.room.topic", "@mallory:peer.test", {"topic": "x"}, "",
+            rejection=("not allowed", "7", None),
+        )
+        after = room.add("after", "m.room.message", ALICE, {"body": "after"})
+        room.entries[-1].state_before = dict(room.state)
+        room.entries[-1].state_before[("m.room.topic", "")] = bad_topic.event_id
+        await self.store.persist_events(room.entries[-2:])
+        resp = await self.get(f"/state_ids/{q(room.room_id)}?event_id={q(after.event_id)}")
+        self.assertEqual(resp.code, 200, resp)
+        self.assertNotIn(bad_topic.event_id, resp.body["pdu_ids"])
+        self.assertNotIn(bad_topic.event_id, resp.body["auth_chain_ids"])
+        self.assertEqual(set(resp.body["pdu_ids"]), set(room.state.values()))
+        resp = await self.get(f"/state/{q(room.room_id)}?event_id={q(after.event_id)}")
+        self.assertNotIn(bad_topic.event_id, pdu_ids(room, resp.body["pdus"]))
+        self.assertEqual(len(resp.body["pdus"]), len(room.state))
+
     async def test_state_at_unusable_events_is_404(self):
         """The state at an outlier (unknown to us), at a rejected event, at an event of
         another room or at an unknown event is 404 M_NOT_FOUND; a missing event_id is 400
