@@ -166,6 +166,10 @@ class FederationSender:
         dest.wakeup = None
         self._kick(dest)
 
+    def sending(self) -> int:
+        """:returns: how many destinations have a send loop running (0 when idle)."""
+        return len(self._in_flight)
+
     def backoff_ms(self, server_name: str) -> int:
         """The current retry interval for ``server_name`` (0 when it is not backing off)."""
         dest = self._destinations.get(server_name)
@@ -224,6 +228,8 @@ class FederationSender:
             edus = [_decode(item) for _, kind, item in batch if kind == "edu"]
             last_id = max(qid for qid, _, _ in batch)
             txn_id = yield self._store.next_txn_id(dest.name)
+            if not self._running:
+                return  # stopped while reading the queue: send nothing more
             body = {
                 "origin": self._server_name,
                 "origin_server_ts": self._now_ms(),
