@@ -28,6 +28,7 @@ from fedserver.storage.interface import (
     StateKey,
 )
 from fedserver.storage.nids import StateKeyInterner
+from fedserver.storage.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
 from fedserver.storage.statemap import StateMap
@@ -136,6 +137,7 @@ class SQLiteStore:
         self._events = EventStore(registry, self._state_groups, clock_ms, cache_size=event_cache_size)
         self._federation = FederationStore()
         self.history = HistoryStore(self)  # reads for serving history and refusals
+        self.rooms = RoomsStore(self, clock_ms)  # aliases, client txn ids, streams, memberships for clients
         self.accounts = AccountStore(db, clock_ms)
 
     # -- transactions -----------------------------------------------------------------
