@@ -1,0 +1,351 @@
+"""HOSTILE.md rows 1-13 against a whole fedserver started in-process on loopback and spoken to
+over real TLS, as a peer would: every bad request gets the right Matrix error, nothing is
+half-written, nothing processed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+from urllib.parse import quote
+
+import treq
+from twisted.internet import reactor
+from twisted.internet import ssl as twisted_ssl
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from fedserver.config import config_from_dict
+from fedserver.events.hashing import compute_event_id, unpadded_base64
+from fedserver.federation.xmatrix import sign_request
+from fedserver.room_versions import V10
+from fedserver.service import FedserverService
+from tests.test_federation_support import FED, Peer, now_ms
+
+US = "us.test:8448"
+ROOM = "!room:127.0.0.1"
+
+#: HOSTILE row 7: more than any legal transaction (the default cap is 12.5 MiB).
+OVERSIZED = 13 * 1024 * 1024
+
+
+@implementer(IPolicyForHTTPS)
+class _TrustServerCert:
+    """Trust exactly the server's generated certificate, checked for its host name."""
+
+    def __init__(self, pem: bytes, hostname: str) -> None:
+        self.cert = twisted_ssl.Certificate.loadPEM(pem)
+        self.hostname = hostname
+
+    def creatorForNetloc(self, hostname, port):
+        return twisted_ssl.optionsForClientTLS(self.hostname, trustRoot=self.cert)
+
+
+class HostileFederationTests(TestCase):
+    """A running server on loopback; the peer is an IP-literal server whose key the
+    server already holds (so nothing is fetched and unknown keys fail at once)."""
+
+    async def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.mkdir(self.dir)
+        config = config_from_dict(
+            {
+                "server_name": US,
+                "database_path": os.path.join(self.dir, "fedserver.db"),
+                "signing_key_path": os.path.join(self.dir, "signing.key"),
+                "tls_certificate_path": os.path.join(self.dir, "tls.crt"),
+                "tls_private_key_path": os.path.join(self.dir, "tls.key"),
+                "federation_listen": "127.0.0.1:0",
+                "client_listen": "127.0.0.1:0",
+            }
+        )
+        self.service = FedserverService(config, reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        await self.service.when_ready()
+        self.port = self.service.federation_listener.port.getHost().port
+        # A peer whose keys we hold; connecting to it is refused by policy, instantly.
+        self.peer = Peer("127.0.0.1:9")
+        doc = self.peer.key_document()
+        key_b64 = unpadded_base64(self.peer.key.verify_key.encode())
+        await self.service.store.store_server_keys(
+            self.peer.name, [(self.peer.key_id, key_b64, doc["valid_until_ts"], None)], json.dumps(doc).encode(), now_ms()
+        )
+        await self.service.store.store_room(ROOM, V10)
+        with open(config.tls_certificate_path, "rb") as f:
+            self.pem = f.read()
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = treq.client.HTTPClient(Agent(reactor, contextFactory=_TrustServerCert(self.pem, "us.test"), pool=pool))
+
+    async def request(self, method, uri, body=None, headers=None, sign=True, sign_content=None):
+        """One request; signed over ``sign_content`` (default: ``body``) unless told not to."""
+        hdrs = dict(headers or {})
+        if sign:
+            content = body if sign_content is None else sign_content
+            if isinstance(content, bytes):
+                content = None
+            hdrs[b"Authorization"] = [sign_request(self.peer.name, self.peer.key, US, method, uri, content).encode()]
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        resp = await self.http.request(method, f"https://127.0.0.1:{self.port}{uri}", headers=hdrs, data=data)
+        raw = await resp.content()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        return resp.code, parsed, raw
+
+    def txn(self, pdus=(), edus=None):
+        body = {"origin": self.peer.name, "origin_server_ts": now_ms(), "pdus": list(pdus)}
+        if edus is not None:
+            body["edus"] = edus
+        return body
+
+    async def assertError(self, result, code, errcode):
+        status, body, raw = result
+        self.assertEqual((status, body and body.get("errcode")), (code, errcode), raw[:300])
+        self.assertIsInstance(body.get("error"), str)
+
+    async def nothing_recorded(self, txn_id):
+        self.assertIsNone(await self.service.store.get_received_txn(self.peer.name, txn_id))
+
+    # -- rows 1-4: authentication -----------------------------------------------------------
+
+    async def test_row1_no_authorization(self):
+        """Row 1: no Authorization header (or a non-X-Matrix one) on an authenticated
+        endpoint is 401 M_UNAUTHORIZED; nothing is recorded."""
+        uri = FED + "/send/r1"
+        await self.assertError(await self.request("PUT", uri, self.txn(), sign=False), 401, "M_UNAUTHORIZED")
+        await self.assertError(
+            await self.request("PUT", uri, self.txn(), sign=False, headers={b"Authorization": [b"Bearer x"]}),
+            401, "M_UNAUTHORIZED",
+        )
+        await self.assertError(await self.request("GET", FED + "/query/profile?user_id=%40a%3Aus.test", sign=False), 401, "M_UNAUTHORIZED")
+        await self.nothing_recorded("r1")
+
+    async def test_row2_unparseable_header_or_bad_origin(self):
+        """Row 2: an unparseable X-Matrix header or an invalid origin server name is 401
+        M_UNAUTHORIZED."""
+        uri = FED + "/send/r2"
+        for header in (
+            b"X-Matrix",
+            b"X-Matrix garbage",
+            b'X-Matrix origin="bad name!",key="ed25519:p1",sig="abc"',
+            b'X-Matrix origin="127.0.0.1:9",key="ed25519:p1"',
+            b'X-Matrix origin="127.0.0.1:99999",key="ed25519:p1",sig="abc"',
+            b"X-Matrix " + b"a" * 10000,
+        ):
+            result = await self.request("PUT", uri, self.txn(), sign=False, headers={b"Authorization": [header]})
+            await self.assertError(result, 401, "M_UNAUTHORIZED")
+        await self.nothing_recorded("r2")
+
+    async def test_row3_wrong_destination(self):
+        """Row 3: an X-Matrix destination other than our server name (even our host with
+        another port) is 401 M_UNAUTHORIZED."""
+        uri = FED + "/send/r3"
+        body = self.txn()
+        for destination in ("other.test", "us.test", "us.test:8449"):
+            header = sign_request(self.peer.name, self.peer.key, destination, "PUT", uri, body)
+            result = await self.request("PUT", uri, body, sign=False, headers={b"Authorization": [header.encode()]})
+            await self.assertError(result, 401, "M_UNAUTHORIZED")
+        await self.nothing_recorded("r3")
+
+    async def test_row4_tampered_or_unknown_key(self):
+        """Row 4: a signature over another method, URI, query or body, or by an unknown
+        key id, or by a key whose validity has expired, is 401 M_UNAUTHORIZED."""
+        uri = FED + "/send/r4"
+        body = self.txn()
+        sig_for = lambda method, u, content: {  # noqa: E731
+            b"Authorization": [sign_request(self.peer.name, self.peer.key, US, method, u, content).encode()]
+        }
+        cases = [
+            ("PUT", uri, body, sig_for("POST", uri, body)),
+            ("PUT", uri, body, sig_for("PUT", FED + "/send/other", body)),
+            ("PUT", uri, body, sig_for("PUT", uri, dict(body, pdus=[{}]))),
+            ("PUT", uri + "?x=1", body, sig_for("PUT", uri, body)),
+        ]
+        q = FED + "/query/profile?user_id=%40a%3Aus.test%3A8448"
+        cases.append(("GET", q, None, sig_for("GET", q.replace("%40a", "%40b"), None)))
+        for method, u, b, headers in cases:
+            await self.assertError(await self.request(method, u, b, sign=False, headers=headers), 401, "M_UNAUTHORIZED")
+        stranger = Peer("127.0.0.1:9", "unknown")
+        header = sign_request(stranger.name, stranger.key, US, "PUT", uri, body)
+        result = await self.request("PUT", uri, body, sign=False, headers={b"Authorization": [header.encode()]})
+        await self.assertError(result, 401, "M_UNAUTHORIZED")
+        # The same peer, but the key we hold for it expired an hour ago.
+        expired = Peer("127.0.0.1:10", "old")
+        await self.service.store.store_server_keys(
+            expired.name, [(expired.key_id, unpadded_base64(expired.key.verify_key.encode()), now_ms() - 3_600_000, None)],
+            None, now_ms() - 90_000_000,
+        )
+        header = sign_request(expired.name, expired.key, US, "PUT", uri, body)
+        result = await self.request("PUT", uri, dict(body, origin=expired.name), sign=False,
+                                    headers={b"Authorization": [header.encode()]})
+        await self.assertError(result, 401, "M_UNAUTHORIZED")
+        await self.nothing_recorded("r4")
+        self.flushLoggedErrors()
+
+    # -- rows 5-8: bodies and routing -------------------------------------------------------
+
+    async def test_row5_not_json(self):
+        """Row 5: an empty body, invalid UTF-8, NaN / Infinity, or absurd nesting on a
+        signed request is 400 M_NOT_JSON, never 500."""
+        uri = FED + "/send/r5"
+        for raw in (b"", b"\xff\xfe{}", b'{"pdus": NaN}', b'{"pdus": [Infinity]}', b"[" * 100_000 + b"]" * 100_000,
+                    b'{"a": 1e400}', b"{", b"\x00"):
+            await self.assertError(await self.request("PUT", uri, raw), 400, "M_NOT_JSON")
+        await self.nothing_recorded("r5")
+
+    async def test_row6_not_an_object(self):
+        """Row 6: JSON that is not an object where one is required is 400 M_BAD_JSON."""
+        uri = FED + "/send/r6"
+        for value in ([], "txn", 5, None, True):
+            await self.assertError(await self.request("PUT", uri, json.dumps(value).encode(), sign_content=value), 400, "M_BAD_JSON")
+        await self.nothing_recorded("r6")
+
+    def _raw_oversized(self, chunked: bool) -> tuple[bytes, int]:
+        """Send a huge body over a raw TLS socket (in a thread) until the server answers;
+        return the answer and how many body bytes had gone out by then."""
+        import select
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as raw:
+            with ctx.wrap_socket(raw) as s:
+                head = [b"PUT /_matrix/federation/v1/send/r7 HTTP/1.1", b"Host: us.test:8448",
+                        b"Content-Type: application/json"]
+                head.append(b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % OVERSIZED)
+                s.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+                sent = 0
+                chunk = b"[" + b"1," * (32 * 1024)
+                answer = b""
+
+                def answered() -> bool:
+                    nonlocal answer
+                    if not select.select([s], [], [], 0)[0] and not s.pending():
+                        return False
+                    s.setblocking(False)
+                    try:
+                        answer += s.recv(65536)  # b"" if the server closed
+                        return True
+                    except (ssl.SSLWantReadError, BlockingIOError):
+                        return False  # only TLS housekeeping (session tickets)
+                    finally:
+                        s.settimeout(30)
+
+                while sent < 3 * OVERSIZED:
+                    if answered():
+                        break
+                    try:
+                        s.sendall((b"%x\r\n" % len(chunk) + chunk + b"\r\n") if chunked else chunk)
+                    except OSError:
+                        break  # the server closed the connection
+                    sent += len(chunk)
+                try:
+                    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                        data = s.recv(65536)
+                        if not data:
+                            break
+                        answer += data
+                except OSError:
+                    pass
+                return answer, sent
+
+    async def test_row7_oversized_body(self):
+        """Row 7: a body far beyond any legal transaction gets 413 M_TOO_LARGE with
+        ``Connection: close``: at once from its Content-Length, and as soon as the cap is
+        passed when streamed chunked (counted while reading, never buffered whole);
+        nothing is recorded."""
+        limit = self.service.config.max_request_body_size
+        for chunked in (False, True):
+            answer, sent = await deferToThread(self._raw_oversized, chunked)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer[:200])
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertIn(b"connection: close", head.lower())
+            self.assertEqual(json.loads(body)["errcode"], "M_TOO_LARGE")
+            if chunked:
+                self.assertLess(sent, limit + 12 * 1024 * 1024)  # kernel buffers in flight
+                self.assertGreater(sent, limit)
+            else:
+                self.assertLess(sent, 4 * 1024 * 1024)
+        await self.nothing_recorded("r7")
+
+    async def test_row8_unknown_endpoint_or_method(self):
+        """Row 8: unknown endpoints are 404 M_UNRECOGNIZED, a known one with the wrong
+        method 405 M_UNRECOGNIZED, signed or not."""
+        await self.assertError(await self.request("GET", FED + "/nonsense"), 404, "M_UNRECOGNIZED")
+        await self.assertError(await self.request("GET", "/_matrix/federation/v3/send/x", sign=False), 404, "M_UNRECOGNIZED")
+        await self.assertError(await self.request("GET", "/", sign=False), 404, "M_UNRECOGNIZED")
+        await self.assertError(await self.request("POST", FED + "/send/x", self.txn()), 405, "M_UNRECOGNIZED")
+        await self.assertError(await self.request("DELETE", FED + "/version", sign=False), 405, "M_UNRECOGNIZED")
+        await self.assertError(await self.request("PUT", "/_matrix/key/v2/server", {}, sign=False), 405, "M_UNRECOGNIZED")
+
+    # -- rows 9-13: transactions ------------------------------------------------------------
+
+    async def test_row9_too_many_pdus_or_edus(self):
+        """Row 9: more than 50 PDUs or 100 EDUs is 400 M_BAD_JSON and nothing of it is
+        stored."""
+        pdus = [self.peer.pdu(V10, ROOM, str(i)) for i in range(51)]
+        await self.assertError(await self.request("PUT", FED + "/send/r9a", self.txn(pdus)), 400, "M_BAD_JSON")
+        edus = [{"edu_type": "m.typing", "content": {}}] * 101
+        await self.assertError(await self.request("PUT", FED + "/send/r9b", self.txn([], edus)), 400, "M_BAD_JSON")
+        ids = [compute_event_id(p, V10) for p in pdus]
+        self.assertEqual(await self.service.store.have_events(ids), set())
+        await self.nothing_recorded("r9a")
+        await self.nothing_recorded("r9b")
+
+    async def test_row10_replayed_transaction(self):
+        """Row 10: a replayed transaction id gets the first response again, byte for byte,
+        and nothing in it is processed twice (a different PDU under the same id is not
+        stored)."""
+        first_pdu, second_pdu = self.peer.pdu(V10, ROOM, "one"), self.peer.pdu(V10, ROOM, "two")
+        code, body, raw = await self.request("PUT", FED + "/send/r10", self.txn([first_pdu]))
+        self.assertEqual((code, body), (200, {"pdus": {compute_event_id(first_pdu, V10): {}}}))
+        code2, _, raw2 = await self.request("PUT", FED + "/send/r10", self.txn([second_pdu]))
+        self.assertEqual((code2, raw2), (200, raw))
+        ids = [compute_event_id(p, V10) for p in (first_pdu, second_pdu)]
+        self.assertEqual(await self.service.store.have_events(ids), {ids[0]})
+
+    async def test_rows11_to_13_bad_pdus_in_a_good_transaction(self):
+        """Rows 11-13: a float, an integer beyond 2**53-1, a missing type or an unknown room
+        only affects that PDU; a PDU whose signature does not verify gets a per-PDU error;
+        one whose content hash does not match is kept redacted; the transaction is 200."""
+        good = self.peer.pdu(V10, ROOM, "good")
+        with_float = self.peer.pdu(V10, ROOM, "f")
+        with_float["content"]["x"] = 1.5
+        big = self.peer.pdu(V10, ROOM, "b")
+        big["content"]["x"] = 2**53
+        no_type = self.peer.pdu(V10, ROOM, "t")
+        del no_type["type"]
+        unknown_room = self.peer.pdu(V10, "!elsewhere:127.0.0.1")
+        forged = Peer(self.peer.name, "p1").pdu(V10, ROOM, "forged")
+        tampered = self.peer.pdu(V10, ROOM, "secret")
+        tampered["content"]["body"] = "changed"
+        pdus = [with_float, big, no_type, unknown_room, forged, tampered, good]
+        code, body, _ = await self.request("PUT", FED + "/send/r11", self.txn(pdus))
+        self.assertEqual(code, 200)
+        results = body["pdus"]
+        ids = {name: compute_event_id(p, V10) for name, p in
+               (("float", with_float), ("big", big), ("forged", forged), ("tampered", tampered), ("good", good),
+                ("unknown", unknown_room))}
+        for name in ("float", "big", "forged"):
+            self.assertIn("error", results[ids[name]], name)
+        self.assertNotIn(ids["unknown"], results)
+        self.assertEqual((results[ids["good"]], results[ids["tampered"]]), ({}, {}))
+        store = self.service.store
+        self.assertEqual(await store.have_events(ids.values()), {ids["good"], ids["tampered"]})
+        self.assertEqual((await store.get_event(ids["tampered"])).content, {})
+
+    async def test_error_paths_do_not_break_the_server(self):
+        """After all that, a well-formed transaction and /version still work and a
+        percent-encoded odd path answers JSON (never a 500)."""
+        await self.assertError(await self.request("GET", FED + "/send/" + quote("../../etc", safe="")), 405, "M_UNRECOGNIZED")
+        code, body, _ = await self.request("PUT", FED + "/send/%00%27%22", self.txn())
+        self.assertEqual((code, body), (200, {"pdus": {}}))
+        code, body, _ = await self.request("GET", FED + "/version", sign=False)
+        self.assertEqual(code, 200)
