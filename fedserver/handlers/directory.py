@@ -1,0 +1,304 @@
+"""Local room aliases and the published room directory (visibility and /publicRooms)."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Optional
+
+from twisted.logger import Logger
+
+from fedserver.auth.auth_state import AuthState
+from fedserver.auth.selection import POWER_LEVELS_KEY
+from fedserver.handlers.client_events import HISTORY_VISIBILITY_KEY, WORLD_READABLE, history_visibility
+from fedserver.http.errors import M_UNKNOWN, MatrixError, bad_json, forbidden, invalid_param, not_found
+
+log = Logger()
+
+#: Longest alias, in UTF-8 bytes (spec appendices: "Room aliases ... MUST NOT exceed 255
+#: bytes (including the # sigil and the domain)").
+MAX_ALIAS_BYTES = 255
+
+#: The most rooms one /publicRooms page holds.
+MAX_PUBLIC_ROOMS_PAGE = 500
+
+_PUBLIC_ROOM_TYPES = (
+    "m.room.name",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.create",
+)
+
+
+def split_alias(alias: Any) -> Optional[tuple[str, str]]:
+    """``(localpart, server_name)`` of a room alias, or ``None`` if it is not one
+    (appendices, "Room aliases": ``#localpart:domain``, at most 255 bytes; the localpart
+    holds no ``:`` or NUL)."""
+    if not isinstance(alias, str) or not alias.startswith("#") or ":" not in alias:
+        return None
+    try:
+        if len(alias.encode("utf-8")) > MAX_ALIAS_BYTES:
+            return None
+    except UnicodeEncodeError:
+        return None
+    localpart, _, server = alias[1:].partition(":")
+    if not localpart or not server or "\x00" in alias:
+        return None
+    return localpart, server
+
+
+def valid_new_localpart(localpart: Any) -> bool:
+    """Whether ``localpart`` may name a NEW alias here: non-empty, no ``:``, no NUL and no
+    whitespace (clients put aliases in URLs and mentions)."""
+    return (
+        isinstance(localpart, str)
+        and bool(localpart)
+        and ":" not in localpart
+        and "\x00" not in localpart
+        and not any(c.isspace() for c in localpart)
+    )
+
+
+async def current_power(store: Any, room_id: str, user_id: str) -> AuthState:
+    """An :class:`AuthState` over the room's current power levels and create event, to ask
+    ``user_level(user_id)`` and the levels required (creators are infinitely powerful
+    from room v12, as the auth rules say)."""
+    rv = await store.get_room_version(room_id)
+    state = await store.get_current_state_events(room_id, [POWER_LEVELS_KEY, ("m.room.create", "")])
+    create = state.get(("m.room.create", ""))
+    pl = state.get(POWER_LEVELS_KEY)
+    auth_events = {POWER_LEVELS_KEY: pl} if pl is not None else {}
+    return AuthState(rv, _Probe(user_id), auth_events, create)
+
+
+class _Probe:
+    """Stands in for an event in :func:`current_power` (only ``sender`` is read)."""
+
+    __slots__ = ("sender", "type", "state_key")
+
+    def __init__(self, sender: str):
+        self.sender = sender
+        self.type = ""
+        self.state_key = None
+
+
+class DirectoryHandler:
+    """Room aliases on this server and which rooms the public room list shows.
+
+    :param store: the store (``store.rooms`` for aliases, ``store.accounts`` to recognise
+        server admins if present).
+    :param server_name: ours: aliases ending in it are ours.
+    :param remote_query: ``remote_query(server_name, alias)`` returning (a Deferred or
+        coroutine of) ``{"room_id", "servers"}`` through the federation
+        ``/query/directory``; ``None``: aliases of other servers are not found.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        server_name: str,
+        *,
+        remote_query: Optional[Callable[[str, str], Awaitable[dict[str, Any]]]] = None,
+    ) -> None:
+        self._store = store
+        self.server_name = server_name
+        self.remote_query = remote_query
+
+    def is_mine(self, alias: str) -> bool:
+        parts = split_alias(alias)
+        return parts is not None and parts[1] == self.server_name
+
+    async def _is_admin(self, user_id: str) -> bool:
+        accounts = getattr(self._store, "accounts", None)
+        if accounts is None:
+            return False
+        user = await accounts.get_user(user_id)
+        return bool(user is not None and user.admin)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    async def create_alias(self, user_id: Optional[str], room_alias: str, room_id: str) -> None:
+        """``PUT /directory/room/{roomAlias}``: map one of our aliases to a room we know.
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` for an invalid alias or one of
+            another server; 404 ``M_NOT_FOUND`` for an unknown room; 409 ``M_UNKNOWN`` if
+            the alias exists.
+        """
+        parts = split_alias(room_alias)
+        if parts is None or not valid_new_localpart(parts[0]):
+            raise invalid_param("room_alias", "Room alias invalid")
+        if parts[1] != self.server_name:
+            raise invalid_param("room_alias", "Room alias must be on this server")
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise bad_json("room_id must be a room ID")
+        if await self._store.get_room(room_id) is None:
+            raise not_found("Unknown room")
+        if not await self._store.rooms.create_alias(room_alias, room_id, user_id):
+            raise MatrixError(409, M_UNKNOWN, f"Room alias {room_alias} already exists.")
+
+    async def resolve_alias(self, room_alias: str) -> dict[str, Any]:
+        """``GET /directory/room/{roomAlias}``: ``{"room_id", "servers"}``; the servers
+        are those joined to the room, ours first.
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM``, 404 ``M_NOT_FOUND``.
+        """
+        parts = split_alias(room_alias)
+        if parts is None:
+            raise invalid_param("room_alias", "Room alias invalid")
+        if parts[1] != self.server_name:
+            if self.remote_query is None:
+                raise not_found(f"Room alias {room_alias} not found.")
+            return await self.remote_query(parts[1], room_alias)
+        info = await self._store.rooms.get_alias(room_alias)
+        if info is None:
+            raise not_found(f"Room alias {room_alias} not found.")
+        hosts = await self._store.get_joined_hosts(info.room_id)
+        servers = [self.server_name] + sorted(h for h in hosts if h != self.server_name)
+        return {"room_id": info.room_id, "servers": servers}
+
+    async def delete_alias(self, user_id: str, room_alias: str) -> None:
+        """``DELETE /directory/room/{roomAlias}``: by its creator, a server admin, or a
+        member with the power to set the room's ``m.room.canonical_alias`` (the spec lets
+        servers choose these checks).
+
+        :raises MatrixError: 404 ``M_NOT_FOUND``; 403 ``M_FORBIDDEN``.
+        """
+        parts = split_alias(room_alias)
+        if parts is None:
+            raise invalid_param("room_alias", "Room alias invalid")
+        info = await self._store.rooms.get_alias(room_alias) if parts[1] == self.server_name else None
+        if info is None:
+            raise not_found(f"Room alias {room_alias} not found.")
+        if info.creator != user_id and not await self._is_admin(user_id):
+            power = await current_power(self._store, info.room_id, user_id)
+            needed = power.power_levels.required_level("m.room.canonical_alias", True)
+            membership = await self._store.rooms.get_membership(info.room_id, user_id)
+            if membership is None or membership.membership != "join" or power.user_level(user_id) < needed:
+                raise forbidden("You may not delete this alias")
+        await self._store.rooms.delete_alias(room_alias)
+
+    async def room_aliases(self, user_id: str, room_id: str) -> list[str]:
+        """``GET /rooms/{roomId}/aliases``: for members, or anyone if the room is
+        world-readable.
+
+        :raises MatrixError: 403 ``M_FORBIDDEN``.
+        """
+        membership = await self._store.rooms.get_membership(room_id, user_id)
+        if membership is None or membership.membership != "join":
+            hv = await self._store.get_current_state_events(room_id, [HISTORY_VISIBILITY_KEY])
+            if history_visibility(hv.get(HISTORY_VISIBILITY_KEY)) != WORLD_READABLE:
+                raise forbidden("You are not a member of the room.")
+        return await self._store.rooms.get_aliases_for_room(room_id)
+
+    # -- the published room directory -------------------------------------------------------
+
+    async def get_visibility(self, room_id: str) -> str:
+        """``GET /directory/list/room/{roomId}``: ``public`` or ``private``.
+
+        :raises MatrixError: 404 ``M_NOT_FOUND`` for an unknown room.
+        """
+        info = await self._store.get_room(room_id)
+        if info is None:
+            raise not_found("Unknown room")
+        return "public" if info.is_public else "private"
+
+    async def set_visibility(self, user_id: Optional[str], room_id: str, visibility: Any) -> None:
+        """``PUT /directory/list/room/{roomId}``: by a server admin or a joined member
+        with the power to send ``m.room.canonical_alias`` (``user_id`` ``None``: the
+        server itself, e.g. ``createRoom``).
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM``; 404 ``M_NOT_FOUND``; 403.
+        """
+        if visibility not in ("public", "private"):
+            raise invalid_param("visibility", "visibility must be 'public' or 'private'")
+        if await self._store.get_room(room_id) is None:
+            raise not_found("Unknown room")
+        if user_id is not None and not await self._is_admin(user_id):
+            membership = await self._store.rooms.get_membership(room_id, user_id)
+            power = await current_power(self._store, room_id, user_id)
+            needed = power.power_levels.required_level("m.room.canonical_alias", True)
+            if membership is None or membership.membership != "join" or power.user_level(user_id) < needed:
+                raise forbidden("You may not change this room's visibility in the directory")
+        await self._store.set_room_public(room_id, visibility == "public")
+
+    async def public_rooms(
+        self,
+        *,
+        limit: Optional[int] = None,
+        since: Optional[str] = None,
+        search_term: Optional[str] = None,
+        server: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """``GET``/``POST /publicRooms`` for this server's list.
+
+        Rooms are ordered by joined members (most first), then room id; ``since`` is an
+        opaque offset token (``next_batch`` / ``prev_batch``).
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` for a bad token; 404 for another
+            server's list (not asked over federation yet).
+        """
+        if server is not None and server != self.server_name:
+            raise not_found("Listing other servers' public rooms is not supported yet")
+        offset = 0
+        if since is not None:
+            if not (isinstance(since, str) and since[:1] == "o" and since[1:].isdigit() and len(since) < 12):
+                raise invalid_param("since", "Invalid pagination token")
+            offset = int(since[1:])
+        if limit is None or limit <= 0:
+            limit = MAX_PUBLIC_ROOMS_PAGE
+        limit = min(limit, MAX_PUBLIC_ROOMS_PAGE)
+        room_ids = await self._store.get_public_room_ids()
+        states = await self._store.rooms.get_current_state_for_rooms(room_ids, _PUBLIC_ROOM_TYPES)
+        members = await self._store.rooms.get_room_members_summary(room_ids, heroes=0)
+        chunks = []
+        for room_id in room_ids:
+            chunk = _public_chunk(room_id, states.get(room_id, {}), members[room_id].joined)
+            if search_term and not _matches(chunk, search_term):
+                continue
+            chunks.append(chunk)
+        chunks.sort(key=lambda c: (-c["num_joined_members"], c["room_id"]))
+        page = chunks[offset : offset + limit]
+        out: dict[str, Any] = {"chunk": page, "total_room_count_estimate": len(chunks)}
+        if offset + limit < len(chunks):
+            out["next_batch"] = f"o{offset + limit}"
+        if offset > 0:
+            out["prev_batch"] = f"o{max(0, offset - limit)}"
+        return out
+
+
+def _public_chunk(room_id: str, state: dict[str, Any], joined: int) -> dict[str, Any]:
+    """One ``PublishedRoomsChunk`` (spec ``public_rooms_chunk.yaml``)."""
+
+    def text(event_type: str, key: str) -> Optional[str]:
+        ev = state.get(event_type)
+        value = ev.content.get(key) if ev is not None else None
+        return value if isinstance(value, str) and value else None
+
+    join_rule = text("m.room.join_rules", "join_rule")
+    chunk: dict[str, Any] = {
+        "room_id": room_id,
+        "num_joined_members": joined,
+        "world_readable": history_visibility(state.get("m.room.history_visibility")) == WORLD_READABLE,
+        "guest_can_join": text("m.room.guest_access", "guest_access") == "can_join",
+        "join_rule": join_rule or "invite",
+    }
+    for key, (event_type, field) in {
+        "name": ("m.room.name", "name"),
+        "topic": ("m.room.topic", "topic"),
+        "canonical_alias": ("m.room.canonical_alias", "alias"),
+        "avatar_url": ("m.room.avatar", "url"),
+        "room_type": ("m.room.create", "type"),
+    }.items():
+        value = text(event_type, field)
+        if value is not None:
+            chunk[key] = value
+    return chunk
+
+
+def _matches(chunk: dict[str, Any], term: str) -> bool:
+    needle = term.casefold()
+    return any(
+        isinstance(chunk.get(k), str) and needle in chunk[k].casefold() for k in ("name", "topic", "canonical_alias")
+    )

@@ -1,0 +1,508 @@
+"""Membership changes for our users: join, leave, invite, kick, ban, unban, knock, forget."""
+
+# Each operation first asks whether the room is here: we know its state and one of our
+# users is joined to it (or nobody is: a local room everyone left). Then the membership
+# event is made on the current state and the auth rules decide; a refusal is 403
+# M_FORBIDDEN with the rule's reason. When the room is not here (or, for an invite, the
+# target is on another server) the handshake goes through `remote`, a
+# fedserver.handlers.remote_membership.RemoteMembership; without one the client gets a
+# clear error.
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from twisted.logger import Logger
+
+from fedserver.events.builder import build_event
+from fedserver.events.model import Event
+from fedserver.events.validation import EventTooLarge, InvalidEvent
+from fedserver.handlers.client_events import STRIPPED_STATE_TYPES, stripped_state
+from fedserver.handlers.directory import current_power, split_alias
+from fedserver.handlers.pipeline import ACCEPTED, REJECTED, Outcome
+from fedserver.http.errors import (
+    M_UNKNOWN,
+    MatrixError,
+    bad_json,
+    forbidden,
+    invalid_param,
+    not_found,
+    too_large,
+    unknown,
+)
+from fedserver.room_versions import RoomVersion
+
+log = Logger()
+
+#: Longest ``reason`` kept in a membership event, in characters.
+MAX_REASON_LENGTH = 2048
+
+#: Rooms whose version we remember (it never changes).
+_VERSION_CACHE_SIZE = 10_000
+
+
+def domain_of(user_id: str) -> Optional[str]:
+    """The server name of a user or room id (after the first ``:``), or ``None``."""
+    _, sep, domain = user_id.partition(":")
+    return domain if sep and domain else None
+
+
+def valid_user_id(user_id: Any) -> bool:
+    """Whether ``user_id`` looks like ``@localpart:server`` (at most 255 bytes)."""
+    if not isinstance(user_id, str) or not user_id.startswith("@") or ":" not in user_id:
+        return False
+    try:
+        if len(user_id.encode("utf-8")) > 255:
+            return False
+    except UnicodeEncodeError:
+        return False
+    localpart, _, server = user_id[1:].partition(":")
+    return bool(localpart) and bool(server) and "\x00" not in user_id
+
+
+def check_reason(reason: Any) -> Optional[str]:
+    """A client's ``reason``: a string (trimmed to :data:`MAX_REASON_LENGTH`) or absent.
+
+    :raises MatrixError: 400 ``M_BAD_JSON`` if it is not a string.
+    """
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise bad_json("reason must be a string")
+    return reason[:MAX_REASON_LENGTH]
+
+
+def check_outcome(event: Event, outcome: Outcome) -> Event:
+    """Turn the pipeline's verdict on a local event into the client's answer.
+
+    :raises MatrixError: 403 ``M_FORBIDDEN`` with the auth rule's reason if rejected;
+        500 if it could not be taken in at all.
+    """
+    if outcome.status == ACCEPTED:
+        return event
+    if outcome.status == REJECTED:
+        reason = outcome.refusal.reason if outcome.refusal is not None else "refused by the auth rules"
+        raise forbidden(reason)
+    log.error("Local event {event_id} was not taken in: {status}", event_id=event.event_id, status=outcome.status)
+    raise unknown("The event could not be taken into the room")
+
+
+class RoomEvents:
+    """Sends local events into rooms here, turning build errors and refusals into client
+    errors; shared by the membership and room handlers.
+
+    :param store: the store.
+    :param creator: the :class:`~fedserver.handlers.creator.EventCreator`.
+    :param pipeline: the :class:`~fedserver.handlers.pipeline.RoomPipeline`.
+    :param server_name: ours.
+    :param signing_key: ours (to sign the ``m.room.create`` events of new rooms).
+    """
+
+    def __init__(self, store: Any, creator: Any, pipeline: Any, server_name: str, signing_key: Any) -> None:
+        self.store = store
+        self.creator = creator
+        self.pipeline = pipeline
+        self.server_name = server_name
+        self._signing_key = signing_key
+        self._versions: dict[str, RoomVersion] = {}
+        self._last_create_ts = 0
+
+    def is_mine(self, user_id: str) -> bool:
+        return domain_of(user_id) == self.server_name
+
+    async def room_version(self, room_id: str) -> Optional[RoomVersion]:
+        """The room's version, or ``None`` if we do not know the room."""
+        rv = self._versions.get(room_id)
+        if rv is None:
+            if not isinstance(room_id, str) or not room_id.startswith("!"):
+                return None
+            rv = await self.store.get_room_version(room_id)
+            if rv is not None:
+                if len(self._versions) >= _VERSION_CACHE_SIZE:
+                    self._versions.clear()
+                self._versions[room_id] = rv
+        return rv
+
+    async def is_here(self, room_id: str) -> bool:
+        """Whether local events can be made in the room: we hold its state and one of our
+        users is joined (or no server is: a local room everyone left)."""
+        if await self.room_version(room_id) is None:
+            return False
+        state = await self.pipeline.current_state(room_id)
+        if not state:
+            return False
+        hosts = await self.store.get_joined_hosts(room_id)
+        return not hosts or self.server_name in hosts
+
+    async def send(
+        self,
+        room_id: str,
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: Optional[str] = None,
+        redacts: Optional[str] = None,
+    ) -> Event:
+        """Make an event on the room's current state and take it in.
+
+        :returns: the accepted event (stored).
+        :raises MatrixError: 404 for an unknown room; 403 ``M_FORBIDDEN`` (auth rules);
+            413 ``M_TOO_LARGE``; 400 ``M_BAD_JSON`` for an event that cannot be built.
+        """
+        rv = await self.room_version(room_id)
+        if rv is None:
+            raise not_found("Unknown room")
+        try:
+            event, outcome = await self.creator.send(
+                room_id, rv, type=type, sender=sender, content=content, state_key=state_key, redacts=redacts
+            )
+        except EventTooLarge as e:
+            raise too_large(f"Event too large: {e}") from None
+        except InvalidEvent as e:
+            raise bad_json(f"Invalid event: {e}") from None
+        return check_outcome(event, outcome)
+
+    async def create_room(self, rv: RoomVersion, sender: str, content: Mapping[str, Any]) -> Event:
+        """Make and take in the ``m.room.create`` event of a new room.
+
+        From room v12 the room id is the create event's hash, so two rooms created with
+        the same content by the same user in the same millisecond would be ONE room: each
+        new room gets a timestamp after the last one made here, and a create event that
+        turns out to exist already (made by an earlier run) is made again one millisecond
+        later.
+
+        :returns: the create event (its ``room_id`` is the new room's).
+        :raises MatrixError: 413 ``M_TOO_LARGE``; 400 ``M_INVALID_ROOM_STATE`` if the
+            event is invalid or the auth rules refuse it.
+        """
+        for _ in range(10):
+            ts = max(self.creator.now_ms(), self._last_create_ts + 1)
+            self._last_create_ts = ts
+            room_id = None if rv.room_id_from_create_event else f"!{secrets.token_urlsafe(18)}:{self.server_name}"
+            try:
+                event = build_event(
+                    rv, room_id=room_id, type="m.room.create", sender=sender, content=content, state_key="",
+                    prev_event_ids=[], auth_event_ids=[], depth=1, origin_server_ts=ts,
+                    server_name=self.server_name, signing_key=self._signing_key,
+                )
+            except EventTooLarge as e:
+                raise too_large(f"Event too large: {e}") from None
+            except InvalidEvent as e:
+                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"Invalid m.room.create event: {e}") from None
+            event, outcome = await self.pipeline.create_local(event.room_id, lambda state, ext, ev=event: ev)
+            if outcome.duplicate:
+                continue
+            try:
+                return check_outcome(event, outcome)
+            except MatrixError as e:
+                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"m.room.create refused: {e.error}") from None
+        raise unknown("Could not make a new room id")
+
+    async def stripped_room_state(self, room_id: str, extra: Iterable[Event] = ()) -> list[dict[str, Any]]:
+        """The room's stripped state (spec "Stripped state"), plus ``extra`` events."""
+        state = await self.store.get_current_state_events(room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
+        out = [stripped_state(e) for _, e in sorted(state.items())]
+        out.extend(stripped_state(e) for e in extra)
+        return out
+
+
+class MembershipHandler:
+    """Membership operations of our users (client-server API "Room membership").
+
+    :param events: the shared :class:`RoomEvents`.
+    :param directory: the :class:`~fedserver.handlers.directory.DirectoryHandler` (to join
+        by alias).
+    :param remote: a :class:`~fedserver.handlers.remote_membership.RemoteMembership` for
+        rooms that are not here and users of other servers; ``None``: such requests get
+        404 (join, knock, leave) or 400 (invite).
+    :param notifier: told about forgotten rooms (optional).
+    """
+
+    def __init__(self, events: RoomEvents, directory: Any = None, *, remote: Any = None, notifier: Any = None) -> None:
+        self.events = events
+        self.store = events.store
+        self.server_name = events.server_name
+        self.directory = directory
+        self.remote = remote
+        self.notifier = notifier
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _profile(self, user_id: str) -> dict[str, str]:
+        """``displayname`` / ``avatar_url`` of a local user for member events."""
+        accounts = getattr(self.store, "accounts", None)
+        if accounts is None or not self.events.is_mine(user_id):
+            return {}
+        profile = await accounts.get_profile(user_id) or {}
+        return {k: v for k, v in profile.items() if k in ("displayname", "avatar_url") and isinstance(v, str)}
+
+    async def resolve_room(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        """A room id, or an alias resolved through the directory: ``(room_id, servers)``.
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM``; 404 for an unknown alias.
+        """
+        if isinstance(room_id_or_alias, str) and room_id_or_alias.startswith("!") and len(room_id_or_alias) > 1:
+            return room_id_or_alias, []
+        if split_alias(room_id_or_alias) is not None:
+            if self.directory is None:
+                raise not_found("Room alias not found")
+            found = await self.directory.resolve_alias(room_id_or_alias)
+            return found["room_id"], list(found.get("servers") or [])
+        raise invalid_param("roomIdOrAlias", f"{room_id_or_alias!r} is not a room ID or alias")
+
+    async def _member(self, room_id: str, target: str, sender: str, membership: str, extra: Mapping[str, Any]) -> Event:
+        content = {k: v for k, v in extra.items() if v is not None}
+        content["membership"] = membership
+        return await self.events.send(room_id, type="m.room.member", sender=sender, content=content, state_key=target)
+
+    def _candidates(self, room_id: str, hints: Sequence[str]) -> list[str]:
+        out = []
+        for s in list(hints) + [domain_of(room_id) or ""]:
+            if s and s != self.server_name and s not in out:
+                out.append(s)
+        return out
+
+    # -- join -------------------------------------------------------------------------------
+
+    async def join(
+        self,
+        user_id: str,
+        room_id_or_alias: str,
+        *,
+        server_names: Sequence[str] = (),
+        reason: Optional[str] = None,
+    ) -> str:
+        """``POST /join/{roomIdOrAlias}`` and ``/rooms/{roomId}/join``.
+
+        :param server_names: ``via`` / ``server_name`` hints, kept for joins over
+            federation.
+        :returns: the room id.
+        :raises MatrixError: 403 (the auth rules refuse: banned, invite-only...), 404 (a
+            room that is not here and no remote path).
+        """
+        room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        reason = check_reason(reason)
+        hints = list(server_names) + [s for s in alias_servers if s not in server_names]
+        if not await self.events.is_here(room_id):
+            return await self._remote_join(user_id, room_id, hints, reason)
+        current = await self.store.rooms.get_membership(room_id, user_id)
+        if current is not None and current.membership == "join":
+            return room_id  # already joined: nothing to change
+        content: dict[str, Any] = dict(await self._profile(user_id))
+        if reason:
+            content["reason"] = reason
+        authoriser = await self._restricted_authoriser(room_id, user_id, current)
+        if authoriser is not None:
+            content["join_authorised_via_users_server"] = authoriser
+        await self._member(room_id, user_id, user_id, "join", content)
+        return room_id
+
+    async def _remote_join(self, user_id: str, room_id: str, hints: Sequence[str], reason: Optional[str]) -> str:
+        candidates = self._candidates(room_id, hints)
+        if self.remote is None or not candidates:
+            raise not_found("This server is not in the room and knows no server to join it through")
+        content: dict[str, Any] = dict(await self._profile(user_id))
+        if reason:
+            content["reason"] = reason
+        await self.remote.join(user_id, room_id, candidates, content)
+        return room_id
+
+    async def _restricted_authoriser(self, room_id: str, user_id: str, current: Any) -> Optional[str]:
+        """For a restricted join rule (rooms v8+; auth rule "If the join_rule is
+        restricted": 5.2), one of our joined users who may invite, once the joining user is
+        known to be in a room the rule allows. ``None`` when not needed."""
+        rv = await self.events.room_version(room_id)
+        if rv is None or not rv.restricted_joins:
+            return None
+        if current is not None and current.membership in ("join", "invite"):
+            return None  # rule 5.1
+        state = await self.store.get_current_state_events(room_id, [("m.room.join_rules", "")])
+        jr = state.get(("m.room.join_rules", ""))
+        rule = jr.content.get("join_rule") if jr is not None else None
+        if rule not in ("restricted", "knock_restricted"):
+            return None
+        allowed = False
+        allow = jr.content.get("allow")
+        for entry in allow if isinstance(allow, list) else []:
+            if isinstance(entry, dict) and entry.get("type") == "m.room_membership" and isinstance(entry.get("room_id"), str):
+                other = await self.store.rooms.get_membership(entry["room_id"], user_id)
+                if other is not None and other.membership == "join":
+                    allowed = True
+                    break
+        if not allowed:
+            if rule == "knock_restricted":
+                return None  # the auth rules decide (an invited or knocking user...)
+            raise forbidden("You are not a member of any room the join rules allow")
+        power = await current_power(self.store, room_id, user_id)
+        needed = power.power_levels.invite
+        best: Optional[tuple[float, str]] = None
+        for member in await self.store.get_room_members(room_id, "join"):
+            if domain_of(member) != self.server_name:
+                continue
+            level = power.user_level(member)
+            if level >= needed and (best is None or (-level, member) < best):
+                best = (-level, member)
+        if best is None:
+            raise MatrixError(400, "M_UNABLE_TO_GRANT_JOIN", "No user of this server may invite to the room")
+        return best[1]
+
+    # -- leave ------------------------------------------------------------------------------
+
+    async def leave(self, user_id: str, room_id: str, *, reason: Optional[str] = None) -> None:
+        """``POST /rooms/{roomId}/leave``: leave, reject an invite, or withdraw a knock.
+
+        :raises MatrixError: 403 (e.g. banned), 404 (unknown room).
+        """
+        reason = check_reason(reason)
+        if not await self.events.is_here(room_id):
+            if self.remote is None:
+                raise not_found("This server is not in the room")
+            await self.remote.leave(user_id, room_id, self._candidates(room_id, []), reason)
+            return
+        current = await self.store.rooms.get_membership(room_id, user_id)
+        if current is None or current.membership == "leave":
+            return  # nothing to leave
+        await self._member(room_id, user_id, user_id, "leave", {"reason": reason})
+
+    # -- invite, kick, ban, unban -----------------------------------------------------------
+
+    async def invite(
+        self, sender: str, room_id: str, target: Any, *, reason: Optional[str] = None, is_direct: bool = False
+    ) -> None:
+        """``POST /rooms/{roomId}/invite`` (and invites of ``createRoom``).
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` (bad user id), 404 (unknown room or
+            local user), 403 (the auth rules refuse), 400 ``M_UNKNOWN`` for a user of
+            another server without a remote path.
+        """
+        if not valid_user_id(target):
+            raise invalid_param("user_id", "Invalid user ID")
+        reason = check_reason(reason)
+        if not await self.events.is_here(room_id):
+            raise not_found("This server is not in the room")
+        content: dict[str, Any] = {}
+        if reason:
+            content["reason"] = reason
+        if is_direct:
+            content["is_direct"] = True
+        if self.events.is_mine(target):
+            accounts = getattr(self.store, "accounts", None)
+            if accounts is not None and await accounts.get_user(target) is None:
+                raise not_found("Unknown user")
+            content.update(await self._profile(target))
+            await self._member(room_id, target, sender, "invite", content)
+            return
+        if self.remote is None:
+            raise MatrixError(400, M_UNKNOWN, "Inviting users of other servers is not supported yet")
+        rv = await self.events.room_version(room_id)
+        await self.remote.invite(
+            room_id,
+            rv,
+            sender=sender,
+            target=target,
+            prepare=self.events.creator.prepare,
+            invite_room_state=await self.events.stripped_room_state(room_id),
+            content=content,
+        )
+
+    async def kick(self, sender: str, room_id: str, target: Any, *, reason: Optional[str] = None) -> None:
+        """``POST /rooms/{roomId}/kick``: the target must be joined, invited or knocking.
+
+        :raises MatrixError: 403 (not in the room, or the auth rules refuse).
+        """
+        await self._moderate(sender, room_id, target, "leave", reason, ("join", "invite", "knock"), "User is not in the room")
+
+    async def ban(self, sender: str, room_id: str, target: Any, *, reason: Optional[str] = None) -> None:
+        """``POST /rooms/{roomId}/ban`` (any target; the auth rules decide)."""
+        await self._moderate(sender, room_id, target, "ban", reason, None, "")
+
+    async def unban(self, sender: str, room_id: str, target: Any, *, reason: Optional[str] = None) -> None:
+        """``POST /rooms/{roomId}/unban``: the target must be banned."""
+        await self._moderate(sender, room_id, target, "leave", reason, ("ban",), "User is not banned")
+
+    async def _moderate(
+        self,
+        sender: str,
+        room_id: str,
+        target: Any,
+        membership: str,
+        reason: Any,
+        required: Optional[tuple[str, ...]],
+        refusal: str,
+    ) -> None:
+        if not valid_user_id(target):
+            raise invalid_param("user_id", "Invalid user ID")
+        reason = check_reason(reason)
+        if not await self.events.is_here(room_id):
+            raise not_found("This server is not in the room")
+        if required is not None:
+            current = await self.store.rooms.get_membership(room_id, target)
+            if current is None or current.membership not in required:
+                raise forbidden(refusal)
+        await self._member(room_id, target, sender, membership, {"reason": reason})
+
+    # -- knock and forget -------------------------------------------------------------------
+
+    async def knock(
+        self, user_id: str, room_id_or_alias: str, *, server_names: Sequence[str] = (), reason: Optional[str] = None
+    ) -> str:
+        """``POST /knock/{roomIdOrAlias}`` (rooms v7+ with a knock join rule).
+
+        :returns: the room id.
+        :raises MatrixError: 403 (the auth rules refuse), 404.
+        """
+        room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        reason = check_reason(reason)
+        if not await self.events.is_here(room_id):
+            candidates = self._candidates(room_id, list(server_names) + alias_servers)
+            if self.remote is None or not candidates:
+                raise not_found("This server is not in the room and knows no server to knock through")
+            await self.remote.knock(user_id, room_id, candidates, reason)
+            return room_id
+        content: dict[str, Any] = dict(await self._profile(user_id))
+        if reason:
+            content["reason"] = reason
+        await self._member(room_id, user_id, user_id, "knock", content)
+        return room_id
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        """``POST /rooms/{roomId}/forget``: the room leaves the user's /sync (until they
+        have a new membership in it).
+
+        :raises MatrixError: 400 ``M_UNKNOWN`` while the user is joined, invited or
+            knocking (spec: "they must leave before calling this API").
+        """
+        current = await self.store.rooms.get_membership(room_id, user_id)
+        if current is None:
+            return
+        if current.membership in ("join", "invite", "knock"):
+            raise MatrixError(400, M_UNKNOWN, "You must leave the room before forgetting it")
+        await self.store.rooms.forget_room(user_id, room_id, current.event_nid)
+        if self.notifier is not None:
+            self.notifier.notify_user(user_id)
+
+    # -- profile changes --------------------------------------------------------------------
+
+    async def refresh_profile(self, user_id: str) -> int:
+        """Send a new join event carrying the user's current display name and avatar into
+        every room here the user is joined to (after a profile change).
+
+        :returns: how many rooms were updated (refusals are logged and skipped).
+        """
+        profile = await self._profile(user_id)
+        count = 0
+        for m in await self.store.rooms.get_memberships_for_user(user_id):
+            if m.membership != "join" or not await self.events.is_here(m.room_id):
+                continue
+            event = await self.store.get_event(m.event_id)
+            content = {k: v for k, v in (event.content if event else {}).items() if k not in ("displayname", "avatar_url")}
+            content.update(profile)
+            content["membership"] = "join"
+            try:
+                await self.events.send(m.room_id, type="m.room.member", sender=user_id, content=content, state_key=user_id)
+                count += 1
+            except MatrixError as e:
+                log.info("Profile update of {user} in {room} refused: {e}", user=user_id, room=m.room_id, e=e)
+        return count

@@ -1,0 +1,827 @@
+"""Local rooms for clients: createRoom, sending and reading events and state, redaction, /messages, members."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from fedserver.events.model import Event
+from fedserver.handlers.client_events import (
+    HISTORY_VISIBILITY_KEY,
+    WORLD_READABLE,
+    ClientEventSource,
+    history_visibility,
+    transaction_scope,
+)
+from fedserver.handlers.directory import DirectoryHandler, current_power, split_alias, valid_new_localpart
+from fedserver.handlers.membership import MembershipHandler, RoomEvents, check_reason, domain_of, valid_user_id
+from fedserver.http.errors import (
+    M_UNKNOWN,
+    MatrixError,
+    bad_json,
+    forbidden,
+    invalid_param,
+    not_found,
+    unsupported_room_version,
+)
+from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry, UnknownRoomVersion
+from fedserver.storage.rooms_store import POS_MAX, TopoPos
+
+log = Logger()
+
+M_ROOM_IN_USE = "M_ROOM_IN_USE"
+M_INVALID_ROOM_STATE = "M_INVALID_ROOM_STATE"
+M_BAD_ALIAS = "M_BAD_ALIAS"
+
+#: ``join_rules``, ``history_visibility`` and ``guest_access`` of each preset (spec
+#: ``POST /createRoom``, the presets table).
+PRESETS: dict[str, dict[str, str]] = {
+    "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
+    "trusted_private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
+    "public_chat": {"join_rule": "public", "history_visibility": "shared", "guest_access": "forbidden"},
+}
+
+#: Longest event type or state key, in UTF-8 bytes (spec: 255 bytes).
+MAX_ID_BYTES = 255
+#: Longest client transaction id accepted.
+MAX_TXN_ID_BYTES = 255
+#: /messages default and largest page.
+DEFAULT_MESSAGES_LIMIT = 10
+MAX_MESSAGES_LIMIT = 1000
+#: Pages of raw events /messages reads at most to fill one page of visible events.
+MAX_PAGINATION_ROUNDS = 5
+#: Most users createRoom invites.
+MAX_CREATE_INVITES = 100
+#: Most initial_state entries createRoom takes.
+MAX_INITIAL_STATE = 100
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def topo_token(pos: TopoPos) -> str:
+    """A /messages pagination token for a boundary ``(depth, nid)``."""
+    return f"t{pos[0]}_{pos[1]}"
+
+
+def parse_topo_token(token: str) -> Optional[TopoPos]:
+    """``(depth, nid)`` of a ``t`` token, or ``None`` if it is not one."""
+    if not isinstance(token, str) or not token.startswith("t") or len(token) > 50:
+        return None
+    d, sep, n = token[1:].partition("_")
+    if not sep or not (d.isascii() and d.isdigit() and n.isascii() and n.lstrip("-").isdigit()):
+        return None
+    return int(d), int(n)
+
+
+def parse_stream_token(token: str) -> Optional[tuple[int, int]]:
+    """``(event nid, account data position)`` of a /sync ``next_batch`` token
+    (``s<nid>_<account data>``), or ``None`` if it is not one."""
+    if not isinstance(token, str) or not token.startswith("s") or len(token) > 50:
+        return None
+    a, sep, b = token[1:].partition("_")
+    if not (a.isascii() and a.isdigit()):
+        return None
+    if not sep:
+        return int(a), 0
+    if not (b.isascii() and b.isdigit()):
+        return None
+    return int(a), int(b)
+
+
+def stream_token(nid: int, account_data: int) -> str:
+    """A /sync ``next_batch`` token."""
+    return f"s{nid}_{account_data}"
+
+
+def _check_id(value: Any, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise invalid_param(what, f"{what} must be a non-empty string")
+    try:
+        if len(value.encode("utf-8")) > MAX_ID_BYTES:
+            raise invalid_param(what, f"{what} is longer than {MAX_ID_BYTES} bytes")
+    except UnicodeEncodeError:
+        raise invalid_param(what, f"{what} is not valid Unicode") from None
+    return value
+
+
+# -- event filters ------------------------------------------------------------------------------
+
+
+def _matches_pattern(value: str, patterns: Iterable[str]) -> bool:
+    """Spec filters: a ``*`` matches any run of characters."""
+    for p in patterns:
+        if p == value:
+            return True
+        if "*" in p:
+            if fnmatch.fnmatchcase(value, p.replace("[", "[[]").replace("?", "[?]")):
+                return True
+    return False
+
+
+class EventFilter:
+    """A ``RoomEventFilter`` / ``EventFilter`` (spec "Filtering"): ``types``,
+    ``not_types``, ``senders``, ``not_senders``, ``rooms``, ``not_rooms``, ``limit``,
+    ``contains_url``. Unknown keys are ignored; malformed values are refused.
+
+    :raises MatrixError: 400 ``M_INVALID_PARAM`` for a malformed filter.
+    """
+
+    __slots__ = ("types", "not_types", "senders", "not_senders", "rooms", "not_rooms", "limit", "contains_url", "lazy_load_members")
+
+    def __init__(self, spec: Optional[Mapping[str, Any]] = None):
+        spec = spec or {}
+        if not isinstance(spec, Mapping):
+            raise invalid_param("filter", "A filter must be a JSON object")
+        for key in ("types", "not_types", "senders", "not_senders", "rooms", "not_rooms"):
+            value = spec.get(key)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                raise invalid_param("filter", f"filter {key} must be a list of strings")
+            setattr(self, key, value)
+        limit = spec.get("limit")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise invalid_param("filter", "filter limit must be a non-negative integer")
+        self.limit = limit
+        contains_url = spec.get("contains_url")
+        self.contains_url = contains_url if isinstance(contains_url, bool) else None
+        self.lazy_load_members = spec.get("lazy_load_members") is True
+
+    def allows_room(self, room_id: str) -> bool:
+        if self.not_rooms is not None and room_id in self.not_rooms:
+            return False
+        return self.rooms is None or room_id in self.rooms
+
+    def allows_type(self, event_type: str) -> bool:
+        if self.not_types is not None and _matches_pattern(event_type, self.not_types):
+            return False
+        return self.types is None or _matches_pattern(event_type, self.types)
+
+    def allows(self, event: Event) -> bool:
+        """Whether the filter lets ``event`` through."""
+        if not self.allows_type(event.type):
+            return False
+        if self.not_senders is not None and event.sender in self.not_senders:
+            return False
+        if self.senders is not None and event.sender not in self.senders:
+            return False
+        if event.room_id is not None and not self.allows_room(event.room_id):
+            return False
+        if self.contains_url is not None and self.contains_url != isinstance(event.content.get("url"), str):
+            return False
+        return True
+
+
+# -- the handler --------------------------------------------------------------------------------
+
+
+class RoomsHandler:
+    """Rooms for clients (client-server API "Rooms", "Room events", "Room membership").
+
+    :param events: the shared :class:`~fedserver.handlers.membership.RoomEvents`.
+    :param membership: the :class:`~fedserver.handlers.membership.MembershipHandler`.
+    :param directory: the :class:`~fedserver.handlers.directory.DirectoryHandler`.
+    :param source: the :class:`~fedserver.handlers.client_events.ClientEventSource`.
+    :param room_versions: the versions ``createRoom`` may use.
+    :param default_room_version: for ``createRoom`` without ``room_version``.
+    """
+
+    def __init__(
+        self,
+        events: RoomEvents,
+        membership: MembershipHandler,
+        directory: DirectoryHandler,
+        source: ClientEventSource,
+        *,
+        room_versions: Optional[RoomVersionRegistry] = None,
+        default_room_version: RoomVersion = DEFAULT_ROOM_VERSION,
+    ) -> None:
+        self.events = events
+        self.store = events.store
+        self.server_name = events.server_name
+        self.membership = membership
+        self.directory = directory
+        self.source = source
+        self.room_versions = room_versions if room_versions is not None else RoomVersionRegistry()
+        self.default_room_version = default_room_version
+        self._txn_locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
+
+    # -- pipeline hook ----------------------------------------------------------------------
+
+    def on_persisted(self, room_id: str, taken: Sequence[tuple[Event, Any]]) -> None:
+        """``RoomPipeline.on_persisted`` callback: index new redactions (from any server)
+        so that the events they redact are served redacted."""
+        if any(e.type == "m.room.redaction" for e, _ in taken):
+            self.store.rooms.index_redactions().addErrback(lambda f: log.failure("Indexing redactions failed", f))
+
+    # -- createRoom ---------------------------------------------------------------------------
+
+    async def create_room(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /createRoom``: the events in the spec's order (create, the creator's
+        join, power levels, canonical alias, the preset's join rules / history visibility /
+        guest access, ``initial_state``, name and topic, invites), then the directory.
+
+        :returns: ``{"room_id": ...}``.
+        :raises MatrixError: 400 (``M_BAD_JSON``, ``M_INVALID_PARAM``, ``M_ROOM_IN_USE``,
+            ``M_UNSUPPORTED_ROOM_VERSION``, ``M_INVALID_ROOM_STATE`` if an event the
+            request implies is refused), 413.
+        """
+        user_id = requester.user_id
+        req = _CreateRequest(body, self.server_name, self.room_versions, self.default_room_version)
+        remote_invitees = [u for u in req.invite if domain_of(u) != self.server_name]
+        if remote_invitees and self.membership.remote is None:
+            raise MatrixError(400, M_UNKNOWN, "remote invites not supported yet")
+        accounts = getattr(self.store, "accounts", None)
+        if accounts is not None:
+            for u in req.invite:
+                if domain_of(u) == self.server_name and await accounts.get_user(u) is None:
+                    raise not_found(f"Unknown user {u}")
+        if req.alias is not None and await self.store.rooms.get_alias(req.alias) is not None:
+            raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
+        rv = req.room_version
+
+        # 1. The m.room.create event.
+        content = dict(req.creation_content)
+        content["room_version"] = rv.identifier
+        if rv.implicit_room_creator:
+            content.pop("creator", None)
+        else:
+            content["creator"] = user_id
+        if req.preset == "trusted_private_chat" and rv.privileged_creators and req.invite:
+            # v12: "the users specified in the invite parameter SHOULD also be appended
+            # to additional_creators".
+            extra = content.get("additional_creators")
+            extra = list(extra) if isinstance(extra, list) else []
+            content["additional_creators"] = extra + [u for u in req.invite if u not in extra and u != user_id]
+        create = await self.events.create_room(rv, user_id, content)
+        room_id = create.room_id
+        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, room_id, user_id):
+            raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
+
+        async def state(event_type: str, content: Mapping[str, Any], state_key: str = "") -> None:
+            try:
+                await self.events.send(room_id, type=event_type, sender=user_id, content=content, state_key=state_key)
+            except MatrixError as e:
+                if e.code == 403:
+                    raise MatrixError(400, M_INVALID_ROOM_STATE, f"{event_type} refused: {e.error}") from None
+                raise
+
+        # 2. The creator's join.
+        join = dict(await self.membership._profile(user_id))
+        join["membership"] = "join"
+        await state("m.room.member", join, user_id)
+        # 3. Power levels.
+        initial = list(req.initial_state)
+        pl_content = self._power_levels(rv, user_id, req)
+        for i, (t, sk, c) in enumerate(initial):
+            if (t, sk) == ("m.room.power_levels", ""):
+                pl_content = dict(c)
+                del initial[i]
+                break
+        pl_content.update(req.power_level_override)
+        await state("m.room.power_levels", pl_content)
+        # 4. The canonical alias.
+        if req.alias is not None:
+            await state("m.room.canonical_alias", {"alias": req.alias})
+        # 5. The preset's events, unless initial_state sets them (it "takes precedence").
+        given = {(t, sk) for t, sk, _ in initial}
+        preset = PRESETS[req.preset]
+        for event_type, key in (
+            ("m.room.join_rules", "join_rule"),
+            ("m.room.history_visibility", "history_visibility"),
+            ("m.room.guest_access", "guest_access"),
+        ):
+            if (event_type, "") not in given:
+                await state(event_type, {key: preset[key]})
+        # 6. initial_state, in order (name and topic given as keys override theirs).
+        for t, sk, c in initial:
+            if (t, sk) == ("m.room.name", "") and req.name is not None:
+                continue
+            if (t, sk) == ("m.room.topic", "") and req.topic is not None:
+                continue
+            await state(t, c, sk)
+        # 7. Name and topic.
+        if req.name is not None:
+            await state("m.room.name", {"name": req.name})
+        if req.topic is not None:
+            await state(
+                "m.room.topic",
+                {"topic": req.topic, "m.topic": {"m.text": [{"body": req.topic, "mimetype": "text/plain"}]}},
+            )
+        # 8. Invites.
+        for target in req.invite:
+            if target == user_id:
+                continue
+            await self.membership.invite(user_id, room_id, target, is_direct=req.is_direct)
+        if req.visibility == "public":
+            await self.store.set_room_public(room_id, True)
+        return {"room_id": room_id}
+
+    def _power_levels(self, rv: RoomVersion, user_id: str, req: "_CreateRequest") -> dict[str, Any]:
+        """The default ``m.room.power_levels`` content (spec ``createRoom`` step 3)."""
+        users: dict[str, int] = {}
+        if not rv.privileged_creators:
+            # Rooms v1-v11: the creator (and for trusted_private_chat every invitee) gets 100.
+            users[user_id] = 100
+            if req.preset == "trusted_private_chat":
+                for u in req.invite:
+                    users[u] = 100
+        return {
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                # v12: tombstones "MUST explicitly be higher than state_default".
+                "m.room.tombstone": 150 if rv.privileged_creators else 100,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": 50 if req.preset == "public_chat" else 0,
+            "historical": 100,
+            "notifications": {"room": 50},
+        }
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, make) -> str:
+        """Run ``make()`` (returning the new event id) once per client transaction id
+        (spec "Transaction identifiers": a retry gets the first event back)."""
+        if not isinstance(txn_id, str) or not txn_id or len(txn_id.encode("utf-8", "surrogatepass")) > MAX_TXN_ID_BYTES:
+            raise invalid_param("txnId", "Invalid transaction id")
+        scope = transaction_scope(requester)
+        key = (requester.user_id, scope, txn_id)
+        lock = self._txn_locks.get(key)
+        if lock is None:
+            lock = self._txn_locks[key] = defer.DeferredLock()
+
+        async def run() -> str:
+            done = await self.store.rooms.get_client_txn(*key)
+            if done is not None:
+                return done
+            event_id = await make()
+            return await self.store.rooms.store_client_txn(*key, room_id, event_id)
+
+        try:
+            return await lock.run(lambda: defer.ensureDeferred(run()))
+        finally:
+            if not lock.locked and not lock.waiting and self._txn_locks.get(key) is lock:
+                del self._txn_locks[key]
+
+    async def send_event(
+        self, requester: Any, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
+    ) -> str:
+        """``PUT /rooms/{roomId}/send/{eventType}/{txnId}``.
+
+        :returns: the event id (the first one for a repeated transaction id).
+        :raises MatrixError: 403 (the auth rules refuse: not joined, not enough power), 404
+            (unknown room), 400, 413.
+        """
+        _check_id(event_type, "eventType")
+        if not isinstance(content, Mapping):
+            raise bad_json("Content must be a JSON object")
+        user_id = requester.user_id
+
+        async def make() -> str:
+            if event_type == "m.room.redaction" and isinstance(content.get("redacts"), str):
+                await self._check_may_redact(room_id, user_id, content["redacts"])
+            event = await self.events.send(room_id, type=event_type, sender=user_id, content=content)
+            if event.type == "m.room.redaction":
+                await self.store.rooms.index_redactions()
+            return event.event_id
+
+        return await self._with_txn(requester, txn_id, room_id, make)
+
+    async def set_state(
+        self, requester: Any, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
+    ) -> str:
+        """``PUT /rooms/{roomId}/state/{eventType}/{stateKey}``. Setting a state to the
+        content it already has (from the same sender) returns the existing event.
+
+        :returns: the event id.
+        :raises MatrixError: 403, 404, 400 (``M_BAD_ALIAS`` for a canonical alias that does
+            not point to the room), 413.
+        """
+        _check_id(event_type, "eventType")
+        _check_id(state_key, "stateKey", allow_empty=True)
+        if not isinstance(content, Mapping):
+            raise bad_json("Content must be a JSON object")
+        user_id = requester.user_id
+        current = await self.store.get_current_state_events(room_id, [(event_type, state_key)])
+        existing = current.get((event_type, state_key))
+        if existing is not None and existing.sender == user_id and existing.content == dict(content):
+            return existing.event_id
+        if event_type == "m.room.canonical_alias" and state_key == "":
+            await self._check_canonical_alias(room_id, content, existing)
+        event = await self.events.send(room_id, type=event_type, sender=user_id, content=content, state_key=state_key)
+        return event.event_id
+
+    async def _check_canonical_alias(self, room_id: str, content: Mapping[str, Any], existing: Optional[Event]) -> None:
+        """Spec ``m.room.canonical_alias``: new aliases must be valid and point to the
+        room (400 ``M_BAD_ALIAS``); aliases already in the event are not checked."""
+        old = set()
+        if existing is not None:
+            if isinstance(existing.content.get("alias"), str):
+                old.add(existing.content["alias"])
+            alt = existing.content.get("alt_aliases")
+            if isinstance(alt, list):
+                old.update(a for a in alt if isinstance(a, str))
+        new = []
+        alias = content.get("alias")
+        if alias is not None:
+            if not isinstance(alias, str):
+                raise bad_json("alias must be a string")
+            new.append(alias)
+        alt = content.get("alt_aliases")
+        if alt is not None:
+            if not isinstance(alt, list) or not all(isinstance(a, str) for a in alt):
+                raise bad_json("alt_aliases must be a list of strings")
+            new.extend(alt)
+        for a in new:
+            if a in old:
+                continue
+            if split_alias(a) is None:
+                raise MatrixError(400, M_BAD_ALIAS, f"{a!r} is not a valid room alias")
+            try:
+                found = await self.directory.resolve_alias(a)
+            except MatrixError:
+                found = None
+            if found is None or found.get("room_id") != room_id:
+                raise MatrixError(400, M_BAD_ALIAS, f"{a} does not point to this room")
+
+    async def _check_may_redact(self, room_id: str, user_id: str, event_id: str) -> None:
+        """Client-server API "Redactions": anyone may redact their own events (with the
+        power to send ``m.room.redaction``, which the auth rules check); redacting other
+        users' events needs the room's ``redact`` level. From room v3 the auth rules do
+        not check the latter, so it is checked here."""
+        target = await self.store.get_event(event_id) if isinstance(event_id, str) else None
+        if target is not None and target.room_id == room_id and target.sender == user_id:
+            return
+        power = await current_power(self.store, room_id, user_id)
+        if power.user_level(user_id) < power.power_levels.redact:
+            raise forbidden("You may not redact other users' events")
+
+    async def redact(
+        self, requester: Any, room_id: str, event_id: str, txn_id: str, reason: Optional[str] = None
+    ) -> str:
+        """``PUT /rooms/{roomId}/redact/{eventId}/{txnId}``.
+
+        :returns: the redaction's event id.
+        :raises MatrixError: 403, 404, 400.
+        """
+        _check_id(event_id, "eventId")
+        reason = check_reason(reason)
+        user_id = requester.user_id
+
+        async def make() -> str:
+            await self._check_may_redact(room_id, user_id, event_id)
+            content = {"reason": reason} if reason else {}
+            event = await self.events.send(
+                room_id, type="m.room.redaction", sender=user_id, content=content, redacts=event_id
+            )
+            await self.store.rooms.index_redactions()
+            return event.event_id
+
+        return await self._with_txn(requester, txn_id, room_id, make)
+
+    # -- reading state ------------------------------------------------------------------------
+
+    async def _readable_state(self, room_id: str, user_id: str) -> Mapping[tuple[str, str], str]:
+        """The state a user may read: the current state if joined (or the room is
+        world-readable), the state after their membership event if they left or were
+        banned (spec: "as it was at the moment they left").
+
+        :raises MatrixError: 403 otherwise (404 for an unknown room).
+        """
+        if await self.events.room_version(room_id) is None:
+            raise forbidden("You are not in this room")
+        membership = await self.store.rooms.get_membership(room_id, user_id)
+        if membership is not None and membership.membership == "join":
+            return await self.events.pipeline.current_state(room_id)
+        if membership is not None and membership.membership in ("leave", "ban"):
+            groups = await self.store.rooms.get_event_state_groups([membership.event_id])
+            pair = groups.get(membership.event_id)
+            if pair is not None:
+                return await self.store.get_state_group(pair[1])
+        hv = await self.store.get_current_state_events(room_id, [HISTORY_VISIBILITY_KEY])
+        if history_visibility(hv.get(HISTORY_VISIBILITY_KEY)) == WORLD_READABLE:
+            return await self.events.pipeline.current_state(room_id)
+        raise forbidden("You are not in this room")
+
+    async def get_state(self, requester: Any, room_id: str) -> list[dict[str, Any]]:
+        """``GET /rooms/{roomId}/state``: every state event, client format."""
+        state = await self._readable_state(room_id, requester.user_id)
+        events = await self.store.get_events(state.values())
+        ordered = [events[v] for _, v in sorted(state.items()) if v in events]
+        return await self.source.serialize(ordered, user_id=requester.user_id, scope=transaction_scope(requester))
+
+    async def get_state_event(
+        self, requester: Any, room_id: str, event_type: str, state_key: str, *, format: str = "content"
+    ) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/state/{eventType}/{stateKey}``: the content (or, with
+        ``format=event``, the whole event).
+
+        :raises MatrixError: 404 ``M_NOT_FOUND`` if the room has no such state.
+        """
+        state = await self._readable_state(room_id, requester.user_id)
+        event_id = state.get((event_type, state_key))
+        event = await self.store.get_event(event_id) if event_id is not None else None
+        if event is None:
+            raise not_found("Event not found")
+        [served] = await self.source.serialize([event], user_id=requester.user_id, scope=transaction_scope(requester))
+        return served if format == "event" else served["content"]
+
+    async def members(
+        self,
+        requester: Any,
+        room_id: str,
+        *,
+        membership: Optional[str] = None,
+        not_membership: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/members``: the member events (``at`` is not supported and
+        the current state is used)."""
+        state = await self._readable_state(room_id, requester.user_id)
+        ids = [v for (t, _), v in state.items() if t == "m.room.member"]
+        events = await self.store.get_events(ids)
+        chosen = []
+        for (t, sk), v in sorted(state.items()):
+            ev = events.get(v) if t == "m.room.member" else None
+            if ev is None:
+                continue
+            if membership is not None and ev.membership != membership:
+                continue
+            if not_membership is not None and ev.membership == not_membership:
+                continue
+            chosen.append(ev)
+        chunk = await self.source.serialize(chosen, user_id=requester.user_id, scope=transaction_scope(requester))
+        return {"chunk": chunk}
+
+    async def joined_members(self, requester: Any, room_id: str) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/joined_members``: for joined members only (403 else)."""
+        m = await self.store.rooms.get_membership(room_id, requester.user_id)
+        if m is None or m.membership != "join":
+            raise forbidden("You are not joined to this room")
+        state = await self.events.pipeline.current_state(room_id)
+        ids = [v for (t, _), v in state.items() if t == "m.room.member"]
+        events = await self.store.get_events(ids)
+        joined: dict[str, Any] = {}
+        for ev in events.values():
+            if ev.membership == "join" and ev.state_key is not None:
+                entry = {}
+                for src, dst in (("displayname", "display_name"), ("avatar_url", "avatar_url")):
+                    v = ev.content.get(src)
+                    if isinstance(v, str):
+                        entry[dst] = v
+                joined[ev.state_key] = entry
+        return {"joined": joined}
+
+    async def joined_rooms(self, requester: Any) -> dict[str, Any]:
+        """``GET /joined_rooms``."""
+        rows = await self.store.rooms.get_memberships_for_user(requester.user_id)
+        return {"joined_rooms": sorted(m.room_id for m in rows if m.membership == "join")}
+
+    # -- reading events -----------------------------------------------------------------------
+
+    async def _bounds(self, room_id: str, user_id: str) -> tuple[float, Optional[int]]:
+        """Visibility bounds of the user in the room; 403 for a user who never had a
+        membership in a room that is not world-readable."""
+        if await self.events.room_version(room_id) is None:
+            raise forbidden("You are not in this room")
+        membership = await self.store.rooms.get_membership(room_id, user_id)
+        if membership is None:
+            hv = await self.store.get_current_state_events(room_id, [HISTORY_VISIBILITY_KEY])
+            if history_visibility(hv.get(HISTORY_VISIBILITY_KEY)) != WORLD_READABLE:
+                raise forbidden("You are not in this room")
+        return await self.source.joined_bounds(room_id, user_id, membership)
+
+    async def get_event(self, requester: Any, room_id: str, event_id: str) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/event/{eventId}``: 404 if not found or not visible."""
+        joined_until, joined_since = await self._bounds(room_id, requester.user_id)
+        metas = await self.store.get_event_meta([event_id]) if isinstance(event_id, str) else {}
+        meta = metas.get(event_id)
+        if meta is None or meta.room_id != room_id or meta.outlier or meta.rejected or meta.soft_failed:
+            raise not_found("Event not found")
+        event = await self.store.get_event(event_id)
+        visible = await self.source.filter_for_user(
+            requester.user_id, [(meta.event_nid, event)], joined_until=joined_until, joined_since=joined_since
+        )
+        if not visible:
+            raise not_found("Event not found")
+        [served] = await self.source.serialize([event], user_id=requester.user_id, scope=transaction_scope(requester))
+        return served
+
+    async def _start_position(self, room_id: str, token: Optional[str], backwards: bool) -> TopoPos:
+        if token is None:
+            return (POS_MAX, POS_MAX) if backwards else (-1, -1)
+        pos = parse_topo_token(token)
+        if pos is not None:
+            return pos
+        stream = parse_stream_token(token)
+        if stream is not None:
+            found = await self.store.rooms.get_topological_position_at(room_id, stream[0])
+            return found if found is not None else (-1, -1)
+        raise invalid_param("from", "Invalid pagination token")
+
+    async def messages(
+        self,
+        requester: Any,
+        room_id: str,
+        *,
+        from_token: Optional[str] = None,
+        to_token: Optional[str] = None,
+        direction: str = "b",
+        limit: Optional[int] = None,
+        event_filter: Optional[EventFilter] = None,
+    ) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/messages``: a page of the events the user may see.
+
+        Tokens are boundaries in the room's topological order (``t<depth>_<nid>``); a
+        /sync ``next_batch`` is accepted too. ``end`` is left out when there is nothing
+        further.
+        """
+        if direction not in ("b", "f"):
+            raise invalid_param("dir", "dir must be 'b' or 'f'")
+        backwards = direction == "b"
+        if limit is None:
+            limit = DEFAULT_MESSAGES_LIMIT
+        limit = max(1, min(int(limit), MAX_MESSAGES_LIMIT))
+        flt = event_filter or EventFilter()
+        user_id = requester.user_id
+        joined_until, joined_since = await self._bounds(room_id, user_id)
+        pos = await self._start_position(room_id, from_token, backwards)
+        to_pos = None
+        if to_token is not None:
+            to_pos = await self._start_position(room_id, to_token, not backwards)
+        chosen: list[Event] = []
+        exhausted = False
+        for _ in range(MAX_PAGINATION_ROUNDS):
+            want = limit - len(chosen)
+            rows = await self.store.rooms.paginate(room_id, pos, backwards, want, to_pos)
+            if rows:
+                last = rows[-1][0]
+                pos = (last[0], last[1] - 1) if backwards else last
+            if len(rows) < want:
+                exhausted = True
+            visible = await self.source.filter_for_user(
+                user_id, [(p[1], e) for p, e in rows], joined_until=joined_until, joined_since=joined_since
+            )
+            chosen.extend(e for _, e in visible if flt.allows(e))
+            if exhausted or len(chosen) >= limit:
+                break
+        out: dict[str, Any] = {
+            "chunk": await self.source.serialize(chosen, user_id=user_id, scope=transaction_scope(requester)),
+            "start": from_token if from_token is not None else topo_token(
+                (POS_MAX, POS_MAX) if backwards else (-1, -1)
+            ),
+        }
+        if not exhausted:
+            out["end"] = topo_token(pos)
+        return out
+
+    async def context(
+        self, requester: Any, room_id: str, event_id: str, *, limit: int = 10, event_filter: Optional[EventFilter] = None
+    ) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/context/{eventId}``: the event, up to ``limit`` events
+        around it, tokens to paginate on both sides, and the state at the event."""
+        user_id = requester.user_id
+        joined_until, joined_since = await self._bounds(room_id, user_id)
+        metas = await self.store.get_event_meta([event_id]) if isinstance(event_id, str) else {}
+        meta = metas.get(event_id)
+        if meta is None or meta.room_id != room_id or meta.outlier or meta.rejected or meta.soft_failed:
+            raise not_found("Event not found")
+        event = await self.store.get_event(event_id)
+        if not await self.source.filter_for_user(
+            user_id, [(meta.event_nid, event)], joined_until=joined_until, joined_since=joined_since
+        ):
+            raise not_found("Event not found")
+        limit = max(0, min(int(limit), MAX_MESSAGES_LIMIT))
+        flt = event_filter or EventFilter()
+        here = (meta.depth, meta.event_nid)
+        before_n = limit // 2
+        after_n = limit - before_n
+        before = await self.store.rooms.paginate(room_id, (here[0], here[1] - 1), True, before_n)
+        after = await self.store.rooms.paginate(room_id, here, False, after_n)
+
+        async def visible(rows):
+            ok = await self.source.filter_for_user(
+                user_id, [(p[1], e) for p, e in rows], joined_until=joined_until, joined_since=joined_since
+            )
+            return [e for _, e in ok if flt.allows(e)]
+
+        scope = transaction_scope(requester)
+        start = (before[-1][0][0], before[-1][0][1] - 1) if before else (here[0], here[1] - 1)
+        end = after[-1][0] if after else here
+        groups = await self.store.rooms.get_event_state_groups([event_id])
+        state_events: list[Event] = []
+        if event_id in groups:
+            state = await self.store.get_state_group(groups[event_id][0])
+            loaded = await self.store.get_events(state.values())
+            state_events = [loaded[v] for _, v in sorted(state.items()) if v in loaded]
+        return {
+            "event": (await self.source.serialize([event], user_id=user_id, scope=scope))[0],
+            "events_before": await self.source.serialize(await visible(before), user_id=user_id, scope=scope),
+            "events_after": await self.source.serialize(await visible(after), user_id=user_id, scope=scope),
+            "start": topo_token(start),
+            "end": topo_token(end),
+            "state": await self.source.serialize(state_events, user_id=user_id, scope=scope),
+        }
+
+
+class _CreateRequest:
+    """A ``createRoom`` body, checked before anything is written.
+
+    :raises MatrixError: 400 for anything malformed.
+    """
+
+    def __init__(
+        self, body: Mapping[str, Any], server_name: str, versions: RoomVersionRegistry, default: RoomVersion
+    ) -> None:
+        if not isinstance(body, Mapping):
+            raise bad_json("Body must be a JSON object")
+        visibility = body.get("visibility", "private")
+        if visibility not in ("public", "private"):
+            raise invalid_param("visibility", "visibility must be 'public' or 'private'")
+        self.visibility = visibility
+        preset = body.get("preset")
+        if preset is None:
+            preset = "public_chat" if visibility == "public" else "private_chat"
+        if preset not in PRESETS:
+            raise invalid_param("preset", f"Unknown preset {preset!r}")
+        self.preset = preset
+        version = body.get("room_version")
+        if version is None:
+            self.room_version = default
+        else:
+            if not isinstance(version, str):
+                raise bad_json("room_version must be a string")
+            try:
+                self.room_version = versions.get(version)
+            except UnknownRoomVersion:
+                raise unsupported_room_version(f"Room version {version!r} is not supported") from None
+        self.creation_content = self._object(body, "creation_content")
+        self.power_level_override = self._object(body, "power_level_content_override")
+        self.name = self._string(body, "name")
+        self.topic = self._string(body, "topic")
+        is_direct = body.get("is_direct", False)
+        if not isinstance(is_direct, bool):
+            raise bad_json("is_direct must be a boolean")
+        self.is_direct = is_direct
+        invite = body.get("invite", [])
+        if not isinstance(invite, list) or len(invite) > MAX_CREATE_INVITES:
+            raise bad_json(f"invite must be a list of at most {MAX_CREATE_INVITES} user IDs")
+        for u in invite:
+            if not valid_user_id(u):
+                raise invalid_param("invite", f"{u!r} is not a valid user ID")
+        self.invite = list(dict.fromkeys(invite))
+        invite_3pid = body.get("invite_3pid", [])
+        if invite_3pid:
+            raise MatrixError(400, M_UNKNOWN, "Third-party invites are not supported")
+        initial = body.get("initial_state", [])
+        if not isinstance(initial, list) or len(initial) > MAX_INITIAL_STATE:
+            raise bad_json(f"initial_state must be a list of at most {MAX_INITIAL_STATE} events")
+        self.initial_state: list[tuple[str, str, dict]] = []
+        for entry in initial:
+            if not isinstance(entry, dict):
+                raise bad_json("initial_state entries must be objects")
+            t = entry.get("type")
+            sk = entry.get("state_key", "")
+            c = entry.get("content")
+            if not isinstance(t, str) or not t or not isinstance(sk, str) or not isinstance(c, dict):
+                raise bad_json("initial_state entries need a type, a string state_key and an object content")
+            self.initial_state.append((t, sk, c))
+        alias_name = body.get("room_alias_name")
+        self.alias = None
+        if alias_name is not None:
+            if not valid_new_localpart(alias_name):
+                raise invalid_param("room_alias_name", "Invalid room alias name")
+            alias = f"#{alias_name}:{server_name}"
+            if split_alias(alias) is None:
+                raise invalid_param("room_alias_name", "Room alias too long")
+            self.alias = alias
+
+    @staticmethod
+    def _object(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = body.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad_json(f"{key} must be an object")
+        return dict(value)
+
+    @staticmethod
+    def _string(body: Mapping[str, Any], key: str) -> Optional[str]:
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad_json(f"{key} must be a string")
+        return value

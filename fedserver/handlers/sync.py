@@ -1,0 +1,349 @@
+"""GET /sync: the user's rooms (joined, invited, knocked, left) since a token, long-polling through the notifier."""
+
+# A token is "s<event nid>_<account data position>". A full sync (no token) returns every
+# joined room with its newest events and the state before them, and every invite and
+# knock. An incremental sync returns, for rooms the user is joined to, the events after
+# the token (the state changed in the gap if the timeline is limited); a room joined since
+# the token comes in full; rooms left since the token come under "leave" with the events
+# up to the leave; new invites and knocks come with their stripped state.
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional
+
+from twisted.logger import Logger
+
+from fedserver.events.model import Event
+from fedserver.handlers.client_events import (
+    STRIPPED_STATE_TYPES,
+    ClientEventSource,
+    joined_bounds,
+    stripped_state,
+    transaction_scope,
+)
+from fedserver.handlers.notifier import Notifier
+from fedserver.handlers.rooms import EventFilter, parse_stream_token, stream_token, topo_token
+from fedserver.http.errors import invalid_param
+from fedserver.storage.rooms_store import Membership, Timeline
+
+log = Logger()
+
+#: Timeline events per room when the filter does not say.
+DEFAULT_TIMELINE_LIMIT = 10
+#: Most timeline events per room, whatever the filter says.
+MAX_TIMELINE_LIMIT = 500
+
+
+class SyncFilter:
+    """The parts of a sync ``Filter`` (spec "Filtering") that are honoured: ``room.rooms``,
+    ``room.not_rooms``, ``room.include_leave``, ``room.timeline`` (``limit``, types,
+    senders), ``room.state`` and ``room.account_data`` (types, senders), and
+    ``account_data`` (types). ``lazy_load_members``, ``event_fields``, ``event_format``
+    and ``presence`` are accepted and ignored.
+
+    :raises MatrixError: 400 ``M_INVALID_PARAM`` for a malformed filter.
+    """
+
+    def __init__(self, spec: Optional[Mapping[str, Any]] = None):
+        spec = spec or {}
+        if not isinstance(spec, Mapping):
+            raise invalid_param("filter", "A filter must be a JSON object")
+        room = spec.get("room") or {}
+        if not isinstance(room, Mapping):
+            raise invalid_param("filter", "filter room must be an object")
+        self.rooms = EventFilter({k: room[k] for k in ("rooms", "not_rooms") if k in room})
+        self.include_leave = room.get("include_leave") is True
+        self.timeline = EventFilter(_obj(room.get("timeline")))
+        self.state = EventFilter(_obj(room.get("state")))
+        self.room_account_data = EventFilter(_obj(room.get("account_data")))
+        self.account_data = EventFilter(_obj(spec.get("account_data")))
+        limit = self.timeline.limit
+        self.timeline_limit = DEFAULT_TIMELINE_LIMIT if limit is None else min(limit, MAX_TIMELINE_LIMIT)
+
+
+def _obj(value: Any) -> Optional[Mapping[str, Any]]:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise invalid_param("filter", "filter parts must be objects")
+    return value
+
+
+class SyncHandler:
+    """Builds /sync answers.
+
+    :param store: the store (``store.rooms``; ``store.accounts`` for filters and account
+        data if present).
+    :param notifier: the :class:`~fedserver.handlers.notifier.Notifier` the pipeline
+        feeds.
+    :param source: the :class:`~fedserver.handlers.client_events.ClientEventSource`.
+    :param clock: ``seconds()``.
+    """
+
+    def __init__(self, store: Any, notifier: Notifier, source: ClientEventSource, clock: Any) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.source = source
+        self.clock = clock
+
+    async def load_filter(self, user_id: str, value: Optional[str]) -> SyncFilter:
+        """A filter given inline (JSON starting with ``{``) or by id.
+
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` for bad JSON or an unknown id.
+        """
+        if value is None or value == "":
+            return SyncFilter()
+        if value.lstrip().startswith("{"):
+            try:
+                spec = json.loads(value)
+            except ValueError:
+                raise invalid_param("filter", "filter is not valid JSON") from None
+            return SyncFilter(spec)
+        accounts = getattr(self.store, "accounts", None)
+        if not value.isascii() or not value.isdigit() or len(value) > 18 or accounts is None:
+            raise invalid_param("filter", "Unknown filter")
+        spec = await accounts.get_filter(user_id, int(value))
+        if spec is None:
+            raise invalid_param("filter", "Unknown filter")
+        return SyncFilter(spec)
+
+    async def sync(
+        self,
+        requester: Any,
+        *,
+        since: Optional[str] = None,
+        timeout_ms: int = 0,
+        full_state: bool = False,
+        filter_param: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """``GET /sync``.
+
+        :param timeout_ms: how long to wait for something new (incremental syncs only;
+            bounded by the notifier).
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` for a bad token or filter.
+        """
+        user_id = requester.user_id
+        flt = await self.load_filter(user_id, filter_param)
+        since_pos = None
+        if since:
+            since_pos = parse_stream_token(since)
+            if since_pos is None:
+                raise invalid_param("since", "Invalid sync token")
+        deadline = self.clock.seconds() + max(0, timeout_ms) / 1000.0
+        while True:
+            position = self.notifier.position()
+            result, rooms = await self._compute(requester, flt, since_pos, full_state)
+            if since_pos is None or full_state or timeout_ms <= 0 or not _is_empty(result):
+                return result
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                return result
+            woken = await self.notifier.wait(user_id, rooms, position, int(remaining * 1000))
+            if not woken:
+                return result
+
+    # -- building -----------------------------------------------------------------------------
+
+    async def _compute(
+        self, requester: Any, flt: SyncFilter, since: Optional[tuple[int, int]], full_state: bool
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The answer and the rooms to wait on."""
+        user_id = requester.user_id
+        scope = transaction_scope(requester)
+        store = self.store
+        now_nid = await store.rooms.get_stream_position()
+        since_nid = since[0] if since is not None else None
+        if since_nid is not None and since_nid > now_nid:
+            since_nid = now_nid  # a token from the future (another database?): start over from now
+        memberships = await store.rooms.get_memberships_for_user(user_id)
+        forgotten = await store.rooms.get_forgotten_rooms(user_id)
+        memberships = [
+            m for m in memberships if flt.rooms.allows_room(m.room_id) and forgotten.get(m.room_id) != m.event_nid
+        ]
+        accounts = getattr(store, "accounts", None)
+        ad_since = since[1] if since is not None else 0
+        ad_now = ad_since
+        global_data: dict[str, Any] = {}
+        room_data: dict[str, dict[str, Any]] = {}
+        if accounts is not None:
+            changes = await accounts.get_account_data_since(user_id, ad_since)
+            global_data, room_data, ad_now = changes.global_data, changes.rooms, changes.stream_id
+
+        joined = [m for m in memberships if m.membership == "join"]
+        wait_rooms = [m.room_id for m in joined]
+        # Which joined rooms have anything new, in one read.
+        if since_nid is None or full_state:
+            changed = {m.room_id for m in joined}
+        else:
+            changed = await store.rooms.get_rooms_changed([m.room_id for m in joined], since_nid, now_nid)
+
+        # -- joined rooms: the timeline ranges, all read in one transaction ---------------
+        ranges: dict[str, tuple[int, int]] = {}
+        fresh: set[str] = set()  # rooms whose full state is sent
+        for m in joined:
+            new_join = since_nid is None or m.event_nid > since_nid
+            if new_join or full_state:
+                fresh.add(m.room_id)
+            if new_join:
+                ranges[m.room_id] = (0, now_nid)
+            elif m.room_id in changed or full_state:
+                ranges[m.room_id] = (since_nid, now_nid)
+        leaves = [
+            m for m in memberships
+            if m.membership in ("leave", "ban")
+            and ((since_nid is not None and m.event_nid > since_nid) or (since_nid is None and flt.include_leave))
+        ]
+        for m in leaves:
+            ranges[m.room_id] = (since_nid or 0, m.event_nid)
+            fresh.add(m.room_id)
+        limit = flt.timeline_limit
+        timelines = await store.rooms.get_room_timelines(ranges, limit) if ranges else {}
+        summaries = await store.rooms.get_room_members_summary([m.room_id for m in joined if m.room_id in ranges])
+
+        join_out: dict[str, Any] = {}
+        for m in joined:
+            if m.room_id not in ranges:
+                if m.room_id in room_data:
+                    join_out[m.room_id] = self._empty_joined(room_data[m.room_id], flt)
+                continue
+            join_out[m.room_id] = await self._room(
+                user_id, scope, m, timelines[m.room_id], since_nid, m.room_id in fresh, flt,
+                room_data.get(m.room_id, {}), end_nid=now_nid,
+            )
+            summary = summaries.get(m.room_id)
+            if summary is not None:
+                join_out[m.room_id]["summary"] = {
+                    "m.heroes": [u for u in summary.heroes if u != user_id][:5],
+                    "m.joined_member_count": summary.joined,
+                    "m.invited_member_count": summary.invited,
+                }
+        leave_out: dict[str, Any] = {}
+        for m in leaves:
+            room = await self._room(
+                user_id, scope, m, timelines[m.room_id], since_nid, True, flt, room_data.get(m.room_id, {}),
+                end_nid=m.event_nid,
+            )
+            leave_out[m.room_id] = {"timeline": room["timeline"], "state": room["state"], "account_data": room["account_data"]}
+
+        invite_out: dict[str, Any] = {}
+        knock_out: dict[str, Any] = {}
+        for m in memberships:
+            if m.membership not in ("invite", "knock"):
+                continue
+            if since_nid is not None and m.event_nid <= since_nid:
+                continue
+            own = await store.get_event(m.event_id)
+            state = await store.get_current_state_events(m.room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
+            events = [stripped_state(e) for _, e in sorted(state.items())]
+            if own is not None:
+                events.append(stripped_state(own))
+            if m.membership == "invite":
+                invite_out[m.room_id] = {"invite_state": {"events": events}}
+            else:
+                knock_out[m.room_id] = {"knock_state": {"events": events}}
+
+        result = {
+            "next_batch": stream_token(now_nid, ad_now),
+            "rooms": {"join": join_out, "invite": invite_out, "leave": leave_out, "knock": knock_out},
+            "account_data": {
+                "events": [
+                    {"type": t, "content": c} for t, c in sorted(global_data.items()) if flt.account_data.allows_type(t)
+                ]
+            },
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+        return result, wait_rooms + [m.room_id for m in memberships if m.membership in ("invite", "knock")]
+
+    @staticmethod
+    def _empty_joined(room_data: Mapping[str, Any], flt: SyncFilter) -> dict[str, Any]:
+        return {
+            "timeline": {"events": [], "limited": False},
+            "state": {"events": []},
+            "ephemeral": {"events": []},
+            "account_data": {
+                "events": [{"type": t, "content": c} for t, c in sorted(room_data.items()) if flt.room_account_data.allows_type(t)]
+            },
+            "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+        }
+
+    async def _room(
+        self,
+        user_id: str,
+        scope: str,
+        membership: Membership,
+        timeline: Timeline,
+        since_nid: Optional[int],
+        full: bool,
+        flt: SyncFilter,
+        room_data: Mapping[str, Any],
+        *,
+        end_nid: int,
+    ) -> dict[str, Any]:
+        """One room's entry: timeline (visible, filtered), state, account data."""
+        store = self.store
+        room_id = membership.room_id
+        if membership.membership == "join":
+            joined_until, joined_since = joined_bounds(membership)
+        else:
+            joined_until, joined_since = await self.source.joined_bounds(room_id, user_id, membership)
+        items = await self.source.filter_for_user(
+            user_id, timeline.events, joined_until=joined_until, joined_since=joined_since
+        )
+        shown = [e for _, e in items if flt.timeline.allows(e)]
+        # The state at the start of the timeline: before its first event, else at the end.
+        first: Optional[Event] = timeline.events[0][1] if timeline.events else None
+        state_events: list[Event] = []
+        if full or timeline.limited:
+            start_state: Mapping[tuple[str, str], str]
+            if first is not None:
+                groups = await store.rooms.get_event_state_groups([first.event_id])
+                pair = groups.get(first.event_id)
+                start_state = await store.get_state_group(pair[0]) if pair is not None else {}
+            elif membership.membership == "join":
+                start_state = await store.get_current_state_ids(room_id)
+            else:
+                groups = await store.rooms.get_event_state_groups([membership.event_id])
+                pair = groups.get(membership.event_id)
+                start_state = await store.get_state_group(pair[1]) if pair is not None else {}
+            if full:
+                wanted = dict(start_state)
+            else:
+                # What changed in the gap between the token and the timeline.
+                first_nid = timeline.events[0][0] if timeline.events else end_nid + 1
+                keys = await store.rooms.get_state_keys_changed(room_id, since_nid or 0, first_nid - 1)
+                wanted = {k: start_state[k] for k in keys if k in start_state}
+            in_timeline = {e.event_id for _, e in timeline.events}
+            ids = [v for v in wanted.values() if v not in in_timeline]
+            loaded = await store.get_events(ids)
+            state_events = [loaded[v] for _, v in sorted(wanted.items()) if v in loaded and flt.state.allows(loaded[v])]
+        if timeline.events:
+            first_nid, first_ev = timeline.events[0]
+            prev_batch = topo_token((first_ev.depth, first_nid - 1))
+        else:
+            pos = await store.rooms.get_topological_position_at(room_id, end_nid)
+            prev_batch = topo_token(pos if pos is not None else (0, 0))
+        return {
+            "timeline": {
+                "events": await self.source.serialize(shown, user_id=user_id, scope=scope, include_room_id=False),
+                "limited": timeline.limited,
+                "prev_batch": prev_batch,
+            },
+            "state": {
+                "events": await self.source.serialize(state_events, user_id=user_id, scope=scope, include_room_id=False)
+            },
+            "ephemeral": {"events": []},
+            "account_data": {
+                "events": [{"type": t, "content": c} for t, c in sorted(room_data.items()) if flt.room_account_data.allows_type(t)]
+            },
+            "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+        }
+
+
+def _is_empty(result: Mapping[str, Any]) -> bool:
+    """Whether an incremental answer carries nothing (so a long-poll should wait)."""
+    rooms = result["rooms"]
+    return not (rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"] or result["account_data"]["events"])

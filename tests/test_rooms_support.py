@@ -1,0 +1,101 @@
+"""Shared helpers for the room tests: a real store, pipeline, auth engine and the room handlers."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from signedjson.key import generate_signing_key
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from fedserver.auth.engine import AuthEngine
+from fedserver.auth.plugins import make_plugin_manager
+from fedserver.handlers.accounts import Requester
+from fedserver.handlers.client_events import ClientEventSource
+from fedserver.handlers.creator import EventCreator
+from fedserver.handlers.directory import DirectoryHandler
+from fedserver.handlers.membership import MembershipHandler, RoomEvents
+from fedserver.handlers.notifier import Notifier
+from fedserver.handlers.pipeline import RoomPipeline
+from fedserver.handlers.rooms import RoomsHandler
+from fedserver.handlers.sync import SyncHandler
+from fedserver.http.errors import MatrixError
+from fedserver.storage.sqlite import open_store
+
+HERE = "here.test"
+
+
+def uid(localpart: str) -> str:
+    return f"@{localpart}:{HERE}"
+
+
+class RoomsTestCase(unittest.TestCase):
+    """Base class: every room handler wired on a real SQLite store under ``self.mktemp()``
+    and the real auth engine and pipeline, as the server wires them. ``self.clock`` (a
+    :class:`Clock`) gives event timestamps and drives /sync timeouts; the database runs on
+    trial's reactor."""
+
+    remote: Any = None
+
+    def setUp(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._set_up())
+
+    async def _set_up(self) -> None:
+        self.store = await open_store(self.mktemp(), reactor)
+        self.addCleanup(self.store.close)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        pm = make_plugin_manager(load_entrypoints=False)
+        self.pipeline = RoomPipeline(self.store, AuthEngine(pm), pm)
+        key = generate_signing_key("1")
+        self.creator = EventCreator(self.clock, self.store, self.pipeline, HERE, key)
+        self.notifier = Notifier(self.clock)
+        self.pipeline.on_persisted.append(self.notifier.on_persisted)
+        self.events = RoomEvents(self.store, self.creator, self.pipeline, HERE, key)
+        self.directory = DirectoryHandler(self.store, HERE)
+        self.source = ClientEventSource(self.store, self.clock)
+        self.membership = MembershipHandler(self.events, self.directory, remote=self.remote, notifier=self.notifier)
+        self.rooms = RoomsHandler(self.events, self.membership, self.directory, self.source)
+        self.pipeline.on_persisted.append(self.rooms.on_persisted)
+        self.sync_handler = SyncHandler(self.store, self.notifier, self.source, self.clock)
+        self._token_ids = 0
+
+    async def user(self, localpart: str, *, device_id: str = "DEV", admin: bool = False, displayname: Optional[str] = None) -> Requester:
+        """Create a local user (and device) and return a requester for it."""
+        user_id = uid(localpart)
+        if await self.store.accounts.get_user(user_id) is None:
+            await self.store.accounts.create_user(user_id, None, admin=admin, displayname=displayname)
+        self._token_ids += 1
+        return Requester(user_id, device_id, self._token_ids)
+
+    async def create(self, requester: Requester, **body: Any) -> str:
+        """``createRoom`` with ``body``; returns the room id."""
+        result = await self.rooms.create_room(requester, body)
+        return result["room_id"]
+
+    async def send_text(self, requester: Requester, room_id: str, body: str, txn_id: Optional[str] = None) -> str:
+        self._token_ids += 1
+        return await self.rooms.send_event(
+            requester, room_id, "m.room.message", {"msgtype": "m.text", "body": body}, txn_id or f"txn{self._token_ids}"
+        )
+
+    async def assertMatrixError(self, coro, code: int, errcode: str) -> MatrixError:
+        """Await ``coro`` and assert it fails with that Matrix error."""
+        try:
+            await coro
+        except MatrixError as e:
+            self.assertEqual((e.code, e.errcode), (code, errcode), e.error)
+            return e
+        self.fail(f"expected {code} {errcode}")
+
+    async def state_ids(self, room_id: str) -> dict:
+        return await self.store.get_current_state_ids(room_id)
+
+    async def state_content(self, room_id: str, event_type: str, state_key: str = "") -> Optional[dict]:
+        found = await self.store.get_current_state_events(room_id, [(event_type, state_key)])
+        ev = found.get((event_type, state_key))
+        return None if ev is None else ev.content
+
+    async def sync(self, requester: Requester, **kw: Any) -> dict:
+        return await self.sync_handler.sync(requester, **kw)
