@@ -470,6 +470,9 @@ class RoomsStore:
                 counts[room_id][membership] = n
             for room_id in ids:
                 c = counts[room_id]
+                if heroes <= 0:
+                    out[room_id] = RoomMembers(c.get("join", 0), c.get("invite", 0), [])
+                    continue
                 rows = txn.execute(
                     "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
                     " AND membership IN ('join', 'invite') ORDER BY event_nid LIMIT ?",
