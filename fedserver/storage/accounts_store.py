@@ -245,6 +245,26 @@ class AccountStore:
         return self._db.run_write(txn_func)
 
     @_deferred
+    def set_deactivated(self, user_id: str, deactivated: bool = True) -> "Deferred[None]":
+        """Deactivate (or reactivate) the user; deactivating also deletes every access
+        token and device of the user.
+
+        :raises UnknownUserError: (in the Deferred) if there is no such user.
+        """
+        check_text(user_id, "user_id")
+
+        def txn_func(txn: Txn) -> None:
+            n = txn.execute(
+                "UPDATE users SET deactivated = ? WHERE user_id = ?", (int(bool(deactivated)), user_id)
+            ).rowcount
+            if not n:
+                raise UnknownUserError(user_id)
+            if deactivated:
+                self.delete_all_tokens_txn(txn, user_id)
+
+        return self._db.run_write(txn_func)
+
+    @_deferred
     def set_password_hash(
         self, user_id: str, password_hash: Optional[str], *, keep_token_id: Optional[int] = None, logout_devices: bool = False
     ) -> "Deferred[None]":
