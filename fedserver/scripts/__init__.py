@@ -1,1 +1,1 @@
-"""Command-line tools installed as console scripts."""
+"""Command-line tools for operators (console scripts declared in setup.cfg)."""
