@@ -1,0 +1,395 @@
+"""The room endpoints of the Client-Server API (rooms, membership, directory, /sync) and their wiring."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from fedserver.handlers.client_events import ClientEventSource
+from fedserver.handlers.directory import DirectoryHandler
+from fedserver.handlers.membership import MembershipHandler, RoomEvents
+from fedserver.handlers.notifier import Notifier
+from fedserver.handlers.rooms import EventFilter, RoomsHandler
+from fedserver.handlers.sync import SyncHandler
+from fedserver.http.errors import bad_json, forbidden, invalid_param, missing_param, too_large
+from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
+from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
+
+log = Logger()
+
+#: Largest body of an event (content) a client may send: the spec's event size limit.
+MAX_EVENT_BODY = 65536
+#: Largest createRoom body (initial_state may hold many events).
+MAX_CREATE_ROOM_BODY = 1024 * 1024
+#: Largest body of the small membership / directory requests.
+MAX_SMALL_BODY = 65536
+#: Receipt types clients send (spec "Receipts").
+RECEIPT_TYPES = frozenset({"m.read", "m.read.private", "m.fully_read"})
+
+
+@dataclass
+class RoomServices:
+    """The room handlers, built once per server (see :func:`build_room_services`)."""
+
+    events: RoomEvents
+    notifier: Notifier
+    source: ClientEventSource
+    directory: DirectoryHandler
+    membership: MembershipHandler
+    rooms: RoomsHandler
+    sync: SyncHandler
+
+    def startup(self) -> "defer.Deferred[int]":
+        """Catch up the redaction index (redactions persisted while it was not running,
+        e.g. just before a crash); call once when the server starts."""
+        return self.events.store.rooms.index_redactions()
+
+
+def build_room_services(
+    *,
+    store: Any,
+    pipeline: Any,
+    creator: Any,
+    server_name: str,
+    signing_key: Any,
+    clock: Any,
+    room_versions: Optional[RoomVersionRegistry] = None,
+    default_room_version: "str | RoomVersion" = DEFAULT_ROOM_VERSION,
+    remote: Any = None,
+    remote_alias_query: Optional[Callable[[str, str], Any]] = None,
+) -> RoomServices:
+    """Build the room handlers on ``store`` and attach them to ``pipeline.on_persisted``
+    (the notifier that wakes /sync, and the redaction indexer).
+
+    :param creator: the :class:`~fedserver.handlers.creator.EventCreator`.
+    :param clock: the reactor (timestamps, /sync timeouts).
+    :param default_room_version: for ``createRoom`` without ``room_version`` (an
+        identifier or a version).
+    :param remote: a :class:`~fedserver.handlers.remote_membership.RemoteMembership`
+        for rooms that are not here and users of other servers (``None``: refused).
+    :param remote_alias_query: ``(server_name, alias)`` to ``{"room_id", "servers"}``
+        over federation (``None``: other servers' aliases are not found).
+    """
+    versions = room_versions if room_versions is not None else RoomVersionRegistry()
+    if isinstance(default_room_version, str):
+        default_room_version = versions.get(default_room_version)
+    notifier = Notifier(clock)
+    events = RoomEvents(store, creator, pipeline, server_name, signing_key)
+    source = ClientEventSource(store, clock)
+    directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
+    membership = MembershipHandler(events, directory, remote=remote, notifier=notifier)
+    rooms = RoomsHandler(
+        events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
+    )
+    sync = SyncHandler(store, notifier, source, clock)
+    pipeline.on_persisted.append(notifier.on_persisted)
+    pipeline.on_persisted.append(rooms.on_persisted)
+    return RoomServices(events, notifier, source, directory, membership, rooms, sync)
+
+
+# -- request helpers ----------------------------------------------------------------------------
+
+
+def _body(request: IRequest, limit: int = MAX_SMALL_BODY, *, optional: bool = False) -> dict[str, Any]:
+    """The JSON object body (``{}`` for an empty body if ``optional``).
+
+    :raises MatrixError: 413 beyond ``limit``; 400 ``M_NOT_JSON`` / ``M_BAD_JSON``.
+    """
+    content = request.content
+    if content is not None:
+        content.seek(0, 2)
+        size = content.tell()
+        if size > limit:
+            raise too_large(f"Body larger than {limit} bytes")
+        if size == 0 and optional:
+            return {}
+    elif optional:
+        return {}
+    return read_json_object(request)
+
+
+def _user_id_param(body: dict[str, Any]) -> str:
+    user_id = body.get("user_id")
+    if user_id is None:
+        raise missing_param("user_id")
+    if not isinstance(user_id, str):
+        raise bad_json("user_id must be a string")
+    return user_id
+
+
+def _event_filter(request: IRequest) -> Optional[EventFilter]:
+    raw = query_string(request, "filter", None)
+    if raw is None or raw == "":
+        return None
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        raise invalid_param("filter", "filter is not valid JSON") from None
+    return EventFilter(spec)
+
+
+def _room_hints(request: IRequest) -> list[str]:
+    """``via`` (spec v1.12) and the older ``server_name`` query parameters."""
+    hints = []
+    for name in ("via", "server_name"):
+        for value in query_strings(request, name):
+            if value and value not in hints:
+                hints.append(value)
+    return hints
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def register_room_routes(client_api: Any, services: RoomServices) -> None:
+    """Add the room endpoints to a :class:`~fedserver.http.client_api.ClientAPI` (each
+    also under ``/r0/``). ``createRoom`` then defaults to the room version the API
+    advertises in ``/capabilities``.
+    """
+    rooms, membership, directory, sync = services.rooms, services.membership, services.directory, services.sync
+    advertised = getattr(client_api, "default_room_version", None)
+    if isinstance(advertised, str) and advertised in rooms.room_versions:
+        rooms.default_room_version = rooms.room_versions.get(advertised)
+    authed = client_api.add_authed_route
+    public = client_api.add_public_route
+
+    # -- rooms and events -----------------------------------------------------------------
+
+    async def create_room(request, requester):
+        return await rooms.create_room(requester, _body(request, MAX_CREATE_ROOM_BODY))
+
+    async def send(request, requester, room_id, event_type, txn_id):
+        content = _body(request, MAX_EVENT_BODY)
+        return {"event_id": await rooms.send_event(requester, room_id, event_type, content, txn_id)}
+
+    async def put_state(request, requester, room_id, event_type, state_key=""):
+        content = _body(request, MAX_EVENT_BODY)
+        return {"event_id": await rooms.set_state(requester, room_id, event_type, state_key, content)}
+
+    async def get_state(request, requester, room_id):
+        return await rooms.get_state(requester, room_id)
+
+    async def get_state_event(request, requester, room_id, event_type, state_key=""):
+        fmt = query_string(request, "format", "content")
+        return await rooms.get_state_event(requester, room_id, event_type, state_key, format=fmt)
+
+    async def redact(request, requester, room_id, event_id, txn_id):
+        body = _body(request, optional=True)
+        return {"event_id": await rooms.redact(requester, room_id, event_id, txn_id, body.get("reason"))}
+
+    async def messages(request, requester, room_id):
+        return await rooms.messages(
+            requester,
+            room_id,
+            from_token=query_string(request, "from", None),
+            to_token=query_string(request, "to", None),
+            direction=query_string(request, "dir", "b"),
+            limit=query_int(request, "limit", None, minimum=1, maximum=1000),
+            event_filter=_event_filter(request),
+        )
+
+    async def members(request, requester, room_id):
+        return await rooms.members(
+            requester,
+            room_id,
+            membership=query_string(request, "membership", None),
+            not_membership=query_string(request, "not_membership", None),
+        )
+
+    async def joined_members(request, requester, room_id):
+        return await rooms.joined_members(requester, room_id)
+
+    async def joined_rooms(request, requester):
+        return await rooms.joined_rooms(requester)
+
+    async def get_event(request, requester, room_id, event_id):
+        return await rooms.get_event(requester, room_id, event_id)
+
+    async def context(request, requester, room_id, event_id):
+        limit = query_int(request, "limit", 10, minimum=0, maximum=1000)
+        return await rooms.context(requester, room_id, event_id, limit=limit, event_filter=_event_filter(request))
+
+    authed("POST", "/v3/createRoom", create_room)
+    authed("PUT", "/v3/rooms/{room_id}/send/{event_type}/{txn_id}", send)
+    authed("PUT", "/v3/rooms/{room_id}/state/{event_type}/{state_key}", put_state)
+    authed("PUT", "/v3/rooms/{room_id}/state/{event_type}", put_state)
+    authed("GET", "/v3/rooms/{room_id}/state", get_state)
+    authed("GET", "/v3/rooms/{room_id}/state/{event_type}/{state_key}", get_state_event)
+    authed("GET", "/v3/rooms/{room_id}/state/{event_type}", get_state_event)
+    authed("PUT", "/v3/rooms/{room_id}/redact/{event_id}/{txn_id}", redact)
+    authed("GET", "/v3/rooms/{room_id}/messages", messages)
+    authed("GET", "/v3/rooms/{room_id}/members", members)
+    authed("GET", "/v3/rooms/{room_id}/joined_members", joined_members)
+    authed("GET", "/v3/joined_rooms", joined_rooms)
+    authed("GET", "/v3/rooms/{room_id}/event/{event_id}", get_event)
+    authed("GET", "/v3/rooms/{room_id}/context/{event_id}", context)
+
+    # -- membership ------------------------------------------------------------------------
+
+    async def join_any(request, requester, room_id_or_alias):
+        body = _body(request, optional=True)
+        room_id = await membership.join(
+            requester.user_id, room_id_or_alias, server_names=_room_hints(request), reason=body.get("reason")
+        )
+        return {"room_id": room_id}
+
+    async def join_room(request, requester, room_id):
+        body = _body(request, optional=True)
+        return {"room_id": await membership.join(requester.user_id, room_id, reason=body.get("reason"))}
+
+    async def leave(request, requester, room_id):
+        body = _body(request, optional=True)
+        await membership.leave(requester.user_id, room_id, reason=body.get("reason"))
+        return {}
+
+    async def invite(request, requester, room_id):
+        body = _body(request)
+        if "id_server" in body or "medium" in body:
+            raise invalid_param("medium", "Third-party invites are not supported")
+        await membership.invite(requester.user_id, room_id, _user_id_param(body), reason=body.get("reason"))
+        return {}
+
+    def moderate(action):
+        async def handler(request, requester, room_id):
+            body = _body(request)
+            await action(requester.user_id, room_id, _user_id_param(body), reason=body.get("reason"))
+            return {}
+
+        return handler
+
+    async def knock(request, requester, room_id_or_alias):
+        body = _body(request, optional=True)
+        room_id = await membership.knock(
+            requester.user_id, room_id_or_alias, server_names=_room_hints(request), reason=body.get("reason")
+        )
+        return {"room_id": room_id}
+
+    async def forget(request, requester, room_id):
+        await membership.forget(requester.user_id, room_id)
+        return {}
+
+    authed("POST", "/v3/join/{room_id_or_alias}", join_any)
+    authed("POST", "/v3/rooms/{room_id}/join", join_room)
+    authed("POST", "/v3/rooms/{room_id}/leave", leave)
+    authed("POST", "/v3/rooms/{room_id}/invite", invite)
+    authed("POST", "/v3/rooms/{room_id}/kick", moderate(membership.kick))
+    authed("POST", "/v3/rooms/{room_id}/ban", moderate(membership.ban))
+    authed("POST", "/v3/rooms/{room_id}/unban", moderate(membership.unban))
+    authed("POST", "/v3/knock/{room_id_or_alias}", knock)
+    authed("POST", "/v3/rooms/{room_id}/forget", forget)
+
+    # -- directory -------------------------------------------------------------------------
+
+    async def put_alias(request, requester, room_alias):
+        body = _body(request)
+        room_id = body.get("room_id")
+        if room_id is None:
+            raise missing_param("room_id")
+        await directory.create_alias(requester.user_id, room_alias, room_id)
+        return {}
+
+    async def get_alias(request, room_alias):
+        return await directory.resolve_alias(room_alias)
+
+    async def delete_alias(request, requester, room_alias):
+        await directory.delete_alias(requester.user_id, room_alias)
+        return {}
+
+    async def room_aliases(request, requester, room_id):
+        return {"aliases": await directory.room_aliases(requester.user_id, room_id)}
+
+    async def get_visibility(request, room_id):
+        return {"visibility": await directory.get_visibility(room_id)}
+
+    async def put_visibility(request, requester, room_id):
+        body = _body(request)
+        await directory.set_visibility(requester.user_id, room_id, body.get("visibility", "public"))
+        return {}
+
+    async def get_public_rooms(request):
+        return await directory.public_rooms(
+            limit=query_int(request, "limit", None, minimum=0, maximum=10_000),
+            since=query_string(request, "since", None),
+            server=query_string(request, "server", None),
+        )
+
+    async def post_public_rooms(request, requester):
+        body = _body(request, optional=True)
+        limit = body.get("limit")
+        if limit is not None and type(limit) is not int:
+            raise bad_json("limit must be an integer")
+        since = body.get("since")
+        if since is not None and not isinstance(since, str):
+            raise bad_json("since must be a string")
+        flt = body.get("filter") or {}
+        if not isinstance(flt, dict):
+            raise bad_json("filter must be an object")
+        term = flt.get("generic_search_term")
+        if term is not None and not isinstance(term, str):
+            raise bad_json("generic_search_term must be a string")
+        return await directory.public_rooms(
+            limit=limit, since=since, search_term=term or None, server=query_string(request, "server", None)
+        )
+
+    authed("PUT", "/v3/directory/room/{room_alias}", put_alias)
+    public("GET", "/v3/directory/room/{room_alias}", get_alias)
+    authed("DELETE", "/v3/directory/room/{room_alias}", delete_alias)
+    authed("GET", "/v3/rooms/{room_id}/aliases", room_aliases)
+    public("GET", "/v3/directory/list/room/{room_id}", get_visibility)
+    authed("PUT", "/v3/directory/list/room/{room_id}", put_visibility)
+    public("GET", "/v3/publicRooms", get_public_rooms)
+    authed("POST", "/v3/publicRooms", post_public_rooms)
+
+    # -- receipts, read markers, typing: accepted, not yet delivered -------------------------
+
+    async def receipt(request, requester, room_id, receipt_type, event_id):
+        if receipt_type not in RECEIPT_TYPES:
+            raise invalid_param("receiptType", f"Unknown receipt type {receipt_type!r}")
+        _body(request, optional=True)
+        return {}
+
+    async def read_markers(request, requester, room_id):
+        _body(request, optional=True)
+        return {}
+
+    async def typing(request, requester, room_id, user_id):
+        if user_id != requester.user_id:
+            raise forbidden("You may only set your own typing state")
+        body = _body(request)
+        if not isinstance(body.get("typing"), bool):
+            raise bad_json("typing must be a boolean")
+        return {}
+
+    authed("POST", "/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}", receipt)
+    authed("POST", "/v3/rooms/{room_id}/read_markers", read_markers)
+    authed("PUT", "/v3/rooms/{room_id}/typing/{user_id}", typing)
+
+    # -- sync --------------------------------------------------------------------------------
+
+    async def do_sync(request, requester):
+        full_state = query_string(request, "full_state", "false")
+        if full_state not in ("true", "false"):
+            raise invalid_param("full_state", "full_state must be true or false")
+        d = defer.ensureDeferred(
+            sync.sync(
+                requester,
+                since=query_string(request, "since", None),
+                timeout_ms=query_int(request, "timeout", 0, minimum=0),
+                full_state=full_state == "true",
+                filter_param=query_string(request, "filter", None),
+            )
+        )
+        # A client that goes away stops its long-poll (the waiter is removed).
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: d.cancel())
+        try:
+            return await d
+        except defer.CancelledError:
+            return None  # nobody is listening any more
+
+    authed("GET", "/v3/sync", do_sync)
