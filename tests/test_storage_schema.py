@@ -40,6 +40,15 @@ def _version(path: str) -> int | None:
         conn.close()
 
 
+#: The newest shipped schema version, and the number a test-only upgrade script takes.
+LATEST = find_scripts(DEFAULT_SCHEMA_DIR)[-1].version
+NEXT = LATEST + 1
+
+
+def script_name(version: int, name: str) -> str:
+    return f"{version:03d}_{name}.sql"
+
+
 class SchemaDirTestsMixin:
     def schema_copy(self, extra: dict[str, str] | None = None) -> str:
         """A copy of the shipped schema directory with ``extra`` scripts added."""
@@ -81,10 +90,10 @@ class FindScriptsTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
 
     def test_gap_is_refused(self):
         """A missing number in the sequence is an error rather than a silent skip."""
-        path = self.schema_copy({"003_later.sql": "SELECT 1;\n"})
+        path = self.schema_copy({script_name(NEXT + 1, "later"): "SELECT 1;\n"})
         with self.assertRaises(SchemaError) as cm:
             find_scripts(path)
-        self.assertIn("002", str(cm.exception))
+        self.assertIn(f"{NEXT:03d}", str(cm.exception))
 
     def test_duplicate_is_refused(self):
         """Two scripts with the same number are an error."""
@@ -107,26 +116,26 @@ class PrepareDatabaseTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
         return conn
 
     def test_creation_is_idempotent(self):
-        """Preparing twice creates the schema once and records version 1 once."""
+        """Preparing twice creates the schema once and records each version once."""
         path = self.mktemp()
         conn = self.connect(path)
-        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 5), 1)
-        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 6), 1)
+        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 5), LATEST)
+        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 6), LATEST)
         rows = conn.execute("SELECT version, applied_ts FROM schema_version").fetchall()
-        self.assertEqual(rows, [(1, 5)])
+        self.assertEqual(rows, [(v, 5) for v in range(1, LATEST + 1)])
         self.assertIn("events", _tables(path))
 
     def test_failed_creation_leaves_nothing(self):
         """If a script fails while a new database is built, no table is left behind, and
         a later start builds the schema from scratch."""
-        broken = self.schema_copy({"002_broken.sql": "CREATE TABLE ok (a TEXT);\nCREATE TABLE broken (;\n"})
+        broken = self.schema_copy({script_name(NEXT, "broken"): "CREATE TABLE ok (a TEXT);\nCREATE TABLE broken (;\n"})
         path = self.mktemp()
         conn = self.connect(path)
         with self.assertRaises(SchemaError):
             prepare_database(conn, broken, 1)
         self.assertEqual(_tables(path), set())
-        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 2), 1)
-        self.assertEqual(_version(path), 1)
+        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 2), LATEST)
+        self.assertEqual(_version(path), LATEST)
 
     def test_failed_upgrade_keeps_previous_version(self):
         """A failing upgrade script is rolled back entirely; the database stays at the
@@ -134,10 +143,10 @@ class PrepareDatabaseTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
         path = self.mktemp()
         conn = self.connect(path)
         prepare_database(conn, DEFAULT_SCHEMA_DIR, 1)
-        broken = self.schema_copy({"002_broken.sql": "CREATE TABLE half (a TEXT);\nINSERT INTO nowhere VALUES (1);\n"})
+        broken = self.schema_copy({script_name(NEXT, "broken"): "CREATE TABLE half (a TEXT);\nINSERT INTO nowhere VALUES (1);\n"})
         with self.assertRaises(SchemaError):
             prepare_database(conn, broken, 2)
-        self.assertEqual(_version(path), 1)
+        self.assertEqual(_version(path), LATEST)
         self.assertNotIn("half", _tables(path))
 
     def test_foreign_database_refused(self):
@@ -153,7 +162,7 @@ class PrepareDatabaseTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
         """A process killed in the middle of building a new database (after some tables
         were created) leaves a file that the next start builds correctly: creation is
         atomic."""
-        crashing = self.schema_copy({"002_crash.sql": "CREATE TABLE before_crash (a TEXT);\nSELECT crash();\n"})
+        crashing = self.schema_copy({script_name(NEXT, "crash"): "CREATE TABLE before_crash (a TEXT);\nSELECT crash();\n"})
         path = os.path.abspath(self.mktemp())
         script = textwrap.dedent(
             f"""
@@ -171,7 +180,7 @@ class PrepareDatabaseTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
         self.assertEqual(result.returncode, 3, result.stderr.decode())
         self.assertEqual(_tables(path), set())
         conn = self.connect(path)
-        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 2), 1)
+        self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 2), LATEST)
         self.assertIn("events", _tables(path))
         self.assertNotIn("before_crash", _tables(path))
 
@@ -180,17 +189,17 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
     """open_store and the schema, through the real adbapi pool."""
 
     async def test_upgrade_script_applied(self):
-        """A database at version 1 opened with a schema directory holding 002 gets 002
-        applied, recorded, and its data kept."""
+        """A database at the shipped version opened with a schema directory holding the next
+        script gets it applied, recorded, and its data kept."""
         path = self.db_path()
         store = await self.open(path)
         first = await store.next_txn_id("kept.example")
         store.close()
         upgraded = self.schema_copy(
-            {"002_add_notes.sql": "CREATE TABLE notes (note_id INTEGER NOT NULL PRIMARY KEY, body TEXT NOT NULL);\nINSERT INTO notes (note_id, body) VALUES (1, 'a;b');\n"}
+            {script_name(NEXT, "add_notes"): "CREATE TABLE notes (note_id INTEGER NOT NULL PRIMARY KEY, body TEXT NOT NULL);\nINSERT INTO notes (note_id, body) VALUES (1, 'a;b');\n"}
         )
         store = await self.open(path, schema_dir=upgraded)
-        self.assertEqual(_version(path), 2)
+        self.assertEqual(_version(path), NEXT)
         conn = sqlite3.connect(path)
         self.addCleanup(conn.close)
         self.assertEqual(conn.execute("SELECT body FROM notes").fetchall(), [("a;b",)])
@@ -202,12 +211,12 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
         """A database whose schema version is newer than the code's is refused with
         SchemaTooNewError and left untouched."""
         path = self.db_path()
-        upgraded = self.schema_copy({"002_future.sql": "CREATE TABLE future (a TEXT);\n"})
+        upgraded = self.schema_copy({script_name(NEXT, "future"): "CREATE TABLE future (a TEXT);\n"})
         store = await self.open(path, schema_dir=upgraded)
         store.close()
         with self.assertRaises(SchemaTooNewError):
             await self.open(path)
-        self.assertEqual(_version(path), 2)
+        self.assertEqual(_version(path), NEXT)
 
     async def test_connection_settings(self):
         """The connection runs in WAL mode with foreign keys enforced and synchronous
