@@ -176,8 +176,12 @@ class _ConnectionTracker(policies.WrappingFactory):
             for d in waiters:
                 d.callback(None)
 
-    def close_all(self, grace: float = 5.0) -> defer.Deferred:
-        """Close every open connection (aborting those still open after ``grace`` seconds).
+    def close_all(self, grace: float = 1.0) -> defer.Deferred:
+        """Close every open connection, aborting those still open after ``grace`` seconds.
+
+        The grace lets written responses flush. It is short because over TLS a graceful
+        close also waits for the peer's close_notify, which other servers' idle connection
+        pools (Twisted's among them) do not send.
 
         :returns: a Deferred firing once none is left.
         """
