@@ -132,8 +132,8 @@ class RoomEvents:
         state = await self.pipeline.current_state(room_id)
         if not state:
             return False
-        hosts = await self.store.get_joined_hosts(room_id)
-        return not hosts or self.server_name in hosts
+        anyone, ours = await self.store.rooms.get_joined_presence(room_id, self.server_name)
+        return ours or not anyone
 
     async def send(
         self,

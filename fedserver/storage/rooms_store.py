@@ -455,6 +455,25 @@ class RoomsStore:
         return self._store.run_read(txn_func)
 
     @_deferred
+    def get_joined_presence(self, room_id: str, server_name: str) -> "Deferred[tuple[bool, bool]]":
+        """Whether anyone is joined to the room, and whether a user of ``server_name`` is,
+        reading only as far as the first match (not every member of a big room)."""
+
+        def txn_func(txn: Txn) -> tuple[bool, bool]:
+            if not (lookup_text(room_id, "room id") and lookup_text(server_name, "server name")):
+                return False, False
+            base = "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member' AND membership = 'join'"
+            if txn.execute(base + " LIMIT 1", (room_id,)).fetchone() is None:
+                return False, False
+            suffix = ":" + server_name
+            for (state_key,) in txn.execute(base + " AND substr(state_key, ?) = ?", (room_id, -len(suffix), suffix)):
+                if state_key.partition(":")[2] == server_name:
+                    return True, True
+            return True, False
+
+        return self._store.run_read(txn_func)
+
+    @_deferred
     def get_room_members_summary(self, room_ids: Iterable[str], heroes: int = 6) -> "Deferred[dict[str, RoomMembers]]":
         """Joined and invited counts and the first ``heroes`` members of each room."""
         ids = lookup_ids(room_ids)
