@@ -35,8 +35,8 @@ from fedserver.federation.client import build_federation_client, fed_path
 from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFetcher
 from fedserver.federation.sender import FederationSender
 from fedserver.handlers.ingest import Ingest
+from fedserver.handlers.profile import ProfileHandler
 from fedserver.handlers.transactions import TransactionHandler
-from fedserver.http.errors import not_found
 from fedserver.http.federation import FederationResource
 from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.notary import NotaryResource, NotaryService
@@ -282,13 +282,6 @@ class _SystemDnsResolver:
                 call.cancel()
 
 
-class _NoProfiles:
-    """Stands in for the profile handler until accounts exist: nobody is known here."""
-
-    def get_local_profile(self, user_id: str, field: str | None = None) -> defer.Deferred:
-        return defer.fail(not_found("Profile was not found"))
-
-
 class FedserverService(service.MultiService):
     """The running server: plugins, keys, listeners, and (once started) the store and the
     federation machinery.
@@ -440,7 +433,7 @@ class FedserverService(service.MultiService):
         self.acls = ServerAcls(store)
         self.ingest = Ingest(store, self.keyring)
         self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls)
-        self.profiles = _NoProfiles()
+        self.profiles = ProfileHandler(store, client, name)
         self.federation_resource = FederationResource(
             self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
         )

@@ -78,7 +78,7 @@ class TwoServersTests(TestCase):
 
     async def test_keys_profile_and_transactions_between_two_servers(self):
         """A fetches and verifies B's keys through its notary endpoint; A's signed profile
-        query is verified by B (which fetches A's keys) and answered 404 by the stand-in;
+        queries are verified by B (which fetches A's keys) and answered from B's accounts;
         A's outbound sender delivers a transaction that B records."""
         a = await self.start(self.make_config("a", free_port()))
         b = await self.start(self.make_config("b", free_port()))
@@ -93,7 +93,13 @@ class TwoServersTests(TestCase):
         self.assertEqual(list(parsed.verify_keys), [b.key_id])
         self.assertIn(a.key_id, doc["signatures"][a_name])
 
-        # A signed query from A to B: B verifies it with A's keys, fetched from A.
+        # Signed queries from A to B: B verifies them with A's keys, fetched from A, and
+        # answers from its accounts.
+        await b.store.accounts.create_user(f"@bea:{b_name}", None, displayname="Bea")
+        profile = await a.federation_client.get_json(
+            b_name, "/_matrix/federation/v1/query/profile", {"user_id": f"@bea:{b_name}"}
+        )
+        self.assertEqual(profile, {"displayname": "Bea"})
         with self.assertRaises(HttpResponseError) as cm:
             await a.federation_client.get_json(b_name, "/_matrix/federation/v1/query/profile", {"user_id": f"@x:{b_name}"})
         self.assertEqual((cm.exception.code, cm.exception.errcode), (404, "M_NOT_FOUND"))
