@@ -234,6 +234,21 @@ class SendTests(RoomsTestCase):
         self.assertEqual(first, second)
         self.assertEqual(await self.rooms.get_state_event(bob, room_id, "m.room.topic", ""), {"topic": "bob's"})
 
+    async def test_invite_through_state_api_uses_membership_rules(self):
+        """An invite sent as a state event goes through the membership handler: a local
+        invitee is invited (with is_direct), a remote one needs the federation path."""
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create(alice)
+        event_id = await self.rooms.set_state(
+            alice, room_id, "m.room.member", bob.user_id, {"membership": "invite", "is_direct": True}
+        )
+        ev = await self.store.get_event(event_id)
+        self.assertEqual((ev.state_key, ev.content["membership"], ev.content["is_direct"]), (bob.user_id, "invite", True))
+        await self.assertMatrixError(
+            self.rooms.set_state(alice, room_id, "m.room.member", "@x:far.test", {"membership": "invite"}), 400, "M_UNKNOWN"
+        )
+
     async def test_canonical_alias_must_point_to_room(self):
         """A new canonical alias must be ours and point to the room (400 M_BAD_ALIAS)."""
         alice = await self.user("alice")

@@ -127,6 +127,23 @@ class IncrementalSyncTests(RoomsTestCase):
         full = await self.sync(bob, filter_param='{"room":{"include_leave":true}}')
         self.assertNotIn(room_id, full["rooms"]["leave"])
 
+    async def test_rejected_invite_shows_under_leave(self):
+        """A rejected invite moves the room from invite to leave, with the user's own
+        leave event in the timeline (users always see their own membership) and none of
+        the room's messages."""
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create(alice)
+        await self.send_text(alice, room_id, "members only")
+        await self.membership.invite(alice.user_id, room_id, bob.user_id)
+        s1 = await self.sync(bob)
+        self.assertIn(room_id, s1["rooms"]["invite"])
+        await self.membership.leave(bob.user_id, room_id)
+        s2 = await self.sync(bob, since=s1["next_batch"])
+        self.assertEqual(s2["rooms"]["invite"], {})
+        events = s2["rooms"]["leave"][room_id]["timeline"]["events"]
+        self.assertEqual([(e["type"], e["content"]["membership"]) for e in events], [("m.room.member", "leave")])
+
     async def test_new_member_does_not_see_joined_only_history(self):
         """A user joining a room with history_visibility joined gets a timeline without
         the messages sent before their join."""

@@ -14,6 +14,9 @@
 # with the two exceptions: an m.room.history_visibility event is visible if the rule
 # allows for the state before OR after it, and so is the user's own m.room.member event.
 #
+# Beyond these rules, a user always sees their own membership events (who invited,
+# kicked or banned them), as other servers do for leave events.
+#
 # Rule 3 needs "joined at any point after the event": callers pass ``joined_until``, the
 # stream position up to which the user was joined at some later point: infinity for a
 # user joined now; the position of their leave for a user who was joined when leaving;
@@ -249,6 +252,9 @@ class ClientEventSource:
             pair = groups.get(event.event_id)
             if pair is None:
                 continue  # no state recorded: not part of the room's DAG
+            if event.type == "m.room.member" and event.state_key == user_id:
+                out.append((nid, event))  # a user always sees what happened to their membership
+                continue
             shared_ok = nid < joined_until
             if view(pair[0]).allows(shared_ok) or (
                 needs_state_after(event, user_id) and view(pair[1]).allows(shared_ok)

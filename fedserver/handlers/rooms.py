@@ -423,6 +423,14 @@ class RoomsHandler:
             return existing.event_id
         if event_type == "m.room.canonical_alias" and state_key == "":
             await self._check_canonical_alias(room_id, content, existing)
+        if event_type == "m.room.member" and content.get("membership") == "invite":
+            # An invite goes through the membership handler whichever API the client uses:
+            # a user of another server must sign it (the federation invite handshake).
+            await self.membership.invite(
+                user_id, room_id, state_key, reason=content.get("reason"), is_direct=content.get("is_direct") is True
+            )
+            found = await self.store.get_current_state_events(room_id, [(event_type, state_key)])
+            return found[(event_type, state_key)].event_id
         event = await self.events.send(room_id, type=event_type, sender=user_id, content=content, state_key=state_key)
         return event.event_id
 
