@@ -255,3 +255,44 @@ class RoomEndpointTests(ClientRoomsTestCase):
         code, result = await pending
         self.assertEqual(code, 200)
         self.assertEqual(result["rooms"]["join"][room_id]["timeline"]["events"][-1]["content"]["body"], "ping")
+
+
+class HostileInputTests(ClientRoomsTestCase):
+    async def test_lone_surrogates_and_odd_ids_never_500(self):
+        """Lone surrogates (as JSON escapes or raw percent-encoded bytes) and odd ids in
+        bodies, paths and queries get 4xx Matrix errors or are ignored, never a 500."""
+        token = await self.register("alice")
+        _, body = await self.call("POST", "/createRoom", {}, token=token)
+        room = q(body["room_id"])
+        s = '"\\ud800"'
+        cases = [
+            ("POST", "/createRoom", '{"name": %s}' % s),
+            ("POST", "/createRoom", '{"room_alias_name": %s}' % s),
+            ("POST", "/createRoom", '{"invite": [%s]}' % s),
+            ("POST", "/createRoom", '{"room_version": %s}' % s),
+            ("POST", "/createRoom", '{"initial_state": [{"type": %s, "content": {}}]}' % s),
+            ("POST", "/createRoom", '{"creation_content": {"x": %s}}' % s),
+            ("PUT", f"/rooms/{room}/send/m.room.message/t1", '{"body": %s}' % s),
+            ("PUT", f"/rooms/{room}/state/m.room.topic", '{"topic": %s}' % s),
+            ("PUT", f"/directory/room/{q('#a:' + SERVER)}", '{"room_id": "!\\ud800"}'),
+            ("POST", f"/rooms/{room}/invite", '{"user_id": "@\\ud800:x"}'),
+            ("POST", f"/rooms/{room}/ban", '{"user_id": "@\\ud800:%s"}' % SERVER),
+            ("POST", f"/rooms/{room}/leave", '{"reason": %s}' % s),
+            ("PUT", f"/rooms/{room}/redact/{q('$x')}/t9", '{"reason": %s}' % s),
+            ("PUT", f"/directory/list/room/{room}", '{"visibility": %s}' % s),
+            ("POST", "/publicRooms", '{"filter": {"generic_search_term": %s}}' % s),
+            ("POST", "/publicRooms", '{"since": %s}' % s),
+            ("GET", "/sync?filter=%7B%22room%22%3A%7B%22rooms%22%3A%5B%22%5Cud800%22%5D%7D%7D", None),
+            ("GET", f"/rooms/{room}/messages?from=%ED%A0%80", None),
+            ("GET", "/rooms/%ED%A0%80/state", None),
+            ("GET", f"/rooms/{q(chr(0) + '!x')}/messages", None),
+            ("POST", "/join/%23%ED%A0%80:x", "{}"),
+            ("POST", f"/join/{q('!x' + chr(0))}", "{}"),
+            ("PUT", f"/rooms/{room}/send/{q('x' * 256)}/t2", "{}"),
+            ("GET", f"/rooms/{room}/messages?limit=99999999999999999999999", None),
+        ]
+        for method, path, raw in cases:
+            code, answer = await self.call(method, path, token=token, raw=raw.encode() if raw else None)
+            self.assertLess(code, 500, (method, path, raw, answer))
+            if code >= 400:
+                self.assertIsInstance(answer.get("errcode"), str, (method, path, raw))
