@@ -243,6 +243,11 @@ class SyncHandler:
             else:
                 knock_out[m.room_id] = {"knock_state": {"events": events}}
 
+        await self._remote_memberships(
+            user_id, scope, since_nid, now_nid, flt, {m.room_id for m in memberships} | set(forgotten),
+            invite_out, knock_out, leave_out,
+        )
+
         result = {
             "next_batch": stream_token(now_nid, ad_now),
             "rooms": {"join": join_out, "invite": invite_out, "leave": leave_out, "knock": knock_out},
@@ -257,6 +262,50 @@ class SyncHandler:
             "device_one_time_keys_count": {},
         }
         return result, wait_rooms + [m.room_id for m in memberships if m.membership in ("invite", "knock")]
+
+    async def _remote_memberships(
+        self,
+        user_id: str,
+        scope: str,
+        since_nid: Optional[int],
+        now_nid: int,
+        flt: SyncFilter,
+        known_rooms: set[str],
+        invite_out: dict[str, Any],
+        knock_out: dict[str, Any],
+        leave_out: dict[str, Any],
+    ) -> None:
+        """Invites, knocks and their withdrawal in rooms this server is not in (recorded
+        by the federation handshakes in ``store.federation_extras`` with the membership
+        event's nid as position); rooms with a membership here take precedence."""
+        extras = getattr(self.store, "federation_extras", None)
+        if extras is None:
+            return
+        rows = await extras.get_remote_memberships(user_id, since_nid or 0)
+        rows = [
+            r for r in rows if r.stream <= now_nid and r.room_id not in known_rooms and flt.rooms.allows_room(r.room_id)
+        ]
+        if not rows:
+            return
+        events = await self.store.get_events([r.event_id for r in rows])
+        for r in rows:
+            own = events.get(r.event_id)
+            state = [e for e in r.stripped_state if isinstance(e, dict)]
+            if own is not None and not any(
+                e.get("type") == own.type and e.get("state_key") == own.state_key for e in state
+            ):
+                state.append(stripped_state(own))
+            if r.membership == "invite":
+                invite_out[r.room_id] = {"invite_state": {"events": state}}
+            elif r.membership == "knock":
+                knock_out[r.room_id] = {"knock_state": {"events": state}}
+            elif r.membership in ("leave", "ban") and (since_nid is not None or flt.include_leave) and own is not None:
+                served = await self.source.serialize([own], user_id=user_id, scope=scope, include_room_id=False)
+                leave_out[r.room_id] = {
+                    "timeline": {"events": served, "limited": False, "prev_batch": topo_token((own.depth, r.stream - 1))},
+                    "state": {"events": []},
+                    "account_data": {"events": []},
+                }
 
     @staticmethod
     def _empty_joined(room_data: Mapping[str, Any], flt: SyncFilter) -> dict[str, Any]:
