@@ -497,6 +497,7 @@ def build_account_services(
     federation_client: Any = None,
     rate_limits: Optional[Mapping[str, Any]] = None,
     hasher: Optional[PasswordHasher] = None,
+    profiles: Optional[ProfileHandler] = None,
 ) -> AccountServices:
     """Build the account and profile handlers on ``store`` (a :class:`~fedserver.storage.sqlite.SQLiteStore`).
 
@@ -504,6 +505,8 @@ def build_account_services(
     :param rate_limits: ``{action: {per_second, burst}}`` overriding
         :data:`fedserver.ratelimit.DEFAULT_RULES`.
     :param hasher: the password hasher (tests pass a cheaper one).
+    :param profiles: an existing :class:`ProfileHandler` to share (e.g. the one the
+        federation ``/query/profile`` endpoint uses); made here if ``None``.
     :raises ValueError: for bad ``rate_limits``.
     """
     limiter = RateLimiter(reactor, rules_from_config(rate_limits))
@@ -515,7 +518,8 @@ def build_account_services(
         ratelimiter=limiter,
         enable_registration=enable_registration,
     )
-    profiles = ProfileHandler(store, federation_client, server_name)
+    if profiles is None:
+        profiles = ProfileHandler(store, federation_client, server_name)
     shared = SharedSecretRegistration(accounts, registration_shared_secret, reactor, ratelimiter=limiter)
     return AccountServices(accounts, profiles, shared, limiter)
 
