@@ -195,6 +195,30 @@ class RemotePathTests(RoomsTestCase):
             ],
         )
 
+    async def test_invite_sender_server_tried_first(self):
+        """Accepting or rejecting an invite to a room that is not here tries the
+        inviter's server first (seed 001: the invite's origin is the best candidate)."""
+        calls = []
+
+        class Remote:
+            async def join(self, user_id, room_id, candidates, content):
+                calls.append(("join", list(candidates)))
+
+            async def leave(self, user_id, room_id, candidates, reason=None):
+                calls.append(("leave", list(candidates)))
+
+        alice = await self.user("alice")
+        invite = await self.remote_member_event(alice.user_id, "invite", 3, room_id="!r:room.test")
+        await self.store.federation_extras.set_remote_membership(
+            alice.user_id, "!r:room.test", "invite", invite.event_id, "@bob:far.test", []
+        )
+        membership = MembershipHandler(self.events, self.directory, remote=Remote())
+        await membership.join(alice.user_id, "!r:room.test", server_names=["hint.test"])
+        await membership.leave(alice.user_id, "!r:room.test")
+        self.assertEqual(
+            calls, [("join", ["far.test", "hint.test", "room.test"]), ("leave", ["far.test", "room.test"])]
+        )
+
     async def test_profile_refresh(self):
         """refresh_profile sends a new join with the current display name into each room
         the user is joined to."""

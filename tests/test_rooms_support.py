@@ -99,3 +99,22 @@ class RoomsTestCase(unittest.TestCase):
 
     async def sync(self, requester: Requester, **kw: Any) -> dict:
         return await self.sync_handler.sync(requester, **kw)
+
+    async def remote_member_event(self, target: str, membership: str, depth: int, room_id: str = "!remote:far.test"):
+        """An outlier membership event of a room on another server (sent by
+        ``@bob:far.test``, or by ``target`` for a leave), stored as the federation
+        handshakes store it."""
+        from fedserver import room_versions
+        from fedserver.events.builder import build_event
+        from fedserver.storage.interface import PersistEntry
+
+        sender = target if membership == "leave" else "@bob:far.test"
+        event = build_event(
+            room_versions.V10, room_id=room_id, type="m.room.member", sender=sender,
+            content={"membership": membership}, state_key=target, prev_event_ids=["$p" + "A" * 42],
+            auth_event_ids=[], depth=depth, origin_server_ts=1_700_000_000_000 + depth,
+            server_name=sender.partition(":")[2], signing_key=generate_signing_key("1"),
+        )
+        await self.store.persist_events([PersistEntry(event=event, outlier=True)])
+        return event
+

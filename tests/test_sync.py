@@ -242,32 +242,13 @@ class LongPollTests(RoomsTestCase):
 
 
 class RemoteMembershipTests(RoomsTestCase):
-    async def _remote_member_event(self, target: str, membership: str, depth: int):
-        """An outlier membership event from another server, stored as the federation
-        handshakes store it."""
-        from signedjson.key import generate_signing_key
-
-        from fedserver import room_versions
-        from fedserver.events.builder import build_event
-        from fedserver.storage.interface import PersistEntry
-
-        sender = target if membership == "leave" else "@bob:far.test"
-        event = build_event(
-            room_versions.V10, room_id="!remote:far.test", type="m.room.member", sender=sender,
-            content={"membership": membership}, state_key=target, prev_event_ids=["$p" + "A" * 42],
-            auth_event_ids=[], depth=depth, origin_server_ts=1_700_000_000_000 + depth,
-            server_name="far.test" if sender != target else "here.test", signing_key=generate_signing_key("1"),
-        )
-        await self.store.persist_events([PersistEntry(event=event, outlier=True)])
-        return event
-
     async def test_invite_and_rejection_in_a_room_not_here(self):
         """An invite recorded for a room this server is not in shows under rooms.invite
         with its stripped state and the invite; its rejection shows under rooms.leave in
         the next incremental sync."""
         alice = await self.user("alice")
         first = await self.sync(alice)
-        invite = await self._remote_member_event(alice.user_id, "invite", 5)
+        invite = await self.remote_member_event(alice.user_id, "invite", 5)
         await self.store.federation_extras.set_remote_membership(
             alice.user_id, "!remote:far.test", "invite", invite.event_id, "@bob:far.test",
             [{"type": "m.room.name", "state_key": "", "sender": "@bob:far.test", "content": {"name": "Far"}}],
@@ -277,7 +258,7 @@ class RemoteMembershipTests(RoomsTestCase):
         self.assertEqual([e["type"] for e in events], ["m.room.name", "m.room.member"])
         self.assertEqual(events[1]["content"], {"membership": "invite"})
         self.assertIn("!remote:far.test", (await self.sync(alice))["rooms"]["invite"])
-        leave = await self._remote_member_event(alice.user_id, "leave", 6)
+        leave = await self.remote_member_event(alice.user_id, "leave", 6)
         await self.store.federation_extras.set_remote_membership(
             alice.user_id, "!remote:far.test", "leave", leave.event_id, alice.user_id, []
         )

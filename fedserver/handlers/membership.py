@@ -257,6 +257,16 @@ class MembershipHandler:
         content["membership"] = membership
         return await self.events.send(room_id, type="m.room.member", sender=sender, content=content, state_key=target)
 
+    async def _inviter_hint(self, user_id: str, room_id: str) -> list[str]:
+        """The server of whoever invited the user to a room that is not here (recorded by
+        the federation handshakes): the first server to try (seed 001)."""
+        extras = getattr(self.store, "federation_extras", None)
+        if extras is None:
+            return []
+        row = await extras.get_remote_membership(user_id, room_id)
+        domain = domain_of(row.sender) if row is not None else None
+        return [domain] if domain else []
+
     def _candidates(self, room_id: str, hints: Sequence[str]) -> list[str]:
         out = []
         for s in list(hints) + [domain_of(room_id) or ""]:
@@ -300,7 +310,7 @@ class MembershipHandler:
         return room_id
 
     async def _remote_join(self, user_id: str, room_id: str, hints: Sequence[str], reason: Optional[str]) -> str:
-        candidates = self._candidates(room_id, hints)
+        candidates = self._candidates(room_id, await self._inviter_hint(user_id, room_id) + list(hints))
         if self.remote is None or not candidates:
             raise not_found("This server is not in the room and knows no server to join it through")
         content: dict[str, Any] = dict(await self._profile(user_id))
@@ -359,7 +369,7 @@ class MembershipHandler:
         if not await self.events.is_here(room_id):
             if self.remote is None:
                 raise not_found("This server is not in the room")
-            await self.remote.leave(user_id, room_id, self._candidates(room_id, []), reason)
+            await self.remote.leave(user_id, room_id, self._candidates(room_id, await self._inviter_hint(user_id, room_id)), reason)
             return
         current = await self.store.rooms.get_membership(room_id, user_id)
         if current is None or current.membership == "leave":
