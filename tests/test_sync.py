@@ -170,6 +170,12 @@ class IncrementalSyncTests(RoomsTestCase):
         result = await self.sync(alice, filter_param=str(filter_id))
         self.assertEqual(list(result["rooms"]["join"]), [r1])
         self.assertEqual([e["type"] for e in result["rooms"]["join"][r1]["timeline"]["events"]], ["m.room.message"])
+        # The state events the timeline filter left out come as state instead.
+        token = result["next_batch"]
+        await self.rooms.set_state(alice, r1, "m.room.topic", "", {"topic": "t"})
+        later = await self.sync(alice, since=token, filter_param=str(filter_id))
+        self.assertEqual(later["rooms"]["join"][r1]["timeline"]["events"], [])
+        self.assertEqual([e["type"] for e in later["rooms"]["join"][r1]["state"]["events"]], ["m.room.topic"])
         self.assertTrue(r2)
         await self.store.accounts.set_account_data(alice.user_id, None, "m.direct", {"a": 1})
         result = await self.sync(alice)

@@ -369,6 +369,12 @@ class SyncHandler:
             ids = [v for v in wanted.values() if v not in in_timeline]
             loaded = await store.get_events(ids)
             state_events = [loaded[v] for _, v in sorted(wanted.items()) if v in loaded and flt.state.allows(loaded[v])]
+        # State events of the timeline the filter leaves out still change the room: send
+        # them as state so that the client's view of the room is right.
+        left_out = {e.state_tuple: e for _, e in items if e.state_key is not None and not flt.timeline.allows(e)}
+        if left_out:
+            kept = [e for e in state_events if e.state_tuple not in left_out]
+            state_events = kept + [e for e in left_out.values() if flt.state.allows(e)]
         if timeline.events:
             first_nid, first_ev = timeline.events[0]
             prev_batch = topo_token((first_ev.depth, first_nid - 1))
