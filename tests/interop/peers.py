@@ -1,14 +1,20 @@
 """Launchers for the two real servers the interop tests federate: Synapse and fedserver.
 
 Both run as child processes on loopback, so the test process can drive them with plain
-blocking HTTP without ever blocking a server's reactor. Synapse comes from the interpreter
+blocking HTTP without ever blocking a server's reactor (the blocking helpers here must not
+be used while a server runs inside the test process). Synapse comes from the interpreter
 named by ``FEDSERVER_SYNAPSE_PYTHON`` (``.ci/run`` installs ``matrix-synapse`` into a venv of
 its own and sets it); without one the interop tests are skipped, unless
 ``FEDSERVER_INTEROP=require`` (CI), in which case they fail.
+
+The children die with the test process: they are stopped at exit, and on Linux the kernel
+signals them if the test process is killed.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import hashlib
 import hmac
 import json
@@ -38,6 +44,8 @@ def synapse_python() -> str:
 
     :raises PeerUnavailable: if none is configured or it cannot import synapse.
     """
+    if os.environ.get("FEDSERVER_INTEROP") == "skip":
+        raise PeerUnavailable("FEDSERVER_INTEROP=skip")
     py = os.environ.get("FEDSERVER_SYNAPSE_PYTHON")
     if not py:
         raise PeerUnavailable("FEDSERVER_SYNAPSE_PYTHON is not set (see .ci/run)")
@@ -106,13 +114,19 @@ class HTTPError(Exception):
         self.body = body
 
 
-def http_json(method: str, url: str, body=None, token: str | None = None, timeout: float = 60):
-    """One blocking JSON request; returns the parsed body or raises :class:`HTTPError`."""
+def http_json(method: str, url: str, body=None, token: str | None = None, timeout: float = 60,
+              headers: dict | None = None):
+    """One blocking JSON request; returns the parsed body or raises :class:`HTTPError`.
+
+    Never call it while a server runs in this process: it blocks the reactor.
+    """
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", "Bearer " + token)
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     ctx = ssl._create_unverified_context()  # loopback peers with self-signed certificates
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
@@ -142,6 +156,15 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the test process dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 class _Process:
     """A child server process with its own directory and log."""
 
@@ -157,10 +180,12 @@ class _Process:
             self.proc = subprocess.Popen(
                 argv, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
+        atexit.register(self.stop)
 
     def stop(self, timeout: float = 20) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """SIGTERM (our own child, by its pid), then SIGKILL after ``timeout`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -169,6 +194,9 @@ class _Process:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -313,7 +341,14 @@ federation_rr_transactions_per_room_per_second: 10000
 
 
 class Fedserver(_Process):
-    """fedserver launched exactly as an operator does: ``twistd -n fedserver --config``."""
+    """fedserver launched exactly as an operator does: ``twistd -n fedserver --config``.
+
+    It runs from this checkout (``PYTHONPATH`` points at it, so the twistd plugin and the
+    package under test are the ones the tests import) with the test process's interpreter.
+
+    :ivar server_name: ``127.0.0.1:<federation port>``.
+    :ivar signing_key_path: its ed25519 key (generated on first start).
+    """
 
     def __init__(self, directory: str, *, extra_config: dict | None = None):
         super().__init__(directory)
@@ -322,29 +357,44 @@ class Fedserver(_Process):
         self.server_name = f"127.0.0.1:{self.fed_port}"
         self.fed_url = f"https://127.0.0.1:{self.fed_port}"
         self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.signing_key_path = os.path.join(directory, "fedserver.signing.key")
+        self.config_path = os.path.join(directory, "fedserver.yaml")
         self.extra_config = extra_config or {}
 
     def write_config(self) -> str:
         import yaml
 
+        d = self.directory
         config = {
             "server_name": self.server_name,
-            "database_path": os.path.join(self.directory, "fedserver.db"),
-            "federation_listen": f"ssl:{self.fed_port}:interface=127.0.0.1",
-            "client_listen": f"tcp:{self.client_port}:interface=127.0.0.1",
+            "database_path": os.path.join(d, "fedserver.db"),
+            "signing_key_path": self.signing_key_path,
+            "tls_certificate_path": os.path.join(d, "fedserver.tls.crt"),
+            "tls_private_key_path": os.path.join(d, "fedserver.tls.key"),
+            # PORT forms (not endpoint descriptions) so that the TLS files are generated.
+            "federation_listen": f"127.0.0.1:{self.fed_port}",
+            "client_listen": f"127.0.0.1:{self.client_port}",
             "federation_verify_certificates": False,
             "federation_allow_private_addresses": True,
+            "federation_client_timeout": 30,
+            "outbound_max_retry_interval": 10,
+            "log_level": "debug",
         }
         config.update(self.extra_config)
-        path = os.path.join(self.directory, "fedserver.yaml")
-        with open(path, "w") as f:
+        with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f)
-        return path
+        return self.config_path
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+        return env
 
     def start(self, timeout: float = 60) -> None:
+        """Write the configuration and start fedserver; return once it serves its keys."""
         path = self.write_config()
-        twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
-        self._spawn([twistd, "-n", "--pidfile=", "fedserver", "--config", path])
+        run_twistd = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+        self._spawn([sys.executable, "-c", run_twistd, "-n", "--pidfile=", "fedserver", "--config", path], env=self.env())
 
         def ready():
             if self.proc.poll() is not None:
@@ -353,3 +403,23 @@ class Fedserver(_Process):
             return True
 
         wait_until(ready, timeout, "fedserver to listen")
+
+    def register(self, localpart: str, displayname: str | None = None) -> str:
+        """Create a user with ``fedserver-register`` (straight into the database, as an
+        operator would); returns the user id."""
+        argv = [sys.executable, "-m", "fedserver.scripts.register", "--config", self.config_path,
+                "--user", localpart, "--password", "pw-" + localpart]
+        if displayname is not None:
+            argv += ["--displayname", displayname]
+        result = subprocess.run(argv, cwd=self.directory, env=self.env(), capture_output=True, timeout=60)
+        if result.returncode != 0:
+            raise AssertionError(f"fedserver-register failed: {result.stderr.decode(errors='replace')}")
+        return f"@{localpart}:{self.server_name}"
+
+    def signing_key(self):
+        """The server's signing key (a signedjson ``SigningKey``)."""
+        from fedserver.crypto import load_or_generate_signing_key
+
+        key, generated = load_or_generate_signing_key(self.signing_key_path)
+        assert not generated, "fedserver has not created its key yet"
+        return key
