@@ -77,10 +77,10 @@ class IdentifierTests(unittest.SynchronousTestCase):
 
     def test_split_user_id(self):
         """Well-formed ids split; historical localparts are accepted; over 255 bytes or
-        malformed ids give None."""
+        malformed ids (the server name too) give None."""
         self.assertEqual(split_user_id("@a:b.example:8448"), ("a", "b.example:8448"))
         self.assertEqual(split_user_id("@Old!Style:b"), ("Old!Style", "b"))
-        for bad in ("a:b", "@a", "@:b", "@a:", "@a b:c", "@" + "a" * 250 + ":b.example", 5):
+        for bad in ("a:b", "@a", "@:b", "@a:", "@a b:c", "@a:b c", "@a:b\x00", "@a:b\ud800", "@a:[::1", "@" + "a" * 250 + ":b.example", 5):
             self.assertIsNone(split_user_id(bad), bad)
 
     def test_tokens(self):

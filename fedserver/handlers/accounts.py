@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from fedserver.config import split_server_name
 from fedserver.http.errors import (
     M_FORBIDDEN,
     M_INVALID_USERNAME,
@@ -49,6 +50,12 @@ MAX_DEVICE_ID_LENGTH = 255
 MAX_DEVICE_NAME_LENGTH = 512
 
 
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8, counting a lone surrogate (which JSON can carry but no
+    valid identifier holds) as its 3-byte encoding instead of raising."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def is_valid_localpart(localpart: Any) -> bool:
     """Whether ``localpart`` may be used for a new user (lowercase ``a-z 0-9 . _ = - / +``)."""
     return type(localpart) is str and bool(_LOCALPART.match(localpart))
@@ -56,11 +63,15 @@ def is_valid_localpart(localpart: Any) -> bool:
 
 def split_user_id(user_id: Any) -> Optional[tuple[str, str]]:
     """``(localpart, server_name)`` of a well-formed user id (historical localparts
-    allowed), or ``None``."""
-    if type(user_id) is not str or not user_id.startswith("@") or len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+    allowed, the server name per the appendix "Server Name" grammar), or ``None``."""
+    if type(user_id) is not str or not user_id.startswith("@") or utf8_length(user_id) > MAX_USER_ID_BYTES:
         return None
     localpart, sep, server = user_id[1:].partition(":")
     if not sep or not server or not _HISTORICAL_LOCALPART.match(localpart):
+        return None
+    try:
+        split_server_name(server)  # appendix "Server Name" grammar
+    except ValueError:
         return None
     return localpart, server
 
@@ -75,7 +86,7 @@ def new_access_token() -> str:
 
 def hash_token(token: str) -> str:
     """What is stored for an access token: its hex SHA-256."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_device_id() -> str:
@@ -121,8 +132,10 @@ class PasswordHasher:
     @staticmethod
     def _kdf(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
         n = 1 << log_n
+        # surrogatepass: a JSON body may carry lone surrogates ("\ud800"); they must hash
+        # (deterministically), not crash.
         return hashlib.scrypt(
-            password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=256 * r * n + (1 << 20), dklen=32
+            password.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r, p=p, maxmem=256 * r * n + (1 << 20), dklen=32
         )
 
     def _run(self, func: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -412,7 +425,7 @@ class AccountHandler:
                 400, M_INVALID_USERNAME, "User ID can only contain characters a-z, 0-9, or '._=-/+'"
             )
         user_id = self.user_id_for(localpart)
-        if len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
+        if utf8_length(user_id) > MAX_USER_ID_BYTES:
             raise MatrixError(400, M_INVALID_USERNAME, f"User ID may not be longer than {MAX_USER_ID_BYTES} bytes")
         return user_id
 
@@ -612,7 +625,7 @@ class AccountHandler:
         self._check_device_fields(device_id, display_name)
         if self._limiter is not None:
             self._limiter.peek(LOGIN_FAILED_USER, user_id)
-        user = await self._store.get_user(user_id) if len(user_id.encode("utf-8")) <= MAX_USER_ID_BYTES else None
+        user = await self._store.get_user(user_id) if utf8_length(user_id) <= MAX_USER_ID_BYTES else None
         ok = False
         if len(password) <= MAX_PASSWORD_LENGTH:
             # Unknown users cost the same KDF work, so timing does not reveal who exists.
@@ -727,17 +740,20 @@ def registration_mac(
 ) -> str:
     """The MAC of Synapse's shared-secret registration: hex HMAC-SHA1 keyed with the
     shared secret over ``nonce NUL username NUL password NUL admin|notadmin [NUL user_type]``."""
-    mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha1)
-    mac.update(nonce.encode("utf-8"))
+    def enc(text: str) -> bytes:
+        return text.encode("utf-8", "surrogatepass")  # lone surrogates must not crash
+
+    mac = hmac.new(enc(secret), digestmod=hashlib.sha1)
+    mac.update(enc(nonce))
     mac.update(b"\x00")
-    mac.update(username.encode("utf-8"))
+    mac.update(enc(username))
     mac.update(b"\x00")
-    mac.update(password.encode("utf-8"))
+    mac.update(enc(password))
     mac.update(b"\x00")
     mac.update(b"admin" if admin else b"notadmin")
     if user_type:
         mac.update(b"\x00")
-        mac.update(user_type.encode("utf-8"))
+        mac.update(enc(user_type))
     return mac.hexdigest()
 
 
@@ -844,7 +860,7 @@ class SharedSecretRegistration:
         if type(mac) is not str:
             raise self._failed(ip, missing_param("mac") if mac is None else bad_json("mac must be a string"))
         want = registration_mac(self._secret, nonce, username, password, admin, user_type)
-        if not hmac.compare_digest(want.encode("ascii"), mac.lower().encode("utf-8")):
+        if not hmac.compare_digest(want.encode("ascii"), mac.lower().encode("utf-8", "surrogatepass")):
             raise self._failed(ip, MatrixError(403, M_FORBIDDEN, "HMAC incorrect"))
         # The MAC covers the username as sent; user ids are lowercase.
         user_id, result = await self._accounts.create_user(

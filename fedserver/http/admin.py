@@ -8,7 +8,9 @@ from twisted.web.iweb import IRequest
 
 from fedserver.handlers.accounts import SharedSecretRegistration
 from fedserver.http.client_api import client_ip
+from fedserver.http.errors import bad_json
 from fedserver.http.resource import JsonResource, read_json_object
+from fedserver.storage.interface import InvalidDataError
 
 #: Where :func:`build_admin_api`'s resource is mounted on the client listener.
 ADMIN_PATH = "/_synapse/admin"
@@ -33,7 +35,10 @@ class AdminResource(JsonResource):
 
     async def _register(self, request: IRequest) -> Any:
         body = read_json_object(request)
-        return await self._shared.register(body, ip=client_ip(request))
+        try:
+            return await self._shared.register(body, ip=client_ip(request))
+        except InvalidDataError as e:  # e.g. a lone surrogate in the display name
+            raise bad_json(f"Cannot store this: {e}") from None
 
 
 def build_admin_api(shared_secret: SharedSecretRegistration) -> AdminResource:

@@ -16,6 +16,7 @@ from fedserver.handlers.accounts import (
     PasswordHasher,
     Requester,
     SharedSecretRegistration,
+    utf8_length,
 )
 from fedserver.handlers.profile import ProfileHandler
 from fedserver.http.errors import (
@@ -30,6 +31,7 @@ from fedserver.http.errors import (
 from fedserver.http.resource import JsonResource, query_string, read_json_object
 from fedserver.ratelimit import RateLimiter, rules_from_config
 from fedserver.room_versions import RoomVersionRegistry
+from fedserver.storage.interface import InvalidDataError
 
 log = Logger()
 
@@ -170,6 +172,9 @@ class ClientAPI(JsonResource):
         """Route ``method template`` to ``handler(request, **params)`` with no access
         token required (and ``/r0/`` alias for ``/v3/`` templates unless ``r0`` is false).
 
+        A storage :class:`~fedserver.storage.interface.InvalidDataError` (e.g. a lone
+        surrogate in a string to be stored) is answered 400 ``M_BAD_JSON``.
+
         :raises ValueError: if the route exists already.
         """
 
@@ -178,6 +183,8 @@ class ClientAPI(JsonResource):
                 return await _resolve(handler(request, **params))
             except InteractiveAuthRequired as e:
                 return 401, e.body
+            except InvalidDataError as e:
+                raise bad_json(f"Cannot store this: {e}") from None
 
         self._add(method, template, run, r0)
 
@@ -195,6 +202,9 @@ class ClientAPI(JsonResource):
                 return await _resolve(handler(request, requester, **params))
             except InteractiveAuthRequired as e:
                 return 401, e.body
+            except InvalidDataError as e:
+                # e.g. a lone surrogate ("\ud800" in JSON) in a string to be stored
+                raise bad_json(f"Cannot store this: {e}") from None
 
         self._add(method, template, run, r0)
 
@@ -378,7 +388,7 @@ class ClientAPI(JsonResource):
 
     @staticmethod
     def _check_room_id(room_id: str) -> None:
-        if not room_id.startswith("!") or len(room_id.encode("utf-8")) > MAX_ID_LENGTH or "\x00" in room_id:
+        if not room_id.startswith("!") or utf8_length(room_id) > MAX_ID_LENGTH or "\x00" in room_id:
             raise invalid_param("roomId", f"{room_id[:100]!r} is not a valid room ID")
 
     async def _put_account_data(self, request: IRequest, requester: Requester, user_id: str, data_type: str) -> Any:
