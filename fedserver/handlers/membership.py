@@ -230,7 +230,7 @@ class MembershipHandler:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def _profile(self, user_id: str) -> dict[str, str]:
+    async def member_profile(self, user_id: str) -> dict[str, str]:
         """``displayname`` / ``avatar_url`` of a local user for member events."""
         accounts = getattr(self.store, "accounts", None)
         if accounts is None or not self.events.is_mine(user_id):
@@ -300,7 +300,7 @@ class MembershipHandler:
         current = await self.store.rooms.get_membership(room_id, user_id)
         if current is not None and current.membership == "join":
             return room_id  # already joined: nothing to change
-        content: dict[str, Any] = dict(await self._profile(user_id))
+        content: dict[str, Any] = dict(await self.member_profile(user_id))
         if reason:
             content["reason"] = reason
         authoriser = await self._restricted_authoriser(room_id, user_id, current)
@@ -313,7 +313,7 @@ class MembershipHandler:
         candidates = self._candidates(room_id, await self._inviter_hint(user_id, room_id) + list(hints))
         if self.remote is None or not candidates:
             raise not_found("This server is not in the room and knows no server to join it through")
-        content: dict[str, Any] = dict(await self._profile(user_id))
+        content: dict[str, Any] = dict(await self.member_profile(user_id))
         if reason:
             content["reason"] = reason
         await self.remote.join(user_id, room_id, candidates, content)
@@ -401,7 +401,7 @@ class MembershipHandler:
             accounts = getattr(self.store, "accounts", None)
             if accounts is not None and await accounts.get_user(target) is None:
                 raise not_found("Unknown user")
-            content.update(await self._profile(target))
+            content.update(await self.member_profile(target))
             await self._member(room_id, target, sender, "invite", content)
             return
         if self.remote is None:
@@ -471,7 +471,7 @@ class MembershipHandler:
                 raise not_found("This server is not in the room and knows no server to knock through")
             await self.remote.knock(user_id, room_id, candidates, reason)
             return room_id
-        content: dict[str, Any] = dict(await self._profile(user_id))
+        content: dict[str, Any] = dict(await self.member_profile(user_id))
         if reason:
             content["reason"] = reason
         await self._member(room_id, user_id, user_id, "knock", content)
@@ -501,7 +501,7 @@ class MembershipHandler:
 
         :returns: how many rooms were updated (refusals are logged and skipped).
         """
-        profile = await self._profile(user_id)
+        profile = await self.member_profile(user_id)
         count = 0
         for m in await self.store.rooms.get_memberships_for_user(user_id):
             if m.membership != "join" or not await self.events.is_here(m.room_id):

@@ -269,7 +269,7 @@ class RoomsHandler:
                 raise
 
         # 2. The creator's join.
-        join = dict(await self.membership._profile(user_id))
+        join = dict(await self.membership.member_profile(user_id))
         join["membership"] = "join"
         await state("m.room.member", join, user_id)
         # 3. Power levels.
