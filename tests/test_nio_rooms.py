@@ -75,7 +75,7 @@ class NioRoomTests(unittest.TestCase):
 
     async def _scenario(self, default_room_version: str) -> dict[str, Any]:
         url = await self._serve(default_room_version)
-        alice_id, bob_id = f"@alice:{SERVER}", f"@bob:{SERVER}"
+        bob_id = f"@bob:{SERVER}"
 
         async def scenario() -> dict[str, Any]:
             import asyncio
