@@ -13,6 +13,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from fedserver.config import config_from_dict
+from fedserver.crypto import verify_key_base64
 from fedserver.federation.client import HttpResponseError, fed_path
 from fedserver.federation.keyring import parse_key_document
 from fedserver.service import FedserverService, StdlibToTwistedHandler, install_stdlib_logging_bridge
@@ -117,6 +118,21 @@ class TwoServersTests(TestCase):
         await self.until(delivered, "the EDU to reach B")
         self.assertEqual(typing, [(a_name, content)])
         self.assertEqual(await a.store.destinations_with_pending(), [])
+
+    async def test_keys_through_a_trusted_notary(self):
+        """With trusted_key_servers configured, a server whose direct key fetch fails (the
+        origin is down) gets the keys from the notary (which cached them), checking the
+        notary's signature with the configured key."""
+        notary = await self.start(self.make_config("n", free_port()))
+        origin = await self.start(self.make_config("o", free_port()))
+        await notary.keyring.refresh_keys({origin.config.server_name: {"": 0}})
+        await origin.stopService()
+        trusting = {"server_name": notary.config.server_name,
+                    "verify_keys": {notary.key_id: verify_key_base64(notary.signing_key)}}
+        c = await self.start(self.make_config("c", free_port(), trusted_key_servers=[trusting]))
+        keys = await c.keyring.get_verify_keys(origin.config.server_name, [origin.key_id], 0)
+        self.assertEqual(list(keys), [origin.key_id])
+        self.assertEqual(keys[origin.key_id].encode(), origin.signing_key.verify_key.encode())
 
     async def test_backoff_then_catch_up_when_the_peer_speaks(self):
         """A transaction to a server that is down backs off (state persisted); once that
