@@ -20,7 +20,6 @@ import hmac
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import ssl
