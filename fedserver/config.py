@@ -88,6 +88,7 @@ class Config:
     max_request_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE
     enable_registration: bool = False
     registration_shared_secret: str | None = None
+    default_room_version: str = "12"
     log_level: str = "info"
 
     @property
@@ -265,6 +266,15 @@ def _v_optional_secret(v: Any) -> str | None:
     return v
 
 
+def _v_room_version(v: Any) -> str:
+    # A plugin may register more versions; those are checked when plugins are loaded.
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if not isinstance(v, str) or not v or len(v) > 64:
+        raise ValueError("must be a room version identifier such as '12'")
+    return v
+
+
 def _v_log_level(v: Any) -> str:
     if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -380,6 +390,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("enable_registration", _v_bool, "Allow open registration on the client API."),
     Option("registration_shared_secret", _v_optional_secret,
            "Shared secret for admin registration (/_synapse/admin/v1/register style); null disables it."),
+    Option("default_room_version", _v_room_version,
+           "Room version of rooms created without one (a spec version, or one a plugin registers)."),
     Option("log_level", _v_log_level, "Least severe log level shown: debug, info, warn, error or critical."),
 )
 

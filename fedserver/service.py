@@ -34,10 +34,27 @@ from fedserver.federation.acl import ServerAcls
 from fedserver.federation.client import build_federation_client, fed_path
 from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFetcher
 from fedserver.federation.sender import FederationSender
+from fedserver.auth.engine import AuthEngine
+from fedserver.handlers.creator import EventCreator
+from fedserver.handlers.distribution import Distributor
+from fedserver.handlers.failures import FAILURE_EDU_TYPE, FailureReporter
+from fedserver.handlers.gaps import GapFiller
+from fedserver.handlers.handshakes import HandshakeHandler
+from fedserver.handlers.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.ingest import Ingest
+from fedserver.handlers.pipeline import RoomPipeline
 from fedserver.handlers.profile import ProfileHandler
+from fedserver.handlers.receive import EventReceiver
+from fedserver.handlers.remote_membership import RemoteMembership
 from fedserver.handlers.transactions import TransactionHandler
+from fedserver.http.admin import build_admin_api
+from fedserver.http.admin_events import build_admin_events_resources
+from fedserver.http.admin_failures import build_admin_failures_resource
+from fedserver.http.client_api import build_account_services, build_client_api
+from fedserver.http.client_rooms import build_room_services, register_room_routes
 from fedserver.http.federation import FederationResource
+from fedserver.http.federation_history import register_history_routes
+from fedserver.http.federation_membership import register_membership_routes
 from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.notary import NotaryResource, NotaryService
 from fedserver.http.resource import MatrixSite
@@ -323,6 +340,11 @@ class FedserverService(service.MultiService):
             load_entrypoints=True, module_paths=config.plugins, disabled=config.disabled_plugins
         )
         self.room_versions = RoomVersionRegistry(registered_room_versions(self.plugin_manager))
+        if config.default_room_version not in self.room_versions:
+            raise ConfigError(
+                f"invalid value for option 'default_room_version': {config.default_room_version!r} is not a "
+                f"supported room version ({', '.join(self.room_versions.identifiers())})"
+            )
         self.signing_key, self.key_generated = load_or_generate_signing_key(config.signing_key_path)
         self.key_id = key_id(self.signing_key)
 
@@ -395,12 +417,14 @@ class FedserverService(service.MultiService):
     async def _finish_start(self) -> None:
         self.store = await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
         self._wire_federation(self.store)
+        await self._wire_rooms(self.store)
         self.federation_site.resource = build_federation_root(
             server_keys=ServerKeyResource(self.key_document),
             key_query=NotaryResource(self.notary),
             federation_v1=self.federation_resource,
+            federation_v2=self.federation_v2_resource,
         )
-        self.client_site.resource = build_client_root()
+        self.client_site.resource = build_client_root(client=self.client_api, extra=self.admin_resources)
         await self.sender.start()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
@@ -428,15 +452,28 @@ class FedserverService(service.MultiService):
         self.notary = NotaryService(
             reactor, self.keyring, store, name, self.signing_key, own_key_document=self.key_document.current
         )
-        # Inbound: authenticate, apply ACLs, check and store PDUs.
+        # Rooms: the auth engine over the plugins, the one pipeline every event goes through,
+        # and the creator of our users' events.
+        self.engine = AuthEngine(self.plugin_manager, self.room_versions)
+        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager)
+        self.creator = EventCreator(reactor, store, self.pipeline, name, self.signing_key)
+        # Inbound: authenticate, apply ACLs, check PDUs (steps 1-3), take them into their
+        # rooms (steps 4-6) with gaps filled from the sender, and tell servers what we refused.
         self.authenticator = XMatrixAuthenticator(self.keyring, name, reactor)
         self.acls = ServerAcls(store)
         self.ingest = Ingest(store, self.keyring)
-        self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls)
+        self.failures = FailureReporter(store, lambda *a: self.sender.send_edu(*a), name, reactor)
+        self.gaps = GapFiller(client, self._check_fetched, store)
+        self.receiver = EventReceiver(self.pipeline, store, self.gaps, self.failures)
+        self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls, receiver=self.receiver)
+        self.transactions.register_edu_handler(FAILURE_EDU_TYPE, self.failures.on_edu)
         self.profiles = ProfileHandler(store, client, name)
         self.federation_resource = FederationResource(
             self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
         )
+        self.federation_v2_resource = FederationResource(self.authenticator, acls=self.acls, version_route=False)
+        self.history = HistoryHandler(store, name, reactor)
+        register_history_routes(self.federation_resource, self.history, acl_check=self.acls.is_allowed)
         # Outbound: the persisted queue; a valid request from a server ends its backoff.
         max_retry_ms = int(config.outbound_max_retry_interval * 1000)
         self.sender = FederationSender(
@@ -448,6 +485,66 @@ class FedserverService(service.MultiService):
             max_retry_ms=max_retry_ms,
         )
         self.authenticator.on_authenticated.append(self.sender.on_server_seen)
+        self.distributor = Distributor(store, self.sender.send_pdus, name)
+        self.pipeline.on_persisted.append(self.distributor.on_persisted)
+
+    def _check_fetched(self, origin: str, pdus: list) -> defer.Deferred:
+        """Receipt checks 1-3 on events fetched to fill a gap (rooms we know)."""
+        d = self.ingest.check_pdus(origin, pdus)
+        d.addCallback(lambda batch: [entry.event for entry in batch.entries])
+        return d
+
+    async def _wire_rooms(self, store: Any) -> None:
+        """Build the membership handshakes (both roles), accounts, rooms and the client API."""
+        config, reactor, name = self.config, self.reactor, self.config.server_name
+        self.remote_membership = RemoteMembership(
+            client=self.federation_client, keyring=self.keyring, pipeline=self.pipeline, store=store,
+            room_versions=self.room_versions, server_name=name, signing_key=self.signing_key, clock=reactor,
+        )
+        self.accounts = build_account_services(
+            reactor=reactor, store=store, server_name=name,
+            enable_registration=config.enable_registration,
+            registration_shared_secret=config.registration_shared_secret,
+            federation_client=self.federation_client, profiles=self.profiles,
+        )
+        self.rooms = build_room_services(
+            store=store, pipeline=self.pipeline, creator=self.creator, server_name=name,
+            signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
+            default_room_version=config.default_room_version, remote=self.remote_membership,
+            remote_alias_query=self._query_remote_alias,
+        )
+        await self.rooms.startup()
+        self.handshakes = HandshakeHandler(
+            clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
+            keyring=self.keyring, room_versions=self.room_versions, server_name=name,
+            signing_key=self.signing_key, distribute=self.sender.send_pdus,
+            on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+        )
+        register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
+        self.federation_resource.enable_directory(self.rooms.directory)
+        self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
+                                           default_room_version=config.default_room_version)
+        register_room_routes(self.client_api, self.rooms)
+        self.admin_resources = {
+            "/_synapse/admin": build_admin_api(self.accounts.shared_secret),
+            **build_admin_events_resources(EventStatusHandler(store)),
+            **build_admin_failures_resource(self.failures),
+        }
+
+    async def _query_remote_alias(self, server: str, alias: str) -> Any:
+        return await self.federation_client.get_json(
+            server, "/_matrix/federation/v1/query/directory", args={"room_alias": alias}
+        )
+
+    async def _is_local_user(self, user_id: str) -> bool:
+        return (await self.store.accounts.get_user(user_id)) is not None
+
+    async def _on_remote_invite(self, event: Any, invite_room_state: list) -> None:
+        """An invite for one of our users to a room we are not in: their /sync shows it."""
+        await self.store.federation_extras.set_remote_membership(
+            event.state_key, event.room_id, "invite", event.event_id, event.sender, invite_room_state
+        )
+        self.rooms.notifier.notify_user(event.state_key)
 
     def _prune_received_txns(self) -> defer.Deferred:
         """Forget the answers to inbound transactions older than a day (errors are logged,

@@ -27,7 +27,7 @@ from fedserver.service import FedserverService
 from tests.test_federation_support import FED, Peer, now_ms
 
 US = "us.test:8448"
-ROOM = "!room:127.0.0.1"
+ALICE = "@alice:us.test:8448"
 
 #: HOSTILE row 7: more than any legal transaction (the default cap is 12.5 MiB).
 OVERSIZED = 13 * 1024 * 1024
@@ -76,11 +76,42 @@ class HostileFederationTests(TestCase):
         await self.service.store.store_server_keys(
             self.peer.name, [(self.peer.key_id, key_b64, doc["valid_until_ts"], None)], json.dumps(doc).encode(), now_ms()
         )
-        await self.service.store.store_room(ROOM, V10)
         with open(config.tls_certificate_path, "rb") as f:
             self.pem = f.read()
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = treq.client.HTTPClient(Agent(reactor, contextFactory=_TrustServerCert(self.pem, "us.test"), pool=pool))
+        await self.make_room()
+
+    async def make_room(self):
+        """A public v10 room of ours that the peer's user @u has joined, so that the peer's
+        messages pass every receipt check; ``self.room`` and ``self.msg(body)``."""
+        creator = self.service.creator
+        create, _ = await creator.create_room_event(V10, sender=ALICE, content={"creator": ALICE, "room_version": "10"})
+        self.room = create.room_id
+        for type_, content, key in (
+            ("m.room.member", {"membership": "join"}, ALICE),
+            ("m.room.power_levels", {"users": {ALICE: 100}}, ""),
+            ("m.room.join_rules", {"join_rule": "public"}, ""),
+        ):
+            await creator.send(self.room, V10, type=type_, sender=ALICE, content=content, state_key=key)
+        state = await self.service.pipeline.current_state(self.room)
+        ext = sorted(await self.service.pipeline.forward_extremities(self.room))
+        join = self.peer.pdu(
+            V10, self.room, type="m.room.member", sender="@u:" + self.peer.name, state_key="@u:" + self.peer.name,
+            content={"membership": "join"}, prev_event_ids=ext, depth=5,
+            auth_event_ids=[state[("m.room.create", "")], state[("m.room.power_levels", "")], state[("m.room.join_rules", "")]],
+        )
+        code, body, _ = await self.request("PUT", FED + "/send/setup-join", self.txn([join]))
+        join_id = compute_event_id(join, V10)
+        assert (code, body["pdus"].get(join_id)) == (200, {}), body
+        self.msg_fields = dict(
+            prev_event_ids=[join_id], depth=6,
+            auth_event_ids=[state[("m.room.create", "")], state[("m.room.power_levels", "")], join_id],
+        )
+
+    def msg(self, body, peer=None):
+        """A message of the peer's user in ``self.room``, after its join."""
+        return (peer or self.peer).pdu(V10, self.room, body, **self.msg_fields)
 
     async def request(self, method, uri, body=None, headers=None, sign=True, sign_content=None):
         """One request; signed over ``sign_content`` (default: ``body``) unless told not to."""
@@ -290,7 +321,7 @@ class HostileFederationTests(TestCase):
     async def test_row9_too_many_pdus_or_edus(self):
         """Row 9: more than 50 PDUs or 100 EDUs is 400 M_BAD_JSON and nothing of it is
         stored."""
-        pdus = [self.peer.pdu(V10, ROOM, str(i)) for i in range(51)]
+        pdus = [self.msg(str(i)) for i in range(51)]
         await self.assertError(await self.request("PUT", FED + "/send/r9a", self.txn(pdus)), 400, "M_BAD_JSON")
         edus = [{"edu_type": "m.typing", "content": {}}] * 101
         await self.assertError(await self.request("PUT", FED + "/send/r9b", self.txn([], edus)), 400, "M_BAD_JSON")
@@ -303,7 +334,7 @@ class HostileFederationTests(TestCase):
         """Row 10: a replayed transaction id gets the first response again, byte for byte,
         and nothing in it is processed twice (a different PDU under the same id is not
         stored)."""
-        first_pdu, second_pdu = self.peer.pdu(V10, ROOM, "one"), self.peer.pdu(V10, ROOM, "two")
+        first_pdu, second_pdu = self.msg("one"), self.msg("two")
         code, body, raw = await self.request("PUT", FED + "/send/r10", self.txn([first_pdu]))
         self.assertEqual((code, body), (200, {"pdus": {compute_event_id(first_pdu, V10): {}}}))
         code2, _, raw2 = await self.request("PUT", FED + "/send/r10", self.txn([second_pdu]))
@@ -315,16 +346,16 @@ class HostileFederationTests(TestCase):
         """Rows 11-13: a float, an integer beyond 2**53-1, a missing type or an unknown room
         only affects that PDU; a PDU whose signature does not verify gets a per-PDU error;
         one whose content hash does not match is kept redacted; the transaction is 200."""
-        good = self.peer.pdu(V10, ROOM, "good")
-        with_float = self.peer.pdu(V10, ROOM, "f")
+        good = self.msg("good")
+        with_float = self.msg("f")
         with_float["content"]["x"] = 1.5
-        big = self.peer.pdu(V10, ROOM, "b")
+        big = self.msg("b")
         big["content"]["x"] = 2**53
-        no_type = self.peer.pdu(V10, ROOM, "t")
+        no_type = self.msg("t")
         del no_type["type"]
         unknown_room = self.peer.pdu(V10, "!elsewhere:127.0.0.1")
-        forged = Peer(self.peer.name, "p1").pdu(V10, ROOM, "forged")
-        tampered = self.peer.pdu(V10, ROOM, "secret")
+        forged = self.msg("forged", peer=Peer(self.peer.name, "p1"))
+        tampered = self.msg("secret")
         tampered["content"]["body"] = "changed"
         pdus = [with_float, big, no_type, unknown_room, forged, tampered, good]
         code, body, _ = await self.request("PUT", FED + "/send/r11", self.txn(pdus))

@@ -158,6 +158,17 @@ class DirectoryHandler:
         servers = [self.server_name] + sorted(h for h in hosts if h != self.server_name)
         return {"room_id": info.room_id, "servers": servers}
 
+    async def query_local_alias(self, room_alias: str) -> dict[str, Any]:
+        """Federation ``GET /query/directory``: one of OUR aliases, with the servers in the
+        room as join candidates.
+
+        :raises MatrixError: 404 ``M_NOT_FOUND`` for an alias that is not ours or unknown.
+        """
+        parts = split_alias(room_alias)
+        if parts is None or parts[1] != self.server_name:
+            raise not_found(f"Room alias {room_alias} not found.")
+        return await self.resolve_alias(room_alias)
+
     async def delete_alias(self, user_id: str, room_alias: str) -> None:
         """``DELETE /directory/room/{roomAlias}``: by its creator, a server admin, or a
         member with the power to set the room's ``m.room.canonical_alias`` (the spec lets

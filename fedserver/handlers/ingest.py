@@ -31,11 +31,13 @@ class CheckedBatch:
     :ivar entries: what to persist, in order.
     """
 
-    __slots__ = ("results", "entries")
+    __slots__ = ("results", "entries", "verified")
 
     def __init__(self) -> None:
         self.results: dict[str, dict[str, Any]] = {}
         self.entries: list[PersistEntry] = []
+        #: ``{event_id: servers whose signatures verified}`` for the events in ``entries``.
+        self.verified: dict[str, frozenset[str]] = {}
 
 
 def _event_id_of(pdu: dict[str, Any], rv: RoomVersion) -> str | None:
@@ -93,7 +95,7 @@ class Ingest:
         batch = CheckedBatch()
         if room_versions is None:
             room_versions = yield self.room_versions(pdus)
-        checked: list[tuple[Event, bool]] = []
+        checked: list[tuple[Event, bool, frozenset[str]]] = []
         requests = []
         owners: list[int] = []
         for pdu in pdus:
@@ -119,7 +121,7 @@ class Ingest:
                     batch.results[eid] = {"error": f"Invalid event: {e}"}
                 continue
             index = len(checked)
-            checked.append((c.event, c.content_hash_ok))
+            checked.append((c.event, c.content_hash_ok, frozenset(servers)))
             sigs = pdu.get("signatures")
             sigs = sigs if type(sigs) is dict else {}
             minimum = key_validity_minimum(c.event.origin_server_ts, rv)
@@ -131,7 +133,7 @@ class Ingest:
         for index, verdict in zip(owners, verdicts):
             if verdict is not True and index not in failed:
                 failed[index] = str(verdict)
-        for index, (event, hash_ok) in enumerate(checked):
+        for index, (event, hash_ok, servers) in enumerate(checked):
             if index in failed:
                 # Step 2: signature check failed: dropped.
                 log.info("Dropping {event_id} from {origin}: bad signature: {why}", event_id=event.event_id, origin=origin, why=failed[index])
@@ -143,6 +145,7 @@ class Ingest:
                 event = Event.from_pdu(redact(event.pdu, event.room_version), event.room_version, event.event_id)
             batch.results[event.event_id] = {}
             batch.entries.append(PersistEntry(event=event, outlier=True))
+            batch.verified[event.event_id] = servers
         return batch
 
     @defer.inlineCallbacks

@@ -293,6 +293,22 @@ class RoomPipeline:
             await store.persist_events(entries)
         return outcomes
 
+    def resolve(
+        self, room_id: str, rv: RoomVersion, states: Sequence[Mapping[StateKey, str]]
+    ) -> "defer.Deferred[dict[StateKey, str]]":
+        """Resolve ``states`` of ``room_id`` (loading what resolution reads from storage)."""
+
+        async def run():
+            create = None
+            if rv.room_id_from_create_event:
+                create = await self._store.get_event("$" + room_id[1:])
+            else:
+                create_id = next((s.get(("m.room.create", "")) for s in states if s.get(("m.room.create", ""))), None)
+                create = await self._store.get_event(create_id) if create_id else None
+            return await self._resolve(room_id, rv, list(states), {}, {}, create)
+
+        return defer.ensureDeferred(run())
+
     def current_state(self, room_id: str) -> "defer.Deferred[Mapping[StateKey, str]]":
         """The room's current state as the pipeline sees it (a read-only map)."""
         return defer.ensureDeferred(self._room(room_id)).addCallback(lambda r: r.current if r else {})

@@ -55,6 +55,8 @@ class TransactionHandler:
     :param acls: a :class:`fedserver.federation.acl.ServerAcls`, or ``None`` to apply no
         server ACLs.
     :param edu_handlers: ``{edu_type: handler(origin, content)}``.
+    :param receiver: an :class:`fedserver.handlers.receive.EventReceiver`: checked events go
+        into their rooms (steps 4-6). Without one they are stored as outliers.
     """
 
     def __init__(
@@ -64,11 +66,13 @@ class TransactionHandler:
         ingest: Any,
         acls: Any = None,
         edu_handlers: Mapping[str, EduHandler] | None = None,
+        receiver: Any = None,
     ) -> None:
         self._clock = clock
         self._store = store
         self._ingest = ingest
         self._acls = acls
+        self._receiver = receiver
         self._edu_handlers = dict(edu_handlers or {})
         self._locks: dict[str, defer.DeferredLock] = {}
 
@@ -117,6 +121,25 @@ class TransactionHandler:
         response = {"pdus": batch.results}
         now = int(self._clock.seconds() * 1000)
         record = ReceivedTxn(origin, txn_id, 200, response, now)
+        if self._receiver is not None:
+            # Receipt steps 4-6: into the rooms, gaps filled; committed before we answer.
+            events = [entry.event for entry in batch.entries]
+            outcomes = yield defer.ensureDeferred(self._receiver.take_in(origin, events, batch.verified))
+            for event in events:
+                o = outcomes.get(event.event_id)
+                if o is not None and o.status == "rejected" and o.refusal is not None:
+                    batch.results[event.event_id] = {"error": f"Rejected: {o.refusal.reason}"}
+                elif o is not None and o.status == "missing":
+                    batch.results[event.event_id] = {"error": "Missing prev or auth events that could not be fetched"}
+            yield self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
+            for edu in edus:
+                self._dispatch_edu(origin, edu, denied)
+            if pdus or edus:
+                log.info(
+                    "Transaction {txn_id} from {origin}: {n_pdus} PDUs, {n_edus} EDUs",
+                    txn_id=txn_id, origin=origin, n_pdus=len(pdus), n_edus=len(edus),
+                )
+            return (200, response)
         try:
             yield self._store.persist_events(batch.entries, received_txn=record)
         except InvalidDataError as e:

@@ -34,19 +34,37 @@ class FederationResource(JsonResource):
     :param transactions: a :class:`fedserver.handlers.transactions.TransactionHandler`.
     :param profiles: has ``get_local_profile(user_id, field=None) -> Deferred[dict]``
         (:class:`fedserver.handlers.profile.ProfileHandler`).
+    :param version_route: serve ``/version`` (only under ``/_matrix/federation/v1``).
     """
 
-    def __init__(self, authenticator: Any, *, acls: Any = None, transactions: Any = None, profiles: Any = None) -> None:
+    def __init__(
+        self,
+        authenticator: Any,
+        *,
+        acls: Any = None,
+        transactions: Any = None,
+        profiles: Any = None,
+        version_route: bool = True,
+    ) -> None:
         super().__init__()
         self._auth = authenticator
         self._acls = acls
         self._transactions = transactions
         self._profiles = profiles
-        self.add_route("GET", "/version", self._version)
+        self._directory: Any = None
+        if version_route:
+            self.add_route("GET", "/version", self._version)
         if transactions is not None:
             self.add_route("PUT", "/send/{txn_id}", self.authenticated(self._send))
         if profiles is not None:
             self.add_route("GET", "/query/profile", self.authenticated(self._query_profile))
+
+    def enable_directory(self, directory: Any) -> None:
+        """Serve ``GET /query/directory`` from ``directory``: anything with
+        ``query_local_alias(alias) -> {"room_id", "servers"}`` raising 404 ``M_NOT_FOUND``
+        (:class:`fedserver.handlers.directory.DirectoryHandler`)."""
+        self._directory = directory
+        self.add_route("GET", "/query/directory", self.authenticated(self._query_directory))
 
     def authenticated(self, handler: AuthedHandler) -> Callable[..., Awaitable[Any]]:
         """Wrap ``handler(request, origin, **params)`` so it runs only for signed requests.
@@ -79,6 +97,15 @@ class FederationResource(JsonResource):
     async def _send(self, request: IRequest, origin: str, txn_id: str) -> Any:
         body = read_json_body(request)
         return await self._transactions.on_transaction(origin, txn_id, body)
+
+    async def _query_directory(self, request: IRequest, origin: str) -> Any:
+        # GET /query/directory?room_alias=: the room id and join candidates of one of our
+        # aliases (seed 002: "the directory server ... a room ID and a list of join
+        # candidates").
+        alias = query_string(request, "room_alias")
+        if not alias.startswith("#") or ":" not in alias or len(alias.encode("utf-8")) > 255:
+            raise invalid_param("room_alias", "Invalid room alias")
+        return await self._directory.query_local_alias(alias)
 
     async def _query_profile(self, request: IRequest, origin: str) -> Any:
         user_id = query_string(request, "user_id")
