@@ -415,6 +415,33 @@ class Fedserver(_Process):
             raise AssertionError(f"fedserver-register failed: {result.stderr.decode(errors='replace')}")
         return f"@{localpart}:{self.server_name}"
 
+    def login(self, user_id: str) -> str:
+        """Log ``user_id`` (made by :meth:`register`) in with its password; the token is
+        kept for :meth:`client`."""
+        localpart = user_id[1:].split(":", 1)[0]
+        resp = http_json("POST", self.client_url + "/_matrix/client/v3/login", {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
+            "password": "pw-" + localpart,
+        })
+        self.tokens = getattr(self, "tokens", {})
+        self.tokens[user_id] = resp["access_token"]
+        return resp["access_token"]
+
+    def user(self, localpart: str) -> str:
+        """Register and log in ``localpart``; returns the user id."""
+        user_id = self.register(localpart)
+        self.login(user_id)
+        return user_id
+
+    def client(self, method: str, path: str, body=None, *, as_user: str | None = None,
+               params: dict | None = None):
+        """Call our client API as ``as_user`` (logged in through :meth:`login`)."""
+        url = self.client_url + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params, doseq=True)
+        tokens = getattr(self, "tokens", {})
+        return http_json(method, url, body, token=tokens.get(as_user) if as_user else None)
+
     def signing_key(self):
         """The server's signing key (a signedjson ``SigningKey``)."""
         from fedserver.crypto import load_or_generate_signing_key
