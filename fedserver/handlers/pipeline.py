@@ -508,6 +508,11 @@ class RoomPipeline:
                 elif extremities <= prevs or not extremities:
                     new_current = state_after
                     delta = _diff(current, new_current)
+                elif _same_state(before, current):
+                    # A branch whose state is the current state (concurrent senders): the
+                    # event changes at most its own key.
+                    new_current = state_after
+                    delta = {} if state_after is before else {(event.type, event.state_key): eid}
                 else:
                     new_current = await self._resolve(room_id, rv, [current, state_after], events_by_id, batch_events, create)
                     delta = _diff(current, new_current)
@@ -603,6 +608,11 @@ class RoomPipeline:
             values = {s.get(k) for s in states}
             if len(values) > 1:
                 conflicted.update(v for v in values if v is not None)
+        if not conflicted:
+            merged: dict[StateKey, str] = {}
+            for st in states:
+                merged.update(st.items())
+            return merged
         need = {c for c in conflicted if c not in events_by_id and c not in batch}
         if need:
             events_by_id.update(await self._store.get_events(need))
@@ -699,6 +709,16 @@ def _evolve(state: Mapping[StateKey, str], delta: dict[StateKey, str]) -> Mappin
     if isinstance(state, StateMap):
         return state.evolve(delta)
     return StateMap.from_dict({**state, **delta})
+
+
+def _same_state(a: Mapping[StateKey, str], b: Mapping[StateKey, str]) -> bool:
+    """Whether two state maps hold the same entries (identity first: the common case)."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    get = b.get
+    return all(get(k) == v for k, v in a.items())
 
 
 def _diff(old: Mapping[StateKey, str], new: Mapping[StateKey, str]) -> dict[StateKey, Optional[str]]:
