@@ -448,7 +448,10 @@ class FedserverService(service.MultiService):
         if config.trusted_key_servers:
             notaries = [(n.server_name, n.verify_keys_map()) for n in config.trusted_key_servers]
             fetchers.append(NotaryKeyFetcher(client.post_json, notaries))
-        self.keyring = Keyring(reactor, store, fetchers, name, {self.key_id: self.signing_key.verify_key})
+        self.keyring = Keyring(
+            reactor, store, fetchers, name, {self.key_id: self.signing_key.verify_key},
+            threadpool=reactor.getThreadPool(), parallel_threshold=32,
+        )
         self.notary = NotaryService(
             reactor, self.keyring, store, name, self.signing_key, own_key_document=self.key_document.current
         )
