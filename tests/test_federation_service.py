@@ -27,9 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class TwoServersTests(TestCase):
-    """Servers named by loopback IP literals, trusting each other's self-signed
-    certificates only as far as federation_verify_certificates: false allows."""
+class ServersTestCase(TestCase):
+    """Whole servers started in-process, named by loopback IP literals, trusting each
+    other's self-signed certificates only as far as federation_verify_certificates: false
+    allows. Subclasses add the tests."""
 
     def make_config(self, name: str, port: int, **extra):
         directory = os.path.abspath(self.mktemp())
@@ -64,6 +65,10 @@ class TwoServersTests(TestCase):
                 return value
             await deferLater(0.01)
         self.fail(f"timed out waiting for {what}")
+
+
+class TwoServersTests(ServersTestCase):
+    """Two servers federating: keys, signed queries, transactions, backoff."""
 
     async def test_components_exposed(self):
         """Once ready the service exposes the federation components, and authenticated
