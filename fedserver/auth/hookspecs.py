@@ -1,5 +1,6 @@
 """The fedserver plugin surface: one pluggy hookspec per section of the spec's auth rules,
-plus the policy (soft-fail) and room-version registration hooks.
+plus the policy (soft-fail), room-version registration, local-event signing and start-up
+hooks.
 
 Conventions for every ``fedserver_auth_*`` hook:
 
@@ -26,7 +27,7 @@ makes start-up fail.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import pluggy
 
@@ -387,6 +388,61 @@ def fedserver_check_event_policy(
     :param room_version: its room version.
     :param state: the current state of the room, ``(type, state_key)`` to event.
     :returns: ``None`` to abstain, a ``SoftFail``, or a ``Deferred`` firing with either.
+    """
+
+
+@hookspec
+def fedserver_sign_local_event(
+    event: Event, room_version: RoomVersion, state: Mapping[tuple[str, str], str]
+) -> Mapping[str, Mapping[str, str]] | None | Deferred:
+    """Add other servers' signatures to an event this server is about to send (e.g. the
+    signature of the room's policy server, MSC4284 / spec "Policy Servers").
+
+    Called by :class:`~fedserver.handlers.creator.EventCreator` for each event it builds
+    for a local user, once the event is hashed and signed with our key and before the
+    pipeline checks and persists it; what is added is persisted and sent with the event.
+    Signatures are not covered by the event id, the content hash or other signatures, so
+    adding one changes nothing else.  Not called when no plugin implements it.  Runs
+    while the room's new events wait for this one: answer quickly (use a timeout).
+
+    :param event: the new event (do not mutate it: return what to add).
+    :param room_version: its room version.
+    :param state: the room's current state the event was built on,
+        ``(type, state_key)`` to event id.
+    :returns: ``None`` to add nothing, or ``{server_name: {key_id: signature}}`` (unpadded
+        base64), or a ``Deferred`` firing with either.  Signatures of our own server
+        name are ignored, as are malformed entries; an implementation that raises or
+        fails is logged and adds nothing.
+    """
+
+
+@hookspec
+def fedserver_on_start(
+    reactor: Any,
+    server_name: str,
+    federation_client: Any,
+    store: Any,
+    plugin_manager: pluggy.PluginManager,
+    plugin_config: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """The server has built its components and is about to serve requests: set up what a
+    plugin needs from the running server.
+
+    A plugin that makes requests or reads storage keeps what it needs here.  Hooks of
+    this module receive no server, so a plugin that needs one registers its own per-server
+    implementations into ``plugin_manager`` (one server's plugin manager is never shared
+    with another server, even in one process).  Called once per start; an implementation
+    that raises stops the start.
+
+    :param reactor: the server's reactor (``seconds``, ``callLater``).
+    :param server_name: our server name.
+    :param federation_client: the
+        :class:`~fedserver.federation.client.FederationClient` (requests signed with
+        X-Matrix as our server).
+    :param store: the :class:`~fedserver.storage.interface.Store`.
+    :param plugin_manager: this server's plugin manager.
+    :param plugin_config: each plugin's options from the configuration, by plugin name
+        (``{}`` for a plugin without any).
     """
 
 

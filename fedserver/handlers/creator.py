@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any, Mapping, Optional
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from fedserver.auth.selection import select_auth_events
 from fedserver.events.builder import build_event
@@ -18,6 +20,8 @@ from fedserver.storage.interface import StateKey
 #: The most prev events a new event cites (the spec allows 20; fewer keeps events small).
 MAX_PREV_EVENTS = 10
 
+log = Logger()
+
 
 class EventCreator:
     """Makes events for local users: prev events from the room's forward extremities, auth
@@ -29,14 +33,21 @@ class EventCreator:
     :param pipeline: the :class:`RoomPipeline`.
     :param server_name: ours.
     :param signing_key: our signing key.
+    :param plugin_manager: for ``fedserver_sign_local_event`` (plugins adding other
+        servers' signatures, e.g. a policy server's, before an event is taken in); the
+        pipeline's by default.
     """
 
-    def __init__(self, clock: IReactorTime, store, pipeline: RoomPipeline, server_name: str, signing_key: Any):
+    def __init__(
+        self, clock: IReactorTime, store, pipeline: RoomPipeline, server_name: str, signing_key: Any,
+        plugin_manager: Any = None,
+    ):
         self._clock = clock
         self._store = store
         self._pipeline = pipeline
         self._server_name = server_name
         self._signing_key = signing_key
+        self._pm = plugin_manager if plugin_manager is not None else getattr(pipeline, "_pm", None)
 
     def now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -149,7 +160,7 @@ class EventCreator:
             fields = await self.prepare(
                 room_id, rv, state, extremities, type=type, sender=sender, content=content, state_key=state_key
             )
-            return build_event(
+            event = build_event(
                 rv,
                 room_id=room_id,
                 type=type,
@@ -163,5 +174,33 @@ class EventCreator:
                 unsigned=unsigned,
                 **fields,
             )
+            if self._pm is not None and self._pm.hook.fedserver_sign_local_event.get_hookimpls():
+                await self._add_plugin_signatures(event, rv, state)
+            return event
 
         return await self._pipeline.create_local(room_id, build)
+
+    async def _add_plugin_signatures(self, event: Event, rv: RoomVersion, state: Mapping[StateKey, str]) -> None:
+        """Ask every ``fedserver_sign_local_event`` implementation at once and add the
+        signatures they return to the new (not yet shared) PDU; our own are kept."""
+        impls = [i for i in self._pm.hook.fedserver_sign_local_event.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
+        args = {"event": event, "room_version": rv, "state": state}
+        calls = [defer.maybeDeferred(i.function, *[args[a] for a in i.argnames]) for i in impls]
+        results = await defer.DeferredList(calls, consumeErrors=True)
+        signatures = event.pdu["signatures"]
+        for impl, (ok, value) in zip(impls, results):
+            if not ok:
+                log.failure("fedserver_sign_local_event of {plugin} failed", value, plugin=impl.plugin_name)
+                continue
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                log.warn("fedserver_sign_local_event of {plugin} returned {t}, not a mapping",
+                         plugin=impl.plugin_name, t=type(value).__name__)
+                continue
+            for server, sigs in value.items():
+                if server == self._server_name or not isinstance(server, str) or not isinstance(sigs, Mapping):
+                    continue
+                for key_id, sig in sigs.items():
+                    if isinstance(key_id, str) and isinstance(sig, str) and len(key_id) <= 255 and len(sig) <= 1024:
+                        signatures.setdefault(server, {})[key_id] = sig
