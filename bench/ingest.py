@@ -23,7 +23,6 @@ most of a faster backlog silently dropped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
@@ -36,13 +35,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from signedjson.key import generate_signing_key  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 
+from bench._common import now_ms, populated_room, with_service  # noqa: E402
 from fedserver.auth.selection import select_auth_events  # noqa: E402
-from fedserver.config import config_from_dict  # noqa: E402
 from fedserver.events.builder import build_event  # noqa: E402
 from fedserver.events.hashing import unpadded_base64  # noqa: E402
 from fedserver.federation.client import build_federation_client, fed_path  # noqa: E402
 from fedserver.room_versions import spec_version  # noqa: E402
-from fedserver.service import FedserverService  # noqa: E402
 from tests.interop.peers import Fedserver, free_port  # noqa: E402
 
 SYNAPSE_PDUS_PER_SECOND = 35  # the brief's measurement of Synapse on this machine
@@ -58,72 +56,28 @@ class Peer:
         self.users: list[str] = []
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def setup(directory: str, args, peers: list[Peer]) -> tuple[str, str, dict, str]:
+async def setup(directory: str, args, peers: list[Peer]) -> tuple[str, str, dict, str, int]:
     """Build the room in a database under ``directory``; returns (room_id, our server name,
-    current state ids, last event id)."""
+    current state ids, last event id, next depth)."""
     rv = spec_version(args.version)
     server_name = "127.0.0.1:%d" % free_port()
-    config = config_from_dict({
-        "server_name": server_name,
-        "database_path": os.path.join(directory, "fedserver.db"),
-        "signing_key_path": os.path.join(directory, "fedserver.signing.key"),
-        "tls_certificate_path": os.path.join(directory, "fedserver.tls.crt"),
-        "tls_private_key_path": os.path.join(directory, "fedserver.tls.key"),
-        "federation_listen": "127.0.0.1:0",
-        "client_listen": "127.0.0.1:0",
-    })
-    service = FedserverService(config, reactor)
-    service.privilegedStartService()
-    service.startService()
-    await service.when_ready()
-    try:
-        store = service.store
+
+    async def work(service):
         for p in peers:
-            doc_key = unpadded_base64(p.key.verify_key.encode())
-            await store.store_server_keys(p.name, [(f"ed25519:{p.key.version}", doc_key, now_ms() + 86_400_000, None)], None, now_ms())
-        alice = f"@alice:{server_name}"
-        content = {"room_version": rv.identifier}
-        if not rv.implicit_room_creator:
-            content["creator"] = alice
-        create, _ = await service.creator.create_room_event(rv, sender=alice, content=content)
-        room = create.room_id
-        users = {} if rv.privileged_creators else {alice: 100}
-        for t, c, k in (("m.room.member", {"membership": "join"}, alice),
-                        ("m.room.power_levels", {"users": users}, ""),
-                        ("m.room.join_rules", {"join_rule": "public"}, ""),
-                        ("m.room.history_visibility", {"history_visibility": "shared"}, "")):
-            await service.creator.send(room, rv, type=t, sender=alice, content=c, state_key=k)
-        # The members: joins from the peers' users, in batches, through the pipeline.
-        state = dict(await service.pipeline.current_state(room))
-        prev = sorted(await service.pipeline.forward_extremities(room))
-        depth = 10
-        batch = []
+            key_b64 = unpadded_base64(p.key.verify_key.encode())
+            await service.store.store_server_keys(
+                p.name, [(f"ed25519:{p.key.version}", key_b64, now_ms() + 86_400_000, None)], None, now_ms()
+            )
+        joiners = []
         for i in range(args.members):
             peer = peers[i % len(peers)]
             user = f"@u{i}:{peer.name}"
             peer.users.append(user)
-            fields = {"type": "m.room.member", "state_key": user, "sender": user, "content": {"membership": "join"}}
-            ev = build_event(
-                rv, room_id=room, prev_event_ids=prev, auth_event_ids=select_auth_events(rv, fields, state),
-                depth=depth, origin_server_ts=now_ms(), server_name=peer.name, signing_key=peer.key, **fields,
-            )
-            state[("m.room.member", user)] = ev.event_id
-            prev, depth = [ev.event_id], depth + 1
-            batch.append(ev)
-            if len(batch) == 200:
-                out = await service.pipeline.process(room, batch)
-                assert all(o.accepted for o in out.values()), out
-                batch = []
-        if batch:
-            out = await service.pipeline.process(room, batch)
-            assert all(o.accepted for o in out.values())
-        return room, server_name, state, prev[0], depth
-    finally:
-        await service.stopService()
+            joiners.append((user, peer.name, peer.key))
+        return await populated_room(service, rv, f"@alice:{server_name}", joiners, batch_size=200)
+
+    room, state, last, depth = await with_service(directory, server_name, work)
+    return room, server_name, state, last, depth
 
 
 def make_pdus(args, rv, room: str, state: dict, last: str, depth: int, peers: list[Peer]) -> dict[str, list[dict]]:

@@ -29,20 +29,13 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import defer, reactor, task  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
 
-from fedserver.auth.selection import select_auth_events  # noqa: E402
-from fedserver.config import config_from_dict  # noqa: E402
-from fedserver.events.builder import build_event  # noqa: E402
+from bench._common import populated_room, with_service  # noqa: E402
 from fedserver.room_versions import spec_version  # noqa: E402
-from fedserver.service import FedserverService  # noqa: E402
-from tests.interop.peers import Fedserver, PeerUnavailable, Synapse, free_port, wait_until  # noqa: E402
+from tests.interop.peers import Fedserver, PeerUnavailable, Synapse  # noqa: E402
 
 SYNAPSE_SECONDS, SYNAPSE_MB = 13.0, 340  # the brief's figures for a 20,000-member room
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def rss(pid: int, field: str = "VmRSS") -> int:
@@ -55,59 +48,15 @@ def rss(pid: int, field: str = "VmRSS") -> int:
 
 
 async def build_room(directory: str, server_name: str, members: int, version: str) -> str:
-    """The resident's database: a public room with ``members`` joined members."""
+    """The resident's database: a public room with ``members`` joined members of its own."""
     rv = spec_version(version)
-    config = config_from_dict({
-        "server_name": server_name,
-        "database_path": os.path.join(directory, "fedserver.db"),
-        "signing_key_path": os.path.join(directory, "fedserver.signing.key"),
-        "tls_certificate_path": os.path.join(directory, "fedserver.tls.crt"),
-        "tls_private_key_path": os.path.join(directory, "fedserver.tls.key"),
-        "federation_listen": "127.0.0.1:0",
-        "client_listen": "127.0.0.1:0",
-    })
-    service = FedserverService(config, reactor)
-    service.privilegedStartService()
-    service.startService()
-    await service.when_ready()
-    try:
-        owner = f"@owner:{server_name}"
-        content = {"room_version": rv.identifier}
-        if not rv.implicit_room_creator:
-            content["creator"] = owner
-        create, _ = await service.creator.create_room_event(rv, sender=owner, content=content)
-        room = create.room_id
-        users = {} if rv.privileged_creators else {owner: 100}
-        for t, c, k in (("m.room.member", {"membership": "join"}, owner),
-                        ("m.room.power_levels", {"users": users}, ""),
-                        ("m.room.join_rules", {"join_rule": "public"}, ""),
-                        ("m.room.history_visibility", {"history_visibility": "shared"}, "")):
-            await service.creator.send(room, rv, type=t, sender=owner, content=c, state_key=k)
-        state = dict(await service.pipeline.current_state(room))
-        prev = sorted(await service.pipeline.forward_extremities(room))
-        depth, batch = 10, []
-        for i in range(members):
-            user = f"@member{i}:{server_name}"
-            fields = {"type": "m.room.member", "state_key": user, "sender": user,
-                      "content": {"membership": "join", "displayname": f"Member {i}"}}
-            ev = build_event(
-                rv, room_id=room, prev_event_ids=prev, auth_event_ids=select_auth_events(rv, fields, state),
-                depth=depth, origin_server_ts=now_ms(), server_name=server_name, signing_key=service.signing_key,
-                **fields,
-            )
-            state[("m.room.member", user)] = ev.event_id
-            prev, depth = [ev.event_id], depth + 1
-            batch.append(ev)
-            if len(batch) == 1000:
-                out = await service.pipeline.process(room, batch, local=True)
-                assert all(o.accepted for o in out.values())
-                batch = []
-        if batch:
-            out = await service.pipeline.process(room, batch, local=True)
-            assert all(o.accepted for o in out.values())
+
+    async def work(service):
+        joiners = ((f"@member{i}:{server_name}", server_name, service.signing_key) for i in range(members))
+        room, _state, _last, _depth = await populated_room(service, rv, f"@owner:{server_name}", joiners, 1000)
         return room
-    finally:
-        await service.stopService()
+
+    return await with_service(directory, server_name, work)
 
 
 def join_through_client(server, user: str, room: str, resident: str) -> float:

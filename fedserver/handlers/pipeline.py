@@ -96,15 +96,13 @@ def _refusal_from(result) -> Refusal:
     return Refusal(deny.reason, deny.rule, deny.plugin or None)
 
 
-def _ordered(events: Sequence[Event]) -> list[Event]:
-    """Events in an order where each comes after the batch events it cites as prev events
-    (depth, then timestamp and id, as tie-breaks that need no trust in either)."""
+def _topo_order(events: Sequence[Event], edges: Callable[[Event], Sequence[str]], key) -> list[Event]:
+    """``events`` ordered so each comes after the batch events its ``edges`` name; among
+    the rest, by ``key`` (tie-breaks that need no trust in the events' fields)."""
     by_id = {e.event_id: e for e in events}
     out: list[Event] = []
     seen: set[str] = set()
-    for root in sorted(events, key=lambda e: (e.depth, e.origin_server_ts, e.event_id)):
-        if root.event_id in seen:
-            continue
+    for root in sorted(events, key=key):
         stack = [(root, False)]
         while stack:
             ev, expanded = stack.pop()
@@ -115,11 +113,21 @@ def _ordered(events: Sequence[Event]) -> list[Event]:
                 out.append(ev)
                 continue
             stack.append((ev, True))
-            for p in ev.prev_event_ids:
-                pe = by_id.get(p)
-                if pe is not None and p not in seen:
-                    stack.append((pe, False))
+            for other in edges(ev):
+                oe = by_id.get(other)
+                if oe is not None and other not in seen:
+                    stack.append((oe, False))
     return out
+
+
+def _ordered(events: Sequence[Event]) -> list[Event]:
+    """Prev events first (the DAG order a batch is taken in)."""
+    return _topo_order(events, lambda e: e.prev_event_ids, lambda e: (e.depth, e.origin_server_ts, e.event_id))
+
+
+def _auth_ordered(events: Sequence[Event]) -> list[Event]:
+    """Auth events first (the order outliers are checked in)."""
+    return _topo_order(events, lambda e: e.auth_event_ids, lambda e: (e.depth, e.event_id))
 
 
 class RoomPipeline:
@@ -183,14 +191,20 @@ class RoomPipeline:
         :param verified_servers: ``{event_id: servers}`` whose signatures were verified.
         :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
         """
+        return self._locked(
+            room_id,
+            lambda: self._process(
+                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}
+            ),
+        )
+
+    def _locked(self, room_id: str, work: Callable[[], Any]) -> defer.Deferred:
+        """Run the coroutine ``work()`` alone among the room's batches (rooms run
+        concurrently); the lock is forgotten once nobody holds or waits for it."""
         lock = self._locks.get(room_id)
         if lock is None:
             lock = self._locks[room_id] = defer.DeferredLock()
-        d = lock.run(
-            lambda: defer.ensureDeferred(
-                self._process(room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {})
-            )
-        )
+        d = lock.run(lambda: defer.ensureDeferred(work()))
 
         def release(result):
             if not lock.locked and not lock.waiting and self._locks.get(room_id) is lock:
@@ -212,9 +226,6 @@ class RoomPipeline:
             coroutine of) the new :class:`Event`.
         :returns: Deferred firing with ``(event, outcome)``; a rejected event is not stored.
         """
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = self._locks[room_id] = defer.DeferredLock()
 
         async def run():
             room = await self._room(room_id)
@@ -224,14 +235,7 @@ class RoomPipeline:
             outcomes = await self._process(room_id, [event], True, False, {}, {})
             return event, outcomes[event.event_id]
 
-        d = lock.run(lambda: defer.ensureDeferred(run()))
-
-        def release(result):
-            if not lock.locked and not lock.waiting and self._locks.get(room_id) is lock:
-                del self._locks[room_id]
-            return result
-
-        return d.addBoth(release)
+        return self._locked(room_id, run)
 
     def process_outliers(
         self,
@@ -651,29 +655,6 @@ class RoomPipeline:
             return ev
 
         return state_before_event(rv, states, get_event, auth_check, room_id=room_id)
-
-
-def _auth_ordered(events: list[Event]) -> list[Event]:
-    """Events ordered so each comes after the batch events in its ``auth_events``."""
-    by_id = {e.event_id: e for e in events}
-    out: list[Event] = []
-    seen: set[str] = set()
-    for root in sorted(events, key=lambda e: (e.depth, e.event_id)):
-        stack = [(root, False)]
-        while stack:
-            ev, expanded = stack.pop()
-            if ev.event_id in seen:
-                continue
-            if expanded:
-                seen.add(ev.event_id)
-                out.append(ev)
-                continue
-            stack.append((ev, True))
-            for a in ev.auth_event_ids:
-                ae = by_id.get(a)
-                if ae is not None and a not in seen:
-                    stack.append((ae, False))
-    return out
 
 
 class _Overlay(Mapping[str, Event]):
