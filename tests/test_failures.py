@@ -80,3 +80,35 @@ class FailureTests(unittest.TestCase):
         f = parse_failure({"severity": "WARN", "code": 3002, "reason": "x" * 2000, "source": "$s"})
         self.assertEqual((f.severity, f.code, len(f.reason), f.source), ("WARN", 3002, 500, "$s"))
         self.assertIsNone(parse_failure({"severity": "WARN", "code": True, "reason": ""}))
+
+
+class FailuresCliTests(unittest.TestCase):
+    def test_cli_lists_sent_and_received(self):
+        """fedserver-failures prints the stored failures as a table or JSON, filtered by
+        direction, and exits 2 for a missing database."""
+        import io
+        import json as _json
+
+        from fedserver.scripts.failures import run
+
+        async def go():
+            path = self.mktemp()
+            store = await open_store(path, reactor, registry=RoomVersionRegistry())
+            await store.federation_extras.add_failures(
+                "received", [("peer.test", ERROR, CODE_AUTH_REJECTED, "bad", "!r:x", "$e", None)], 5
+            )
+            await store.federation_extras.add_failures(
+                "sent", [("other.test", FATAL, CODE_INVALID_EVENT, "no type", None, "$f", None)], 6
+            )
+            store.close()
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(await run(reactor, ["-d", path, "--received", "--json"], out, err), 0)
+            rows = _json.loads(out.getvalue())
+            self.assertEqual([(r["server_name"], r["code"]) for r in rows], [("peer.test", CODE_AUTH_REJECTED)])
+            out = io.StringIO()
+            self.assertEqual(await run(reactor, ["-d", path], out, err), 0)
+            self.assertIn("other.test", out.getvalue())
+            self.assertIn("peer.test", out.getvalue())
+            self.assertEqual(await run(reactor, ["-d", path + ".missing"], io.StringIO(), err), 2)
+
+        return defer.ensureDeferred(go())
