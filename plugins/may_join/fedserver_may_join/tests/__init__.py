@@ -1,0 +1,1 @@
+"""Tests of the fedserver_may_join plugin."""
