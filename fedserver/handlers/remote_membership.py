@@ -179,13 +179,39 @@ class RemoteMembership:
         )
         return joined
 
+    def _build(self, server: str, template: dict, rv: RoomVersion) -> Event:
+        """Our event from a resident's template (hashed, signed).
+
+        :raises HandshakeFailed: if the template cannot make a valid event."""
+        try:
+            return build_from_template(
+                template, rv, origin_server_ts=self._now_ms(), server_name=self._server_name, signing_key=self._signing_key
+            )
+        except InvalidEvent as e:
+            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s template is invalid: {e}")) from None
+
     async def _send(self, server: str, kind: str, room_id: str, event: Event) -> dict:
-        """``send_<kind>`` v2, falling back to v1 where the peer does not know v2."""
+        """``send_<kind>`` v2, falling back to v1 where the peer does not know v2.
+
+        ``send_knock`` exists only as v1 and answers its body unwrapped (server-server
+        spec "Knocking upon a room": ``PUT /_matrix/federation/v1/send_knock``)."""
         path = "/_matrix/federation/{}/send_%s/{}/{}" % kind
+        if kind == "knock":
+            try:
+                resp = await self._client.put_json(
+                    server, fed_path(path.format("v1", "{}", "{}"), room_id, event.event_id), event.pdu
+                )
+            except HttpResponseError as e:
+                raise HandshakeFailed(_relay(e)) from None
+            except FederationClientError as e:
+                raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} is unreachable: {e}")) from None
+            if not isinstance(resp, dict):
+                raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} sent a malformed send_knock answer"))
+            return resp
         try:
             resp = await self._client.put_json(server, fed_path(path.format("v2", "{}", "{}"), room_id, event.event_id), event.pdu)
         except HttpResponseError as e:
-            if e.code in (400, 404) and e.errcode in ("M_UNRECOGNIZED", None) and kind != "knock":
+            if e.code in (400, 404) and e.errcode in ("M_UNRECOGNIZED", None):
                 try:
                     resp = await self._client.put_json(
                         server, fed_path(path.format("v1", "{}", "{}"), room_id, event.event_id), event.pdu
@@ -260,9 +286,7 @@ class RemoteMembership:
             template = dict(template)
             if reason:
                 template["content"] = {**template["content"], "reason": reason}
-            event = build_from_template(
-                template, rv, origin_server_ts=self._now_ms(), server_name=self._server_name, signing_key=self._signing_key
-            )
+            event = self._build(server, template, rv)
             await self._send(server, "leave", room_id, event)
             return event
 
@@ -281,9 +305,7 @@ class RemoteMembership:
             template = dict(template)
             if reason:
                 template["content"] = {**template["content"], "reason": reason}
-            event = build_from_template(
-                template, rv, origin_server_ts=self._now_ms(), server_name=self._server_name, signing_key=self._signing_key
-            )
+            event = self._build(server, template, rv)
             resp = await self._send(server, "knock", room_id, event)
             state = resp.get("knock_room_state") or resp.get("knock_state") or []
             return event, [s for s in state if isinstance(s, dict)] if isinstance(state, list) else []
