@@ -232,7 +232,12 @@ class HandshakeHandler:
         loaded = await self._store.get_events([state[k] for k in need if k in state])
         view = {k: loaded[state[k]] for k in need if k in state and state[k] in loaded}
         create = view.get(("m.room.create", ""))
-        result = self._engine.check_against_state(event, view, create_event=create)
+        # A template is unsigned: judge it as the event it will become, signed by the
+        # joining server and, for a restricted join naming one of our users, countersigned
+        # by us at send_join (auth rule 5.2, rooms v8+: "validly signed by the
+        # homeserver of the user ID denoted by" join_authorised_via_users_server).
+        signers = frozenset(s for s in (_domain(event.sender), self._server_name) if s)
+        result = self._engine.check_against_state(event, view, create_event=create, verified_servers=signers)
         if result.allowed:
             return
         if membership == "join":
