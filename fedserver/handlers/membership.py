@@ -32,6 +32,7 @@ from fedserver.http.errors import (
     unknown,
 )
 from fedserver.room_versions import RoomVersion
+from fedserver.storage.interface import PersistEntry
 
 log = Logger()
 
@@ -200,6 +201,27 @@ class RoomEvents:
                 raise MatrixError(400, "M_INVALID_ROOM_STATE", f"m.room.create refused: {e.error}") from None
         raise unknown("Could not make a new room id")
 
+    def out_of_band_leave(self, invite: Event, reason: Optional[str] = None) -> Event:
+        """A leave of ``invite``'s target, made here only, after an invite (or knock) to a
+        room that is not here: no server in the room could be reached to reject it. It
+        follows the invite, is signed by us, is stored as an outlier and is never sent.
+
+        :raises MatrixError: 400 ``M_BAD_JSON`` if it cannot be built.
+        """
+        content: dict[str, Any] = {"membership": "leave"}
+        if reason:
+            content["reason"] = reason
+        try:
+            return build_event(
+                invite.room_version, room_id=invite.room_id, type="m.room.member", sender=invite.state_key,
+                content=content, state_key=invite.state_key, prev_event_ids=[invite.event_id],
+                auth_event_ids=[invite.event_id], depth=invite.depth + 1,
+                origin_server_ts=max(self.creator.now_ms(), invite.origin_server_ts + 1),
+                server_name=self.server_name, signing_key=self._signing_key,
+            )
+        except InvalidEvent as e:
+            raise bad_json(f"Invalid event: {e}") from None
+
     async def stripped_room_state(self, room_id: str, extra: Iterable[Event] = ()) -> list[dict[str, Any]]:
         """The room's stripped state (spec "Stripped state"), plus ``extra`` events."""
         state = await self.store.get_current_state_events(room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
@@ -257,15 +279,33 @@ class MembershipHandler:
         content["membership"] = membership
         return await self.events.send(room_id, type="m.room.member", sender=sender, content=content, state_key=target)
 
+    async def _remote_row(self, user_id: str, room_id: str) -> Any:
+        """The user's invite, knock or leave recorded for a room that is not here (by the
+        federation handshakes), or ``None``."""
+        extras = getattr(self.store, "federation_extras", None)
+        if extras is None:
+            return None
+        return await extras.get_remote_membership(user_id, room_id)
+
     async def _inviter_hint(self, user_id: str, room_id: str) -> list[str]:
         """The server of whoever invited the user to a room that is not here (recorded by
         the federation handshakes): the first server to try (seed 001)."""
-        extras = getattr(self.store, "federation_extras", None)
-        if extras is None:
-            return []
-        row = await extras.get_remote_membership(user_id, room_id)
+        row = await self._remote_row(user_id, room_id)
         domain = domain_of(row.sender) if row is not None else None
         return [domain] if domain else []
+
+    async def _record_remote(self, user_id: str, room_id: str, event: Optional[Event], membership: str,
+                             stripped: Sequence[Any] = ()) -> None:
+        """Store our user's own knock or leave in a room that is not here (an outlier)
+        and record it as their remote membership, so their /sync shows it (a knock) or
+        stops showing the invite or knock (a leave)."""
+        extras = getattr(self.store, "federation_extras", None)
+        if event is None or extras is None:
+            return
+        await self.store.persist_events([PersistEntry(event=event, outlier=True)])
+        await extras.set_remote_membership(user_id, room_id, membership, event.event_id, user_id, list(stripped))
+        if self.notifier is not None:
+            self.notifier.notify_user(user_id)
 
     def _candidates(self, room_id: str, hints: Sequence[str]) -> list[str]:
         out = []
@@ -367,14 +407,42 @@ class MembershipHandler:
         """
         reason = check_reason(reason)
         if not await self.events.is_here(room_id):
-            if self.remote is None:
-                raise not_found("This server is not in the room")
-            await self.remote.leave(user_id, room_id, self._candidates(room_id, await self._inviter_hint(user_id, room_id)), reason)
+            await self._remote_leave(user_id, room_id, reason)
             return
         current = await self.store.rooms.get_membership(room_id, user_id)
         if current is None or current.membership == "leave":
             return  # nothing to leave
         await self._member(room_id, user_id, user_id, "leave", {"reason": reason})
+
+    async def _remote_leave(self, user_id: str, room_id: str, reason: Optional[str]) -> None:
+        """Leave, reject an invite or withdraw a knock in a room that is not here, through
+        make_leave/send_leave on the inviter's server first, then the other candidates.
+
+        If every candidate fails while the user holds an invite or knock recorded here,
+        the rejection is recorded locally (an out-of-band leave, never sent): the user's
+        client stops seeing the invite even though the inviting server is unreachable."""
+        if self.remote is None:
+            raise not_found("This server is not in the room")
+        row = await self._remote_row(user_id, room_id)
+        hints: list[str] = []
+        if row is not None:
+            # The inviter's server first (seed 001), then the servers of the room's
+            # stripped state (a knock was sent by the user: its creator's server...).
+            senders = [row.sender] + [e.get("sender") for e in row.stripped_state if isinstance(e, dict)]
+            hints = [d for d in (domain_of(x) for x in senders if isinstance(x, str)) if d]
+        try:
+            event = await self.remote.leave(user_id, room_id, self._candidates(room_id, hints), reason)
+        except MatrixError as e:
+            pending = row is not None and row.membership in ("invite", "knock")
+            invite = await self.store.get_event(row.event_id) if pending else None
+            if invite is None:
+                raise
+            log.info(
+                "No server in {room_id} took {user_id}'s leave ({error}); rejecting the {membership} locally",
+                room_id=room_id, user_id=user_id, error=e.error, membership=row.membership,
+            )
+            event = self.events.out_of_band_leave(invite, reason)
+        await self._record_remote(user_id, room_id, event, "leave")
 
     # -- invite, kick, ban, unban -----------------------------------------------------------
 
@@ -469,7 +537,10 @@ class MembershipHandler:
             candidates = self._candidates(room_id, list(server_names) + alias_servers)
             if self.remote is None or not candidates:
                 raise not_found("This server is not in the room and knows no server to knock through")
-            await self.remote.knock(user_id, room_id, candidates, reason)
+            knocked = await self.remote.knock(user_id, room_id, candidates, reason)
+            if knocked is not None:
+                event, room_state = knocked
+                await self._record_remote(user_id, room_id, event, "knock", room_state)
             return room_id
         content: dict[str, Any] = dict(await self.member_profile(user_id))
         if reason:

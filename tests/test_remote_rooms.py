@@ -1,0 +1,186 @@
+"""Memberships across two whole fedservers started in-process on loopback TLS: knocks,
+restricted joins, invite rejections (also with the inviting server down) as the users'
+/sync shows them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from fedserver.config import config_from_dict
+from fedserver.handlers.accounts import Requester
+from fedserver.http.errors import MatrixError
+from fedserver.service import FedserverService
+from tests.test_federation_support import deferLater
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One running fedserver and its users, driven through its room handlers."""
+
+    def __init__(self, svc: FedserverService) -> None:
+        self.svc = svc
+        self.name = svc.config.server_name
+        self._tokens = 0
+
+    @property
+    def rooms(self) -> Any:
+        return self.svc.rooms
+
+    async def user(self, localpart: str) -> Requester:
+        user_id = f"@{localpart}:{self.name}"
+        await self.svc.store.accounts.create_user(user_id, None)
+        self._tokens += 1
+        return Requester(user_id, "DEV", self._tokens)
+
+    async def create_room(self, requester: Requester, version: str, **body: Any) -> str:
+        result = await self.rooms.rooms.create_room(requester, {"room_version": version, **body})
+        return result["room_id"]
+
+    async def membership(self, room_id: str, user_id: str) -> Any:
+        m = await self.svc.store.rooms.get_membership(room_id, user_id)
+        return None if m is None else m.membership
+
+    async def sync(self, requester: Requester, since: Any = None) -> dict:
+        return await self.rooms.sync.sync(requester, since=since)
+
+
+class TwoServersRoomsTests(TestCase):
+    """Two fedservers named by loopback IP literals federating over real TLS."""
+
+    timeout = 60
+
+    async def start(self) -> Server:
+        port = free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = config_from_dict({
+            "server_name": f"127.0.0.1:{port}",
+            "database_path": os.path.join(directory, "fedserver.db"),
+            "signing_key_path": os.path.join(directory, "signing.key"),
+            "tls_certificate_path": os.path.join(directory, "tls.crt"),
+            "tls_private_key_path": os.path.join(directory, "tls.key"),
+            "federation_listen": f"127.0.0.1:{port}",
+            "client_listen": "127.0.0.1:0",
+            "federation_verify_certificates": False,
+            "federation_allow_private_addresses": True,
+            "federation_client_timeout": 10,
+        })
+        svc = FedserverService(config, reactor)
+        svc.privilegedStartService()
+        svc.startService()
+        self.addCleanup(lambda: svc.stopService() if svc.running else None)
+        await svc.when_ready()
+        return Server(svc)
+
+    async def until(self, predicate, what: str) -> Any:
+        for _ in range(2000):
+            value = await predicate()
+            if value:
+                return value
+            await deferLater(0.01)
+        self.fail(f"timed out waiting for {what}")
+
+    async def test_knock_is_sent_with_v1_send_knock_and_shown_in_sync(self):
+        """A user of server A knocks on a knock room of server B: send_knock is v1 only
+        (there is no v2), B takes the knock in, and A's user sees the room under
+        ``rooms.knock`` in /sync with B's stripped state; once invited and joined, the
+        knock is gone."""
+        a, b = await self.start(), await self.start()
+        alice, bob = await a.user("alice"), await b.user("bob")
+        room = await b.create_room(bob, "12", preset="private_chat", name="Knock here", initial_state=[
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}},
+        ])
+        await a.rooms.membership.knock(alice.user_id, room, server_names=[b.name], reason="hello")
+        self.assertEqual(await b.membership(room, alice.user_id), "knock")
+        knocks = (await a.sync(alice))["rooms"]["knock"]
+        self.assertIn(room, knocks)
+        events = knocks[room]["knock_state"]["events"]
+        self.assertIn({"type": "m.room.name", "state_key": "", "sender": bob.user_id, "content": {"name": "Knock here"}},
+                      events)
+        own = [e for e in events if e["type"] == "m.room.member" and e["state_key"] == alice.user_id]
+        self.assertEqual([e["content"]["membership"] for e in own], ["knock"])
+        await b.rooms.membership.invite(bob.user_id, room, alice.user_id)
+        await self.until(lambda: self._invited(a, alice, room), "the invite to reach A")
+        await a.rooms.membership.join(alice.user_id, room)
+        self.assertEqual(await b.membership(room, alice.user_id), "join")
+        rooms = (await a.sync(alice))["rooms"]
+        self.assertNotIn(room, rooms["knock"])
+        self.assertNotIn(room, rooms["invite"])
+        self.assertIn(room, rooms["join"])
+
+    async def _invited(self, server: Server, requester: Requester, room: str) -> bool:
+        return room in (await server.sync(requester))["rooms"]["invite"]
+
+    async def test_restricted_join_through_the_residents_countersignature(self):
+        """A user of A who is in the room a restricted room of B allows gets a make_join
+        template naming B's user as authoriser (B checks it as countersigned by itself,
+        not as the unsigned template it is), and joins; before joining the allowed room
+        they are refused."""
+        a, b = await self.start(), await self.start()
+        alice, bob = await a.user("alice"), await b.user("bob")
+        allowed = await b.create_room(bob, "10", preset="public_chat")
+        room = await b.create_room(bob, "10", preset="private_chat", initial_state=[{
+            "type": "m.room.join_rules", "state_key": "",
+            "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": allowed}]},
+        }])
+        with self.assertRaises(MatrixError) as cm:
+            await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
+        self.assertEqual(cm.exception.errcode, "M_UNABLE_TO_AUTHORISE_JOIN")
+        await a.rooms.membership.join(alice.user_id, allowed, server_names=[b.name])
+        await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
+        self.assertEqual(await b.membership(room, alice.user_id), "join")
+        self.assertEqual(await a.membership(room, alice.user_id), "join")
+        state = await b.svc.store.get_current_state_events(room, [("m.room.member", alice.user_id)])
+        join = state[("m.room.member", alice.user_id)]
+        self.assertEqual(join.content["join_authorised_via_users_server"], bob.user_id)
+        self.assertIn(b.name, join.signatures)
+
+    async def test_rejected_invite_leaves_sync(self):
+        """A user of A invited to a room of B rejects it through make_leave/send_leave: B
+        sees the leave, and A's /sync no longer lists the invite (an incremental sync
+        lists the room under ``leave``)."""
+        a, b = await self.start(), await self.start()
+        alice, bob = await a.user("alice"), await b.user("bob")
+        room = await b.create_room(bob, "11", preset="private_chat")
+        await b.rooms.membership.invite(bob.user_id, room, alice.user_id)
+        first = await a.sync(alice)
+        self.assertIn(room, first["rooms"]["invite"])
+        await a.rooms.membership.leave(alice.user_id, room, reason="no")
+        self.assertEqual(await b.membership(room, alice.user_id), "leave")
+        self.assertNotIn(room, (await a.sync(alice))["rooms"]["invite"])
+        later = await a.sync(alice, since=first["next_batch"])
+        self.assertIn(room, later["rooms"]["leave"])
+        [leave] = later["rooms"]["leave"][room]["timeline"]["events"]
+        self.assertEqual((leave["sender"], leave["content"]["membership"]), (alice.user_id, "leave"))
+
+    async def test_invite_rejected_while_the_inviting_server_is_down(self):
+        """When no server of the room can be reached, rejecting a remote invite still
+        answers (no error) and records an out-of-band leave here: the invite leaves the
+        user's /sync, an incremental sync shows the leave. Without an invite there is
+        nothing to reject locally: the error reaches the client."""
+        a, b = await self.start(), await self.start()
+        alice, bob = await a.user("alice"), await b.user("bob")
+        room = await b.create_room(bob, "12", preset="private_chat")
+        await b.rooms.membership.invite(bob.user_id, room, alice.user_id)
+        first = await a.sync(alice)
+        self.assertIn(room, first["rooms"]["invite"])
+        await b.svc.stopService()
+        await a.rooms.membership.leave(alice.user_id, room)
+        self.assertNotIn(room, (await a.sync(alice))["rooms"]["invite"])
+        later = await a.sync(alice, since=first["next_batch"])
+        [leave] = later["rooms"]["leave"][room]["timeline"]["events"]
+        self.assertEqual((leave["sender"], leave["content"]["membership"]), (alice.user_id, "leave"))
+        carol = await a.user("carol")
+        with self.assertRaises(MatrixError) as cm:
+            await a.rooms.membership.leave(carol.user_id, "!unknown:" + b.name)
+        self.assertEqual(cm.exception.code, 502)
