@@ -243,9 +243,10 @@ class SyncHandler:
             else:
                 knock_out[m.room_id] = {"knock_state": {"events": events}}
 
+        local_nids = dict(forgotten)
+        local_nids.update((m.room_id, m.event_nid) for m in memberships)
         await self._remote_memberships(
-            user_id, scope, since_nid, now_nid, flt, {m.room_id for m in memberships} | set(forgotten),
-            invite_out, knock_out, leave_out,
+            user_id, scope, since_nid, now_nid, flt, local_nids, invite_out, knock_out, leave_out,
         )
 
         result = {
@@ -270,23 +271,30 @@ class SyncHandler:
         since_nid: Optional[int],
         now_nid: int,
         flt: SyncFilter,
-        known_rooms: set[str],
+        local_nids: Mapping[str, int],
         invite_out: dict[str, Any],
         knock_out: dict[str, Any],
         leave_out: dict[str, Any],
     ) -> None:
         """Invites, knocks and their withdrawal in rooms this server is not in (recorded
         by the federation handshakes in ``store.federation_extras`` with the membership
-        event's nid as position); rooms with a membership here take precedence."""
+        event's nid as position). Of a remote membership and one in the room's state here
+        (``local_nids``: room -> nid of the user's membership event, forgotten rooms
+        included), the newer wins: a user who left a room our server then left, and is
+        invited again over federation, sees the new invite."""
         extras = getattr(self.store, "federation_extras", None)
         if extras is None:
             return
         rows = await extras.get_remote_memberships(user_id, since_nid or 0)
         rows = [
-            r for r in rows if r.stream <= now_nid and r.room_id not in known_rooms and flt.rooms.allows_room(r.room_id)
+            r for r in rows
+            if r.stream <= now_nid and r.stream > local_nids.get(r.room_id, -1) and flt.rooms.allows_room(r.room_id)
         ]
         if not rows:
             return
+        for r in rows:
+            # Superseded by the remote membership (only a leave can be listed here).
+            leave_out.pop(r.room_id, None)
         events = await self.store.get_events([r.event_id for r in rows])
         for r in rows:
             own = events.get(r.event_id)
