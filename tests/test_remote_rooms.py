@@ -9,10 +9,11 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from fedserver.config import config_from_dict
 from fedserver.handlers.accounts import Requester
+from fedserver.handlers.handshakes import MAX_STRIPPED_STATE, strip_received_state
 from fedserver.http.errors import MatrixError
 from fedserver.service import FedserverService
 from tests.test_federation_support import deferLater
@@ -22,6 +23,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+STRIPPED_KEYS = {"type", "state_key", "sender", "content"}
+
+
+class StripReceivedStateTests(SynchronousTestCase):
+    def test_full_pdus_and_stripped_events_become_stripped_events(self):
+        """Received invite/knock room state, as full PDUs (Matrix 1.16) or stripped
+        events, keeps only type, state_key, sender and content; entries that are not
+        state events are dropped; at most MAX_STRIPPED_STATE are kept."""
+        pdu = {"type": "m.room.create", "state_key": "", "sender": "@a:x.test", "content": {"room_version": "12"},
+               "auth_events": [], "prev_events": [], "depth": 1, "hashes": {"sha256": "x"}, "signatures": {},
+               "origin_server_ts": 1, "unsigned": {"age": 3}}
+        stripped = {"type": "m.room.name", "state_key": "", "sender": "@a:x.test", "content": {"name": "N"}}
+        bad = [None, 3, "x", {"type": "m.room.topic"}, {"type": 1, "state_key": "", "sender": "@a:x.test", "content": {}},
+               {"type": "m.room.topic", "state_key": "", "sender": "@a:x.test", "content": []}]
+        self.assertEqual(
+            strip_received_state([pdu, *bad, stripped]),
+            [{"type": "m.room.create", "state_key": "", "sender": "@a:x.test", "content": {"room_version": "12"}}, stripped],
+        )
+        self.assertEqual(strip_received_state({"not": "a list"}), [])
+        self.assertEqual(len(strip_received_state([stripped] * (MAX_STRIPPED_STATE + 5))), MAX_STRIPPED_STATE)
 
 
 class Server:
@@ -109,8 +132,14 @@ class TwoServersRoomsTests(TestCase):
                       events)
         own = [e for e in events if e["type"] == "m.room.member" and e["state_key"] == alice.user_id]
         self.assertEqual([e["content"]["membership"] for e in own], ["knock"])
+        self.assertIn("m.room.create", {e["type"] for e in events})
+        for e in events:
+            self.assertEqual(set(e), STRIPPED_KEYS)
         await b.rooms.membership.invite(bob.user_id, room, alice.user_id)
-        await self.until(lambda: self._invited(a, alice, room), "the invite to reach A")
+        invite_state = await self.until(lambda: self._invited(a, alice, room), "the invite to reach A")
+        self.assertIn("m.room.create", {e["type"] for e in invite_state})
+        for e in invite_state:
+            self.assertEqual(set(e), STRIPPED_KEYS)
         await a.rooms.membership.join(alice.user_id, room)
         self.assertEqual(await b.membership(room, alice.user_id), "join")
         rooms = (await a.sync(alice))["rooms"]
@@ -118,8 +147,9 @@ class TwoServersRoomsTests(TestCase):
         self.assertNotIn(room, rooms["invite"])
         self.assertIn(room, rooms["join"])
 
-    async def _invited(self, server: Server, requester: Requester, room: str) -> bool:
-        return room in (await server.sync(requester))["rooms"]["invite"]
+    async def _invited(self, server: Server, requester: Requester, room: str) -> Any:
+        entry = (await server.sync(requester))["rooms"]["invite"].get(room)
+        return entry["invite_state"]["events"] if entry else None
 
     async def test_restricted_join_through_the_residents_countersignature(self):
         """A user of A who is in the room a restricted room of B allows gets a make_join

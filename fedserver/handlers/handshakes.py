@@ -52,6 +52,10 @@ def _forbidden(why: str) -> MatrixError:
     return MatrixError(403, "M_FORBIDDEN", why)
 
 
+#: Most stripped state events kept from an invite or a knock.
+MAX_STRIPPED_STATE = 50
+
+
 def stripped_state(events: Sequence[Event]) -> list[dict[str, Any]]:
     """The stripped form (type, state_key, sender, content) of state events."""
     return [
@@ -59,6 +63,36 @@ def stripped_state(events: Sequence[Event]) -> list[dict[str, Any]]:
         for e in events
         if e.state_key is not None
     ]
+
+
+def strip_received_state(entries: Any) -> list[dict[str, Any]]:
+    """A peer's ``invite_room_state`` / ``knock_room_state`` in the client-server spec's
+    stripped form (``type``, ``state_key``, ``sender``, ``content``: what /sync shows).
+
+    Since Matrix 1.16 (MSC4311) servers send these as full PDUs, before as stripped
+    events; both are accepted. Malformed entries are dropped, and at most
+    :data:`MAX_STRIPPED_STATE` kept.
+    """
+    out: list[dict[str, Any]] = []
+    for e in entries if isinstance(entries, list) else []:
+        if (
+            isinstance(e, dict)
+            and isinstance(e.get("type"), str)
+            and isinstance(e.get("state_key"), str)
+            and isinstance(e.get("sender"), str)
+            and isinstance(e.get("content"), dict)
+        ):
+            out.append({"type": e["type"], "state_key": e["state_key"], "sender": e["sender"], "content": e["content"]})
+            if len(out) >= MAX_STRIPPED_STATE:
+                break
+    return out
+
+
+def federation_stripped_state(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """State events as sent in ``invite_room_state`` / ``knock_room_state`` over
+    federation: full PDUs since Matrix 1.16 (MSC4311: the receiver can check the
+    ``m.room.create`` event against the room id, which from room v12 is its hash)."""
+    return [dict(e.pdu) for e in events if e.state_key is not None]
 
 
 class HandshakeHandler:
@@ -340,7 +374,7 @@ class HandshakeHandler:
         state = await self._pipeline.current_state(room_id)
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         events = await self._store.get_events(ids)
-        return stripped_state([events[i] for i in ids if i in events])
+        return federation_stripped_state([events[i] for i in ids if i in events])
 
     # -- invites ---------------------------------------------------------------------------
 
@@ -387,8 +421,7 @@ class HandshakeHandler:
         await self._verify(checked.event, checked.signed_bytes, servers - {self._server_name})
         signed = sign_event(dict(pdu), rv, self._server_name, self._signing_key)
         event = Event.from_pdu(signed, rv, checked.event.event_id)
-        state = invite_room_state if isinstance(invite_room_state, list) else []
-        state = [s for s in state if isinstance(s, dict)][:50]
+        state = strip_received_state(invite_room_state)
         await self._store.persist_events([PersistEntry(event=event, outlier=True)])
         if self._on_invite is not None:
             await self._on_invite(event, state)

@@ -20,6 +20,7 @@ from fedserver.events.model import Event
 from fedserver.events.validation import EventTooLarge, InvalidEvent
 from fedserver.handlers.client_events import STRIPPED_STATE_TYPES, stripped_state
 from fedserver.handlers.directory import current_power, split_alias
+from fedserver.handlers.handshakes import federation_stripped_state
 from fedserver.handlers.pipeline import ACCEPTED, REJECTED, Outcome
 from fedserver.http.errors import (
     M_UNKNOWN,
@@ -221,6 +222,12 @@ class RoomEvents:
             )
         except InvalidEvent as e:
             raise bad_json(f"Invalid event: {e}") from None
+
+    async def federation_room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's stripped state as sent to an invitee's server (``invite_room_state``):
+        full PDUs since Matrix 1.16."""
+        state = await self.store.get_current_state_events(room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
+        return federation_stripped_state([e for _, e in sorted(state.items())])
 
     async def stripped_room_state(self, room_id: str, extra: Iterable[Event] = ()) -> list[dict[str, Any]]:
         """The room's stripped state (spec "Stripped state"), plus ``extra`` events."""
@@ -481,7 +488,7 @@ class MembershipHandler:
             sender=sender,
             target=target,
             prepare=self.events.creator.prepare,
-            invite_room_state=await self.events.stripped_room_state(room_id),
+            invite_room_state=await self.events.federation_room_state(room_id),
             content=content,
         )
 

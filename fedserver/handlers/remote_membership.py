@@ -13,6 +13,7 @@ from fedserver.events.model import Event
 from fedserver.events.signing import signed_bytes_for_event
 from fedserver.events.validation import InvalidEvent
 from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
+from fedserver.handlers.handshakes import strip_received_state
 from fedserver.handlers.pipeline import ACCEPTED, RoomPipeline
 from fedserver.handlers.receipt import check_received
 from fedserver.http.errors import MatrixError
@@ -307,8 +308,7 @@ class RemoteMembership:
                 template["content"] = {**template["content"], "reason": reason}
             event = self._build(server, template, rv)
             resp = await self._send(server, "knock", room_id, event)
-            state = resp.get("knock_room_state") or resp.get("knock_state") or []
-            return event, [s for s in state if isinstance(s, dict)] if isinstance(state, list) else []
+            return event, strip_received_state(resp.get("knock_room_state") or resp.get("knock_state"))
 
         return await self._each_candidate(candidates, via, "knock")
 
