@@ -10,7 +10,9 @@ from typing import Any, Optional
 
 from signedjson.key import generate_signing_key
 from twisted.internet import endpoints
+from twisted.internet.task import deferLater
 from twisted.names.client import Resolver
+from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
 
 from fedserver.crypto import load_or_generate_tls, verify_key_base64
@@ -80,7 +82,9 @@ class PolicyServer:
         )
         site = server.Site(self._root())
         site.noisy = False
-        self.port = await endpoint.listen(site)
+        # Wrapped to know its connections: peers keep theirs open, stop() closes them.
+        self._connections = WrappingFactory(site)
+        self.port = await endpoint.listen(self._connections)
         self.server_name = f"127.0.0.1:{self.port.getHost().port}"
         self.documents = ServerKeyDocument(self.server_name, self.server_key, self.reactor, 86_400_000)
         self.client = loopback_client(self.reactor, self.server_name, self.server_key)
@@ -91,6 +95,10 @@ class PolicyServer:
         if self.port is not None:
             port, self.port = self.port, None
             await port.stopListening()
+            for protocol in list(self._connections.protocols):
+                protocol.transport.abortConnection()
+            while self._connections.protocols:
+                await deferLater(self.reactor, 0.01, lambda: None)
         if self.client is not None:
             client, self.client = self.client, None
             await client.close()
@@ -149,7 +157,7 @@ class PolicyServer:
         if not isinstance(pdu, dict):
             raise MatrixError(400, "M_BAD_JSON", "The body is not a PDU")
         record.update(type=pdu.get("type"), content=pdu.get("content"))
-        rv = self.rooms.get(pdu.get("room_id"))
+        rv = self.rooms.get(self._room_id(pdu))
         if rv is None:
             record["answer"] = "not_found"
             raise MatrixError(404, "M_NOT_FOUND", "This room is not protected here")
@@ -174,6 +182,21 @@ class PolicyServer:
         key = self.policy_key if mode == "sign_all" else generate_signing_key("policy_server")
         signature = sign_bytes(signed_bytes_for_event(pdu, rv), key)
         return {self.server_name: {"ed25519:policy_server": signature}}
+
+    def _room_id(self, pdu: dict) -> Any:
+        """The PDU's room: its ``room_id``, or for a create event of a room version whose
+        room id is its create event's id (v12), that."""
+        if "room_id" in pdu or pdu.get("type") != "m.room.create":
+            return pdu.get("room_id")
+        for rv in set(self.rooms.values()):
+            if rv.room_id_from_create_event:
+                try:
+                    room_id = "!" + compute_event_id(pdu, rv)[1:]
+                except (ValueError, TypeError, KeyError):
+                    continue
+                if room_id in self.rooms:
+                    return room_id
+        return None
 
     async def _authenticate(self, request: Any, body: Any) -> tuple[Optional[str], bool]:
         """``(origin, whether the X-Matrix signature verifies with the origin's key)``."""
