@@ -164,6 +164,20 @@ def _die_with_parent() -> None:
             pass
 
 
+def shared_secret_register(client_url: str, secret: str, localpart: str, admin: bool = False) -> dict:
+    """Register ``localpart`` (password ``pw-<localpart>``) through the shared-secret admin
+    API (``/_synapse/admin/v1/register``, served by Synapse and by fedserver); returns the
+    answer (``user_id``, ``access_token``)."""
+    url = client_url + "/_synapse/admin/v1/register"
+    nonce = http_json("GET", url)["nonce"]
+    password = "pw-" + localpart
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+    mac.update(b"\x00".join([nonce.encode(), localpart.encode(), password.encode(),
+                             b"admin" if admin else b"notadmin"]))
+    return http_json("POST", url, {"nonce": nonce, "username": localpart, "password": password,
+                                   "admin": admin, "mac": mac.hexdigest()})
+
+
 class _Process:
     """A child server process with its own directory and log."""
 
@@ -272,6 +286,9 @@ default_room_version: "{self.room_version}"
 room_list_publication_rules: [{{action: allow}}]
 alias_creation_rules: [{{action: allow}}]
 presence: {{enabled: false}}
+# Answer every /sync afresh: by default Synapse replays an identical /sync request's
+# answer for 2 minutes, which hides changes from tests that poll.
+caches: {{sync_response_cache_duration: 0}}
 registration_shared_secret: "{self.shared_secret}"
 macaroon_secret_key: "{secrets.token_urlsafe(24)}"
 form_secret: "{secrets.token_urlsafe(24)}"
@@ -312,15 +329,7 @@ federation_rr_transactions_per_room_per_second: 10000
 
     def register(self, localpart: str, admin: bool = False) -> str:
         """Register ``localpart`` through the shared-secret admin API; returns the user id."""
-        url = self.client_url + "/_synapse/admin/v1/register"
-        nonce = http_json("GET", url)["nonce"]
-        password = "pw-" + localpart
-        mac = hmac.new(self.shared_secret.encode(), digestmod=hashlib.sha1)
-        mac.update(b"\x00".join([nonce.encode(), localpart.encode(), password.encode(),
-                                 b"admin" if admin else b"notadmin"]))
-        resp = http_json("POST", url, {"nonce": nonce, "username": localpart,
-                                       "password": password, "admin": admin,
-                                       "mac": mac.hexdigest()})
+        resp = shared_secret_register(self.client_url, self.shared_secret, localpart, admin)
         self.tokens[resp["user_id"]] = resp["access_token"]
         return resp["user_id"]
 
@@ -359,6 +368,8 @@ class Fedserver(_Process):
         self.signing_key_path = os.path.join(directory, "fedserver.signing.key")
         self.config_path = os.path.join(directory, "fedserver.yaml")
         self.extra_config = extra_config or {}
+        self.shared_secret = secrets.token_urlsafe(24)
+        self.tokens: dict[str, str] = {}
 
     def write_config(self) -> str:
         import yaml
@@ -378,6 +389,8 @@ class Fedserver(_Process):
             "federation_client_timeout": 30,
             "outbound_max_retry_interval": 10,
             "log_level": "debug",
+            # For admin_user(): the quick way to make many users (no login rate limit).
+            "registration_shared_secret": self.shared_secret,
         }
         config.update(self.extra_config)
         with open(self.config_path, "w") as f:
@@ -423,7 +436,6 @@ class Fedserver(_Process):
             "type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
             "password": "pw-" + localpart,
         })
-        self.tokens = getattr(self, "tokens", {})
         self.tokens[user_id] = resp["access_token"]
         return resp["access_token"]
 
@@ -433,14 +445,21 @@ class Fedserver(_Process):
         self.login(user_id)
         return user_id
 
+    def admin_user(self, localpart: str) -> str:
+        """Register ``localpart`` through the running server's shared-secret admin API
+        (one request, no login: the way to make many users quickly); the token is kept
+        for :meth:`client`. Returns the user id."""
+        resp = shared_secret_register(self.client_url, self.shared_secret, localpart)
+        self.tokens[resp["user_id"]] = resp["access_token"]
+        return resp["user_id"]
+
     def client(self, method: str, path: str, body=None, *, as_user: str | None = None,
                params: dict | None = None):
         """Call our client API as ``as_user`` (logged in through :meth:`login`)."""
         url = self.client_url + path
         if params:
             url += "?" + urllib.parse.urlencode(params, doseq=True)
-        tokens = getattr(self, "tokens", {})
-        return http_json(method, url, body, token=tokens.get(as_user) if as_user else None)
+        return http_json(method, url, body, token=self.tokens.get(as_user) if as_user else None)
 
     def signing_key(self):
         """The server's signing key (a signedjson ``SigningKey``)."""
