@@ -71,7 +71,9 @@ class SynapsePolicyServerTests(TestCase):
     async def setUp(self):
         if start_policy_server is None:
             raise SkipTest("the policy server plugin (plugins/policy_server) is not installed")
-        self.synapse, self.fedserver = await blocking(peers)
+        # On the reactor thread, before our policy server runs: the children are asked to
+        # die with the thread that started them, and trial stops its pool's threads.
+        self.synapse, self.fedserver = peers()
         with open(self.fedserver.log_path, errors="replace") as f:
             if STARTED_LINE not in f.read():
                 raise SkipTest("the fedserver under test did not start the policy server plugin: its service "
@@ -173,3 +175,48 @@ class SynapsePolicyServerTests(TestCase):
 
         pdu = await self.until(synapse_copy, "Synapse to store our message")
         self.assertIn(POLICY_KEY_ID, pdu["signatures"][ps.server_name])
+
+
+class SynapseMayJoinTests(TestCase):
+    """The may_join plugin's room version is fedserver's own: Synapse cannot take part."""
+
+    timeout = 120
+
+    async def setUp(self):
+        self.synapse, self.fedserver = peers()  # on the reactor thread (see above)
+
+    async def test_synapse_cannot_join_or_be_invited(self):
+        """A Synapse user listed in a may_join room cannot join it (Synapse does not offer
+        the version; fedserver answers its make_join M_INCOMPATIBLE_ROOM_VERSION) and an
+        invite to Synapse fails with an error, not a 500; the room is unchanged and
+        Synapse keeps federating (a public room is joined afterwards)."""
+        synapse, fs = self.synapse, self.fedserver
+        alice = await blocking(fs.user, "alice_mayjoin")
+        bob = await blocking(synapse.register, "bob_mayjoin")
+        try:
+            created = await blocking(fs.client, "POST", "/_matrix/client/v3/createRoom", {
+                "room_version": "org.fedserver.may_join.12",
+                "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                                   "content": {"join_rule": "org.fedserver.may_join", "may_join": [bob]}}],
+            }, as_user=alice)
+        except HTTPError as e:
+            if e.body.get("errcode") == "M_UNSUPPORTED_ROOM_VERSION":
+                raise SkipTest("the fedserver under test does not load the may_join plugin") from None
+            raise
+        room = quote(created["room_id"])
+        members = f"/_matrix/client/v3/rooms/{room}/joined_members"
+        before = await blocking(fs.client, "GET", members, as_user=alice)
+        with self.assertRaises(HTTPError) as cm:
+            await blocking(synapse.client, "POST", f"/_matrix/client/v3/join/{room}", {}, as_user=bob,
+                           params={"server_name": fs.server_name})
+        self.assertLess(cm.exception.status, 500, cm.exception.body)
+        with self.assertRaises(HTTPError) as cm:
+            await blocking(fs.client, "POST", f"/_matrix/client/v3/rooms/{room}/invite", {"user_id": bob},
+                           as_user=alice)
+        self.assertLess(cm.exception.status, 500, cm.exception.body)
+        self.assertEqual(await blocking(fs.client, "GET", members, as_user=alice), before)
+
+        public = (await blocking(fs.client, "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"},
+                                 as_user=alice))["room_id"]
+        await blocking(synapse.client, "POST", f"/_matrix/client/v3/join/{quote(public)}", {}, as_user=bob,
+                       params={"server_name": fs.server_name})
