@@ -34,6 +34,7 @@ REFUSED = "refused"
 UNREACHABLE = "unreachable"
 #: How many rooms' policy servers are cached.
 ROOM_CACHE_SIZE = 10_000
+CREATE_STATE_KEY = ("m.room.create", "")
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,11 @@ class RoomPolicyCache:
             if policy_event is None and policy_event_id is not ...:
                 policy_event = await self._store.get_event(policy_event_id)
             elif policy_event is None:
-                found = await self._store.get_current_state_events(room_id, [POLICY_STATE_KEY])
+                found = await self._store.get_current_state_events(room_id, [POLICY_STATE_KEY, CREATE_STATE_KEY])
+                if CREATE_STATE_KEY not in found:
+                    # A room we are only now joining: its state is not stored yet, so
+                    # "no m.room.policy" means nothing.  Ask again next time.
+                    return None
                 policy_event = found.get(POLICY_STATE_KEY)
             room = self._put(room_id, _Room(policy_event.event_id if policy_event else None,
                                             self._parse(policy_event), None, now))

@@ -376,6 +376,18 @@ class OptionsTests(SynchronousTestCase):
                                        plugin_manager=pm, plugin_config={PLUGIN: {"when_unreachable": "sometimes"}})
         self.assertIsNone(pm.get_plugin(CHECKER))
 
+    def test_start_again_replaces_checker(self):
+        """Calling ``fedserver_on_start`` again (a server started twice, or a test
+        choosing options) leaves one checker, with the new options; the plugin's options
+        are found under its registered name or ``policy_server``."""
+        pm = make_plugin_manager(load_entrypoints=False, module_paths=[PLUGIN])
+        for config in ({PLUGIN: {"timeout": 2}}, {"policy_server": {"when_unreachable": "closed"}}):
+            pm.hook.fedserver_on_start(reactor=reactor, server_name="x.test", federation_client=None, store=None,
+                                       plugin_manager=pm, plugin_config=config)
+        impls = pm.hook.fedserver_check_event_policy.get_hookimpls()
+        self.assertEqual([i.plugin_name for i in impls], [CHECKER])
+        self.assertEqual(pm.get_plugin(CHECKER).options, PolicyServerOptions(when_unreachable="closed"))
+
     def test_exempt(self):
         """Only the ``m.room.policy`` event with an empty state key is exempt."""
         from fedserver.events.model import Event
