@@ -85,6 +85,7 @@ class Config:
     outbound_max_retry_interval: float = 3600.0
     plugins: tuple[str, ...] = ()
     disabled_plugins: tuple[str, ...] = ()
+    plugin_config: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     max_request_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE
     enable_registration: bool = False
     registration_shared_secret: str | None = None
@@ -275,6 +276,23 @@ def _v_room_version(v: Any) -> str:
     return v
 
 
+def _v_plugin_config(v: Any) -> dict[str, dict[str, Any]]:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ValueError("must be a mapping of plugin name to a mapping of its options")
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in v.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError("plugin names must be non-empty strings")
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping):
+            raise ValueError(f"the options of plugin {name!r} must be a mapping")
+        out[name] = dict(options)
+    return out
+
+
 def _v_log_level(v: Any) -> str:
     if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -384,6 +402,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("plugins", _v_str_list,
            "Extra plugin modules (dotted paths) to load besides the 'fedserver' entry points.",
            "plugins:\n  - 'mycompany.fedserver_rules'"),
+    Option("plugin_config", _v_plugin_config,
+           "Options for plugins, by plugin name (each plugin documents its own).",
+           "plugin_config:\n  policy_server:\n    when_unreachable: open"),
     Option("disabled_plugins", _v_str_list, "Names of plugins not to load (built-in essential rules cannot be disabled)."),
     Option("max_request_body_size", _v_int(1024),
            "Largest request body accepted, in bytes; larger ones get 413 M_TOO_LARGE while reading."),

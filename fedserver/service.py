@@ -418,6 +418,13 @@ class FedserverService(service.MultiService):
         self.store = await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
         self._wire_federation(self.store)
         await self._wire_rooms(self.store)
+        # Plugins that need the running server (e.g. a policy server client) set up now.
+        self.plugin_manager.hook.fedserver_on_start(
+            reactor=self.reactor, server_name=self.config.server_name,
+            federation_client=self.federation_client, store=self.store,
+            plugin_manager=self.plugin_manager, plugin_config=self.config.plugin_config,
+        )
+        self.engine.reload_hooks()
         self.federation_site.resource = build_federation_root(
             server_keys=ServerKeyResource(self.key_document),
             key_query=NotaryResource(self.notary),
@@ -459,7 +466,7 @@ class FedserverService(service.MultiService):
         # and the creator of our users' events.
         self.engine = AuthEngine(self.plugin_manager, self.room_versions)
         self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager)
-        self.creator = EventCreator(reactor, store, self.pipeline, name, self.signing_key)
+        self.creator = EventCreator(reactor, store, self.pipeline, name, self.signing_key, plugin_manager=self.plugin_manager)
         # Inbound: authenticate, apply ACLs, check PDUs (steps 1-3), take them into their
         # rooms (steps 4-6) with gaps filled from the sender, and tell servers what we refused.
         self.authenticator = XMatrixAuthenticator(self.keyring, name, reactor)
