@@ -282,3 +282,18 @@ class PolicyTests(unittest.TestCase):
         """A policy plugin's SoftFail soft-fails the event (never rejects it), and the
         refusal names the plugin."""
         return defer.ensureDeferred(self._policy_case())
+
+
+class CheckOutcomeTests(unittest.SynchronousTestCase):
+    def test_policy_soft_failure_of_a_local_event_is_403(self):
+        """A local event a policy plugin soft-failed is answered 403 M_FORBIDDEN naming the
+        policy's reason (not 500)."""
+        from fedserver.handlers.membership import check_outcome
+        from fedserver.handlers.pipeline import Outcome
+        from fedserver.http.errors import MatrixError
+        from fedserver.storage.interface import Refusal
+
+        with self.assertRaises(MatrixError) as cm:
+            check_outcome(None, Outcome(SOFT_FAILED, Refusal("spam", "policy", "policy_server")))
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
+        self.assertIn("spam", cm.exception.error)

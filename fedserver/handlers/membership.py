@@ -21,7 +21,7 @@ from fedserver.events.validation import EventTooLarge, InvalidEvent
 from fedserver.handlers.client_events import STRIPPED_STATE_TYPES, stripped_state
 from fedserver.handlers.directory import current_power, split_alias
 from fedserver.handlers.handshakes import federation_stripped_state
-from fedserver.handlers.pipeline import ACCEPTED, REJECTED, Outcome
+from fedserver.handlers.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, Outcome
 from fedserver.http.errors import (
     M_UNKNOWN,
     MatrixError,
@@ -78,14 +78,18 @@ def check_reason(reason: Any) -> Optional[str]:
 def check_outcome(event: Event, outcome: Outcome) -> Event:
     """Turn the pipeline's verdict on a local event into the client's answer.
 
-    :raises MatrixError: 403 ``M_FORBIDDEN`` with the auth rule's reason if rejected;
-        500 if it could not be taken in at all.
+    :raises MatrixError: 403 ``M_FORBIDDEN`` with the auth rule's reason if rejected, or
+        the policy's if a policy plugin soft-failed it; 500 if it could not be taken in.
     """
     if outcome.status == ACCEPTED:
         return event
     if outcome.status == REJECTED:
         reason = outcome.refusal.reason if outcome.refusal is not None else "refused by the auth rules"
         raise forbidden(reason)
+    if outcome.status == SOFT_FAILED:
+        # A local policy (e.g. the room's policy server) refused it: kept, never sent.
+        reason = outcome.refusal.reason if outcome.refusal is not None else "refused by a policy"
+        raise forbidden(f"Refused by policy: {reason}")
     log.error("Local event {event_id} was not taken in: {status}", event_id=event.event_id, status=outcome.status)
     raise unknown("The event could not be taken into the room")
 
