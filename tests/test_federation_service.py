@@ -6,25 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fedserver.config import config_from_dict
+from fedserver.testing import free_port, loopback_config, start_server
 from fedserver.crypto import verify_key_base64
 from fedserver.federation.client import HttpResponseError, fed_path
 from fedserver.federation.keyring import parse_key_document
-from fedserver.service import FedserverService, StdlibToTwistedHandler, install_stdlib_logging_bridge
+from fedserver.service import StdlibToTwistedHandler, install_stdlib_logging_bridge
 from fedserver.storage import open_store
 from tests.test_federation_support import deferLater
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServersTestCase(TestCase):
@@ -33,30 +26,10 @@ class ServersTestCase(TestCase):
     allows. Subclasses add the tests."""
 
     def make_config(self, name: str, port: int, **extra):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        raw = {
-            "server_name": f"127.0.0.1:{port}",
-            "database_path": os.path.join(directory, "fedserver.db"),
-            "signing_key_path": os.path.join(directory, "signing.key"),
-            "tls_certificate_path": os.path.join(directory, "tls.crt"),
-            "tls_private_key_path": os.path.join(directory, "tls.key"),
-            "federation_listen": f"127.0.0.1:{port}",
-            "client_listen": "127.0.0.1:0",
-            "federation_verify_certificates": False,
-            "federation_allow_private_addresses": True,
-            "federation_client_timeout": 20,
-        }
-        raw.update(extra)
-        return config_from_dict(raw)
+        return loopback_config(os.path.abspath(self.mktemp()), port, **extra)
 
     async def start(self, config):
-        svc = FedserverService(config, reactor)
-        svc.privilegedStartService()
-        svc.startService()
-        self.addCleanup(lambda: svc.stopService() if svc.running else None)
-        await svc.when_ready()
-        return svc
+        return await start_server(self, config)
 
     async def until(self, predicate, what):
         for _ in range(3000):

@@ -5,24 +5,17 @@ restricted joins, invite rejections (also with the inviting server down) as the 
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fedserver.config import config_from_dict
 from fedserver.handlers.accounts import Requester
+from fedserver.testing import loopback_config, start_server
 from fedserver.handlers.handshakes import MAX_STRIPPED_STATE, strip_received_state
 from fedserver.http.errors import MatrixError
 from fedserver.service import FedserverService
 from tests.test_federation_support import deferLater
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 STRIPPED_KEYS = {"type", "state_key", "sender", "content"}
@@ -83,27 +76,8 @@ class TwoServersRoomsTests(TestCase):
     timeout = 60
 
     async def start(self) -> Server:
-        port = free_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = config_from_dict({
-            "server_name": f"127.0.0.1:{port}",
-            "database_path": os.path.join(directory, "fedserver.db"),
-            "signing_key_path": os.path.join(directory, "signing.key"),
-            "tls_certificate_path": os.path.join(directory, "tls.crt"),
-            "tls_private_key_path": os.path.join(directory, "tls.key"),
-            "federation_listen": f"127.0.0.1:{port}",
-            "client_listen": "127.0.0.1:0",
-            "federation_verify_certificates": False,
-            "federation_allow_private_addresses": True,
-            "federation_client_timeout": 10,
-        })
-        svc = FedserverService(config, reactor)
-        svc.privilegedStartService()
-        svc.startService()
-        self.addCleanup(lambda: svc.stopService() if svc.running else None)
-        await svc.when_ready()
-        return Server(svc)
+        config = loopback_config(os.path.abspath(self.mktemp()), federation_client_timeout=10)
+        return Server(await start_server(self, config))
 
     async def until(self, predicate, what: str) -> Any:
         for _ in range(2000):

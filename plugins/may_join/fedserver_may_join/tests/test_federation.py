@@ -4,24 +4,18 @@ on a may_join room; one without it is answered M_INCOMPATIBLE_ROOM_VERSION."""
 from __future__ import annotations
 
 import os
-import socket
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from fedserver.config import config_from_dict
 from fedserver.federation.client import HttpResponseError, fed_path
 from fedserver.handlers.accounts import Requester
+from fedserver.testing import loopback_config, start_server
 from fedserver.http.errors import MatrixError
 from fedserver.service import FedserverService
 
 VERSION = "org.fedserver.may_join.12"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MayJoinFederationTests(TestCase):
@@ -31,28 +25,7 @@ class MayJoinFederationTests(TestCase):
     timeout = 120
 
     async def start(self, **extra) -> FedserverService:
-        port = free_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        raw = {
-            "server_name": f"127.0.0.1:{port}",
-            "database_path": os.path.join(directory, "fedserver.db"),
-            "signing_key_path": os.path.join(directory, "signing.key"),
-            "tls_certificate_path": os.path.join(directory, "tls.crt"),
-            "tls_private_key_path": os.path.join(directory, "tls.key"),
-            "federation_listen": f"127.0.0.1:{port}",
-            "client_listen": "127.0.0.1:0",
-            "federation_verify_certificates": False,
-            "federation_allow_private_addresses": True,
-            "federation_client_timeout": 20,
-            **extra,
-        }
-        svc = FedserverService(config_from_dict(raw), reactor)
-        svc.privilegedStartService()
-        svc.startService()
-        self.addCleanup(lambda: svc.stopService() if svc.running else None)
-        await svc.when_ready()
-        return svc
+        return await start_server(self, loopback_config(os.path.abspath(self.mktemp()), **extra))
 
     async def user(self, svc: FedserverService, localpart: str) -> Requester:
         user_id = f"@{localpart}:{svc.config.server_name}"

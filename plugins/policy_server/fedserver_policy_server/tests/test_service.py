@@ -5,13 +5,12 @@ signature to B, and the room keeps working."""
 from __future__ import annotations
 
 import os
-import socket
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from fedserver.config import config_from_dict
 from fedserver.handlers.accounts import Requester
+from fedserver.testing import loopback_config, start_server
 from fedserver.service import FedserverService
 
 from fedserver_policy_server.room_policy import POLICY_KEY_ID, has_valid_signature, policy_server_from_content
@@ -21,11 +20,6 @@ from fedserver_policy_server.tests.policy_server import start_policy_server
 CHECKER = "policy_server.checker"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class PolicyServerFederationTests(TestCase):
     """A (the room's server) honours the policy server; B has the plugin disabled, like
@@ -34,28 +28,7 @@ class PolicyServerFederationTests(TestCase):
     timeout = 120
 
     async def start(self, **extra) -> FedserverService:
-        port = free_port()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        raw = {
-            "server_name": f"127.0.0.1:{port}",
-            "database_path": os.path.join(directory, "fedserver.db"),
-            "signing_key_path": os.path.join(directory, "signing.key"),
-            "tls_certificate_path": os.path.join(directory, "tls.crt"),
-            "tls_private_key_path": os.path.join(directory, "tls.key"),
-            "federation_listen": f"127.0.0.1:{port}",
-            "client_listen": "127.0.0.1:0",
-            "federation_verify_certificates": False,
-            "federation_allow_private_addresses": True,
-            "federation_client_timeout": 20,
-            **extra,
-        }
-        svc = FedserverService(config_from_dict(raw), reactor)
-        svc.privilegedStartService()
-        svc.startService()
-        self.addCleanup(lambda: svc.stopService() if svc.running else None)
-        await svc.when_ready()
-        return svc
+        return await start_server(self, loopback_config(os.path.abspath(self.mktemp()), **extra))
 
     def start_plugin(self, svc: FedserverService, **options) -> None:
         """``fedserver_on_start`` with these options (a server that calls it at start gets
