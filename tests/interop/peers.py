@@ -468,3 +468,45 @@ class Fedserver(_Process):
         key, generated = load_or_generate_signing_key(self.signing_key_path)
         assert not generated, "fedserver has not created its key yet"
         return key
+
+
+class PeerPair:
+    """A Synapse and a fedserver for one test module, started together on first use and
+    kept for the module (they stop when the test process exits).
+
+    :param prefix: the name of their directory under the current one (trial's
+        ``_trial_temp``, cleaned on the next run).
+    """
+
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+        self._started: tuple[Synapse, Fedserver] | None = None
+        self._error: BaseException | None = None
+
+    def get(self) -> tuple[Synapse, Fedserver]:
+        """The running pair; a test without Synapse is skipped, or fails under
+        ``FEDSERVER_INTEROP=require``."""
+        if self._error is not None:
+            raise self._error
+        if self._started is None:
+            import tempfile
+
+            from twisted.trial.unittest import SkipTest
+
+            base = tempfile.mkdtemp(prefix=self._prefix, dir=os.getcwd())
+            try:
+                synapse = Synapse(os.path.join(base, "synapse"))
+            except PeerUnavailable as e:
+                self._error = AssertionError(f"FEDSERVER_INTEROP=require but {e}") if interop_required() else SkipTest(str(e))
+                raise self._error from None
+            fedserver = Fedserver(os.path.join(base, "fedserver"))
+            try:
+                fedserver.start()
+                synapse.start()
+            except BaseException as e:
+                self._error = e
+                fedserver.stop()
+                synapse.stop()
+                raise
+            self._started = (synapse, fedserver)
+        return self._started

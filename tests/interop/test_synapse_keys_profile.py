@@ -9,14 +9,13 @@ unless ``FEDSERVER_INTEROP=require``.
 from __future__ import annotations
 
 import os
-import tempfile
 from urllib.parse import quote
 
 from signedjson.key import decode_verify_key_bytes, generate_signing_key
 from signedjson.sign import verify_signed_json
 from twisted.internet import reactor, task
 from twisted.names.client import Resolver
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from fedserver.events.hashing import decode_unpadded_base64
 from fedserver.federation.client import HttpResponseError, build_federation_client, fed_path
@@ -26,39 +25,17 @@ from fedserver.storage import open_store
 from tests.interop.peers import (
     Fedserver,
     HTTPError,
-    PeerUnavailable,
+    PeerPair,
     Synapse,
     http_json,
-    interop_required,
 )
 
-_peers: dict[str, object] = {}
+_pair = PeerPair("interop-")
 
 
 def peers() -> tuple[Synapse, Fedserver]:
     """Synapse and fedserver, started on first use (once per test process)."""
-    if "error" in _peers:
-        raise _peers["error"]  # type: ignore[misc]
-    if not _peers:
-        # Under the current directory: trial runs tests in its _trial_temp, cleaned next run.
-        base = tempfile.mkdtemp(prefix="interop-", dir=os.getcwd())
-        try:
-            synapse = Synapse(os.path.join(base, "synapse"))
-        except PeerUnavailable as e:
-            error: Exception = AssertionError(f"FEDSERVER_INTEROP=require but {e}") if interop_required() else SkipTest(str(e))
-            _peers["error"] = error
-            raise error from None
-        fedserver = Fedserver(os.path.join(base, "fedserver"))
-        try:
-            fedserver.start()
-            synapse.start()
-        except BaseException as e:
-            _peers["error"] = e
-            fedserver.stop()
-            synapse.stop()
-            raise
-        _peers.update(synapse=synapse, fedserver=fedserver)
-    return _peers["synapse"], _peers["fedserver"]  # type: ignore[return-value]
+    return _pair.get()
 
 
 def verify_key_of(doc: dict, key_id: str):

@@ -14,13 +14,12 @@ start its plugins (``fedserver_on_start``) or lacks the plugin.
 from __future__ import annotations
 
 import os
-import tempfile
 from urllib.parse import quote
 
 from twisted.internet import reactor, task, threads
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.interop.peers import Fedserver, HTTPError, PeerUnavailable, Synapse, interop_required
+from tests.interop.peers import Fedserver, HTTPError, PeerPair, Synapse
 
 try:
     from fedserver_policy_server.room_policy import POLICY_KEY_ID
@@ -30,32 +29,12 @@ except ImportError:  # pragma: no cover - the plugin is not installed
 
 #: What fedserver logs once the plugin's checker is registered (fedserver_on_start).
 STARTED_LINE = "Policy servers honoured"
-_peers: dict[str, object] = {}
+_pair = PeerPair("interop-policy-")
 
 
 def peers() -> tuple[Synapse, Fedserver]:
     """Synapse and fedserver for this module, started on first use."""
-    if "error" in _peers:
-        raise _peers["error"]  # type: ignore[misc]
-    if not _peers:
-        base = tempfile.mkdtemp(prefix="interop-policy-", dir=os.getcwd())
-        try:
-            synapse = Synapse(os.path.join(base, "synapse"))
-        except PeerUnavailable as e:
-            error: Exception = AssertionError(f"FEDSERVER_INTEROP=require but {e}") if interop_required() else SkipTest(str(e))
-            _peers["error"] = error
-            raise error from None
-        fedserver = Fedserver(os.path.join(base, "fedserver"))
-        try:
-            fedserver.start()
-            synapse.start()
-        except BaseException as e:
-            _peers["error"] = e
-            fedserver.stop()
-            synapse.stop()
-            raise
-        _peers.update(synapse=synapse, fedserver=fedserver)
-    return _peers["synapse"], _peers["fedserver"]  # type: ignore[return-value]
+    return _pair.get()
 
 
 def blocking(f, *args, **kw):

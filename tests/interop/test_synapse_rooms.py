@@ -25,8 +25,8 @@ from urllib.parse import quote
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.interop.peers import (
-    Fedserver,
     HTTPError,
+    PeerPair,
     PeerUnavailable,
     Synapse,
     interop_required,
@@ -56,26 +56,13 @@ def unavailable(e: PeerUnavailable) -> Exception:
     return AssertionError(f"FEDSERVER_INTEROP=require but {e}") if interop_required() else SkipTest(str(e))
 
 
+_pair = PeerPair("interop-rooms-")
+
+
 def peers() -> tuple["Peer", "Peer"]:
     """Synapse and fedserver, started on first use (once per test process)."""
-    if "error" in _peers:
-        raise _peers["error"]
     if not _peers:
-        base = interop_base()
-        try:
-            synapse = Synapse(os.path.join(base, "synapse"))
-        except PeerUnavailable as e:
-            _peers["error"] = unavailable(e)
-            raise _peers["error"] from None
-        fedserver = Fedserver(os.path.join(base, "fedserver"))
-        try:
-            fedserver.start()
-            synapse.start()
-        except BaseException as e:
-            _peers["error"] = e
-            fedserver.stop()
-            synapse.stop()
-            raise
+        synapse, fedserver = _pair.get()
         _peers.update(synapse=Peer(synapse), fedserver=Peer(fedserver))
     return _peers["synapse"], _peers["fedserver"]
 
