@@ -32,6 +32,7 @@ _EVENT_COLUMNS = (
     " origin_server_ts, received_ts, room_version, outlier, rejected, soft_failed, json"
 )
 
+#: The auth chain of some events: their auth events, recursively (shared with the history store).
 _AUTH_CHAIN_SQL = """
 WITH RECURSIVE chain (event_nid) AS (
     SELECT a.event_nid FROM events e

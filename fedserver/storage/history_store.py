@@ -8,26 +8,14 @@ from twisted.internet.defer import Deferred
 
 from fedserver.events.model import Event
 from fedserver.storage.database import Txn, lookup_ids, lookup_text
+from fedserver.storage.events_store import _AUTH_CHAIN_SQL
 from fedserver.storage.interface import InvalidDataError, StateKey
 
 _HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")
 
 # The auth chain of some events (their auth events, recursively), leaving out rejected
 # events: they are never served as auth or state.
-_ACCEPTED_AUTH_CHAIN_SQL = """
-WITH RECURSIVE chain (event_nid) AS (
-    SELECT a.event_nid FROM events e
-    JOIN event_auth ea ON ea.event_nid = e.event_nid
-    JOIN events a ON a.event_id = ea.auth_event_id
-    WHERE e.event_id IN ({})
-    UNION
-    SELECT a.event_nid FROM chain c
-    JOIN event_auth ea ON ea.event_nid = c.event_nid
-    JOIN events a ON a.event_id = ea.auth_event_id
-)
-SELECT e.event_id FROM chain c JOIN events e ON e.event_nid = c.event_nid
-WHERE e.rejected = 0
-"""
+_ACCEPTED_AUTH_CHAIN_SQL = _AUTH_CHAIN_SQL.rstrip() + "\nWHERE e.rejected = 0\n"
 
 
 class VisibilityInputs(NamedTuple):
