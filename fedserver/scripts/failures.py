@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
-from twisted.internet import defer, task
 
+from fedserver.scripts import react_main
 from fedserver.config import ConfigError
 from fedserver.http.admin_failures import failure_json
 from fedserver.scripts.refusals import EXIT_OK, EXIT_USAGE, _database_path, _Parser, _text, _ts
@@ -87,14 +87,7 @@ async def run(reactor: Any, argv: Sequence[str], stdout: TextIO, stderr: TextIO)
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console script entry point: ``fedserver-failures``."""
-    arguments = sys.argv[1:] if argv is None else list(argv)
-
-    async def react_main(reactor: Any) -> None:
-        code = await run(reactor, arguments, sys.stdout, sys.stderr)
-        if code:
-            raise SystemExit(code)
-
-    task.react(lambda reactor: defer.ensureDeferred(react_main(reactor)))
+    react_main(run, argv, sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import sqlite3
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
-from twisted.internet import defer
 
+from fedserver.scripts import react_main
 from fedserver.config import ConfigError, load_config
 from fedserver.handlers.accounts import MAX_PASSWORD_LENGTH, AccountHandler, PasswordHasher, split_user_id
 from fedserver.http.errors import MatrixError
@@ -148,14 +148,7 @@ async def run(reactor: Any, argv: Sequence[str], *, stdin: TextIO = sys.stdin, s
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console script entry point (``fedserver-register``); exits with :func:`run`'s status."""
-    from twisted.internet.task import react
-
-    async def go(reactor: Any) -> None:
-        status = await run(reactor, sys.argv[1:] if argv is None else argv)
-        if status:
-            raise SystemExit(status)
-
-    react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    react_main(run, argv)
 
 
 if __name__ == "__main__":
