@@ -15,9 +15,9 @@ from fedserver.storage import (
     UnknownEventsError,
     UnknownStateGroupError,
 )
-from fedserver.storage import statemap
+from fedserver.state import statemap
 from fedserver.storage.cache import LruCache
-from fedserver.storage.statemap import state_delta
+from fedserver.state.statemap import state_delta
 from tests.test_storage_support import StoreTestCase, linear_entries, make_event, make_room
 
 

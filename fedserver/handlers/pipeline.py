@@ -14,7 +14,7 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
 from fedserver.storage.interface import PersistEntry, Refusal, StateKey
-from fedserver.storage.statemap import StateMap
+from fedserver.state.statemap import StateMap
 
 log = Logger()
 

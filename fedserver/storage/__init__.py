@@ -19,7 +19,7 @@ from fedserver.storage.interface import (
     UnknownStateGroupError,
 )
 from fedserver.storage.sqlite import SQLiteStore, open_store
-from fedserver.storage.statemap import StateMap
+from fedserver.state.statemap import StateMap
 
 __all__ = [
     "DestinationRetry",

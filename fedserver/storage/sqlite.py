@@ -32,7 +32,7 @@ from fedserver.storage.nids import StateKeyInterner
 from fedserver.storage.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
-from fedserver.storage.statemap import StateMap
+from fedserver.state.statemap import StateMap
 
 T = TypeVar("T")
 

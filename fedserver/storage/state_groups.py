@@ -10,7 +10,7 @@ from fedserver.storage.cache import LruCache
 from fedserver.storage.database import Txn, check_int, check_text
 from fedserver.storage.interface import InvalidDataError, StateKey, UnknownStateGroupError
 from fedserver.storage.nids import EventRef, StateKeyInterner, check_state_key, resolve_event_nids_txn
-from fedserver.storage.statemap import StateMap, state_delta
+from fedserver.state.statemap import StateMap, state_delta
 
 #: Default bound on the number of deltas between a group and its snapshot.
 DEFAULT_MAX_CHAIN = 64
@@ -55,7 +55,7 @@ class StateGroupStore:
     20,000-member room writes a few dozen rows per membership change on average, not a
     20,000-row snapshot every ``max_chain`` changes. Reads touch at most ``max_chain``
     groups. Groups are immutable, so read groups are cached as
-    :class:`~fedserver.storage.statemap.StateMap` objects that share structure with their
+    :class:`~fedserver.state.statemap.StateMap` objects that share structure with their
     parent (no copy of a 20,000-entry state per event). The cache is bounded by the number
     of entries the maps hold themselves.
 

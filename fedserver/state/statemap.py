@@ -1,4 +1,4 @@
-"""Immutable room-state maps that share structure with the map they were derived from."""
+"""Immutable room-state maps that share structure with the map they were derived from (pure data)."""
 
 from __future__ import annotations
 
