@@ -14,13 +14,17 @@ from fedserver.events.signing import signed_bytes_for_event
 from fedserver.events.validation import InvalidEvent
 from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
 from fedserver.handlers.handshakes import strip_received_state
-from fedserver.handlers.pipeline import ACCEPTED, RoomPipeline
+from fedserver.handlers.pipeline import ACCEPTED, MISSING, RoomPipeline
 from fedserver.handlers.receipt import check_received
 from fedserver.http.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 from fedserver.storage.interface import StateKey
 
 log = Logger()
+
+
+#: State events of a joined room checked and stored per step (see ``_take_in_join``).
+JOIN_STATE_CHUNK = 2000
 
 
 class HandshakeFailed(Exception):
@@ -243,20 +247,47 @@ class RemoteMembership:
         chain_pdus = resp.get("auth_chain")
         if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer lacks state"))
-        chain = await check_received(self._keyring, chain_pdus, rv, room_id=room_id)
-        received = await check_received(self._keyring, state_pdus, rv, room_id=room_id)
-        state_events = [e for e in received.events if e.state_key is not None]
-        by_id = {e.event_id: e for e in chain.events}
-        by_id.update((e.event_id, e) for e in received.events)
-        verified = {**chain.verified, **received.verified}
-        create = next((e for e in state_events if e.type == "m.room.create" and e.state_key == ""), None)
+        # The create event first: nothing is stored for a room whose create event is wrong.
+        created = await check_received(
+            self._keyring,
+            [p for p in state_pdus if isinstance(p, dict) and p.get("type") == "m.room.create" and p.get("state_key") == ""][:1],
+            rv, room_id=room_id,
+        )
+        create = created.events[0] if created.events else None
         if create is None:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s state has no create event"))
         if create.content.get("room_version", "1") != rv.identifier:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event names another room version"))
         if rv.room_id_from_create_event and "!" + create.event_id[1:] != room_id:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event does not match the room id"))
-        outcomes = await self._pipeline.process_outliers(room_id, list(by_id.values()), verified_servers=verified)
+        chain = await check_received(self._keyring, chain_pdus, rv, room_id=room_id)
+        verified = {**chain.verified, **created.verified}
+        by_id = {e.event_id: e for e in chain.events}
+        outcomes = dict(await self._pipeline.process_outliers(room_id, [create, *chain.events], verified_servers=verified))
+        # Then the state, in chunks: checking a chunk (signatures on the thread pool) overlaps
+        # storing the one before (the database thread), and large rooms log their progress.
+        state_events: list[Event] = [create]
+        pending = None
+        for start in range(0, len(state_pdus), JOIN_STATE_CHUNK):
+            part = await check_received(self._keyring, state_pdus[start:start + JOIN_STATE_CHUNK], rv, room_id=room_id)
+            verified.update(part.verified)
+            for e in part.events:
+                by_id[e.event_id] = e
+                if e.state_key is not None and e.event_id != create.event_id:
+                    state_events.append(e)
+            if pending is not None:
+                outcomes.update(await pending)
+            pending = self._pipeline.process_outliers(room_id, part.events, verified_servers=verified)
+            if len(state_pdus) > JOIN_STATE_CHUNK:
+                log.info("Joining {room_id}: {n} of {total} state events checked",
+                         room_id=room_id, n=min(start + JOIN_STATE_CHUNK, len(state_pdus)), total=len(state_pdus))
+        if pending is not None:
+            outcomes.update(await pending)
+        # An event whose auth events came in a later chunk (a resident that left them out of
+        # auth_chain) is checked again now that everything is stored.
+        again = [e for e in state_events if outcomes.get(e.event_id) is not None and outcomes[e.event_id].status == MISSING]
+        if again:
+            outcomes.update(await self._pipeline.process_outliers(room_id, again, verified_servers=verified))
         state: dict[StateKey, str] = {}
         for e in state_events:
             o = outcomes.get(e.event_id)
