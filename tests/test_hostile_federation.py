@@ -1,4 +1,4 @@
-"""HOSTILE.md rows 1-13 against a whole fedserver started in-process on loopback and spoken to
+"""HOSTILE.md rows 1-13, 16 and 26 against a whole fedserver started in-process on loopback and spoken to
 over real TLS, as a peer would: every bad request gets the right Matrix error, nothing is
 half-written, nothing processed twice."""
 
@@ -371,6 +371,43 @@ class HostileFederationTests(TestCase):
         store = self.service.store
         self.assertEqual(await store.have_events(ids.values()), {ids["good"], ids["tampered"]})
         self.assertEqual((await store.get_event(ids["tampered"])).content, {})
+
+    async def test_row16_bad_auth_events_rejected(self):
+        """Row 16: a PDU whose auth_events name the same (type, state_key) twice, an event of
+        an unexpected type, or an event of another room is rejected (kept with its rule, never
+        state); the transaction is still 200 and says so per PDU."""
+        state = await self.service.pipeline.current_state(self.room)
+        fields = dict(self.msg_fields)
+        create, pl, join = fields["auth_event_ids"]
+        prev = fields["prev_event_ids"]
+        duplicate = self.peer.pdu(V10, self.room, "dup", prev_event_ids=prev, depth=6, auth_event_ids=[create, pl, join, join])
+        # A message's auth events never include the join rules.
+        unexpected = self.peer.pdu(V10, self.room, "unexpected", prev_event_ids=prev, depth=6,
+                                   auth_event_ids=[create, pl, join, state[("m.room.join_rules", "")]])
+        code, body, _ = await self.request("PUT", FED + "/send/r16", self.txn([duplicate, unexpected]))
+        self.assertEqual(code, 200)
+        for pdu in (duplicate, unexpected):
+            eid = compute_event_id(pdu, V10)
+            self.assertIn("error", body["pdus"][eid])
+            self.assertNotIn(eid, await self.service.store.get_forward_extremities(self.room))
+        self.assertIsNotNone(await self.service.store.get_rejection(compute_event_id(unexpected, V10)))
+
+    async def test_row26_kick_above_own_power_rejected(self):
+        """Row 26: the peer's user (power 0) kicking the room's admin (power 100) is rejected;
+        the transaction is still 200; the admin stays joined."""
+        state = await self.service.pipeline.current_state(self.room)
+        fields = dict(self.msg_fields)
+        kick = self.peer.pdu(
+            V10, self.room, type="m.room.member", sender="@u:" + self.peer.name, state_key=ALICE,
+            content={"membership": "leave"}, prev_event_ids=fields["prev_event_ids"], depth=6,
+            auth_event_ids=fields["auth_event_ids"] + [state[("m.room.member", ALICE)]],
+        )
+        code, body, _ = await self.request("PUT", FED + "/send/r26", self.txn([kick]))
+        self.assertEqual(code, 200)
+        eid = compute_event_id(kick, V10)
+        self.assertIn("error", body["pdus"][eid])
+        current = await self.service.store.get_current_state_ids(self.room)
+        self.assertEqual(current[("m.room.member", ALICE)], state[("m.room.member", ALICE)])
 
     async def test_error_paths_do_not_break_the_server(self):
         """After all that, a well-formed transaction and /version still work and a
