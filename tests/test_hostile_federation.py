@@ -45,7 +45,7 @@ class _TrustServerCert:
         return twisted_ssl.optionsForClientTLS(self.hostname, trustRoot=self.cert)
 
 
-class HostileFederationTests(TestCase):
+class RunningServerCase(TestCase):
     """A running server on loopback; the peer is an IP-literal server whose key the
     server already holds (so nothing is fetched and unknown keys fail at once)."""
 
@@ -143,6 +143,9 @@ class HostileFederationTests(TestCase):
 
     async def nothing_recorded(self, txn_id):
         self.assertIsNone(await self.service.store.get_received_txn(self.peer.name, txn_id))
+
+class HostileFederationTests(RunningServerCase):
+    """HOSTILE.md rows 1-13, 16 and 26."""
 
     # -- rows 1-4: authentication -----------------------------------------------------------
 
@@ -417,3 +420,132 @@ class HostileFederationTests(TestCase):
         self.assertEqual((code, body), (200, {"pdus": {}}))
         code, body, _ = await self.request("GET", FED + "/version", sign=False)
         self.assertEqual(code, 200)
+
+
+class HostileHandshakeTests(RunningServerCase):
+    """HOSTILE.md rows 14 and 18-25: the membership handshakes refuse what they must, with
+    the right Matrix error, and store nothing."""
+
+    async def make_room(self):
+        await super().make_room()
+        creator = self.service.creator
+        create, _ = await creator.create_room_event(V10, sender=ALICE, content={"creator": ALICE, "room_version": "10"})
+        self.private = create.room_id
+        for type_, content, key in (
+            ("m.room.member", {"membership": "join"}, ALICE),
+            ("m.room.power_levels", {"users": {ALICE: 100}}, ""),
+            ("m.room.join_rules", {"join_rule": "invite"}, ""),
+        ):
+            await creator.send(self.private, V10, type=type_, sender=ALICE, content=content, state_key=key)
+
+    def peer_user(self, name="joiner"):
+        return f"@{name}:{self.peer.name}"
+
+    async def make_join(self, room, user, ver=("10",)):
+        query = "&".join("ver=" + v for v in ver)
+        return await self.request("GET", FED + f"/make_join/{quote(room, safe='')}/{quote(user, safe='')}?{query}")
+
+    async def signed_join(self, **overrides):
+        """A join of the peer's user built from our make_join template, then altered."""
+        code, body, raw = await self.make_join(self.room, self.peer_user())
+        self.assertEqual(code, 200, raw)
+        template = dict(body["event"])
+        template.pop("origin", None)
+        content = {**template["content"], **overrides.pop("content", {})}
+        fields = {k: template[k] for k in ("room_id", "type", "sender", "state_key", "depth")}
+        fields.update(overrides)
+        return self.peer.pdu(V10, fields.pop("room_id"), content=content,
+                             prev_event_ids=template["prev_events"], auth_event_ids=template["auth_events"],
+                             **{k: v for k, v in fields.items() if k != "depth"}, depth=template["depth"])
+
+    async def send_join(self, pdu, room=None):
+        eid = compute_event_id(pdu, V10)
+        path = f"/_matrix/federation/v2/send_join/{quote(room or self.room, safe='')}/{quote(eid, safe='')}"
+        return await self.request("PUT", path, pdu)
+
+    async def test_row18_make_join_without_a_supported_ver(self):
+        """Row 18: make_join whose ver list lacks the room's version: 400
+        M_INCOMPATIBLE_ROOM_VERSION naming the room_version."""
+        code, body, _ = await self.make_join(self.room, self.peer_user(), ver=("1", "2"))
+        self.assertEqual((code, body["errcode"], body.get("room_version")), (400, "M_INCOMPATIBLE_ROOM_VERSION", "10"))
+
+    async def test_row19_user_not_on_the_requesting_server(self):
+        """Row 19: make_join / make_leave / make_knock for a user of another server: 403."""
+        for kind in ("make_join", "make_leave", "make_knock"):
+            code, body, _ = await self.request(
+                "GET", FED + f"/{kind}/{quote(self.room, safe='')}/{quote('@x:elsewhere.test', safe='')}?ver=10"
+            )
+            self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"), kind)
+
+    async def test_row20_unknown_or_private_room_looks_nonexistent(self):
+        """Row 20: make_join for a room we are not in, or an invite-only room the user was
+        not invited to, answers 404 M_NOT_FOUND, exactly alike."""
+        unknown = await self.make_join("!nowhere:us.test:8448", self.peer_user())
+        private = await self.make_join(self.private, self.peer_user())
+        self.assertEqual((unknown[0], unknown[1]["errcode"]), (404, "M_NOT_FOUND"))
+        self.assertEqual((private[0], private[1]), (unknown[0], unknown[1]))
+
+    async def test_row21_room_id_mismatch(self):
+        """Row 21: send_join whose body room_id differs from the path: 400 M_BAD_JSON."""
+        pdu = await self.signed_join()
+        code, body, _ = await self.send_join(pdu, room=self.private)
+        self.assertEqual((code, body["errcode"]), (400, "M_BAD_JSON"))
+
+    async def test_row22_not_a_join(self):
+        """Row 22: send_join with a non-member event, a membership other than join, or a
+        state_key other than the sender: 400 M_BAD_JSON, nothing stored."""
+        bad = [
+            await self.signed_join(type="m.room.message"),
+            await self.signed_join(content={"membership": "leave"}),
+            await self.signed_join(state_key=self.peer_user("someone_else")),
+        ]
+        for pdu in bad:
+            code, body, _ = await self.send_join(pdu)
+            self.assertEqual((code, body["errcode"]), (400, "M_BAD_JSON"), pdu)
+        ids = [compute_event_id(p, V10) for p in bad]
+        self.assertEqual(await self.service.store.have_events(ids), set())
+
+    async def test_row23_banned_or_unsigned(self):
+        """Row 23: send_join by a banned user, or not signed by the sender's server: 403."""
+        await self.service.creator.send(self.room, V10, type="m.room.member", sender=ALICE,
+                                        content={"membership": "ban"}, state_key=self.peer_user("banned"))
+        code, _, raw = await self.make_join(self.room, self.peer_user("banned"))
+        self.assertEqual(code, 403, raw)
+        pdu = await self.signed_join()
+        del pdu["signatures"][self.peer.name]
+        code, body, _ = await self.send_join(pdu)
+        self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"))
+
+    async def test_row14_oversized_join(self):
+        """Row 14: a join over 65536 bytes of canonical JSON is never stored: 413 M_TOO_LARGE."""
+        pdu = await self.signed_join()
+        pdu["content"]["displayname"] = "x" * 70_000  # after signing: the size check comes first
+        code, body, _ = await self.send_join(pdu)
+        self.assertEqual((code, body["errcode"]), (413, "M_TOO_LARGE"))
+        self.assertEqual(await self.service.store.have_events([compute_event_id(pdu, V10)]), set())
+
+    async def invite(self, pdu, room_version="10"):
+        eid = compute_event_id(pdu, V10)
+        path = f"/_matrix/federation/v2/invite/{quote(self.room, safe='')}/{quote(eid, safe='')}"
+        return await self.request("PUT", path, {"event": pdu, "room_version": room_version, "invite_room_state": []})
+
+    async def test_row24_invite_unsupported_version(self):
+        """Row 24: an invite for a room version we do not support: 400
+        M_INCOMPATIBLE_ROOM_VERSION."""
+        pdu = self.peer.pdu(V10, self.room, type="m.room.member", state_key=ALICE, content={"membership": "invite"},
+                            prev_event_ids=self.msg_fields["prev_event_ids"], auth_event_ids=self.msg_fields["auth_event_ids"])
+        code, body, _ = await self.invite(pdu, room_version="org.example.unknown")
+        self.assertEqual((code, body["errcode"]), (400, "M_INCOMPATIBLE_ROOM_VERSION"))
+
+    async def test_row25_not_an_invite_or_not_our_user(self):
+        """Row 25: an invite that is not an invite event is 400 M_BAD_JSON; one whose target
+        is not our user is 403."""
+        fields = dict(prev_event_ids=self.msg_fields["prev_event_ids"], auth_event_ids=self.msg_fields["auth_event_ids"])
+        not_invite = self.peer.pdu(V10, self.room, type="m.room.member", state_key=ALICE,
+                                   content={"membership": "join"}, **fields)
+        code, body, _ = await self.invite(not_invite)
+        self.assertEqual((code, body["errcode"]), (400, "M_BAD_JSON"))
+        not_ours = self.peer.pdu(V10, self.room, type="m.room.member", state_key="@x:elsewhere.test",
+                                 content={"membership": "invite"}, **fields)
+        code, body, _ = await self.invite(not_ours)
+        self.assertEqual((code, body["errcode"]), (403, "M_FORBIDDEN"))

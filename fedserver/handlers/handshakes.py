@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
 from fedserver.events.signing import SignatureServersError, required_signature_servers, sign_event
-from fedserver.events.validation import InvalidEvent, check_pdu
+from fedserver.events.validation import EventTooLarge, InvalidEvent, check_pdu
 from fedserver.federation.keyring import key_validity_minimum
 from fedserver.handlers.pipeline import ACCEPTED, MISSING, RoomPipeline
 from fedserver.http.errors import MatrixError
@@ -312,6 +312,8 @@ class HandshakeHandler:
         try:
             checked = check_pdu(pdu, rv)
             servers = required_signature_servers(pdu, rv)
+        except EventTooLarge as e:
+            raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
         except (InvalidEvent, SignatureServersError) as e:
             raise _bad(f"Invalid event: {e}") from None
         event = checked.event
@@ -412,6 +414,8 @@ class HandshakeHandler:
         try:
             checked = check_pdu(pdu, rv)
             servers = required_signature_servers(pdu, rv)
+        except EventTooLarge as e:
+            raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
         except (InvalidEvent, SignatureServersError) as e:
             raise _bad(f"Invalid event: {e}") from None
         if checked.event.event_id != event_id:
