@@ -144,6 +144,7 @@ class RunningServerCase(TestCase):
     async def nothing_recorded(self, txn_id):
         self.assertIsNone(await self.service.store.get_received_txn(self.peer.name, txn_id))
 
+
 class HostileFederationTests(RunningServerCase):
     """HOSTILE.md rows 1-13, 16 and 26."""
 
