@@ -472,7 +472,7 @@ class FedserverService(service.MultiService):
         self.authenticator = XMatrixAuthenticator(self.keyring, name, reactor)
         self.acls = ServerAcls(store)
         self.ingest = Ingest(store, self.keyring)
-        self.failures = FailureReporter(store, lambda *a: self.sender.send_edu(*a), name, reactor)
+        self.failures = FailureReporter(store, self._send_edu, name, reactor)
         self.gaps = GapFiller(client, self._check_fetched, store)
         self.receiver = EventReceiver(self.pipeline, store, self.gaps, self.failures)
         self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls, receiver=self.receiver)
@@ -497,6 +497,12 @@ class FedserverService(service.MultiService):
         self.authenticator.on_authenticated.append(self.sender.on_server_seen)
         self.distributor = Distributor(store, self.sender.send_pdus, name)
         self.pipeline.on_persisted.append(self.distributor.on_persisted)
+
+    def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> defer.Deferred:
+        """Queue an EDU through the sender (nothing once the server is stopping)."""
+        if self.sender is None:
+            return defer.succeed(None)
+        return self.sender.send_edu(edu_type, content, destinations)
 
     def _check_fetched(self, origin: str, pdus: list) -> defer.Deferred:
         """Receipt checks 1-3 on events fetched to fill a gap (rooms we know)."""
@@ -597,25 +603,32 @@ class FedserverService(service.MultiService):
         self._set_ready(failure)
 
     def stopService(self) -> defer.Deferred:
-        """Stop listening, then stop the sender (what it was sending stays queued), the
-        transaction pruning and the federation client, and close the store last."""
-        d = defer.maybeDeferred(super().stopService)
+        """Stop the sender first (what it was sending stays queued), then listening, the
+        transaction pruning and the federation client, and close the store last. Every step
+        runs even if one before it fails (its failure is logged)."""
         sender, self.sender = self.sender, None
         loop, self._prune_loop = self._prune_loop, None
         client, self.federation_client = self.federation_client, None
         dns, self._dns = self._dns, None
         store, self.store = self.store, None
+        steps: list[tuple[str, Callable[[], Any]]] = []
         if sender is not None:
-            d.addCallback(lambda _: sender.stop())
+            steps.append(("the sender", sender.stop))
+        steps.append(("the listeners", super().stopService))
         if loop is not None and loop.running:
-            d.addCallback(lambda _: loop.stop())
+            steps.append(("transaction pruning", loop.stop))
         if client is not None:
-            d.addCallback(lambda _: client.close())
+            steps.append(("the federation client", client.close))
         if dns is not None:
-            d.addCallback(lambda _: dns.stop())
+            steps.append(("the DNS resolver", dns.stop))
         close = getattr(store, "close", None)
         if close is not None:
-            d.addCallback(lambda _: close())
+            steps.append(("the store", close))
+
+        d: defer.Deferred = defer.succeed(None)
+        for name, step in steps:
+            d.addCallback(lambda _, step=step: step())
+            d.addErrback(lambda f, name=name: log.failure("Stopping {name} failed", f, name=name))
         return d
 
 

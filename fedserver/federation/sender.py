@@ -197,6 +197,9 @@ class FederationSender:
             if dest.wakeup is None or not dest.wakeup.active():
                 dest.wakeup = self._clock.callLater(wait_ms / 1000.0, self._wake, dest)
             return
+        if dest.wakeup is not None and dest.wakeup.active():
+            dest.wakeup.cancel()  # sending now: a wakeup left from a backoff is moot
+        dest.wakeup = None
         dest.sending = True
         d = self._drain(dest)
         self._in_flight.add(d)
@@ -276,4 +279,8 @@ class FederationSender:
         )
         yield self._store.set_destination_retry(dest.name, now, interval)
         if self._running:
+            if dest.wakeup is not None and dest.wakeup.active():
+                # A reset (on_server_seen) while this backoff was being recorded may have
+                # left a wakeup behind: one wakeup per destination, never two.
+                dest.wakeup.cancel()
             dest.wakeup = self._clock.callLater(interval / 1000.0, self._wake, dest)
