@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Optional, Sequence, TextIO
 
 
-from fedserver.scripts import react_main
-from fedserver.config import ConfigError
+from fedserver.scripts import CliError, open_existing_database, react_main
 from fedserver.http.admin_failures import failure_json
-from fedserver.scripts.refusals import EXIT_OK, EXIT_USAGE, _database_path, _Parser, _text, _ts
-from fedserver.storage import SchemaError, open_store
+from fedserver.scripts.refusals import EXIT_OK, EXIT_USAGE, _Parser, _text, _ts
 
 DESCRIPTION = """\
 List the failures (seed 000; see docs/failures.md) this server told other servers about
@@ -67,15 +64,9 @@ async def run(reactor: Any, argv: Sequence[str], stdout: TextIO, stderr: TextIO)
     if not 1 <= args.limit <= 1000:
         return fail("--limit must be between 1 and 1000")
     try:
-        path = _database_path(args)
-    except ConfigError as e:
+        store = await open_existing_database(args.config, args.database, reactor)
+    except CliError as e:
         return fail(str(e))
-    if not os.path.isfile(path):
-        return fail(f"no database at {path}")
-    try:
-        store = await open_store(path, reactor)
-    except SchemaError as e:
-        return fail(f"cannot use {path}: {e}")
     try:
         failures = await store.federation_extras.list_failures(args.direction, server_name=args.server, limit=args.limit)
         rows = [failure_json(f) for f in failures]

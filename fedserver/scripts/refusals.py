@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence, TextIO
 
 
-from fedserver.scripts import react_main
-from fedserver.config import ConfigError, load_config
+from fedserver.scripts import CliError, open_existing_database, react_main
 from fedserver.handlers.history import (
     REFUSAL_KINDS,
     REFUSALS_LIMIT_DEFAULT,
@@ -20,7 +18,6 @@ from fedserver.handlers.history import (
     is_valid_id,
 )
 from fedserver.http.errors import MatrixError
-from fedserver.storage import SchemaError, open_store
 
 #: Exit statuses.
 EXIT_OK = 0
@@ -130,12 +127,6 @@ def format_refusals(page: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _database_path(args: argparse.Namespace) -> str:
-    if args.database is not None:
-        return args.database
-    return load_config(args.config).database_path
-
-
 async def run(reactor: Any, argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
     """Run the command; returns the exit status.
 
@@ -159,15 +150,9 @@ async def run(reactor: Any, argv: Sequence[str], stdout: TextIO, stderr: TextIO)
     if not 1 <= args.limit <= REFUSALS_LIMIT_MAX:
         return fail(f"--limit must be between 1 and {REFUSALS_LIMIT_MAX}")
     try:
-        path = _database_path(args)
-    except ConfigError as e:
+        store = await open_existing_database(args.config, args.database, reactor)
+    except CliError as e:
         return fail(str(e))
-    if not os.path.isfile(path):
-        return fail(f"no database at {path}")
-    try:
-        store = await open_store(path, reactor)
-    except SchemaError as e:
-        return fail(f"cannot use {path}: {e}")
     try:
         handler = EventStatusHandler(store)
         try:
