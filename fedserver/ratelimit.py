@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping
 
-from fedserver.http.errors import limit_exceeded
+from fedserver.errors import limit_exceeded
 
 
 @dataclass(frozen=True)

@@ -35,31 +35,31 @@ from fedserver.federation.client import build_federation_client, fed_path
 from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFetcher
 from fedserver.federation.sender import FederationSender
 from fedserver.auth.engine import AuthEngine
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.distribution import Distributor
-from fedserver.handlers.failures import FAILURE_EDU_TYPE, FailureReporter
-from fedserver.handlers.gaps import GapFiller
-from fedserver.handlers.handshakes import HandshakeHandler
-from fedserver.handlers.history import EventStatusHandler, HistoryHandler
-from fedserver.handlers.ingest import Ingest
-from fedserver.handlers.pipeline import RoomPipeline
-from fedserver.handlers.profile import ProfileHandler
-from fedserver.handlers.receive import EventReceiver
-from fedserver.handlers.remote_membership import RemoteMembership
-from fedserver.handlers.transactions import TransactionHandler
-from fedserver.http.admin import build_admin_api
-from fedserver.http.admin_events import build_admin_events_resources
-from fedserver.http.admin_failures import build_admin_failures_resource
-from fedserver.http.client_api import build_account_services, build_client_api
-from fedserver.http.client_rooms import build_room_services, register_room_routes
-from fedserver.http.federation import FederationResource
-from fedserver.http.federation_history import register_history_routes
-from fedserver.http.federation_membership import register_membership_routes
-from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
-from fedserver.http.notary import NotaryResource, NotaryService
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.federation.distribution import Distributor
+from fedserver.handlers.federation.failures import FAILURE_EDU_TYPE, FailureReporter
+from fedserver.handlers.federation.gaps import GapFiller
+from fedserver.handlers.federation.handshakes import HandshakeHandler
+from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
+from fedserver.handlers.federation.ingest import Ingest
+from fedserver.handlers.rooms.pipeline import RoomPipeline
+from fedserver.handlers.client.profile import ProfileHandler
+from fedserver.handlers.federation.receive import EventReceiver
+from fedserver.handlers.federation.remote_membership import RemoteMembership
+from fedserver.handlers.federation.transactions import TransactionHandler
+from fedserver.http.admin.registration import build_admin_api
+from fedserver.http.admin.events import build_admin_events_resources
+from fedserver.http.admin.failures import build_admin_failures_resource
+from fedserver.http.client.api import build_account_services, build_client_api
+from fedserver.http.client.rooms import build_room_services, register_room_routes
+from fedserver.http.federation.transport import FederationResource
+from fedserver.http.federation.history import register_history_routes
+from fedserver.http.federation.membership import register_membership_routes
+from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
+from fedserver.http.federation.notary import NotaryResource, NotaryService
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
-from fedserver.http.xmatrix_auth import XMatrixAuthenticator
+from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
 

@@ -1,4 +1,4 @@
-"""Unit tests for fedserver.handlers.accounts: password hashing, identifiers, tokens and UIA sessions."""
+"""Unit tests for fedserver.handlers.client.accounts: password hashing, identifiers, tokens and UIA sessions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from fedserver.handlers.accounts import (
+from fedserver.handlers.client.accounts import (
     InteractiveAuth,
     InteractiveAuthRequired,
     PasswordHasher,
@@ -18,7 +18,7 @@ from fedserver.handlers.accounts import (
     new_device_id,
     split_user_id,
 )
-from fedserver.http.errors import MatrixError, forbidden
+from fedserver.errors import MatrixError, forbidden
 
 
 class PasswordHasherTests(unittest.TestCase):

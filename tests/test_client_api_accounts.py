@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 
-from fedserver.http.client_api import SUPPORTED_VERSIONS
+from fedserver.http.client.api import SUPPORTED_VERSIONS
 from tests.test_client_api_support import SERVER, ClientApiTestCase
 
 C = "/_matrix/client"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedserver.handlers.accounts import registration_mac
+from fedserver.handlers.client.accounts import registration_mac
 from tests.test_client_api_support import SECRET, SERVER, ClientApiTestCase
 
 PATH = "/_synapse/admin/v1/register"

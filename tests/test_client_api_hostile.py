@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fedserver.handlers.accounts import registration_mac
+from fedserver.handlers.client.accounts import registration_mac
 from tests.test_client_api_support import SECRET, ClientApiTestCase, q
 
 C = "/_matrix/client/v3"

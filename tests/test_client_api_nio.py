@@ -13,9 +13,9 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from fedserver.handlers.accounts import PasswordHasher, registration_mac
-from fedserver.http.admin import ADMIN_PATH, build_admin_api
-from fedserver.http.client_api import CLIENT_API_PATH, build_account_services, build_client_api
+from fedserver.handlers.client.accounts import PasswordHasher, registration_mac
+from fedserver.http.admin.registration import ADMIN_PATH, build_admin_api
+from fedserver.http.client.api import CLIENT_API_PATH, build_account_services, build_client_api
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import build_client_root
 from fedserver.storage import open_store

@@ -12,10 +12,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from fedserver.handlers.accounts import AccountHandler, PasswordHasher, SharedSecretRegistration
-from fedserver.handlers.profile import ProfileHandler
-from fedserver.http.admin import ADMIN_PATH, build_admin_api
-from fedserver.http.client_api import ClientAPI
+from fedserver.handlers.client.accounts import AccountHandler, PasswordHasher, SharedSecretRegistration
+from fedserver.handlers.client.profile import ProfileHandler
+from fedserver.http.admin.registration import ADMIN_PATH, build_admin_api
+from fedserver.http.client.api import ClientAPI
 from fedserver.http.site import build_client_root
 from fedserver.ratelimit import DEFAULT_RULES, RateLimiter
 from fedserver.storage import open_store

@@ -14,12 +14,12 @@ from twisted.trial import unittest
 
 from fedserver.auth.engine import AuthEngine
 from fedserver.auth.plugins import make_plugin_manager
-from fedserver.handlers.accounts import AccountHandler, PasswordHasher
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.pipeline import RoomPipeline
-from fedserver.handlers.profile import ProfileHandler
-from fedserver.http.client_api import ClientAPI
-from fedserver.http.client_rooms import build_room_services, register_room_routes
+from fedserver.handlers.client.accounts import AccountHandler, PasswordHasher
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import RoomPipeline
+from fedserver.handlers.client.profile import ProfileHandler
+from fedserver.http.client.api import ClientAPI
+from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.site import build_client_root
 from fedserver.storage.sqlite import open_store
 

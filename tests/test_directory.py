@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedserver.handlers.directory import split_alias
+from fedserver.handlers.rooms.directory import split_alias
 from tests.test_rooms_support import HERE, RoomsTestCase
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from fedserver.handlers.failures import (
+from fedserver.handlers.federation.failures import (
     CODE_AUTH_REJECTED,
     CODE_INVALID_EVENT,
     ERROR,

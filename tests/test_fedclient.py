@@ -38,9 +38,9 @@ from fedserver.federation.client import (
 from fedserver.federation.discovery import ServerNameResolver, WellKnownResponse
 from fedserver.federation.keyring import KeyVerificationError
 from fedserver.federation.tls import FederationConnector, FederationTLSPolicy
-from fedserver.http.errors import forbidden
+from fedserver.errors import forbidden
 from fedserver.http.resource import JsonResource, build_tree, read_json_body
-from fedserver.http.xmatrix_auth import XMatrixAuthenticator
+from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 
 ORIGIN = "origin.test"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from fedserver.federation.acl import ServerAcls, glob_matches, server_acl_allows, strip_port
-from fedserver.http.errors import MatrixError
+from fedserver.errors import MatrixError
 from fedserver.room_versions import V10
 from fedserver.storage import PersistEntry
 from tests.test_federation_support import StoreTestCase

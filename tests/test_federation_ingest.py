@@ -1,4 +1,4 @@
-"""Tests for fedserver.handlers.ingest: receipt checks 1-3 on real signed PDUs, a real keyring
+"""Tests for fedserver.handlers.federation.ingest: receipt checks 1-3 on real signed PDUs, a real keyring
 and a real SQLite store."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from fedserver.events.hashing import compute_event_id
-from fedserver.handlers.ingest import Ingest
+from fedserver.handlers.federation.ingest import Ingest
 from fedserver.room_versions import V1, V10, V11
 from tests.test_federation_support import Peer, StoreTestCase
 

@@ -1,4 +1,4 @@
-"""Tests for fedserver.http.federation: the /_matrix/federation/v1 resource driven through
+"""Tests for fedserver.http.federation.transport: the /_matrix/federation/v1 resource driven through
 treq.testing.StubTreq with real X-Matrix signatures, a real keyring and a real SQLite store."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from twisted.internet import defer, reactor
 
 from fedserver.events.hashing import compute_event_id
 from fedserver.federation.acl import ServerAcls
-from fedserver.handlers.ingest import Ingest
-from fedserver.handlers.transactions import TransactionHandler
-from fedserver.http.errors import not_found
-from fedserver.http.federation import FederationResource
-from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
+from fedserver.handlers.federation.ingest import Ingest
+from fedserver.handlers.federation.transactions import TransactionHandler
+from fedserver.errors import not_found
+from fedserver.http.federation.transport import FederationResource
+from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.site import build_federation_root
-from fedserver.http.xmatrix_auth import XMatrixAuthenticator
+from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import V10
 from fedserver.storage import PersistEntry
 from tests.test_federation_support import FED, US, Peer, StoreTestCase, stub_request

@@ -17,11 +17,11 @@ from fedserver.events.builder import build_event
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
 from fedserver.federation.xmatrix import sign_request
-from fedserver.http.federation import FederationResource
-from fedserver.http.federation_history import register_history_routes
+from fedserver.http.federation.transport import FederationResource
+from fedserver.http.federation.history import register_history_routes
 from fedserver.http.resource import MatrixSite, build_tree
-from fedserver.http.xmatrix_auth import XMatrixAuthenticator
-from fedserver.handlers.history import HistoryHandler
+from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
+from fedserver.handlers.federation.history import HistoryHandler
 from fedserver.room_versions import RoomVersion
 from fedserver.storage import PersistEntry, Refusal
 from tests.test_xmatrix_auth import FakeKeyring

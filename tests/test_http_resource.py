@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from fedserver.http.errors import MatrixError, forbidden, incompatible_room_version
+from fedserver.errors import MatrixError, forbidden, incompatible_room_version
 from fedserver.http.resource import (
     JsonResource,
     MatrixSite,

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from fedserver.federation.keyring import DirectKeyFetcher, Keyring, signed_bytes
-from fedserver.http.notary import NotaryService
+from fedserver.http.federation.notary import NotaryService
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
 from tests.test_keyring import DAY_MS, NOW_MS, NOW_S, FakeOrigins, key_id, make_key_doc, signed_object

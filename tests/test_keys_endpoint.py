@@ -1,4 +1,4 @@
-"""Tests for GET /_matrix/key/v2/server (fedserver.http.keys)."""
+"""Tests for GET /_matrix/key/v2/server (fedserver.http.federation.keys)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fedserver.config import OldVerifyKey
 from fedserver.events.hashing import decode_unpadded_base64
-from fedserver.http.keys import SERVER_KEY_PATH, ServerKeyDocument, ServerKeyResource
+from fedserver.http.federation.keys import SERVER_KEY_PATH, ServerKeyDocument, ServerKeyResource
 from fedserver.http.site import build_federation_root
 
 DAY_MS = 86400000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedserver.handlers.membership import MembershipHandler
+from fedserver.handlers.rooms.membership import MembershipHandler
 from tests.test_rooms_support import HERE, RoomsTestCase, uid
 
 

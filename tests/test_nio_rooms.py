@@ -13,11 +13,11 @@ from twisted.trial import unittest
 
 from fedserver.auth.engine import AuthEngine
 from fedserver.auth.plugins import make_plugin_manager
-from fedserver.handlers.accounts import PasswordHasher
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.pipeline import RoomPipeline
-from fedserver.http.client_api import build_account_services, build_client_api
-from fedserver.http.client_rooms import build_room_services, register_room_routes
+from fedserver.handlers.client.accounts import PasswordHasher
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import RoomPipeline
+from fedserver.http.client.api import build_account_services, build_client_api
+from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import build_client_root
 from fedserver.storage import open_store

@@ -1,4 +1,4 @@
-"""Tests for fedserver.http.notary: the notary key query endpoints, via the service and over HTTP."""
+"""Tests for fedserver.http.federation.notary: the notary key query endpoints, via the service and over HTTP."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFetcher
-from fedserver.http.errors import MatrixError
-from fedserver.http.notary import MAX_QUERY_SERVERS, NOTARY_PREFIX, NotaryResource, NotaryService
+from fedserver.errors import MatrixError
+from fedserver.http.federation.notary import MAX_QUERY_SERVERS, NOTARY_PREFIX, NotaryResource, NotaryService
 from fedserver.http.resource import build_tree
 from tests.test_keyring import DAY_MS, NOW_MS, NOW_S, FakeKeyStore, FakeOrigins, b64key, key_id, make_key_doc
 

@@ -13,8 +13,8 @@ from fedserver.auth.plugins import make_plugin_manager
 from fedserver.auth.verdict import SoftFail
 from fedserver.events.builder import build_event
 from fedserver.events.hashing import compute_reference_hash, unpadded_base64
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
 from fedserver.room_versions import EventFormat, RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
 
@@ -288,9 +288,9 @@ class CheckOutcomeTests(unittest.SynchronousTestCase):
     def test_policy_soft_failure_of_a_local_event_is_403(self):
         """A local event a policy plugin soft-failed is answered 403 M_FORBIDDEN naming the
         policy's reason (not 500)."""
-        from fedserver.handlers.membership import check_outcome
-        from fedserver.handlers.pipeline import Outcome
-        from fedserver.http.errors import MatrixError
+        from fedserver.handlers.rooms.membership import check_outcome
+        from fedserver.handlers.rooms.pipeline import Outcome
+        from fedserver.errors import MatrixError
         from fedserver.storage.interface import Refusal
 
         with self.assertRaises(MatrixError) as cm:

@@ -14,8 +14,8 @@ from fedserver.auth import hookimpl
 from fedserver.auth import hookspecs
 from fedserver.auth.engine import AuthEngine
 from fedserver.auth.plugins import make_plugin_manager
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.pipeline import RoomPipeline
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.room_versions import V12
 from fedserver.storage.sqlite import open_store
 

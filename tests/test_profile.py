@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from fedserver.federation.client import FederationUnreachable, HttpResponseError
-from fedserver.handlers.accounts import Requester
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.client.accounts import Requester
+from fedserver.errors import MatrixError
 from tests.test_client_api_support import SERVER, ClientApiTestCase, q
 
 C = "/_matrix/client/v3"

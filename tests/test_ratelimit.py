@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fedserver.http.errors import MatrixError
+from fedserver.errors import MatrixError
 from fedserver.ratelimit import DEFAULT_RULES, LOGIN_IP, RateLimiter, Rule, rules_from_config
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fedserver.auth.selection import select_auth_events
 from fedserver.events.builder import build_event
 from fedserver.federation.client import fed_path
-from fedserver.handlers.failures import CODE_AUTH_REJECTED, FAILURE_EDU_TYPE
+from fedserver.handlers.federation.failures import CODE_AUTH_REJECTED, FAILURE_EDU_TYPE
 from fedserver.room_versions import V10
 from tests.test_federation_service import ServersTestCase, free_port
 

@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from fedserver.events.builder import build_event
-from fedserver.handlers.history import EventStatusHandler
-from fedserver.http.admin_events import build_admin_events_resources, is_loopback_request
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.federation.history import EventStatusHandler
+from fedserver.http.admin.events import build_admin_events_resources, is_loopback_request
+from fedserver.errors import MatrixError
 from fedserver.room_versions import V10
 from fedserver.scripts import refusals as cli
 from fedserver.storage import PersistEntry

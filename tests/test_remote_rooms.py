@@ -9,10 +9,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fedserver.handlers.accounts import Requester
+from fedserver.handlers.client.accounts import Requester
 from fedserver.testing import loopback_config, start_server
-from fedserver.handlers.handshakes import MAX_STRIPPED_STATE, strip_received_state
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.federation.handshakes import MAX_STRIPPED_STATE, strip_received_state
+from fedserver.errors import MatrixError
 from fedserver.service import FedserverService
 from tests.test_federation_support import deferLater
 

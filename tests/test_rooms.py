@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedserver import room_versions
-from fedserver.handlers.rooms import EventFilter, parse_topo_token
+from fedserver.handlers.rooms.rooms import EventFilter, parse_topo_token
 from tests.test_rooms_support import HERE, RoomsTestCase, uid
 
 

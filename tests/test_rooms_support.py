@@ -11,16 +11,16 @@ from twisted.trial import unittest
 
 from fedserver.auth.engine import AuthEngine
 from fedserver.auth.plugins import make_plugin_manager
-from fedserver.handlers.accounts import Requester
-from fedserver.handlers.client_events import ClientEventSource
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.directory import DirectoryHandler
-from fedserver.handlers.membership import MembershipHandler, RoomEvents
-from fedserver.handlers.notifier import Notifier
-from fedserver.handlers.pipeline import RoomPipeline
-from fedserver.handlers.rooms import RoomsHandler
-from fedserver.handlers.sync import SyncHandler
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.client.accounts import Requester
+from fedserver.handlers.rooms.client_events import ClientEventSource
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.directory import DirectoryHandler
+from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
+from fedserver.handlers.client.notifier import Notifier
+from fedserver.handlers.rooms.pipeline import RoomPipeline
+from fedserver.handlers.rooms.rooms import RoomsHandler
+from fedserver.handlers.client.sync import SyncHandler
+from fedserver.errors import MatrixError
 from fedserver.storage.sqlite import open_store
 
 HERE = "here.test"

@@ -10,7 +10,7 @@ import sys
 from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
-from fedserver.handlers.accounts import PasswordHasher
+from fedserver.handlers.client.accounts import PasswordHasher
 from fedserver.scripts.register import run
 from fedserver.storage import open_store
 

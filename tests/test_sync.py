@@ -6,7 +6,7 @@ import json
 
 from twisted.internet import defer
 
-from fedserver.handlers.rooms import parse_stream_token, parse_topo_token
+from fedserver.handlers.rooms.rooms import parse_stream_token, parse_topo_token
 from tests.test_rooms_support import RoomsTestCase
 
 

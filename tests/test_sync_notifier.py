@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from fedserver.handlers.notifier import Notifier
+from fedserver.handlers.client.notifier import Notifier
 
 
 class _Ev:

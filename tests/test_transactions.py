@@ -1,4 +1,4 @@
-"""Tests for fedserver.handlers.transactions: inbound /send transactions on a real SQLite store
+"""Tests for fedserver.handlers.federation.transactions: inbound /send transactions on a real SQLite store
 with real signed PDUs (limits, replays, per-origin serialisation, EDUs, ACLs)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from twisted.internet import defer, reactor
 
 from fedserver.events.hashing import compute_event_id
 from fedserver.federation.acl import ServerAcls
-from fedserver.handlers.ingest import Ingest
-from fedserver.handlers.transactions import MAX_EDUS, MAX_PDUS, TransactionHandler
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.federation.ingest import Ingest
+from fedserver.handlers.federation.transactions import MAX_EDUS, MAX_PDUS, TransactionHandler
+from fedserver.errors import MatrixError
 from fedserver.room_versions import V10
 from fedserver.storage import InvalidDataError, PersistEntry
 from tests.test_federation_support import Peer, StoreTestCase, deferLater

@@ -1,4 +1,4 @@
-"""Tests for fedserver.handlers.visibility: the pure history visibility rules for servers,
+"""Tests for fedserver.handlers.federation.visibility: the pure history visibility rules for servers,
 on plain data."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from fedserver.events.redaction import redact
-from fedserver.handlers.visibility import (
+from fedserver.handlers.federation.visibility import (
     HISTORY_VISIBILITY_KEY,
     INVITED,
     JOINED,

@@ -1,4 +1,4 @@
-"""Tests for fedserver.http.xmatrix_auth: X-Matrix authentication of inbound requests
+"""Tests for fedserver.http.federation.xmatrix_auth: X-Matrix authentication of inbound requests
 (HOSTILE.md rows 1-5), through real twisted.web resources driven by treq.testing.StubTreq."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from fedserver.federation.keyring import KeyVerificationError
 from fedserver.federation.xmatrix import sign_request
 from fedserver.http.resource import JsonResource, build_tree, read_json_body
-from fedserver.http.xmatrix_auth import XMatrixAuthenticator
+from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 
 US = "us.test:8448"
 PEER = "peer.test"

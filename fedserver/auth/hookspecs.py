@@ -398,7 +398,7 @@ def fedserver_sign_local_event(
     """Add other servers' signatures to an event this server is about to send (e.g. the
     signature of the room's policy server, MSC4284 / spec "Policy Servers").
 
-    Called by :class:`~fedserver.handlers.creator.EventCreator` for each event it builds
+    Called by :class:`~fedserver.handlers.rooms.creator.EventCreator` for each event it builds
     for a local user, once the event is hashed and signed with our key and before the
     pipeline checks and persists it; what is added is persisted and sent with the event.
     Signatures are not covered by the event id, the content hash or other signatures, so

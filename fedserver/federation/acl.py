@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fedserver.http.errors import forbidden
+from fedserver.errors import forbidden
 
 log = Logger()
 

@@ -16,7 +16,7 @@ from twisted.web.resource import IResource
 
 from fedserver import __version__
 from fedserver.events.canonical import CanonicalJSONError, parse_json
-from fedserver.http.errors import MatrixError, bad_json, invalid_param, missing_param, not_json, too_large, unknown, unrecognized
+from fedserver.errors import MatrixError, bad_json, invalid_param, missing_param, not_json, too_large, unknown, unrecognized
 
 log = Logger()
 

@@ -8,8 +8,8 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from fedserver.http.errors import MatrixError, M_UNKNOWN
-from fedserver.http.keys import SERVER_KEY_PATH
+from fedserver.errors import MatrixError, M_UNKNOWN
+from fedserver.http.federation.keys import SERVER_KEY_PATH
 from fedserver.http.resource import PathNode, build_tree, encode_json
 
 FEDERATION_V1_PATH = "/_matrix/federation/v1"
@@ -37,7 +37,7 @@ def build_federation_root(
 ) -> PathNode:
     """Build the federation listener's tree; everything else answers 404 ``M_UNRECOGNIZED``.
 
-    :param server_keys: ``GET /_matrix/key/v2/server`` (:class:`fedserver.http.keys.ServerKeyResource`).
+    :param server_keys: ``GET /_matrix/key/v2/server`` (:class:`fedserver.http.federation.keys.ServerKeyResource`).
     :param key_query: the notary, mounted at ``/_matrix/key/v2/query``.
     :param federation_v1: the resource for everything under ``/_matrix/federation/v1``.
     :param federation_v2: the resource for everything under ``/_matrix/federation/v2``.

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 
 from fedserver.scripts import CliError, open_existing_database, react_main
-from fedserver.http.admin_failures import failure_json
+from fedserver.http.admin.failures import failure_json
 from fedserver.scripts.refusals import EXIT_OK, EXIT_USAGE, _Parser, _text, _ts
 
 DESCRIPTION = """\

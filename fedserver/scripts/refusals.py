@@ -10,14 +10,14 @@ from typing import Any, Optional, Sequence, TextIO
 
 
 from fedserver.scripts import CliError, open_existing_database, react_main
-from fedserver.handlers.history import (
+from fedserver.handlers.federation.history import (
     REFUSAL_KINDS,
     REFUSALS_LIMIT_DEFAULT,
     REFUSALS_LIMIT_MAX,
     EventStatusHandler,
     is_valid_id,
 )
-from fedserver.http.errors import MatrixError
+from fedserver.errors import MatrixError
 
 #: Exit statuses.
 EXIT_OK = 0

@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence, TextIO
 
 from fedserver.scripts import react_main
 from fedserver.config import ConfigError, load_config
-from fedserver.handlers.accounts import MAX_PASSWORD_LENGTH, AccountHandler, PasswordHasher, split_user_id
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.client.accounts import MAX_PASSWORD_LENGTH, AccountHandler, PasswordHasher, split_user_id
+from fedserver.errors import MatrixError
 from fedserver.storage import StorageError, open_store
 
 PROG = "fedserver-register"

@@ -57,7 +57,7 @@ class EventStatus(NamedTuple):
 
 
 class HistoryStore:
-    """The reads of :mod:`fedserver.handlers.history`, each in ONE read transaction.
+    """The reads of :mod:`fedserver.handlers.federation.history`, each in ONE read transaction.
 
     It uses only the public ``*_txn`` API of the store it is given.
 

@@ -31,8 +31,8 @@ from fedserver.auth.selection import select_auth_events
 from fedserver.crypto import verify_key_base64
 from fedserver.events.builder import build_event
 from fedserver.events.signing import sign_bytes, signed_bytes_for_event
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.pipeline import RoomPipeline
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.room_versions import V12
 from fedserver.storage.sqlite import open_store
 

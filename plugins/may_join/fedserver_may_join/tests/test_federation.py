@@ -9,9 +9,9 @@ from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
 from fedserver.federation.client import HttpResponseError, fed_path
-from fedserver.handlers.accounts import Requester
+from fedserver.handlers.client.accounts import Requester
 from fedserver.testing import loopback_config, start_server
-from fedserver.http.errors import MatrixError
+from fedserver.errors import MatrixError
 from fedserver.service import FedserverService
 
 VERSION = "org.fedserver.may_join.12"

@@ -22,8 +22,8 @@ from fedserver.events.signing import sign_bytes, signed_bytes_for_event
 from fedserver.federation.client import build_federation_client, fed_path
 from fedserver.federation.keyring import check_signature, parse_key_document, signed_bytes
 from fedserver.federation.xmatrix import XMatrixParseError, parse_xmatrix_header, request_json_for_verify
-from fedserver.http.errors import MatrixError
-from fedserver.http.keys import ServerKeyDocument, ServerKeyResource
+from fedserver.errors import MatrixError
+from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.resource import JsonResource, build_tree, read_json_body
 from fedserver.room_versions import SPEC_ROOM_VERSIONS, RoomVersion, RoomVersionRegistry
 

@@ -14,8 +14,8 @@ from fedserver.auth import make_plugin_manager
 from fedserver.auth.engine import AuthEngine
 from fedserver.events.builder import build_from_template
 from fedserver.events.signing import sign_bytes, signed_bytes_for_event
-from fedserver.handlers.creator import EventCreator
-from fedserver.handlers.pipeline import ACCEPTED, SOFT_FAILED, RoomPipeline
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import ACCEPTED, SOFT_FAILED, RoomPipeline
 from fedserver.room_versions import V10, V12
 from fedserver.storage.sqlite import open_store
 

@@ -9,7 +9,7 @@ import os
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from fedserver.handlers.accounts import Requester
+from fedserver.handlers.client.accounts import Requester
 from fedserver.testing import loopback_config, start_server
 from fedserver.service import FedserverService
 

@@ -13,7 +13,7 @@ log = Logger()
 
 
 class Distributor:
-    """A :class:`fedserver.handlers.pipeline.RoomPipeline` ``on_persisted`` callback: each
+    """A :class:`fedserver.handlers.rooms.pipeline.RoomPipeline` ``on_persisted`` callback: each
     accepted event whose sender is one of our users is queued for every server with a
     joined member after it (spec: "the event is sent to all the servers in the room"), and
     for membership events also the target's server (a kicked or banned user's server, which

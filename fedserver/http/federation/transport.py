@@ -7,7 +7,7 @@ from typing import Any, Awaitable, Callable
 from twisted.web.iweb import IRequest
 
 from fedserver import __version__
-from fedserver.http.errors import invalid_param
+from fedserver.errors import invalid_param
 from fedserver.http.resource import JsonResource, query_string, read_json_body
 
 AuthedHandler = Callable[..., Awaitable[Any]]
@@ -28,12 +28,12 @@ class FederationResource(JsonResource):
     ``state``, ``backfill``... answer 403 ``M_FORBIDDEN`` to a denied server). ``/send``
     applies the ACLs per PDU in the transaction handler instead.
 
-    :param authenticator: a :class:`fedserver.http.xmatrix_auth.XMatrixAuthenticator`.
+    :param authenticator: a :class:`fedserver.http.federation.xmatrix_auth.XMatrixAuthenticator`.
     :param acls: a :class:`fedserver.federation.acl.ServerAcls` (``None``: no ACLs, for
         tests of resources without rooms).
-    :param transactions: a :class:`fedserver.handlers.transactions.TransactionHandler`.
+    :param transactions: a :class:`fedserver.handlers.federation.transactions.TransactionHandler`.
     :param profiles: has ``get_local_profile(user_id, field=None) -> Deferred[dict]``
-        (:class:`fedserver.handlers.profile.ProfileHandler`).
+        (:class:`fedserver.handlers.client.profile.ProfileHandler`).
     :param version_route: serve ``/version`` (only under ``/_matrix/federation/v1``).
     """
 
@@ -62,7 +62,7 @@ class FederationResource(JsonResource):
     def enable_directory(self, directory: Any) -> None:
         """Serve ``GET /query/directory`` from ``directory``: anything with
         ``query_local_alias(alias) -> {"room_id", "servers"}`` raising 404 ``M_NOT_FOUND``
-        (:class:`fedserver.handlers.directory.DirectoryHandler`)."""
+        (:class:`fedserver.handlers.rooms.directory.DirectoryHandler`)."""
         self._directory = directory
         self.add_route("GET", "/query/directory", self.authenticated(self._query_directory))
 

@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from fedserver.handlers.accounts import Requester, split_user_id
-from fedserver.http.errors import M_UNKNOWN, MatrixError, bad_json, forbidden, invalid_param, not_found
+from fedserver.handlers.client.accounts import Requester, split_user_id
+from fedserver.errors import M_UNKNOWN, MatrixError, bad_json, forbidden, invalid_param, not_found
 from fedserver.storage.accounts_store import PROFILE_FIELDS, UnknownUserError
 
 log = Logger()

@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 from twisted.web.iweb import IRequest
 
-from fedserver.handlers.history import BACKFILL_LIMIT_MAX, AclCheck, HistoryHandler, is_valid_id
-from fedserver.http.errors import invalid_param, missing_param
+from fedserver.handlers.federation.history import BACKFILL_LIMIT_MAX, AclCheck, HistoryHandler, is_valid_id
+from fedserver.errors import invalid_param, missing_param
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_body
 
 #: Most event ids one ``/backfill`` may start from.
@@ -96,9 +96,9 @@ def register_history_routes(
     Every route requires a valid X-Matrix signature (through the resource's
     ``authenticated`` wrapper).
 
-    :param federation_resource: the :class:`fedserver.http.federation.FederationResource`
+    :param federation_resource: the :class:`fedserver.http.federation.transport.FederationResource`
         (anything with ``add_route`` and ``authenticated``).
-    :param history_handler: the :class:`fedserver.handlers.history.HistoryHandler`.
+    :param history_handler: the :class:`fedserver.handlers.federation.history.HistoryHandler`.
     :param acl_check: ``acl_check(origin, room_id)`` firing with ``False`` when the room's
         server ACL denies ``origin`` (answered 403 ``M_FORBIDDEN``); ``None`` skips ACLs.
     :raises ValueError: if a route is already registered.

@@ -7,8 +7,8 @@ from typing import Any, Awaitable, Callable, Optional
 
 from twisted.web.iweb import IRequest
 
-from fedserver.handlers.history import REFUSALS_LIMIT_DEFAULT, REFUSALS_LIMIT_MAX, EventStatusHandler, is_valid_id
-from fedserver.http.errors import forbidden, invalid_param
+from fedserver.handlers.federation.history import REFUSALS_LIMIT_DEFAULT, REFUSALS_LIMIT_MAX, EventStatusHandler, is_valid_id
+from fedserver.errors import forbidden, invalid_param
 from fedserver.http.resource import JsonResource, query_int, query_string
 
 #: Where the endpoints live: ``GET {ADMIN_EVENTS_PATH}/{eventId}/status``.
@@ -104,7 +104,7 @@ def build_admin_events_resources(
       [...], next_batch}``, newest first; pass ``next_batch`` as ``from`` for the next
       page.
 
-    :param handler: the :class:`fedserver.handlers.history.EventStatusHandler`.
+    :param handler: the :class:`fedserver.handlers.federation.history.EventStatusHandler`.
     :param authenticate_admin: see :class:`AdminGuard`.
     :param allow_loopback: see :class:`AdminGuard`.
     """

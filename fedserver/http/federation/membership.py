@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from fedserver.handlers.history import is_valid_id
-from fedserver.handlers.handshakes import HandshakeHandler
-from fedserver.http.errors import bad_json, invalid_param
+from fedserver.handlers.federation.history import is_valid_id
+from fedserver.handlers.federation.handshakes import HandshakeHandler
+from fedserver.errors import bad_json, invalid_param
 from fedserver.http.resource import query_strings, read_json_body
 
 
@@ -86,7 +86,7 @@ class _Routes:
 
 def register_membership_routes(v1_resource: Any, v2_resource: Any, handler: HandshakeHandler) -> None:
     """Add the handshake endpoints to the ``/_matrix/federation/v1`` and ``/v2`` resources
-    (each a :class:`fedserver.http.federation.FederationResource`).
+    (each a :class:`fedserver.http.federation.transport.FederationResource`).
 
     :raises ValueError: if a route is already registered.
     """

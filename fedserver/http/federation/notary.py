@@ -24,7 +24,7 @@ from fedserver.federation.keyring import (
     is_valid_server_name,
     sign_json_object,
 )
-from fedserver.http.errors import bad_json, invalid_param
+from fedserver.errors import bad_json, invalid_param
 from fedserver.http.resource import JsonResource, query_int, read_json_object
 
 log = Logger()

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
-from fedserver.handlers.failures import (
+from fedserver.handlers.federation.failures import (
     CODE_AUTH_REJECTED,
     CODE_MISSING_AUTH,
     CODE_SOFT_FAILED,
@@ -17,7 +17,7 @@ from fedserver.handlers.failures import (
     WARN,
     FailureReport,
 )
-from fedserver.handlers.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, Outcome, RoomPipeline
+from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, Outcome, RoomPipeline
 from fedserver.storage.interface import StateKey
 
 log = Logger()
@@ -38,8 +38,8 @@ class EventReceiver:
 
     :param pipeline: the :class:`RoomPipeline`.
     :param store: the store.
-    :param gaps: a :class:`fedserver.handlers.gaps.GapFiller`, or ``None`` (no fetching).
-    :param failures: a :class:`fedserver.handlers.failures.FailureReporter`, or ``None``.
+    :param gaps: a :class:`fedserver.handlers.federation.gaps.GapFiller`, or ``None`` (no fetching).
+    :param failures: a :class:`fedserver.handlers.federation.failures.FailureReporter`, or ``None``.
     """
 
     def __init__(self, pipeline: RoomPipeline, store, gaps=None, failures=None) -> None:

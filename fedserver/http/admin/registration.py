@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from fedserver.handlers.accounts import SharedSecretRegistration
-from fedserver.http.client_api import client_ip
-from fedserver.http.errors import bad_json
+from fedserver.handlers.client.accounts import SharedSecretRegistration
+from fedserver.http.client.api import client_ip
+from fedserver.errors import bad_json
 from fedserver.http.resource import JsonResource, read_json_object
 from fedserver.storage.interface import InvalidDataError
 
@@ -21,7 +21,7 @@ class AdminResource(JsonResource):
     registration (``docs/admin_api/register_api.md`` in Synapse), so that Synapse's
     ``register_new_matrix_user`` and other tools work against fedserver.
 
-    :param shared_secret: the :class:`~fedserver.handlers.accounts.SharedSecretRegistration`.
+    :param shared_secret: the :class:`~fedserver.handlers.client.accounts.SharedSecretRegistration`.
     """
 
     def __init__(self, shared_secret: SharedSecretRegistration) -> None:

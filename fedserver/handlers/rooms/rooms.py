@@ -9,16 +9,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
-from fedserver.handlers.client_events import (
+from fedserver.handlers.rooms.client_events import (
     HISTORY_VISIBILITY_KEY,
     WORLD_READABLE,
     ClientEventSource,
     history_visibility,
     transaction_scope,
 )
-from fedserver.handlers.directory import DirectoryHandler, current_power, split_alias, valid_new_localpart
-from fedserver.handlers.membership import MembershipHandler, RoomEvents, check_reason, domain_of, valid_user_id
-from fedserver.http.errors import (
+from fedserver.handlers.rooms.directory import DirectoryHandler, current_power, split_alias, valid_new_localpart
+from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents, check_reason, domain_of, valid_user_id
+from fedserver.errors import (
     M_UNKNOWN,
     MatrixError,
     bad_json,
@@ -180,10 +180,10 @@ class EventFilter:
 class RoomsHandler:
     """Rooms for clients (client-server API "Rooms", "Room events", "Room membership").
 
-    :param events: the shared :class:`~fedserver.handlers.membership.RoomEvents`.
-    :param membership: the :class:`~fedserver.handlers.membership.MembershipHandler`.
-    :param directory: the :class:`~fedserver.handlers.directory.DirectoryHandler`.
-    :param source: the :class:`~fedserver.handlers.client_events.ClientEventSource`.
+    :param events: the shared :class:`~fedserver.handlers.rooms.membership.RoomEvents`.
+    :param membership: the :class:`~fedserver.handlers.rooms.membership.MembershipHandler`.
+    :param directory: the :class:`~fedserver.handlers.rooms.directory.DirectoryHandler`.
+    :param source: the :class:`~fedserver.handlers.rooms.client_events.ClientEventSource`.
     :param room_versions: the versions ``createRoom`` may use.
     :param default_room_version: for ``createRoom`` without ``room_version``.
     """

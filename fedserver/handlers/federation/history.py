@@ -8,8 +8,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
-from fedserver.handlers.visibility import ServerVisibility, federation_pdu
-from fedserver.http.errors import MatrixError, bad_json, forbidden, missing_param, not_found
+from fedserver.handlers.federation.visibility import ServerVisibility, federation_pdu
+from fedserver.errors import MatrixError, bad_json, forbidden, missing_param, not_found
 
 log = Logger()
 
@@ -230,7 +230,7 @@ class HistoryHandler:
 
     async def _visible_pdus(self, origin: str, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         """The PDUs to serve ``origin``: each event, or its redacted copy if ``origin``
-        may not see it (see :mod:`fedserver.handlers.visibility`)."""
+        may not see it (see :mod:`fedserver.handlers.federation.visibility`)."""
         if not events:
             return []
         inputs = await self._history.get_visibility_inputs(room_id, [e.event_id for e in events], origin)

@@ -10,13 +10,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from fedserver.handlers.client_events import ClientEventSource
-from fedserver.handlers.directory import DirectoryHandler
-from fedserver.handlers.membership import MembershipHandler, RoomEvents
-from fedserver.handlers.notifier import Notifier
-from fedserver.handlers.rooms import EventFilter, RoomsHandler
-from fedserver.handlers.sync import SyncHandler
-from fedserver.http.errors import bad_json, forbidden, invalid_param, missing_param, too_large
+from fedserver.handlers.rooms.client_events import ClientEventSource
+from fedserver.handlers.rooms.directory import DirectoryHandler
+from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
+from fedserver.handlers.client.notifier import Notifier
+from fedserver.handlers.rooms.rooms import EventFilter, RoomsHandler
+from fedserver.handlers.client.sync import SyncHandler
+from fedserver.errors import bad_json, forbidden, invalid_param, missing_param, too_large
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
 
@@ -66,11 +66,11 @@ def build_room_services(
     """Build the room handlers on ``store`` and attach them to ``pipeline.on_persisted``
     (the notifier that wakes /sync, and the redaction indexer).
 
-    :param creator: the :class:`~fedserver.handlers.creator.EventCreator`.
+    :param creator: the :class:`~fedserver.handlers.rooms.creator.EventCreator`.
     :param clock: the reactor (timestamps, /sync timeouts).
     :param default_room_version: for ``createRoom`` without ``room_version`` (an
         identifier or a version).
-    :param remote: a :class:`~fedserver.handlers.remote_membership.RemoteMembership`
+    :param remote: a :class:`~fedserver.handlers.federation.remote_membership.RemoteMembership`
         for rooms that are not here and users of other servers (``None``: refused).
     :param remote_alias_query: ``(server_name, alias)`` to ``{"room_id", "servers"}``
         over federation (``None``: other servers' aliases are not found).
@@ -147,7 +147,7 @@ def _room_hints(request: IRequest) -> list[str]:
 
 
 def register_room_routes(client_api: Any, services: RoomServices) -> None:
-    """Add the room endpoints to a :class:`~fedserver.http.client_api.ClientAPI` (each
+    """Add the room endpoints to a :class:`~fedserver.http.client.api.ClientAPI` (each
     also under ``/r0/``). ``createRoom`` then defaults to the room version the API
     advertises in ``/capabilities``.
     """

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from fedserver.handlers.accounts import (
+from fedserver.handlers.client.accounts import (
     AccountHandler,
     InteractiveAuthRequired,
     PasswordHasher,
@@ -18,8 +18,8 @@ from fedserver.handlers.accounts import (
     SharedSecretRegistration,
     utf8_length,
 )
-from fedserver.handlers.profile import ProfileHandler
-from fedserver.http.errors import (
+from fedserver.handlers.client.profile import ProfileHandler
+from fedserver.errors import (
     M_MISSING_TOKEN,
     MatrixError,
     bad_json,
@@ -125,7 +125,7 @@ class ClientAPI(JsonResource):
     ignored (``/v3/pushrules/``).
 
     Other modules add endpoints through :meth:`add_authed_route` (the handler gets the
-    :class:`~fedserver.handlers.accounts.Requester`) and :meth:`add_public_route`::
+    :class:`~fedserver.handlers.client.accounts.Requester`) and :meth:`add_public_route`::
 
         async def on_create_room(request, requester, **params): ...
         client_api.add_authed_route("POST", "/v3/createRoom", on_create_room)
@@ -133,11 +133,11 @@ class ClientAPI(JsonResource):
 
     A handler returns what :data:`fedserver.http.resource.HandlerResult` describes (a
     JSON value, ``(status, value)``, ``None`` for ``{}``), directly, as a Deferred or as
-    a coroutine; it raises :class:`~fedserver.http.errors.MatrixError` for errors and may
-    raise :class:`~fedserver.handlers.accounts.InteractiveAuthRequired` (answered 401).
+    a coroutine; it raises :class:`~fedserver.errors.MatrixError` for errors and may
+    raise :class:`~fedserver.handlers.client.accounts.InteractiveAuthRequired` (answered 401).
 
-    :param accounts: the :class:`~fedserver.handlers.accounts.AccountHandler`.
-    :param profiles: the :class:`~fedserver.handlers.profile.ProfileHandler`.
+    :param accounts: the :class:`~fedserver.handlers.client.accounts.AccountHandler`.
+    :param profiles: the :class:`~fedserver.handlers.client.profile.ProfileHandler`.
     :param room_versions: the server's room versions (``/capabilities``).
     :param default_room_version: advertised as ``m.room_versions.default``.
     """
@@ -191,7 +191,7 @@ class ClientAPI(JsonResource):
     def add_authed_route(self, method: str, template: str, handler: AuthedHandler, *, r0: bool = True) -> None:
         """Route ``method template`` to ``handler(request, requester, **params)``, run
         only for requests with a valid access token (else 401 ``M_MISSING_TOKEN`` /
-        ``M_UNKNOWN_TOKEN``). ``requester`` is a :class:`~fedserver.handlers.accounts.Requester`.
+        ``M_UNKNOWN_TOKEN``). ``requester`` is a :class:`~fedserver.handlers.client.accounts.Requester`.
 
         :raises ValueError: if the route exists already.
         """

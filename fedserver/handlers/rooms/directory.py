@@ -8,8 +8,8 @@ from twisted.logger import Logger
 
 from fedserver.auth.auth_state import AuthState
 from fedserver.auth.selection import POWER_LEVELS_KEY
-from fedserver.handlers.client_events import HISTORY_VISIBILITY_KEY, WORLD_READABLE, history_visibility
-from fedserver.http.errors import M_UNKNOWN, MatrixError, bad_json, forbidden, invalid_param, not_found
+from fedserver.handlers.rooms.client_events import HISTORY_VISIBILITY_KEY, WORLD_READABLE, history_visibility
+from fedserver.errors import M_UNKNOWN, MatrixError, bad_json, forbidden, invalid_param, not_found
 
 log = Logger()
 

@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 from twisted.web.iweb import IRequest
 
-from fedserver.http.admin_events import AdminGuard, AuthenticateAdmin
-from fedserver.http.errors import invalid_param
+from fedserver.http.admin.events import AdminGuard, AuthenticateAdmin
+from fedserver.errors import invalid_param
 from fedserver.http.resource import JsonResource, query_int, query_string
 
 #: ``GET {ADMIN_FAILURES_PATH}?direction=sent|received&server=&limit=&from=``.
@@ -36,8 +36,8 @@ def build_admin_failures_resource(
     """``{ADMIN_FAILURES_PATH: resource}`` to mount on the client listener: failures newest
     first, ``{"failures": [...], "next_batch": id or null}``.
 
-    :param reporter: the :class:`fedserver.handlers.failures.FailureReporter`.
-    :param authenticate_admin: see :class:`fedserver.http.admin_events.AdminGuard`.
+    :param reporter: the :class:`fedserver.handlers.federation.failures.FailureReporter`.
+    :param authenticate_admin: see :class:`fedserver.http.admin.events.AdminGuard`.
     """
     guard = AdminGuard(authenticate_admin, allow_loopback=allow_loopback)
 

@@ -15,16 +15,16 @@ from typing import Any, Mapping, Optional
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
-from fedserver.handlers.client_events import (
+from fedserver.handlers.rooms.client_events import (
     STRIPPED_STATE_TYPES,
     ClientEventSource,
     joined_bounds,
     stripped_state,
     transaction_scope,
 )
-from fedserver.handlers.notifier import Notifier
-from fedserver.handlers.rooms import EventFilter, parse_stream_token, stream_token, topo_token
-from fedserver.http.errors import invalid_param
+from fedserver.handlers.client.notifier import Notifier
+from fedserver.handlers.rooms.rooms import EventFilter, parse_stream_token, stream_token, topo_token
+from fedserver.errors import invalid_param
 from fedserver.storage.rooms_store import Membership, Timeline
 
 log = Logger()
@@ -75,9 +75,9 @@ class SyncHandler:
 
     :param store: the store (``store.rooms``; ``store.accounts`` for filters and account
         data if present).
-    :param notifier: the :class:`~fedserver.handlers.notifier.Notifier` the pipeline
+    :param notifier: the :class:`~fedserver.handlers.client.notifier.Notifier` the pipeline
         feeds.
-    :param source: the :class:`~fedserver.handlers.client_events.ClientEventSource`.
+    :param source: the :class:`~fedserver.handlers.rooms.client_events.ClientEventSource`.
     :param clock: ``seconds()``.
     """
 

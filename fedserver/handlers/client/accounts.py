@@ -15,7 +15,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from fedserver.config import split_server_name
-from fedserver.http.errors import (
+from fedserver.errors import (
     M_FORBIDDEN,
     M_INVALID_USERNAME,
     M_UNKNOWN,

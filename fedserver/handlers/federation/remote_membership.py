@@ -13,10 +13,10 @@ from fedserver.events.model import Event
 from fedserver.events.signing import signed_bytes_for_event
 from fedserver.events.validation import InvalidEvent
 from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
-from fedserver.handlers.handshakes import strip_received_state
-from fedserver.handlers.pipeline import ACCEPTED, MISSING, RoomPipeline
-from fedserver.handlers.receipt import check_received
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.federation.handshakes import strip_received_state
+from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
+from fedserver.handlers.federation.receipt import check_received
+from fedserver.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 from fedserver.storage.interface import StateKey
 

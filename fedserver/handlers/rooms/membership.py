@@ -5,7 +5,7 @@
 # event is made on the current state and the auth rules decide; a refusal is 403
 # M_FORBIDDEN with the rule's reason. When the room is not here (or, for an invite, the
 # target is on another server) the handshake goes through `remote`, a
-# fedserver.handlers.remote_membership.RemoteMembership; without one the client gets a
+# fedserver.handlers.federation.remote_membership.RemoteMembership; without one the client gets a
 # clear error.
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from twisted.logger import Logger
 from fedserver.events.builder import build_event
 from fedserver.events.model import Event
 from fedserver.events.validation import EventTooLarge, InvalidEvent
-from fedserver.handlers.client_events import STRIPPED_STATE_TYPES, stripped_state
-from fedserver.handlers.directory import current_power, split_alias
-from fedserver.handlers.handshakes import federation_stripped_state
-from fedserver.handlers.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, Outcome
-from fedserver.http.errors import (
+from fedserver.handlers.rooms.client_events import STRIPPED_STATE_TYPES, stripped_state
+from fedserver.handlers.rooms.directory import current_power, split_alias
+from fedserver.handlers.federation.handshakes import federation_stripped_state
+from fedserver.handlers.rooms.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, Outcome
+from fedserver.errors import (
     M_UNKNOWN,
     MatrixError,
     bad_json,
@@ -99,8 +99,8 @@ class RoomEvents:
     errors; shared by the membership and room handlers.
 
     :param store: the store.
-    :param creator: the :class:`~fedserver.handlers.creator.EventCreator`.
-    :param pipeline: the :class:`~fedserver.handlers.pipeline.RoomPipeline`.
+    :param creator: the :class:`~fedserver.handlers.rooms.creator.EventCreator`.
+    :param pipeline: the :class:`~fedserver.handlers.rooms.pipeline.RoomPipeline`.
     :param server_name: ours.
     :param signing_key: ours (to sign the ``m.room.create`` events of new rooms).
     """
@@ -245,9 +245,9 @@ class MembershipHandler:
     """Membership operations of our users (client-server API "Room membership").
 
     :param events: the shared :class:`RoomEvents`.
-    :param directory: the :class:`~fedserver.handlers.directory.DirectoryHandler` (to join
+    :param directory: the :class:`~fedserver.handlers.rooms.directory.DirectoryHandler` (to join
         by alias).
-    :param remote: a :class:`~fedserver.handlers.remote_membership.RemoteMembership` for
+    :param remote: a :class:`~fedserver.handlers.federation.remote_membership.RemoteMembership` for
         rooms that are not here and users of other servers; ``None``: such requests get
         404 (join, knock, leave) or 400 (invite).
     :param notifier: told about forgotten rooms (optional).

@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from fedserver.http.errors import MatrixError, bad_json, forbidden
+from fedserver.errors import MatrixError, bad_json, forbidden
 from fedserver.storage.interface import InvalidDataError, ReceivedTxn
 
 log = Logger()
@@ -51,11 +51,11 @@ class TransactionHandler:
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param ingest: an object with ``check_pdus(origin, pdus, denied_rooms, room_versions=)
         -> Deferred[CheckedBatch]`` and ``room_versions(pdus) -> Deferred[dict]``
-        (:class:`fedserver.handlers.ingest.Ingest`).
+        (:class:`fedserver.handlers.federation.ingest.Ingest`).
     :param acls: a :class:`fedserver.federation.acl.ServerAcls`, or ``None`` to apply no
         server ACLs.
     :param edu_handlers: ``{edu_type: handler(origin, content)}``.
-    :param receiver: an :class:`fedserver.handlers.receive.EventReceiver`: checked events go
+    :param receiver: an :class:`fedserver.handlers.federation.receive.EventReceiver`: checked events go
         into their rooms (steps 4-6). Without one they are stored as outliers.
     """
 

@@ -13,7 +13,7 @@ from fedserver.auth.selection import select_auth_events
 from fedserver.events.builder import build_event
 from fedserver.events.hashing import compute_reference_hash, unpadded_base64
 from fedserver.events.model import Event
-from fedserver.handlers.pipeline import Outcome, RoomPipeline
+from fedserver.handlers.rooms.pipeline import Outcome, RoomPipeline
 from fedserver.room_versions import EventFormat, RoomVersion
 from fedserver.storage.interface import StateKey
 

@@ -16,7 +16,7 @@ from fedserver.federation.xmatrix import (
     parse_xmatrix_header,
     request_json_for_verify,
 )
-from fedserver.http.errors import MatrixError, not_json, unauthorized
+from fedserver.errors import MatrixError, not_json, unauthorized
 from fedserver.http.resource import read_json_body
 
 log = Logger()

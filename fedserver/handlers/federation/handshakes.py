@@ -12,8 +12,8 @@ from fedserver.events.model import Event
 from fedserver.events.signing import SignatureServersError, required_signature_servers, sign_event
 from fedserver.events.validation import EventTooLarge, InvalidEvent, check_pdu
 from fedserver.federation.keyring import key_validity_minimum
-from fedserver.handlers.pipeline import ACCEPTED, MISSING, RoomPipeline
-from fedserver.http.errors import MatrixError
+from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
+from fedserver.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 from fedserver.storage.interface import PersistEntry, StateKey
 
@@ -103,7 +103,7 @@ class HandshakeHandler:
     :param clock: for timestamps.
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param pipeline: the :class:`RoomPipeline` (the only way events enter a room).
-    :param creator: the :class:`fedserver.handlers.creator.EventCreator` (templates).
+    :param creator: the :class:`fedserver.handlers.rooms.creator.EventCreator` (templates).
     :param engine: the :class:`fedserver.auth.engine.AuthEngine` (templates are checked
         before they are offered).
     :param keyring: verifies the joining server's signatures.

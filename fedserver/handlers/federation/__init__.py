@@ -1,0 +1,3 @@
+"""Other servers: receipt checks and ingest, transactions and EDUs, filling gaps, the
+membership handshakes (serving them and making them), history for peers, distribution of
+our events, server visibility and the failures mechanism (seed 000)."""
