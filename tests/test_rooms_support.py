@@ -100,6 +100,18 @@ class RoomsTestCase(unittest.TestCase):
     async def sync(self, requester: Requester, **kw: Any) -> dict:
         return await self.sync_handler.sync(requester, **kw)
 
+    async def until_waiting(self, count: int = 1) -> None:
+        """Let long-polls reach their wait (their database reads run on the real reactor's
+        threads) until ``count`` are waiting, or fail."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        for _ in range(200):
+            if self.notifier.waiting >= count:
+                return
+            await deferLater(reactor, 0.001, lambda: None)
+        self.fail(f"{self.notifier.waiting} long-polls waiting, expected {count}")
+
     async def remote_member_event(self, target: str, membership: str, depth: int, room_id: str = "!remote:far.test"):
         """An outlier membership event of a room on another server (sent by
         ``@bob:far.test``, or by ``target`` for a leave), stored as the federation

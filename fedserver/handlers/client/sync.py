@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
@@ -23,7 +24,8 @@ from fedserver.handlers.rooms.client_events import (
     transaction_scope,
 )
 from fedserver.handlers.client.notifier import Notifier
-from fedserver.handlers.rooms.rooms import EventFilter, parse_stream_token, stream_token, topo_token
+from fedserver.handlers.client.sync_sections import SyncContext, SyncSection, SyncToken, check_section_key
+from fedserver.handlers.rooms.rooms import EventFilter, topo_token
 from fedserver.errors import invalid_param
 from fedserver.storage.rooms_store import Membership, Timeline
 
@@ -81,11 +83,27 @@ class SyncHandler:
     :param clock: ``seconds()``.
     """
 
-    def __init__(self, store: Any, notifier: Notifier, source: ClientEventSource, clock: Any) -> None:
+    def __init__(
+        self, store: Any, notifier: Notifier, source: ClientEventSource, clock: Any,
+        sections: Sequence[SyncSection] = (),
+    ) -> None:
         self.store = store
         self.notifier = notifier
         self.source = source
         self.clock = clock
+        self._sections: list[SyncSection] = []
+        for section in sections:
+            self.register_section(section)
+
+    def register_section(self, section: SyncSection) -> None:
+        """Add an area's part of /sync (see :mod:`fedserver.handlers.client.sync_sections`).
+
+        :raises ValueError: if its key is malformed or taken.
+        """
+        key = check_section_key(section.key)
+        if any(s.key == key for s in self._sections):
+            raise ValueError(f"sync section key {key!r} is already registered")
+        self._sections.append(section)
 
     async def load_filter(self, user_id: str, value: Optional[str]) -> SyncFilter:
         """A filter given inline (JSON starting with ``{``) or by id.
@@ -127,14 +145,14 @@ class SyncHandler:
         flt = await self.load_filter(user_id, filter_param)
         since_pos = None
         if since:
-            since_pos = parse_stream_token(since)
+            since_pos = SyncToken.parse(since)
             if since_pos is None:
                 raise invalid_param("since", "Invalid sync token")
         deadline = self.clock.seconds() + max(0, timeout_ms) / 1000.0
         while True:
             position = self.notifier.position()
-            result, rooms = await self._compute(requester, flt, since_pos, full_state)
-            if since_pos is None or full_state or timeout_ms <= 0 or not _is_empty(result):
+            result, rooms, sections_changed = await self._compute(requester, flt, since_pos, full_state)
+            if since_pos is None or full_state or timeout_ms <= 0 or sections_changed or not _is_empty(result):
                 return result
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
@@ -146,14 +164,19 @@ class SyncHandler:
     # -- building -----------------------------------------------------------------------------
 
     async def _compute(
-        self, requester: Any, flt: SyncFilter, since: Optional[tuple[int, int]], full_state: bool
-    ) -> tuple[dict[str, Any], list[str]]:
-        """The answer and the rooms to wait on."""
+        self, requester: Any, flt: SyncFilter, since: Optional[SyncToken], full_state: bool
+    ) -> tuple[dict[str, Any], list[str], bool]:
+        """The answer, the rooms to wait on, and whether a section added anything."""
         user_id = requester.user_id
+        # Every section's position first: what happens while the answer is built is then
+        # sent by the next sync, never skipped.
+        section_now = {}
+        for section in self._sections:
+            section_now[section.key] = await defer.maybeDeferred(section.current_position, user_id)
         scope = transaction_scope(requester)
         store = self.store
         now_nid = await store.rooms.get_stream_position()
-        since_nid = since[0] if since is not None else None
+        since_nid = since.events if since is not None else None
         if since_nid is not None and since_nid > now_nid:
             since_nid = now_nid  # a token from the future (another database?): start over from now
         memberships = await store.rooms.get_memberships_for_user(user_id)
@@ -162,7 +185,7 @@ class SyncHandler:
             m for m in memberships if flt.rooms.allows_room(m.room_id) and forgotten.get(m.room_id) != m.event_nid
         ]
         accounts = getattr(store, "accounts", None)
-        ad_since = since[1] if since is not None else 0
+        ad_since = since.account_data if since is not None else 0
         ad_now = ad_since
         global_data: dict[str, Any] = {}
         room_data: dict[str, dict[str, Any]] = {}
@@ -250,7 +273,7 @@ class SyncHandler:
         )
 
         result = {
-            "next_batch": stream_token(now_nid, ad_now),
+            "next_batch": "",
             "rooms": {"join": join_out, "invite": invite_out, "leave": leave_out, "knock": knock_out},
             "account_data": {
                 "events": [
@@ -262,7 +285,26 @@ class SyncHandler:
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
-        return result, wait_rooms + [m.room_id for m in memberships if m.membership in ("invite", "knock")]
+        # The other areas' sections, each from the client's position to the one read above.
+        ctx = SyncContext(
+            requester=requester, filter=flt, full_state=full_state, initial=since is None,
+            joined=[m.room_id for m in joined], newly_joined={m.room_id for m in joined if m.room_id in fresh},
+            left={m.room_id for m in leaves}, result=result,
+            _empty_room=lambda: self._empty_joined({}, flt),
+        )
+        positions: dict[str, int] = {}
+        sections_changed = False
+        for section in self._sections:
+            key = section.key
+            now = section_now[key]
+            section_since = since.sections.get(key) if since is not None else None
+            if section_since is not None and section_since > now:
+                section_since = now  # a token from the future: nothing new, but no gap either
+            if await section.contribute(ctx, None if full_state else section_since, now):
+                sections_changed = True
+            positions[key] = now
+        result["next_batch"] = SyncToken(now_nid, ad_now, positions).render()
+        return result, wait_rooms + [m.room_id for m in memberships if m.membership in ("invite", "knock")], sections_changed
 
     async def _remote_memberships(
         self,

@@ -18,6 +18,7 @@ from fedserver.handlers.rooms.client_events import (
 )
 from fedserver.handlers.rooms.directory import DirectoryHandler, current_power, split_alias, valid_new_localpart
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents, check_reason, domain_of, valid_user_id
+from fedserver.handlers.client.sync_sections import SyncToken
 from fedserver.errors import (
     M_UNKNOWN,
     MatrixError,
@@ -78,18 +79,11 @@ def parse_topo_token(token: str) -> Optional[TopoPos]:
 
 
 def parse_stream_token(token: str) -> Optional[tuple[int, int]]:
-    """``(event nid, account data position)`` of a /sync ``next_batch`` token
-    (``s<nid>_<account data>``), or ``None`` if it is not one."""
-    if not isinstance(token, str) or not token.startswith("s") or len(token) > 50:
-        return None
-    a, sep, b = token[1:].partition("_")
-    if not (a.isascii() and a.isdigit()):
-        return None
-    if not sep:
-        return int(a), 0
-    if not (b.isascii() and b.isdigit()):
-        return None
-    return int(a), int(b)
+    """``(event nid, account data position)`` of a /sync ``next_batch`` token (see
+    :class:`~fedserver.handlers.client.sync_sections.SyncToken`; section positions are
+    left out), or ``None`` if it is not one."""
+    parsed = SyncToken.parse(token)
+    return None if parsed is None else (parsed.events, parsed.account_data)
 
 
 def stream_token(nid: int, account_data: int) -> str:
