@@ -157,6 +157,9 @@ class TwoServersTests(ServersTestCase):
 
         await self.until(pruned, "the old answer to be pruned")
         self.assertIsNotNone(await svc.store.get_received_txn("new.test", "t"))
+        # ... and again every hour while the server runs.
+        self.assertTrue(svc._prune_loop.running)
+        self.assertEqual(svc._prune_loop.interval, 3600)
 
 
 class LoggingBridgeTests(SynchronousTestCase):

@@ -159,7 +159,7 @@ class NioRoomTests(unittest.TestCase):
                 again = await bob.join(room_id)
                 out["rejoin_after_ban"] = (type(again).__name__, getattr(again, "status_code", None))
                 refused = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "let me in"})
-                out["banned_send"] = type(refused).__name__
+                out["banned_send"] = (type(refused).__name__, getattr(refused, "status_code", None))
 
                 # Alice leaves.
                 left = await alice.room_leave(room_id)
@@ -189,7 +189,7 @@ class NioRoomTests(unittest.TestCase):
         self.assertEqual(out["rejoin_after_kick"], "JoinResponse")
         self.assertEqual(out["ban"], "RoomBanResponse")
         self.assertEqual(out["rejoin_after_ban"], ("JoinError", "M_FORBIDDEN"))
-        self.assertEqual(out["banned_send"], "RoomSendError")
+        self.assertEqual(out["banned_send"], ("RoomSendError", "M_FORBIDDEN"))
         self.assertEqual(out["leave"], "RoomLeaveResponse")
         self.assertTrue(out["alice_leave_section"])
         self.assertEqual(out["alice_joined_rooms"], [])

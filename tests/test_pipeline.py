@@ -43,6 +43,7 @@ class _Room:
         self.store = await open_store(self.test.mktemp(), reactor, registry=RoomVersionRegistry())
         self.test.addCleanup(self.store.close)
         pm = make_plugin_manager(load_entrypoints=False, extra_plugins=self.policies)
+        self.pm = pm
         self.pipeline = RoomPipeline(self.store, AuthEngine(pm), pm)
         self.creator = EventCreator(reactor, self.store, self.pipeline, HERE, self.here_key)
         content = {"room_version": self.rv.identifier}
@@ -213,8 +214,12 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(before[("m.room.topic", "")], a.event_id)
         self.assertEqual(before[("m.room.name", "")], b.event_id)
         self.assertEqual(await room.store.get_forward_extremities(room.room_id), [merge.event_id])
-        # A fresh pipeline (restart) sees the same current state from storage.
-        self.assertEqual(dict(await room.pipeline.current_state(room.room_id)), await room.store.get_current_state_ids(room.room_id))
+        # A fresh pipeline on the same store (what a restart builds) loads the same current
+        # state and extremities from storage.
+        fresh = RoomPipeline(room.store, AuthEngine(room.pm), room.pm)
+        self.assertEqual(dict(await fresh.current_state(room.room_id)), dict(await room.pipeline.current_state(room.room_id)))
+        self.assertEqual(dict(await fresh.current_state(room.room_id))[("m.room.topic", "")], a.event_id)
+        self.assertEqual(await fresh.forward_extremities(room.room_id), {merge.event_id})
 
     @each_version
     async def test_missing_prev_is_reported_not_stored(self, room):
@@ -232,17 +237,21 @@ class PipelineTests(unittest.TestCase):
 
     @each_version
     async def test_duplicates_and_batch(self, room):
-        """A batch of a join and two messages is taken in, in DAG order even if given
-        reversed; receiving it again changes nothing and says so."""
+        """A batch of three messages, each citing the one before, is taken in whole in DAG
+        order even when given in reverse (the last one's prev is only in the batch);
+        receiving an event again changes nothing and says so."""
         join = await room.remote_event("m.room.member", {"membership": "join"}, state_key=BOB)
         await room.receive(join)
         m1 = await room.remote_event("m.room.message", {"body": "1"}, prevs=[join.event_id])
-        m2 = await room.remote_event("m.room.message", {"body": "2"}, prevs=[join.event_id])
-        # m2 cites only join; build m3 on m1 and m2 in one batch, given out of order.
-        out = await room.receive(m2, m1)
-        self.assertEqual(out[m1.event_id].status, ACCEPTED)
-        self.assertEqual(out[m2.event_id].status, ACCEPTED)
-        self.assertEqual(set(await room.store.get_forward_extremities(room.room_id)), {m1.event_id, m2.event_id})
+        auth = list(m1.auth_event_ids)
+        m2 = await room.remote_event("m.room.message", {"body": "2"}, prevs=[m1.event_id], auth=auth, depth=m1.depth + 1)
+        m3 = await room.remote_event("m.room.message", {"body": "3"}, prevs=[m2.event_id], auth=auth, depth=m2.depth + 1)
+        out = await room.receive(m3, m2, m1)
+        self.assertEqual([out[e.event_id].status for e in (m1, m2, m3)], [ACCEPTED] * 3)
+        self.assertEqual(await room.store.get_forward_extremities(room.room_id), [m3.event_id])
+        metas = await room.store.get_event_meta([m1.event_id, m2.event_id, m3.event_id])
+        nids = [metas[e.event_id].event_nid for e in (m1, m2, m3)]
+        self.assertEqual(nids, sorted(nids), "stored in DAG order")
         again = await room.receive(join)
         self.assertTrue(again[join.event_id].duplicate)
 

@@ -13,6 +13,7 @@ from fedserver.handlers.client.accounts import Requester
 from fedserver.testing import loopback_config, start_server
 from fedserver.handlers.federation.handshakes import MAX_STRIPPED_STATE, strip_received_state
 from fedserver.errors import MatrixError
+from fedserver.http.resource import iter_routes
 from fedserver.service import FedserverService
 from tests.test_federation_support import deferLater
 
@@ -88,11 +89,14 @@ class TwoServersRoomsTests(TestCase):
         self.fail(f"timed out waiting for {what}")
 
     async def test_knock_is_sent_with_v1_send_knock_and_shown_in_sync(self):
-        """A user of server A knocks on a knock room of server B: send_knock is v1 only
-        (there is no v2), B takes the knock in, and A's user sees the room under
-        ``rooms.knock`` in /sync with B's stripped state; once invited and joined, the
-        knock is gone."""
+        """A user of server A knocks on a knock room of server B: send_knock exists only as
+        v1 (B serves no v2 route, so the knock arriving proves A used v1), B takes the knock
+        in, and A's user sees the room under ``rooms.knock`` in /sync with B's stripped
+        state; once invited and joined, the knock is gone."""
         a, b = await self.start(), await self.start()
+        knock_route = ("PUT", "/send_knock/{room_id}/{event_id}")
+        self.assertNotIn(knock_route, set(iter_routes(b.svc.federation_v2_resource)))
+        self.assertIn(knock_route, set(iter_routes(b.svc.federation_resource)))
         alice, bob = await a.user("alice"), await b.user("bob")
         room = await b.create_room(bob, "12", preset="private_chat", name="Knock here", initial_state=[
             {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}},

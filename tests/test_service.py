@@ -305,13 +305,11 @@ class RunningServerTests(TestCase):
         svc = FedserverService(config, reactor, on_fatal=fatal.append)
         svc.privilegedStartService()
         svc.startService()
-        try:
+        with self.assertRaises(Exception) as cm:
             await svc.when_ready()
-        except Exception:
-            pass
-        else:
-            self.fail("ready should have failed")
+        self.assertIn("unable to open database file", str(cm.exception))
         self.assertEqual(len(fatal), 1)
+        self.assertIs(fatal[0].value, cm.exception)
         self.flushLoggedErrors()
         await svc.stopService()
 

@@ -57,6 +57,17 @@ def interop_required() -> bool:
     return os.environ.get("FEDSERVER_INTEROP") == "require"
 
 
+def unavailable(reason: object) -> Exception:
+    """What a test raises when something it needs cannot run here (a peer, a plugin, a
+    client): a failure under ``FEDSERVER_INTEROP=require`` (CI never goes green with a
+    scenario left out), a skip elsewhere."""
+    from twisted.trial.unittest import SkipTest
+
+    if interop_required():
+        return AssertionError(f"FEDSERVER_INTEROP=require but {reason}")
+    return SkipTest(str(reason))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -491,13 +502,11 @@ class PeerPair:
         if self._started is None:
             import tempfile
 
-            from twisted.trial.unittest import SkipTest
-
             base = tempfile.mkdtemp(prefix=self._prefix, dir=os.getcwd())
             try:
                 synapse = Synapse(os.path.join(base, "synapse"))
             except PeerUnavailable as e:
-                self._error = AssertionError(f"FEDSERVER_INTEROP=require but {e}") if interop_required() else SkipTest(str(e))
+                self._error = unavailable(e)
                 raise self._error from None
             fedserver = Fedserver(os.path.join(base, "fedserver"))
             try:
