@@ -124,6 +124,11 @@ class MediaStore:
         check_text(user_id, "user_id")
 
         def txn(t: Txn) -> None:
+            # Ids whose content never came in time are forgotten as the user makes new ones.
+            t.execute(
+                "DELETE FROM local_media WHERE user_id = ? AND sha256 IS NULL AND unused_expires_ts <= ?",
+                (user_id, now_ms),
+            )
             (pending,) = t.execute(
                 "SELECT COUNT(*) FROM local_media WHERE user_id = ? AND sha256 IS NULL AND unused_expires_ts > ?",
                 (user_id, now_ms),
