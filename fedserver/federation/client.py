@@ -99,6 +99,18 @@ class ResponseTooLarge(FederationClientError):
     """The response body exceeded the size cap; the connection was dropped."""
 
 
+class BodyConsumerError(FederationClientError):
+    """The ``write`` or ``on_response`` callable of a streaming request raised; the
+    connection was dropped.
+
+    :ivar cause: the exception it raised.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"consumer refused the body: {cause!r:.200}")
+        self.cause = cause
+
+
 # -- bodies -------------------------------------------------------------------------------------
 
 
@@ -169,8 +181,8 @@ class _StreamingReader(Protocol):
             return
         try:
             self._write(data)
-        except Exception:
-            self._finished.errback(Failure())
+        except Exception as e:
+            self._finished.errback(BodyConsumerError(e))
             self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -799,9 +811,9 @@ class FederationClient:
             if on_response is not None:
                 try:
                     on_response(code, response.headers)
-                except BaseException:
+                except Exception as e:
                     response.deliverBody(_Discard())
-                    raise
+                    raise BodyConsumerError(e) from e
             size = await stream_body(response, write, max_size)
             return StreamedResponse(code, response.headers, size)
         if 300 <= code < 400:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from fedserver.errors import MatrixError, M_TOO_LARGE, M_UNKNOWN, M_UNRECOGNIZED, not_found
 from fedserver.federation.client import (
+    BodyConsumerError,
     FederationClientError,
     HttpResponseError,
     ResponseTooLarge,
@@ -347,6 +348,8 @@ class MediaDownloader:
         return response
 
     def _translate(self, error: Exception, server_name: str, media_id: str) -> MatrixError:
+        if isinstance(error, BodyConsumerError) and isinstance(error.cause, Exception):
+            error = error.cause
         log.info("Fetching {server}/{media_id} failed: {error}", server=server_name, media_id=media_id, error=error)
         if isinstance(error, (ResponseTooLarge, SpoolTooLarge)):
             return _remote_too_large(self.max_remote_size)
