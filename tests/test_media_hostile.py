@@ -256,6 +256,14 @@ class HostileMediaServer(resource.Resource):
             request.setHeader(b"Content-Type", b"image/png")
             request.registerProducer(_Endless(request), False)
             return server.NOT_DONE_YET
+        if self.mode == "legacy_ok":
+            if b"/federation/" in request.uri:
+                request.setResponseCode(404)
+                request.setHeader(b"Content-Type", b"application/json")
+                return b'{"errcode": "M_UNRECOGNIZED", "error": "no"}'
+            request.setHeader(b"Content-Type", b"text/plain")
+            request.setHeader(b"Content-Disposition", b"attachment; filename*=utf-8''old.txt")
+            return b"old server bytes"
         raise AssertionError(self.mode)
 
 
@@ -298,6 +306,22 @@ class HostileRemoteTests(MediaServerTestCase):
             await self.assert_502_nothing_cached(token, remote, errcode)
         # The legacy fallback asked without letting the remote fetch further.
         self.assertTrue(any(b"allow_remote=false" in uri for uri in self.remote.requests), self.remote.requests)
+
+    async def test_fallback_to_legacy_download(self):
+        """404 M_UNRECOGNIZED on /federation/v1/media/download (a server older than it): the
+        media comes from /_matrix/media/v3/download?allow_remote=false and is cached with
+        its type and file name."""
+        await self.start()
+        _, token = await self.user("alice")
+        remote = await self.setup_remote()
+        self.remote.mode = "legacy_ok"
+        resp, body = await self.request("GET", f"/_matrix/client/v1/media/download/{remote}/oldMedia", token)
+        self.assertEqual((resp.code, body), (200, b"old server bytes"))
+        self.assertEqual(self.header(resp, "Content-Type"), "text/plain")
+        self.assertEqual(self.header(resp, "Content-Disposition"), 'inline; filename="old.txt"')
+        self.assertEqual(len(self.media_rows("remote_media")), 1)
+        self.assertTrue(any(b"/_matrix/media/v3/download/" in u and b"allow_remote=false" in u
+                            for u in self.remote.requests))
 
     async def test_unreachable_remote(self):
         """A server that cannot be reached gives 502 M_UNKNOWN, promptly, nothing cached."""
