@@ -13,8 +13,8 @@ from tests.test_media_http import media_id_of
 from tests.test_media_support import MediaServerTestCase, image_size, jpeg_bytes
 
 
-class TwoServerTests(MediaServerTestCase):
-    """Server B (the one under self.svc) fetches media of server A over federation."""
+class _TwoServers(MediaServerTestCase):
+    """Server B (the one under self.svc) and the origin server A."""
 
     async def start_origin(self):
         self.origin = await start_server(self, loopback_config(self.mktemp(), log_level="warn"))
@@ -32,6 +32,10 @@ class TwoServerTests(MediaServerTestCase):
         spool = self.origin.media_files.new_spool().claim()
         spool.write(data)
         return spool
+
+
+class TwoServerTests(_TwoServers):
+    """Server B fetches media of server A over federation."""
 
     async def test_remote_download_is_fetched_and_cached(self):
         """B's user downloads A's media through B: B fetches it from A's federation
@@ -88,6 +92,16 @@ class TwoServerTests(MediaServerTestCase):
         self.assertEqual(parts[1][1], b"<svg/>")
         self.assertEqual(parts[1][0]["content-type"], "image/svg+xml")
         self.assertEqual(parts[1][0]["content-disposition"], 'attachment; filename="a.svg"')
+        # The thumbnail endpoint answers the same way.
+        png_server, png_id = await self.origin_upload(jpeg_bytes(400, 300), "image/jpeg")
+        parts.clear()
+        await client.get_streaming(png_server, fed_path("/_matrix/federation/v1/media/thumbnail/{}", png_id),
+                                   {"width": 32, "height": 32, "method": "crop"},
+                                   write=lambda d: self.reader.feed(d), on_response=on_response, max_size=10**6)
+        self.reader.finish()
+        self.assertEqual(parts[1][0]["content-type"], "image/jpeg")
+        self.assertTrue(parts[1][0]["content-disposition"].startswith("inline"))
+        self.assertEqual(image_size(parts[1][1]), (32, 32))
         # Unsigned: 401.
         import treq
         from twisted.internet import reactor
@@ -144,3 +158,37 @@ class TwoServerTests(MediaServerTestCase):
         self.assertFalse([f for f in self.media_files() if f"{os.sep}content{os.sep}" in f])
         resp, body = await self.request("GET", path, token)
         self.assertEqual((resp.code, body), (200, data))
+
+
+class PurgeCommandTests(_TwoServers):
+    """fedserver-purge-media, run next to the running server."""
+
+    async def test_purge_command(self):
+        """--days 1 keeps media accessed now; --days 0 removes it and its file; local media
+        is never touched; --json prints the counts."""
+        import io
+
+        from twisted.internet import reactor
+
+        from fedserver.scripts.purge_media import run
+
+        await self.start()
+        await self.start_origin()
+        _, token = await self.user("bob")
+        await self.upload(token, b"ours, never purged", "text/plain")
+        server, media_id = await self.origin_upload(b"theirs", "text/plain")
+        resp, body = await self.request("GET", f"/_matrix/client/v1/media/download/{server}/{media_id}", token)
+        self.assertEqual(body, b"theirs")
+        argv = ["-d", self.config.database_path, "--media-dir", self.config.media_directory, "--json"]
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(await run(reactor, argv + ["--days", "1"], out, err), 0, err.getvalue())
+        self.assertEqual(json.loads(out.getvalue()), {"deleted": 0, "freed_bytes": 0})
+        out = io.StringIO()
+        self.assertEqual(await run(reactor, argv + ["--days", "0"], out, err, now=2**40), 0, err.getvalue())
+        self.assertEqual(json.loads(out.getvalue()), {"deleted": 1, "freed_bytes": len(b"theirs")})
+        self.assertEqual(self.media_rows("remote_media"), [])
+        self.assertEqual(len(self.media_rows("local_media")), 1)
+        self.assertEqual(len([f for f in self.media_files() if f"{os.sep}content{os.sep}" in f]), 1)
+        err = io.StringIO()
+        self.assertEqual(await run(reactor, ["-d", "/nonexistent/x.db", "--days", "1"], io.StringIO(), err), 2)
+        self.assertIn("no database", err.getvalue())

@@ -374,9 +374,16 @@ class MediaDownloader:
 
         :returns: ``{"deleted": media removed, "freed_bytes": bytes of files deleted}``.
         """
-        deleted, freed = await self._store.media.purge_remote(before_ts, self._files.delete)
-        log.info("Purged {n} cached remote media ({b} bytes freed)", n=deleted, b=freed)
-        return {"deleted": deleted, "freed_bytes": freed}
+        return await purge_remote_cache(self._store, self._files, before_ts)
+
+
+async def purge_remote_cache(store: Any, files: MediaFiles, before_ts: int) -> dict[str, int]:
+    """See :meth:`MediaDownloader.purge_remote_cache` (also run by ``fedserver-purge-media``
+    on a stopped or running server: the files are deleted inside the database's write
+    transaction, so an upload in the server cannot reuse one half way)."""
+    deleted, freed = await store.media.purge_remote(before_ts, files.delete)
+    log.info("Purged {n} cached remote media ({b} bytes freed)", n=deleted, b=freed)
+    return {"deleted": deleted, "freed_bytes": freed}
 
 
 class _Unrecognized(Exception):
@@ -392,4 +399,11 @@ def _is_unrecognized(e: HttpResponseError) -> bool:
     return e.errcode is None and e.code in (404, 405, 501)
 
 
-__all__ = ["DEFAULT_TIMEOUT_MS", "M_NOT_YET_UPLOADED", "MAX_TIMEOUT_MS", "MediaDownloader", "not_yet_uploaded"]
+__all__ = [
+    "DEFAULT_TIMEOUT_MS",
+    "M_NOT_YET_UPLOADED",
+    "MAX_TIMEOUT_MS",
+    "MediaDownloader",
+    "not_yet_uploaded",
+    "purge_remote_cache",
+]
