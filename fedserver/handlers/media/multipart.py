@@ -11,7 +11,7 @@ import secrets
 from typing import Callable, Optional
 
 # RFC 2046: boundary := 0*69<bchars> bcharsnospace
-_BOUNDARY_PARAM = re.compile(r';\s*boundary\s*=\s*("([^"]{1,70})"|([^\s;"]{1,70}))', re.IGNORECASE)
+_BOUNDARY_PARAM = re.compile(r';\s*boundary\s*=\s*("([^"]{1,70})"|([^\s;"]{1,70}))\s*(?:;|$)', re.IGNORECASE)
 _BCHARS = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 
 #: Longest block of part headers accepted.
