@@ -1,14 +1,17 @@
-"""Sending media: safe headers, files streamed from disk, and the federation multipart framing."""
+"""Sending media: safe headers, files streamed from disk, and the federation multipart framing.
+
+Requests are ``twisted.web`` requests (``IRequest``), typed ``Any`` here: mypy does not read
+zope interfaces.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from fedserver.errors import not_found
@@ -21,7 +24,7 @@ log = Logger()
 CHUNK_SIZE = 256 * 1024
 
 
-def set_media_headers(request: IRequest, content_type: str, disposition: bytes) -> None:
+def set_media_headers(request: Any, content_type: str, disposition: bytes) -> None:
     """Headers for served content: its type and disposition, and what keeps a browser
     from running it even if opened directly (spec "Content repository": the recommended
     ``Content-Security-Policy`` and ``Cross-Origin-Resource-Policy``; ``nosniff`` so the
@@ -41,8 +44,8 @@ class FileProducer:
     optional ``trailer``, then finishes the request. :attr:`done` fires when it is over
     (successfully or because the client went away)."""
 
-    def __init__(self, request: IRequest, f: IO[bytes], trailer: bytes = b"") -> None:
-        self._request: Optional[IRequest] = request
+    def __init__(self, request: Any, f: IO[bytes], trailer: bytes = b"") -> None:
+        self._request: Optional[Any] = request
         self._file = f
         self._trailer = trailer
         self.done: defer.Deferred = defer.Deferred()
@@ -94,7 +97,7 @@ def _open(media: ServableMedia) -> IO[bytes]:
 
 
 async def send_media(
-    request: IRequest, media: ServableMedia, *, file_name: Optional[str] = None, inline: bool = False
+    request: Any, media: ServableMedia, *, file_name: Optional[str] = None, inline: bool = False
 ) -> None:
     """Stream ``media`` from disk as the whole response.
 
@@ -114,7 +117,7 @@ async def send_media(
     await FileProducer(request, f).start()
 
 
-async def send_multipart_media(request: IRequest, media: ServableMedia, *, inline: bool = False) -> None:
+async def send_multipart_media(request: Any, media: ServableMedia, *, inline: bool = False) -> None:
     """Stream ``media`` as the server-server API's ``multipart/mixed`` answer: a JSON part
     (``{}``, the metadata) then the bytes with their own headers (server-server API
     "Content Repository")."""

@@ -16,7 +16,7 @@ body gets 413 ``M_TOO_LARGE`` and the spool is deleted (HOSTILE row 30).
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import threads
@@ -87,7 +87,7 @@ class MediaUploadRequest(MatrixRequest):
             self._reject_too_large(f"Upload of {length} bytes exceeds the limit of {bodies.limit} bytes")
             return
         self._spool = bodies.files.new_spool(bodies.limit)
-        self.content = self._spool
+        self.content = cast(Any, self._spool)
         # The body is media, whatever its Content-Type: never parse it as a form.
         self._parsePOSTFormSubmission = False
 
