@@ -597,7 +597,11 @@ class FedserverService(service.MultiService):
         register_client_media_routes(self.client_api, routes)
         register_federation_media_routes(self.federation_resource, self.media_downloader, self.thumbnailer)
         self.media_resource = build_media_resource(routes)
-        self.legacy_media_resource = build_legacy_download_resource(routes)
+        self.legacy_media_resource = build_legacy_download_resource(MediaRoutes(
+            authenticate=self.client_api.authenticate, uploader=self.media_uploader,
+            downloader=self.media_downloader, thumbnailer=self.thumbnailer, files=files, reactor=reactor,
+            never_fetch=True,
+        ))
         self.admin_resources.update(build_admin_media_resource(
             self.media_downloader, authenticate=self.client_api.authenticate,
             is_admin=self._is_admin, clock=reactor,

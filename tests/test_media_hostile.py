@@ -323,6 +323,32 @@ class HostileRemoteTests(MediaServerTestCase):
         self.assertTrue(any(b"/_matrix/media/v3/download/" in u and b"allow_remote=false" in u
                             for u in self.remote.requests))
 
+    async def test_legacy_endpoints_do_not_fetch(self):
+        """The frozen legacy endpoint does not fetch remote media it could not serve; and
+        the legacy endpoint on the federation listener never fetches from a third server,
+        whatever allow_remote says."""
+        await self.start()
+        remote = await self.setup_remote()
+        self.remote.mode = "legacy_ok"
+        resp, body = await self.request("GET", f"/_matrix/media/v3/download/{remote}/someMedia")
+        self.assertEqual((resp.code, json.loads(body)["errcode"]), (404, "M_NOT_FOUND"))
+        self.svc.media_downloader._legacy = True
+        import treq
+        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+        class _Insecure(BrowserLikePolicyForHTTPS):
+            def creatorForNetloc(self, hostname, port):
+                return ssl.CertificateOptions(verify=False)
+
+        http = treq.client.HTTPClient(Agent(reactor, contextFactory=_Insecure()))
+        resp = await http.get(f"https://{self.svc.config.server_name}/_matrix/media/v3/download/{remote}/someMedia"
+                              "?allow_remote=true")
+        self.assertEqual((resp.code, json.loads(await resp.content())["errcode"]), (404, "M_NOT_FOUND"))
+        self.assertEqual(self.remote.requests, [])
+        # Through the client listener, with the legacy endpoints enabled, it is fetched.
+        resp, body = await self.request("GET", f"/_matrix/media/v3/download/{remote}/someMedia")
+        self.assertEqual((resp.code, body), (200, b"old server bytes"))
+
     async def test_unreachable_remote(self):
         """A server that cannot be reached gives 502 M_UNKNOWN, promptly, nothing cached."""
         await self.start()

@@ -227,6 +227,9 @@ class MediaDownloader:
         if cached is None:
             if not allow_remote or self._client is None:
                 raise not_found("Media not found")
+            if legacy and not self.legacy_allows(self._now_ms()):
+                # Media cached now would be "new" for the freeze: do not fetch it at all.
+                raise not_found("Media not found: use the authenticated /_matrix/client/v1/media endpoints")
             cached = await self._fetch_once(server_name, media_id)
         else:
             self._touch(self._store.media.touch_remote(cached, self._now_ms()))

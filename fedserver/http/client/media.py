@@ -134,6 +134,8 @@ class MediaRoutes:
     :param previews: the :class:`fedserver.handlers.media.preview.UrlPreviewer`, or
         ``None`` when previews are off (the endpoints are then not served).
     :param reactor: thread pool for copying a body that did not arrive in a spool.
+    :param never_fetch: never fetch remote media (the legacy endpoints on the federation
+        listener: another server must not make us fetch from a third).
     """
 
     def __init__(
@@ -146,8 +148,10 @@ class MediaRoutes:
         previews: Any = None,
         files: MediaFiles,
         reactor: Any,
+        never_fetch: bool = False,
     ) -> None:
         self._authenticate = authenticate
+        self._never_fetch = never_fetch
         self.uploader = uploader
         self.downloader = downloader
         self.thumbnailer = thumbnailer
@@ -228,7 +232,8 @@ class MediaRoutes:
         timeout_ms = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=0)
         allow_remote = query_bool(request, "allow_remote", True) if legacy else True
         media = await self.downloader.get_media(
-            server_name, media_id, timeout_ms=timeout_ms, allow_remote=bool(allow_remote), legacy=legacy
+            server_name, media_id, timeout_ms=timeout_ms, allow_remote=bool(allow_remote) and not self._never_fetch,
+            legacy=legacy,
         )
         if file_name is not None:
             file_name = clean_upload_name(file_name)
@@ -244,7 +249,8 @@ class MediaRoutes:
         timeout_ms = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=0)
         allow_remote = query_bool(request, "allow_remote", True) if legacy else True
         media = await self.downloader.get_media(
-            server_name, media_id, timeout_ms=timeout_ms, allow_remote=bool(allow_remote), legacy=legacy
+            server_name, media_id, timeout_ms=timeout_ms, allow_remote=bool(allow_remote) and not self._never_fetch,
+            legacy=legacy,
         )
         thumb = await self.thumbnailer.thumbnail(media, width, height, method, animated)
         await send_media(request, thumb, inline=True)
@@ -303,7 +309,8 @@ def build_media_resource(routes: MediaRoutes) -> JsonResource:
 
 def build_legacy_download_resource(routes: MediaRoutes) -> JsonResource:
     """The deprecated unauthenticated downloads alone, for the federation listener (servers
-    that predate federation media ask there, with ``allow_remote=false``)."""
+    that predate federation media ask there, with ``allow_remote=false``). ``routes``
+    should be made with ``never_fetch``: only our media and what is cached is served."""
     res = _TrailingSlashTolerant()
     _add_legacy_downloads(res, routes)
     return res
