@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -23,6 +25,22 @@ MAX_KEY_VALIDITY_MS = 7 * 24 * 60 * 60 * 1000
 #: 200 events of the spec's 65536-byte maximum: 12.5 MiB. A federation transaction holds at
 #: most 50 PDUs (<= 3.2 MiB) plus 100 EDUs, so a legitimate body never comes near it.
 DEFAULT_MAX_REQUEST_BODY_SIZE = 200 * 65536
+
+#: Largest upload (and largest remote media fetched), 50 MiB as Synapse's default.
+DEFAULT_MAX_UPLOAD_SIZE = 50 * 1024 * 1024
+#: Largest image (width x height) decoded for a thumbnail: 32 megapixels.
+DEFAULT_MAX_IMAGE_PIXELS = 32 * 1000 * 1000
+#: Largest page or image fetched for a URL preview.
+DEFAULT_URL_PREVIEW_MAX_SIZE = 10 * 1024 * 1024
+#: Where URL previews may never connect: loopback, private, link-local, shared, multicast
+#: and reserved ranges (IPv4 and IPv6).
+DEFAULT_URL_PREVIEW_IP_BLOCKLIST = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+    "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+)
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
@@ -90,7 +108,25 @@ class Config:
     enable_registration: bool = False
     registration_shared_secret: str | None = None
     default_room_version: str = "12"
+    media_store_path: str | None = None
+    max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE
+    media_user_quota: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    enable_legacy_media: bool | int = False
+    url_preview_enabled: bool = False
+    url_preview_ip_blocklist: tuple[str, ...] = DEFAULT_URL_PREVIEW_IP_BLOCKLIST
+    url_preview_ip_allowlist: tuple[str, ...] = ()
+    url_preview_max_size: int = DEFAULT_URL_PREVIEW_MAX_SIZE
+    url_preview_timeout: float = 10.0
     log_level: str = "info"
+
+    @property
+    def media_directory(self) -> str:
+        """Where media files live: :attr:`media_store_path`, or ``media_store`` next to the
+        database file when it is not set."""
+        if self.media_store_path is not None:
+            return self.media_store_path
+        return os.path.join(os.path.dirname(self.database_path), "media_store")
 
     @property
     def server_host(self) -> str:
@@ -293,6 +329,51 @@ def _v_plugin_config(v: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _v_optional_path(v: Any) -> str | None:
+    if v is None:
+        return None
+    return _v_path(v)
+
+
+def _v_optional_int(lo: int) -> Callable[[Any], int | None]:
+    check = _v_int(lo)
+
+    def optional(v: Any) -> int | None:
+        return None if v is None else check(v)
+
+    return optional
+
+
+def _v_legacy_media(v: Any) -> bool | int:
+    # true, false, or the freeze moment: an ISO date/datetime (UTC unless it says) or a
+    # timestamp in milliseconds.
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v >= 0:
+        return v
+    if isinstance(v, (datetime.date, str)):
+        try:
+            when = v if isinstance(v, datetime.date) else datetime.datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError("must be true, false, an ISO date such as '2025-01-31' or a timestamp in ms") from None
+        if not isinstance(when, datetime.datetime):
+            when = datetime.datetime(when.year, when.month, when.day)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return int(when.timestamp() * 1000)
+    raise ValueError("must be true, false, an ISO date such as '2025-01-31' or a timestamp in ms")
+
+
+def _v_networks(v: Any) -> tuple[str, ...]:
+    items = _v_str_list(v)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network such as '10.0.0.0/8'") from None
+    return items
+
+
 def _v_log_level(v: Any) -> str:
     if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -413,6 +494,28 @@ OPTIONS: tuple[Option, ...] = (
            "Shared secret for admin registration (/_synapse/admin/v1/register style); null disables it."),
     Option("default_room_version", _v_room_version,
            "Room version of rooms created without one (a spec version, or one a plugin registers)."),
+    Option("media_store_path", _v_optional_path,
+           "Directory of the media repository's files (content-addressed, see docs/operators.md);\n"
+           "null: 'media_store' next to database_path."),
+    Option("max_upload_size", _v_int(1024),
+           "Largest upload in bytes (413 M_TOO_LARGE while reading), and largest remote media fetched\n"
+           "for our users (502 M_TOO_LARGE beyond it)."),
+    Option("media_user_quota", _v_optional_int(0),
+           "Total bytes of media each local user may have uploaded; null for no quota (403 M_FORBIDDEN beyond it)."),
+    Option("max_image_pixels", _v_int(1),
+           "Largest image (width x height, per frame) decoded to make a thumbnail; larger ones get none."),
+    Option("enable_legacy_media", _v_legacy_media,
+           "The deprecated unauthenticated /_matrix/media/*/download and /thumbnail endpoints. false: frozen\n"
+           "for all media (spec v1.11 'freeze'); true: serve all media; or a date ('2025-01-31') or ms\n"
+           "timestamp: serve media stored before that moment only."),
+    Option("url_preview_enabled", _v_bool,
+           "Serve /preview_url: the server fetches pages that users ask about (off by default)."),
+    Option("url_preview_ip_blocklist", _v_networks,
+           "IP networks URL previews never connect to (default: loopback, private, link-local, reserved)."),
+    Option("url_preview_ip_allowlist", _v_networks,
+           "IP networks URL previews may connect to even if the blocklist covers them."),
+    Option("url_preview_max_size", _v_int(1024), "Largest page or image, in bytes, fetched for a URL preview."),
+    Option("url_preview_timeout", _v_seconds, "Seconds a URL preview fetch may take in total."),
     Option("log_level", _v_log_level, "Least severe log level shown: debug, info, warn, error or critical."),
 )
 

@@ -50,6 +50,21 @@ from fedserver.handlers.federation.transactions import TransactionHandler
 from fedserver.http.admin.registration import build_admin_api
 from fedserver.http.admin.events import build_admin_events_resources
 from fedserver.http.admin.failures import build_admin_failures_resource
+from fedserver.http.admin.media import build_admin_media_resource
+from fedserver.handlers.media.download import MediaDownloader
+from fedserver.handlers.media.files import MediaFiles
+from fedserver.handlers.media.thumbnails import Thumbnailer
+from fedserver.handlers.media.upload import MediaUploader, UploadWaiters
+from fedserver.http.client.media import (
+    MEDIA_PATH,
+    MediaRoutes,
+    UploadBodies,
+    build_legacy_download_resource,
+    build_media_resource,
+    media_request_factory,
+    register_client_media_routes,
+)
+from fedserver.http.federation.media import register_federation_media_routes
 from fedserver.http.client.api import build_account_services, build_client_api
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.federation.transport import FederationResource
@@ -430,8 +445,11 @@ class FedserverService(service.MultiService):
             key_query=NotaryResource(self.notary),
             federation_v1=self.federation_resource,
             federation_v2=self.federation_v2_resource,
+            extra={MEDIA_PATH: self.legacy_media_resource},
         )
-        self.client_site.resource = build_client_root(client=self.client_api, extra=self.admin_resources)
+        self.client_site.resource = build_client_root(
+            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
+        )
         await self.sender.start()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
@@ -546,6 +564,54 @@ class FedserverService(service.MultiService):
             **build_admin_events_resources(EventStatusHandler(store)),
             **build_admin_failures_resource(self.failures),
         }
+        self._wire_media(store)
+
+    def _wire_media(self, store: Any) -> None:
+        """The content repository: files, uploads, downloads (remote ones over federation),
+        thumbnails; its client, federation and admin endpoints; streamed upload bodies."""
+        config, reactor, name = self.config, self.reactor, self.config.server_name
+        files = self.media_files = MediaFiles(config.media_directory)
+        left = files.clean_tmp()
+        if left:
+            log.info("Removed {n} unfinished media files left by the previous run", n=left)
+        waiters = UploadWaiters(reactor)
+        self.media_uploader = MediaUploader(
+            store, files, name, reactor,
+            max_upload_size=config.max_upload_size, user_quota=config.media_user_quota, waiters=waiters,
+        )
+        self.media_downloader = MediaDownloader(
+            store, files, name, reactor, self.federation_client,
+            max_remote_size=config.max_upload_size, legacy_media=config.enable_legacy_media, waiters=waiters,
+        )
+        self.thumbnailer = Thumbnailer(store, files, reactor, name, max_image_pixels=config.max_image_pixels)
+        previews = None
+        if config.url_preview_enabled:
+            from fedserver.handlers.media.preview import build_url_previewer
+
+            previews = build_url_previewer(reactor, self.media_uploader, config)
+        routes = MediaRoutes(
+            authenticate=self.client_api.authenticate, uploader=self.media_uploader,
+            downloader=self.media_downloader, thumbnailer=self.thumbnailer, previews=previews,
+            files=files, reactor=reactor,
+        )
+        register_client_media_routes(self.client_api, routes)
+        register_federation_media_routes(self.federation_resource, self.media_downloader, self.thumbnailer)
+        self.media_resource = build_media_resource(routes)
+        self.legacy_media_resource = build_legacy_download_resource(MediaRoutes(
+            authenticate=self.client_api.authenticate, uploader=self.media_uploader,
+            downloader=self.media_downloader, thumbnailer=self.thumbnailer, files=files, reactor=reactor,
+            never_fetch=True,
+        ))
+        self.admin_resources.update(build_admin_media_resource(
+            self.media_downloader, authenticate=self.client_api.authenticate,
+            is_admin=self._is_admin, clock=reactor,
+        ))
+        # Upload bodies stream into the media directory, capped at max_upload_size.
+        self.client_site.requestFactory = media_request_factory(UploadBodies(files, config.max_upload_size))
+
+    async def _is_admin(self, user_id: str) -> bool:
+        user = await self.store.accounts.get_user(user_id)
+        return bool(user is not None and user.admin and not user.deactivated)
 
     async def _query_remote_alias(self, server: str, alias: str) -> Any:
         return await self.federation_client.get_json(

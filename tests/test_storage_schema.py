@@ -88,12 +88,20 @@ class SplitStatementsTests(unittest.SynchronousTestCase):
 class FindScriptsTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
     """Discovery of NNN_*.sql scripts."""
 
-    def test_gap_is_refused(self):
-        """A missing number in the sequence is an error rather than a silent skip."""
+    def test_gap_is_allowed(self):
+        """Numbers are allotted to parallel work: a gap in the sequence is allowed."""
         path = self.schema_copy({script_name(NEXT + 1, "later"): "SELECT 1;\n"})
+        self.assertEqual(find_scripts(path)[-1].version, NEXT + 1)
+
+    def test_missing_first_script_is_refused(self):
+        """Without 001 (the full schema of a new database) the directory is refused."""
+        path = self.schema_copy()
+        for script in find_scripts(path):
+            if script.version == 1:
+                os.remove(script.path)
         with self.assertRaises(SchemaError) as cm:
             find_scripts(path)
-        self.assertIn(f"{NEXT:03d}", str(cm.exception))
+        self.assertIn("001", str(cm.exception))
 
     def test_duplicate_is_refused(self):
         """Two scripts with the same number are an error."""
@@ -122,7 +130,7 @@ class PrepareDatabaseTests(SchemaDirTestsMixin, unittest.SynchronousTestCase):
         self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 5), LATEST)
         self.assertEqual(prepare_database(conn, DEFAULT_SCHEMA_DIR, 6), LATEST)
         rows = conn.execute("SELECT version, applied_ts FROM schema_version").fetchall()
-        self.assertEqual(rows, [(v, 5) for v in range(1, LATEST + 1)])
+        self.assertEqual(rows, [(s.version, 5) for s in find_scripts(DEFAULT_SCHEMA_DIR)])
         self.assertIn("events", _tables(path))
 
     def test_failed_creation_leaves_nothing(self):
@@ -206,6 +214,22 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
         second = await store.next_txn_id("kept.example")
         self.assertEqual(first.rsplit("_", 1), [second.rsplit("_", 1)[0], "1"])
         self.assertEqual(second.rsplit("_", 1)[1], "2")
+
+    async def test_script_filling_a_gap_is_applied_later(self):
+        """A database built with a gap in the numbers (work merged out of order) gets the
+        script that fills the gap applied when it arrives, and it is recorded."""
+        path = self.db_path()
+        later = self.schema_copy({script_name(NEXT + 1, "later"): "CREATE TABLE later (a TEXT);\n"})
+        store = await self.open(path, schema_dir=later)
+        store.close()
+        both = self.schema_copy({script_name(NEXT + 1, "later"): "CREATE TABLE later (a TEXT);\n",
+                                 script_name(NEXT, "filler"): "CREATE TABLE filler (a TEXT);\n"})
+        store = await self.open(path, schema_dir=both)
+        self.assertTrue({"later", "filler"} <= _tables(path))
+        conn = sqlite3.connect(path)
+        self.addCleanup(conn.close)
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+        self.assertEqual(versions[-2:], [NEXT, NEXT + 1])
 
     async def test_newer_database_refused(self):
         """A database whose schema version is newer than the code's is refused with

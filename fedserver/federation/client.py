@@ -99,6 +99,18 @@ class ResponseTooLarge(FederationClientError):
     """The response body exceeded the size cap; the connection was dropped."""
 
 
+class BodyConsumerError(FederationClientError):
+    """The ``write`` or ``on_response`` callable of a streaming request raised; the
+    connection was dropped.
+
+    :ivar cause: the exception it raised.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"consumer refused the body: {cause!r:.200}")
+        self.cause = cause
+
+
 # -- bodies -------------------------------------------------------------------------------------
 
 
@@ -148,6 +160,84 @@ def read_body(response: IResponse, max_size: int) -> defer.Deferred:
     reader = _CappedReader(max_size, finished)
     response.deliverBody(reader)
     return finished
+
+
+class _StreamingReader(Protocol):
+    """Hands each chunk of a body to ``write``, refusing it past ``max_size``."""
+
+    def __init__(self, write: Any, max_size: int, finished: defer.Deferred) -> None:
+        self._write = write
+        self._max = max_size
+        self._finished = finished
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
+        self.size += len(data)
+        if self.size > self._max:
+            self._finished.errback(ResponseTooLarge(f"response body exceeds {self._max} bytes"))
+            self.transport.stopProducing()
+            return
+        try:
+            self._write(data)
+        except Exception as e:
+            self._finished.errback(BodyConsumerError(e))
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._finished.called:
+            return
+        if reason is None or reason.check(ResponseDone):
+            self._finished.callback(self.size)
+        elif reason.check(PotentialDataLoss):
+            # No Content-Length and the connection closed: the body may be cut short.
+            self._finished.callback(self.size)
+        else:
+            self._finished.errback(reason)
+
+
+def stream_body(response: IResponse, write: Any, max_size: int) -> defer.Deferred:
+    """Deliver a response body chunk by chunk to ``write(bytes)``, refusing it (and
+    dropping the connection) past ``max_size``.
+
+    :returns: Deferred firing with the number of bytes delivered; cancelling it drops the
+        connection.
+    :raises ResponseTooLarge: (through the Deferred) past the cap; an exception raised by
+        ``write`` fails the Deferred and drops the connection too.
+    """
+    if response.length is not UNKNOWN_LENGTH and response.length > max_size:
+        response.deliverBody(_Discard())
+        return defer.fail(ResponseTooLarge(f"response body of {response.length} bytes exceeds {max_size}"))
+    reader: _StreamingReader
+
+    def cancel(d: defer.Deferred) -> None:
+        if reader.transport is not None:
+            reader.transport.stopProducing()
+
+    finished: defer.Deferred = defer.Deferred(cancel)
+    reader = _StreamingReader(write, max_size, finished)
+    response.deliverBody(reader)
+    return finished
+
+
+class StreamedResponse:
+    """The head of a response whose body went to a ``write`` callable.
+
+    :ivar code: the HTTP status.
+    :ivar headers: the response's ``twisted.web.http_headers.Headers``.
+    :ivar size: bytes of body delivered (0 for redirects, whose body is dropped).
+    """
+
+    def __init__(self, code: int, headers: Headers, size: int) -> None:
+        self.code = code
+        self.headers = headers
+        self.size = size
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (latin-1 decoded), or ``None``."""
+        values = self.headers.getRawHeaders(name.encode("ascii"))
+        return values[0].decode("latin-1") if values else None
 
 
 class _Discard(Protocol):
@@ -439,6 +529,7 @@ class FederationClient:
         name_resolver: Any = None,
         connect_timeout: float = 10.0,
         max_concurrent_per_destination: int = 10,
+        https_agent: Any = None,
     ) -> None:
         self._reactor = reactor
         self.server_name = server_name
@@ -459,7 +550,11 @@ class FederationClient:
             pool = HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = max_concurrent_per_destination
             agent = MatrixFederationAgent(reactor, resolver, connector, pool=pool)
+            if https_agent is None:
+                https_agent = make_https_agent(reactor, connector, pool=pool)
         self.agent = agent
+        #: plain ``https://`` URLs under the same address and TLS policy (media redirects).
+        self.https_agent = https_agent
         self._http = HTTPClient(
             agent, cookiejar=IndexableCookieJar(policy=_NoCookies()), data_to_body_producer=_BytesProducer
         )
@@ -632,6 +727,142 @@ class FederationClient:
             )
         raise HttpResponseError(code, None, None, body)
 
+    def get_streaming(
+        self,
+        destination: str,
+        path: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        write: Any,
+        max_size: int,
+        sign: bool = True,
+        timeout: float | None = None,
+        on_response: Any = None,
+    ) -> defer.Deferred:
+        """GET ``path`` from ``destination`` and hand a 2xx body to ``write(bytes)`` as it
+        arrives (media: multipart or raw bytes, never buffered whole).
+
+        A redirect (3xx) is returned with its headers, its body dropped. Any other status
+        is read (capped at 64 KiB) and raised as :class:`HttpResponseError`.
+
+        :param write: called with each chunk of a 2xx body; an exception from it aborts.
+        :param on_response: called with ``(code, headers)`` of a 2xx response before its
+            body (e.g. to read a multipart boundary); an exception from it aborts.
+        :param max_size: the body is cut off past this many bytes (:class:`ResponseTooLarge`).
+        :param timeout: seconds for the whole exchange, body included.
+        :returns: Deferred firing with a :class:`StreamedResponse` once the body is over.
+        :raises FederationClientError: (through the Deferred) as :meth:`get_json`.
+        """
+        try:
+            _check_path(path)
+            target = path + ("?" + _query_string(args) if args else "")
+        except (ValueError, TypeError) as e:
+            return defer.fail(ValueError(str(e)))
+
+        async def send() -> StreamedResponse:
+            headers = Headers({b"User-Agent": [USER_AGENT]})
+            if sign:
+                auth = sign_request_bytes(self.server_name, self._signing_key, destination, "GET", target, None)
+                headers.setRawHeaders(b"Authorization", [auth.encode("ascii")])
+            limit = self._limits.get(destination)
+            if limit is None:
+                limit = self._limits[destination] = defer.DeferredSemaphore(self._max_concurrent)
+            await limit.acquire()
+            try:
+                response = await self.agent.request(b"GET", self.agent.uri_for(destination, target), headers, None)
+                return await self._stream_response(response, write, max_size, destination, on_response)
+            finally:
+                limit.release()
+                if limit.tokens == limit.limit and self._limits.get(destination) is limit:
+                    del self._limits[destination]
+
+        return self._timed(send(), "GET", destination, path, timeout)
+
+    def get_url_streaming(
+        self, url: str, *, write: Any, max_size: int, timeout: float | None = None, on_response: Any = None
+    ) -> defer.Deferred:
+        """GET a plain ``https://`` URL (a media ``Location``), unsigned, through the same
+        address and TLS policy as federation; see :meth:`get_streaming`.
+
+        :raises ValueError: (through the Deferred) for a URL that is not ``https://``.
+        """
+        if self.https_agent is None:
+            return defer.fail(FederationUnreachable("no HTTPS agent to follow media redirects"))
+        try:
+            raw = url.encode("ascii")
+        except UnicodeEncodeError:
+            return defer.fail(ValueError("redirect URL is not ASCII"))
+        if not raw.lower().startswith(b"https://") or len(raw) > 2048:
+            return defer.fail(ValueError(f"refusing redirect to {url[:100]!r}: only https URLs are followed"))
+        host = URI.fromBytes(raw).host.decode("ascii", "replace")
+
+        async def send() -> StreamedResponse:
+            headers = Headers({b"User-Agent": [USER_AGENT]})
+            response = await self.https_agent.request(b"GET", raw, headers, None)
+            return await self._stream_response(response, write, max_size, host, on_response)
+
+        return self._timed(send(), "GET", host, url[:200], timeout)
+
+    async def _stream_response(
+        self, response: IResponse, write: Any, max_size: int, destination: str, on_response: Any = None
+    ) -> StreamedResponse:
+        code = response.code
+        if 200 <= code < 300:
+            if on_response is not None:
+                try:
+                    on_response(code, response.headers)
+                except Exception as e:
+                    response.deliverBody(_Discard())
+                    raise BodyConsumerError(e) from e
+            size = await stream_body(response, write, max_size)
+            return StreamedResponse(code, response.headers, size)
+        if 300 <= code < 400:
+            response.deliverBody(_Discard())
+            return StreamedResponse(code, response.headers, 0)
+        body = await read_body(response, 65536)
+        parsed = None
+        try:
+            parsed = parse_json(body) if body else None
+        except CanonicalJSONError:
+            pass
+        if type(parsed) is dict:
+            errcode, error = parsed.get("errcode"), parsed.get("error")
+            raise HttpResponseError(
+                code, errcode if type(errcode) is str else None, error if type(error) is str else None, body, parsed
+            )
+        raise HttpResponseError(code, None, None, body)
+
+    def _timed(self, coro: Any, method: str, destination: str, path: str, timeout: float | None) -> defer.Deferred:
+        timeout = self._timeout if timeout is None else timeout
+        start = self._reactor.seconds()
+        d = defer.Deferred.fromCoroutine(coro)
+        timed_out: list[bool] = []
+
+        def on_timeout() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(timeout, on_timeout)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        def log_ok(result: Any) -> Any:
+            log.info(
+                "{method} {destination} {path} -> {code} ({size} bytes, streamed) in {ms:.0f}ms",
+                method=method, destination=destination, path=path, code=result.code, size=result.size,
+                ms=(self._reactor.seconds() - start) * 1000,
+            )
+            return result
+
+        d.addBoth(stop_timer)
+        d.addCallback(log_ok)
+        d.addErrback(self._translate_failure, destination, timeout, timed_out)
+        d.addErrback(self._log_failure, method, destination, path, start)
+        return d
+
     def _translate_failure(self, failure: Failure, destination: str, timeout: float, timed_out: list[bool]) -> Failure:
         if timed_out:
             raise RequestTimedOut(f"request to {destination} timed out after {timeout}s")
@@ -748,6 +979,7 @@ def build_federation_client(
         resolver,
         timeout=timeout,
         agent=agent,
+        https_agent=https_agent,
         max_response_size=max_response_size,
         max_concurrent_per_destination=max_concurrent_per_destination,
     )

@@ -1,8 +1,10 @@
 """Versioned schema: builds a new database atomically and applies upgrade scripts in order."""
 
 # The schema directory holds NNN_description.sql files. 001 is the full schema of a new
-# database; each later number is an upgrade from the one before. The versions applied are
-# recorded in the schema_version table.
+# database; each later number is an upgrade. Numbers are handed out to parallel branches,
+# so the sequence may have gaps while some are not merged yet: every script whose number
+# is not recorded in the schema_version table is applied, in number order, whenever it
+# arrives (each upgrade touches only its own area's tables).
 # * A new database is built in ONE transaction (bootstrap table, every script, the version
 #   rows): a crash half way leaves an empty file, which the next start builds again.
 # * An existing database gets each missing upgrade in its own transaction, in order.
@@ -80,8 +82,8 @@ def _has_sql(text: str) -> bool:
 def find_scripts(schema_dir: str) -> list[SchemaScript]:
     """The scripts of ``schema_dir``, by version.
 
-    :raises SchemaError: if there are none, two share a number, a number is missing, or
-        the first is not ``001``.
+    :raises SchemaError: if there are none, two share a number, or the first is not
+        ``001``. Gaps are allowed (numbers allotted to work not merged yet).
     """
     try:
         names = os.listdir(schema_dir)
@@ -99,9 +101,8 @@ def find_scripts(schema_dir: str) -> list[SchemaScript]:
     if not scripts:
         raise SchemaError(f"no schema scripts in {schema_dir!r}")
     ordered = [scripts[v] for v in sorted(scripts)]
-    for expected, script in enumerate(ordered, start=1):
-        if script.version != expected:
-            raise SchemaError(f"schema script {expected:03d} is missing from {schema_dir!r}")
+    if ordered[0].version != 1:
+        raise SchemaError(f"schema script 001 is missing from {schema_dir!r}")
     return ordered
 
 
@@ -162,8 +163,9 @@ def prepare_database(conn: sqlite3.Connection, schema_dir: str, now_ms: int) -> 
                     f"code knows ({code_version}); refusing to open it"
                 )
             else:
+                applied = {row[0] for row in cur.execute("SELECT version FROM schema_version")}
                 cur.execute("COMMIT")
-                for script in scripts[current:]:
+                for script in [s for s in scripts if s.version not in applied]:
                     cur.execute("BEGIN IMMEDIATE")
                     _apply(cur, script, now_ms)
                     cur.execute("COMMIT")

@@ -14,6 +14,7 @@ from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_extras_store import FederationExtrasStore
+from fedserver.storage.media_store import MediaStore
 from fedserver.storage.federation_store import FederationStore
 from fedserver.storage.history_store import HistoryStore
 from fedserver.storage.interface import (
@@ -141,6 +142,7 @@ class SQLiteStore:
         self.rooms = RoomsStore(self, clock_ms)  # aliases, client txn ids, streams, memberships for clients
         self.accounts = AccountStore(db, clock_ms)
         self.federation_extras = FederationExtrasStore(db)  # failures, remote memberships
+        self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
 
     # -- transactions -----------------------------------------------------------------
 
