@@ -16,7 +16,18 @@ from twisted.web.resource import IResource
 
 from fedserver import __version__
 from fedserver.events.canonical import CanonicalJSONError, parse_json
-from fedserver.errors import MatrixError, bad_json, invalid_param, missing_param, not_json, too_large, unknown, unrecognized
+from fedserver.errors import (
+    MatrixError,
+    bad_json,
+    invalid_param,
+    missing_param,
+    not_json,
+    storage_unavailable,
+    too_large,
+    unknown,
+    unrecognized,
+)
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -104,11 +115,20 @@ def respond_error(request: IRequest, error: MatrixError) -> None:
 def respond_failure(request: IRequest, failure: Failure) -> None:
     """Answer ``request`` for a failed handler.
 
-    :class:`MatrixError` becomes its own status and body; anything else is logged with its
-    traceback here and answered 500 ``M_UNKNOWN`` with no detail for the caller.
+    :class:`MatrixError` becomes its own status and body; a storage fault
+    (:class:`~fedserver.storage.interface.StorageUnavailableError`) is 503 ``M_UNKNOWN``;
+    anything else is logged with its traceback here and answered 500 ``M_UNKNOWN`` with no
+    detail for the caller.
     """
     if failure.check(MatrixError):
         respond_error(request, failure.value)
+        return
+    if failure.check(StorageUnavailableError):
+        # The database logged the fault once for all requests (no traceback: it is not a
+        # bug); the client is told to come back later and nothing was acknowledged.
+        log.debug("{method} {uri}: 503, {error}", method=getattr(request, "method", b"?"),
+                  uri=getattr(request, "uri", b"?"), error=failure.value)
+        respond_error(request, storage_unavailable(failure.value.kind))
         return
     log.failure(
         "Unhandled error answering {method} {uri}",
@@ -489,13 +509,14 @@ class MatrixRequest(server.Request):
         super().write(data)
 
     def processingFailed(self, reason: Failure) -> None:
-        """Log the failure server-side; answer 500 ``M_UNKNOWN`` with no traceback."""
-        log.failure("Unhandled error in resource for {uri}", failure=reason, uri=self.uri)
+        """Log the failure server-side; answer 500 ``M_UNKNOWN`` with no traceback (503
+        for a storage fault, see :func:`respond_failure`)."""
         if self.startedWriting or self.finished or self._disconnected:
+            log.failure("Unhandled error in resource for {uri}", failure=reason, uri=self.uri)
             if not self.finished and not self._disconnected:
                 self.finish()
             return None
-        respond_error(self, unknown())
+        respond_failure(self, reason)
         return None
 
 

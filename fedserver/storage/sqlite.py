@@ -83,7 +83,7 @@ def open_store(
         is broken.
     """
     pool = connect_pool(path, reactor, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
-    db = Database(pool)
+    db = Database(pool, reactor)
 
     def now_ms() -> int:
         return int(reactor.seconds() * 1000)
