@@ -199,6 +199,16 @@ def read_json_body(request: IRequest) -> Any:
     return value
 
 
+def _has_body(request: IRequest) -> bool:
+    content = getattr(request, "content", None)
+    if content is None:
+        return False
+    content.seek(0)
+    empty = not content.read(1)
+    content.seek(0)
+    return not empty
+
+
 def read_json_object(request: IRequest) -> dict[str, Any]:
     """Parse the request body as a JSON object.
 
@@ -267,12 +277,13 @@ def query_int(
 
 
 class _Route:
-    __slots__ = ("method", "segments", "handler", "template")
+    __slots__ = ("method", "segments", "handler", "template", "raw_body")
 
-    def __init__(self, method: bytes, template: str, handler: Handler) -> None:
+    def __init__(self, method: bytes, template: str, handler: Handler, raw_body: bool = False) -> None:
         self.method = method
         self.template = template
         self.handler = handler
+        self.raw_body = raw_body
         parts = template.strip("/").split("/") if template.strip("/") else []
         segs: list[tuple[bool, str | bytes]] = []
         for p in parts:
@@ -308,6 +319,11 @@ class JsonResource(resource.Resource):
     Handlers take ``request`` first and return what :data:`HandlerResult` describes,
     possibly through a Deferred or as a coroutine function. ``HEAD`` falls back to ``GET``.
     Unknown paths answer 404 ``M_UNRECOGNIZED``, known paths with another method 405.
+
+    A non-empty request body is parsed (strictly, :func:`read_json_body`) before the
+    handler runs, even by handlers that would ignore it: a body no two parsers read alike
+    is answered 400 ``M_NOT_JSON`` on every route, never acted on. Routes whose bodies are
+    not JSON (uploads) opt out with ``raw_body=True``.
     """
 
     isLeaf = True
@@ -316,12 +332,13 @@ class JsonResource(resource.Resource):
         super().__init__()
         self._routes: dict[int, list[_Route]] = {}
 
-    def add_route(self, method: str, template: str, handler: Handler) -> None:
+    def add_route(self, method: str, template: str, handler: Handler, *, raw_body: bool = False) -> None:
         """Register ``handler`` for ``method`` on ``template``.
 
+        :param raw_body: the body is not JSON; the handler reads it itself.
         :raises ValueError: if the same method and template are registered twice.
         """
-        route = _Route(method.upper().encode("ascii"), template, handler)
+        route = _Route(method.upper().encode("ascii"), template, handler, raw_body)
         bucket = self._routes.setdefault(len(route.segments), [])
         for other in bucket:
             if other.method == route.method and other.segments == route.segments:
@@ -335,6 +352,10 @@ class JsonResource(resource.Resource):
         :raises MatrixError: 404/405 ``M_UNRECOGNIZED``; 400 ``M_INVALID_PARAM`` for a path
             parameter that is not UTF-8.
         """
+        route, params = self._find_route(method, postpath)
+        return route.handler, params
+
+    def _find_route(self, method: bytes, postpath: list[bytes]) -> tuple[_Route, dict[str, str]]:
         path_matched = False
         get_match = None
         for route in self._routes.get(len(postpath), ()):
@@ -343,9 +364,9 @@ class JsonResource(resource.Resource):
                 continue
             path_matched = True
             if route.method == method:
-                return route.handler, params
+                return route, params
             if method == b"HEAD" and route.method == b"GET":
-                get_match = (route.handler, params)
+                get_match = (route, params)
         if get_match is not None:
             return get_match
         if path_matched:
@@ -358,11 +379,13 @@ class JsonResource(resource.Resource):
         if postpath == [b""]:
             postpath = []
         try:
-            handler, params = self.find_handler(request.method, postpath)
+            route, params = self._find_route(request.method, postpath)
+            if not route.raw_body and _has_body(request):
+                read_json_body(request)  # cached for the handler
         except MatrixError as e:
             respond_error(request, e)
             return server.NOT_DONE_YET
-        run_handler(handler, request, params)
+        run_handler(route.handler, request, params)
         return server.NOT_DONE_YET
 
 
