@@ -120,6 +120,8 @@ def respond_failure(request: IRequest, failure: Failure) -> None:
     anything else is logged with its traceback here and answered 500 ``M_UNKNOWN`` with no
     detail for the caller.
     """
+    while failure.check(defer.FirstError):  # from a gatherResults in the handler
+        failure = failure.value.subFailure
     if failure.check(MatrixError):
         respond_error(request, failure.value)
         return

@@ -305,6 +305,7 @@ class FaultLog:
         self._last_logged = 0.0
         self._count = 0
         self._count_logged = 0
+        self._silent = False
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -320,8 +321,15 @@ class FaultLog:
             return failure
         now = self._now()
         if self.failing is None:
-            self.failing, self._writes, self._since, self._last_logged = error.kind, write, now, now
-            self._count, self._count_logged = 1, 1
+            self.failing, self._writes, self._since = error.kind, write, now
+            self._count, self._count_logged = 1, 0
+            if self._last_logged and now - self._last_logged < FAULT_LOG_INTERVAL_S:
+                # A fault that comes and goes (a disk with a few pages left) is one
+                # episode for the log: the reminder below reports it.
+                self._silent = True
+                return failure
+            self._silent = False
+            self._last_logged, self._count_logged = now, 1
             _log.error(
                 "Database unavailable ({kind}): {detail}. Requests that need it are answered "
                 "503 M_UNKNOWN until it works again.",
@@ -336,17 +344,18 @@ class FaultLog:
                 "{s:.0f} s ({detail})",
                 kind=error.kind, n=self._count - self._count_logged, s=now - self._last_logged, detail=error.detail,
             )
-            self._last_logged, self._count_logged = now, self._count
+            self._last_logged, self._count_logged, self._silent = now, self._count, False
         return failure
 
     def succeeded(self, result: T, write: bool) -> T:
         """Callback: a transaction worked; the fault is over if it was of the kind that
         failed (a read working says nothing about a disk that is full for writes)."""
         if self.failing is not None and (write or not self._writes):
-            _log.info(
-                "Database works again after {s:.0f} s ({kind}; {n} failed transactions)",
-                s=self._now() - self._since, kind=self.failing, n=self._count,
-            )
+            if not self._silent:
+                _log.info(
+                    "Database works again after {s:.0f} s ({kind}; {n} failed transactions)",
+                    s=self._now() - self._since, kind=self.failing, n=self._count,
+                )
             self.failing = None
         return result
 

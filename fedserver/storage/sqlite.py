@@ -159,6 +159,12 @@ class SQLiteStore:
         """Run ``func(txn, *args, **kw)`` in one read transaction."""
         return self._db.run_read(func, *args, **kw)
 
+    @property
+    def database(self) -> Database:
+        """The :class:`~fedserver.storage.database.Database` (its ``faults`` says whether
+        the database is failing right now)."""
+        return self._db
+
     def close(self) -> None:
         """Finish queued work and close the database."""
         self._db.close()
