@@ -16,6 +16,7 @@ from twisted.web.resource import IResource
 
 from fedserver import __version__
 from fedserver.events.canonical import CanonicalJSONError, parse_json
+from fedserver.http.connections import ConnectionLimits, build_channel
 from fedserver.errors import (
     MatrixError,
     bad_json,
@@ -546,16 +547,20 @@ class MatrixRequest(server.Request):
 
 
 class MatrixSite(server.Site):
-    """A :class:`twisted.web.server.Site` serving :class:`MatrixRequest`.
+    """A :class:`twisted.web.server.Site` serving :class:`MatrixRequest` over
+    :class:`~fedserver.http.connections.MatrixChannel` (deadlines for slow requests).
 
     :param root: the root resource (see :func:`build_tree`).
     :param max_request_body_size: bodies larger than this many bytes get 413.
     :param cors: add the client-server API's CORS headers and answer OPTIONS preflights.
     :param log_name: a short name for this listener in logs.
+    :param limits: the deadlines (a :class:`~fedserver.http.connections.ConnectionLimits`;
+        the defaults if ``None``).
     """
 
     requestFactory = MatrixRequest
     displayTracebacks = False
+    protocol = build_channel  # called as a method: build_channel(site)
 
     def __init__(
         self,
@@ -565,12 +570,16 @@ class MatrixSite(server.Site):
         cors: bool = False,
         log_name: str = "http",
         reactor: Any = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         kwargs = {} if reactor is None else {"reactor": reactor}
-        super().__init__(root, **kwargs)
+        # No TimeoutMixin idle timer (every byte would restart it): MatrixChannel keeps
+        # its own deadlines.
+        super().__init__(root, timeout=None, **kwargs)
         self.max_request_body_size = max_request_body_size
         self.cors = cors
         self.log_name = log_name
+        self.limits = limits or ConnectionLimits()
         self.noisy = False
 
 
