@@ -29,9 +29,10 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import policies
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
@@ -253,12 +254,13 @@ class MatrixChannel(HTTPChannel):
             self.transport.abortConnection()
 
     def _peer(self) -> Any:
+        transport: Any = self.transport
         try:
-            return self.transport.getPeer()
+            return transport.getPeer()
         except Exception:
             return None
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
         self._phase = "closed"
         super().connectionLost(reason)
@@ -396,7 +398,8 @@ class _Refused(Protocol):
     """Closes a connection beyond the caps as soon as it is made."""
 
     def connectionMade(self) -> None:
-        self.transport.abortConnection()
+        transport: Any = self.transport
+        transport.abortConnection()
 
 
 class GuardedProtocol(policies.ProtocolWrapper):
@@ -432,7 +435,7 @@ class GuardedProtocol(policies.ProtocolWrapper):
             self._counted = False
             self.factory.registry.removed(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._uncount()
         super().connectionLost(reason)
 
@@ -462,7 +465,7 @@ class GuardedFactory(policies.WrappingFactory):
         self._waiters: list[defer.Deferred] = []
 
     def acceptableProtocols(self) -> list[bytes]:
-        inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        inner: Any = IProtocolNegotiationFactory(self.wrappedFactory, None)
         return list(inner.acceptableProtocols()) if inner is not None else [b"http/1.1"]
 
     def logPrefix(self) -> str:
@@ -472,7 +475,7 @@ class GuardedFactory(policies.WrappingFactory):
         admitted, key = self.registry.admit(addr)
         if not admitted:
             return _Refused()
-        proto = super().buildProtocol(addr)
+        proto: Any = super().buildProtocol(addr)
         proto.key = key
         return proto
 
