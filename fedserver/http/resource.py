@@ -582,6 +582,11 @@ class MatrixSite(server.Site):
         self.limits = limits or ConnectionLimits()
         self.noisy = False
 
+    def acceptableProtocols(self) -> list[bytes]:
+        """HTTP/1.1 only, even where Twisted could speak HTTP/2: the deadlines of
+        :class:`~fedserver.http.connections.MatrixChannel` are per HTTP/1.1 request."""
+        return [b"http/1.1"]
+
 
 def iter_routes(res: JsonResource) -> Iterable[tuple[str, str]]:
     """:returns: ``(method, template)`` of every route of ``res`` (for docs and tests)."""
