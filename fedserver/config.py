@@ -288,31 +288,6 @@ def _v_seconds(v: Any) -> float:
     return float(v)
 
 
-def _v_optional_int(lo: int) -> Callable[[Any], int | None]:
-    check = _v_int(lo)
-
-    def optional(v: Any) -> int | None:
-        return None if v is None else check(v)
-
-    return optional
-
-
-def _v_networks(v: Any) -> tuple[str, ...]:
-    if v is None:
-        return ()
-    if not isinstance(v, (list, tuple)):
-        raise ValueError("must be a list of addresses or networks such as '10.0.0.0/8' or '::1'")
-    out = []
-    for item in v:
-        if not isinstance(item, str):
-            raise ValueError("must be a list of addresses or networks such as '10.0.0.0/8' or '::1'")
-        try:
-            out.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or network") from None
-    return tuple(out)
-
-
 def _v_bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("must be true or false")

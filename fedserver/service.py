@@ -257,7 +257,7 @@ def connection_limits(config: Config, fds: int | None = None) -> ConnectionLimit
         idle_timeout=config.http_idle_timeout,
         max_connections=total,
         max_connections_per_address=config.max_connections_per_address,
-        exempt=tuple(ipaddress.ip_network(n) for n in config.connection_limit_exempt),
+        exempt=tuple(ipaddress.ip_network(n, strict=False) for n in config.connection_limit_exempt),
     )
 
 
