@@ -105,6 +105,13 @@ class Config:
     disabled_plugins: tuple[str, ...] = ()
     plugin_config: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     max_request_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE
+    http_header_timeout: float = 20.0
+    http_body_timeout: float = 20.0
+    http_body_min_rate: int = 500
+    http_idle_timeout: float = 60.0
+    max_connections: int | None = None
+    max_connections_per_address: int = 100
+    connection_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     enable_registration: bool = False
     registration_shared_secret: str | None = None
     default_room_version: str = "12"
@@ -489,6 +496,28 @@ OPTIONS: tuple[Option, ...] = (
     Option("disabled_plugins", _v_str_list, "Names of plugins not to load (built-in essential rules cannot be disabled)."),
     Option("max_request_body_size", _v_int(1024),
            "Largest request body accepted, in bytes; larger ones get 413 M_TOO_LARGE while reading."),
+    Option("http_header_timeout", _v_seconds,
+           "Seconds a connection has to send a request's line and headers (from the connection, TLS\n"
+           "handshake included, or from the request's first byte), however slowly they trickle in;\n"
+           "then it is closed."),
+    Option("http_body_timeout", _v_seconds,
+           "Seconds of grace for a request body; after it, the body must have arrived at\n"
+           "http_body_min_rate bytes per second on average, or the connection is closed."),
+    Option("http_body_min_rate", _v_int(1), "Least average rate (bytes per second) of a request body after http_body_timeout."),
+    Option("http_idle_timeout", _v_seconds,
+           "Seconds a keep-alive connection may wait for its next request (or a response may make\n"
+           "no progress towards a client that does not read it). A request being answered, such as\n"
+           "a long-polling /sync, has no deadline."),
+    Option("max_connections", _v_optional_int(1),
+           "Open connections over both listeners. null: the file-descriptor limit (RLIMIT_NOFILE)\n"
+           "minus a quarter of it (at least 256) kept for the database, logs and outbound federation.\n"
+           "At the cap a new connection replaces the one waiting longest for its request or idling\n"
+           "longest; if every connection is busy with a request, the new one is closed at once."),
+    Option("max_connections_per_address", _v_int(1),
+           "Open connections from one IPv4 address or IPv6 /64 (beyond it: as for max_connections)."),
+    Option("connection_limit_exempt", _v_networks,
+           "Addresses or networks not subject to max_connections_per_address (still counted in\n"
+           "max_connections), e.g. a reverse proxy's. Loopback by default."),
     Option("enable_registration", _v_bool, "Allow open registration on the client API."),
     Option("registration_shared_secret", _v_optional_secret,
            "Shared secret for admin registration (/_synapse/admin/v1/register style); null disables it."),

@@ -131,3 +131,20 @@ def invalid_param(name: str, error: str | None = None) -> MatrixError:
 def unknown(error: str = "Internal server error", code: int = 500) -> MatrixError:
     """M_UNKNOWN (500 unless told otherwise)."""
     return MatrixError(code, M_UNKNOWN, error)
+
+
+def storage_unavailable(kind: str) -> MatrixError:
+    """503 M_UNKNOWN: the server's database cannot do its work right now (disk full,
+    read-only, I/O error, locked, stopping); nothing was committed; try again later.
+
+    :param kind: the fault's kind (see ``fedserver.storage.interface.StorageUnavailableError``).
+    """
+    what = {
+        "full": "its disk is full",
+        "read-only": "it is read-only",
+        "io": "of an I/O error",
+        "locked": "it is locked by another process",
+        "corrupt": "it is damaged",
+        "closed": "the server is stopping",
+    }.get(kind, "it is unavailable")
+    return MatrixError(503, M_UNKNOWN, f"The server cannot use its database right now because {what}; nothing was stored, try again later")

@@ -11,7 +11,7 @@ import yaml
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
@@ -21,10 +21,8 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     Logger,
 )
-from twisted.protocols import policies
 from twisted.python import usage
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from fedserver import __version__
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
@@ -72,10 +70,18 @@ from fedserver.http.federation.history import register_history_routes
 from fedserver.http.federation.membership import register_membership_routes
 from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.federation.notary import NotaryResource, NotaryService
+from fedserver.http.connections import (
+    ConnectionLimits,
+    ConnectionRegistry,
+    GuardedFactory,
+    auto_max_connections,
+    fd_limit,
+)
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
+from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.sqlite import open_store
 
 log = Logger()
@@ -179,76 +185,25 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
-@implementer(IProtocolNegotiationFactory)
-class _ConnectionTracker(policies.WrappingFactory):
-    """Wraps a factory to know its open connections, so that stopping can close them.
-
-    It passes the wrapped Site's ALPN protocols through: without them Twisted's TLS layer
-    answers any client offering ALPN (curl, browsers, Synapse) with an internal-error alert.
-    """
-
-    noisy = False
-
-    def acceptableProtocols(self) -> list[bytes]:
-        inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
-        return list(inner.acceptableProtocols()) if inner is not None else [b"http/1.1"]
-
-    def __init__(self, wrapped: Any, reactor: Any) -> None:
-        super().__init__(wrapped)
-        self._reactor = reactor
-        self._waiters: list[defer.Deferred] = []
-
-    def logPrefix(self) -> str:
-        return self.wrappedFactory.logPrefix() if hasattr(self.wrappedFactory, "logPrefix") else "fedserver"
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def close_all(self, grace: float = 1.0) -> defer.Deferred:
-        """Close every open connection, aborting those still open after ``grace`` seconds.
-
-        The grace lets written responses flush. It is short because over TLS a graceful
-        close also waits for the peer's close_notify, which other servers' idle connection
-        pools (Twisted's among them) do not send.
-
-        :returns: a Deferred firing once none is left.
-        """
-        if not self.protocols:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiters.append(d)
-        for p in list(self.protocols):
-            p.transport.loseConnection()
-        abort = self._reactor.callLater(grace, self._abort_all)
-
-        def cancel_abort(result: Any) -> Any:
-            if abort.active():
-                abort.cancel()
-            return result
-
-        return d.addBoth(cancel_abort)
-
-    def _abort_all(self) -> None:
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-
-
 class ListenerService(service.Service):
     """Listens on a strports description with ``factory``; binding failures raise at startup.
-    Stopping stops listening and closes the connections still open.
+    Connections are admitted through ``registry`` (caps shared by all listeners, see
+    :mod:`fedserver.http.connections`). Stopping stops listening and closes the connections
+    still open.
 
     :ivar port: the :class:`IListeningPort` once listening.
     """
 
-    def __init__(self, label: str, description: str, factory: Any, reactor: Any, scheme: str) -> None:
+    def __init__(
+        self, label: str, description: str, factory: Any, reactor: Any, scheme: str,
+        registry: ConnectionRegistry | None = None,
+    ) -> None:
         self.label = label
         self.description = description
         self.factory = factory
-        self._tracker = _ConnectionTracker(factory, reactor)
+        if registry is None:
+            registry = ConnectionRegistry(reactor, ConnectionLimits())
+        self._tracker = GuardedFactory(factory, reactor, registry)
         self._reactor = reactor
         self._scheme = scheme
         self.port: IListeningPort | None = None
@@ -285,6 +240,25 @@ class ListenerService(service.Service):
         d = defer.maybeDeferred(port.stopListening)
         d.addCallback(lambda _: self._tracker.close_all())
         return d
+
+
+def connection_limits(config: Config, fds: int | None = None) -> ConnectionLimits:
+    """The :class:`ConnectionLimits` of ``config``; ``max_connections: null`` is derived
+    from the file-descriptor limit ``fds`` (this process's soft RLIMIT_NOFILE by default)."""
+    import ipaddress
+
+    total = config.max_connections
+    if total is None:
+        total = auto_max_connections(fd_limit() if fds is None else fds)
+    return ConnectionLimits(
+        header_timeout=config.http_header_timeout,
+        body_timeout=config.http_body_timeout,
+        body_min_rate=config.http_body_min_rate,
+        idle_timeout=config.http_idle_timeout,
+        max_connections=total,
+        max_connections_per_address=config.max_connections_per_address,
+        exempt=tuple(ipaddress.ip_network(n, strict=False) for n in config.connection_limit_exempt),
+    )
 
 
 class _SystemDnsResolver:
@@ -375,15 +349,17 @@ class FedserverService(service.MultiService):
         self.key_document = ServerKeyDocument(
             config.server_name, self.signing_key, reactor, config.key_validity_period, config.old_verify_keys
         )
-        self.federation_site = MatrixSite(
-            StartingResource(), max_request_body_size=config.max_request_body_size, log_name="federation", reactor=reactor
-        )
-        self.client_site = MatrixSite(
-            StartingResource(), max_request_body_size=config.max_request_body_size, cors=True, log_name="client", reactor=reactor
-        )
+        # Both listeners share one set of connection caps (file descriptors are shared).
+        self.connection_limits = connection_limits(config)
+        self.connections = ConnectionRegistry(reactor, self.connection_limits)
+        site_options = dict(max_request_body_size=config.max_request_body_size, reactor=reactor, limits=self.connection_limits)
+        self.federation_site = MatrixSite(StartingResource(), log_name="federation", **site_options)
+        self.client_site = MatrixSite(StartingResource(), cors=True, log_name="client", **site_options)
         scheme = "https" if fed_desc.startswith("ssl:") else "http"
-        self.federation_listener = ListenerService("Federation API", fed_desc, self.federation_site, reactor, scheme)
-        self.client_listener = ListenerService("Client API", client_desc, self.client_site, reactor, "http")
+        self.federation_listener = ListenerService(
+            "Federation API", fed_desc, self.federation_site, reactor, scheme, self.connections
+        )
+        self.client_listener = ListenerService("Client API", client_desc, self.client_site, reactor, "http", self.connections)
         self.federation_listener.setServiceParent(self)
         self.client_listener.setServiceParent(self)
 
@@ -425,6 +401,21 @@ class FedserverService(service.MultiService):
                 path=self.tls.certificate_path,
                 how="self-signed, generated" if self.tls.generated else "loaded",
                 fp=self.tls.fingerprint_sha256,
+            )
+        limits, fds = self.connection_limits, fd_limit()
+        log.info(
+            "Connections: at most {max} open ({why}), {per} per address; request head within {head} s, "
+            "body at {rate} B/s after {body} s, idle keep-alive {idle} s",
+            max=limits.max_connections,
+            why="configured" if self.config.max_connections is not None else f"file-descriptor limit {fds} minus a reserve",
+            per=limits.max_connections_per_address, head=limits.header_timeout, rate=limits.body_min_rate,
+            body=limits.body_timeout, idle=limits.idle_timeout,
+        )
+        if fds is not None and limits.max_connections > fds - 64:
+            log.warn(
+                "max_connections {max} leaves fewer than 64 of the {fds} file descriptors (RLIMIT_NOFILE) for the "
+                "database, logs and outbound federation; new connections may be refused at the limit",
+                max=limits.max_connections, fds=fds,
             )
         d = defer.ensureDeferred(self._finish_start())
         d.addCallbacks(self._started, self._start_failed)
@@ -637,8 +628,14 @@ class FedserverService(service.MultiService):
         before = int(self.reactor.seconds() * 1000) - KEEP_RECEIVED_TXNS_MS
         d = store.prune_received_txns(before)
         d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
-        d.addErrback(lambda f: log.failure("Pruning answered transactions failed", f))
+        d.addErrback(self._prune_failed)
         return d
+
+    @staticmethod
+    def _prune_failed(failure: Failure) -> None:
+        if failure.check(StorageUnavailableError):
+            return None  # the database logged it once; the next run tries again
+        log.failure("Pruning answered transactions failed", failure)
 
     def when_ready(self) -> defer.Deferred:
         """:returns: a Deferred firing with this service once the store is open and the URL
@@ -681,6 +678,7 @@ class FedserverService(service.MultiService):
         if sender is not None:
             steps.append(("the sender", sender.stop))
         steps.append(("the listeners", super().stopService))
+        steps.append(("the connection summary", self.connections.stop))
         if loop is not None and loop.running:
             steps.append(("transaction pruning", loop.stop))
         if client is not None:

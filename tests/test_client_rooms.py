@@ -221,7 +221,7 @@ class RoomEndpointTests(ClientRoomsTestCase):
         self.assertError(await self.call("POST", "/createRoom", {"room_version": "99"}, token=alice), 400, "M_UNSUPPORTED_ROOM_VERSION")
         self.assertError(await self.call("PUT", f"/rooms/{q('!x:' + SERVER)}/send/m.room.message/t", {}, token=alice), 404, "M_NOT_FOUND")
         self.assertError(await self.call("PUT", f"/rooms/{room}/send/m.room.message/t", raw=b"[]", token=alice), 400, "M_BAD_JSON")
-        self.assertError(await self.call("PUT", f"/rooms/{room}/send/m.room.message/t", raw=b"x" * 70_000, token=alice), 413, "M_TOO_LARGE")
+        self.assertError(await self.call("PUT", f"/rooms/{room}/send/m.room.message/t", {"body": "x" * 70_000}, token=alice), 413, "M_TOO_LARGE")
         self.assertError(await self.call("GET", f"/rooms/{room}/messages?dir=sideways", token=alice), 400, "M_INVALID_PARAM")
         self.assertError(await self.call("GET", f"/rooms/{room}/messages?limit=abc", token=alice), 400, "M_INVALID_PARAM")
         self.assertError(await self.call("GET", f"/rooms/{room}/messages?filter=%7Bbad", token=alice), 400, "M_INVALID_PARAM")

@@ -276,3 +276,17 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(SystemExit, self.parse, "--generate-config")
         self.assertEqual(e.code, 0)
         self.assertEqual(config_from_dict(parse_yaml(out.getvalue())), Config())
+
+    def test_every_option_in_the_readme(self):
+        """The README's configuration table has a row for every option, and no row for an
+        option that does not exist."""
+        import re
+
+        from fedserver.config import OPTIONS
+
+        readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+        with open(readme, encoding="utf-8") as f:
+            text = f.read()
+        table = text[text.index("## Configuration"):text.index("## Keys and TLS files")]
+        rows = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.M))
+        self.assertEqual(rows, {o.name for o in OPTIONS})

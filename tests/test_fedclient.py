@@ -167,6 +167,12 @@ class RawResource(resource.Resource):
             return b"Bad gateway"
         if what == b"notjson":
             return b"<html>hello</html>"
+        if what == b"duplicate":
+            return b'{"server_name": "a.test", "server_name": "b.test"}'
+        if what == b"surrogate":
+            return b'{"server_name": "\\ud800"}'
+        if what == b"nan":
+            return b'{"valid_until_ts": NaN}'
         if what == b"big":
             return b'{"x":"' + b"a" * (2 * 1024 * 1024) + b'"}'
         if what == b"bigchunked":
@@ -363,6 +369,15 @@ class RoundTripTests(LoopbackTLSTestCase):
         e = await self.assertFailure(client.get_json(self.destination, "/_matrix/nothing"), HttpResponseError)
         self.assertEqual((e.code, e.errcode), (404, "M_UNRECOGNIZED"))
         await self.assertFailure(client.get_json(self.destination, "/_matrix/test/notjson"), InvalidResponse)
+
+    async def test_ambiguous_json_responses_refused(self):
+        """JSON a peer answers with goes through the same strict parser as requests: a
+        duplicate key, a lone surrogate or NaN in a 2xx body is InvalidResponse, never a
+        value one parser or another would pick."""
+        client = self.make_client()
+        for what in ("duplicate", "surrogate", "nan"):
+            e = await self.assertFailure(client.get_json(self.destination, f"/_matrix/test/{what}"), InvalidResponse)
+            self.assertIn("invalid JSON", str(e))
 
     async def test_oversize_response_refused(self):
         """Bodies beyond the cap fail with ResponseTooLarge, announced (Content-Length) or

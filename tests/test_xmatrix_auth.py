@@ -187,10 +187,85 @@ class XMatrixAuthenticatorTests(SynchronousTestCase):
         self.assertEqual((code, body["errcode"]), (401, "M_UNAUTHORIZED"))
         self.assertEqual(self.seen, [])
 
+    def test_several_headers_same_origin(self):
+        """Request Authentication allows one X-Matrix header per signing key of the
+        origin: two headers by two published keys of the same origin authenticate, and
+        both signatures are checked."""
+        key2 = generate_signing_key("k2")
+        self.keyring.keys[PEER]["ed25519:k2"] = (get_verify_key(key2), self.keyring.keys[PEER]["ed25519:k1"][1])
+        uri = BASE + "/query/x"
+        headers = {b"Authorization": self._signed("GET", uri)[b"Authorization"] + self._signed("GET", uri, key=key2)[b"Authorization"]}
+        code, body = self._do("GET", uri, headers=headers)
+        self.assertEqual((code, body["origin"]), (200, PEER))
+        self.assertEqual([sorted(c[1]["signatures"][PEER]) for c in self.keyring.calls], [["ed25519:k1"], ["ed25519:k2"]])
+
+    def test_several_headers_one_bad_signature(self):
+        """Two headers of the same origin where the second signature does not verify: 401,
+        whichever header comes first."""
+        uri = BASE + "/query/x"
+        good = self._signed("GET", uri)[b"Authorization"]
+        bad = self._signed("GET", uri, key=generate_signing_key("k1"))[b"Authorization"]
+        for values in (good + bad, bad + good):
+            code, body = self._do("GET", uri, headers={b"Authorization": values})
+            self.assertEqual((code, body["errcode"]), (401, "M_UNAUTHORIZED"))
+        self.assertEqual(self.seen, [])
+
+    def test_headers_naming_different_origins(self):
+        """Never act as one origin while another header names a different one: two valid
+        signatures by two different servers in one request are 401 M_UNAUTHORIZED, before
+        any key lookup; so are headers that disagree on the destination, a header that does
+        not parse next to a valid one, and an X-Matrix header next to another scheme."""
+        other = "other.test"
+        other_key = generate_signing_key("k1")
+        valid_until = self.keyring.keys[PEER]["ed25519:k1"][1]
+        self.keyring.keys[other] = {"ed25519:k1": (get_verify_key(other_key), valid_until)}
+        uri = BASE + "/query/x"
+        mine = self._signed("GET", uri)[b"Authorization"]
+        theirs = self._signed("GET", uri, origin=other, key=other_key)[b"Authorization"]
+        # Each alone is fine.
+        for values, origin in ((mine, PEER), (theirs, other)):
+            code, body = self._do("GET", uri, headers={b"Authorization": values})
+            self.assertEqual((code, body["origin"]), (200, origin))
+        self.keyring.calls.clear()
+        self.seen.clear()
+        no_destination = [b'X-Matrix origin="peer.test",key="ed25519:k1",sig="abc"']
+        for values in (
+            mine + theirs,
+            theirs + mine,
+            mine + self._signed("GET", uri, destination="elsewhere.test")[b"Authorization"],
+            mine + no_destination,
+            mine + [b"X-Matrix garbage"],
+            mine + [b"Bearer abc"],
+            [b"Bearer abc"] + mine,
+            mine * 5,
+        ):
+            code, body = self._do("GET", uri, headers={b"Authorization": values})
+            self.assertEqual((code, body["errcode"]), (401, "M_UNAUTHORIZED"), values)
+        self.assertEqual(self.keyring.calls, [])
+        self.assertEqual(self.seen, [])
+
+    def test_storage_fault_during_key_lookup_is_503(self):
+        """A database fault while looking up the origin's keys is our problem, not the
+        peer's: 503 M_UNKNOWN, not 401 (which would make it drop the request)."""
+        from fedserver.storage.interface import StorageUnavailableError
+
+        class FullKeyring:
+            def verify_json_for_server(self, server_name, json_obj, minimum_valid_until_ts):
+                return defer.fail(StorageUnavailableError("full", "database or disk is full"))
+
+        treq = StubTreq(self._app(XMatrixAuthenticator(FullKeyring(), US, self.clock)))
+        uri = BASE + "/query/x"
+        d = treq.request("GET", "https://" + US + uri, headers=self._signed("GET", uri))
+        treq.flush()
+        response = self.successResultOf(d)
+        d = response.content()
+        treq.flush()
+        self.assertEqual((response.code, json.loads(self.successResultOf(d))["errcode"]), (503, "M_UNKNOWN"))
+
     def test_body_not_json(self):
         """HOSTILE row 5: a body that is not JSON is 400 M_NOT_JSON, not a 500."""
         uri = BASE + "/send/t"
-        for raw in (b"{", b"\xff\xfe", b'{"a": NaN}', b"[" * 100 + b"]" * 100):
+        for raw in (b"{", b"\xff\xfe", b'{"a": NaN}', b"[" * 100 + b"]" * 100, b'{"a": 1, "a": 2}', b'{"a": "\\udc00"}'):
             code, body = self._do("PUT", uri, raw, headers=self._signed("PUT", uri, {}))
             self.assertEqual((code, body["errcode"]), (400, "M_NOT_JSON"), raw[:10])
 

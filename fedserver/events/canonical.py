@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from canonicaljson import encode_canonical_json as _encode
@@ -73,21 +74,56 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def parse_json(data: bytes | str) -> Any:
-    """Parse JSON as the spec requires of input: UTF-8, no NaN/Infinity, bounded depth.
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise CanonicalJSONError(f"duplicate key {key[:100]!r} in a JSON object")
+            seen.add(key)
+    return obj
 
-    Floats are returned as floats (callers that need strictness run
+
+#: A ``\uD800``-``\uDFFF`` escape: the only way a surrogate gets into parsed UTF-8 JSON.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, object_pairs_hook=_object_without_duplicates
+)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Parse JSON received from anywhere (a request body, a peer's response, a query
+    parameter) as strictly as the spec's appendix "Canonical JSON" and I-JSON (RFC 7493)
+    require of what we accept, so that no other parser could read it differently:
+
+    - UTF-8 only (no byte order mark, no invalid sequences);
+    - no ``NaN``, ``Infinity`` or ``-Infinity``, no number that overflows to infinity;
+    - no duplicate keys in an object (RFC 8259 leaves the meaning to the parser);
+    - no lone surrogate, escaped (``"\\ud800"``) or raw (escaped pairs are one character);
+    - at most :data:`MAX_DEPTH` nested arrays and objects.
+
+    Floats and integers beyond canonical JSON's range are returned as they are: which
+    places refuse them depends on the API (room versions 1-5 allow them in events; see
     :func:`check_canonical_values`).
 
-    :raises CanonicalJSONError: if it is not acceptable JSON.
+    :raises CanonicalJSONError: naming what is not acceptable.
     """
-    if isinstance(data, bytes):
+    if isinstance(data, (bytes, bytearray, memoryview)):
         try:
-            data = data.decode("utf-8")
+            text = bytes(data).decode("utf-8")  # strict: raw surrogates are invalid UTF-8
         except UnicodeDecodeError:
-            raise CanonicalJSONError("body is not UTF-8") from None
+            raise CanonicalJSONError("not UTF-8") from None
+    else:
+        text = data
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CanonicalJSONError("lone surrogate in JSON text") from None
     try:
-        value = json.loads(data, parse_constant=_reject_constant, parse_float=_parse_float)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise CanonicalJSONError("JSON nested too deeply") from None
     except ValueError as e:
@@ -95,16 +131,45 @@ def parse_json(data: bytes | str) -> Any:
             raise
         raise CanonicalJSONError(f"invalid JSON: {e}") from None
     _check_depth(value)
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        _check_no_lone_surrogates(value)
     return value
 
 
 def _check_depth(value: Any) -> None:
-    stack = [(value, 0)]
-    while stack:
-        v, d = stack.pop()
-        if d > MAX_DEPTH:
+    """Level by level, containers only: the root is level 1."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
             raise CanonicalJSONError("JSON nested too deeply")
-        if type(v) is dict:
-            stack.extend((x, d + 1) for x in v.values())
-        elif type(v) is list:
-            stack.extend((x, d + 1) for x in v)
+        below = []
+        for v in level:
+            for x in v.values() if type(v) is dict else v:
+                if type(x) is dict or type(x) is list:
+                    below.append(x)
+        level = below
+
+
+def _check_no_lone_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str:
+            strings: Any = (v,)
+        elif t is dict:
+            strings = v.keys()
+            stack.extend(v.values())
+        elif t is list:
+            stack.extend(v)
+            continue
+        else:
+            continue
+        for s in strings:
+            if not s.isascii():
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise CanonicalJSONError("lone surrogate (\\uD800-\\uDFFF) in a JSON string") from None

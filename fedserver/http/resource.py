@@ -16,7 +16,19 @@ from twisted.web.resource import IResource
 
 from fedserver import __version__
 from fedserver.events.canonical import CanonicalJSONError, parse_json
-from fedserver.errors import MatrixError, bad_json, invalid_param, missing_param, not_json, too_large, unknown, unrecognized
+from fedserver.http.connections import ConnectionLimits, build_channel
+from fedserver.errors import (
+    MatrixError,
+    bad_json,
+    invalid_param,
+    missing_param,
+    not_json,
+    storage_unavailable,
+    too_large,
+    unknown,
+    unrecognized,
+)
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -104,11 +116,22 @@ def respond_error(request: IRequest, error: MatrixError) -> None:
 def respond_failure(request: IRequest, failure: Failure) -> None:
     """Answer ``request`` for a failed handler.
 
-    :class:`MatrixError` becomes its own status and body; anything else is logged with its
-    traceback here and answered 500 ``M_UNKNOWN`` with no detail for the caller.
+    :class:`MatrixError` becomes its own status and body; a storage fault
+    (:class:`~fedserver.storage.interface.StorageUnavailableError`) is 503 ``M_UNKNOWN``;
+    anything else is logged with its traceback here and answered 500 ``M_UNKNOWN`` with no
+    detail for the caller.
     """
+    while failure.check(defer.FirstError):  # from a gatherResults in the handler
+        failure = failure.value.subFailure
     if failure.check(MatrixError):
         respond_error(request, failure.value)
+        return
+    if failure.check(StorageUnavailableError):
+        # The database logged the fault once for all requests (no traceback: it is not a
+        # bug); the client is told to come back later and nothing was acknowledged.
+        log.debug("{method} {uri}: 503, {error}", method=getattr(request, "method", b"?"),
+                  uri=getattr(request, "uri", b"?"), error=failure.value)
+        respond_error(request, storage_unavailable(failure.value.kind))
         return
     log.failure(
         "Unhandled error answering {method} {uri}",
@@ -179,6 +202,16 @@ def read_json_body(request: IRequest) -> Any:
     return value
 
 
+def _has_body(request: IRequest) -> bool:
+    content = getattr(request, "content", None)
+    if content is None:
+        return False
+    content.seek(0)
+    empty = not content.read(1)
+    content.seek(0)
+    return not empty
+
+
 def read_json_object(request: IRequest) -> dict[str, Any]:
     """Parse the request body as a JSON object.
 
@@ -247,12 +280,13 @@ def query_int(
 
 
 class _Route:
-    __slots__ = ("method", "segments", "handler", "template")
+    __slots__ = ("method", "segments", "handler", "template", "raw_body")
 
-    def __init__(self, method: bytes, template: str, handler: Handler) -> None:
+    def __init__(self, method: bytes, template: str, handler: Handler, raw_body: bool = False) -> None:
         self.method = method
         self.template = template
         self.handler = handler
+        self.raw_body = raw_body
         parts = template.strip("/").split("/") if template.strip("/") else []
         segs: list[tuple[bool, str | bytes]] = []
         for p in parts:
@@ -288,6 +322,11 @@ class JsonResource(resource.Resource):
     Handlers take ``request`` first and return what :data:`HandlerResult` describes,
     possibly through a Deferred or as a coroutine function. ``HEAD`` falls back to ``GET``.
     Unknown paths answer 404 ``M_UNRECOGNIZED``, known paths with another method 405.
+
+    A non-empty request body is parsed (strictly, :func:`read_json_body`) before the
+    handler runs, even by handlers that would ignore it: a body no two parsers read alike
+    is answered 400 ``M_NOT_JSON`` on every route, never acted on. Routes whose bodies are
+    not JSON (uploads) opt out with ``raw_body=True``.
     """
 
     isLeaf = True
@@ -296,12 +335,13 @@ class JsonResource(resource.Resource):
         super().__init__()
         self._routes: dict[int, list[_Route]] = {}
 
-    def add_route(self, method: str, template: str, handler: Handler) -> None:
+    def add_route(self, method: str, template: str, handler: Handler, *, raw_body: bool = False) -> None:
         """Register ``handler`` for ``method`` on ``template``.
 
+        :param raw_body: the body is not JSON; the handler reads it itself.
         :raises ValueError: if the same method and template are registered twice.
         """
-        route = _Route(method.upper().encode("ascii"), template, handler)
+        route = _Route(method.upper().encode("ascii"), template, handler, raw_body)
         bucket = self._routes.setdefault(len(route.segments), [])
         for other in bucket:
             if other.method == route.method and other.segments == route.segments:
@@ -315,6 +355,10 @@ class JsonResource(resource.Resource):
         :raises MatrixError: 404/405 ``M_UNRECOGNIZED``; 400 ``M_INVALID_PARAM`` for a path
             parameter that is not UTF-8.
         """
+        route, params = self._find_route(method, postpath)
+        return route.handler, params
+
+    def _find_route(self, method: bytes, postpath: list[bytes]) -> tuple[_Route, dict[str, str]]:
         path_matched = False
         get_match = None
         for route in self._routes.get(len(postpath), ()):
@@ -323,9 +367,9 @@ class JsonResource(resource.Resource):
                 continue
             path_matched = True
             if route.method == method:
-                return route.handler, params
+                return route, params
             if method == b"HEAD" and route.method == b"GET":
-                get_match = (route.handler, params)
+                get_match = (route, params)
         if get_match is not None:
             return get_match
         if path_matched:
@@ -338,11 +382,13 @@ class JsonResource(resource.Resource):
         if postpath == [b""]:
             postpath = []
         try:
-            handler, params = self.find_handler(request.method, postpath)
+            route, params = self._find_route(request.method, postpath)
+            if not route.raw_body and _has_body(request):
+                read_json_body(request)  # cached for the handler
         except MatrixError as e:
             respond_error(request, e)
             return server.NOT_DONE_YET
-        run_handler(handler, request, params)
+        run_handler(route.handler, request, params)
         return server.NOT_DONE_YET
 
 
@@ -489,27 +535,32 @@ class MatrixRequest(server.Request):
         super().write(data)
 
     def processingFailed(self, reason: Failure) -> None:
-        """Log the failure server-side; answer 500 ``M_UNKNOWN`` with no traceback."""
-        log.failure("Unhandled error in resource for {uri}", failure=reason, uri=self.uri)
+        """Log the failure server-side; answer 500 ``M_UNKNOWN`` with no traceback (503
+        for a storage fault, see :func:`respond_failure`)."""
         if self.startedWriting or self.finished or self._disconnected:
+            log.failure("Unhandled error in resource for {uri}", failure=reason, uri=self.uri)
             if not self.finished and not self._disconnected:
                 self.finish()
             return None
-        respond_error(self, unknown())
+        respond_failure(self, reason)
         return None
 
 
 class MatrixSite(server.Site):
-    """A :class:`twisted.web.server.Site` serving :class:`MatrixRequest`.
+    """A :class:`twisted.web.server.Site` serving :class:`MatrixRequest` over
+    :class:`~fedserver.http.connections.MatrixChannel` (deadlines for slow requests).
 
     :param root: the root resource (see :func:`build_tree`).
     :param max_request_body_size: bodies larger than this many bytes get 413.
     :param cors: add the client-server API's CORS headers and answer OPTIONS preflights.
     :param log_name: a short name for this listener in logs.
+    :param limits: the deadlines (a :class:`~fedserver.http.connections.ConnectionLimits`;
+        the defaults if ``None``).
     """
 
     requestFactory = MatrixRequest
     displayTracebacks = False
+    protocol = build_channel  # called as a method: build_channel(site)
 
     def __init__(
         self,
@@ -519,13 +570,22 @@ class MatrixSite(server.Site):
         cors: bool = False,
         log_name: str = "http",
         reactor: Any = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         kwargs = {} if reactor is None else {"reactor": reactor}
-        super().__init__(root, **kwargs)
+        # No TimeoutMixin idle timer (every byte would restart it): MatrixChannel keeps
+        # its own deadlines.
+        super().__init__(root, timeout=None, **kwargs)
         self.max_request_body_size = max_request_body_size
         self.cors = cors
         self.log_name = log_name
+        self.limits = limits or ConnectionLimits()
         self.noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """HTTP/1.1 only, even where Twisted could speak HTTP/2: the deadlines of
+        :class:`~fedserver.http.connections.MatrixChannel` are per HTTP/1.1 request."""
+        return [b"http/1.1"]
 
 
 def iter_routes(res: JsonResource) -> Iterable[tuple[str, str]]:

@@ -13,7 +13,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from fedserver.storage.interface import InvalidDataError, StorageError
+from fedserver.storage.interface import InvalidDataError, StorageUnavailableError
 
 T = TypeVar("T")
 
@@ -24,6 +24,45 @@ CHUNK = 500
 
 #: Accepted values of ``PRAGMA synchronous``.
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+#: SQLite primary result codes (https://www.sqlite.org/rescode.html) that mean "the
+#: database cannot work right now", not "this request is wrong": the request is answered
+#: 503 and the same request may succeed later (space freed, lock released, file made
+#: writable again). Extended codes (SQLITE_IOERR_WRITE, SQLITE_READONLY_DBMOVED, ...) are
+#: classified by their primary code (the low byte).
+_FAULT_KINDS = {
+    5: "locked",  # SQLITE_BUSY: another process held the lock beyond the busy timeout
+    6: "locked",  # SQLITE_LOCKED
+    8: "read-only",  # SQLITE_READONLY: the file, its directory or the filesystem
+    10: "io",  # SQLITE_IOERR
+    11: "corrupt",  # SQLITE_CORRUPT
+    13: "full",  # SQLITE_FULL: no space left (or max_page_count reached)
+    14: "io",  # SQLITE_CANTOPEN: e.g. the WAL or a temporary file cannot be created
+    15: "locked",  # SQLITE_PROTOCOL: WAL locking kept failing
+    22: "io",  # SQLITE_NOLFS
+    26: "corrupt",  # SQLITE_NOTADB
+}
+
+#: How often a fault that goes on is logged again (seconds).
+FAULT_LOG_INTERVAL_S = 60.0
+
+
+def fault_kind(error: BaseException) -> str | None:
+    """:returns: the kind of storage fault ``error`` is (see :data:`_FAULT_KINDS`), or
+        ``None`` if it is not one (a bug, a constraint violation...)."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        # Errors raised without a result code (rare): go by the message.
+        text = str(error).lower()
+        for needle, kind in (("disk is full", "full"), ("readonly", "read-only"), ("disk i/o", "io"),
+                             ("locked", "locked"), ("unable to open", "io")):
+            if needle in text:
+                return kind
+        return None
+    return _FAULT_KINDS.get(code & 0xFF)
+
 
 #: The 64-bit signed range SQLite integers live in.
 INT64_MIN = -(2**63)
@@ -173,24 +212,35 @@ class Database:
     """An adbapi pool of ONE sqlite3 connection, so there is one writer and transactions
     run one at a time, in submission order.
 
+    Storage faults (disk full, read-only file, I/O errors, a lock held elsewhere beyond
+    the busy timeout; see :func:`fault_kind`) fail the transaction with
+    :class:`StorageUnavailableError`, nothing of it committed. They are logged here, once
+    per episode: one error line when the first transaction fails, a reminder every
+    :data:`FAULT_LOG_INTERVAL_S` while it goes on, and one line when a transaction of the
+    failing kind (a write, if writes failed) succeeds again; so no caller needs to log them.
+
     :param pool: see :func:`connect_pool`.
+    :param clock: gives ``seconds()`` for the fault log (the reactor).
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool):
+    def __init__(self, pool: adbapi.ConnectionPool, clock: Any = None):
         self._pool = pool
         self._closed = False
+        self.faults = FaultLog(clock)
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StorageError("the database is closed")
+            raise StorageUnavailableError("closed", "the database is closed (the server is stopping)")
 
     def run_read(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
         """Run ``func(txn, *args, **kw)`` in a read transaction.
 
         :returns: Deferred firing with what ``func`` returned.
+        :raises StorageUnavailableError: (through the Deferred) for a storage fault.
         """
         self._check_open()
-        return self._pool.runWithConnection(self._run, func, "BEGIN", args, kw)
+        d = self._pool.runWithConnection(self._run, func, "BEGIN", args, kw)
+        return d.addCallbacks(self.faults.succeeded, self.faults.failed, callbackArgs=(False,), errbackArgs=(False,))
 
     def run_write(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
         """Run ``func(txn, *args, **kw)`` in a write transaction (``BEGIN IMMEDIATE``: the
@@ -198,9 +248,12 @@ class Database:
         commit fail half way).
 
         :returns: Deferred firing with what ``func`` returned, once committed.
+        :raises StorageUnavailableError: (through the Deferred) for a storage fault;
+            nothing was committed.
         """
         self._check_open()
-        return self._pool.runWithConnection(self._run, func, "BEGIN IMMEDIATE", args, kw)
+        d = self._pool.runWithConnection(self._run, func, "BEGIN IMMEDIATE", args, kw)
+        return d.addCallbacks(self.faults.succeeded, self.faults.failed, callbackArgs=(True,), errbackArgs=(True,))
 
     def run_with_connection(self, func: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Run ``func(connection, *args)`` with no transaction opened for it (schema
@@ -216,6 +269,12 @@ class Database:
             txn = Txn(cursor)
             result = func(txn, *args, **kw)
             conn.commit()
+        except sqlite3.Error as e:
+            kind = fault_kind(e)
+            if kind is None:
+                raise
+            # adbapi rolls back once we have raised.
+            raise StorageUnavailableError(kind, str(e)) from e
         finally:
             cursor.close()
         # adbapi rolls back if we raised before getting here.
@@ -224,10 +283,81 @@ class Database:
 
     def close(self) -> None:
         """Finish the queued transactions, then close the connection (once; later calls do
-        nothing, and later queries fail with :class:`StorageError`)."""
+        nothing, and later queries fail with :class:`StorageUnavailableError`)."""
         if not self._closed:
             self._closed = True
             self._pool.close()
+
+
+class FaultLog:
+    """Logs storage faults once per episode (see :class:`Database`) and says whether
+    the database is failing right now.
+
+    :param clock: gives ``seconds()``; ``None`` for the wall clock.
+    :ivar failing: the kind of the fault going on, or ``None``.
+    """
+
+    def __init__(self, clock: Any = None) -> None:
+        self._clock = clock
+        self.failing: str | None = None
+        self._writes = False
+        self._since = 0.0
+        self._last_logged = 0.0
+        self._count = 0
+        self._count_logged = 0
+        self._silent = False
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return float(self._clock.seconds())
+        import time
+
+        return time.time()
+
+    def failed(self, failure: Any, write: bool) -> Any:
+        """Errback: note a failed transaction (storage faults only) and pass it on."""
+        error = failure.value
+        if not isinstance(error, StorageUnavailableError) or error.kind == "closed":
+            return failure
+        now = self._now()
+        if self.failing is None:
+            self.failing, self._writes, self._since = error.kind, write, now
+            self._count, self._count_logged = 1, 0
+            if self._last_logged and now - self._last_logged < FAULT_LOG_INTERVAL_S:
+                # A fault that comes and goes (a disk with a few pages left) is one
+                # episode for the log: the reminder below reports it.
+                self._silent = True
+                return failure
+            self._silent = False
+            self._last_logged, self._count_logged = now, 1
+            _log.error(
+                "Database unavailable ({kind}): {detail}. Requests that need it are answered "
+                "503 M_UNKNOWN until it works again.",
+                kind=error.kind, detail=error.detail,
+            )
+            return failure
+        self._count += 1
+        self._writes = self._writes or write
+        if now - self._last_logged >= FAULT_LOG_INTERVAL_S:
+            _log.error(
+                "Database still unavailable ({kind}): {n} more failed transactions in the last "
+                "{s:.0f} s ({detail})",
+                kind=error.kind, n=self._count - self._count_logged, s=now - self._last_logged, detail=error.detail,
+            )
+            self._last_logged, self._count_logged, self._silent = now, self._count, False
+        return failure
+
+    def succeeded(self, result: T, write: bool) -> T:
+        """Callback: a transaction worked; the fault is over if it was of the kind that
+        failed (a read working says nothing about a disk that is full for writes)."""
+        if self.failing is not None and (write or not self._writes):
+            if not self._silent:
+                _log.info(
+                    "Database works again after {s:.0f} s ({kind}; {n} failed transactions)",
+                    s=self._now() - self._since, kind=self.failing, n=self._count,
+                )
+            self.failing = None
+        return result
 
 
 def _configure_connection(synchronous: str, busy_timeout_ms: int) -> Callable[[Any], None]:

@@ -24,6 +24,21 @@ class SchemaTooNewError(SchemaError):
     """The database was written by a newer fedserver: its schema version is unknown here."""
 
 
+class StorageUnavailableError(StorageError):
+    """The database cannot do its work right now: the disk is full, the file is not
+    writable, an I/O error, or a lock held elsewhere beyond the busy timeout. Nothing of the
+    failed transaction was committed; the same call may succeed later. The HTTP layer
+    answers 503 ``M_UNKNOWN`` for it.
+
+    :ivar kind: ``"full"``, ``"read-only"``, ``"io"``, ``"locked"`` or ``"unavailable"``.
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"database {kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
 class InvalidDataError(StorageError, ValueError):
     """The caller asked to store something that cannot be stored (wrong type, an integer
     beyond 64 bits, a string that is not valid Unicode, a state group of another room...)."""

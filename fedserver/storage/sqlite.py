@@ -83,7 +83,7 @@ def open_store(
         is broken.
     """
     pool = connect_pool(path, reactor, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
-    db = Database(pool)
+    db = Database(pool, reactor)
 
     def now_ms() -> int:
         return int(reactor.seconds() * 1000)
@@ -158,6 +158,12 @@ class SQLiteStore:
     def run_read(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
         """Run ``func(txn, *args, **kw)`` in one read transaction."""
         return self._db.run_read(func, *args, **kw)
+
+    @property
+    def database(self) -> Database:
+        """The :class:`~fedserver.storage.database.Database` (its ``faults`` says whether
+        the database is failing right now)."""
+        return self._db
 
     def close(self) -> None:
         """Finish queued work and close the database."""

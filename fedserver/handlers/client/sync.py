@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver.events.canonical import CanonicalJSONError, parse_json
 from fedserver.events.model import Event
 from fedserver.handlers.rooms.client_events import (
     STRIPPED_STATE_TYPES,
@@ -114,9 +114,9 @@ class SyncHandler:
             return SyncFilter()
         if value.lstrip().startswith("{"):
             try:
-                spec = json.loads(value)
-            except ValueError:
-                raise invalid_param("filter", "filter is not valid JSON") from None
+                spec = parse_json(value)  # the one strict parser, as for request bodies
+            except CanonicalJSONError as e:
+                raise invalid_param("filter", f"filter is not valid JSON: {e}") from None
             return SyncFilter(spec)
         accounts = getattr(self.store, "accounts", None)
         if not value.isascii() or not value.isdigit() or len(value) > 18 or accounts is None:

@@ -28,7 +28,7 @@ from fedserver.errors import (
     not_found,
     too_large,
 )
-from fedserver.http.resource import JsonResource, query_string, read_json_object
+from fedserver.http.resource import JsonResource, query_string, query_strings, read_json_object
 from fedserver.ratelimit import RateLimiter, rules_from_config
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.interface import InvalidDataError
@@ -70,23 +70,33 @@ def client_ip(request: IRequest) -> str:
 
 
 def get_access_token(request: IRequest) -> Optional[str]:
-    """The access token of a request: ``Authorization: Bearer TOKEN``, or else the
-    ``access_token`` query parameter (spec "Using access tokens").
+    """The access token of a request: ``Authorization: Bearer TOKEN``, or the
+    ``access_token`` query parameter (spec "Using access tokens"; the query parameter was
+    removed in v1.20, and we still claim older versions).
+
+    A request whose token depends on which one we read is refused: several
+    ``Authorization`` headers, or repeated ``access_token`` parameters, or a header and a
+    parameter, are accepted only if they all carry the same token.
 
     :returns: ``None`` if the request carries none.
     :raises MatrixError: 401 ``M_MISSING_TOKEN`` for an Authorization header that is not
-        a Bearer token.
+        a Bearer token, or for different tokens in one request.
     """
-    headers = request.requestHeaders.getRawHeaders(b"Authorization") or []
-    if headers:
-        scheme, _, token = headers[0].partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
+    tokens: set[str] = set()
+    for header in request.requestHeaders.getRawHeaders(b"Authorization") or ():
+        scheme, _, token = header.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
             raise MatrixError(401, M_MISSING_TOKEN, "Invalid Authorization header")
         try:
-            return token.strip().decode("ascii")
+            tokens.add(token.decode("ascii"))
         except UnicodeDecodeError:
             raise MatrixError(401, M_MISSING_TOKEN, "Invalid Authorization header") from None
-    return query_string(request, "access_token", None)
+    for value in query_strings(request, "access_token"):
+        tokens.add(value)
+    if len(tokens) > 1:
+        raise MatrixError(401, M_MISSING_TOKEN, "Ambiguous credentials: the request carries different access tokens")
+    return tokens.pop() if tokens else None
 
 
 async def _resolve(result: Any) -> Any:

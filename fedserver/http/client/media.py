@@ -296,12 +296,12 @@ def build_media_resource(routes: MediaRoutes) -> JsonResource:
     """The resource to mount at :data:`MEDIA_PATH` on the client listener."""
     res = _TrailingSlashTolerant()
     for v in LEGACY_VERSIONS:
-        res.add_route("POST", f"/{v}/upload", routes.upload)
+        res.add_route("POST", f"/{v}/upload", routes.upload, raw_body=True)
         res.add_route("GET", f"/{v}/config", routes.config)
         if routes.previews is not None:
             res.add_route("GET", f"/{v}/preview_url", routes.preview_url)
     for v in ("v3", "r0"):
-        res.add_route("PUT", f"/{v}/upload/{{server_name}}/{{media_id}}", routes.upload_to)
+        res.add_route("PUT", f"/{v}/upload/{{server_name}}/{{media_id}}", routes.upload_to, raw_body=True)
     res.add_route("POST", "/v1/create", routes.create)
     _add_legacy_downloads(res, routes)
     return res

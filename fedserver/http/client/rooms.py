@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -10,6 +9,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from fedserver.events.canonical import CanonicalJSONError, parse_json
 from fedserver.handlers.rooms.client_events import ClientEventSource
 from fedserver.handlers.rooms.directory import DirectoryHandler
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
@@ -127,9 +127,9 @@ def _event_filter(request: IRequest) -> Optional[EventFilter]:
     if raw is None or raw == "":
         return None
     try:
-        spec = json.loads(raw)
-    except ValueError:
-        raise invalid_param("filter", "filter is not valid JSON") from None
+        spec = parse_json(raw)  # the one strict parser, as for request bodies
+    except CanonicalJSONError as e:
+        raise invalid_param("filter", f"filter is not valid JSON: {e}") from None
     return EventFilter(spec)
 
 

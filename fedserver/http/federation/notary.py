@@ -26,6 +26,7 @@ from fedserver.federation.keyring import (
 )
 from fedserver.errors import bad_json, invalid_param
 from fedserver.http.resource import JsonResource, query_int, read_json_object
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -142,6 +143,9 @@ class NotaryService:
         for (ok, docs), server_name in zip(results, criteria):
             if ok:
                 server_keys.extend(docs)
+            elif docs.check(StorageUnavailableError):
+                # Not "no keys": the database could not say (503, already logged).
+                docs.raiseException()
             else:
                 log.failure("Could not read stored keys of {server}", docs, server=server_name)
         return {"server_keys": server_keys}

@@ -18,6 +18,7 @@ from fedserver.federation.xmatrix import (
 )
 from fedserver.errors import MatrixError, not_json, unauthorized
 from fedserver.http.resource import read_json_body
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -35,6 +36,9 @@ class Keyring(Protocol):
 
 
 _NO_CONTENT: Any = object()
+
+#: Most X-Matrix headers looked at in one request (one per signing key of the origin).
+MAX_XMATRIX_HEADERS = 4
 
 
 class XMatrixAuthenticator:
@@ -77,29 +81,49 @@ class XMatrixAuthenticator:
         d.addCallback(self._verify)
         return d
 
-    def _verify(self, prepared: tuple[str, dict[str, Any]]) -> defer.Deferred:
-        origin, signed = prepared
-        d = defer.maybeDeferred(
-            self._keyring.verify_json_for_server, origin, signed, int(self._clock.seconds() * 1000)
-        )
+    def _verify(self, prepared: tuple[str, list[dict[str, Any]]]) -> defer.Deferred:
+        origin, signed_objects = prepared
+        now_ms = int(self._clock.seconds() * 1000)
+        d: defer.Deferred = defer.succeed(None)
+        # Every header must verify (one after the other: the first failure decides).
+        for signed in signed_objects:
+            d.addCallback(
+                lambda _, signed=signed: defer.maybeDeferred(
+                    self._keyring.verify_json_for_server, origin, signed, now_ms
+                )
+            )
         d.addCallbacks(lambda _: self._authenticated(origin), lambda f: self._failed(f, origin))
         return d
 
-    def _prepare(self, request: IRequest, content: Any) -> tuple[str, dict[str, Any]]:
+    def _prepare(self, request: IRequest, content: Any) -> tuple[str, list[dict[str, Any]]]:
         headers = request.requestHeaders.getRawHeaders(b"Authorization") or []
         xmatrix = [h for h in headers if is_xmatrix_header(h)]
         if not xmatrix:
             # HOSTILE row 1.
             raise unauthorized("Missing X-Matrix Authorization header")
-        # Old servers could send one header per signing key; the first one decides.
+        if len(xmatrix) != len(headers):
+            # Which scheme would apply is a guess: refuse rather than pick one.
+            raise unauthorized("X-Matrix and other Authorization schemes in one request")
+        if len(xmatrix) > MAX_XMATRIX_HEADERS:
+            raise unauthorized(f"More than {MAX_XMATRIX_HEADERS} X-Matrix Authorization headers")
+        # Server-server API, "Request Authentication": a server may send one header per
+        # signing key (the spec's example builds one per key). Several headers are
+        # accepted only if they all parse, all name the same origin and the same
+        # destination, and every one of them verifies: the request must never be taken as
+        # coming from one origin while another header names a different one.
         try:
-            auth = parse_xmatrix_header(xmatrix[0])
+            auths = [parse_xmatrix_header(h) for h in xmatrix]
         except XMatrixParseError as e:
             # HOSTILE row 2.
             raise unauthorized(f"Invalid X-Matrix Authorization header: {e}") from None
+        origin, destination = auths[0].origin, auths[0].destination
+        if any(a.origin != origin for a in auths):
+            raise unauthorized("X-Matrix Authorization headers name different origins")
+        if any(a.destination != destination for a in auths):
+            raise unauthorized("X-Matrix Authorization headers name different destinations")
         # "destination" (added in v1.3): accept requests without it; if present it must
         # name us, else 401 (HOSTILE row 3).
-        if auth.destination is not None and auth.destination != self._server_name:
+        if destination is not None and destination != self._server_name:
             raise unauthorized("X-Matrix destination is not this server")
         try:
             method = request.method.decode("ascii")
@@ -107,8 +131,10 @@ class XMatrixAuthenticator:
         except UnicodeDecodeError:
             raise unauthorized("Request target is not ASCII") from None
         body = self._body(request, content)
-        signed = request_json_for_verify(method, uri, auth.origin, auth.destination, body, auth.key_id, auth.sig)
-        return auth.origin, signed
+        signed = [
+            request_json_for_verify(method, uri, origin, destination, body, a.key_id, a.sig) for a in auths
+        ]
+        return origin, signed
 
     @staticmethod
     def _body(request: IRequest, content: Any) -> Any:
@@ -139,7 +165,8 @@ class XMatrixAuthenticator:
         return origin
 
     def _failed(self, failure: Any, origin: str) -> None:
-        if failure.check(MatrixError):
+        if failure.check(MatrixError, StorageUnavailableError):
+            # A database fault while looking up keys is ours, not the peer's: 503.
             failure.raiseException()
         # KeyVerificationError for a bad signature or an unknown / expired key (HOSTILE
         # row 4). Anything else (keys unreachable, a bug) must still be a clean 401, never
