@@ -40,6 +40,7 @@ from fedserver.handlers.federation.gaps import GapFiller
 from fedserver.handlers.federation.handshakes import HandshakeHandler
 from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.federation.ingest import Ingest
+from fedserver.handlers.federation.partial_state import PartialStateResync
 from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.handlers.client.profile import ProfileHandler
 from fedserver.handlers.federation.receive import EventReceiver
@@ -442,6 +443,7 @@ class FedserverService(service.MultiService):
             client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
         )
         await self.sender.start()
+        await self.resync.resume()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -522,9 +524,16 @@ class FedserverService(service.MultiService):
     async def _wire_rooms(self, store: Any) -> None:
         """Build the membership handshakes (both roles), accounts, rooms and the client API."""
         config, reactor, name = self.config, self.reactor, self.config.server_name
+        # Rooms joined with partial state get their full state in the background.
+        self.resync = PartialStateResync(
+            client=self.federation_client, keyring=self.keyring, pipeline=self.pipeline, store=store,
+            clock=reactor, server_name=name, max_response_size=config.send_join_max_response_size,
+        )
         self.remote_membership = RemoteMembership(
             client=self.federation_client, keyring=self.keyring, pipeline=self.pipeline, store=store,
             room_versions=self.room_versions, server_name=name, signing_key=self.signing_key, clock=reactor,
+            partial_state_joins=config.partial_state_joins, max_join_size=config.send_join_max_response_size,
+            on_partial_join=self.resync.start,
         )
         self.accounts = build_account_services(
             reactor=reactor, store=store, server_name=name,
@@ -670,6 +679,7 @@ class FedserverService(service.MultiService):
         transaction pruning and the federation client, and close the store last. Every step
         runs even if one before it fails (its failure is logged)."""
         sender, self.sender = self.sender, None
+        resync, self.resync = getattr(self, "resync", None), None
         loop, self._prune_loop = self._prune_loop, None
         client, self.federation_client = self.federation_client, None
         dns, self._dns = self._dns, None
@@ -677,6 +687,8 @@ class FedserverService(service.MultiService):
         steps: list[tuple[str, Callable[[], Any]]] = []
         if sender is not None:
             steps.append(("the sender", sender.stop))
+        if resync is not None:
+            steps.append(("the partial-state resyncs", resync.stop))
         steps.append(("the listeners", super().stopService))
         steps.append(("the connection summary", self.connections.stop))
         if loop is not None and loop.running:

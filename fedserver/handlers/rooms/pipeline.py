@@ -316,6 +316,8 @@ class RoomPipeline:
         for event in _auth_ordered(list(todo.values())):
             eid = event.event_id
             missing = [a for a in event.auth_event_ids if lookup.get(a) is None]
+            if create_id and create is None and event.type != "m.room.create":
+                missing.append(create_id)  # v12: judged against the create event, not known yet
             if missing:
                 outcomes[eid] = Outcome(MISSING, missing=frozenset(missing))
                 todo.pop(eid, None)  # nothing citing it can be checked either

@@ -546,6 +546,8 @@ class RoomsHandler:
     ) -> dict[str, Any]:
         """``GET /rooms/{roomId}/members``: the member events (``at`` is not supported and
         the current state is used)."""
+        # A room joined with partial state has no member list yet: wait for it (MSC3902).
+        await self.events.pipeline.wait_full_state(room_id)
         state = await self._readable_state(room_id, requester.user_id)
         ids = [v for (t, _), v in state.items() if t == "m.room.member"]
         events = await self.store.get_events(ids)
@@ -567,6 +569,7 @@ class RoomsHandler:
         m = await self.store.rooms.get_membership(room_id, requester.user_id)
         if m is None or m.membership != "join":
             raise forbidden("You are not joined to this room")
+        await self.events.pipeline.wait_full_state(room_id)
         state = await self.events.pipeline.current_state(room_id)
         ids = [v for (t, _), v in state.items() if t == "m.room.member"]
         events = await self.store.get_events(ids)
