@@ -120,6 +120,8 @@ class TwoServersRoomsTests(TestCase):
             self.assertEqual(set(e), STRIPPED_KEYS)
         await a.rooms.membership.join(alice.user_id, room)
         self.assertEqual(await b.membership(room, alice.user_id), "join")
+        # A joined with partial state: /sync shows the room once A holds its full state.
+        await a.svc.pipeline.wait_full_state(room)
         rooms = (await a.sync(alice))["rooms"]
         self.assertNotIn(room, rooms["knock"])
         self.assertNotIn(room, rooms["invite"])

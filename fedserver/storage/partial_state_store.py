@@ -172,6 +172,41 @@ class PartialStateStore:
 
         return self._read(txn_func)
 
+    # -- for /sync --------------------------------------------------------------------
+
+    def get_completion_position(self) -> "Deferred[int]":
+        """The newest position of the completions stream (0 if none yet)."""
+
+        def txn_func(txn: Txn) -> int:
+            row = txn.execute("SELECT MAX(stream_id) FROM partial_state_completions").fetchone()
+            return row[0] or 0
+
+        return self._read(txn_func)
+
+    def get_sync_view(
+        self, room_ids: Iterable[str], since: Optional[int], now: int
+    ) -> "Deferred[tuple[set[str], set[str]]]":
+        """Among ``room_ids``: those still partial-state, and those that got their full
+        state after position ``since`` (up to ``now``; none when ``since`` is ``None``)."""
+        ids = lookup_ids(room_ids)
+
+        def txn_func(txn: Txn) -> tuple[set[str], set[str]]:
+            partial = {r[0] for r in txn.select_in("SELECT room_id FROM partial_state_rooms WHERE room_id IN ({})", ids)}
+            completed: set[str] = set()
+            if since is not None and since < now:
+                completed = {
+                    r[0]
+                    for r in txn.select_in(
+                        "SELECT room_id FROM partial_state_completions WHERE stream_id > ? AND stream_id <= ?"
+                        " AND room_id IN ({})",
+                        ids,
+                        (since, now),
+                    )
+                }
+            return partial, completed
+
+        return self._read(txn_func)
+
     # -- the end of the resync --------------------------------------------------------
 
     def finish(
@@ -247,6 +282,8 @@ class PartialStateStore:
         delta.update({k: None for k in stored if k not in current})
         if delta:
             self._events.apply_current_state_delta_txn(txn, room_id, delta)
+        stream_id = txn.allocate_ids("partial_state_completion", 1)
+        txn.execute("INSERT INTO partial_state_completions (stream_id, room_id) VALUES (?, ?)", (stream_id, room_id))
         txn.execute("DELETE FROM partial_state_events WHERE room_id = ?", (room_id,))
         txn.execute("DELETE FROM partial_state_servers WHERE room_id = ?", (room_id,))
         txn.execute("DELETE FROM partial_state_rooms WHERE room_id = ?", (room_id,))

@@ -210,6 +210,8 @@ class RoomPipeline:
         self._full_state_waiters: dict[str, list[defer.Deferred]] = {}
         #: callables ``(room_id, [(event, outcome)])`` run after each committed batch.
         self.on_persisted: list[Callable[[str, list[tuple[Event, Outcome]]], Any]] = []
+        #: callables ``(room_id)`` run once a partial-state room has its full state.
+        self.on_full_state: list[Callable[[str], Any]] = []
 
     # -- public API -------------------------------------------------------------------------
 
@@ -797,6 +799,11 @@ class RoomPipeline:
         waiters = self._full_state_waiters.pop(room_id, [])
         for d in waiters:
             d.callback(None)
+        for callback in list(self.on_full_state):
+            try:
+                callback(room_id)
+            except Exception:
+                log.failure("on_full_state callback failed")
         return outcomes
 
     # -- helpers -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from fedserver.handlers.rooms.directory import DirectoryHandler
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
 from fedserver.handlers.client.notifier import Notifier
 from fedserver.handlers.rooms.rooms import EventFilter, RoomsHandler
-from fedserver.handlers.client.sync import SyncHandler
+from fedserver.handlers.client.sync import PartialStateSection, SyncHandler
 from fedserver.errors import bad_json, forbidden, invalid_param, missing_param, too_large
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
@@ -86,8 +86,9 @@ def build_room_services(
     rooms = RoomsHandler(
         events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
     )
-    sync = SyncHandler(store, notifier, source, clock)
+    sync = SyncHandler(store, notifier, source, clock, sections=[PartialStateSection(store)])
     pipeline.on_persisted.append(notifier.on_persisted)
+    pipeline.on_full_state.append(notifier.notify_room)
     pipeline.on_persisted.append(rooms.on_persisted)
     return RoomServices(events, notifier, source, directory, membership, rooms, sync)
 

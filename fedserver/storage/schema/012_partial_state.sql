@@ -26,3 +26,11 @@ CREATE TABLE partial_state_events (
     room_id TEXT NOT NULL
 );
 CREATE INDEX partial_state_events_room ON partial_state_events (room_id, event_nid);
+
+-- When each room got its full state, as a stream (stream_id from the sequence
+-- 'partial_state_completion'): /sync sends such a room whole to a client whose token is
+-- older (the room was left out of /sync while it was partial).
+CREATE TABLE partial_state_completions (
+    stream_id INTEGER NOT NULL PRIMARY KEY,
+    room_id TEXT NOT NULL
+);
