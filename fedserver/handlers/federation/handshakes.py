@@ -394,6 +394,11 @@ class HandshakeHandler:
         state = [events[i].pdu for i in ids if i in events]
         auth_chain = [events[i].pdu for i in chain if i in events]
         servers = sorted(set(hosts_before if partial else hosts) | {self._server_name})
+        log.info(
+            "send_join of {user} to {room_id}: {how} state ({n} events of {total}), auth chain of {c}",
+            user=event.state_key, room_id=room_id, how="partial (members omitted)" if partial else "full",
+            n=len(state), total=len(state_ids), c=len(auth_chain),
+        )
         return {
             "origin": self._server_name,
             "event": pdu,
