@@ -104,6 +104,7 @@ class Config:
     federation_allow_private_addresses: bool = False
     federation_client_timeout: float = 60.0
     partial_state_joins: bool = True
+    serve_partial_state: bool = True
     send_join_max_response_size: int = DEFAULT_SEND_JOIN_MAX_RESPONSE_SIZE
     outbound_max_retry_interval: float = 3600.0
     plugins: tuple[str, ...] = ()
@@ -494,6 +495,9 @@ OPTIONS: tuple[Option, ...] = (
            "Join rooms on other servers with partial state (send_join omit_members, MSC3706): the join\n"
            "answers as soon as the room's state without its members checks out, and the members are\n"
            "fetched in the background. False asks for the full state before answering."),
+    Option("serve_partial_state", _v_bool,
+           "Answer other servers' joins to our rooms with partial state when they ask (send_join\n"
+           "omit_members): the room's members are left out and fetched by them afterwards."),
     Option("send_join_max_response_size", _v_int(1024 * 1024),
            "Largest send_join or /state answer accepted when joining a room, in bytes (read and stored as\n"
            "it arrives, never held whole). The default fits the largest public rooms."),

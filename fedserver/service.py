@@ -553,6 +553,7 @@ class FedserverService(service.MultiService):
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
             signing_key=self.signing_key, distribute=self.sender.send_pdus,
             on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            serve_partial_state=config.serve_partial_state,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)

@@ -114,6 +114,7 @@ class HandshakeHandler:
     :param on_invite: ``(event, invite_room_state) -> Awaitable`` recording an invite for a
         local user (so their client sees it), or ``None``.
     :param is_local_user: ``user_id -> Awaitable[bool]``: whether a user exists here.
+    :param serve_partial_state: honour send_join ``omit_members`` (else full state always).
     """
 
     def __init__(
@@ -131,7 +132,9 @@ class HandshakeHandler:
         distribute: Callable[[list[dict], Collection[str]], Any],
         on_invite: Optional[Callable[[Event, list], Awaitable[Any]]] = None,
         is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
+        serve_partial_state: bool = True,
     ) -> None:
+        self._serve_partial_state = serve_partial_state
         self._clock = clock
         self._store = store
         self._pipeline = pipeline
@@ -334,7 +337,8 @@ class HandshakeHandler:
             pdu = signed
             event = Event.from_pdu(pdu, rv, event.event_id)
         await self._verify(event, checked.signed_bytes, servers - {self._server_name})
-        hosts_before = await self._store.get_joined_hosts(room_id) if omit_members else None
+        partial = omit_members and self._serve_partial_state
+        hosts_before = await self._store.get_joined_hosts(room_id) if partial else None
         outcomes = await self._pipeline.process(room_id, [event], verified_servers={event.event_id: servers})
         outcome = outcomes[event.event_id]
         if outcome.status == MISSING:
