@@ -12,6 +12,7 @@ from fedserver.federation.client import FederationClientError, fed_path
 from fedserver.handlers.federation.history import is_valid_id
 from fedserver.handlers.federation.intake import IntakeError, OutlierIntake
 from fedserver.handlers.rooms.pipeline import RoomPipeline
+from fedserver.memory import release_free_memory
 from fedserver.storage.interface import StateKey
 
 log = Logger()
@@ -23,6 +24,8 @@ EVENT_FETCH_LIMIT = 50
 EVENT_FETCH_CONCURRENCY = 5
 #: Events checked and stored per step.
 RESYNC_CHUNK = 2000
+#: A resync of at least this many state events gives its memory back afterwards.
+LARGE_STATE = 5000
 #: Most ids a ``/state_ids`` answer may hold (state plus auth chain of the largest rooms).
 MAX_STATE_IDS = 2_000_000
 
@@ -158,6 +161,8 @@ class PartialStateResync:
         if ("m.room.create", "") not in state:
             raise ResyncFailed(f"{server}'s state has no create event")
         await self._pipeline.complete_partial_state(room_id, join_event_id, state)
+        if len(pdu_ids) >= LARGE_STATE:
+            release_free_memory()
 
     async def _fetch(self, server: str, room_id: str, join_event_id: str, missing: set[str]) -> None:
         rv = await self._store.get_room_version(room_id)

@@ -28,6 +28,7 @@ from fedserver.handlers.federation.handshakes import strip_received_state
 from fedserver.handlers.rooms.pipeline import ACCEPTED, PartialJoin, RoomPipeline
 from fedserver.handlers.federation.receipt import check_received
 from fedserver.errors import MatrixError
+from fedserver.memory import release_free_memory
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 
 log = Logger()
@@ -38,6 +39,8 @@ JOIN_STATE_CHUNK = 2000
 #: Seconds a send_join may take, answer included (a large room's state is read, checked
 #: and stored as it arrives).
 SEND_JOIN_TIMEOUT = 600.0
+#: Joins with at least this many state and auth events give their memory back afterwards.
+LARGE_JOIN = 5000
 #: Default cap on a send_join answer (see the option ``send_join_max_response_size``).
 DEFAULT_MAX_JOIN_SIZE = 1024 * 1024 * 1024
 
@@ -211,6 +214,8 @@ class RemoteMembership:
             room_id=room_id, server=server, how=" with partial state" if partial else "",
             n=intake.received, s=time.monotonic() - started,
         )
+        if intake.received >= LARGE_JOIN:
+            release_free_memory()
         if partial and self._on_partial_join is not None:
             self._on_partial_join(room_id)
         return joined
