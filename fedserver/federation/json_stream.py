@@ -57,7 +57,8 @@ class StreamedObjectParser:
         self._buf = ""
         self._pos = 0
         self._state = _START
-        self._key: str | None = None
+        self._key = ""
+        self._members = 0
         self._top: dict[str, Any] = {}
         self._batch: list[Any] = []
         self._out: list[tuple[str, list[Any]]] = []
@@ -96,7 +97,7 @@ class StreamedObjectParser:
             raise StreamedJSONError("the document ends before the object does")
         if self._buf[self._pos:].strip(_WS):
             raise StreamedJSONError("data after the object")
-        if self._batch and self._key is not None:
+        if self._batch:
             self._out.append((self._key, self._batch))
             self._batch = []
         out, self._out = self._out, []
@@ -138,7 +139,7 @@ class StreamedObjectParser:
                 self._pos += 1
                 self._state = _KEY
             elif state == _KEY:
-                if c == "}" and not self._top and self._key is None:
+                if c == "}" and self._members == 0:
                     self._pos += 1
                     self._state = _DONE
                     continue
@@ -148,6 +149,7 @@ class StreamedObjectParser:
                 if not ok:
                     return
                 self._key = key
+                self._members += 1
                 self._state = _COLON
             elif state == _COLON:
                 if c != ":":
@@ -174,7 +176,7 @@ class StreamedObjectParser:
                 self._pos += 1
                 if c == ",":
                     self._state = _KEY
-                    self._key = ""  # a member must follow
+                    self._members = -1  # a member must follow (no '}' now)
                 elif c == "}":
                     self._state = _DONE
                 else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.federation.client import FederationClientError, fed_path
@@ -61,7 +60,7 @@ class PartialStateResync:
         keyring: Any,
         pipeline: RoomPipeline,
         store: Any,
-        clock: IReactorTime,
+        clock: Any,
         server_name: str,
         max_response_size: int,
         retry_s: float = 2.0,
