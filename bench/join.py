@@ -76,31 +76,32 @@ def measure_join(server, user: str, room: str, resident: str, expected: int) -> 
     return to_200, to_all, peak, rss(server.proc.pid)
 
 
+#: Joining servers of earlier runs, kept running until the end: their joins are in the
+#: room's state, and later joiners must be able to fetch their keys to check them.
+_running: list = []
+
+
 def run_fedserver(base: str, n: int, room: str, resident: str, expected: int, partial: bool) -> dict:
     joiner = Fedserver(os.path.join(base, f"joiner-{n}"), extra_config={
         "log_level": "info", "partial_state_joins": partial, "federation_client_timeout": 600,
     })
+    _running.append(joiner)
     joiner.start()
-    try:
-        time.sleep(1.0)
-        idle = rss(joiner.proc.pid)
-        bob = joiner.user("bob")
-        to_200, to_all, peak, after = measure_join(joiner, bob, room, resident, expected)
-    finally:
-        joiner.stop()
+    time.sleep(1.0)
+    idle = rss(joiner.proc.pid)
+    bob = joiner.user("bob")
+    to_200, to_all, peak, after = measure_join(joiner, bob, room, resident, expected)
     return {"to_200": to_200, "to_all": to_all, "peak": peak, "idle": idle, "after": after}
 
 
 def run_synapse(base: str, n: int, room: str, resident: str, expected: int, version: str) -> dict:
     synapse = Synapse(os.path.join(base, f"synapse-{n}"), room_version=version)
+    _running.append(synapse)
     synapse.start()
-    try:
-        time.sleep(1.0)
-        idle = rss(synapse.proc.pid)
-        alice = synapse.register("alice")
-        to_200, to_all, peak, after = measure_join(synapse, alice, room, resident, expected)
-    finally:
-        synapse.stop()
+    time.sleep(1.0)
+    idle = rss(synapse.proc.pid)
+    alice = synapse.register("alice")
+    to_200, to_all, peak, after = measure_join(synapse, alice, room, resident, expected)
     return {"to_200": to_200, "to_all": to_all, "peak": peak, "idle": idle, "after": after}
 
 
@@ -124,15 +125,14 @@ async def run(args) -> None:
             resident.stop()
             resident.extra_config = {"serve_partial_state": mode == "partial", "log_level": "warn"}
             resident.start()
-            joins = 0
             for r in range(args.runs):
                 for who in ("fedserver", "synapse"):
                     if who == "synapse" and not synapse_ok:
                         continue
                     counter += 1
-                    joins += 1
-                    # The owner, the members, and every user joined by earlier runs stay.
-                    expected = args.members + 1 + joins
+                    # The owner, the members and the joining user (users joined by earlier
+                    # runs are not counted).
+                    expected = args.members + 2
                     print(f"  {mode} join, run {r + 1}, {who} ... {load_line()}", flush=True)
                     if who == "fedserver":
                         res = run_fedserver(base, counter, room, resident.server_name, expected, mode == "partial")
@@ -142,6 +142,8 @@ async def run(args) -> None:
                           f"peak {res['peak'] / 2**20:.0f} MB", flush=True)
                     results.setdefault((mode, who), []).append(res)
     finally:
+        for server in _running:
+            server.stop()
         resident.stop()
         shutil.rmtree(base, ignore_errors=True)
 
