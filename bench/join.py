@@ -39,7 +39,7 @@ from twisted.internet import defer, task  # noqa: E402
 
 from bench._common import load_line, populated_room, rss, with_service  # noqa: E402
 from fedserver.room_versions import spec_version  # noqa: E402
-from tests.interop.peers import Fedserver, PeerUnavailable, Synapse, wait_until  # noqa: E402
+from tests.interop.peers import Fedserver, PeerUnavailable, Synapse, http_json, wait_until  # noqa: E402
 
 
 async def build_room(directory: str, server_name: str, members: int, version: str) -> str:
@@ -62,7 +62,9 @@ def measure_join(server, user: str, room: str, resident: str, expected: int) -> 
     """
     q = urllib.parse.quote(room, safe="")
     start = time.perf_counter()
-    server.client("POST", f"/_matrix/client/v3/join/{q}", {}, as_user=user, params={"server_name": resident})
+    # A 100,000-member full join takes Synapse minutes: wait as long as it takes.
+    http_json("POST", f"{server.client_url}/_matrix/client/v3/join/{q}?server_name={urllib.parse.quote(resident)}", {},
+              token=server.tokens.get(user), timeout=1800)
     to_200 = time.perf_counter() - start
 
     def all_members():
