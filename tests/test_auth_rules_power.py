@@ -176,7 +176,29 @@ class PowerLevelsTests(SynchronousTestCase, AuthAssertions):
                 result = room.check(self._pl(room, ban=True))
                 self.assertDenied(result, pl_rule(rv, "scalar_types" if rv.integer_power_levels else "scalars"))
                 result = room.check(self._pl(room, events=[]))
-                self.assertDenied(result, pl_rule(rv, "map_types" if rv.integer_power_levels else "maps_added"))
+                if rv.integer_power_levels:
+                    self.assertDenied(result, pl_rule(rv, "map_types"))
+                else:
+                    # Before v10 the form of events is not checked: an array lists no
+                    # entries, so nothing is added or changed.
+                    self.assertAllowed(result)
+
+    def test_non_object_maps_have_no_entries(self):
+        """Before v10, an events property that is not an object lists no entries: the
+        entries of the previous power levels are removed by it (rule "For each entry
+        being changed in, or removed from, the events property: If the current value is
+        greater than the sender's current power level, reject"), and event types fall
+        back to the defaults when it is in force."""
+        for rv in SPEC_ROOM_VERSIONS[:9]:
+            with self.subTest(rv=rv.identifier):
+                room = self._room(rv)
+                room.add(self._pl(room, events={"m.x": 75}))
+                # Bob (50) may not remove Alice's 75 by replacing events with a string...
+                self.assertDenied(room.check(self._pl(room, sender=BOB, events="none")),
+                                  pl_rule(rv, "maps_removed"))
+                # ...Alice (100) may; then m.x needs events_default (0) again.
+                room.add(self._pl(room, events="none"))
+                self.assertAllowed(room.check(room.event("m.x", CAROL, {})))
 
     def test_non_integer_strings_rejected(self):
         """Before v10 a string value must hold "a single base 10 integer" (sign, leading

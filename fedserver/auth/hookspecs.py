@@ -87,13 +87,15 @@ def fedserver_auth_room_create_event(
 def fedserver_auth_auth_events(
     event: Event, auth_events: Sequence[Event], room_version: RoomVersion
 ) -> Deny | None:
-    """Judge the auth events an event cites (rule 2.1-2.3 before v12, 3.1-3.5 in v12).
+    """Judge the auth events an event cites (rule 2.1-2.3 and 2.5 before v12, 3.1-3.5 in
+    v12).
 
     Called only when an event is checked against the auth events it cites
     (:meth:`AuthEngine.check`), not when it is checked against a state.  The built-in
     rule rejects duplicate ``(type, state_key)`` pairs, pairs the auth events selection
     does not call for, auth events that were themselves rejected
-    (``Event.rejected_reason`` set) and, from v12, auth events of another room.
+    (``Event.rejected_reason`` set) and auth events of another room (in every room
+    version since MSC4307).
 
     :param event: the event being authorised (not a create event).
     :param auth_events: the cited auth events, as given, in order.
