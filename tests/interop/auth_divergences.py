@@ -130,8 +130,28 @@ def _int_forms(case, ours, synapse, rejudge) -> bool:
     rv = _rv(case)
     if not any(_python_int_only(v, rv) for c in _power_levels_contents(case) for v in _level_values(c)):
         return False
-    as_synapse = _map_levels(case, lambda v: int(v) if _python_int_only(v, rv) else v)
-    return agree(rejudge(as_synapse), synapse)
+    return agree(rejudge(_as_synapse_reads_levels(case)), synapse)
+
+
+def _bad_user_keys(case: dict[str, Any]) -> list[str]:
+    """Keys of the new power levels' ``users`` that Synapse takes for user IDs (an ``@``
+    and a ``:``) but that are not valid user IDs."""
+    event = case["event"]
+    users = event["content"].get("users") if event["type"] == PL else None
+    if not isinstance(users, dict):
+        return []
+    return [u for u in users if not is_valid_user_id(u) and u.startswith("@") and ":" in u]
+
+
+def _as_synapse_reads_levels(case: dict[str, Any]) -> dict[str, Any]:
+    """``case`` with the power levels read as Synapse reads them: values through
+    ``int()``, and ``users`` keys with an ``@`` and a ``:`` taken as user IDs (dropped, so
+    that our rules accept the rest).  A case may show both divergences at once."""
+    rv = _rv(case)
+    out = _map_levels(case, lambda v: int(v) if _python_int_only(v, rv) else v)
+    for u in _bad_user_keys(case):
+        del out["event"]["content"]["users"][u]
+    return out
 
 
 def _synapse_int_error(case, ours, synapse, rejudge) -> bool:
@@ -256,20 +276,13 @@ def _tpi_first_signature(case, ours, synapse, rejudge) -> bool:
 
 
 def _users_keys(case, ours, synapse, rejudge) -> bool:
-    """Without those keys we allow it too."""
-    event = case["event"]
-    if event["type"] != PL or ours[0] != "reject" or synapse["verdict"] != "allow":
+    """Without those keys (and with power levels read as Synapse reads them) we allow it
+    too."""
+    if case["event"]["type"] != PL or ours[0] != "reject" or synapse["verdict"] != "allow":
         return False
-    users = event["content"].get("users")
-    if not isinstance(users, dict):
+    if not _bad_user_keys(case):
         return False
-    bad = [u for u in users if not is_valid_user_id(u) and u.startswith("@") and ":" in u]
-    if not bad:
-        return False
-    without = copy.deepcopy(case)
-    for u in bad:
-        del without["event"]["content"]["users"][u]
-    return agree(rejudge(without), synapse)
+    return agree(rejudge(_as_synapse_reads_levels(case)), synapse)
 
 
 def _member_state_key(case, ours, synapse, rejudge) -> bool:
