@@ -93,7 +93,10 @@ class _EventState(Mapping[StateKey, Event]):
 
 def _refusal_from(result) -> Refusal:
     deny = result.denials[0]
-    return Refusal(deny.reason, deny.rule, deny.plugin or None)
+    # The plugin is the name the denying hook implementation is registered under; the
+    # spec's rules are registered as fedserver.auth.rules.<topic> (never empty: the
+    # engine fills it in).
+    return Refusal(deny.reason, deny.rule, deny.plugin)
 
 
 def _topo_order(events: Sequence[Event], edges: Callable[[Event], Sequence[str]], key) -> list[Event]:
