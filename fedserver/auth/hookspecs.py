@@ -140,9 +140,11 @@ def fedserver_auth_member(
 ) -> Deny | None:
     """Judge what every ``m.room.member`` event must satisfy, whatever its membership.
 
-    Rule 5.1 (a ``state_key`` and a ``content.membership``), 5.2 from v8 (a
-    ``join_authorised_via_users_server`` needs a valid signature of that user's server)
-    and the last sub-rule ("Otherwise, the membership is unknown. Reject.").  The engine
+    Rule 5.1 (a ``state_key`` and a ``content.membership``; the built-in rule also wants
+    the ``state_key`` to be a user ID, the *target user*), 5.2 from v8 (a
+    ``join_authorised_via_users_server``, on any membership, needs a valid signature of
+    that user's server) and the last sub-rule ("Otherwise, the membership is unknown.
+    Reject.").  The engine
     then calls the hook for the membership: ``_member_join``, ``_member_invite`` or
     ``_member_third_party_invite``, ``_member_leave``, ``_member_ban``, ``_member_knock``.
 
