@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.interop.auth_cases import divergence_cases, our_verdict
 from tests.interop.auth_conformance import (
     Report, compare, covering_cases, denial_rules, new_engine, synapse_verdicts,
 )
 from tests.interop.auth_divergences import DIVERGENCES, agree, classify
-from tests.interop.peers import PeerUnavailable, interop_required, synapse_python
+from tests.interop.peers import PeerUnavailable, synapse_python, unavailable
 
 #: The CI sample: fixed, so a failure can be reproduced with the sweep script.
 SEED = 12
@@ -37,9 +37,7 @@ def _run() -> dict[str, Any]:
         try:
             python = synapse_python()
         except PeerUnavailable as e:
-            if interop_required():
-                raise AssertionError(f"FEDSERVER_INTEROP=require but {e}") from None
-            raise SkipTest(str(e)) from None
+            raise unavailable(e) from None
         cases = covering_cases(SEED, COUNT)
         divergent = divergence_cases()
         version, verdicts = synapse_verdicts(python, cases + [c for _, c in divergent])
