@@ -160,6 +160,8 @@ class RuleIdTests(SynchronousTestCase):
             (V11, ("auth_events", "room_create"), "v11 2.4"),
             (V12, ("room_create",), "v12 2"),
             (V12, ("auth_events", "same_room"), "v12 3.5"),
+            (V1, ("auth_events", "same_room"), "v1 2.5"),
+            (V11, ("auth_events", "same_room"), "v11 2.5"),
             (V12, ("state_key",), "v12 9"),
         ]
         for rv, names, label in cases:

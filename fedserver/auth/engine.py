@@ -367,7 +367,8 @@ class AuthEngine:
                 if denials:
                     return AuthResult(False, tuple(denials))
         else:
-            # Rule 2.1-2.3 and 2.5: the cited auth events themselves.
+            # Rule 2.1-2.3 and 2.5: the cited auth events themselves (one pass over them;
+            # 2.4, which looks at them as a whole, follows: the verdict is the same).
             if cited is not None:
                 denials = call("fedserver_auth_auth_events", {
                     "event": event, "auth_events": cited, "room_version": rv,
