@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Collection, Container, Mapping
+from typing import Any, Callable, Collection, Container, Mapping
 
 from fedserver.auth.power_levels import INFINITE_POWER, PowerLevels
 from fedserver.auth.selection import (
@@ -51,7 +51,7 @@ class AuthState:
         verified_servers: Collection[str] | None = None,
         is_spec_version: bool = True,
         room_versions: Container[str] | None = None,
-        power_levels_cache: dict[str, PowerLevels] | None = None,
+        power_levels_cache: dict[str, tuple[Any, RoomVersion, PowerLevels]] | None = None,
         join_rule_allows: Callable[["AuthState", str], bool] | None = None,
     ):
         """
@@ -64,7 +64,7 @@ class AuthState:
         :param room_versions: the room version identifiers this server recognises
             (default: the spec's).
         :param power_levels_cache: a dict shared between checks, power levels event id to
-            parsed :class:`PowerLevels`, so they are parsed once.
+            ``(content, room version, parsed PowerLevels)``, so they are parsed once.
         :param join_rule_allows: consulted by :meth:`join_rule_allows` (the engine passes
             its call of the ``fedserver_auth_join_rule_allows`` hook).
         """
@@ -96,12 +96,23 @@ class AuthState:
             if ev is None:
                 pl = PowerLevels.from_content(None, self.room_version)
             else:
-                pl = self._pl_cache.get(ev.event_id)
-                if pl is None:
-                    pl = PowerLevels.from_content(ev.content, self.room_version)
+                # Cached by event id, but only for the same content in the same room
+                # version: an event id hashes the *redacted* event, so two power levels
+                # events can share one while differing in what redaction drops
+                # (``notifications``; ``invite`` before v11).
+                cached = self._pl_cache.get(ev.event_id)
+                content, rv = ev.content, self.room_version
+                if (
+                    cached is not None
+                    and (cached[1] is rv or cached[1] == rv)
+                    and (cached[0] is content or cached[0] == content)
+                ):
+                    pl = cached[2]
+                else:
+                    pl = PowerLevels.from_content(content, rv)
                     if len(self._pl_cache) >= 4096:
                         self._pl_cache.clear()
-                    self._pl_cache[ev.event_id] = pl
+                    self._pl_cache[ev.event_id] = (content, rv, pl)
             self._power_levels = pl
         return pl
 

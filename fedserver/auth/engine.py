@@ -120,7 +120,7 @@ class AuthEngine:
             plugins.ESSENTIAL_PLUGINS if essential_plugins is None else essential_plugins
         )
         self._spec_by_identifier = {v.identifier: v for v in SPEC_ROOM_VERSIONS}
-        self._pl_cache: dict[str, PowerLevels] = {}
+        self._pl_cache: dict[str, tuple[Any, RoomVersion, PowerLevels]] = {}
         self._impls: dict[str, tuple[_Impl, ...]] = {}
         self.reload_hooks()
 
