@@ -13,7 +13,11 @@ from fedserver.auth.plugins import make_plugin_manager
 from fedserver.auth.verdict import SoftFail
 from fedserver.events.builder import build_event
 from fedserver.events.hashing import compute_reference_hash, unpadded_base64
+from fedserver.auth.rule_ids import rule_id
+from fedserver.errors import MatrixError
+from fedserver.handlers.federation.history import EventStatusHandler
 from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.membership import check_outcome
 from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
 from fedserver.room_versions import EventFormat, RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
@@ -166,9 +170,19 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(out[msg.event_id].status, REJECTED)
         refusal = await room.store.get_rejection(msg.event_id)
         self.assertIsNotNone(refusal)
-        self.assertTrue(refusal.rule)  # "sender must be in the room" (numbered by version)
+        # The spec's rule 6 ("If the sender's current membership state is not join,
+        # reject"), numbered as in the room version, denied by the built-in plugin
+        # registered as fedserver.auth.rules.power.
+        self.assertEqual(refusal.rule, rule_id(room.rv, "sender_in_room"))
+        self.assertEqual(refusal.plugin, "fedserver.auth.rules.power")
         self.assertEqual(refusal.plugin, out[msg.event_id].refusal.plugin)
         self.assertEqual(await room.store.get_forward_extremities(room.room_id), before_ext)
+        # What an operator is shown (the admin endpoint and fedserver-refusals).
+        status = await EventStatusHandler(room.store).get_status(msg.event_id)
+        self.assertEqual(
+            (status["status"], status["rule"], status["plugin"]),
+            ("rejected", rule_id(room.rv, "sender_in_room"), "fedserver.auth.rules.power"),
+        )
 
     @each_version
     async def test_soft_failure_against_current_state(self, room):
@@ -257,11 +271,19 @@ class PipelineTests(unittest.TestCase):
 
     @each_version
     async def test_local_event_refused_is_not_stored(self, room):
-        """A local event the auth rules refuse (a non-member speaking) is not stored."""
+        """A local event the auth rules refuse (a non-member speaking) is not stored, and
+        the client's 403 names the rule and the plugin that refused it."""
         ev, out = await room.local("m.room.message", {"body": "x"}, sender="@nobody:here.test")
         self.assertEqual(out.status, REJECTED)
         self.assertFalse(out.stored)
         self.assertEqual(await room.store.have_events([ev.event_id]), set())
+        with self.assertRaises(MatrixError) as cm:
+            check_outcome(ev, out)
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
+        body = cm.exception.to_json()
+        self.assertEqual(body["org.fedserver.rule"], rule_id(room.rv, "sender_in_room"))
+        self.assertEqual(body["org.fedserver.plugin"], "fedserver.auth.rules.power")
+        self.assertEqual(body["error"], "sender is not joined to the room")
 
 
 class _BlockWord:
@@ -306,3 +328,5 @@ class CheckOutcomeTests(unittest.SynchronousTestCase):
             check_outcome(None, Outcome(SOFT_FAILED, Refusal("spam", "policy", "policy_server")))
         self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
         self.assertIn("spam", cm.exception.error)
+        self.assertEqual(cm.exception.to_json()["org.fedserver.plugin"], "policy_server")
+        self.assertEqual(cm.exception.to_json()["org.fedserver.rule"], "policy")

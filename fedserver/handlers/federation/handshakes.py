@@ -9,8 +9,12 @@ from twisted.logger import Logger
 
 from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
-from fedserver.events.signing import SignatureServersError, required_signature_servers, sign_event
-from fedserver.events.validation import EventTooLarge, InvalidEvent, check_pdu
+from fedserver.events.signing import (
+    SignatureServersError, optional_signature_servers, required_signature_servers, sign_event,
+)
+from fedserver.events.validation import (
+    CheckedPdu, EventTooLarge, InvalidEvent, check_membership_content, check_pdu,
+)
 from fedserver.federation.keyring import key_validity_minimum
 from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
 from fedserver.errors import MatrixError
@@ -306,16 +310,12 @@ class HandshakeHandler:
             raise _bad(f"The event's membership is not {membership}")
         if pdu.get("state_key") != pdu.get("sender"):
             raise _bad("state_key must be the sender")
+        rv = await self._resident_room(room_id)
+        # Malformed for the room version (400) is decided before anything about
+        # authorization (403): the format, then what the auth rules read of the content.
+        checked, servers = _check_direct_event(pdu, rv)
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The sender is not on the requesting server")
-        rv = await self._resident_room(room_id)
-        try:
-            checked = check_pdu(pdu, rv)
-            servers = required_signature_servers(pdu, rv)
-        except EventTooLarge as e:
-            raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
-        except (InvalidEvent, SignatureServersError) as e:
-            raise _bad(f"Invalid event: {e}") from None
         event = checked.event
         if event.event_id != event_id:
             raise _bad("The event id does not match the path")
@@ -327,7 +327,8 @@ class HandshakeHandler:
             pdu = signed
             event = Event.from_pdu(pdu, rv, event.event_id)
         await self._verify(event, checked.signed_bytes, servers - {self._server_name})
-        outcomes = await self._pipeline.process(room_id, [event], verified_servers={event.event_id: servers})
+        verified = servers | await self._verify_optional(event, checked.signed_bytes, pdu, rv)
+        outcomes = await self._pipeline.process(room_id, [event], verified_servers={event.event_id: verified})
         outcome = outcomes[event.event_id]
         if outcome.status == MISSING:
             raise _forbidden("The event cites events this server does not have")
@@ -351,6 +352,21 @@ class HandshakeHandler:
         for server, verdict in zip(sorted(servers), verdicts):
             if verdict is not True:
                 raise _forbidden(f"Signature of {server} does not verify: {verdict}")
+
+    async def _verify_optional(
+        self, event: Event, signed_bytes: bytes, pdu: dict[str, Any], rv: RoomVersion
+    ) -> set[str]:
+        """The servers among :func:`optional_signature_servers` whose signature is present
+        and valid (a missing or bad one is for the auth rules to judge, not an error)."""
+        sigs = event.signatures
+        servers = sorted(s for s in optional_signature_servers(pdu, rv) if sigs.get(s) is not None)
+        if not servers:
+            return set()
+        minimum = key_validity_minimum(event.origin_server_ts, event.room_version)
+        verdicts = await self._keyring.verify_signatures(
+            [(s, signed_bytes, sigs.get(s), minimum) for s in servers]
+        )
+        return {s for s, verdict in zip(servers, verdicts) if verdict is True}
 
     async def _join_response(
         self, room_id: str, event: Event, pdu: dict, hosts: Collection[str]
@@ -404,6 +420,8 @@ class HandshakeHandler:
         content = pdu.get("content")
         if pdu.get("type") != "m.room.member" or not isinstance(content, dict) or content.get("membership") != "invite":
             raise _bad("Not an invite event")
+        # Malformed (400) before anything about authorization (403).
+        checked, servers = _check_direct_event(pdu, rv)
         target = pdu.get("state_key")
         if _domain(target) != self._server_name:
             raise _forbidden("The invited user is not on this server")
@@ -411,13 +429,6 @@ class HandshakeHandler:
             raise MatrixError(404, "M_NOT_FOUND", "No such user")
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The inviter is not on the requesting server")
-        try:
-            checked = check_pdu(pdu, rv)
-            servers = required_signature_servers(pdu, rv)
-        except EventTooLarge as e:
-            raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
-        except (InvalidEvent, SignatureServersError) as e:
-            raise _bad(f"Invalid event: {e}") from None
         if checked.event.event_id != event_id:
             raise _bad("The event id does not match the path")
         if not checked.content_hash_ok:
@@ -431,6 +442,24 @@ class HandshakeHandler:
             await self._on_invite(event, state)
         log.info("{target} invited to {room_id} by {sender}", target=target, room_id=room_id, sender=pdu.get("sender"))
         return {"event": signed}
+
+
+def _check_direct_event(pdu: dict[str, Any], rv: RoomVersion) -> tuple[CheckedPdu, set[str]]:
+    """The shape checks of a membership event given to us directly: the room version's
+    event format (receipt check 1) and the parts of the content the auth rules read.
+
+    :returns: the checked PDU and the servers whose signatures it needs.
+    :raises MatrixError: 413 ``M_TOO_LARGE``, or 400 ``M_BAD_JSON`` naming the problem.
+    """
+    try:
+        checked = check_pdu(pdu, rv)
+        check_membership_content(pdu, rv)
+        servers = required_signature_servers(pdu, rv)
+    except EventTooLarge as e:
+        raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
+    except (InvalidEvent, SignatureServersError) as e:
+        raise _bad(f"Invalid event: {e}") from None
+    return checked, servers
 
 
 def _as_int(value: Any, default: int) -> int:

@@ -14,7 +14,8 @@ from fedserver.events.signing import signed_bytes_for_event
 from fedserver.events.validation import InvalidEvent
 from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
 from fedserver.handlers.federation.handshakes import strip_received_state
-from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
+from fedserver.handlers.rooms.membership import check_outcome
+from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
 from fedserver.handlers.federation.receipt import check_received
 from fedserver.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
@@ -404,6 +405,8 @@ class RemoteMembership:
         invite = checked.events[0]
         result = await self._pipeline.process(room_id, [invite], local=True, persist_rejected=False)
         outcome = result[invite.event_id]
+        if outcome.status in (REJECTED, SOFT_FAILED):
+            check_outcome(invite, outcome)  # 403 naming the rule and the plugin
         if outcome.status != ACCEPTED:
             why = outcome.refusal.reason if outcome.refusal else outcome.status
             raise MatrixError(403, "M_FORBIDDEN", why)

@@ -37,6 +37,10 @@ from fedserver.storage.interface import PersistEntry
 
 log = Logger()
 
+#: Fields of the 403 answering a local event the auth rules (or a policy) refused.
+REFUSAL_RULE_FIELD = "org.fedserver.rule"
+REFUSAL_PLUGIN_FIELD = "org.fedserver.plugin"
+
 #: Longest ``reason`` kept in a membership event, in characters.
 MAX_REASON_LENGTH = 2048
 
@@ -79,17 +83,33 @@ def check_outcome(event: Event, outcome: Outcome) -> Event:
     """Turn the pipeline's verdict on a local event into the client's answer.
 
     :raises MatrixError: 403 ``M_FORBIDDEN`` with the auth rule's reason if rejected, or
-        the policy's if a policy plugin soft-failed it; 500 if it could not be taken in.
+        the policy's if a policy plugin soft-failed it, naming the rule and the plugin in
+        ``org.fedserver.rule`` and ``org.fedserver.plugin`` (also logged); 500 if it could
+        not be taken in.
     """
     if outcome.status == ACCEPTED:
         return event
-    if outcome.status == REJECTED:
-        reason = outcome.refusal.reason if outcome.refusal is not None else "refused by the auth rules"
-        raise forbidden(reason)
-    if outcome.status == SOFT_FAILED:
-        # A local policy (e.g. the room's policy server) refused it: kept, never sent.
-        reason = outcome.refusal.reason if outcome.refusal is not None else "refused by a policy"
-        raise forbidden(f"Refused by policy: {reason}")
+    if outcome.status in (REJECTED, SOFT_FAILED):
+        refusal = outcome.refusal
+        if outcome.status == REJECTED:
+            reason = refusal.reason if refusal is not None else "refused by the auth rules"
+        else:
+            # A local policy (e.g. the room's policy server) refused it: kept, never sent.
+            reason = "Refused by policy: " + (refusal.reason if refusal is not None else "refused by a policy")
+        rule = refusal.rule if refusal is not None else None
+        plugin = refusal.plugin if refusal is not None else None
+        log.info(
+            "Local event {event_id} ({type} from {sender}) refused: {reason} (rule {rule}, plugin {plugin})",
+            event_id=event.event_id if event is not None else None,
+            type=event.type if event is not None else None,
+            sender=event.sender if event is not None else None,
+            reason=reason, rule=rule, plugin=plugin,
+        )
+        # Extra fields are allowed in Matrix errors; namespaced, they tell the client (and
+        # the operator reading the log) which rule and which plugin said no.
+        error = forbidden(reason)
+        error.extra.update({REFUSAL_RULE_FIELD: rule, REFUSAL_PLUGIN_FIELD: plugin})
+        raise error
     log.error("Local event {event_id} was not taken in: {status}", event_id=event.event_id, status=outcome.status)
     raise unknown("The event could not be taken into the room")
 

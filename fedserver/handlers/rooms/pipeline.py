@@ -93,7 +93,10 @@ class _EventState(Mapping[StateKey, Event]):
 
 def _refusal_from(result) -> Refusal:
     deny = result.denials[0]
-    return Refusal(deny.reason, deny.rule, deny.plugin or None)
+    # The plugin is the name the denying hook implementation is registered under; the
+    # spec's rules are registered as fedserver.auth.rules.<topic> (never empty: the
+    # engine fills it in).
+    return Refusal(deny.reason, deny.rule, deny.plugin)
 
 
 def _topo_order(events: Sequence[Event], edges: Callable[[Event], Sequence[str]], key) -> list[Event]:
@@ -357,7 +360,8 @@ class RoomPipeline:
             return outcomes
         store = self._store
         ids = [e.event_id for e in events]
-        meta = await store.get_event_meta(ids)
+        all_prevs = {p for e in events for p in e.prev_event_ids}
+        meta = await store.get_event_meta(list(set(ids) | all_prevs))
         todo: list[Event] = []
         for e in events:
             m = meta.get(e.event_id)
@@ -373,7 +377,12 @@ class RoomPipeline:
 
         # Load in bulk what the batch needs: the states after prev events held in storage,
         # the cited auth events, and the state events the auth rules will consult.
-        outside_prevs = {p for e in todo for p in e.prev_event_ids if p not in batch_events}
+        # A prev event of another room is no prev event of this one: it counts as missing
+        # (HOSTILE row 16's rule for auth events, applied to the DAG).
+        outside_prevs = {
+            p for e in todo for p in e.prev_event_ids
+            if p not in batch_events and (p not in meta or meta[p].room_id == room_id)
+        }
         groups = await store.get_state_ids_for_events(outside_prevs, after=True) if outside_prevs else {}
         group_states: dict[int, StateMap] = {}
         for g in set(groups.values()):
