@@ -110,7 +110,6 @@ class HandshakeHandler:
     :param room_versions: the versions we support.
     :param server_name: ours.
     :param signing_key: ours (restricted joins and invites are countersigned).
-    :param distribute: ``(pdus, destinations) -> Deferred``: queue PDUs for other servers.
     :param on_invite: ``(event, invite_room_state) -> Awaitable`` recording an invite for a
         local user (so their client sees it), or ``None``.
     :param is_local_user: ``user_id -> Awaitable[bool]``: whether a user exists here.
@@ -128,7 +127,6 @@ class HandshakeHandler:
         room_versions: RoomVersionRegistry,
         server_name: str,
         signing_key: Any,
-        distribute: Callable[[list[dict], Collection[str]], Any],
         on_invite: Optional[Callable[[Event, list], Awaitable[Any]]] = None,
         is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
     ) -> None:
@@ -141,7 +139,6 @@ class HandshakeHandler:
         self._room_versions = room_versions
         self._server_name = server_name
         self._signing_key = signing_key
-        self._distribute = distribute
         self._on_invite = on_invite
         self._is_local_user = is_local_user
 
@@ -327,7 +324,13 @@ class HandshakeHandler:
             pdu = signed
             event = Event.from_pdu(pdu, rv, event.event_id)
         await self._verify(event, checked.signed_bytes, servers - {self._server_name})
-        outcomes = await self._pipeline.process(room_id, [event], verified_servers={event.event_id: servers})
+        # The other servers of the room get the event from us (spec "Joining Rooms": the
+        # resident "sends the event to the other servers in the room"), queued in the
+        # transaction that stores it: our 200 means it is committed and queued.
+        outcomes = await self._pipeline.process(
+            room_id, [event], verified_servers={event.event_id: servers},
+            distribute=True, distribute_except=(origin,),
+        )
         outcome = outcomes[event.event_id]
         if outcome.status == MISSING:
             raise _forbidden("The event cites events this server does not have")
@@ -335,8 +338,6 @@ class HandshakeHandler:
             reason = outcome.refusal.reason if outcome.refusal else outcome.status
             raise _forbidden(f"Not allowed: {reason}")
         hosts = await self._store.get_joined_hosts(room_id)
-        if not outcome.duplicate:
-            await self._distribute([pdu], [h for h in hosts if h not in (origin, self._server_name)])
         if membership == "join":
             return await self._join_response(room_id, event, pdu, hosts)
         if membership == "knock":

@@ -297,9 +297,12 @@ class RemoteMembership:
             if a not in by_id and a not in outcomes:
                 if not await self._store.have_events([a]):
                     raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The join's auth events were not returned"))
+        # Our join goes to every server in the room too, queued with it (the resident
+        # sends it as well; receivers drop the copy they already have).
         result = await self._pipeline.process(
             room_id, [event], state_before={event.event_id: state},
             verified_servers={event.event_id: frozenset({self._server_name, server})},
+            distribute=True,
         )
         outcome = result[event.event_id]
         if outcome.status != ACCEPTED:
