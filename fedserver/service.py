@@ -37,6 +37,7 @@ from fedserver.handlers.rooms.creator import EventCreator
 from fedserver.handlers.federation.failures import FAILURE_EDU_TYPE, FailureReporter
 from fedserver.handlers.federation.gaps import GapFiller
 from fedserver.handlers.federation.handshakes import HandshakeHandler
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.federation.ingest import Ingest
 from fedserver.handlers.rooms.pipeline import RoomPipeline
@@ -495,7 +496,9 @@ class FedserverService(service.MultiService):
             self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
         )
         self.federation_v2_resource = FederationResource(self.authenticator, acls=self.acls, version_route=False)
-        self.history = HistoryHandler(store, name, reactor)
+        # Every PDU served to other servers goes through here (redactions applied).
+        self.served = ServedPdus(store)
+        self.history = HistoryHandler(store, name, reactor, served=self.served)
         register_history_routes(self.federation_resource, self.history, acl_check=self.acls.is_allowed)
         # Outbound: the persisted queue; a valid request from a server ends its backoff.
         max_retry_ms = int(config.outbound_max_retry_interval * 1000)
@@ -548,6 +551,7 @@ class FedserverService(service.MultiService):
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
             signing_key=self.signing_key, on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            acl_check=self.acls.check, served=self.served,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
