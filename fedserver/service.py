@@ -547,6 +547,8 @@ class FedserverService(service.MultiService):
             remote_alias_query=self._query_remote_alias,
         )
         await self.rooms.startup()
+        # Account data written wakes the user's waiting /sync (it is in the next answer).
+        self.accounts.account_data.on_changed.append(self.rooms.notifier.notify_user)
         self.handshakes = HandshakeHandler(
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
