@@ -383,9 +383,10 @@ class HandshakeHandler:
     async def _check_authorisable(self, room_id: str, event: Event) -> None:
         """Our countersignature on a join naming one of our users in
         ``join_authorised_via_users_server`` says the joining user met the restricted
-        room's conditions (auth rule 4.3.3 (v8+): "validly signed by the homeserver of the
-        user ID denoted by the key"; server-server spec "Restricted rooms": the resident
-        signs once it has checked them). So: the user is invited or joined already, or the
+        room's conditions: the auth rules only check that we signed (rooms v8 rule 4.2.1:
+        "If the event is not validly signed by the homeserver of the user ID denoted by the
+        key, reject") and that the named user may invite (4.3.5.2), so checking the
+        conditions is ours to do before signing. So: the user is invited or joined already, or the
         room is restricted and they are joined to an allowed room we are in.
 
         :raises MatrixError: 403 ``M_FORBIDDEN`` otherwise.
