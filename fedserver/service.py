@@ -34,10 +34,10 @@ from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFet
 from fedserver.federation.sender import FederationSender
 from fedserver.auth.engine import AuthEngine
 from fedserver.handlers.rooms.creator import EventCreator
-from fedserver.handlers.federation.distribution import Distributor
 from fedserver.handlers.federation.failures import FAILURE_EDU_TYPE, FailureReporter
 from fedserver.handlers.federation.gaps import GapFiller
 from fedserver.handlers.federation.handshakes import HandshakeHandler
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.federation.ingest import Ingest
 from fedserver.handlers.rooms.pipeline import RoomPipeline
@@ -441,6 +441,11 @@ class FedserverService(service.MultiService):
         self.client_site.resource = build_client_root(
             client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
         )
+        # Databases from before schema 005 may hold events committed but never queued:
+        # their latest local events go out once more (a no-op afterwards).
+        requeued = await self.store.requeue_unsent_local_events(self.config.server_name)
+        if requeued:
+            log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
@@ -474,7 +479,7 @@ class FedserverService(service.MultiService):
         # Rooms: the auth engine over the plugins, the one pipeline every event goes through,
         # and the creator of our users' events.
         self.engine = AuthEngine(self.plugin_manager, self.room_versions)
-        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager)
+        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager, server_name=name)
         self.creator = EventCreator(reactor, store, self.pipeline, name, self.signing_key, plugin_manager=self.plugin_manager)
         # Inbound: authenticate, apply ACLs, check PDUs (steps 1-3), take them into their
         # rooms (steps 4-6) with gaps filled from the sender, and tell servers what we refused.
@@ -491,7 +496,9 @@ class FedserverService(service.MultiService):
             self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
         )
         self.federation_v2_resource = FederationResource(self.authenticator, acls=self.acls, version_route=False)
-        self.history = HistoryHandler(store, name, reactor)
+        # Every PDU served to other servers goes through here (redactions applied).
+        self.served = ServedPdus(store)
+        self.history = HistoryHandler(store, name, reactor, served=self.served)
         register_history_routes(self.federation_resource, self.history, acl_check=self.acls.is_allowed)
         # Outbound: the persisted queue; a valid request from a server ends its backoff.
         max_retry_ms = int(config.outbound_max_retry_interval * 1000)
@@ -504,8 +511,9 @@ class FedserverService(service.MultiService):
             max_retry_ms=max_retry_ms,
         )
         self.authenticator.on_authenticated.append(self.sender.on_server_seen)
-        self.distributor = Distributor(store, self.sender.send_pdus, name)
-        self.pipeline.on_persisted.append(self.distributor.on_persisted)
+        # The pipeline queues events for other servers in the transaction that stores them;
+        # once committed, the sender is woken for those servers.
+        self.pipeline.on_queued.append(self.sender.wake)
 
     def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> defer.Deferred:
         """Queue an EDU through the sender (nothing once the server is stopping)."""
@@ -539,11 +547,13 @@ class FedserverService(service.MultiService):
             remote_alias_query=self._query_remote_alias,
         )
         await self.rooms.startup()
+        # Account data written wakes the user's waiting /sync (it is in the next answer).
+        self.accounts.account_data.on_changed.append(self.rooms.notifier.notify_user)
         self.handshakes = HandshakeHandler(
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
-            signing_key=self.signing_key, distribute=self.sender.send_pdus,
-            on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            signing_key=self.signing_key, on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            acl_check=self.acls.check, served=self.served,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)

@@ -88,6 +88,7 @@ class RoomBuilder:
         *,
         rejection: Optional[Refusal] = None,
         soft_failure: Optional[Refusal] = None,
+        redacts: Optional[str] = None,
     ) -> Event:
         """Build the next event; a refused one neither changes the state nor becomes a
         prev event of later ones."""
@@ -108,6 +109,7 @@ class RoomBuilder:
             origin_server_ts=self.ts,
             server_name=server,
             signing_key=SIGNING_KEYS[server],
+            redacts=redacts,
         )
         if is_create:
             self.room_id = event.room_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from signedjson.key import generate_signing_key
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -36,10 +38,11 @@ VERSIONS = [room_versions.V1, room_versions.V10, room_versions.V11, room_version
 class _Room:
     """A test room driven through a real pipeline, store and auth engine."""
 
-    def __init__(self, test, rv, policies=()):
+    def __init__(self, test, rv, policies=(), server_name=None):
         self.test = test
         self.rv = rv
         self.policies = policies
+        self.server_name = server_name
         self.here_key = generate_signing_key("1")
         self.there_key = generate_signing_key("1")
 
@@ -48,7 +51,7 @@ class _Room:
         self.test.addCleanup(self.store.close)
         pm = make_plugin_manager(load_entrypoints=False, extra_plugins=self.policies)
         self.pm = pm
-        self.pipeline = RoomPipeline(self.store, AuthEngine(pm), pm)
+        self.pipeline = RoomPipeline(self.store, AuthEngine(pm), pm, server_name=self.server_name)
         self.creator = EventCreator(reactor, self.store, self.pipeline, HERE, self.here_key)
         content = {"room_version": self.rv.identifier}
         if not self.rv.implicit_room_creator:
@@ -284,6 +287,59 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(body["org.fedserver.rule"], rule_id(room.rv, "sender_in_room"))
         self.assertEqual(body["org.fedserver.plugin"], "fedserver.auth.rules.power")
         self.assertEqual(body["error"], "sender is not joined to the room")
+
+
+class DistributionTests(unittest.TestCase):
+    """Which events the pipeline queues for other servers, in the transaction storing them."""
+
+    async def room(self, server_name=HERE):
+        room = await _Room(self, room_versions.V10, server_name=server_name).setup()
+        self.woken = []
+        room.pipeline.on_queued.append(self.woken.append)
+        join = await room.remote_event("m.room.member", {"membership": "join"}, state_key=BOB)
+        out = await room.receive(join)
+        self.assertEqual((out[join.event_id].status, out[join.event_id].queued_for), (ACCEPTED, frozenset()))
+        return room
+
+    async def queued_ids(self, room, destination=THERE):
+        return [i.json for i in await room.store.get_outbound_batch(destination)]
+
+    async def test_local_events_queued_and_sender_woken(self):
+        """An event of ours is queued for every server with a joined member (never for
+        us), committed with the event, and on_queued is told once it is; a kick also goes
+        to the kicked user's server though none of its users is joined any more."""
+        room = await self.room()
+        msg, out = await room.local("m.room.message", {"body": "hello"})
+        self.assertEqual(out.queued_for, {THERE})
+        self.assertEqual(self.woken, [frozenset({THERE})])
+        self.assertEqual([json.loads(q) for q in await self.queued_ids(room)], [msg.pdu])
+        self.assertEqual(await room.store.get_outbound_batch(HERE), [])
+        kick, out = await room.local("m.room.member", {"membership": "leave"}, state_key=BOB)
+        self.assertEqual(out.status, ACCEPTED)
+        self.assertEqual(out.queued_for, {THERE})
+        self.assertEqual(len(await self.queued_ids(room)), 2)
+
+    async def test_received_events_not_queued_unless_asked(self):
+        """Events from other servers are not relayed; with ``distribute`` (a handshake we
+        serve) they go to the room's servers except those named in ``distribute_except``."""
+        room = await self.room()
+        msg = await room.remote_event("m.room.message", {"body": "from there"})
+        out = await room.receive(msg)
+        self.assertEqual(out[msg.event_id].queued_for, frozenset())
+        carol = await room.remote_event("m.room.member", {"membership": "join"}, sender="@carol:third.test",
+                                        state_key="@carol:third.test")
+        out = await room.pipeline.process(room.room_id, [carol], distribute=True, distribute_except=("third.test",))
+        self.assertEqual(out[carol.event_id].queued_for, {THERE})
+        self.assertEqual(await room.store.get_outbound_batch("third.test"), [])
+        self.assertEqual(self.woken, [frozenset({THERE})])
+
+    async def test_without_a_server_name_nothing_is_queued(self):
+        """A pipeline that does not federate (no server name) queues nothing."""
+        room = await self.room(server_name=None)
+        _, out = await room.local("m.room.message", {"body": "quiet"})
+        self.assertEqual(out.queued_for, frozenset())
+        self.assertEqual(await room.store.destinations_with_pending(), [])
+        self.assertEqual(self.woken, [])
 
 
 class _BlockWord:

@@ -52,7 +52,8 @@ class _Destination:
 class FederationSender:
     """Delivers PDUs and EDUs to other servers through persisted per-destination queues.
 
-    Every queued item is in the database before :meth:`send_pdus` / :meth:`send_edu` fire, so
+    Every queued item is in the database before :meth:`send_pdus` / :meth:`send_edu` fire (room
+    events are queued by the transaction that stores them, then :meth:`wake` is called), so
     a restart loses nothing: :meth:`start` resumes every destination with pending items.
     Each destination has at most one transaction in flight; items queued meanwhile go in the
     next one, so a busy room becomes a few large transactions, not many small ones.
@@ -149,6 +150,16 @@ class FederationSender:
         yield self._store.enqueue_outbound(dests, edus=[edu])
         for name in dests:
             self._kick(self._dest(name))
+
+    def wake(self, destinations: Iterable[str]) -> None:
+        """Something was queued for ``destinations`` by another writer (events are queued
+        in the transaction that stores them, see
+        :class:`fedserver.handlers.rooms.pipeline.RoomPipeline`): send it, unless a
+        destination is backing off or the sender is not running (:meth:`start` picks up
+        everything queued)."""
+        for name in sorted(set(destinations)):
+            if name != self._server_name:
+                self._kick(self._dest(name))
 
     def on_server_seen(self, server_name: str) -> None:
         """A valid signed request came from ``server_name``: it is up, so stop backing off."""

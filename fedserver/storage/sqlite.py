@@ -12,6 +12,7 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
+from fedserver.storage.distribution_store import DistributionStore
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_extras_store import FederationExtrasStore
 from fedserver.storage.media_store import MediaStore
@@ -138,6 +139,7 @@ class SQLiteStore:
         )
         self._events = EventStore(registry, self._state_groups, clock_ms, cache_size=event_cache_size)
         self._federation = FederationStore()
+        self._distribution = DistributionStore(self._events, self._federation, clock_ms)
         self.history = HistoryStore(self)  # reads for serving history and refusals
         self.rooms = RoomsStore(self, clock_ms)  # aliases, client txn ids, streams, memberships for clients
         self.accounts = AccountStore(db, clock_ms)
@@ -185,9 +187,14 @@ class SQLiteStore:
         are left as they are, except that an outlier persisted as a non-outlier is
         de-outliered. The same id twice in a batch is stored once.
 
+        Entries with a :attr:`~fedserver.storage.interface.PersistEntry.distribute` are
+        queued for other servers in the same transaction (the servers with a member joined
+        to the room once the batch is stored): "committed" implies "queued".
+
         :param received_txn: also record the answer to the federation transaction that
             carried the events, in the same transaction: "200 means committed".
-        :returns: Deferred firing with ``{event_id: PersistedEvent}``.
+        :returns: Deferred firing with ``{event_id: PersistedEvent}`` (``queued_for``
+            names the servers each event was queued for).
         :raises InvalidDataError: (in the Deferred) for a malformed entry; nothing is
             stored.
         :raises UnknownEventsError: if a state map names events that are not stored and
@@ -200,6 +207,8 @@ class SQLiteStore:
     ) -> dict[str, PersistedEvent]:
         """:meth:`persist_events` inside the caller's transaction."""
         outcome = self._events.persist_events_txn(txn, batch)
+        if any(entry.distribute is not None for entry in batch):
+            outcome = self._distribution.queue_persisted_txn(txn, batch, outcome)
         if received_txn is not None:
             self.store_received_txn_txn(txn, *received_txn)
         return outcome
@@ -638,6 +647,17 @@ class SQLiteStore:
     def clear_destination_retry(self, destination: str) -> "Deferred[None]":
         """The destination is reachable again."""
         return self._db.run_write(self._federation.clear_destination_retry_txn, destination)
+
+    @_deferred
+    def requeue_unsent_local_events(self, server_name: str) -> "Deferred[dict[str, frozenset[str]]]":
+        """Once after the upgrade to schema 005: queue again the forward extremities this
+        server made in each room, for the room's other servers (see
+        :meth:`fedserver.storage.distribution_store.DistributionStore.requeue_unsent_local_events_txn`).
+        Later calls find nothing to do.
+
+        :returns: Deferred firing with ``{room_id: servers}`` for what was queued.
+        """
+        return self._db.run_write(self._distribution.requeue_unsent_local_events_txn, server_name)
 
     @_deferred
     def destinations_with_pending(self) -> "Deferred[list[str]]":

@@ -248,6 +248,15 @@ class RemoteMembership:
         chain_pdus = resp.get("auth_chain")
         if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer lacks state"))
+        if resp.get("members_omitted") is not False and resp.get("members_omitted") is not None:
+            # Server-server spec, send_join v2: members_omitted is true "if m.room.member
+            # events have been omitted from state" (MSC3706), which a resident may only do
+            # when asked (omit_members=true; we never ask, yet). Such a state is not the
+            # room's state: taking it as complete would show a room without its members.
+            # Nothing is stored; the next candidate is tried.
+            raise HandshakeFailed(MatrixError(
+                502, "M_UNKNOWN", f"{server} answered send_join with partial state (members_omitted) unasked"
+            ))
         # The create event first: nothing is stored for a room whose create event is wrong.
         created = await check_received(
             self._keyring,
@@ -298,9 +307,12 @@ class RemoteMembership:
             if a not in by_id and a not in outcomes:
                 if not await self._store.have_events([a]):
                     raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The join's auth events were not returned"))
+        # Our join goes to every server in the room too, queued with it (the resident
+        # sends it as well; receivers drop the copy they already have).
         result = await self._pipeline.process(
             room_id, [event], state_before={event.event_id: state},
             verified_servers={event.event_id: frozenset({self._server_name, server})},
+            distribute=True,
         )
         outcome = result[event.event_id]
         if outcome.status != ACCEPTED:

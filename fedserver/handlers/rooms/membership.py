@@ -21,6 +21,7 @@ from fedserver.events.validation import EventTooLarge, InvalidEvent
 from fedserver.handlers.rooms.client_events import STRIPPED_STATE_TYPES, stripped_state
 from fedserver.handlers.rooms.directory import current_power, split_alias
 from fedserver.handlers.federation.handshakes import federation_stripped_state
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.rooms.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, Outcome
 from fedserver.errors import (
     M_UNKNOWN,
@@ -123,10 +124,15 @@ class RoomEvents:
     :param pipeline: the :class:`~fedserver.handlers.rooms.pipeline.RoomPipeline`.
     :param server_name: ours.
     :param signing_key: ours (to sign the ``m.room.create`` events of new rooms).
+    :param served: the :class:`~fedserver.handlers.federation.served.ServedPdus` that PDUs
+        sent to other servers go through (one on ``store`` by default).
     """
 
-    def __init__(self, store: Any, creator: Any, pipeline: Any, server_name: str, signing_key: Any) -> None:
+    def __init__(
+        self, store: Any, creator: Any, pipeline: Any, server_name: str, signing_key: Any, *, served: Any = None
+    ) -> None:
         self.store = store
+        self._served = served if served is not None else ServedPdus(store)
         self.creator = creator
         self.pipeline = pipeline
         self.server_name = server_name
@@ -249,9 +255,9 @@ class RoomEvents:
 
     async def federation_room_state(self, room_id: str) -> list[dict[str, Any]]:
         """The room's stripped state as sent to an invitee's server (``invite_room_state``):
-        full PDUs since Matrix 1.16."""
+        full PDUs since Matrix 1.16, redacted where a redaction applies."""
         state = await self.store.get_current_state_events(room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
-        return federation_stripped_state([e for _, e in sorted(state.items())])
+        return await federation_stripped_state(self._served, [e for _, e in sorted(state.items())])
 
     async def stripped_room_state(self, room_id: str, extra: Iterable[Event] = ()) -> list[dict[str, Any]]:
         """The room's stripped state (spec "Stripped state"), plus ``extra`` events."""

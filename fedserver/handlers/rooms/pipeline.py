@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -13,7 +13,7 @@ from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
-from fedserver.storage.interface import PersistEntry, Refusal, StateKey
+from fedserver.storage.interface import Distribution, PersistEntry, Refusal, StateKey
 from fedserver.state.statemap import StateMap
 
 log = Logger()
@@ -38,6 +38,7 @@ class Outcome:
     :ivar duplicate: the event was already in the room's DAG; nothing changed.
     :ivar stored: it was written by this call (rejected events are stored too, unless the
         caller asked not to).
+    :ivar queued_for: the servers it was queued for, in the transaction that stored it.
     """
 
     status: str
@@ -45,6 +46,7 @@ class Outcome:
     missing: frozenset[str] = frozenset()
     duplicate: bool = False
     stored: bool = False
+    queued_for: frozenset[str] = frozenset()
 
     @property
     def accepted(self) -> bool:
@@ -155,19 +157,36 @@ class RoomPipeline:
     20,000-member room costs a small dict per state event, and a linear event costs no
     state write at all.
 
+    The pipeline also decides which events go to the other servers of the room (spec:
+    "the event is sent to all the servers in the room"): the events this server makes
+    (:meth:`create_local`, ``process(local=True)``) and those a caller asks for
+    (``distribute``: our join through a remote handshake, joins, leaves and knocks we
+    accept through the handshakes we serve). They are queued for every server with a
+    member joined to the room after the event, and for a membership event also the
+    target's server (a kicked or banned user's server, no longer joined, must still learn
+    it), in the SAME database transaction that stores the event (DESIGN.md, Durability:
+    a 200 means committed and queued). Once committed, ``on_queued`` callbacks (the
+    sender) are told which servers have something new.
+
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param engine: the :class:`fedserver.auth.engine.AuthEngine`.
     :param plugin_manager: for the policy hook.
+    :param server_name: ours; without it nothing is queued for other servers (a pipeline
+        that does not federate, in tests).
     """
 
-    def __init__(self, store, engine, plugin_manager) -> None:
+    def __init__(self, store, engine, plugin_manager, *, server_name: Optional[str] = None) -> None:
         self._store = store
         self._engine = engine
         self._pm = plugin_manager
+        self._server_name = server_name
         self._locks: dict[str, defer.DeferredLock] = {}
         self._rooms: dict[str, _RoomState] = {}
         #: callables ``(room_id, [(event, outcome)])`` run after each committed batch.
         self.on_persisted: list[Callable[[str, list[tuple[Event, Outcome]]], Any]] = []
+        #: callables ``(servers)`` run after a committed batch queued events for ``servers``
+        #: (e.g. :meth:`fedserver.federation.sender.FederationSender.wake`).
+        self.on_queued: list[Callable[[frozenset[str]], Any]] = []
 
     # -- public API -------------------------------------------------------------------------
 
@@ -180,11 +199,14 @@ class RoomPipeline:
         persist_rejected: bool = True,
         state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+        distribute: bool = False,
+        distribute_except: Collection[str] = (),
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take ``events`` (all of ``room_id``) into the room.
 
         :param local: events made by this server for its users: no soft-failure check
-            (they were built on the current state), and the caller gets the verdict.
+            (they were built on the current state), the caller gets the verdict, and the
+            accepted ones are queued for the room's other servers.
         :param persist_rejected: store rejected events (``True`` for events from other
             servers, whose refusal must be remembered; ``False`` for a local event the
             auth rules refuse, which must simply not exist).
@@ -192,14 +214,25 @@ class RoomPipeline:
             without state (the join event of a remote join, the end of a gap filled from
             ``/state_ids``): their state before is given, not computed.
         :param verified_servers: ``{event_id: servers}`` whose signatures were verified.
+        :param distribute: queue the accepted events for the room's other servers in the
+            transaction that stores them (implied by ``local``).
+        :param distribute_except: servers not to queue them for (the server that handed
+            them to us through a handshake).
         :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
         """
+        send = self._distribution(local or distribute, distribute_except)
         return self._locked(
             room_id,
             lambda: self._process(
-                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}
+                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}, send
             ),
         )
+
+    def _distribution(self, distribute: bool, never: Collection[str] = ()) -> Optional[frozenset[str]]:
+        """The servers never to send to, or ``None`` for "do not distribute"."""
+        if not distribute or self._server_name is None:
+            return None
+        return frozenset(never) | {self._server_name}
 
     def _locked(self, room_id: str, work: Callable[[], Any]) -> defer.Deferred:
         """Run the coroutine ``work()`` alone among the room's batches (rooms run
@@ -235,7 +268,7 @@ class RoomPipeline:
             current = room.current if room is not None else StateMap.from_dict({})
             extremities = set(room.extremities) if room is not None else set()
             event = await defer.maybeDeferred(build, current, extremities)
-            outcomes = await self._process(room_id, [event], True, False, {}, {})
+            outcomes = await self._process(room_id, [event], True, False, {}, {}, self._distribution(True))
             return event, outcomes[event.event_id]
 
         return self._locked(room_id, run)
@@ -354,7 +387,10 @@ class RoomPipeline:
         persist_rejected: bool,
         given_state: Mapping[str, Mapping[StateKey, str]],
         verified: Mapping[str, Collection[str]],
+        send_never: Optional[frozenset[str]] = None,
     ) -> dict[str, Outcome]:
+        """The batch; ``send_never``: distribute the accepted events, never to these
+        servers (``None``: do not distribute)."""
         outcomes: dict[str, Outcome] = {}
         if not events:
             return outcomes
@@ -533,7 +569,12 @@ class RoomPipeline:
                 if delta:
                     current_changed = True
                 current = new_current if isinstance(new_current, StateMap) else StateMap.from_dict(dict(new_current))
-                entries.append(PersistEntry(event=event, update_current_state=delta or None, **entry_kw))
+                distribution = None
+                if send_never is not None:
+                    distribution = Distribution(also=_target_server(event), never=send_never)
+                entries.append(
+                    PersistEntry(event=event, update_current_state=delta or None, distribute=distribution, **entry_kw)
+                )
                 if event.type == "m.room.create" and event.state_key == "":
                     create = event
             outcomes[eid] = outcome
@@ -541,10 +582,18 @@ class RoomPipeline:
 
         if entries:
             try:
-                await store.persist_events(entries)
+                persisted = await store.persist_events(entries)
             except Exception:
                 self.invalidate(room_id)
                 raise
+            queued: set[str] = set()
+            for eid, done in (persisted or {}).items():
+                if done.queued_for and eid in outcomes:
+                    queued |= done.queued_for
+                    outcomes[eid] = replace(outcomes[eid], queued_for=done.queued_for)
+            if queued:
+                accepted_in_order = [(e, outcomes[e.event_id]) for e, _ in accepted_in_order]
+                self._wake(frozenset(queued))
             if room is None:
                 room = _RoomState(current, extremities, create)
                 self._rooms[room_id] = room
@@ -562,6 +611,13 @@ class RoomPipeline:
         return outcomes
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _wake(self, servers: frozenset[str]) -> None:
+        for callback in list(self.on_queued):
+            try:
+                callback(servers)
+            except Exception:
+                log.failure("on_queued callback failed")
 
     def _has_policies(self) -> bool:
         return bool(self._pm.hook.fedserver_check_event_policy.get_hookimpls())
@@ -693,6 +749,14 @@ class _Overlay(Mapping[str, Event]):
 
     def __len__(self) -> int:
         return len(set(self._a) | set(self._b))
+
+
+def _target_server(event: Event) -> frozenset[str]:
+    """The server of a membership event's target (``frozenset()`` for other events)."""
+    if event.type != "m.room.member" or not event.state_key:
+        return frozenset()
+    _, sep, server = event.state_key.partition(":")
+    return frozenset({server}) if sep and server else frozenset()
 
 
 def _evolve(state: Mapping[StateKey, str], delta: dict[StateKey, str]) -> Mapping[StateKey, str]:
