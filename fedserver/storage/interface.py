@@ -115,6 +115,10 @@ class PersistEntry:
     :ivar update_current_state: a delta to apply to the room's current state once this
         event is stored: ``{(type, state_key): event_id or None to remove}``. Applied in
         batch order; ignored if the event was already stored (re-persisting is a no-op).
+    :ivar history: the event takes its place behind what we held (fetched with
+        ``/backfill``): it never becomes a forward extremity nor enters the /sync stream
+        (a new event gets a negative ``event_nid``; a de-outliered one is marked). Outliers
+        fetched for history are stored with it too, so that their number is negative.
 
     Non-outlier events need ``state_group_before``, ``state_before`` or
     ``state_before_event``.
@@ -131,6 +135,7 @@ class PersistEntry:
     state_before_event: Optional[str] = None
     state_group_after: Optional[int] = None
     update_current_state: Optional[Mapping[StateKey, Optional[str]]] = None
+    history: bool = False
 
 
 class PersistedEvent(NamedTuple):
