@@ -96,8 +96,9 @@ class BackfillHandler:
         self.limit = limit
         self._inflight: dict[str, defer.Deferred] = {}
         self._retry: dict[tuple[str, str], tuple[float, float]] = {}
-        #: ``/backfill`` requests made (for the bench and operators).
+        #: ``/backfill`` and ``/state_ids`` requests made (for the bench and operators).
         self.requests = 0
+        self.state_requests = 0
 
     # -- the entry point ---------------------------------------------------------------
 
@@ -285,12 +286,23 @@ class BackfillHandler:
         auth_events = await store.get_events(auth_ids) if auth_ids else {}
         keys: dict[str, Optional[StateKey]] = {eid: e.state_tuple for eid, e in auth_events.items()}
         keys.update((eid, e.state_tuple) for eid, e in batch.items())
+        # The pipeline computes the state of an event from its prev events when it holds
+        # them (with state) or takes them in the same batch (down to the room's create
+        # event, which has none); the others need the state carried backwards.
+        outside = {p for e in events for p in e.prev_event_ids if p not in batch}
+        with_state = set(await store.rooms.get_event_state_groups(outside)) if outside else set()
+        forward: set[str] = set()
+        for e in reversed(newest_first(events)):
+            if all(p in with_state or p in forward for p in e.prev_event_ids):
+                forward.add(e.event_id)
         given: dict[str, Mapping[StateKey, str]] = {}
         derived = derive_states_before(events, held_children, keys.get, given)
         for _ in range(STATE_FETCHES):
-            if not derived.unknown:
+            needed = [eid for eid in derived.unknown if eid not in forward]
+            if not needed:
                 break
-            target = derived.unknown[0]
+            target = needed[0]
+            self.state_requests += 1
             answer = await self._gaps.get_state_before(server, room_id, target)
             if answer is None:
                 break
@@ -300,13 +312,11 @@ class BackfillHandler:
                 await self._pipeline.process_outliers(room_id, fetched, history=True)
             given[target] = state
             derived = derive_states_before(events, held_children, keys.get, given)
-        # The pipeline computes the state of an event from its prev events when it holds
-        # them (with state) or takes them in the same batch; the rest get the derived one.
-        outside = {p for e in events for p in e.prev_event_ids if p not in batch}
-        with_state = set(await store.rooms.get_event_state_groups(outside)) if outside else set()
-        placeable: set[str] = set()
+        placeable = set(forward)
         state_before: dict[str, Mapping[StateKey, str]] = {}
         for e in reversed(newest_first(events)):
+            if e.event_id in placeable:
+                continue
             if all(p in with_state or p in placeable for p in e.prev_event_ids):
                 placeable.add(e.event_id)
             elif e.event_id in derived.before:
