@@ -215,7 +215,8 @@ class TimelineHandler:
             out["end"] = topo_token(pos)
         if flt.lazy_load_members and events:
             members = await self._senders_members(requester, room_id, events, flt.include_redundant_members)
-            out["state"] = await self.source.serialize(members, user_id=user_id, scope=scope)
+            if members:
+                out["state"] = await self.source.serialize(members, user_id=user_id, scope=scope)
         return out
 
     async def _senders_members(
@@ -347,15 +348,15 @@ class TimelineHandler:
         self, room_id: str, user_id: str, token: str, readable: Mapping[tuple[str, str], str]
     ) -> Mapping[tuple[str, str], str]:
         """The state after the newest event at or before the boundary ``token`` stands
-        for; ``readable`` (the current state, or the state at the user's leave) if there
-        is none or the boundary is after the user's leave."""
+        for (empty before the first one); ``readable`` (the state at the user's leave) if
+        the boundary is after the user's leave."""
         try:
             pos = await self.start_position(room_id, token, True)
         except Exception:
             raise invalid_param("at", "Invalid pagination token") from None
         rows = await self.store.rooms.paginate(room_id, pos, True, 1)
         if not rows:
-            return readable
+            return {}  # before the room's first event: nobody
         (depth, nid), event = rows[0]
         membership = await self.store.rooms.get_membership(room_id, user_id)
         if membership is not None and membership.membership in ("leave", "ban"):
