@@ -66,6 +66,8 @@ def parse_relation(content: Any) -> Optional[Relation]:
         return None
     rel_type = rel.get("rel_type")
     event_id = rel.get("event_id")
+    if not isinstance(rel_type, str) or not isinstance(event_id, str):
+        return None
     if not _short_string(rel_type) or not _short_string(event_id) or not event_id.startswith("$"):
         return None
     key = rel.get("key") if rel_type == ANNOTATION else None

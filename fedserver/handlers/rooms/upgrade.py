@@ -221,8 +221,9 @@ class RoomUpgradeHandler:
         version (from v12 creators are not listed, and ``m.room.tombstone`` must be above
         ``state_default``; before v12 the upgrader keeps at least the level they had)."""
         pl: dict[str, Any] = dict(old) if old else {}
-        users = dict(pl.get("users")) if isinstance(pl.get("users"), dict) else {}
-        events = dict(pl.get("events")) if isinstance(pl.get("events"), dict) else {}
+        old_users, old_events = pl.get("users"), pl.get("events")
+        users: dict[str, Any] = dict(old_users) if isinstance(old_users, dict) else {}
+        events: dict[str, Any] = dict(old_events) if isinstance(old_events, dict) else {}
         if new_rv.privileged_creators:
             for u in [user_id, *extra_creators]:
                 users.pop(u, None)
@@ -294,9 +295,10 @@ class RoomUpgradeHandler:
         for t in local:
             await invite(t)
         if remote:
-            await defer.gatherResults(
-                [sem.run(lambda t=t: defer.ensureDeferred(invite(t))) for t in remote], consumeErrors=True
-            )
+            def one(target: str) -> defer.Deferred:
+                return defer.ensureDeferred(invite(target))
+
+            await defer.gatherResults([sem.run(one, t) for t in remote], consumeErrors=True)
 
     # -- following a tombstone ---------------------------------------------------------------
 
