@@ -224,6 +224,34 @@ class BackfillHandlerTests(StoreTestCase):
         self.assertTrue(meta.rejected)
         self.assertNotIn(mallory.event_id, await self.visible_ids(r.room_id))
 
+    async def test_gap_in_the_middle_is_filled(self):
+        """Events we skipped while away (we hold an event whose prev events we lack,
+        its state taken from /state_ids as the gap filler does): a page reaching it fills
+        the gap, in order, the state of the gap's events carried back from it; the event
+        before the gap is no longer a forward extremity (in storage and in the pipeline)."""
+        room = await self.setup(room_versions.V11, n=3)
+        r = room.room
+        join = r.events["alice_join"]
+        for i in range(10):
+            r.add(f"g{i}", "m.room.message", BOB, {"msgtype": "m.text", "body": f"g{i}"})
+        z = r.add("z", "m.room.message", BOB, {"msgtype": "m.text", "body": "z"})
+        room.ordered = [entry.event.event_id for entry in r.entries]
+        after_join = dict(room.before_join)
+        after_join[join.state_tuple] = join.event_id
+        outcome = await self.pipeline.process(r.room_id, [z], state_before={z.event_id: after_join})
+        self.assertTrue(outcome[z.event_id].accepted)
+        extremities = await self.store.backfill.get_backward_extremities(r.room_id, z.depth, join.depth + 1)
+        self.assertEqual([x.event_id for x in extremities], [z.event_id])
+        self.client.answers[PEER] = room.backfill
+        self.assertTrue(await self.handler.fill(r.room_id, max_depth=z.depth, min_depth=join.depth + 1))
+        held = await self.visible_ids(r.room_id)
+        gap = [r.events[f"g{i}"].event_id for i in range(10)]
+        self.assertEqual(held[held.index(join.event_id):], [join.event_id, *gap, z.event_id])
+        groups = await self.store.get_state_ids_for_events([gap[0]])
+        self.assertEqual(dict(await self.store.get_state_group(groups[gap[0]])), after_join)
+        self.assertEqual(await self.store.get_forward_extremities(r.room_id), [z.event_id])
+        self.assertEqual(await self.pipeline.forward_extremities(r.room_id), {z.event_id})
+
     async def test_server_that_never_answers_does_not_hold_the_client(self):
         """HOSTILE row 38: a server that never answers: fill gives up after its timeout
         (the clock's), and within the retry delay the same extremity is not asked again."""

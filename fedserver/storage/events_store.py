@@ -244,6 +244,7 @@ class EventStore:
         self._store_rooms_txn(txn, works)
         self._update_current_state_txn(txn, stored, known)
         self._update_extremities_txn(txn, [w for w in stored if w.live])
+        self._history_extremities_txn(txn, [w for w in stored if w.accepted and w.entry.history])
 
         outcome: dict[str, PersistedEvent] = {}
         unchanged = [w for w in works if not w.stored]
@@ -483,6 +484,20 @@ class EventStore:
                 " ON CONFLICT DO NOTHING",
                 [(w.room_id, w.nid) for w in accepted if w.event_id in added],
             )
+
+    @staticmethod
+    def _history_extremities_txn(txn: Txn, history: list[_Work]) -> None:
+        # History placed in a gap in the middle of the DAG descends from events before the
+        # gap: an extremity it cites has a child now and stops being one. History never
+        # becomes an extremity itself.
+        prevs = {p for w in history for p in w.event.prev_event_ids}
+        if not prevs:
+            return
+        rooms = {w.room_id for w in history}
+        rows = txn.select_in("SELECT room_id, event_nid FROM events WHERE event_id IN ({})", sorted(prevs))
+        txn.executemany(
+            "DELETE FROM forward_extremities WHERE room_id = ? AND event_nid = ?", [r for r in rows if r[0] in rooms]
+        )
 
     # -- loading ----------------------------------------------------------------------
 

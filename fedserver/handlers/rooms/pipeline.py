@@ -567,6 +567,11 @@ class RoomPipeline:
         if history:
             if entries:
                 await store.persist_events(entries)
+                # History filling a gap descends from events before it: storage no longer
+                # counts those as forward extremities (see PersistEntry.history).
+                prevs = {p for x in entries if x.rejection is None for p in x.event.prev_event_ids}
+                if room is not None and room.extremities & prevs:
+                    room.extremities = room.extremities - prevs
             return outcomes
         if entries:
             try:
