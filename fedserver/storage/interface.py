@@ -116,8 +116,9 @@ class PersistEntry:
         event is stored: ``{(type, state_key): event_id or None to remove}``. Applied in
         batch order; ignored if the event was already stored (re-persisting is a no-op).
     :ivar history: the event takes its place behind what we held (fetched with
-        ``/backfill``): it never becomes a forward extremity nor enters the /sync stream
-        (a new event gets a negative ``event_nid``; a de-outliered one is marked). Outliers
+        ``/backfill``): it never becomes a forward extremity (the extremities it descends
+        from, where it fills a gap, stop being ones) nor enters the /sync stream (a new
+        event gets a negative ``event_nid``; a de-outliered one is marked). Outliers
         fetched for history are stored with it too, so that their number is negative.
 
     Non-outlier events need ``state_group_before``, ``state_before`` or

@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.interop.peers import HTTPError, PeerPair, wait_until
 from tests.interop.test_synapse_rooms import CONVERGE, Peer, q
+from tests.jsclient import account, node_or_skip, run_scenario
 
 _pair = PeerPair("interop-history-")
 _peers: dict[str, Peer] = {}
@@ -137,6 +138,27 @@ class HistoryAcrossServers(TestCase):
         wait_until(counted_on_synapse, CONVERGE, "Synapse to count fedserver's thread reply")
         mine = self.fedserver.call("GET", f"/rooms/{q(room)}/event/{q(root)}", as_user=g)
         self.assertTrue(mine["unsigned"]["m.relations"]["m.thread"]["current_user_participated"])
+
+    def test_matrix_js_sdk_scrolls_back_across_the_join(self):
+        """matrix-js-sdk on fedserver, lazy-loading members as Element does, joins a
+        Synapse room after 60 messages (one of them edited, with a display name set) and
+        scrolls back to the room's creation: every message once, in order, the edit
+        applied, the writer known by name."""
+        node_or_skip()
+        h = self.synapse.user("jswriter")
+        self.synapse.call("PUT", f"/profile/{q(h)}/displayname", {"displayname": "Writer"}, as_user=h)
+        room = self.synapse.create_room(h, "12", preset="public_chat", name="js history")
+        said = [f"js {i}" for i in range(60)]
+        ids = [self.synapse.send_text(h, room, body) for body in said]
+        self.send(self.synapse, h, room, {"msgtype": "m.text", "body": "* js 10 (edited)", "m.new_content": {
+            "msgtype": "m.text", "body": "js 10 (edited)"}, "m.relates_to": {"rel_type": "m.replace", "event_id": ids[10]}})
+        reader = self.fedserver.user("jsreader")
+        out = run_scenario("history", {"b": account(self.fedserver.server, reader), "roomId": room,
+                                       "via": self.synapse.name, "editedId": ids[10]})
+        self.assertEqual(out["bodies"], said)
+        self.assertTrue(out["createSeen"])
+        self.assertEqual(out["editedBody"], "js 10 (edited)")
+        self.assertEqual(out["writerName"], "Writer")
 
     def _state_content(self, peer: Peer, user: str, room: str, type_: str) -> Optional[dict]:
         return peer.get_state_event(user, room, type_)
