@@ -55,6 +55,8 @@ STATE_FETCHES = 5
 #: maximum) before trying it again.
 RETRY_MIN_S = 10.0
 RETRY_MAX_S = 600.0
+#: Extremities whose retry delay is remembered, at most (the oldest are forgotten).
+MAX_RETRY_ENTRIES = 10_000
 
 
 class BackfillHandler:
@@ -189,7 +191,10 @@ class BackfillHandler:
             if x.event_id in still and not placed:
                 _, delay = self._retry.get(key, (0.0, RETRY_MIN_S / 2))
                 delay = min(RETRY_MAX_S, delay * 2)
+                self._retry.pop(key, None)
                 self._retry[key] = (now + delay, delay)
+                while len(self._retry) > MAX_RETRY_ENTRIES:
+                    del self._retry[next(iter(self._retry))]
             else:
                 self._retry.pop(key, None)
         return placed

@@ -52,17 +52,19 @@ class RoomServices:
     timeline: TimelineHandler
     relations: RelationsHandler
     upgrades: RoomUpgradeHandler
+    relations_catch_up: Optional["defer.Deferred[Any]"] = None
 
     def startup(self) -> "defer.Deferred[int]":
         """Catch up the redaction index (redactions persisted while it was not running,
-        e.g. just before a crash) and index the relations of events stored before
-        relations were indexed; call once when the server starts."""
+        e.g. just before a crash); call once when the server starts. The relations of
+        events stored before relations were indexed (schema 006) are indexed in the
+        background (:attr:`relations_catch_up` fires when done)."""
         store = self.events.store
-        d = store.rooms.index_redactions()
         relations = getattr(store, "relations", None)
         if relations is not None:
-            d.addCallback(lambda n: relations.catch_up().addCallback(lambda _: n))
-        return d
+            self.relations_catch_up = relations.catch_up()
+            self.relations_catch_up.addErrback(lambda f: log.failure("Indexing relations failed", f))
+        return store.rooms.index_redactions()
 
 
 def build_room_services(
