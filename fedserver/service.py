@@ -34,6 +34,7 @@ from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFet
 from fedserver.federation.sender import FederationSender
 from fedserver.auth.engine import AuthEngine
 from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.federation.backfill import BackfillHandler
 from fedserver.handlers.federation.failures import FAILURE_EDU_TYPE, FailureReporter
 from fedserver.handlers.federation.gaps import GapFiller
 from fedserver.handlers.federation.handshakes import HandshakeHandler
@@ -489,6 +490,11 @@ class FedserverService(service.MultiService):
         self.failures = FailureReporter(store, self._send_edu, name, reactor)
         self.gaps = GapFiller(client, self._check_fetched, store)
         self.receiver = EventReceiver(self.pipeline, store, self.gaps, self.failures)
+        # History on demand: /messages paging back past what we hold asks the room's servers.
+        self.backfill = BackfillHandler(
+            client=client, keyring=self.keyring, store=store, pipeline=self.pipeline, gaps=self.gaps,
+            clock=reactor, server_name=name,
+        )
         self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls, receiver=self.receiver)
         self.transactions.register_edu_handler(FAILURE_EDU_TYPE, self.failures.on_edu)
         self.profiles = ProfileHandler(store, client, name)
@@ -544,7 +550,7 @@ class FedserverService(service.MultiService):
             store=store, pipeline=self.pipeline, creator=self.creator, server_name=name,
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
-            remote_alias_query=self._query_remote_alias,
+            remote_alias_query=self._query_remote_alias, backfill=self.backfill,
         )
         await self.rooms.startup()
         # Account data written wakes the user's waiting /sync (it is in the next answer).

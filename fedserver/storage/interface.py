@@ -135,6 +135,11 @@ class PersistEntry:
     :ivar distribute: queue the event for other servers in the same transaction (see
         :class:`Distribution`); only done if this call stores it and it is neither an
         outlier, rejected nor soft-failed.
+    :ivar history: the event takes its place behind what we held (fetched with
+        ``/backfill``): it never becomes a forward extremity (the extremities it descends
+        from, where it fills a gap, stop being ones) nor enters the /sync stream (a new
+        event gets a negative ``event_nid``; a de-outliered one is marked). Outliers
+        fetched for history are stored with it too, so that their number is negative.
 
     Non-outlier events need ``state_group_before``, ``state_before`` or
     ``state_before_event``.
@@ -152,6 +157,7 @@ class PersistEntry:
     state_group_after: Optional[int] = None
     update_current_state: Optional[Mapping[StateKey, Optional[str]]] = None
     distribute: Optional[Distribution] = None
+    history: bool = False
 
 
 class PersistedEvent(NamedTuple):

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.accounts_store import AccountStore
+from fedserver.storage.backfill_store import BackfillStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.distribution_store import DistributionStore
 from fedserver.storage.events_store import EventStore
@@ -31,6 +32,7 @@ from fedserver.storage.interface import (
     StateKey,
 )
 from fedserver.storage.nids import StateKeyInterner
+from fedserver.storage.relations_store import RelationsStore
 from fedserver.storage.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
@@ -145,6 +147,8 @@ class SQLiteStore:
         self.accounts = AccountStore(db, clock_ms)
         self.federation_extras = FederationExtrasStore(db)  # failures, remote memberships
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
+        self.relations = RelationsStore(self)  # m.relates_to index, /relations, /threads, aggregations
+        self.backfill = BackfillStore(self)  # backward extremities, history fetched from other servers
 
     # -- transactions -----------------------------------------------------------------
 
@@ -209,6 +213,9 @@ class SQLiteStore:
         outcome = self._events.persist_events_txn(txn, batch)
         if any(entry.distribute is not None for entry in batch):
             outcome = self._distribution.queue_persisted_txn(txn, batch, outcome)
+        # Indexes kept in the same transaction as the events they describe.
+        self.relations.on_persisted_txn(txn, batch, outcome)
+        self.backfill.on_persisted_txn(txn, batch, outcome)
         if received_txn is not None:
             self.store_received_txn_txn(txn, *received_txn)
         return outcome

@@ -202,6 +202,10 @@ class ClientEventSource:
         self._store = store
         self._clock = clock
         self._redactions = RedactionLookup(store)
+        #: What bundles aggregations of child events (``unsigned.m.relations``) when
+        #: :meth:`serialize` is asked to: an object with ``async bundle(user_id, events,
+        #: include_room_id) -> {event_id: m.relations}`` (the relations handler), or ``None``.
+        self.relations: Any = None
 
     def now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -293,14 +297,19 @@ class ClientEventSource:
         user_id: Optional[str] = None,
         scope: Optional[str] = None,
         include_room_id: bool = True,
+        aggregations: bool = False,
     ) -> list[dict[str, Any]]:
         """``events`` in the client event format, with redactions applied and, for the
         events ``user_id`` sent from the device or token ``scope``, their transaction id.
+
+        :param aggregations: bundle the aggregations of their child events under
+            ``unsigned.m.relations`` (spec "Aggregations of child events": /messages,
+            /context, /event, /relations, /threads, and /sync when ``limited``).
         """
         if not events:
             return []
         now = self.now_ms()
-        redactions = await self._applicable_redactions(events)
+        redactions = await self.applicable_redactions(events)
         txn_ids: dict[str, str] = {}
         if user_id is not None and scope is not None:
             own = [e.event_id for e in events if e.sender == user_id]
@@ -318,9 +327,15 @@ class ClientEventSource:
                     include_room_id=include_room_id,
                 )
             )
+        if aggregations and self.relations is not None and user_id is not None:
+            bundles = await self.relations.bundle(user_id, events, include_room_id=include_room_id, redacted=redactions)
+            for served in out:
+                found = bundles.get(served["event_id"])
+                if found:
+                    served["unsigned"]["m.relations"] = found
         return out
 
-    async def _applicable_redactions(self, events: Sequence[Event]) -> dict[str, Event]:
+    async def applicable_redactions(self, events: Sequence[Event]) -> dict[str, Event]:
         """``{event_id: the redaction that applies}`` among the indexed redactions."""
         return await self._redactions.applicable(events)
 

@@ -286,6 +286,9 @@ class MembershipHandler:
         self.directory = directory
         self.remote = remote
         self.notifier = notifier
+        #: Coroutine functions ``(user_id, room_id)`` awaited after a join of one of our
+        #: users succeeded (e.g. following a room upgrade); their errors are logged.
+        self.on_joined: list[Any] = []
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -373,7 +376,9 @@ class MembershipHandler:
         reason = check_reason(reason)
         hints = list(server_names) + [s for s in alias_servers if s not in server_names]
         if not await self.events.is_here(room_id):
-            return await self._remote_join(user_id, room_id, hints, reason)
+            await self._remote_join(user_id, room_id, hints, reason)
+            await self._joined(user_id, room_id)
+            return room_id
         current = await self.store.rooms.get_membership(room_id, user_id)
         if current is not None and current.membership == "join":
             return room_id  # already joined: nothing to change
@@ -384,7 +389,15 @@ class MembershipHandler:
         if authoriser is not None:
             content["join_authorised_via_users_server"] = authoriser
         await self._member(room_id, user_id, user_id, "join", content)
+        await self._joined(user_id, room_id)
         return room_id
+
+    async def _joined(self, user_id: str, room_id: str) -> None:
+        for callback in list(self.on_joined):
+            try:
+                await callback(user_id, room_id)
+            except Exception:  # noqa: BLE001 - the join is done; a follow-up must not undo its answer
+                log.failure("on_joined callback failed for {room_id}", room_id=room_id)
 
     async def _remote_join(self, user_id: str, room_id: str, hints: Sequence[str], reason: Optional[str]) -> str:
         candidates = self._candidates(room_id, await self._inviter_hint(user_id, room_id) + list(hints))

@@ -234,6 +234,32 @@ class RoomPipeline:
             return None
         return frozenset(never) | {self._server_name}
 
+    def process_history(
+        self,
+        room_id: str,
+        events: Sequence[Event],
+        *,
+        state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
+        verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+    ) -> "defer.Deferred[dict[str, Outcome]]":
+        """Take in events fetched as history (``/backfill``): placed behind events we hold,
+        they get the receipt checks of steps 4 and 5 like any PDU, and are stored with
+        their state (rejected ones too), but they change neither the current state nor the
+        forward extremities, are never soft-failed (step 6 is about the present) and never
+        enter the /sync stream (``PersistEntry.history``). ``on_persisted`` is not called:
+        nothing is new to the room.
+
+        :param state_before: ``{event_id: state}`` for events whose prev events we do not
+            hold with state (derived by :mod:`fedserver.state.backwards`, or fetched).
+        :returns: Deferred firing with ``{event_id: Outcome}`` once committed.
+        """
+        return self._locked(
+            room_id,
+            lambda: self._process(
+                room_id, list(events), False, True, state_before or {}, verified_servers or {}, history=True
+            ),
+        )
+
     def _locked(self, room_id: str, work: Callable[[], Any]) -> defer.Deferred:
         """Run the coroutine ``work()`` alone among the room's batches (rooms run
         concurrently); the lock is forgotten once nobody holds or waits for it."""
@@ -279,18 +305,20 @@ class RoomPipeline:
         events: Sequence[Event],
         *,
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+        history: bool = False,
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take in events we hold without their place in the DAG (auth chains and state
         fetched for a join or a gap): each is checked against its own ``auth_events`` (step
         4; they come in auth order) and stored as an outlier, rejected or not.
 
+        :param history: fetched for history (``PersistEntry.history``).
         :returns: Deferred firing with ``{event_id: Outcome}``; ``missing`` for events whose
             auth events are neither stored nor in ``events``.
         """
-        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}))
+        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}, history))
 
     async def _process_outliers(
-        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]]
+        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]], history: bool = False
     ) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         if not events:
@@ -323,12 +351,12 @@ class RoomPipeline:
             result = self._engine.check(event, auth_list, create_event=create, verified_servers=verified.get(eid))
             if result.allowed:
                 outcomes[eid] = Outcome(ACCEPTED, stored=True)
-                entries.append(PersistEntry(event=event, outlier=True))
+                entries.append(PersistEntry(event=event, outlier=True, history=history))
             else:
                 refusal = _refusal_from(result)
                 event.rejected_reason = refusal.reason
                 outcomes[eid] = Outcome(REJECTED, refusal, stored=True)
-                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal))
+                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal, history=history))
         if entries:
             await store.persist_events(entries)
         return outcomes
@@ -388,6 +416,7 @@ class RoomPipeline:
         given_state: Mapping[str, Mapping[StateKey, str]],
         verified: Mapping[str, Collection[str]],
         send_never: Optional[frozenset[str]] = None,
+        history: bool = False,
     ) -> dict[str, Outcome]:
         """The batch; ``send_never``: distribute the accepted events, never to these
         servers (``None``: do not distribute)."""
@@ -485,7 +514,7 @@ class RoomPipeline:
                     before, entry_kw = await self._state_before(
                         room_id, rv, event, prev_states, prev_keys, groups, events_by_id, create
                     )
-                    if len(extremities) == 1 and extremities == set(event.prev_event_ids):
+                    if not history and len(extremities) == 1 and extremities == set(event.prev_event_ids):
                         # The usual case: the event follows the room's only forward extremity,
                         # so the state before it is the current state (already in memory).
                         before = current
@@ -513,14 +542,14 @@ class RoomPipeline:
                 result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
                 if not result.allowed:
                     refusal = _refusal_from(result)
-            if refusal is None and not local and room is not None and current is not before:
+            if refusal is None and not local and not history and room is not None and current is not before:
                 # -- step 6: the current state (soft failure) ------------------------------
                 await self._ensure_loaded(event, current, events_by_id, batch_events)
                 view = _EventState(current, _Overlay(events_by_id, batch_events))
                 result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
                 if not result.allowed:
                     soft = _refusal_from(result)
-            if refusal is None and soft is None and self._has_policies():
+            if refusal is None and soft is None and not history and self._has_policies():
                 view = _EventState(current, _Overlay(events_by_id, batch_events))
                 policy = await check_event_policy(self._pm, event, rv, view)
                 if policy.soft_failed:
@@ -533,7 +562,7 @@ class RoomPipeline:
                 after[eid] = before
                 outcomes[eid] = outcome
                 if persist_rejected:
-                    entries.append(PersistEntry(event=event, rejection=refusal, **entry_kw))
+                    entries.append(PersistEntry(event=event, rejection=refusal, history=history, **entry_kw))
                 log.info("Rejected {event_id} in {room_id}: {reason} (rule {rule})",
                          event_id=eid, room_id=room_id, reason=refusal.reason, rule=refusal.rule)
                 continue
@@ -542,6 +571,11 @@ class RoomPipeline:
                 state_after = _evolve(before, {(event.type, event.state_key): eid})
             after[eid] = state_after
             batch_events[eid] = event
+            if history:
+                # Behind what we hold: stored with its state, nothing present changes.
+                outcomes[eid] = Outcome(ACCEPTED, stored=True)
+                entries.append(PersistEntry(event=event, history=True, **entry_kw))
+                continue
             if soft is not None:
                 outcome = Outcome(SOFT_FAILED, soft, stored=True)
                 entries.append(PersistEntry(event=event, soft_failed=True, soft_failure=soft, **entry_kw))
@@ -580,6 +614,15 @@ class RoomPipeline:
             outcomes[eid] = outcome
             accepted_in_order.append((event, outcome))
 
+        if history:
+            if entries:
+                await store.persist_events(entries)
+                # History filling a gap descends from events before it: storage no longer
+                # counts those as forward extremities (see PersistEntry.history).
+                prevs = {p for x in entries if x.rejection is None for p in x.event.prev_event_ids}
+                if room is not None and room.extremities & prevs:
+                    room.extremities = room.extremities - prevs
+            return outcomes
         if entries:
             try:
                 persisted = await store.persist_events(entries)
