@@ -150,6 +150,14 @@ class FederationSender:
         for name in dests:
             self._kick(self._dest(name))
 
+    def wake(self, destinations: Iterable[str]) -> None:
+        """Items were queued for ``destinations`` in a transaction of another component
+        (with :meth:`~fedserver.storage.sqlite.SQLiteStore.enqueue_outbound_txn`, so that
+        they commit with what they announce): start sending them."""
+        for name in sorted(set(destinations)):
+            if name != self._server_name:
+                self._kick(self._dest(name))
+
     def on_server_seen(self, server_name: str) -> None:
         """A valid signed request came from ``server_name``: it is up, so stop backing off."""
         dest = self._destinations.get(server_name)

@@ -11,6 +11,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.accounts_store import AccountStore
+from fedserver.storage.devices_store import DevicesStore
+from fedserver.storage.key_backup_store import KeyBackupStore
+from fedserver.storage.to_device_store import ToDeviceStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_extras_store import FederationExtrasStore
@@ -143,6 +146,9 @@ class SQLiteStore:
         self.accounts = AccountStore(db, clock_ms)
         self.federation_extras = FederationExtrasStore(db)  # failures, remote memberships
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
+        self.devices = DevicesStore(db, clock_ms)  # encryption keys, device lists
+        self.to_device = ToDeviceStore(db, clock_ms)  # to-device inboxes
+        self.key_backups = KeyBackupStore(db)  # server-side key backups
 
     # -- transactions -----------------------------------------------------------------
 
