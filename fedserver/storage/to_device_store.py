@@ -132,7 +132,8 @@ class ToDeviceStore:
         What ``since`` acknowledges is deleted first (everything up to it, or up to what
         the answer that gave it out really sent). At most ``limit`` messages are
         returned; if more wait up to ``now``, the answer's position ``now`` is recorded
-        as acknowledging only the last one sent.
+        as acknowledging only the last one sent, and the stream moves on so that the
+        next answer gets another position.
         """
         check_int(now, "now")
         check_int(since, "since", nullable=True)
@@ -163,6 +164,9 @@ class ToDeviceStore:
         more = len(rows) > limit
         rows = rows[:limit]
         if more:
+            # The next answer's position must differ from this one's, or a sync from it
+            # could not tell "received" from "retrying": move the stream on.
+            txn.allocate_ids(TO_DEVICE_SEQUENCE, 1)
             txn.execute(
                 "INSERT INTO device_inbox_acks (user_id, device_id, token_pos, delivered_upto) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (user_id, device_id, token_pos) DO UPDATE SET delivered_upto = excluded.delivered_upto",
