@@ -103,14 +103,12 @@ class CrossSigning:
 # -- a client listener with the encryption endpoints ---------------------------------------
 
 import json as _json  # noqa: E402
-from typing import Callable  # noqa: E402
 
 from twisted.internet import defer, reactor  # noqa: E402
 
 from fedserver.http.client.keys import build_e2ee_services, register_key_routes  # noqa: E402
 from fedserver.http.client.room_keys import register_room_keys_routes  # noqa: E402
 from fedserver.http.client.to_device import register_to_device_routes  # noqa: E402
-from fedserver.room_versions import V10  # noqa: E402
 from tests.test_client_rooms import ClientRoomsTestCase, SERVER, q  # noqa: E402
 
 REMOTE = "far.test"

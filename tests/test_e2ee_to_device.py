@@ -3,7 +3,7 @@ kept until acknowledged), m.direct_to_device in and out, and HOSTILE rows 35-36.
 
 from __future__ import annotations
 
-from tests.e2ee_support import REMOTE, E2eeTestCase, SERVER, q
+from tests.e2ee_support import REMOTE, E2eeTestCase, SERVER
 
 
 class ToDeviceTests(E2eeTestCase):

@@ -123,6 +123,19 @@ class ToDeviceStore:
 
     # -- delivering --------------------------------------------------------------------
 
+    def has_pending_txn(self, txn: Txn, user_id: str, device_id: str) -> bool:
+        """Whether any message (or acknowledgement record) waits for the device: if not,
+        a /sync has nothing to deliver or delete and needs no write."""
+        if not (lookup_text(user_id, "user_id") and lookup_text(device_id, "device_id")):
+            return False
+        params = (user_id, device_id)
+        return (
+            txn.execute("SELECT 1 FROM device_inbox WHERE user_id = ? AND device_id = ? LIMIT 1", params).fetchone()
+            is not None
+            or txn.execute("SELECT 1 FROM device_inbox_acks WHERE user_id = ? AND device_id = ? LIMIT 1", params).fetchone()
+            is not None
+        )
+
     def deliver_txn(
         self, txn: Txn, user_id: str, device_id: str, since: Optional[int], now: int, limit: int
     ) -> Delivery:

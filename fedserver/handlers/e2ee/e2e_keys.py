@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -411,10 +411,6 @@ class E2eKeysHandler:
             raise bad_json("Body must be an object")
         claims = check_claims(body.get("one_time_keys"))
         return {"one_time_keys": await self.claim_local({u: d for u, d in claims.items() if self.is_mine(u)})}
-
-
-def users_of(queries: Iterable[str], server: str) -> list[str]:
-    return [u for u in queries if server_of(u) == server]
 
 
 __all__ = ["E2eKeysHandler", "check_claims", "check_query", "key_error"]

@@ -228,17 +228,22 @@ class ToDeviceHandler:
         user_id = ctx.user_id
         store = self._store
 
-        def txn_func(txn: Txn) -> tuple[Any, dict[str, int], list[str]]:
-            delivery = store.to_device.deliver_txn(txn, user_id, device_id, since, now, self.batch)
+        def read_txn(txn: Txn) -> tuple[bool, dict[str, int], list[str]]:
+            pending = store.to_device.has_pending_txn(txn, user_id, device_id)
             counts = store.devices.count_one_time_keys_txn(txn, user_id, device_id)
             fallback = store.devices.unused_fallback_key_types_txn(txn, user_id, device_id)
-            return delivery, counts, fallback
+            return pending, counts, fallback
 
-        delivery, counts, fallback = await store.run_write(txn_func)
-        ctx.result.setdefault("to_device", {"events": []})["events"].extend(delivery.messages)
+        # Most syncs find an empty inbox: only a read then, no write transaction.
+        pending, counts, fallback = await store.run_read(read_txn)
+        messages: list[dict[str, Any]] = []
+        if pending:
+            delivery = await store.run_write(store.to_device.deliver_txn, user_id, device_id, since, now, self.batch)
+            messages = delivery.messages
+        ctx.result.setdefault("to_device", {"events": []})["events"].extend(messages)
         ctx.result["device_one_time_keys_count"] = counts
         ctx.result["device_unused_fallback_key_types"] = fallback
-        return bool(delivery.messages)
+        return bool(messages)
 
 
 __all__ = ["DIRECT_TO_DEVICE", "ToDeviceHandler", "check_messages"]
