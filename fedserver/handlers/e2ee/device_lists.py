@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeGuard
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,7 +37,7 @@ MAX_REMOTE_DEVICES = 1000
 RESYNC_TIMEOUT_S = 30.0
 
 
-def _is_user_id(value: Any) -> bool:
+def _is_user_id(value: Any) -> "TypeGuard[str]":
     return type(value) is str and value.startswith("@") and ":" in value and len(value.encode("utf-8", "surrogatepass")) <= 255
 
 
@@ -47,7 +47,7 @@ def _device_name(keys: Any) -> Optional[str]:
     return name if type(name) is str and len(name) <= 512 else None
 
 
-def checked_remote_device_keys(user_id: str, device_id: str, keys: Any) -> Optional[dict[str, Any]]:
+def checked_remote_device_keys(user_id: str, device_id: Any, keys: Any) -> Optional[dict[str, Any]]:
     """Device keys another server sent for its user, if they are well-formed and signed
     by the device itself (what its owner uploaded); ``None`` otherwise."""
     if type(device_id) is not str or not device_id:
@@ -290,6 +290,9 @@ class RemoteDeviceLists:
         log.info("Resynced the devices of {user} at {stream}: {n} devices", user=user_id, stream=stream_id, n=len(snapshot))
         return True
 
+    async def _resync_locked(self, user_id: str) -> bool:
+        return bool(await self._locked(user_id, lambda: self._resync(user_id)))
+
     # -- the cache, for /keys/query -------------------------------------------------------
 
     async def cached(self, user_ids: Iterable[str]) -> dict[str, Any]:
@@ -299,9 +302,8 @@ class RemoteDeviceLists:
         states = await self._store.devices.get_remote_lists(ids)
         out = {}
         for user_id, state in states.items():
-            if state.stale:
-                if not await self._locked(user_id, lambda u=user_id: self._resync(u)):
-                    continue
+            if state.stale and not await self._resync_locked(user_id):
+                continue
             out[user_id] = state
         if out:
             sharing = await self._store.devices.run_read(

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypeGuard
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -47,7 +47,7 @@ def key_error(e: InvalidKeyError) -> MatrixError:
     return MatrixError(400, e.errcode, str(e))
 
 
-def _is_user_id(value: Any) -> bool:
+def _is_user_id(value: Any) -> "TypeGuard[str]":
     return type(value) is str and value.startswith("@") and ":" in value and len(value.encode("utf-8", "surrogatepass")) <= 255
 
 
@@ -103,6 +103,19 @@ def check_claims(one_time_keys: Any) -> dict[str, dict[str, str]]:
     if total > MAX_CLAIMS:
         raise invalid_param("one_time_keys", f"at most {MAX_CLAIMS} keys per claim")
     return out
+
+
+async def _settle(work: Any) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, exception)`` of an awaitable."""
+    try:
+        return True, await work
+    except Exception as e:  # noqa: BLE001 - reported per server in "failures"
+        return False, e
+
+
+async def _all(works: list[Any]) -> list[tuple[bool, Any]]:
+    """Run awaitables concurrently; each one's :func:`_settle` outcome, in order."""
+    return list(await defer.gatherResults([defer.ensureDeferred(_settle(w)) for w in works]))
 
 
 def _failure(e: Exception) -> dict[str, Any]:
@@ -251,13 +264,10 @@ class E2eKeysHandler:
             if user_id not in cached:
                 by_server.setdefault(server_of(user_id), {})[user_id] = devices
         if by_server:
-            answers = await defer.DeferredList(
-                [defer.ensureDeferred(self._ask_server(server, users, timeout)) for server, users in by_server.items()],
-                consumeErrors=True,
-            )
-            for (server, _users), (ok, value) in zip(by_server.items(), answers):
+            answers = await _all([self._ask_server(server, users, timeout) for server, users in by_server.items()])
+            for server, (ok, value) in zip(by_server, answers):
                 if not ok:
-                    result["failures"][server] = _failure(value.value)
+                    result["failures"][server] = _failure(value)
                     continue
                 self._merge(result, value)
         # The viewer's own signatures on other users' master keys (made with their
@@ -316,9 +326,11 @@ class E2eKeysHandler:
         out: dict[str, Any] = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
         if not isinstance(answer, dict):
             return out
-        device_keys = answer.get("device_keys") if isinstance(answer.get("device_keys"), dict) else {}
-        masters = answer.get("master_keys") if isinstance(answer.get("master_keys"), dict) else {}
-        ssks = answer.get("self_signing_keys") if isinstance(answer.get("self_signing_keys"), dict) else {}
+        def section(name: str) -> dict[str, Any]:
+            value = answer.get(name)
+            return value if isinstance(value, dict) else {}
+
+        device_keys, masters, ssks = section("device_keys"), section("master_keys"), section("self_signing_keys")
         for user_id, wanted in users.items():
             got = device_keys.get(user_id)
             entry = out["device_keys"][user_id] = {}
@@ -357,18 +369,12 @@ class E2eKeysHandler:
             if not self.is_mine(user_id):
                 by_server.setdefault(server_of(user_id), {})[user_id] = devices
         if by_server:
-            answers = await defer.DeferredList(
-                [
-                    defer.ensureDeferred(self._claim_from(server, users, timeout))
-                    for server, users in by_server.items()
-                ],
-                consumeErrors=True,
-            )
+            answers = await _all([self._claim_from(server, users, timeout) for server, users in by_server.items()])
             for server, (ok, value) in zip(by_server, answers):
                 if ok:
                     result["one_time_keys"].update(value)
                 else:
-                    result["failures"][server] = _failure(value.value)
+                    result["failures"][server] = _failure(value)
         return result
 
     async def claim_local(self, claims: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:

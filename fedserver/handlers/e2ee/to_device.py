@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeGuard
 
 from twisted.logger import Logger
 
@@ -34,7 +34,7 @@ MAX_PENDING = 10_000
 MAX_MESSAGES_PER_REQUEST = 10_000
 
 
-def _is_user_id(value: Any) -> bool:
+def _is_user_id(value: Any) -> "TypeGuard[str]":
     return type(value) is str and value.startswith("@") and ":" in value and len(value.encode("utf-8", "surrogatepass")) <= 255
 
 
