@@ -65,10 +65,14 @@ from fedserver.http.client.media import (
 )
 from fedserver.http.federation.media import register_federation_media_routes
 from fedserver.http.client.api import build_account_services, build_client_api
+from fedserver.http.client.keys import build_e2ee_services, register_key_routes
+from fedserver.http.client.room_keys import register_room_keys_routes
+from fedserver.http.client.to_device import register_to_device_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.federation.transport import FederationResource
 from fedserver.http.federation.history import register_history_routes
 from fedserver.http.federation.membership import register_membership_routes
+from fedserver.http.federation.user_keys import register_user_keys_routes
 from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.federation.notary import NotaryResource, NotaryService
 from fedserver.http.connections import (
@@ -527,6 +531,11 @@ class FedserverService(service.MultiService):
             return defer.succeed(None)
         return self.sender.send_edu(edu_type, content, destinations)
 
+    def _wake_destinations(self, destinations: Any) -> None:
+        """Start sending what another component queued in its own transaction."""
+        if self.sender is not None:
+            self.sender.wake(destinations)
+
     def _check_fetched(self, origin: str, pdus: list) -> defer.Deferred:
         """Receipt checks 1-3 on events fetched to fill a gap (rooms we know)."""
         d = self.ingest.check_pdus(origin, pdus)
@@ -566,6 +575,22 @@ class FedserverService(service.MultiService):
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        # End-to-end encryption: keys, device lists, to-device messages, key backups.
+        self.e2ee = build_e2ee_services(
+            store=store, server_name=name, federation_client=self.federation_client,
+            accounts=self.accounts.accounts, call_from_thread=reactor.callFromThread,
+            notify_users=lambda users: self.rooms.notifier.notify(users=users),
+            wake_destinations=self._wake_destinations,
+        )
+        for section in self.e2ee.sync_sections():
+            self.rooms.sync.register_section(section)
+        for edu_type, edu_handler in self.e2ee.edu_handlers().items():
+            self.transactions.register_edu_handler(edu_type, edu_handler)
+        self.pipeline.on_persisted.append(self.e2ee.local_lists.on_persisted)
+        register_key_routes(self.client_api, self.e2ee)
+        register_to_device_routes(self.client_api, self.e2ee.to_device)
+        register_room_keys_routes(self.client_api, self.e2ee.key_backup)
+        register_user_keys_routes(self.federation_resource, self.e2ee.local_lists, self.e2ee.keys)
         self.admin_resources = {
             "/_synapse/admin": build_admin_api(self.accounts.shared_secret),
             **build_admin_events_resources(EventStatusHandler(store)),
@@ -644,6 +669,8 @@ class FedserverService(service.MultiService):
         before = int(self.reactor.seconds() * 1000) - KEEP_RECEIVED_TXNS_MS
         d = store.prune_received_txns(before)
         d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
+        # To-device transaction and message ids, unless the server is stopping meanwhile.
+        d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
         d.addErrback(self._prune_failed)
         return d
 

@@ -12,6 +12,9 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.backfill_store import BackfillStore
+from fedserver.storage.devices_store import DevicesStore
+from fedserver.storage.key_backup_store import KeyBackupStore
+from fedserver.storage.to_device_store import ToDeviceStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.distribution_store import DistributionStore
 from fedserver.storage.events_store import EventStore
@@ -149,6 +152,9 @@ class SQLiteStore:
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
         self.relations = RelationsStore(self)  # m.relates_to index, /relations, /threads, aggregations
         self.backfill = BackfillStore(self)  # backward extremities, history fetched from other servers
+        self.devices = DevicesStore(db, clock_ms)  # encryption keys, device lists
+        self.to_device = ToDeviceStore(db, clock_ms)  # to-device inboxes
+        self.key_backups = KeyBackupStore(db)  # server-side key backups
 
     # -- transactions -----------------------------------------------------------------
 

@@ -324,7 +324,15 @@ federation_rr_transactions_per_room_per_second: 10000
 
     def start(self, timeout: float = 120) -> None:
         """Write the configuration and start Synapse; return once both listeners answer."""
-        path = self.write_config()
+        self._launch(self.write_config(), timeout)
+
+    def restart(self, timeout: float = 120) -> None:
+        """Stop Synapse and start it again with the same configuration, keys and
+        database (tests of what survives a restart)."""
+        self.stop()
+        self._launch(os.path.join(self.directory, "homeserver.yaml"), timeout)
+
+    def _launch(self, path: str, timeout: float) -> None:
         self._spawn([self.python, "-m", "synapse.app.homeserver", "-c", path])
 
         def ready():
@@ -426,6 +434,11 @@ class Fedserver(_Process):
             return True
 
         wait_until(ready, timeout, "fedserver to listen")
+
+    def restart(self, timeout: float = 60) -> None:
+        """Stop fedserver and start it again on the same ports, files and database."""
+        self.stop()
+        self.start(timeout)
 
     def register(self, localpart: str, displayname: str | None = None) -> str:
         """Create a user with ``fedserver-register`` (straight into the database, as an

@@ -303,6 +303,7 @@ class SyncHandler:
             joined=[m.room_id for m in joined], newly_joined={m.room_id for m in joined if m.room_id in fresh},
             left={m.room_id for m in leaves}, result=result,
             _empty_room=lambda: self._empty_joined({}, flt),
+            since_events=since_nid, now_events=now_nid,
         )
         positions: dict[str, int] = {}
         sections_changed = False
