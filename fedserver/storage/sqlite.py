@@ -30,9 +30,13 @@ from fedserver.storage.interface import (
     StateKey,
 )
 from fedserver.storage.nids import StateKeyInterner
+from fedserver.storage.presence_store import PresenceStore
+from fedserver.storage.push_store import PushStore
+from fedserver.storage.receipts_store import ReceiptsStore
 from fedserver.storage.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
+from fedserver.storage.user_directory_store import UserDirectoryStore
 from fedserver.state.statemap import StateMap
 
 T = TypeVar("T")
@@ -143,6 +147,10 @@ class SQLiteStore:
         self.accounts = AccountStore(db, clock_ms)
         self.federation_extras = FederationExtrasStore(db)  # failures, remote memberships
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
+        self.receipts = ReceiptsStore(db)  # read receipts
+        self.presence = PresenceStore(db)  # presence of local and remote users
+        self.push = PushStore(db)  # push rules, pushers, notifications, unread counts
+        self.user_directory = UserDirectoryStore(db)  # who is in which room, for user search
 
     # -- transactions -----------------------------------------------------------------
 
