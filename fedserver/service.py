@@ -385,6 +385,7 @@ class FedserverService(service.MultiService):
         self.push: Any = None
         self.push_gateway: Any = None
         self.well_known_resources: dict[str, Any] = {}
+        self.user_directory: Any = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
@@ -756,6 +757,10 @@ class FedserverService(service.MultiService):
             steps.append(("the federation client", client.close))
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
+        directory, self.user_directory = self.user_directory, None
+        waits = [x.flush for x in (push and push.notifications, ephemeral and ephemeral.presence, directory) if x]
+        if waits:
+            steps.append(("work in progress", lambda: defer.DeferredList([w() for w in waits], consumeErrors=True)))
         close = getattr(store, "close", None)
         if close is not None:
             steps.append(("the store", close))

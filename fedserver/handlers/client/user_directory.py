@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.errors import bad_json, invalid_param, missing_param
@@ -40,17 +41,43 @@ class UserDirectoryHandler:
     def __init__(self, store: Any, server_name: str) -> None:
         self._store = store
         self._server_name = server_name
+        self._running: Any = None
+        self._again = False
 
     def on_persisted(self, room_id: str, taken: list) -> None:
         """``RoomPipeline.on_persisted``: member events bring the directory up to date."""
         if any(e.type == "m.room.member" for e, _ in taken):
             self.index()
 
-    def index(self) -> Any:
-        """Catch the directory up with the stored member events (errors are logged)."""
-        d = self._store.user_directory.index()
+    def index(self) -> None:
+        """Catch the directory up with the stored member events (errors are logged). One
+        run at a time; a call during a run makes it run once more."""
+        if self._running is not None:
+            self._again = True
+            return
+        self._again = False
+        d = self._running = self._store.user_directory.index()
         d.addErrback(lambda f: log.failure("Indexing the user directory failed", f))
-        return d
+
+        def done(_: Any) -> None:
+            self._running = None
+            if self._again:
+                self.index()
+
+        d.addCallback(done)
+
+    def flush(self) -> defer.Deferred:
+        """Fires once the indexing under way (and any run it queued) is finished."""
+        if self._running is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+
+        def finished(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._running.addBoth(finished)
+        return d.addCallback(lambda _: self.flush())
 
     async def search(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /user_directory/search``.

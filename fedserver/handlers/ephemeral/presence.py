@@ -85,6 +85,8 @@ class PresenceHandler:
         self._current: dict[str, PresenceRow] = {}  # users not offline, local and remote
         self._remote_seen: dict[str, int] = {}
         self._loop: Optional[LoopingCall] = None
+        self._in_flight: set[defer.Deferred] = set()
+        self._loop_done: Optional[defer.Deferred] = None
         self.section = PresenceSection(self)
 
     def _now_ms(self) -> int:
@@ -106,13 +108,19 @@ class PresenceHandler:
             self._local[row.user_id] = _Local(0, now)
         loop = self._loop = LoopingCall(self._check_timeouts)
         loop.clock = self._clock
-        loop.start(CHECK_EVERY_S, now=False).addErrback(lambda f: log.failure("Presence timeouts failed", f))
+        self._loop_done = loop.start(CHECK_EVERY_S, now=False)
+        self._loop_done.addErrback(lambda f: log.failure("Presence timeouts failed", f))
 
-    def stop(self) -> None:
-        """Stop the timeout loop."""
+    def stop(self) -> defer.Deferred:
+        """Stop the timeout loop.
+
+        :returns: Deferred firing once a check under way is finished.
+        """
         loop, self._loop = self._loop, None
+        done, self._loop_done = self._loop_done, None
         if loop is not None and loop.running:
             loop.stop()
+        return done if done is not None else defer.succeed(None)
 
     # -- local users --------------------------------------------------------------------------
 
@@ -274,7 +282,18 @@ class PresenceHandler:
                 self._send_presence(row, {host})
 
     def _spawn(self, coro: Any) -> None:
-        defer.ensureDeferred(coro).addErrback(lambda f: log.failure("Presence update failed", f))
+        d = defer.ensureDeferred(coro)
+        self._in_flight.add(d)
+        d.addBoth(self._finished, d)
+        d.addErrback(lambda f: log.failure("Presence update failed", f))
+
+    def _finished(self, result: Any, d: defer.Deferred) -> Any:
+        self._in_flight.discard(d)
+        return result
+
+    def flush(self) -> defer.Deferred:
+        """Fires once the updates started so far are done (tests, stopping)."""
+        return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
     async def _check_timeouts(self) -> None:
         now = self._now_ms()
