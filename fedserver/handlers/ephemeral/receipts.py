@@ -31,6 +31,8 @@ FULLY_READ = "m.fully_read"
 CLIENT_RECEIPT_TYPES = frozenset({READ, PRIVATE_READ, FULLY_READ})
 #: Longest thread id accepted.
 MAX_THREAD_ID = 255
+#: Most receipts of one m.receipt EDU looked at (the rest is ignored).
+MAX_EDU_RECEIPTS = 1000
 
 #: ``(user_id, room_id, thread_id or "", event_nid)``, called when a local user's read
 #: receipt moves.
@@ -159,6 +161,7 @@ class ReceiptsHandler:
         joined to the room, of other types, or malformed, are ignored; the rest are
         stored as deltas (what the EDU does not list is left alone)."""
         rooms_touched = set()
+        budget = MAX_EDU_RECEIPTS
         for room_id, by_type in content.items():
             if not isinstance(room_id, str) or not room_id.startswith("!") or not isinstance(by_type, dict):
                 continue
@@ -166,6 +169,9 @@ class ReceiptsHandler:
             if not isinstance(users, dict):
                 continue
             for user_id, receipt in users.items():
+                budget -= 1
+                if budget < 0:
+                    break
                 if server_of(user_id) != origin:
                     log.info("Ignoring a receipt from {origin} for {user_id!r:.100}", origin=origin, user_id=user_id)
                     continue
