@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from fedserver.events.canonical import CanonicalJSONError, parse_json
 from fedserver.federation.client import USER_AGENT, _BytesProducer, read_body
 from fedserver.federation.tls import FederationConnector, FederationTLSPolicy
 
@@ -122,8 +123,8 @@ class PushGatewayClient:
         read.addTimeout(self._timeout, self._reactor)
         raw = await read
         try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
+            parsed = parse_json(raw) if raw else None
+        except CanonicalJSONError:
             parsed = None
         return response.code, parsed
 

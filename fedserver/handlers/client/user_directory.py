@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.errors import bad_json, invalid_param, missing_param
+from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.user_directory_store import DirectoryEntry
 
 log = Logger()
@@ -57,7 +58,7 @@ class UserDirectoryHandler:
             return
         self._again = False
         d = self._running = self._store.user_directory.index()
-        d.addErrback(lambda f: log.failure("Indexing the user directory failed", f))
+        d.addErrback(_index_failed)
 
         def done(_: Any) -> None:
             self._running = None
@@ -119,6 +120,11 @@ class UserDirectoryHandler:
                 item["avatar_url"] = e.avatar_url
             results.append(item)
         return {"results": results, "limited": len(ranked) > limit}
+
+
+def _index_failed(failure: Any) -> None:
+    if not failure.check(StorageUnavailableError):  # the database logs each episode
+        log.failure("Indexing the user directory failed", failure)
 
 
 def _rank(e: DirectoryEntry, words: list[str]) -> tuple:

@@ -27,6 +27,7 @@ from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param
 from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.handlers.ephemeral import server_of
 from fedserver.handlers.rooms.rooms import EventFilter
+from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.presence_store import PresenceRow
 
 log = Logger()
@@ -109,7 +110,7 @@ class PresenceHandler:
         loop = self._loop = LoopingCall(self._check_timeouts)
         loop.clock = self._clock
         self._loop_done = loop.start(CHECK_EVERY_S, now=False)
-        self._loop_done.addErrback(lambda f: log.failure("Presence timeouts failed", f))
+        self._loop_done.addErrback(_log_failure, "Presence timeouts failed")
 
     def stop(self) -> defer.Deferred:
         """Stop the timeout loop.
@@ -285,7 +286,7 @@ class PresenceHandler:
         d = defer.ensureDeferred(coro)
         self._in_flight.add(d)
         d.addBoth(self._finished, d)
-        d.addErrback(lambda f: log.failure("Presence update failed", f))
+        d.addErrback(_log_failure, "Presence update failed")
 
     def _finished(self, result: Any, d: defer.Deferred) -> Any:
         self._in_flight.discard(d)
@@ -345,6 +346,12 @@ class PresenceHandler:
                 continue  # nobody here shares a room with them
             self._remote_seen[user_id] = now
             await self._update(user_id, state, status_msg, now - ago)
+
+
+def _log_failure(failure: Any, message: str) -> None:
+    """Log a background failure, except a storage fault (the database logs each episode)."""
+    if not failure.check(StorageUnavailableError):
+        log.failure(message, failure)
 
 
 def _nothing() -> None:

@@ -21,6 +21,7 @@ from fedserver.errors import bad_json, forbidden, invalid_param, not_found
 from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.handlers.ephemeral import ephemeral_filter_allows, server_of
 from fedserver.handlers.push.threads import thread_of
+from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.receipts_store import PRIVATE_READ, Receipt
 
 log = Logger()
@@ -150,6 +151,8 @@ class ReceiptsHandler:
             for listener in list(self.on_read):
                 try:
                     await defer.maybeDeferred(listener, user_id, room_id, thread_id or "", stored.event_nid)
+                except StorageUnavailableError:
+                    pass  # the database logs each episode
                 except Exception:
                     log.failure("Read receipt listener failed")
 

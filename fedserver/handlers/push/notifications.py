@@ -28,6 +28,7 @@ from fedserver.handlers.push.threads import thread_of
 from fedserver.handlers.rooms.client_events import transaction_scope
 from fedserver.handlers.rooms.directory import current_power
 from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_notify
+from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
 
 log = Logger()
@@ -102,7 +103,7 @@ class NotificationsHandler:
         d = defer.ensureDeferred(self._evaluate(room_id, events))
         self._pending.add(d)
         d.addBoth(self._finished, d)
-        d.addErrback(lambda f: log.failure("Evaluating push rules in {room_id} failed", f, room_id=room_id))
+        d.addErrback(log_unless_storage_fault, "Evaluating push rules in {room_id} failed", room_id=room_id)
 
     def _finished(self, result: Any, d: defer.Deferred) -> Any:
         self._pending.discard(d)
@@ -217,6 +218,13 @@ class NotificationsHandler:
         if len(rows) == n:
             body["next_token"] = str(rows[-1].event_nid)
         return body
+
+
+def log_unless_storage_fault(failure: Any, message: str, **kw: Any) -> None:
+    """Log a background failure, except a storage fault (the database logs each episode
+    once; what was being written is lost, like anything else written then)."""
+    if not failure.check(StorageUnavailableError):
+        log.failure(message, failure, **kw)
 
 
 def _thread_notifications_wanted(flt: Any) -> bool:

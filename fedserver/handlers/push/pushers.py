@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from fedserver.errors import bad_json, invalid_param, missing_param
 from fedserver.events.model import Event
 from fedserver.push.evaluator import tweaks
+from fedserver.handlers.push.notifications import log_unless_storage_fault
 from fedserver.storage.push_store import Pusher
 
 log = Logger()
@@ -155,7 +156,7 @@ class PushersHandler:
         d = defer.ensureDeferred(self._deliver(user_id, event, actions, room_id))
         self._in_flight.add(d)
         d.addBoth(self._finished, d)
-        d.addErrback(lambda f: log.failure("Push delivery for {user_id} failed", f, user_id=user_id))
+        d.addErrback(log_unless_storage_fault, "Push delivery for {user_id} failed", user_id=user_id)
 
     def _finished(self, result: Any, d: defer.Deferred) -> Any:
         self._in_flight.discard(d)
