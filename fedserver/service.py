@@ -68,7 +68,14 @@ from fedserver.http.client.api import build_account_services, build_client_api
 from fedserver.http.client.keys import build_e2ee_services, register_key_routes
 from fedserver.http.client.room_keys import register_room_keys_routes
 from fedserver.http.client.to_device import register_to_device_routes
+from fedserver.handlers.client.tags import TagsHandler
+from fedserver.handlers.client.user_directory import UserDirectoryHandler
+from fedserver.http.client.ephemeral import build_ephemeral_services, register_ephemeral_routes
+from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
+from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.push_gateway import PushGatewayClient
+from fedserver.http.wellknown import WELL_KNOWN_PATH, build_well_known_resource
 from fedserver.http.federation.transport import FederationResource
 from fedserver.http.federation.history import register_history_routes
 from fedserver.http.federation.membership import register_membership_routes
@@ -379,6 +386,11 @@ class FedserverService(service.MultiService):
         self.sender: Any = None
         self.profiles: Any = None
         self.federation_resource: Any = None
+        self.ephemeral: Any = None
+        self.push: Any = None
+        self.push_gateway: Any = None
+        self.well_known_resources: dict[str, Any] = {}
+        self.user_directory: Any = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
@@ -441,10 +453,10 @@ class FedserverService(service.MultiService):
             key_query=NotaryResource(self.notary),
             federation_v1=self.federation_resource,
             federation_v2=self.federation_v2_resource,
-            extra={MEDIA_PATH: self.legacy_media_resource},
+            extra={MEDIA_PATH: self.legacy_media_resource, **self.well_known_resources},
         )
         self.client_site.resource = build_client_root(
-            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
+            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource, **self.well_known_resources}
         )
         # Databases from before schema 005 may hold events committed but never queued:
         # their latest local events go out once more (a no-op afterwards).
@@ -452,6 +464,8 @@ class FedserverService(service.MultiService):
         if requeued:
             log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
+        await self.ephemeral.presence.start()
+        self.user_directory.index()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -591,6 +605,7 @@ class FedserverService(service.MultiService):
         register_to_device_routes(self.client_api, self.e2ee.to_device)
         register_room_keys_routes(self.client_api, self.e2ee.key_backup)
         register_user_keys_routes(self.federation_resource, self.e2ee.local_lists, self.e2ee.keys)
+        self._wire_daily_use(store)
         self.admin_resources = {
             "/_synapse/admin": build_admin_api(self.accounts.shared_secret),
             **build_admin_events_resources(EventStatusHandler(store)),
@@ -644,6 +659,53 @@ class FedserverService(service.MultiService):
     async def _is_admin(self, user_id: str) -> bool:
         user = await self.store.accounts.get_user(user_id)
         return bool(user is not None and user.admin and not user.deactivated)
+
+    def _wire_daily_use(self, store: Any) -> None:
+        """Receipts, typing and presence (client API, /sync, EDUs both ways), push rules,
+        notifications and pushers, tags, the user directory and ``.well-known``."""
+        config, reactor, name = self.config, self.reactor, self.config.server_name
+        notifier = self.rooms.notifier
+        eph = self.ephemeral = build_ephemeral_services(
+            store=store, server_name=name, clock=reactor, notifier=notifier, send_edu=self._send_edu,
+            send_ephemeral_edu=self._send_ephemeral_edu, presence_enabled=config.presence_enabled,
+        )
+        self.push_gateway = PushGatewayClient(
+            reactor, allow_http=config.push_gateway_allow_http,
+            allow_private_addresses=config.push_gateway_allow_private_addresses,
+            timeout=config.federation_client_timeout,
+        )
+        push = self.push = build_push_services(
+            store=store, server_name=name, clock=reactor, notifier=notifier, source=self.rooms.source,
+            post_json=self.push_gateway.post_json, allow_http_gateways=config.push_gateway_allow_http,
+        )
+        self.tags = TagsHandler(store, notifier)
+        self.user_directory = UserDirectoryHandler(store, name)
+        sync = self.rooms.sync
+        for section in (eph.receipts.section, eph.typing.section, eph.presence.section, push.rules.section,
+                        push.notifications.section):
+            sync.register_section(section)
+        sync.on_sync.append(lambda requester, set_presence: eph.presence.user_syncing(requester.user_id, set_presence))
+        eph.receipts.on_read.append(push.notifications.on_read)
+        self.transactions.register_edu_handler("m.receipt", eph.receipts.on_edu)
+        self.transactions.register_edu_handler("m.typing", eph.typing.on_edu)
+        self.transactions.register_edu_handler("m.presence", eph.presence.on_edu)
+        self.pipeline.on_persisted.append(push.notifications.on_persisted)
+        self.pipeline.on_persisted.append(eph.presence.on_persisted)
+        self.pipeline.on_persisted.append(self.user_directory.on_persisted)
+        register_ephemeral_routes(self.client_api, eph)
+        register_push_routes(self.client_api, push)
+        register_tag_routes(self.client_api, self.tags)
+        register_user_directory_routes(self.client_api, self.user_directory)
+        self.well_known_resources: dict[str, Any] = {}
+        if config.serve_well_known:
+            self.well_known_resources[WELL_KNOWN_PATH] = build_well_known_resource(
+                name, server=config.well_known_server, public_baseurl=config.public_baseurl
+            )
+
+    def _send_ephemeral_edu(self, edu_type: str, content: Any, destinations: Any, *, key: Any, ttl_ms: int) -> None:
+        """Send an EDU through the sender's in-memory path (nothing once stopping)."""
+        if self.sender is not None:
+            self.sender.send_ephemeral_edu(edu_type, content, destinations, key=key, ttl_ms=ttl_ms)
 
     async def _query_remote_alias(self, server: str, alias: str) -> Any:
         return await self.federation_client.get_json(
@@ -720,6 +782,16 @@ class FedserverService(service.MultiService):
         steps: list[tuple[str, Callable[[], Any]]] = []
         if sender is not None:
             steps.append(("the sender", sender.stop))
+        ephemeral, self.ephemeral = self.ephemeral, None
+        if ephemeral is not None:
+            steps.append(("typing", ephemeral.typing.stop))
+            steps.append(("presence", ephemeral.presence.stop))
+        push, self.push = self.push, None
+        if push is not None:
+            steps.append(("push delivery", push.pushers.stop))
+        gateway, self.push_gateway = self.push_gateway, None
+        if gateway is not None:
+            steps.append(("the push gateway client", gateway.close))
         steps.append(("the listeners", super().stopService))
         steps.append(("the connection summary", self.connections.stop))
         if loop is not None and loop.running:
@@ -728,6 +800,10 @@ class FedserverService(service.MultiService):
             steps.append(("the federation client", client.close))
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
+        directory, self.user_directory = self.user_directory, None
+        waits = [x.flush for x in (push and push.notifications, ephemeral and ephemeral.presence, directory) if x]
+        if waits:
+            steps.append(("work in progress", lambda: defer.DeferredList([w() for w in waits], consumeErrors=True)))
         close = getattr(store, "close", None)
         if close is not None:
             steps.append(("the store", close))

@@ -36,9 +36,13 @@ from fedserver.storage.interface import (
 )
 from fedserver.storage.nids import StateKeyInterner
 from fedserver.storage.relations_store import RelationsStore
+from fedserver.storage.presence_store import PresenceStore
+from fedserver.storage.push_store import PushStore
+from fedserver.storage.receipts_store import ReceiptsStore
 from fedserver.storage.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
+from fedserver.storage.user_directory_store import UserDirectoryStore
 from fedserver.state.statemap import StateMap
 
 T = TypeVar("T")
@@ -155,6 +159,10 @@ class SQLiteStore:
         self.devices = DevicesStore(db, clock_ms)  # encryption keys, device lists
         self.to_device = ToDeviceStore(db, clock_ms)  # to-device inboxes
         self.key_backups = KeyBackupStore(db)  # server-side key backups
+        self.receipts = ReceiptsStore(db)  # read receipts
+        self.presence = PresenceStore(db)  # presence of local and remote users
+        self.push = PushStore(db)  # push rules, pushers, notifications, unread counts
+        self.user_directory = UserDirectoryStore(db)  # who is in which room, for user search
 
     # -- transactions -----------------------------------------------------------------
 

@@ -233,8 +233,9 @@ class _Process:
 class Synapse(_Process):
     """A real Synapse on loopback: federation over TLS, client API over plain HTTP."""
 
-    def __init__(self, directory: str, *, room_version: str = "12"):
+    def __init__(self, directory: str, *, room_version: str = "12", presence: bool = False):
         super().__init__(directory)
+        self.presence = presence
         self.python = synapse_python()
         self.fed_port = free_port()
         self.client_port = free_port()
@@ -296,7 +297,7 @@ allow_profile_lookup_over_federation: true
 default_room_version: "{self.room_version}"
 room_list_publication_rules: [{{action: allow}}]
 alias_creation_rules: [{{action: allow}}]
-presence: {{enabled: false}}
+presence: {{enabled: {"true" if self.presence else "false"}}}
 # Answer every /sync afresh: by default Synapse replays an identical /sync request's
 # answer for 2 minutes, which hides changes from tests that poll.
 caches: {{sync_response_cache_duration: 0}}
@@ -500,10 +501,13 @@ class PeerPair:
 
     :param prefix: the name of their directory under the current one (trial's
         ``_trial_temp``, cleaned on the next run).
+    :param synapse_presence: run Synapse with presence enabled (off by default: it
+        costs Synapse work the other suites do not need).
     """
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, *, synapse_presence: bool = False):
         self._prefix = prefix
+        self._synapse_presence = synapse_presence
         self._started: tuple[Synapse, Fedserver] | None = None
         self._error: BaseException | None = None
 
@@ -517,7 +521,7 @@ class PeerPair:
 
             base = tempfile.mkdtemp(prefix=self._prefix, dir=os.getcwd())
             try:
-                synapse = Synapse(os.path.join(base, "synapse"))
+                synapse = Synapse(os.path.join(base, "synapse"), presence=self._synapse_presence)
             except PeerUnavailable as e:
                 self._error = unavailable(e)
                 raise self._error from None

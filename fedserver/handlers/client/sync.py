@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -53,6 +53,8 @@ class SyncFilter:
         spec = spec or {}
         if not isinstance(spec, Mapping):
             raise invalid_param("filter", "A filter must be a JSON object")
+        #: The filter as given: sync sections read their own parts of it.
+        self.spec: Mapping[str, Any] = spec
         room = spec.get("room") or {}
         if not isinstance(room, Mapping):
             raise invalid_param("filter", "filter room must be an object")
@@ -103,6 +105,9 @@ class SyncHandler:
         self._sections: list[SyncSection] = []
         for section in sections:
             self.register_section(section)
+        #: ``(requester, set_presence) -> callable or None`` run when a /sync starts; what
+        #: it returns is called when that /sync ends (presence tracks who is syncing).
+        self.on_sync: list[Callable[[Any, Optional[str]], Any]] = []
 
     def register_section(self, section: SyncSection) -> None:
         """Add an area's part of /sync (see :mod:`fedserver.handlers.client.sync_sections`).
@@ -143,13 +148,29 @@ class SyncHandler:
         timeout_ms: int = 0,
         full_state: bool = False,
         filter_param: Optional[str] = None,
+        set_presence: Optional[str] = None,
     ) -> dict[str, Any]:
         """``GET /sync``.
 
         :param timeout_ms: how long to wait for something new (incremental syncs only;
             bounded by the notifier).
-        :raises MatrixError: 400 ``M_INVALID_PARAM`` for a bad token or filter.
+        :param set_presence: the client's ``set_presence`` (given to :attr:`on_sync`).
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` for a bad token, filter or
+            ``set_presence``.
         """
+        if set_presence not in (None, "online", "offline", "unavailable"):
+            raise invalid_param("set_presence", "set_presence must be online, offline or unavailable")
+        ends = [listener(requester, set_presence) for listener in list(self.on_sync)]
+        try:
+            return await self._sync(requester, since, timeout_ms, full_state, filter_param)
+        finally:
+            for end in ends:
+                if callable(end):
+                    end()
+
+    async def _sync(
+        self, requester: Any, since: Optional[str], timeout_ms: int, full_state: bool, filter_param: Optional[str]
+    ) -> dict[str, Any]:
         user_id = requester.user_id
         flt = await self.load_filter(user_id, filter_param)
         since_pos = None

@@ -257,8 +257,6 @@ class ClientAPI(JsonResource):
         pub("GET", "/v3/profile/{user_id}/{key}", self._get_profile_field)
         authed("PUT", "/v3/profile/{user_id}/{key}", self._set_profile_field)
         authed("DELETE", "/v3/profile/{user_id}/{key}", self._delete_profile_field)
-        authed("GET", "/v3/pushrules", self._push_rules)
-        authed("GET", "/v3/pushrules/global", self._push_rules_global)
         authed("POST", "/v3/user/{user_id}/filter", self._post_filter)
         authed("GET", "/v3/user/{user_id}/filter/{filter_id}", self._get_filter)
         authed("PUT", "/v3/user/{user_id}/account_data/{data_type}", self._put_account_data)
@@ -354,18 +352,7 @@ class ClientAPI(JsonResource):
         await self.profiles.set_field(requester, user_id, key, None)
         return {}
 
-    # -- push rules, TURN ---------------------------------------------------------------
-
-    @staticmethod
-    def _empty_ruleset() -> dict[str, list]:
-        return {"content": [], "override": [], "room": [], "sender": [], "underride": []}
-
-    def _push_rules(self, request: IRequest, requester: Requester) -> Any:
-        # No push rules yet: an empty ruleset keeps SDKs that fetch it at start-up happy.
-        return {"global": self._empty_ruleset()}
-
-    def _push_rules_global(self, request: IRequest, requester: Requester) -> Any:
-        return self._empty_ruleset()
+    # -- TURN ---------------------------------------------------------------------------
 
     def _turn_server(self, request: IRequest, requester: Requester) -> Any:
         # No TURN server configured: an empty object, as Synapse answers then.

@@ -34,8 +34,6 @@ MAX_EVENT_BODY = 65536
 MAX_CREATE_ROOM_BODY = 1024 * 1024
 #: Largest body of the small membership / directory requests.
 MAX_SMALL_BODY = 65536
-#: Receipt types clients send (spec "Receipts").
-RECEIPT_TYPES = frozenset({"m.read", "m.read.private", "m.fully_read"})
 
 
 @dataclass
@@ -329,30 +327,6 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     public("GET", "/v3/publicRooms", get_public_rooms)
     authed("POST", "/v3/publicRooms", post_public_rooms)
 
-    # -- receipts, read markers, typing: accepted, not yet delivered -------------------------
-
-    async def receipt(request, requester, room_id, receipt_type, event_id):
-        if receipt_type not in RECEIPT_TYPES:
-            raise invalid_param("receiptType", f"Unknown receipt type {receipt_type!r}")
-        _body(request, optional=True)
-        return {}
-
-    async def read_markers(request, requester, room_id):
-        _body(request, optional=True)
-        return {}
-
-    async def typing(request, requester, room_id, user_id):
-        if user_id != requester.user_id:
-            raise forbidden("You may only set your own typing state")
-        body = _body(request)
-        if not isinstance(body.get("typing"), bool):
-            raise bad_json("typing must be a boolean")
-        return {}
-
-    authed("POST", "/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}", receipt)
-    authed("POST", "/v3/rooms/{room_id}/read_markers", read_markers)
-    authed("PUT", "/v3/rooms/{room_id}/typing/{user_id}", typing)
-
     # -- sync --------------------------------------------------------------------------------
 
     async def do_sync(request, requester):
@@ -366,6 +340,7 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
                 timeout_ms=query_int(request, "timeout", 0, minimum=0),
                 full_state=full_state == "true",
                 filter_param=query_string(request, "filter", None),
+                set_presence=query_string(request, "set_presence", None),
             )
         )
         # A client that goes away stops its long-poll (the waiter is removed).
