@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -131,6 +132,12 @@ class Config:
     url_preview_ip_allowlist: tuple[str, ...] = ()
     url_preview_max_size: int = DEFAULT_URL_PREVIEW_MAX_SIZE
     url_preview_timeout: float = 10.0
+    presence_enabled: bool = True
+    push_gateway_allow_http: bool = False
+    push_gateway_allow_private_addresses: bool = False
+    serve_well_known: bool = False
+    well_known_server: str | None = None
+    public_baseurl: str | None = None
     log_level: str = "info"
 
     @property
@@ -322,6 +329,27 @@ def _v_room_version(v: Any) -> str:
         v = str(v)
     if not isinstance(v, str) or not v or len(v) > 64:
         raise ValueError("must be a room version identifier such as '12'")
+    return v
+
+
+def _v_optional_server_name(v: Any) -> str | None:
+    if v is None:
+        return None
+    return _v_server_name(v)
+
+
+def _v_optional_base_url(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.isascii():
+        raise ValueError("must be an http(s) URL such as 'https://matrix.example.org' or null")
+    try:
+        parts = urlsplit(v)
+        parts.port
+    except ValueError:
+        raise ValueError("must be an http(s) URL such as 'https://matrix.example.org' or null") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("must be an http(s) URL such as 'https://matrix.example.org' or null")
     return v
 
 
@@ -561,6 +589,23 @@ OPTIONS: tuple[Option, ...] = (
            "IP networks URL previews may connect to even if the blocklist covers them."),
     Option("url_preview_max_size", _v_int(1024), "Largest page or image, in bytes, fetched for a URL preview."),
     Option("url_preview_timeout", _v_seconds, "Seconds a URL preview fetch may take in total."),
+    Option("presence_enabled", _v_bool,
+           "Track presence (online/unavailable/offline) and share it with users and servers that share a room.\n"
+           "Off: presence requests are answered, but everyone shows as offline and no presence is sent."),
+    Option("push_gateway_allow_http", _v_bool,
+           "Accept pushers whose push gateway URL is plain http:// (the spec requires https; tests only)."),
+    Option("push_gateway_allow_private_addresses", _v_bool,
+           "Allow push gateways on loopback/private/link-local addresses (pusher URLs come from users)."),
+    Option("serve_well_known", _v_bool,
+           "Serve /.well-known/matrix/server and /.well-known/matrix/client on both listeners. Use it\n"
+           "when requests to https://<server name host>/.well-known/ reach this server (e.g. through a\n"
+           "reverse proxy on port 443)."),
+    Option("well_known_server", _v_optional_server_name,
+           "The m.server of /.well-known/matrix/server ('host' or 'host:port'); null means\n"
+           "'<server name host>:443', a reverse proxy terminating TLS on the usual port."),
+    Option("public_baseurl", _v_optional_base_url,
+           "The base URL clients reach the client API at (/.well-known/matrix/client); null means\n"
+           "'https://<server name host>', a reverse proxy on port 443."),
     Option("log_level", _v_log_level, "Least severe log level shown: debug, info, warn, error or critical."),
 )
 

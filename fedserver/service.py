@@ -34,10 +34,11 @@ from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFet
 from fedserver.federation.sender import FederationSender
 from fedserver.auth.engine import AuthEngine
 from fedserver.handlers.rooms.creator import EventCreator
-from fedserver.handlers.federation.distribution import Distributor
+from fedserver.handlers.federation.backfill import BackfillHandler
 from fedserver.handlers.federation.failures import FAILURE_EDU_TYPE, FailureReporter
 from fedserver.handlers.federation.gaps import GapFiller
 from fedserver.handlers.federation.handshakes import HandshakeHandler
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.federation.ingest import Ingest
 from fedserver.handlers.federation.partial_state import PartialStateResync
@@ -65,10 +66,21 @@ from fedserver.http.client.media import (
 )
 from fedserver.http.federation.media import register_federation_media_routes
 from fedserver.http.client.api import build_account_services, build_client_api
+from fedserver.http.client.keys import build_e2ee_services, register_key_routes
+from fedserver.http.client.room_keys import register_room_keys_routes
+from fedserver.http.client.to_device import register_to_device_routes
+from fedserver.handlers.client.tags import TagsHandler
+from fedserver.handlers.client.user_directory import UserDirectoryHandler
+from fedserver.http.client.ephemeral import build_ephemeral_services, register_ephemeral_routes
+from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
+from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.push_gateway import PushGatewayClient
+from fedserver.http.wellknown import WELL_KNOWN_PATH, build_well_known_resource
 from fedserver.http.federation.transport import FederationResource
 from fedserver.http.federation.history import register_history_routes
 from fedserver.http.federation.membership import register_membership_routes
+from fedserver.http.federation.user_keys import register_user_keys_routes
 from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.federation.notary import NotaryResource, NotaryService
 from fedserver.http.connections import (
@@ -375,6 +387,11 @@ class FedserverService(service.MultiService):
         self.sender: Any = None
         self.profiles: Any = None
         self.federation_resource: Any = None
+        self.ephemeral: Any = None
+        self.push: Any = None
+        self.push_gateway: Any = None
+        self.well_known_resources: dict[str, Any] = {}
+        self.user_directory: Any = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
@@ -437,13 +454,20 @@ class FedserverService(service.MultiService):
             key_query=NotaryResource(self.notary),
             federation_v1=self.federation_resource,
             federation_v2=self.federation_v2_resource,
-            extra={MEDIA_PATH: self.legacy_media_resource},
+            extra={MEDIA_PATH: self.legacy_media_resource, **self.well_known_resources},
         )
         self.client_site.resource = build_client_root(
-            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
+            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource, **self.well_known_resources}
         )
+        # Databases from before schema 005 may hold events committed but never queued:
+        # their latest local events go out once more (a no-op afterwards).
+        requeued = await self.store.requeue_unsent_local_events(self.config.server_name)
+        if requeued:
+            log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
         await self.resync.resume()
+        await self.ephemeral.presence.start()
+        self.user_directory.index()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -476,7 +500,7 @@ class FedserverService(service.MultiService):
         # Rooms: the auth engine over the plugins, the one pipeline every event goes through,
         # and the creator of our users' events.
         self.engine = AuthEngine(self.plugin_manager, self.room_versions)
-        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager)
+        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager, server_name=name)
         self.creator = EventCreator(reactor, store, self.pipeline, name, self.signing_key, plugin_manager=self.plugin_manager)
         # Inbound: authenticate, apply ACLs, check PDUs (steps 1-3), take them into their
         # rooms (steps 4-6) with gaps filled from the sender, and tell servers what we refused.
@@ -486,6 +510,11 @@ class FedserverService(service.MultiService):
         self.failures = FailureReporter(store, self._send_edu, name, reactor)
         self.gaps = GapFiller(client, self._check_fetched, store)
         self.receiver = EventReceiver(self.pipeline, store, self.gaps, self.failures)
+        # History on demand: /messages paging back past what we hold asks the room's servers.
+        self.backfill = BackfillHandler(
+            client=client, keyring=self.keyring, store=store, pipeline=self.pipeline, gaps=self.gaps,
+            clock=reactor, server_name=name,
+        )
         self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls, receiver=self.receiver)
         self.transactions.register_edu_handler(FAILURE_EDU_TYPE, self.failures.on_edu)
         self.profiles = ProfileHandler(store, client, name)
@@ -493,7 +522,9 @@ class FedserverService(service.MultiService):
             self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
         )
         self.federation_v2_resource = FederationResource(self.authenticator, acls=self.acls, version_route=False)
-        self.history = HistoryHandler(store, name, reactor)
+        # Every PDU served to other servers goes through here (redactions applied).
+        self.served = ServedPdus(store)
+        self.history = HistoryHandler(store, name, reactor, served=self.served)
         register_history_routes(self.federation_resource, self.history, acl_check=self.acls.is_allowed)
         # Outbound: the persisted queue; a valid request from a server ends its backoff.
         max_retry_ms = int(config.outbound_max_retry_interval * 1000)
@@ -506,14 +537,20 @@ class FedserverService(service.MultiService):
             max_retry_ms=max_retry_ms,
         )
         self.authenticator.on_authenticated.append(self.sender.on_server_seen)
-        self.distributor = Distributor(store, self.sender.send_pdus, name)
-        self.pipeline.on_persisted.append(self.distributor.on_persisted)
+        # The pipeline queues events for other servers in the transaction that stores them;
+        # once committed, the sender is woken for those servers.
+        self.pipeline.on_queued.append(self.sender.wake)
 
     def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> defer.Deferred:
         """Queue an EDU through the sender (nothing once the server is stopping)."""
         if self.sender is None:
             return defer.succeed(None)
         return self.sender.send_edu(edu_type, content, destinations)
+
+    def _wake_destinations(self, destinations: Any) -> None:
+        """Start sending what another component queued in its own transaction."""
+        if self.sender is not None:
+            self.sender.wake(destinations)
 
     def _check_fetched(self, origin: str, pdus: list) -> defer.Deferred:
         """Receipt checks 1-3 on events fetched to fill a gap (rooms we know)."""
@@ -545,14 +582,16 @@ class FedserverService(service.MultiService):
             store=store, pipeline=self.pipeline, creator=self.creator, server_name=name,
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
-            remote_alias_query=self._query_remote_alias,
+            remote_alias_query=self._query_remote_alias, backfill=self.backfill,
         )
         await self.rooms.startup()
+        # Account data written wakes the user's waiting /sync (it is in the next answer).
+        self.accounts.account_data.on_changed.append(self.rooms.notifier.notify_user)
         self.handshakes = HandshakeHandler(
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
-            signing_key=self.signing_key, distribute=self.sender.send_pdus,
-            on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            signing_key=self.signing_key, on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            acl_check=self.acls.check, served=self.served,
             serve_partial_state=config.serve_partial_state,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
@@ -560,6 +599,23 @@ class FedserverService(service.MultiService):
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        # End-to-end encryption: keys, device lists, to-device messages, key backups.
+        self.e2ee = build_e2ee_services(
+            store=store, server_name=name, federation_client=self.federation_client,
+            accounts=self.accounts.accounts, call_from_thread=reactor.callFromThread,
+            notify_users=lambda users: self.rooms.notifier.notify(users=users),
+            wake_destinations=self._wake_destinations,
+        )
+        for section in self.e2ee.sync_sections():
+            self.rooms.sync.register_section(section)
+        for edu_type, edu_handler in self.e2ee.edu_handlers().items():
+            self.transactions.register_edu_handler(edu_type, edu_handler)
+        self.pipeline.on_persisted.append(self.e2ee.local_lists.on_persisted)
+        register_key_routes(self.client_api, self.e2ee)
+        register_to_device_routes(self.client_api, self.e2ee.to_device)
+        register_room_keys_routes(self.client_api, self.e2ee.key_backup)
+        register_user_keys_routes(self.federation_resource, self.e2ee.local_lists, self.e2ee.keys)
+        self._wire_daily_use(store)
         self.admin_resources = {
             "/_synapse/admin": build_admin_api(self.accounts.shared_secret),
             **build_admin_events_resources(EventStatusHandler(store)),
@@ -614,6 +670,53 @@ class FedserverService(service.MultiService):
         user = await self.store.accounts.get_user(user_id)
         return bool(user is not None and user.admin and not user.deactivated)
 
+    def _wire_daily_use(self, store: Any) -> None:
+        """Receipts, typing and presence (client API, /sync, EDUs both ways), push rules,
+        notifications and pushers, tags, the user directory and ``.well-known``."""
+        config, reactor, name = self.config, self.reactor, self.config.server_name
+        notifier = self.rooms.notifier
+        eph = self.ephemeral = build_ephemeral_services(
+            store=store, server_name=name, clock=reactor, notifier=notifier, send_edu=self._send_edu,
+            send_ephemeral_edu=self._send_ephemeral_edu, presence_enabled=config.presence_enabled,
+        )
+        self.push_gateway = PushGatewayClient(
+            reactor, allow_http=config.push_gateway_allow_http,
+            allow_private_addresses=config.push_gateway_allow_private_addresses,
+            timeout=config.federation_client_timeout,
+        )
+        push = self.push = build_push_services(
+            store=store, server_name=name, clock=reactor, notifier=notifier, source=self.rooms.source,
+            post_json=self.push_gateway.post_json, allow_http_gateways=config.push_gateway_allow_http,
+        )
+        self.tags = TagsHandler(store, notifier)
+        self.user_directory = UserDirectoryHandler(store, name)
+        sync = self.rooms.sync
+        for section in (eph.receipts.section, eph.typing.section, eph.presence.section, push.rules.section,
+                        push.notifications.section):
+            sync.register_section(section)
+        sync.on_sync.append(lambda requester, set_presence: eph.presence.user_syncing(requester.user_id, set_presence))
+        eph.receipts.on_read.append(push.notifications.on_read)
+        self.transactions.register_edu_handler("m.receipt", eph.receipts.on_edu)
+        self.transactions.register_edu_handler("m.typing", eph.typing.on_edu)
+        self.transactions.register_edu_handler("m.presence", eph.presence.on_edu)
+        self.pipeline.on_persisted.append(push.notifications.on_persisted)
+        self.pipeline.on_persisted.append(eph.presence.on_persisted)
+        self.pipeline.on_persisted.append(self.user_directory.on_persisted)
+        register_ephemeral_routes(self.client_api, eph)
+        register_push_routes(self.client_api, push)
+        register_tag_routes(self.client_api, self.tags)
+        register_user_directory_routes(self.client_api, self.user_directory)
+        self.well_known_resources: dict[str, Any] = {}
+        if config.serve_well_known:
+            self.well_known_resources[WELL_KNOWN_PATH] = build_well_known_resource(
+                name, server=config.well_known_server, public_baseurl=config.public_baseurl
+            )
+
+    def _send_ephemeral_edu(self, edu_type: str, content: Any, destinations: Any, *, key: Any, ttl_ms: int) -> None:
+        """Send an EDU through the sender's in-memory path (nothing once stopping)."""
+        if self.sender is not None:
+            self.sender.send_ephemeral_edu(edu_type, content, destinations, key=key, ttl_ms=ttl_ms)
+
     async def _query_remote_alias(self, server: str, alias: str) -> Any:
         return await self.federation_client.get_json(
             server, "/_matrix/federation/v1/query/directory", args={"room_alias": alias}
@@ -638,6 +741,8 @@ class FedserverService(service.MultiService):
         before = int(self.reactor.seconds() * 1000) - KEEP_RECEIVED_TXNS_MS
         d = store.prune_received_txns(before)
         d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
+        # To-device transaction and message ids, unless the server is stopping meanwhile.
+        d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
         d.addErrback(self._prune_failed)
         return d
 
@@ -690,6 +795,16 @@ class FedserverService(service.MultiService):
             steps.append(("the sender", sender.stop))
         if resync is not None:
             steps.append(("the partial-state resyncs", resync.stop))
+        ephemeral, self.ephemeral = self.ephemeral, None
+        if ephemeral is not None:
+            steps.append(("typing", ephemeral.typing.stop))
+            steps.append(("presence", ephemeral.presence.stop))
+        push, self.push = self.push, None
+        if push is not None:
+            steps.append(("push delivery", push.pushers.stop))
+        gateway, self.push_gateway = self.push_gateway, None
+        if gateway is not None:
+            steps.append(("the push gateway client", gateway.close))
         steps.append(("the listeners", super().stopService))
         steps.append(("the connection summary", self.connections.stop))
         if loop is not None and loop.running:
@@ -698,6 +813,10 @@ class FedserverService(service.MultiService):
             steps.append(("the federation client", client.close))
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
+        directory, self.user_directory = self.user_directory, None
+        waits = [x.flush for x in (push and push.notifications, ephemeral and ephemeral.presence, directory) if x]
+        if waits:
+            steps.append(("work in progress", lambda: defer.DeferredList([w() for w in waits], consumeErrors=True)))
         close = getattr(store, "close", None)
         if close is not None:
             steps.append(("the store", close))

@@ -55,10 +55,12 @@ class StreamedObjectParserTests(SynchronousTestCase):
         """Anything but one JSON object with arrays where streamed arrays belong is
         refused with StreamedJSONError: not an object, a streamed member that is not an
         array, trailing commas, missing separators, NaN, bad UTF-8, truncation, trailing
-        data, a streamed member given twice."""
+        data, a streamed member given twice, an integer too long to convert (refused by
+        parse_json too)."""
         for bad in (b"[1]", b'"x"', b'{"state": {}}', b'{"state": [1,]}', b'{"a": 1,}', b'{"a" 1}',
                     b'{"state": [1] "b": 2}', b'{"a": NaN}', b'{"a": Infinity}', b"\xff\xfe", b'{"a": 1',
-                    b'{"state": [1, 2', b'{"a": 1} x', b'{"state": [], "state": []}', b'{"a": 1e999}'):
+                    b'{"state": [1, 2', b'{"a": 1} x', b'{"state": [], "state": []}', b'{"a": 1e999}',
+                    b'{"state": [' + b"1" * 5000 + b']}', b'{"a": -' + b"9" * 5000 + b'}'):
             with self.assertRaises(StreamedJSONError, msg=repr(bad)):
                 _parse(bad, piece=3)
 
@@ -72,3 +74,48 @@ class StreamedObjectParserTests(SynchronousTestCase):
         with self.assertRaises(StreamedJSONError):
             for _ in range(10):
                 parser.feed(b"a" * 200)
+
+    def test_strict_json_rules_of_parse_json(self):
+        """The rules of ``fedserver.events.canonical.parse_json`` hold in a streamed
+        document too, wherever the bytes are cut: duplicate keys (at the top level, in a
+        member's value, in a streamed item) and lone surrogates (escaped, in values or
+        keys) are refused; escaped surrogate pairs are one character and accepted."""
+        bad_docs = (
+            b'{"a": 1, "a": 2}',
+            b'{"event": {"x": 1, "x": 1}}',
+            b'{"state": [{"type": "m", "type": "n"}]}',
+            b'{"state": [{"c": {"k": [{"d": 1, "d": 2}]}}]}',
+            b'{"a": "\\ud800"}',
+            b'{"state": [{"body": "x\\udc00y"}]}',
+            b'{"state": [{"\\ud83d": 1}]}',
+            b'{"\\udfff": 1}',
+        )
+        for bad in bad_docs:
+            for piece in (1, 3, None):
+                with self.assertRaises(StreamedJSONError, msg=(bad, piece)):
+                    _parse(bad, piece=piece)
+        batches, top = _parse(b'{"state": [{"s": "\\ud83d\\ude00"}], "e": "\\ud83d\\ude00"}', piece=2)
+        self.assertEqual(batches, [("state", [{"s": "\U0001F600"}])])
+        self.assertEqual(top, {"state": None, "e": "\U0001F600"})
+
+    def test_nesting_limit_counts_from_the_root(self):
+        """The nesting limit of parse_json (MAX_DEPTH levels, the root object being one)
+        applies to the whole document: a streamed item sits two levels down, another
+        member's value one level down."""
+        from fedserver.events.canonical import MAX_DEPTH, parse_json
+
+        def nested(levels: int) -> bytes:
+            return b"[" * levels + b"]" * levels
+
+        ok_item = b'{"state": [' + nested(MAX_DEPTH - 2) + b"]}"
+        too_deep_item = b'{"state": [' + nested(MAX_DEPTH - 1) + b"]}"
+        ok_member = b'{"x": ' + nested(MAX_DEPTH - 1) + b"}"
+        too_deep_member = b'{"x": ' + nested(MAX_DEPTH) + b"}"
+        for doc in (ok_item, ok_member):
+            parse_json(doc)  # the whole-document parser agrees
+            _parse(doc, piece=7)
+        for doc in (too_deep_item, too_deep_member):
+            with self.assertRaises(ValueError):
+                parse_json(doc)
+            with self.assertRaises(StreamedJSONError):
+                _parse(doc, piece=7)

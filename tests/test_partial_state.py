@@ -116,7 +116,7 @@ class PartialStateJoinTests(TestCase):
         await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
         self.assertIsNotNone(await a.svc.store.partial_state.get_room(room))
         self.assertEqual(await a.svc.store.get_joined_hosts(room), {a.name, b.name})
-        waiting = defer.ensureDeferred(a.rooms.rooms.joined_members(alice, room))
+        waiting = defer.ensureDeferred(a.rooms.timeline.joined_members(alice, room))
         await self.until(lambda: defer.succeed(gate.asked), "the resync to ask B")
         self.assertFalse(waiting.called)
         self.assertNotIn(room, (await a.sync(alice))["rooms"]["join"])
@@ -132,7 +132,7 @@ class PartialStateJoinTests(TestCase):
         self.assertEqual(shown, {u.user_id for u in users} | {alice.user_id})
 
         async def b_has_message() -> bool:
-            page = await b.rooms.rooms.messages(users[0], room, direction="b", limit=20)
+            page = await b.rooms.timeline.messages(users[0], room, direction="b", limit=20)
             return any(e.get("content", {}).get("body") == "early" for e in page["chunk"])
 
         await self.until(b_has_message, "B to receive the message sent while partial")

@@ -6,7 +6,7 @@ import codecs
 import json
 from typing import Any, Collection
 
-from fedserver.events.canonical import CanonicalJSONError
+from fedserver.events.canonical import CanonicalJSONError, decode_prefix
 
 #: Most characters of one value (an array item, or another member's value) held while it
 #: is incomplete; a PDU is at most 64 KiB, the other members of these answers are small.
@@ -15,17 +15,6 @@ MAX_PENDING_VALUE = 4 * 1024 * 1024
 
 class StreamedJSONError(CanonicalJSONError):
     """The streamed document is not the JSON object expected (or not JSON at all)."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise StreamedJSONError(f"{name} is not valid JSON")
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise StreamedJSONError("number out of range")
-    return value
 
 
 _WS = " \t\n\r"
@@ -40,10 +29,13 @@ class StreamedObjectParser:
     (so the whole document is never held: only the incomplete tail and the batch being
     filled); every other member is kept and returned by :meth:`close`.
 
-    Values are parsed by the standard library's C scanner (``raw_decode``) with the same
-    rules as :func:`fedserver.events.canonical.parse_json`: UTF-8 only, no ``NaN`` or
-    ``Infinity``, floats as floats. An item that is not complete yet is parsed again once
-    more data has come (at most one item per piece of data is parsed twice).
+    Values are parsed by the standard library's C scanner (``raw_decode``) with every
+    rule of :func:`fedserver.events.canonical.parse_json`
+    (:func:`~fedserver.events.canonical.decode_prefix`): UTF-8 only, no ``NaN`` or
+    ``Infinity``, no duplicate keys (the top-level object's included), no lone surrogate,
+    the nesting limit counted from the document's root, floats as floats. An item that is
+    not complete yet is parsed again once more data has come (at most one item per piece
+    of data is parsed twice).
 
     :param stream_keys: the members whose array items are streamed.
     :param batch_size: items per batch.
@@ -52,7 +44,6 @@ class StreamedObjectParser:
     def __init__(self, stream_keys: Collection[str], batch_size: int = 1000) -> None:
         self._stream_keys = frozenset(stream_keys)
         self._batch_size = batch_size
-        self._decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self._buf = ""
         self._pos = 0
@@ -112,18 +103,20 @@ class StreamedObjectParser:
         self._pos = pos
         return pos < n
 
-    def _decode(self, final: bool) -> tuple[bool, Any]:
+    def _decode(self, final: bool, enclosing: int) -> tuple[bool, Any]:
         """One value at the position: ``(True, value)``, or ``(False, None)`` if it is not
-        complete yet."""
+        complete yet. ``enclosing``: the arrays and objects around it."""
         buf, pos = self._buf, self._pos
         try:
-            value, end = self._decoder.raw_decode(buf, pos)
+            value, end = decode_prefix(buf, pos, enclosing=enclosing)
         except json.JSONDecodeError as e:
             if final or len(buf) - pos > MAX_PENDING_VALUE:
                 raise StreamedJSONError(f"invalid JSON: {e}") from None
             return False, None
-        except RecursionError:
-            raise StreamedJSONError("JSON nested too deeply") from None
+        except StreamedJSONError:
+            raise
+        except CanonicalJSONError as e:
+            raise StreamedJSONError(str(e)) from None
         if end >= len(buf) and not final:
             return False, None  # a number (or anything) may go on in the next piece
         self._pos = end
@@ -145,9 +138,11 @@ class StreamedObjectParser:
                     continue
                 if c != '"':
                     raise StreamedJSONError("expected a member name")
-                ok, key = self._decode(final)
+                ok, key = self._decode(final, 1)
                 if not ok:
                     return
+                if key in self._top:
+                    raise StreamedJSONError(f"duplicate key {key[:100]!r} in a JSON object")
                 self._key = key
                 self._members += 1
                 self._state = _COLON
@@ -159,13 +154,11 @@ class StreamedObjectParser:
             elif state == _VALUE:
                 key = self._key
                 if key in self._stream_keys and c == "[":
-                    if key in self._top:
-                        raise StreamedJSONError(f"member {key!r} given twice")
                     self._top[key] = None  # streamed, not kept
                     self._pos += 1
                     self._state = _ITEM
                     continue
-                ok, value = self._decode(final)
+                ok, value = self._decode(final, 1)
                 if not ok:
                     return
                 if key in self._stream_keys:
@@ -188,7 +181,7 @@ class StreamedObjectParser:
                     self._pos += 1
                     self._end_array()
                     continue
-                ok, value = self._decode(final)
+                ok, value = self._decode(final, 2)
                 if not ok:
                     return
                 self._after_comma = False

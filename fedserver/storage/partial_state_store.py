@@ -187,11 +187,21 @@ class PartialStateStore:
         self, room_ids: Iterable[str], since: Optional[int], now: int
     ) -> "Deferred[tuple[set[str], set[str]]]":
         """Among ``room_ids``: those still partial-state, and those that got their full
-        state after position ``since`` (up to ``now``; none when ``since`` is ``None``)."""
+        state after position ``since`` (up to ``now``; none when ``since`` is ``None``).
+
+        A room whose resync ended after ``now`` (while the caller was building its answer)
+        counts as still partial: the next answer, whose token is past that end, sends it
+        whole, and only that one."""
         ids = lookup_ids(room_ids)
 
         def txn_func(txn: Txn) -> tuple[set[str], set[str]]:
             partial = {r[0] for r in txn.select_in("SELECT room_id FROM partial_state_rooms WHERE room_id IN ({})", ids)}
+            partial |= {
+                r[0]
+                for r in txn.select_in(
+                    "SELECT room_id FROM partial_state_completions WHERE stream_id > ? AND room_id IN ({})", ids, (now,)
+                )
+            }
             completed: set[str] = set()
             if since is not None and since < now:
                 completed = {

@@ -25,7 +25,8 @@ from fedserver.federation.client import (
 )
 from fedserver.handlers.federation.intake import IntakeError, OutlierIntake
 from fedserver.handlers.federation.handshakes import strip_received_state
-from fedserver.handlers.rooms.pipeline import ACCEPTED, PartialJoin, RoomPipeline
+from fedserver.handlers.rooms.membership import check_outcome
+from fedserver.handlers.rooms.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, PartialJoin, RoomPipeline
 from fedserver.handlers.federation.receipt import check_received
 from fedserver.errors import MatrixError
 from fedserver.memory import release_free_memory
@@ -207,8 +208,8 @@ class RemoteMembership:
                 raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event does not match the room id"))
 
         intake = OutlierIntake(self._keyring, self._pipeline, room_id, rv, check_create=check_create)
-        top = await self._send_join(server, room_id, event, intake)
-        joined, partial = await self._take_in_join(server, room_id, rv, event, top, intake)
+        top, asked = await self._send_join(server, room_id, event, intake)
+        joined, partial = await self._take_in_join(server, room_id, rv, event, top, intake, asked)
         log.info(
             "Joined {room_id} via {server}{how}: {n} state and auth events checked and stored in {s:.2f}s",
             room_id=room_id, server=server, how=" with partial state" if partial else "",
@@ -231,13 +232,17 @@ class RemoteMembership:
         except InvalidEvent as e:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s template is invalid: {e}")) from None
 
-    async def _send_join(self, server: str, room_id: str, event: Event, intake: OutlierIntake) -> dict:
+    async def _send_join(
+        self, server: str, room_id: str, event: Event, intake: OutlierIntake
+    ) -> tuple[dict, bool]:
         """``send_join`` v2 (asking for partial state if configured), its answer read as it
         arrives: ``state`` and ``auth_chain`` go to ``intake`` batch by batch; v1 where the
         peer lacks v2.
 
         :returns: the answer's other members (``event``, ``members_omitted``,
-            ``servers_in_room``; ``state`` and ``auth_chain`` map to ``None`` if present).
+            ``servers_in_room``; ``state`` and ``auth_chain`` map to ``None`` if present),
+            and whether partial state was asked for (never through v1, which has no
+            ``omit_members``).
         """
         path = fed_path("/_matrix/federation/v2/send_join/{}/{}", room_id, event.event_id)
         args = {"omit_members": "true"} if self._partial_joins else None
@@ -246,10 +251,11 @@ class RemoteMembership:
             return intake.feed(pdus, state=key == "state")
 
         try:
-            return await self._client.request_json_stream(
+            top = await self._client.request_json_stream(
                 "PUT", server, path, event.pdu, on_batch, stream_keys=("state", "auth_chain"), args=args,
                 batch_size=JOIN_STATE_CHUNK, timeout=SEND_JOIN_TIMEOUT, max_size=self._max_join_size,
             )
+            return top, args is not None
         except HttpResponseError as e:
             if not (e.code in (400, 404) and e.errcode in ("M_UNRECOGNIZED", None)):
                 raise HandshakeFailed(_relay(e)) from None
@@ -273,7 +279,7 @@ class RemoteMembership:
             if isinstance(resp.get(key), list):
                 await intake.feed(resp[key], state=key == "state")
                 resp[key] = None
-        return resp
+        return resp, False
 
     def _client_error(self, server: str, what: str, e: FederationClientError) -> MatrixError:
         """What to tell the user when a request to ``server`` failed."""
@@ -331,25 +337,36 @@ class RemoteMembership:
         return resp
 
     async def _take_in_join(
-        self, server: str, room_id: str, rv: RoomVersion, event: Event, top: dict, intake: OutlierIntake
+        self, server: str, room_id: str, rv: RoomVersion, event: Event, top: dict, intake: OutlierIntake,
+        asked: bool,
     ) -> tuple[Event, bool]:
         """Check the rest of the send_join answer, finish storing its events, and take our
         join in on the state it gave (marking the room partial-state if members were
-        omitted).
+        omitted, which only an answer to ``omit_members=true`` may do).
 
         :returns: ``(our join, whether the room is partial-state)``.
         """
         if "state" not in top or "auth_chain" not in top:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer lacks state"))
-        omitted = top.get("members_omitted", False)
+        omitted = top.get("members_omitted")
+        if omitted is None:
+            omitted = False  # absent (v1, older servers) or null: the full state
         if type(omitted) is not bool:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s members_omitted is not a boolean"))
         partial: Optional[PartialJoin] = None
         if omitted:
-            # Matrix 1.6 send_join v2: members may be omitted only if we asked
-            # (omit_members), and servers_in_room is then required.
-            if not self._partial_joins:
-                raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} sent partial state that was not asked for"))
+            # Server-server spec, send_join v2: members_omitted is true "if m.room.member
+            # events have been omitted from state" (MSC3706), which a resident may only do
+            # when asked (omit_members=true), and servers_in_room is then required. A
+            # partial state we did not ask for is not taken as the room's state (it would
+            # show a room without its members): our join is not taken in, and the next
+            # candidate is tried. (The answer's events, read as they arrived, may be held
+            # as outliers: they are signed events of the room that nothing refers to.)
+            if not asked:
+                raise HandshakeFailed(MatrixError(
+                    502, "M_UNKNOWN",
+                    f"{server} answered send_join with partial state (members_omitted) that was not asked for",
+                ))
             servers = top.get("servers_in_room")
             if type(servers) is not list or not servers or not all(is_valid_server_name(x) for x in servers):
                 raise HandshakeFailed(MatrixError(
@@ -372,10 +389,14 @@ class RemoteMembership:
         unknown = [a for a in event.auth_event_ids if a not in intake.taken]
         if unknown and len(await self._store.have_events(unknown)) < len(unknown):
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The join's auth events were not returned"))
+        # Our join goes to every server in the room too, queued with it (the resident
+        # sends it as well; receivers drop the copy they already have). In a partial-state
+        # room those are the resident's servers_in_room, marked in the same transaction.
         result = await self._pipeline.process(
             room_id, [event], state_before={event.event_id: state},
             verified_servers={event.event_id: frozenset({self._server_name, server})},
             partial_join=partial,
+            distribute=True,
         )
         outcome = result[event.event_id]
         if outcome.status != ACCEPTED:
@@ -480,6 +501,8 @@ class RemoteMembership:
         invite = checked.events[0]
         result = await self._pipeline.process(room_id, [invite], local=True, persist_rejected=False)
         outcome = result[invite.event_id]
+        if outcome.status in (REJECTED, SOFT_FAILED):
+            check_outcome(invite, outcome)  # 403 naming the rule and the plugin
         if outcome.status != ACCEPTED:
             why = outcome.refusal.reason if outcome.refusal else outcome.status
             raise MatrixError(403, "M_FORBIDDEN", why)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -14,7 +14,7 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
 from fedserver.keyed_lock import KeyedLock
-from fedserver.storage.interface import PersistEntry, Refusal, StateKey
+from fedserver.storage.interface import Distribution, PersistEntry, Refusal, StateKey
 from fedserver.storage.partial_state_store import StateRewrite
 from fedserver.state.statemap import StateMap
 
@@ -40,6 +40,7 @@ class Outcome:
     :ivar duplicate: the event was already in the room's DAG; nothing changed.
     :ivar stored: it was written by this call (rejected events are stored too, unless the
         caller asked not to).
+    :ivar queued_for: the servers it was queued for, in the transaction that stored it.
     """
 
     status: str
@@ -47,6 +48,7 @@ class Outcome:
     missing: frozenset[str] = frozenset()
     duplicate: bool = False
     stored: bool = False
+    queued_for: frozenset[str] = frozenset()
 
     @property
     def accepted(self) -> bool:
@@ -88,8 +90,20 @@ class PartialJoin:
 class _Batch:
     """What one batch of one room works on while it is checked (see ``RoomPipeline._process``)."""
 
-    def __init__(self, room_id: str, room: Optional[_RoomState], todo: list[Event], outcomes: dict[str, "Outcome"]):
+    def __init__(
+        self,
+        room_id: str,
+        room: Optional[_RoomState],
+        todo: list[Event],
+        outcomes: dict[str, "Outcome"],
+        send_never: Optional[frozenset[str]] = None,
+        history: bool = False,
+    ):
         self.room_id = room_id
+        #: distribute the accepted events, never to these servers (``None``: do not)
+        self.send_never = send_never
+        #: events fetched as history (``RoomPipeline.process_history``)
+        self.history = history
         self.room = room
         self.outcomes = outcomes
         self.batch_events: dict[str, Event] = {e.event_id: e for e in todo}
@@ -137,7 +151,10 @@ class _EventState(Mapping[StateKey, Event]):
 
 def _refusal_from(result) -> Refusal:
     deny = result.denials[0]
-    return Refusal(deny.reason, deny.rule, deny.plugin or None)
+    # The plugin is the name the denying hook implementation is registered under; the
+    # spec's rules are registered as fedserver.auth.rules.<topic> (never empty: the
+    # engine fills it in).
+    return Refusal(deny.reason, deny.rule, deny.plugin)
 
 
 def _topo_order(events: Sequence[Event], edges: Callable[[Event], Sequence[str]], key) -> list[Event]:
@@ -196,15 +213,30 @@ class RoomPipeline:
     20,000-member room costs a small dict per state event, and a linear event costs no
     state write at all.
 
+    The pipeline also decides which events go to the other servers of the room (spec:
+    "the event is sent to all the servers in the room"): the events this server makes
+    (:meth:`create_local`, ``process(local=True)``) and those a caller asks for
+    (``distribute``: our join through a remote handshake, joins, leaves and knocks we
+    accept through the handshakes we serve). They are queued for every server with a
+    member joined to the room after the event (in a partial-state room, also the
+    resident's ``servers_in_room``), and for a membership event also the target's server
+    (a kicked or banned user's server, no longer joined, must still learn it), in the SAME
+    database transaction that stores the event (DESIGN.md, Durability: a 200 means
+    committed and queued). Once committed, ``on_queued`` callbacks (the sender) are told
+    which servers have something new.
+
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param engine: the :class:`fedserver.auth.engine.AuthEngine`.
     :param plugin_manager: for the policy hook.
+    :param server_name: ours; without it nothing is queued for other servers (a pipeline
+        that does not federate, in tests).
     """
 
-    def __init__(self, store, engine, plugin_manager) -> None:
+    def __init__(self, store, engine, plugin_manager, *, server_name: Optional[str] = None) -> None:
         self._store = store
         self._engine = engine
         self._pm = plugin_manager
+        self._server_name = server_name
         self._locks: KeyedLock[str] = KeyedLock()
         self._rooms: dict[str, _RoomState] = {}
         self._full_state_waiters: dict[str, list[defer.Deferred]] = {}
@@ -212,6 +244,9 @@ class RoomPipeline:
         self.on_persisted: list[Callable[[str, list[tuple[Event, Outcome]]], Any]] = []
         #: callables ``(room_id)`` run once a partial-state room has its full state.
         self.on_full_state: list[Callable[[str], Any]] = []
+        #: callables ``(servers)`` run after a committed batch queued events for ``servers``
+        #: (e.g. :meth:`fedserver.federation.sender.FederationSender.wake`).
+        self.on_queued: list[Callable[[frozenset[str]], Any]] = []
 
     # -- public API -------------------------------------------------------------------------
 
@@ -225,11 +260,14 @@ class RoomPipeline:
         state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
         partial_join: Optional[PartialJoin] = None,
+        distribute: bool = False,
+        distribute_except: Collection[str] = (),
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take ``events`` (all of ``room_id``) into the room.
 
         :param local: events made by this server for its users: no soft-failure check
-            (they were built on the current state), and the caller gets the verdict.
+            (they were built on the current state), the caller gets the verdict, and the
+            accepted ones are queued for the room's other servers.
         :param persist_rejected: store rejected events (``True`` for events from other
             servers, whose refusal must be remembered; ``False`` for a local event the
             auth rules refuse, which must simply not exist).
@@ -239,13 +277,50 @@ class RoomPipeline:
         :param verified_servers: ``{event_id: servers}`` whose signatures were verified.
         :param partial_join: our join on partial state (its state before is given, without
             the room's members): the room is marked partial-state in the same transaction.
+        :param distribute: queue the accepted events for the room's other servers in the
+            transaction that stores them (implied by ``local``).
+        :param distribute_except: servers not to queue them for (the server that handed
+            them to us through a handshake).
         :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
         """
+        send = self._distribution(local or distribute, distribute_except)
         return self._locked(
             room_id,
             lambda: self._process(
                 room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {},
-                partial_join,
+                partial_join, send,
+            ),
+        )
+
+    def _distribution(self, distribute: bool, never: Collection[str] = ()) -> Optional[frozenset[str]]:
+        """The servers never to send to, or ``None`` for "do not distribute"."""
+        if not distribute or self._server_name is None:
+            return None
+        return frozenset(never) | {self._server_name}
+
+    def process_history(
+        self,
+        room_id: str,
+        events: Sequence[Event],
+        *,
+        state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
+        verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+    ) -> "defer.Deferred[dict[str, Outcome]]":
+        """Take in events fetched as history (``/backfill``): placed behind events we hold,
+        they get the receipt checks of steps 4 and 5 like any PDU, and are stored with
+        their state (rejected ones too), but they change neither the current state nor the
+        forward extremities, are never soft-failed (step 6 is about the present) and never
+        enter the /sync stream (``PersistEntry.history``). ``on_persisted`` is not called:
+        nothing is new to the room.
+
+        :param state_before: ``{event_id: state}`` for events whose prev events we do not
+            hold with state (derived by :mod:`fedserver.state.backwards`, or fetched).
+        :returns: Deferred firing with ``{event_id: Outcome}`` once committed.
+        """
+        return self._locked(
+            room_id,
+            lambda: self._process(
+                room_id, list(events), False, True, state_before or {}, verified_servers or {}, history=True
             ),
         )
 
@@ -273,7 +348,7 @@ class RoomPipeline:
             current = room.current if room is not None else StateMap.from_dict({})
             extremities = set(room.extremities) if room is not None else set()
             event = await defer.maybeDeferred(build, current, extremities)
-            outcomes = await self._process(room_id, [event], True, False, {}, {})
+            outcomes = await self._process(room_id, [event], True, False, {}, {}, None, self._distribution(True))
             return event, outcomes[event.event_id]
 
         return self._locked(room_id, run)
@@ -284,18 +359,20 @@ class RoomPipeline:
         events: Sequence[Event],
         *,
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+        history: bool = False,
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take in events we hold without their place in the DAG (auth chains and state
         fetched for a join or a gap): each is checked against its own ``auth_events`` (step
         4; they come in auth order) and stored as an outlier, rejected or not.
 
+        :param history: fetched for history (``PersistEntry.history``).
         :returns: Deferred firing with ``{event_id: Outcome}``; ``missing`` for events whose
             auth events are neither stored nor in ``events``.
         """
-        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}))
+        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}, history))
 
     async def _process_outliers(
-        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]]
+        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]], history: bool = False
     ) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         if not events:
@@ -330,12 +407,12 @@ class RoomPipeline:
             result = self._engine.check(event, auth_list, create_event=create, verified_servers=verified.get(eid))
             if result.allowed:
                 outcomes[eid] = Outcome(ACCEPTED, stored=True)
-                entries.append(PersistEntry(event=event, outlier=True))
+                entries.append(PersistEntry(event=event, outlier=True, history=history))
             else:
                 refusal = _refusal_from(result)
                 event.rejected_reason = refusal.reason
                 outcomes[eid] = Outcome(REJECTED, refusal, stored=True)
-                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal))
+                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal, history=history))
         if entries:
             await store.persist_events(entries)
         return outcomes
@@ -396,16 +473,22 @@ class RoomPipeline:
         given_state: Mapping[str, Mapping[StateKey, str]],
         verified: Mapping[str, Collection[str]],
         partial_join: Optional["PartialJoin"] = None,
+        send_never: Optional[frozenset[str]] = None,
+        history: bool = False,
     ) -> dict[str, Outcome]:
         """One batch, in the order of the server-server spec's "Checks performed on
         receipt of a PDU": the batch's context is loaded, then each event in DAG order gets
         its state before (:meth:`_state_before`), the checks of steps 4-6 and the policy
         hook (:meth:`_receipt_checks`), and its outcome applied to the room's state
-        (:meth:`_apply`); the batch is committed in one transaction (:meth:`_commit`)."""
-        outcomes, todo = await self._new_events(events)
+        (:meth:`_apply`); the batch is committed in one transaction (:meth:`_commit`).
+
+        ``send_never``: distribute the accepted events, never to these servers (``None``:
+        do not distribute). ``history``: events fetched as history
+        (:meth:`process_history`), committed by :meth:`_commit_history`."""
+        outcomes, todo, meta = await self._new_events(events)
         if not todo:
             return outcomes
-        b = await self._load_context(room_id, todo, given_state, outcomes)
+        b = await self._load_context(room_id, todo, given_state, outcomes, meta, send_never, history)
         if partial_join is not None:
             b.partial = True
         for event in _ordered(todo):
@@ -421,6 +504,9 @@ class RoomPipeline:
                 continue
             refusal, soft = checked
             await self._apply(b, event, before, entry_kw, refusal, soft, persist_rejected)
+        if history:
+            await self._commit_history(b)
+            return b.outcomes
         await self._commit(b, partial_join)
         for callback in list(self.on_persisted):
             try:
@@ -429,13 +515,15 @@ class RoomPipeline:
                 log.failure("on_persisted callback failed")
         return b.outcomes
 
-    async def _new_events(self, events: list[Event]) -> tuple[dict[str, Outcome], list[Event]]:
+    async def _new_events(self, events: list[Event]) -> tuple[dict[str, Outcome], list[Event], Mapping[str, Any]]:
         """Events already in the DAG get their stored outcome (``duplicate``); the rest are
-        to do (outliers we hold are taken into the DAG now)."""
+        to do (outliers we hold are taken into the DAG now). Also returns the stored
+        metadata of the events and of their prev events (read together)."""
         outcomes: dict[str, Outcome] = {}
         if not events:
-            return outcomes, []
-        meta = await self._store.get_event_meta([e.event_id for e in events])
+            return outcomes, [], {}
+        ids = {e.event_id for e in events} | {p for e in events for p in e.prev_event_ids}
+        meta = await self._store.get_event_meta(list(ids))
         todo: list[Event] = []
         for e in events:
             m = meta.get(e.event_id)
@@ -444,7 +532,7 @@ class RoomPipeline:
                 outcomes[e.event_id] = Outcome(status, duplicate=True)
             else:
                 todo.append(e)
-        return outcomes, todo
+        return outcomes, todo, meta
 
     async def _load_context(
         self,
@@ -452,14 +540,22 @@ class RoomPipeline:
         todo: list[Event],
         given_state: Mapping[str, Mapping[StateKey, str]],
         outcomes: dict[str, Outcome],
+        meta: Mapping[str, Any],
+        send_never: Optional[frozenset[str]],
+        history: bool,
     ) -> "_Batch":
         """Load in bulk what the batch needs: the room's view, the states after prev events
         held in storage (all their groups in one read), the cited auth events, and the
         state events the auth rules will consult."""
         store = self._store
         room = await self._room(room_id)
-        b = _Batch(room_id, room, todo, outcomes)
-        outside_prevs = {p for e in todo for p in e.prev_event_ids if p not in b.batch_events}
+        b = _Batch(room_id, room, todo, outcomes, send_never, history)
+        # A prev event of another room is no prev event of this one: it counts as missing
+        # (HOSTILE row 16's rule for auth events, applied to the DAG).
+        outside_prevs = {
+            p for e in todo for p in e.prev_event_ids
+            if p not in b.batch_events and (p not in meta or meta[p].room_id == room_id)
+        }
         b.groups = await store.get_state_ids_for_events(outside_prevs, after=True) if outside_prevs else {}
         b.group_states = await store.get_state_groups(set(b.groups.values())) if b.groups else {}
         wanted = {a for e in todo for a in e.auth_event_ids if a not in b.batch_events}
@@ -512,7 +608,7 @@ class RoomPipeline:
             b.outcomes[eid] = Outcome(MISSING, missing=frozenset(missing or event.prev_event_ids))
             return None
         before, entry_kw = await self._merge_prev_states(b, event, prev_states, prev_keys)
-        if len(b.extremities) == 1 and b.extremities == set(event.prev_event_ids):
+        if not b.history and len(b.extremities) == 1 and b.extremities == set(event.prev_event_ids):
             # The usual case: the event follows the room's only forward extremity, so the
             # state before it is the current state (already in memory).
             before = b.current
@@ -563,6 +659,10 @@ class RoomPipeline:
         if not result.allowed:
             return _refusal_from(result), None
         soft: Optional[Refusal] = None
+        if b.history:
+            # History is never soft-failed and never given to the policy hook: step 6 and
+            # the policies are about the present.
+            return None, None
         if not local and not b.partial and b.room is not None and b.current is not before:
             # -- step 6: the current state (soft failure; never on partial state, MSC3902) --
             await self._ensure_loaded(event, b.current, b.events_by_id, b.batch_events)
@@ -613,7 +713,7 @@ class RoomPipeline:
             b.after[eid] = before
             b.outcomes[eid] = Outcome(REJECTED, refusal, stored=persist_rejected)
             if persist_rejected:
-                b.entries.append(PersistEntry(event=event, rejection=refusal, **entry_kw))
+                b.entries.append(PersistEntry(event=event, rejection=refusal, history=b.history, **entry_kw))
             log.info("Rejected {event_id} in {room_id}: {reason} (rule {rule})",
                      event_id=eid, room_id=room_id, reason=refusal.reason, rule=refusal.rule)
             return
@@ -622,6 +722,11 @@ class RoomPipeline:
             state_after = _evolve(before, {(event.type, event.state_key): eid})
         b.after[eid] = state_after
         b.batch_events[eid] = event
+        if b.history:
+            # Behind what we hold: stored with its state, nothing present changes.
+            b.outcomes[eid] = Outcome(ACCEPTED, stored=True)
+            b.entries.append(PersistEntry(event=event, history=True, **entry_kw))
+            return
         if soft is not None:
             outcome = Outcome(SOFT_FAILED, soft, stored=True)
             b.entries.append(PersistEntry(event=event, soft_failed=True, soft_failure=soft, **entry_kw))
@@ -652,7 +757,12 @@ class RoomPipeline:
             if delta:
                 b.current_changed = True
             b.current = new_current if isinstance(new_current, StateMap) else StateMap.from_dict(dict(new_current))
-            b.entries.append(PersistEntry(event=event, update_current_state=delta or None, **entry_kw))
+            distribution = None
+            if b.send_never is not None:
+                distribution = Distribution(also=_target_server(event), never=b.send_never)
+            b.entries.append(
+                PersistEntry(event=event, update_current_state=delta or None, distribute=distribution, **entry_kw)
+            )
             if event.type == "m.room.create" and event.state_key == "":
                 b.create = event
         if b.partial:
@@ -660,20 +770,44 @@ class RoomPipeline:
         b.outcomes[eid] = outcome
         b.accepted_in_order.append((event, outcome))
 
+    async def _commit_history(self, b: "_Batch") -> None:
+        """Persist a batch of history: nothing present changes, except that history filling
+        a gap descends from events before it, which storage no longer counts as forward
+        extremities (see ``PersistEntry.history``)."""
+        if not b.entries:
+            return
+        await self._store.persist_events(b.entries)
+        prevs = {p for x in b.entries if x.rejection is None for p in x.event.prev_event_ids}
+        room = b.room
+        if room is not None and room.extremities & prevs:
+            room.extremities = room.extremities - prevs
+
     async def _commit(self, b: "_Batch", partial_join: Optional["PartialJoin"]) -> None:
-        """Persist the batch in one transaction (with the partial-state marks, if any) and
-        update the in-memory view of the room; on failure the view is rebuilt later."""
+        """Persist the batch in one transaction (with the partial-state marks, if any, and
+        the outbound queue rows of the events to distribute) and update the in-memory view
+        of the room; on failure the view is rebuilt later. The sender is woken after the
+        commit."""
         if not b.entries:
             return
         room_id, store = b.room_id, self._store
         try:
             if b.partial:
-                await store.run_write(self._persist_partial_txn, room_id, b.entries, b.partial_ids, partial_join)
+                persisted = await store.run_write(
+                    self._persist_partial_txn, room_id, b.entries, b.partial_ids, partial_join
+                )
             else:
-                await store.persist_events(b.entries)
+                persisted = await store.persist_events(b.entries)
         except Exception:
             self.invalidate(room_id)
             raise
+        queued: set[str] = set()
+        for eid, done in (persisted or {}).items():
+            if done.queued_for and eid in b.outcomes:
+                queued |= done.queued_for
+                b.outcomes[eid] = replace(b.outcomes[eid], queued_for=done.queued_for)
+        if queued:
+            b.accepted_in_order = [(e, b.outcomes[e.event_id]) for e, _ in b.accepted_in_order]
+            self._wake(frozenset(queued))
         room = b.room
         if room is None:
             room = self._rooms[room_id] = _RoomState(b.current, b.extremities, b.create, partial=b.partial)
@@ -689,14 +823,17 @@ class RoomPipeline:
     def _persist_partial_txn(
         self, txn: Any, room_id: str, entries: list[PersistEntry], partial_ids: list[str],
         partial_join: Optional["PartialJoin"],
-    ) -> None:
+    ) -> Any:
         store = self._store
-        store.persist_events_txn(txn, entries)
         if partial_join is not None:
+            # Marked first: the distribution below, in this transaction, reads the
+            # resident's servers_in_room as the room's servers (we know no members yet).
             store.partial_state.start_txn(
                 txn, room_id, partial_join.join_event_id, partial_join.resident, partial_join.servers_in_room
             )
+        persisted = store.persist_events_txn(txn, entries)
         store.partial_state.mark_events_txn(txn, room_id, partial_ids)
+        return persisted
 
     # -- partial state ---------------------------------------------------------------------
 
@@ -807,6 +944,13 @@ class RoomPipeline:
         return outcomes
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _wake(self, servers: frozenset[str]) -> None:
+        for callback in list(self.on_queued):
+            try:
+                callback(servers)
+            except Exception:
+                log.failure("on_queued callback failed")
 
     def _has_policies(self) -> bool:
         return bool(self._pm.hook.fedserver_check_event_policy.get_hookimpls())
@@ -936,6 +1080,14 @@ class _Overlay(Mapping[str, Event]):
 
     def __len__(self) -> int:
         return len(set(self._a) | set(self._b))
+
+
+def _target_server(event: Event) -> frozenset[str]:
+    """The server of a membership event's target (``frozenset()`` for other events)."""
+    if event.type != "m.room.member" or not event.state_key:
+        return frozenset()
+    _, sep, server = event.state_key.partition(":")
+    return frozenset({server}) if sep and server else frozenset()
 
 
 def _evolve(state: Mapping[StateKey, str], delta: dict[StateKey, str]) -> Mapping[StateKey, str]:
