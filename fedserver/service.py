@@ -576,7 +576,9 @@ class FedserverService(service.MultiService):
             remote_alias_query=self._query_remote_alias, backfill=self.backfill,
         )
         await self.rooms.startup()
-        # Account data written wakes the user's waiting /sync (it is in the next answer).
+        # Account data written wakes the user's waiting /sync (it is in the next answer),
+        # after the ignored users' cache forgot the old list.
+        self.accounts.account_data.on_changed.append(self.rooms.ignored.invalidate)
         self.accounts.account_data.on_changed.append(self.rooms.notifier.notify_user)
         self.handshakes = HandshakeHandler(
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,

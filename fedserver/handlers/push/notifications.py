@@ -145,7 +145,10 @@ class NotificationsHandler:
             if needs_names and member_events is None:
                 member_events = await self._store.get_events([m for m in local.values() if m])
             sender_level = power.user_level(event.sender)
+            ignorers = getattr(self._source, "ignored", None)
             for user_id, member_id in targets.items():
+                if ignorers is not None and event.sender in await ignorers.get(user_id):
+                    continue  # spec "Ignoring Users": nothing of theirs reaches the user
                 ruleset = await self._rules.get_ruleset(user_id)
                 name = _display_name(member_events.get(member_id)) if member_events and member_id else None
                 ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)

@@ -18,6 +18,7 @@ from fedserver.handlers.rooms.relations import RelationsHandler
 from fedserver.handlers.rooms.rooms import RoomsHandler
 from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.rooms.upgrade import RoomUpgradeHandler
+from fedserver.handlers.client.ignored_users import IgnoredUsers
 from fedserver.handlers.client.sync import SyncHandler
 from fedserver.http.client.relations import register_relations_routes
 from fedserver.http.client.timeline import register_timeline_routes
@@ -51,6 +52,8 @@ class RoomServices:
     relations: RelationsHandler
     upgrades: RoomUpgradeHandler
     relations_catch_up: Optional["defer.Deferred[Any]"] = None
+    #: whom each user ignores; its ``invalidate`` must hear of account data writes.
+    ignored: Optional[IgnoredUsers] = None
 
     def startup(self) -> "defer.Deferred[int]":
         """Catch up the redaction index (redactions persisted while it was not running,
@@ -99,6 +102,7 @@ def build_room_services(
     notifier = Notifier(clock)
     events = RoomEvents(store, creator, pipeline, server_name, signing_key)
     source = ClientEventSource(store, clock)
+    ignored = source.ignored = IgnoredUsers(store)
     directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
     membership = MembershipHandler(events, directory, remote=remote, notifier=notifier)
     rooms = RoomsHandler(
@@ -113,7 +117,9 @@ def build_room_services(
     membership.on_joined.append(upgrades.on_joined)
     pipeline.on_persisted.append(notifier.on_persisted)
     pipeline.on_persisted.append(rooms.on_persisted)
-    return RoomServices(events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades)
+    return RoomServices(
+        events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades, ignored=ignored
+    )
 
 
 # -- request helpers ----------------------------------------------------------------------------
