@@ -74,6 +74,8 @@ from fedserver.http.client.ephemeral import build_ephemeral_services, register_e
 from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.client.deactivate import register_deactivation_routes
+from fedserver.handlers.client.deactivate import AccountDeactivation
 from fedserver.http.push_gateway import PushGatewayClient
 from fedserver.http.wellknown import WELL_KNOWN_PATH, build_well_known_resource
 from fedserver.http.federation.transport import FederationResource
@@ -391,6 +393,7 @@ class FedserverService(service.MultiService):
         self.push_gateway: Any = None
         self.well_known_resources: dict[str, Any] = {}
         self.user_directory: Any = None
+        self.deactivation: Any = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
@@ -465,6 +468,10 @@ class FedserverService(service.MultiService):
             log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
         await self.ephemeral.presence.start()
+        # Users whose deactivation was cut short by a stop leave their remaining rooms.
+        defer.ensureDeferred(self.deactivation.resume()).addErrback(
+            lambda f: log.failure("Resuming deactivations failed", f)
+        )
         self.user_directory.index()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
@@ -591,6 +598,10 @@ class FedserverService(service.MultiService):
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        # Account deactivation (POST /account/deactivate; the admin API shares the routine).
+        self.deactivation = AccountDeactivation(store, self.rooms.membership, self.accounts.accounts.check_password_uia)
+        self.deactivation.on_deactivated.append(self.rooms.ignored.invalidate)  # erase drops account data
+        register_deactivation_routes(self.client_api, self.deactivation)
         # End-to-end encryption: keys, device lists, to-device messages, key backups.
         self.e2ee = build_e2ee_services(
             store=store, server_name=name, federation_client=self.federation_client,

@@ -196,6 +196,24 @@ class PushStore:
 
         return self._db.run_write(txn)
 
+    @staticmethod
+    def on_devices_changed_txn(t: Txn, user_id: str, device_ids: list[str], deleted: bool) -> None:
+        """``AccountStore.device_change_hooks``: the pushers set through a device that is
+        deleted (logout, ``DELETE /devices``, a password change logging out the other
+        devices) go with it, in the same transaction; a pusher of a device nobody can use
+        would push notifications to a phone that is no longer logged in."""
+        if deleted:
+            for device_id in device_ids:
+                t.execute("DELETE FROM pushers WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+
+    @staticmethod
+    def on_deactivated_txn(t: Txn, user_id: str, erase: bool) -> None:
+        """``DeactivationStore.hooks``: every pusher of the user goes (those set without a
+        device too); with ``erase``, their push rules as well."""
+        t.execute("DELETE FROM pushers WHERE user_id = ?", (user_id,))
+        if erase:
+            t.execute("DELETE FROM push_rules WHERE user_id = ?", (user_id,))
+
     def get_pushers(self, user_ids: Iterable[str]) -> "Deferred[list[Pusher]]":
         """The pushers of these users, by user then app id and pushkey."""
         ids = lookup_ids(user_ids)
