@@ -104,6 +104,10 @@ log = Logger()
 #: replay after that is processed again, which is harmless: events are stored once).
 PRUNE_RECEIVED_TXNS_EVERY_S = 3600.0
 KEEP_RECEIVED_TXNS_MS = 24 * 3600 * 1000
+#: Notifications (GET /notifications, unread counts) are pruned in the same loop: read
+#: ones after 30 days, unread ones (which the unread counts are made of) after a year.
+KEEP_READ_NOTIFICATIONS_MS = 30 * 24 * 3600 * 1000
+KEEP_UNREAD_NOTIFICATIONS_MS = 365 * 24 * 3600 * 1000
 #: First retry delay of an unreachable destination (doubling up to
 #: ``outbound_max_retry_interval``).
 OUTBOUND_MIN_RETRY_MS = 2_000
@@ -746,8 +750,19 @@ class FedserverService(service.MultiService):
         d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
         # To-device transaction and message ids, unless the server is stopping meanwhile.
         d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
+        now = int(self.reactor.seconds() * 1000)
+        d.addCallback(lambda _: self._prune_notifications(now))
         d.addErrback(self._prune_failed)
         return d
+
+    async def _prune_notifications(self, now_ms: int) -> None:
+        store = self.store
+        if store is None:
+            return
+        n = await store.push.prune_actions(now_ms - KEEP_READ_NOTIFICATIONS_MS, only_read=True)
+        n += await store.push.prune_actions(now_ms - KEEP_UNREAD_NOTIFICATIONS_MS)
+        if n:
+            log.info("Pruned {n} old notifications", n=n)
 
     @staticmethod
     def _prune_failed(failure: Failure) -> None:

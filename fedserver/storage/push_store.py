@@ -419,12 +419,21 @@ class PushStore:
 
         return self._db.run_read(txn)
 
-    def prune_actions(self, before_ts: int) -> "Deferred[int]":
-        """Forget notifications older than ``before_ts`` (ms); fires with how many."""
+    def prune_actions(self, before_ts: int, *, only_read: bool = False) -> "Deferred[int]":
+        """Forget notifications older than ``before_ts`` (ms): with ``only_read``, only
+        those the user has read (at or before their read position in the room, unthreaded
+        or in the notification's thread: unread ones make the unread counts). Fires with
+        how many went."""
         check_int(before_ts, "before_ts")
-        return self._db.run_write(
-            lambda t: t.execute("DELETE FROM event_push_actions WHERE ts < ?", (before_ts,)).rowcount
-        )
+        sql = "DELETE FROM event_push_actions WHERE ts < ?"
+        if only_read:
+            sql += (
+                " AND event_nid <= (SELECT COALESCE(MAX(r.event_nid), -1) FROM read_positions r"
+                " WHERE r.user_id = event_push_actions.user_id AND r.room_id = event_push_actions.room_id"
+                " AND (r.thread_id = ? OR r.thread_id = event_push_actions.thread_id))"
+            )
+        params: tuple = (before_ts, UNTHREADED) if only_read else (before_ts,)
+        return self._db.run_write(lambda t: t.execute(sql, params).rowcount)
 
     # -- rooms, as push evaluation needs them ---------------------------------------------
 
