@@ -25,6 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedserver import __version__
+from fedserver.background import log_background_failure
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
 from fedserver.config import Config, ConfigError, is_endpoint_description, generate_config_text, listen_description, load_config
 from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
@@ -474,7 +475,7 @@ class FedserverService(service.MultiService):
         await self.ephemeral.presence.start()
         # Users whose deactivation was cut short by a stop leave their remaining rooms.
         defer.ensureDeferred(self.deactivation.resume()).addErrback(
-            lambda f: log.failure("Resuming deactivations failed", f)
+            log_background_failure, "Resuming deactivations failed", logger=log
         )
         self.user_directory.index()
         self._prune_loop = LoopingCall(self._prune_received_txns)
@@ -696,7 +697,7 @@ class FedserverService(service.MultiService):
             post_json=self.push_gateway.post_json, allow_http_gateways=config.push_gateway_allow_http,
         )
         self.tags = TagsHandler(store, notifier)
-        self.user_directory = UserDirectoryHandler(store, name)
+        self.user_directory = UserDirectoryHandler(store, name, reactor)
         sync = self.rooms.sync
         for section in (eph.receipts.section, eph.typing.section, eph.presence.section, push.rules.section,
                         push.notifications.section):
@@ -829,6 +830,12 @@ class FedserverService(service.MultiService):
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
         directory, self.user_directory = self.user_directory, None
+        if directory is not None:
+            directory.stop()
+        rooms = getattr(self, "rooms", None)
+        catch_up = rooms.relations_catch_up if rooms is not None else None
+        if catch_up is not None and not catch_up.called:
+            catch_up.cancel()  # waiting out a storage fault, or indexing: the next start resumes
         waits = [x.flush for x in (push and push.notifications, ephemeral and ephemeral.presence, directory) if x]
         if waits:
             steps.append(("work in progress", lambda: defer.DeferredList([w() for w in waits], consumeErrors=True)))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from fedserver.background import STORAGE_RETRY_S
 from fedserver.handlers.rooms.client_events import ClientEventSource
 from fedserver.handlers.rooms.directory import DirectoryHandler
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
@@ -26,6 +27,7 @@ from fedserver.http.client.upgrade import register_upgrade_routes
 from fedserver.errors import bad_json, forbidden, invalid_param, missing_param, too_large
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -54,6 +56,8 @@ class RoomServices:
     relations_catch_up: Optional["defer.Deferred[Any]"] = None
     #: whom each user ignores; its ``invalidate`` must hear of account data writes.
     ignored: Optional[IgnoredUsers] = None
+    #: ``callLater`` (background work retried after storage faults).
+    clock: Any = None
 
     def startup(self) -> "defer.Deferred[int]":
         """Catch up the redaction index (redactions persisted while it was not running,
@@ -63,9 +67,25 @@ class RoomServices:
         store = self.events.store
         relations = getattr(store, "relations", None)
         if relations is not None:
-            self.relations_catch_up = relations.catch_up()
-            self.relations_catch_up.addErrback(lambda f: log.failure("Indexing relations failed", f))
+            self.relations_catch_up = defer.ensureDeferred(self._catch_up_relations(relations))
+            self.relations_catch_up.addErrback(lambda f: None if f.check(defer.CancelledError) else f)
         return store.rooms.index_redactions()
+
+    async def _catch_up_relations(self, relations: Any) -> int:
+        """The relations catch-up, tried again while the database is unavailable (it
+        logs that once per episode); cancelled when the server stops."""
+        while True:
+            try:
+                return await relations.catch_up()
+            except StorageUnavailableError:
+                if self.clock is None:
+                    return 0
+                await task.deferLater(self.clock, STORAGE_RETRY_S, lambda: None)
+            except defer.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged; the next start tries again
+                log.failure("Indexing relations failed")
+                return 0
 
 
 def build_room_services(
@@ -118,7 +138,8 @@ def build_room_services(
     pipeline.on_persisted.append(notifier.on_persisted)
     pipeline.on_persisted.append(rooms.on_persisted)
     return RoomServices(
-        events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades, ignored=ignored
+        events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades, ignored=ignored,
+        clock=clock,
     )
 
 
