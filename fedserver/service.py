@@ -51,6 +51,7 @@ from fedserver.http.admin.registration import build_admin_api
 from fedserver.http.admin.events import build_admin_events_resources
 from fedserver.http.admin.failures import build_admin_failures_resource
 from fedserver.http.admin.media import build_admin_media_resource
+from fedserver.handlers.media.upkeep import MediaUpkeep
 from fedserver.handlers.media.download import MediaDownloader
 from fedserver.handlers.media.files import MediaFiles
 from fedserver.handlers.media.thumbnails import Thumbnailer
@@ -478,6 +479,7 @@ class FedserverService(service.MultiService):
             log_background_failure, "Resuming deactivations failed", logger=log
         )
         self.user_directory.index()
+        self.media_upkeep.start()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -649,6 +651,8 @@ class FedserverService(service.MultiService):
             max_remote_size=config.max_upload_size, legacy_media=config.enable_legacy_media, waiters=waiters,
         )
         self.thumbnailer = Thumbnailer(store, files, reactor, name, max_image_pixels=config.max_image_pixels)
+        # Hourly (and at start): cached remote media past remote_media_lifetime, orphan files.
+        self.media_upkeep = MediaUpkeep(store, files, reactor, config.remote_media_lifetime)
         previews = None
         if config.url_preview_enabled:
             from fedserver.handlers.media.preview import build_url_previewer
@@ -829,6 +833,9 @@ class FedserverService(service.MultiService):
             steps.append(("the federation client", client.close))
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
+        upkeep, self.media_upkeep = getattr(self, "media_upkeep", None), None
+        if upkeep is not None:
+            steps.insert(0, ("media upkeep", upkeep.stop))
         directory, self.user_directory = self.user_directory, None
         if directory is not None:
             directory.stop()
