@@ -130,3 +130,50 @@ class RunningServerTests(DailyUseTestCase):
         serious = [e for e in log.serious() if "Database unavailable" not in e.get("log_format", "")]
         self.assertEqual(serious, [], log.formats(serious))
         self.assertIsNone(db.faults.failing)
+
+
+class _Notifier:
+    def notify_user(self, *a: object) -> None:
+        pass
+
+    def notify_room(self, *a: object) -> None:
+        pass
+
+    def notify(self, *a: object, **kw: object) -> None:
+        pass
+
+
+class PresenceLoopTests(TestCase):
+    async def test_timeout_loop_survives_an_unwritable_database(self):
+        """A local user stops syncing while the database is unwritable: the timeout pass
+        that would mark them offline fails quietly (the database's line only) and the loop
+        keeps running; once writable, the next pass stores them offline."""
+        from fedserver.handlers.ephemeral.presence import CHECK_EVERY_S, OFFLINE_AFTER_MS, PresenceHandler
+
+        store = await open_store(self.mktemp(), reactor)
+        self.addCleanup(store.close)
+        db = store.database
+        await store.presence.set_presence("@a:us.test", "online", None, 0, True)
+        clock = Clock()
+        handler = PresenceHandler(clock, store, "us.test", _Notifier(), lambda *a, **kw: None)
+        await handler.start()
+        self.addCleanup(handler.stop)
+        log = LogCapture(self)
+        await db.run_with_connection(read_only(True))
+
+        async def settle() -> None:
+            for _ in range(50):
+                await wait(0.01)
+
+        clock.advance(OFFLINE_AFTER_MS / 1000 + CHECK_EVERY_S)
+        await settle()
+        serious = log.serious()
+        self.assertEqual(len(serious), 1, log.formats(serious))
+        self.assertIn("Database unavailable", serious[0]["log_format"])
+        self.assertTrue(handler._loop.running)
+        self.assertEqual((await store.presence.get_presence(["@a:us.test"]))["@a:us.test"].state, "online")
+        await db.run_with_connection(read_only(False))
+        clock.advance(CHECK_EVERY_S)
+        await settle()
+        self.assertEqual((await store.presence.get_presence(["@a:us.test"]))["@a:us.test"].state, "offline")
+        self.assertEqual(len(log.serious()), 1, log.formats(log.serious()))
