@@ -81,8 +81,10 @@ class IgnoreTests(DailyUseTestCase):
         self.assertNotIn(carol, {e["sender"] for e in ctx["events_before"] + ctx["events_after"]
                                  if e["type"] == "m.room.message"})
         self.assertEqual((await a.ok("GET", f"/rooms/{q(room)}/event/{q(before)}", token=bt))["sender"], carol)
-        # Carol's mention did not notify Alice.
+        # Carol's mention did not notify Alice, and her notifications from before the
+        # ignore are not listed any more.
         notes = await a.ok("GET", "/notifications", token=at)
+        self.assertEqual({n["event"]["sender"] for n in notes["notifications"]}, {bob})
         self.assertNotIn(hidden, [n["event"]["event_id"] for n in notes["notifications"]])
         self.assertEqual(s2["rooms"]["join"][room]["unread_notifications"]["highlight_count"], 0)
         # Invites from Carol are not shown; Bob's are.
