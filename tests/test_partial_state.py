@@ -190,3 +190,33 @@ class PartialStateJoinTests(TestCase):
         self.assertEqual(getattr(e, "code", None), 502, e)
         self.assertIn("servers_in_room", str(e))
         self.assertIsNone(await c.membership(room, carol.user_id))
+
+    async def test_resync_waits_out_an_unwritable_database(self):
+        """The database of the joining server becomes unwritable while its resync waits
+        for B: the resync logs nothing with a traceback (the database logs the outage),
+        keeps the room partial, and tries again after STORAGE_RETRY_S by itself; once the
+        database is writable the room gets its full state."""
+        import fedserver.background as background
+        from tests.test_storage_faults import LogCapture
+
+        self.patch(background, "STORAGE_RETRY_S", 0.2)
+        a, b = await self.start(), await self.start()
+        room, users = await self.room_with_members(b, ["bob", "carol"])
+        gate = _Gate(b)
+        alice = await a.user("alice")
+        await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
+        await self.until(lambda: defer.succeed(gate.asked), "the resync to ask B")
+        db = a.svc.store.database
+        await db.run_with_connection(lambda conn: conn.execute("PRAGMA query_only = 1"))
+        log = LogCapture(self)
+        gate.open()
+        await deferLater(1.0)  # several rounds against the unwritable database
+        self.assertIsNotNone(await a.svc.store.partial_state.get_room(room))
+        self.assertEqual(
+            [f for f in log.formats(log.serious()) if "Database unavailable" not in f], [], log.formats(log.serious())
+        )
+        await db.run_with_connection(lambda conn: conn.execute("PRAGMA query_only = 0"))
+        await a.svc.pipeline.wait_full_state(room)
+        self.assertIsNone(await a.svc.store.partial_state.get_room(room))
+        members = await a.svc.store.get_room_members(room, "join")
+        self.assertEqual(set(members), {u.user_id for u in users} | {alice.user_id})

@@ -7,12 +7,14 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver import background
+from fedserver.background import log_background_failure
 from fedserver.federation.client import FederationClientError, fed_path
 from fedserver.handlers.federation.history import is_valid_id
 from fedserver.handlers.federation.intake import IntakeError, OutlierIntake
 from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.memory import release_free_memory
-from fedserver.storage.interface import StateKey
+from fedserver.storage.interface import StateKey, StorageUnavailableError
 
 log = Logger()
 
@@ -41,8 +43,10 @@ class PartialStateResync:
     and stores those events like any fetched state, and hands the full state to
     :meth:`RoomPipeline.complete_partial_state`, which re-checks what came in meanwhile and
     clears the mark. A server that fails is left for the next; after a round of failures
-    the resync waits (doubling up to ``max_retry_s``) and tries again. After a restart,
-    :meth:`resume` starts the resync of every room still marked.
+    the resync waits (doubling up to ``max_retry_s``) and tries again; through a database
+    outage it logs nothing (the database does) and tries again after
+    :data:`fedserver.background.STORAGE_RETRY_S`. After a restart, :meth:`resume` starts
+    the resync of every room still marked.
 
     :param client: the federation client.
     :param keyring: verifies fetched events.
@@ -91,8 +95,7 @@ class PartialStateResync:
             return result
 
         d.addBoth(done)
-        d.addErrback(lambda f: None if f.check(defer.CancelledError) else
-                     log.failure("Resync of {room_id} failed", f, room_id=room_id))
+        d.addErrback(log_background_failure, "Resync of {room_id} failed", logger=log, room_id=room_id)
 
     async def resume(self) -> None:
         """Start the resync of every room still partial-state (after a restart)."""
@@ -119,19 +122,31 @@ class PartialStateResync:
     async def _run(self, room_id: str) -> None:
         delay = self._retry_s
         while not self._stopped:
-            room = await self._store.partial_state.get_room(room_id)
-            if room is None:
-                return
-            servers = [room.resident] + [s for s in room.servers if s not in (room.resident, self._server_name)]
-            for server in servers:
-                try:
-                    await self._resync_from(server, room.room_id, room.join_event_id)
-                    log.info("Resync of {room_id} from {server} done: full state held", room_id=room_id, server=server)
+            try:
+                if await self._round(room_id):
                     return
-                except (FederationClientError, ResyncFailed) as e:
-                    log.info("Resync of {room_id} from {server} failed: {e}", room_id=room_id, server=server, e=e)
+            except StorageUnavailableError:
+                # The database is unavailable (it logs the episode): the same round again
+                # once it may be back; what was stored stays, the mark too.
+                await self._sleep(room_id, background.STORAGE_RETRY_S)
+                continue
             await self._sleep(room_id, delay)
             delay = min(delay * 2, self._max_retry_s)
+
+    async def _round(self, room_id: str) -> bool:
+        """Ask each server in turn; whether the room is complete (or no longer marked)."""
+        room = await self._store.partial_state.get_room(room_id)
+        if room is None:
+            return True
+        servers = [room.resident] + [s for s in room.servers if s not in (room.resident, self._server_name)]
+        for server in servers:
+            try:
+                await self._resync_from(server, room.room_id, room.join_event_id)
+                log.info("Resync of {room_id} from {server} done: full state held", room_id=room_id, server=server)
+                return True
+            except (FederationClientError, ResyncFailed) as e:
+                log.info("Resync of {room_id} from {server} failed: {e}", room_id=room_id, server=server, e=e)
+        return False
 
     def _sleep(self, room_id: str, seconds: float) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
