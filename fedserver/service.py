@@ -724,6 +724,7 @@ class FedserverService(service.MultiService):
         self.pipeline.on_persisted.append(push.notifications.on_persisted)
         self.pipeline.on_persisted.append(eph.presence.on_persisted)
         self.pipeline.on_persisted.append(self.user_directory.on_persisted)
+        self.pipeline.on_full_state.append(self.user_directory.on_full_state)  # members a resync brought
         register_ephemeral_routes(self.client_api, eph)
         register_push_routes(self.client_api, push)
         register_tag_routes(self.client_api, self.tags)

@@ -137,6 +137,14 @@ class PartialStateJoinTests(TestCase):
 
         await self.until(b_has_message, "B to receive the message sent while partial")
 
+        # The members the resync brought are in A's user directory (they were stored
+        # before they entered the room's current state).
+        async def carol_found() -> bool:
+            found = await a.svc.user_directory.search(alice, {"search_term": "carol"})
+            return [r["user_id"] for r in found["results"]] == [users[1].user_id]
+
+        await self.until(carol_found, "carol in A's user directory")
+
     async def test_restart_in_the_middle_of_a_resync_resumes_it(self):
         """A stops while its resync waits for B; started again on the same database, A
         finds the room still marked, resumes the resync and completes it."""
