@@ -84,3 +84,25 @@ async def populated_room(
     if batch:
         await flush()
     return room, state, prev[0], depth
+
+
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process (bytes) from /proc: VmRSS now, or VmHWM (peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_line() -> str:
+    """The machine's load averages, to print next to figures (others share the machine)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"

@@ -1,23 +1,30 @@
-"""Benchmark: PDUs per second accepted through PUT /send into a room with 1,000 members.
+"""Benchmark: inbound /send transactions into a room with 1,000 members, fedserver and a real Synapse side by side.
 
-Run as ``python bench/ingest.py [--members 1000] [--pdus 10000] [--origins 1] [--version 10]``
-from the repository root (not a test: it prints figures).
+Run as ``python bench/ingest.py [--members 1000] [--pdus 10000] [--synapse-pdus 2000]
+[--runs 3] [--version 10]`` from the repository root, with ``FEDSERVER_SYNAPSE_PYTHON``
+naming a Python that has matrix-synapse (without it only fedserver is measured, and the
+output says so). Not a test: it prints figures, every one measured in this run.
 
-1. Setup, in this process: a fedserver database with a public room of ours and ``--members``
-   users of ``--origins`` peer servers joined to it (taken in through the room pipeline,
-   exactly as received joins are), and the peers' keys stored.
-2. A real fedserver is started as an operator starts it (``twistd -n fedserver``) on that
-   database, in its own process.
-3. Each peer sends ``--pdus / --origins`` messages, 50 per transaction, one transaction at a
-   time per origin (as the spec asks of a sending server), over real HTTPS with X-Matrix
-   signatures. Every message cites the previous one, so each is authorised against the
-   state before it and the current state, persisted, and made the room's extremity.
-4. We count PDUs whose per-PDU result is ``{}`` (accepted), check the database holds every
-   one of them as accepted, and print PDUs/s, the server's CPU time and peak memory.
+1. Setup, in this process: a resident fedserver database with a public room of
+   ``--members`` joined members of its own.
+2. The resident runs in its own process. For each run, alternating fedserver and Synapse, a
+   fresh receiving server is started and a user of it joins the room (full state).
+3. Messages of the resident's members are signed here with the resident's key, each citing
+   the one before (the first cites the room's forward extremity after the join), and sent
+   to the receiver as the resident, 50 PDUs per ``PUT /send`` transaction, one
+   transaction at a time (as the spec asks of a sender), over HTTPS with X-Matrix
+   signatures. Signing is done before timing starts: it is the sender's cost.
+4. A PDU counts once it is *visible*: stored in the room as an accepted message in the
+   receiver's database. fedserver commits before answering (200 means stored); Synapse
+   answers at once and processes in the background, so its database is polled until every
+   message is there (or a timeout). Rates are PDUs per second from the first request to the
+   last PDU visible; the throughput of the first and last tenth of the PDUs tells whether
+   it holds as the room grows.
 
-Signing the PDUs is done before timing starts: it is the senders' cost, not the receiver's.
-The brief's figure for Synapse on this machine: about 35 PDUs/s accepted into a room, with
-most of a faster backlog silently dropped.
+Synapse gets ``--synapse-pdus`` (fewer: it is far slower); its rate is still a rate. As
+Synapse queues inbound PDUs and prunes a room's queue past about 100 (dropping them), its
+next transaction waits until the PDUs before are visible: it is measured at the rate it
+really processes, not the rate it accepts and drops.
 """
 
 from __future__ import annotations
@@ -26,157 +33,202 @@ import argparse
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from signedjson.key import generate_signing_key  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 
-from bench._common import now_ms, populated_room, with_service  # noqa: E402
+from bench._common import cpu_seconds, load_line, now_ms, populated_room, rss, with_service  # noqa: E402
 from fedserver.auth.selection import select_auth_events  # noqa: E402
+from fedserver.crypto import load_or_generate_signing_key  # noqa: E402
 from fedserver.events.builder import build_event  # noqa: E402
-from fedserver.events.hashing import unpadded_base64  # noqa: E402
 from fedserver.federation.client import build_federation_client, fed_path  # noqa: E402
 from fedserver.room_versions import spec_version  # noqa: E402
-from tests.interop.peers import Fedserver, free_port  # noqa: E402
+from tests.interop.peers import Fedserver, PeerUnavailable, Synapse  # noqa: E402
 
-SYNAPSE_PDUS_PER_SECOND = 35  # the brief's measurement of Synapse on this machine
 PER_TXN = 50
 
 
-class Peer:
-    """A sending server: a name, a key, and the users it has in the room."""
-
-    def __init__(self, index: int):
-        self.name = f"127.0.0.1:{free_port()}"  # never contacted: its key is pre-stored
-        self.key = generate_signing_key(f"b{index}")
-        self.users: list[str] = []
-
-
-async def setup(directory: str, args, peers: list[Peer]) -> tuple[str, str, dict, str, int]:
-    """Build the room in a database under ``directory``; returns (room_id, our server name,
-    current state ids, last event id, next depth)."""
-    rv = spec_version(args.version)
-    server_name = "127.0.0.1:%d" % free_port()
+async def build_room(directory: str, server_name: str, members: int, version: str):
+    rv = spec_version(version)
 
     async def work(service):
-        for p in peers:
-            key_b64 = unpadded_base64(p.key.verify_key.encode())
-            await service.store.store_server_keys(
-                p.name, [(f"ed25519:{p.key.version}", key_b64, now_ms() + 86_400_000, None)], None, now_ms()
-            )
-        joiners = []
-        for i in range(args.members):
-            peer = peers[i % len(peers)]
-            user = f"@u{i}:{peer.name}"
-            peer.users.append(user)
-            joiners.append((user, peer.name, peer.key))
-        return await populated_room(service, rv, f"@alice:{server_name}", joiners, batch_size=200)
+        joiners = [(f"@member{i}:{server_name}", server_name, service.signing_key) for i in range(members)]
+        return await populated_room(service, rv, f"@owner:{server_name}", joiners, 500)
 
-    room, state, last, depth = await with_service(directory, server_name, work)
-    return room, server_name, state, last, depth
+    return await with_service(directory, server_name, work)
 
 
-def make_pdus(args, rv, room: str, state: dict, last: str, depth: int, peers: list[Peer]) -> dict[str, list[dict]]:
-    """Every message, signed by its sender's server, each citing the one before (per origin
-    chains interleave into one DAG only through their shared first prev)."""
-    out: dict[str, list[dict]] = {p.name: [] for p in peers}
-    per_origin = args.pdus // len(peers)
-    for p in peers:
-        prev, d = [last], depth
-        for i in range(per_origin):
-            user = p.users[i % len(p.users)]
-            fields = {"type": "m.room.message", "sender": user, "content": {"msgtype": "m.text", "body": f"message {i}"}}
-            ev = build_event(
-                rv, room_id=room, prev_event_ids=prev, auth_event_ids=select_auth_events(rv, fields, state),
-                depth=d, origin_server_ts=now_ms(), server_name=p.name, signing_key=p.key, **fields,
-            )
-            out[p.name].append(ev.pdu)
-            prev, d = [ev.event_id], d + 1
+def extremity(db_path: str, room: str) -> tuple[str, int]:
+    """The resident's forward extremity of the room and its depth (after the joins)."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT e.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_nid = f.event_nid"
+            " WHERE f.room_id = ? ORDER BY e.depth DESC LIMIT 1", (room,)
+        ).fetchone()
+    finally:
+        db.close()
+    return row[0], row[1]
+
+
+def make_pdus(rv, room: str, state: dict, prev: str, depth: int, server: str, key, members: int, n: int, tag: str):
+    out = []
+    for i in range(n):
+        user = f"@member{i % members}:{server}"
+        fields = {"type": "m.room.message", "sender": user,
+                  "content": {"msgtype": "m.text", "body": f"{tag} message {i}"}}
+        ev = build_event(rv, room_id=room, prev_event_ids=[prev], auth_event_ids=select_auth_events(rv, fields, state),
+                         depth=depth, origin_server_ts=now_ms(), server_name=server, signing_key=key, **fields)
+        out.append(ev.pdu)
+        prev, depth = ev.event_id, depth + 1
     return out
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, peak RSS in bytes) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    peak = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
-    return cpu, peak
+def count_visible(kind: str, db_path: str, room: str, tag: str) -> int:
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        if kind == "fedserver":
+            sql = ("SELECT COUNT(*) FROM events WHERE room_id = ? AND type = 'm.room.message' AND outlier = 0"
+                   " AND rejected = 0 AND soft_failed = 0 AND CAST(json AS TEXT) LIKE ?")
+        else:
+            sql = ("SELECT COUNT(*) FROM events e LEFT JOIN rejections r ON r.event_id = e.event_id"
+                   " WHERE e.room_id = ? AND e.type = 'm.room.message' AND e.outlier = 0 AND r.event_id IS NULL"
+                   " AND e.event_id IN (SELECT event_id FROM event_json WHERE json LIKE ?)")
+        return db.execute(sql, (room, f'%"{tag} message %')).fetchone()[0]
+    finally:
+        db.close()
+
+
+async def send_all(client, destination: str, origin: str, pdus: list, kind: str, db_path: str, room: str, tag: str):
+    """Send the PDUs, 50 per transaction, and return (seconds until all visible, [time at
+    which each tenth became visible], accepted per-PDU results, errors).
+
+    fedserver commits before its 200, so the next transaction follows the answer. Synapse
+    answers at once, queues the PDUs and prunes a room's queue past about 100 events
+    (dropping them), so the next transaction is sent once those before are visible: the
+    rate measured is what it really processes."""
+    start = time.perf_counter()
+    marks: list[float] = []  # when each transaction's PDUs were all visible
+    accepted = 0
+    errors: dict[str, int] = {}
+    for i in range(0, len(pdus), PER_TXN):
+        body = {"origin": origin, "origin_server_ts": now_ms(), "pdus": pdus[i:i + PER_TXN]}
+        resp = await client.put_json(destination, fed_path("/_matrix/federation/v1/send/{}", f"{tag}-{i}"), body,
+                                     timeout=120)
+        for result in resp.get("pdus", {}).values():
+            if result == {}:
+                accepted += 1
+            else:
+                why = str(result.get("error", "?"))[:80]
+                errors[why] = errors.get(why, 0) + 1
+        done = min(i + PER_TXN, len(pdus))
+        if kind == "synapse":
+            deadline = time.perf_counter() + 120
+            while count_visible(kind, db_path, room, tag) < done:
+                if time.perf_counter() > deadline:
+                    errors["not visible after 120 s"] = done
+                    return float("nan"), marks, accepted, errors
+                await task.deferLater(reactor, 0.02, lambda: None)
+        marks.append(time.perf_counter() - start)
+    return marks[-1], marks, accepted, errors
+
+
+def tenth_rates(marks: list[float]) -> tuple[float, float]:
+    """PDUs per second over the first and the last tenth of the transactions."""
+    k = max(1, len(marks) // 10)
+    if len(marks) < 2 * k:
+        return float("nan"), float("nan")
+    return k * PER_TXN / marks[k - 1], k * PER_TXN / (marks[-1] - marks[-k - 1])
 
 
 async def run(args) -> None:
-    directory = tempfile.mkdtemp(prefix="fedserver-bench-ingest-")
-    peers = [Peer(i) for i in range(args.origins)]
+    base = tempfile.mkdtemp(prefix="fedserver-bench-ingest-")
+    resident = Fedserver(os.path.join(base, "resident"), extra_config={"log_level": "warn", "serve_partial_state": False})
+    os.makedirs(resident.directory, exist_ok=True)
     t0 = time.perf_counter()
-    room, server_name, state, last, depth = await setup(directory, args, peers)
-    print(f"setup: room {room} (v{args.version}) with {args.members} members from {args.origins} server(s) in {time.perf_counter() - t0:.1f}s")
     rv = spec_version(args.version)
-    pdus = make_pdus(args, rv, room, state, last, depth, peers)
-    total = sum(len(v) for v in pdus.values())
-
-    # The server under test, as an operator runs it, on the database just built.
-    server = Fedserver(os.path.join(directory, "run"))
-    port = int(server_name.rsplit(":", 1)[1])
-    server.fed_port, server.server_name, server.fed_url = port, server_name, f"https://{server_name}"
-    server.extra_config = {
-        "database_path": os.path.join(directory, "fedserver.db"),
-        "signing_key_path": os.path.join(directory, "fedserver.signing.key"),
-        "log_level": "warn",
-    }
-    server.start()
+    room, state, _last, _depth = await build_room(resident.directory, resident.server_name, args.members, args.version)
+    print(f"setup: room {room} (v{args.version}) with {args.members + 1:,} members in {time.perf_counter() - t0:.1f}s")
+    key, _ = load_or_generate_signing_key(resident.signing_key_path)
+    synapse_ok = True
     try:
-        cpu0, _ = proc_stats(server.proc.pid)
-        clients = {p.name: build_federation_client(reactor, p.name, p.key, verify_tls=False, allow_private_addresses=True)
-                   for p in peers}
-        accepted = 0
-        errors: dict[str, int] = {}
-
-        async def send_all(p: Peer) -> None:
-            nonlocal accepted
-            chunk = pdus[p.name]
-            for i in range(0, len(chunk), PER_TXN):
-                body = {"origin": p.name, "origin_server_ts": now_ms(), "pdus": chunk[i:i + PER_TXN]}
-                resp = await clients[p.name].put_json(server_name, fed_path("/_matrix/federation/v1/send/{}", f"b{i}"), body)
-                for result in resp["pdus"].values():
-                    if result == {}:
-                        accepted += 1
-                    else:
-                        errors[result.get("error", "?")[:80]] = errors.get(result.get("error", "?")[:80], 0) + 1
-
-        start = time.perf_counter()
-        await defer.gatherResults([defer.ensureDeferred(send_all(p)) for p in peers], consumeErrors=True)
-        elapsed = time.perf_counter() - start
-        cpu1, peak = proc_stats(server.proc.pid)
-        for c in clients.values():
-            c.close()
+        Synapse(os.path.join(base, "probe"))
+    except PeerUnavailable as e:
+        synapse_ok = False
+        print(f"Synapse NOT measured: {e}")
+    client = build_federation_client(reactor, resident.server_name, key, verify_tls=False, allow_private_addresses=True)
+    results: dict[str, list[dict]] = {}
+    resident.start()
+    try:
+        n = 0
+        for r in range(args.runs):
+            for kind in ("fedserver", "synapse"):
+                if (kind == "synapse" and not synapse_ok) or kind not in args.only:
+                    continue
+                n += 1
+                if kind == "fedserver":
+                    receiver = Fedserver(os.path.join(base, f"recv-{n}"), extra_config={
+                        "log_level": "warn", "partial_state_joins": False})
+                    receiver.start()
+                    user = receiver.user("bob")
+                    db_path = os.path.join(receiver.directory, "fedserver.db")
+                    count = args.pdus
+                else:
+                    receiver = Synapse(os.path.join(base, f"recv-{n}"), room_version=args.version)
+                    receiver.start()
+                    user = receiver.register("alice")
+                    db_path = os.path.join(receiver.directory, "homeserver.db")
+                    count = args.synapse_pdus
+                try:
+                    receiver.client("POST", f"/_matrix/client/v3/join/{room}", {}, as_user=user,
+                                    params={"server_name": resident.server_name})
+                    time.sleep(1.0)
+                    prev, depth = extremity(os.path.join(resident.directory, "fedserver.db"), room)
+                    tag = f"r{n}"
+                    pdus = make_pdus(rv, room, state, prev, depth + 1, resident.server_name, key, args.members, count, tag)
+                    print(f"  run {r + 1}, {kind}: {count:,} PDUs ... {load_line()}", flush=True)
+                    cpu0 = cpu_seconds(receiver.proc.pid)
+                    total, marks, accepted, errors = await send_all(
+                        client, receiver.server_name, resident.server_name, pdus, kind, db_path, room, tag)
+                    cpu = cpu_seconds(receiver.proc.pid) - cpu0
+                    visible = count_visible(kind, db_path, room, tag)
+                    first, last = tenth_rates(marks)
+                    res = {"rate": visible / total if total == total else 0.0, "visible": visible, "sent": count,
+                           "accepted": accepted, "first": first, "last": last, "cpu": cpu,
+                           "peak": rss(receiver.proc.pid, "VmHWM")}
+                    print(f"    {visible:,}/{count:,} visible in {total:.2f}s: {res['rate']:,.0f} PDU/s; first tenth "
+                          f"{first:,.0f}/s, last tenth {last:,.0f}/s; receiver CPU {cpu:.1f}s"
+                          + (f"; refused: {errors}" if errors else ""), flush=True)
+                    results.setdefault(kind, []).append(res)
+                finally:
+                    receiver.stop()
     finally:
-        server.stop()
-    db = sqlite3.connect(os.path.join(directory, "fedserver.db"))
-    stored = db.execute(
-        "SELECT COUNT(*) FROM events WHERE room_id = ? AND type = 'm.room.message' AND outlier = 0"
-        " AND rejected = 0 AND soft_failed = 0", (room,)
-    ).fetchone()[0]
-    db.close()
-    shutil.rmtree(directory, ignore_errors=True)
-    rate = accepted / elapsed if elapsed else 0.0
+        await client.close()
+        resident.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
     print()
-    print(f"{'PDUs sent':<34}{total:>12,}")
-    print(f"{'accepted (per-PDU result {})':<34}{accepted:>12,}")
-    print(f"{'stored as accepted in the DB':<34}{stored:>12,}")
-    print(f"{'dropped or refused':<34}{total - accepted:>12,}   {errors or ''}")
-    print(f"{'wall time':<34}{elapsed:>11.2f}s")
-    print(f"{'accepted PDUs per second':<34}{rate:>12,.0f}")
-    print(f"{'server CPU time':<34}{cpu1 - cpu0:>11.2f}s   ({accepted / max(cpu1 - cpu0, 1e-9):,.0f} PDUs per CPU-second)")
-    print(f"{'server peak RSS':<34}{peak / 2**20:>10.0f} MB")
-    print(f"{'Synapse (the brief, same machine)':<34}{SYNAPSE_PDUS_PER_SECOND:>12,}   -> x{rate / SYNAPSE_PDUS_PER_SECOND:,.0f}")
+    print(f"{args.members + 1:,}-member room, {PER_TXN}-PDU transactions, medians of {args.runs} alternating runs; "
+          f"{load_line()}")
+    print(f"{'receiver':<11}{'PDUs':>8}{'visible':>9}{'PDU/s':>9}{'1st tenth':>11}{'last tenth':>12}{'last/1st':>10}"
+          f"{'PDU/CPU-s':>11}{'peak RSS':>10}")
+    med = {}
+    for kind in ("fedserver", "synapse"):
+        rows = results.get(kind)
+        if not rows:
+            continue
+        m = {k: statistics.median(r[k] for r in rows) for k in ("rate", "first", "last", "cpu", "peak", "visible")}
+        med[kind] = m
+        print(f"{kind:<11}{rows[0]['sent']:>8,}{m['visible']:>9,.0f}{m['rate']:>9,.0f}{m['first']:>11,.0f}"
+              f"{m['last']:>12,.0f}{m['last'] / m['first'] - 1:>+10.1%}{m['visible'] / max(m['cpu'], 1e-9):>11,.0f}"
+              f"{m['peak'] / 2**20:>8.0f}MB")
+    if "fedserver" in med and "synapse" in med:
+        print(f"fedserver/Synapse: {med['fedserver']['rate'] / med['synapse']['rate']:.0f}x the rate")
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
 
 
@@ -184,8 +236,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--pdus", type=int, default=10_000)
-    parser.add_argument("--origins", type=int, default=1)
+    parser.add_argument("--synapse-pdus", type=int, default=2_000)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--version", default="10")
+    parser.add_argument("--only", default="fedserver,synapse", type=lambda s: s.split(","),
+                        help="receivers to measure (default both)")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' files (for debugging)")
     args = parser.parse_args()
     task.react(lambda _r: defer.ensureDeferred(run(args)))
 

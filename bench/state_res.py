@@ -25,13 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fedserver.auth.engine import AuthEngine  # noqa: E402
 from fedserver.auth.plugins import make_plugin_manager  # noqa: E402
+from fedserver.events.hashing import compute_event_id  # noqa: E402
 from fedserver.events.model import Event  # noqa: E402
 from fedserver.room_versions import V11, V12, RoomVersion  # noqa: E402
 from fedserver.state import resolve_state  # noqa: E402
 from fedserver.state.graph import AuthGraph  # noqa: E402
 from fedserver.state.v2 import split_conflicted  # noqa: E402
 
-SYNAPSE_10K_SECONDS = 4.5  # the brief's figure for Synapse on 10,000 conflicted events
 
 CREATE, MEMBER, PL, JR, TOPIC = (
     "m.room.create", "m.room.member", "m.room.power_levels", "m.room.join_rules",
@@ -56,7 +56,6 @@ class SyntheticRoom:
             prev: str | None, state: dict, depth: int) -> tuple[str, dict]:
         self.count += 1
         self.ts += 1
-        eid = f"$e{self.count}"
         if type == CREATE:
             auth: list[str] = []
         else:
@@ -79,10 +78,15 @@ class SyntheticRoom:
         }
         if state_key is not None:
             pdu["state_key"] = state_key
+        pdu["hashes"] = {"sha256": "0" * 43}  # not checked; present as in any PDU
+        pdu["signatures"] = {}
+        if not (type == CREATE and self.rv.room_id_from_create_event):
+            pdu["room_id"] = self.room_id
+        # Real reference-hash ids, so that Synapse (given the same PDUs) names the events
+        # as we do.
+        eid = compute_event_id(pdu, self.rv)
         if type == CREATE and self.rv.room_id_from_create_event:
             self.room_id = "!" + eid[1:]
-        else:
-            pdu["room_id"] = self.room_id
         ev = Event.from_pdu(pdu, self.rv, event_id=eid)
         self.events[eid] = ev
         self.auth_orders[eid] = self.count  # persistence order
@@ -218,17 +222,50 @@ def main(sizes: list[int]) -> None:
                           f"{seconds * 1000:>9.1f} {peak / 2**20:>8.1f}")
     biggest = max(sizes)
     print()
-    for rv in ("11", "12"):
-        for depths in (False, True):
-            key = (rv, biggest, 0, "engine", depths)
-            if key in results:
-                s = results[key]
-                line = (f"room v{rv}, N={biggest}, real auth engine, "
-                        f"{'with' if depths else 'without'} auth orders: {s * 1000:.0f} ms")
-                if biggest == 10_000:
-                    line += (f" (Synapse, per the brief: {SYNAPSE_10K_SECONDS:.1f} s, "
-                             f"{SYNAPSE_10K_SECONDS / s:.0f}x slower)")
-                print(line)
+    print(f"Side by side, N={biggest}, real auth rules (fedserver: engine, with auth orders; best of runs, CPU time):")
+    synapse_py = os.environ.get("FEDSERVER_SYNAPSE_PYTHON")
+    if not synapse_py:
+        print("  Synapse NOT measured: FEDSERVER_SYNAPSE_PYTHON is not set")
+    for rv in (V11, V12):
+        ours = results.get((rv.identifier, biggest, 0, "engine", True))
+        line = f"  room v{rv.identifier} ({rv.state_res.value}): fedserver {ours * 1000:.0f} ms"
+        if synapse_py:
+            theirs, agree = synapse_time(synapse_py, rv, biggest)
+            line += (f", Synapse {theirs * 1000:.0f} ms (its algorithm, auth difference given), "
+                     f"Synapse/fedserver {theirs / ours:.1f}x; same resolved state: {'yes' if agree else 'NO'}")
+        print(line)
+
+
+def synapse_time(python: str, rv: RoomVersion, n: int) -> tuple[float, bool]:
+    """Synapse's best time resolving the same room (bench/_synapse_state_res.py run with
+    ``python``), and whether its result equals ours."""
+    import json
+    import subprocess
+
+    room, sets = build(rv, n, 0)
+    get_event = room.events.__getitem__
+    _, conflicted = split_conflicted(sets)
+    graph = AuthGraph(get_event, auth_order=room.auth_orders.__getitem__)
+    cnodes = {graph.node(e) for e in conflicted}
+    diff = [graph.ids[x] for x in graph.auth_difference(sets)]
+    subgraph = [graph.ids[x] for x in graph.conflicted_subgraph(cnodes)] if rv.state_res.value == "v2.1" else None
+    engine = AuthEngine(make_plugin_manager(load_entrypoints=False))
+    ours = resolve_state(rv, sets, get_event, lambda e, st: engine.check_against_state(e, st).allowed,
+                         auth_order=room.auth_orders.__getitem__)
+    payload = {
+        "room_version": rv.identifier, "room_id": room.room_id,
+        "events": [e.pdu for e in room.events.values()], "event_ids": list(room.events),
+        "state_sets": [[[t, k, e] for (t, k), e in st.items()] for st in sets],
+        "auth_difference": diff, "conflicted_subgraph": subgraph, "runs": 3,
+    }
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([python, os.path.join(here, "_synapse_state_res.py")], input=json.dumps(payload).encode(),
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError("Synapse's state resolution failed:\n" + proc.stderr.decode(errors="replace")[-3000:])
+    out = json.loads(proc.stdout)
+    theirs = {(t, k): e for t, k, e in out["state"]}
+    return out["seconds"], theirs == dict(ours)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ MAX_KEY_VALIDITY_MS = 7 * 24 * 60 * 60 * 1000
 #: 200 events of the spec's 65536-byte maximum: 12.5 MiB. A federation transaction holds at
 #: most 50 PDUs (<= 3.2 MiB) plus 100 EDUs, so a legitimate body never comes near it.
 DEFAULT_MAX_REQUEST_BODY_SIZE = 200 * 65536
+#: send_join / /state answers: Matrix HQ's state is about 200,000 events (MSC3902), a few
+#: hundred MB; these are streamed, so the limit bounds traffic, not memory.
+DEFAULT_SEND_JOIN_MAX_RESPONSE_SIZE = 1024 * 1024 * 1024
 
 #: Largest upload (and largest remote media fetched), 50 MiB as Synapse's default.
 DEFAULT_MAX_UPLOAD_SIZE = 50 * 1024 * 1024
@@ -101,6 +104,9 @@ class Config:
     federation_verify_certificates: bool = True
     federation_allow_private_addresses: bool = False
     federation_client_timeout: float = 60.0
+    partial_state_joins: bool = True
+    serve_partial_state: bool = True
+    send_join_max_response_size: int = DEFAULT_SEND_JOIN_MAX_RESPONSE_SIZE
     outbound_max_retry_interval: float = 3600.0
     plugins: tuple[str, ...] = ()
     disabled_plugins: tuple[str, ...] = ()
@@ -518,6 +524,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("federation_allow_private_addresses", _v_bool,
            "Allow outbound federation to loopback/private/link-local addresses (tests only)."),
     Option("federation_client_timeout", _v_seconds, "Seconds before an outbound federation request gives up."),
+    Option("partial_state_joins", _v_bool,
+           "Join rooms on other servers with partial state (send_join omit_members, MSC3706): the join\n"
+           "answers as soon as the room's state without its members checks out, and the members are\n"
+           "fetched in the background. False asks for the full state before answering."),
+    Option("serve_partial_state", _v_bool,
+           "Answer other servers' joins to our rooms with partial state when they ask (send_join\n"
+           "omit_members): the room's members are left out and fetched by them afterwards."),
+    Option("send_join_max_response_size", _v_int(1024 * 1024),
+           "Largest send_join or /state answer accepted when joining a room, in bytes (read and stored as\n"
+           "it arrives, never held whole). The default fits the largest public rooms."),
     Option("outbound_max_retry_interval", _v_seconds,
            "Upper bound (seconds) of the backoff between retries to an unreachable destination."),
     Option("plugins", _v_str_list,

@@ -42,6 +42,7 @@ from fedserver.handlers.federation.handshakes import HandshakeHandler
 from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.federation.ingest import Ingest
+from fedserver.handlers.federation.partial_state import PartialStateResync
 from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.handlers.client.profile import ProfileHandler
 from fedserver.handlers.federation.receive import EventReceiver
@@ -473,6 +474,7 @@ class FedserverService(service.MultiService):
         if requeued:
             log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
+        await self.resync.resume()
         await self.ephemeral.presence.start()
         # Users whose deactivation was cut short by a stop leave their remaining rooms.
         defer.ensureDeferred(self.deactivation.resume()).addErrback(
@@ -573,9 +575,16 @@ class FedserverService(service.MultiService):
     async def _wire_rooms(self, store: Any) -> None:
         """Build the membership handshakes (both roles), accounts, rooms and the client API."""
         config, reactor, name = self.config, self.reactor, self.config.server_name
+        # Rooms joined with partial state get their full state in the background.
+        self.resync = PartialStateResync(
+            client=self.federation_client, keyring=self.keyring, pipeline=self.pipeline, store=store,
+            clock=reactor, server_name=name, max_response_size=config.send_join_max_response_size,
+        )
         self.remote_membership = RemoteMembership(
             client=self.federation_client, keyring=self.keyring, pipeline=self.pipeline, store=store,
             room_versions=self.room_versions, server_name=name, signing_key=self.signing_key, clock=reactor,
+            partial_state_joins=config.partial_state_joins, max_join_size=config.send_join_max_response_size,
+            on_partial_join=self.resync.start,
         )
         self.accounts = build_account_services(
             reactor=reactor, store=store, server_name=name,
@@ -599,6 +608,7 @@ class FedserverService(service.MultiService):
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
             signing_key=self.signing_key, on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
             acl_check=self.acls.check, served=self.served,
+            serve_partial_state=config.serve_partial_state,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
@@ -714,6 +724,7 @@ class FedserverService(service.MultiService):
         self.pipeline.on_persisted.append(push.notifications.on_persisted)
         self.pipeline.on_persisted.append(eph.presence.on_persisted)
         self.pipeline.on_persisted.append(self.user_directory.on_persisted)
+        self.pipeline.on_full_state.append(self.user_directory.on_full_state)  # members a resync brought
         register_ephemeral_routes(self.client_api, eph)
         register_push_routes(self.client_api, push)
         register_tag_routes(self.client_api, self.tags)
@@ -756,7 +767,7 @@ class FedserverService(service.MultiService):
         # To-device transaction and message ids, unless the server is stopping meanwhile.
         d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
         now = int(self.reactor.seconds() * 1000)
-        d.addCallback(lambda _: self._prune_notifications(now))
+        d.addCallback(lambda _: defer.ensureDeferred(self._prune_notifications(now)))
         d.addErrback(self._prune_failed)
         return d
 
@@ -808,6 +819,7 @@ class FedserverService(service.MultiService):
         transaction pruning and the federation client, and close the store last. Every step
         runs even if one before it fails (its failure is logged)."""
         sender, self.sender = self.sender, None
+        resync, self.resync = getattr(self, "resync", None), None
         loop, self._prune_loop = self._prune_loop, None
         client, self.federation_client = self.federation_client, None
         dns, self._dns = self._dns, None
@@ -815,6 +827,8 @@ class FedserverService(service.MultiService):
         steps: list[tuple[str, Callable[[], Any]]] = []
         if sender is not None:
             steps.append(("the sender", sender.stop))
+        if resync is not None:
+            steps.append(("the partial-state resyncs", resync.stop))
         ephemeral, self.ephemeral = self.ephemeral, None
         if ephemeral is not None:
             steps.append(("typing", ephemeral.typing.stop))

@@ -81,6 +81,8 @@ class BackfillTwoServersTests(TestCase):
         for body in said:
             await a.say(alice, room, body)
         await b.rooms.membership.join(bob.user_id, room, server_names=[a.name])
+        # B joined with partial state: /sync shows the room once its resync has ended.
+        await b.svc.pipeline.wait_full_state(room)
         sync = await b.rooms.sync.sync(bob)
         timeline = sync["rooms"]["join"][room]["timeline"]
         self.assertTrue(timeline["limited"])

@@ -175,6 +175,22 @@ class RawResource(resource.Resource):
             return b'{"valid_until_ts": NaN}'
         if what == b"big":
             return b'{"x":"' + b"a" * (2 * 1024 * 1024) + b'"}'
+        if what == b"items":
+            # A send_join-like answer: big arrays of small objects, chunked.
+            body = json.dumps({"auth_chain": [{"a": i} for i in range(5)], "members_omitted": True,
+                               "state": [{"s": i, "pad": "p" * 100} for i in range(3000)]}).encode()
+
+            def write_from(i):
+                if request._disconnected or request.finished:
+                    return
+                if i >= len(body):
+                    request.finish()
+                    return
+                request.write(body[i:i + 8192])
+                reactor.callLater(0, write_from, i + 8192)
+
+            write_from(0)
+            return server.NOT_DONE_YET
         if what == b"bigchunked":
             # No Content-Length: the size is only discovered while reading.
             def write_more(n):
@@ -387,6 +403,62 @@ class RoundTripTests(LoopbackTLSTestCase):
         await self.assertFailure(client.get_json(self.destination, "/_matrix/test/bigchunked"), ResponseTooLarge)
         result = await client.get_json(self.destination, "/_matrix/test/big", max_size=3 * 1024 * 1024)
         self.assertEqual(len(result["x"]), 2 * 1024 * 1024)
+
+    async def test_streamed_answer(self):
+        """request_json_stream hands the items of the named arrays to the consumer in
+        order, in batches, while the body arrives; a consumer's Deferred holds the next
+        batch back until it fires; the other members are the result."""
+        client = self.make_client()
+        got: list = []
+        busy = []
+
+        def on_batch(key, items):
+            self.assertEqual(busy, [])  # never called while the previous batch is busy
+            got.append((key, items))
+            d = defer.Deferred()
+            busy.append(d)
+
+            def done():
+                busy.remove(d)
+                d.callback(None)
+
+            reactor.callLater(0.001, done)
+            return d
+
+        top = await client.request_json_stream(
+            "GET", self.destination, "/_matrix/test/items", None, on_batch, stream_keys=("state", "auth_chain"),
+            batch_size=1000,
+        )
+        self.assertEqual(top, {"auth_chain": None, "members_omitted": True, "state": None})
+        self.assertEqual([(k, len(v)) for k, v in got], [("auth_chain", 5), ("state", 1000), ("state", 1000), ("state", 1000)])
+        self.assertEqual([x["s"] for k, v in got if k == "state" for x in v], list(range(3000)))
+
+    async def test_streamed_answer_limits_and_errors(self):
+        """A streamed answer past max_size fails with ResponseTooLarge while reading; a
+        body that is not the expected object is InvalidResponse; a consumer's exception
+        reaches the caller as it is; error statuses are HttpResponseError as usual."""
+        client = self.make_client()
+        no_op = lambda key, items: None  # noqa: E731
+        await self.assertFailure(client.request_json_stream(
+            "GET", self.destination, "/_matrix/test/items", None, no_op, stream_keys=("state",), max_size=100_000,
+        ), ResponseTooLarge)
+        await self.assertFailure(client.request_json_stream(
+            "GET", self.destination, "/_matrix/test/notjson", None, no_op, stream_keys=("state",),
+        ), InvalidResponse)
+
+        class Stop(Exception):
+            pass
+
+        def refuse(key, items):
+            raise Stop("no")
+
+        await self.assertFailure(client.request_json_stream(
+            "GET", self.destination, "/_matrix/test/items", None, refuse, stream_keys=("state",),
+        ), Stop)
+        e = await self.assertFailure(client.request_json_stream(
+            "GET", self.destination, "/_matrix/federation/v1/forbidden", None, no_op, stream_keys=("state",),
+        ), HttpResponseError)
+        self.assertEqual((e.code, e.errcode), (403, "M_FORBIDDEN"))
 
     async def test_timeout(self):
         """A server that never answers gives RequestTimedOut once the timeout passes on the

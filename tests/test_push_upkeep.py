@@ -66,6 +66,26 @@ class NotificationPagingTests(DailyUseTestCase):
         self.assertEqual(sizes, [20, 20, 5])
         self.assertEqual(seen, list(reversed(sent)))
 
+    async def test_service_prune_loop_prunes_notifications(self):
+        """The service's hourly prune pass really prunes notifications: read ones past 30
+        days, unread ones past a year (both calls made, and awaited)."""
+        a = await self.server()
+        calls = []
+
+        async def prune_actions(before_ms, only_read=False):
+            calls.append((before_ms, only_read))
+            return 0
+
+        store = a.svc.store
+        self.patch(store.push, "prune_actions", prune_actions)
+        await a.svc._prune_received_txns()
+        now = int(a.svc.reactor.seconds() * 1000)
+        # (The pass made at start may be among the calls too: they come in pairs.)
+        self.assertEqual([c[1] for c in calls[-2:]], [True, False])
+        day = 24 * 3600 * 1000
+        self.assertAlmostEqual((now - calls[-2][0]) / day, 30, delta=0.01)
+        self.assertAlmostEqual((now - calls[-1][0]) / day, 365, delta=0.01)
+
 
 class _Store:
     """Pushers and counts for PushersHandler (plain data)."""

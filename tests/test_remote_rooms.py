@@ -120,6 +120,8 @@ class TwoServersRoomsTests(TestCase):
             self.assertEqual(set(e), STRIPPED_KEYS)
         await a.rooms.membership.join(alice.user_id, room)
         self.assertEqual(await b.membership(room, alice.user_id), "join")
+        # A joined with partial state: /sync shows the room once A holds its full state.
+        await a.svc.pipeline.wait_full_state(room)
         rooms = (await a.sync(alice))["rooms"]
         self.assertNotIn(room, rooms["knock"])
         self.assertNotIn(room, rooms["invite"])
@@ -129,7 +131,12 @@ class TwoServersRoomsTests(TestCase):
         """A resident that answers send_join with ``members_omitted: true`` although we did
         not ask for a partial state is not believed: nothing is stored from it and the next
         candidate is tried, whose full state gives the joining server every member."""
-        b, c, a = await self.start(), await self.start(), await self.start()
+        b, c = await self.start(), await self.start()
+        # A joins with the full state only (partial_state_joins off): omit_members unasked.
+        config = loopback_config(
+            os.path.abspath(self.mktemp()), federation_client_timeout=10, partial_state_joins=False
+        )
+        a = Server(await start_server(self, config))
         bob, carl, alice = await b.user("bob"), await c.user("carl"), await a.user("alice")
         room = await b.create_room(bob, "12", preset="public_chat")
         for i in range(3):
@@ -138,9 +145,9 @@ class TwoServersRoomsTests(TestCase):
         await c.rooms.membership.join(carl.user_id, room, server_names=[b.name])
         honest = c.svc.handshakes._join_response
 
-        async def partial(room_id, event, pdu, hosts):
+        async def partial(room_id, event, pdu, hosts, hosts_before):
             # A resident leaving the members out of the state (as for a partial join).
-            answer = await honest(room_id, event, pdu, hosts)
+            answer = await honest(room_id, event, pdu, hosts, hosts_before)
             answer["state"] = [p for p in answer["state"] if p["type"] != "m.room.member"]
             answer["members_omitted"] = True
             return answer

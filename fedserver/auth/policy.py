@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import pluggy
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from fedserver.auth.verdict import SoftFail
@@ -54,13 +54,21 @@ def check_event_policy(
     """
     impls = list(reversed(pm.hook.fedserver_check_event_policy.get_hookimpls()))
     args: dict[str, Any] = {"event": event, "room_version": room_version, "state": state}
-    calls = []
+    # Outcomes in plugin order; a Deferred stands in for a policy that answers later.
+    outcomes: list[Any] = []
+    pending = False
     for impl in impls:
         if impl.hookwrapper or impl.wrapper:
             continue
-        d = maybeDeferred(impl.function, *[args[a] for a in impl.argnames])
-        d.addBoth(_tag, impl.plugin_name)
-        calls.append(d)
+        try:
+            outcome = impl.function(*[args[a] for a in impl.argnames])
+        except Exception:
+            outcome = Failure()
+        if isinstance(outcome, Deferred):
+            pending = True
+            outcomes.append(outcome.addBoth(_tag, impl.plugin_name))
+        else:
+            outcomes.append((impl.plugin_name, outcome))
 
     def combine(results: list[tuple[str, Any]]) -> PolicyResult:
         soft, errors = [], []
@@ -75,8 +83,11 @@ def check_event_policy(
                 errors.append((plugin, f"returned {type(outcome).__name__}, not None or SoftFail"))
         return PolicyResult(tuple(soft), tuple(errors))
 
+    if not pending:
+        # Every policy answered at once (the usual case): no Deferred machinery per event.
+        return succeed(combine(outcomes))
+    calls = [o if isinstance(o, Deferred) else succeed(o) for o in outcomes]
     return gatherResults(calls).addCallback(combine)
-
 
 def _tag(outcome: Any, plugin: str) -> tuple[str, Any]:
     # Failures are turned into values so that one failing policy does not hide the others.

@@ -136,13 +136,40 @@ def parse_json(data: bytes | str) -> Any:
     return value
 
 
-def _check_depth(value: Any) -> None:
+def decode_prefix(text: str, pos: int, *, enclosing: int = 0) -> tuple[Any, int]:
+    """Decode the one JSON value starting at ``text[pos]`` (after any whitespace is
+    skipped by the caller) with every rule of :func:`parse_json`: for parsers that read a
+    document piece by piece (:mod:`fedserver.federation.json_stream`). ``text`` must
+    come from strictly decoded UTF-8.
+
+    :param enclosing: how many arrays and objects enclose the value in its document (the
+        depth limit counts them).
+    :returns: ``(value, end)``: the index just after the value.
+    :raises json.JSONDecodeError: if the text at ``pos`` is not (yet) a complete value.
+    :raises CanonicalJSONError: for what :func:`parse_json` refuses in a complete value.
+    """
+    try:
+        value, end = _DECODER.raw_decode(text, pos)
+    except RecursionError:
+        raise CanonicalJSONError("JSON nested too deeply") from None
+    except ValueError as e:
+        if isinstance(e, (json.JSONDecodeError, CanonicalJSONError)):
+            raise
+        # e.g. an integer longer than int()'s digit limit: refused, as by parse_json.
+        raise CanonicalJSONError(f"invalid JSON: {e}") from None
+    _check_depth(value, MAX_DEPTH - enclosing)
+    if _SURROGATE_ESCAPE.search(text, pos, end) is not None:
+        _check_no_lone_surrogates(value)
+    return value, end
+
+
+def _check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     """Level by level, containers only: the root is level 1."""
     level = [value] if type(value) is dict or type(value) is list else []
     depth = 0
     while level:
         depth += 1
-        if depth > MAX_DEPTH:
+        if depth > limit:
             raise CanonicalJSONError("JSON nested too deeply")
         below = []
         for v in level:

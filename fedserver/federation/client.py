@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from fedserver import __version__
 from fedserver.events.canonical import CanonicalJSONError, parse_json
+from fedserver.federation.json_stream import StreamedJSONError, StreamedObjectParser
 from fedserver.federation.discovery import ServerNameResolver, WellKnownResponse
 from fedserver.federation.tls import AddressNotAllowed, FederationConnector, FederationTLSPolicy, first_error
 from fedserver.federation.xmatrix import InvalidServerName, SigningKey, encode_request_body, sign_request_bytes
@@ -238,6 +239,105 @@ class StreamedResponse:
         """The first value of header ``name`` (latin-1 decoded), or ``None``."""
         values = self.headers.getRawHeaders(name.encode("ascii"))
         return values[0].decode("latin-1") if values else None
+
+
+class _ConsumerFailed(Exception):
+    """A streamed answer's consumer failed: its failure goes to the caller as it is."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.getErrorMessage())
+        self.failure = failure
+
+
+class _ItemStreamReader(Protocol):
+    """Feeds a response body to a :class:`StreamedObjectParser` as it arrives and hands
+    each batch of items to ``on_batch`` in order; while ``on_batch``'s Deferred has not
+    fired, the connection is paused (so a slow consumer bounds what is held in memory)."""
+
+    def __init__(
+        self, parser: StreamedObjectParser, on_batch: Any, max_size: int, finished: defer.Deferred
+    ) -> None:
+        self._parser = parser
+        self._on_batch = on_batch
+        self._max = max_size
+        self._finished = finished
+        self._size = 0
+        self._queue: list[tuple[str, list]] = []
+        self._busy = False
+        self._paused = False
+        self._ended = False
+        self._top: Any = None
+        self.size = 0
+
+    def _fail(self, failure: Any) -> None:
+        if not self._finished.called:
+            self._finished.errback(failure)
+        self._queue = []
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
+        self._size += len(data)
+        self.size = self._size
+        if self._size > self._max:
+            self._fail(Failure(ResponseTooLarge(f"response body exceeds {self._max} bytes")))
+            return
+        try:
+            self._queue.extend(self._parser.feed(data))
+        except StreamedJSONError as e:
+            self._fail(Failure(InvalidResponse(f"invalid JSON in a streamed answer: {e}")))
+            return
+        self._pump()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._finished.called:
+            return
+        if reason is not None and not reason.check(ResponseDone, PotentialDataLoss):
+            self._fail(reason)
+            return
+        try:
+            last, self._top = self._parser.close()
+        except StreamedJSONError as e:
+            self._fail(Failure(InvalidResponse(f"invalid JSON in a streamed answer: {e}")))
+            return
+        self._queue.extend(last)
+        self._ended = True
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and not self._busy and not self._finished.called:
+            key, items = self._queue.pop(0)
+            try:
+                result = self._on_batch(key, items)
+            except Exception:
+                self._fail(Failure(_ConsumerFailed(Failure())))
+                return
+            if isinstance(result, defer.Deferred) and not result.called:
+                self._busy = True
+                if not self._paused and not self._ended and self.transport is not None:
+                    self._paused = True
+                    self.transport.pauseProducing()
+                result.addCallbacks(self._batch_done, lambda f: self._fail(Failure(_ConsumerFailed(f))))
+                return
+            if isinstance(result, defer.Deferred):
+                failures: list = []
+                result.addErrback(failures.append)
+                if failures:
+                    self._fail(Failure(_ConsumerFailed(failures[0])))
+                    return
+        if self._busy or self._finished.called:
+            return
+        if self._ended:
+            self._finished.callback(self._top)
+        elif self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _batch_done(self, _: Any) -> None:
+        self._busy = False
+        self._pump()
 
 
 class _Discard(Protocol):
@@ -612,6 +712,37 @@ class FederationClient:
         """POST the JSON ``body`` to ``path`` on ``destination``; see :meth:`get_json`."""
         return self.request_json("POST", destination, path, args, body, sign=sign, timeout=timeout, max_size=max_size)
 
+    def request_json_stream(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        body: Any,
+        on_batch: Any,
+        *,
+        stream_keys: Any,
+        args: Mapping[str, Any] | None = None,
+        batch_size: int = 1000,
+        timeout: float | None = None,
+        max_size: int | None = None,
+    ) -> defer.Deferred:
+        """A request whose (2xx) answer is a JSON object with large arrays, read as it
+        arrives: the items of the top-level arrays ``stream_keys`` go to
+        ``on_batch(key, items)`` in batches of ``batch_size`` (a returned Deferred pauses
+        reading until it fires), and the rest of the object is the result. The whole body
+        is never held (see :class:`~fedserver.federation.json_stream.StreamedObjectParser`).
+
+        :returns: Deferred firing with the object's other members (streamed ones map to
+            ``None``).
+        :raises FederationClientError: as :meth:`get_json`; :class:`ResponseTooLarge` past
+            ``max_size`` bytes, :class:`InvalidResponse` for a body that is not such an
+            object; a failure of ``on_batch`` is passed on as it is.
+        """
+        stream = (frozenset(stream_keys), on_batch, batch_size)
+        d = self.request_json(method, destination, path, args, body, timeout=timeout, max_size=max_size,
+                              _stream=stream)
+        return d.addErrback(lambda f: f.value.failure if f.check(_ConsumerFailed) else f)
+
     def request_json(
         self,
         method: str,
@@ -623,6 +754,7 @@ class FederationClient:
         sign: bool = True,
         timeout: float | None = None,
         max_size: int | None = None,
+        _stream: Any = None,
     ) -> defer.Deferred:
         """Make a request with an optional JSON ``body`` (``None``: no body); see
         :meth:`get_json`.
@@ -639,7 +771,9 @@ class FederationClient:
         timeout = self._timeout if timeout is None else timeout
         max_size = self._max_size if max_size is None else max_size
         start = self._reactor.seconds()
-        d = defer.Deferred.fromCoroutine(self._send(method, destination, path, target, canonical, sign, max_size, start))
+        d = defer.Deferred.fromCoroutine(
+            self._send(method, destination, path, target, canonical, sign, max_size, start, _stream)
+        )
         # Our own timer rather than addTimeout: cancelling deep in twisted.web surfaces as
         # ResponseNeverReceived / ResponseFailed wrapping the CancelledError.
         timed_out: list[bool] = []
@@ -670,6 +804,7 @@ class FederationClient:
         sign: bool,
         max_size: int,
         start: float,
+        stream: Any = None,
     ) -> Any:
         headers = Headers({b"User-Agent": [USER_AGENT]})
         if canonical is not None:
@@ -691,6 +826,18 @@ class FederationClient:
                 unbuffered=True,
                 reactor=self._reactor,
             )
+            if stream is not None and 200 <= response.code < 300:
+                keys, on_batch, batch_size = stream
+                finished: defer.Deferred = defer.Deferred(lambda d: reader.transport and reader.transport.stopProducing())
+                reader = _ItemStreamReader(StreamedObjectParser(keys, batch_size), on_batch, max_size, finished)
+                response.deliverBody(reader)
+                top = await finished
+                log.info(
+                    "{method} {destination} {path} -> {code} ({size} bytes, streamed) in {ms:.0f}ms",
+                    method=method, destination=destination, path=path, code=response.code, size=reader.size,
+                    ms=(self._reactor.seconds() - start) * 1000,
+                )
+                return top
             body = await read_body(response, max_size)
         finally:
             limit.release()
@@ -864,6 +1011,8 @@ class FederationClient:
         return d
 
     def _translate_failure(self, failure: Failure, destination: str, timeout: float, timed_out: list[bool]) -> Failure:
+        if failure.check(_ConsumerFailed):
+            return failure
         if timed_out:
             raise RequestTimedOut(f"request to {destination} timed out after {timeout}s")
         if failure.check(FederationClientError):
@@ -884,7 +1033,7 @@ class FederationClient:
         raise FederationUnreachable(f"cannot reach {destination}: {_describe(reasons[0] if reasons else failure)}")
 
     def _log_failure(self, failure: Failure, method: str, destination: str, path: str, start: float) -> Failure:
-        if not failure.check(HttpResponseError, InvalidResponse):  # those were logged with their status
+        if not failure.check(HttpResponseError, InvalidResponse, _ConsumerFailed):  # logged with their status
             log.info(
                 "{method} {destination} {path} -> {error} in {ms:.0f}ms",
                 method=method,

@@ -66,18 +66,23 @@ class AuthStateView(Mapping[StateKey, Event]):
         return fb
 
     def __getitem__(self, key: StateKey) -> Event:
+        ev = self.get(key)
+        if ev is None:
+            raise KeyError(key)
+        return ev
+
+    def get(self, key, default=None):  # type: ignore[override]
+        # The auth rules mostly ask for keys with .get (a miss is common: no membership
+        # yet), so this avoids raising KeyError for them.
         eid = self._partial.get(key)
         if eid is not None:
             ev = self._graph.event(eid)
             if ev is not None and ev.rejected_reason is None:
                 return ev
-        return self._fallbacks()[key]
-
-    def get(self, key, default=None):  # type: ignore[override]
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        fb = self._fallback
+        if fb is None:
+            fb = self._fallbacks()
+        return fb.get(key, default)
 
     def __contains__(self, key: object) -> bool:
         return self.get(key) is not None

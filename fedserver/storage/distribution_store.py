@@ -15,6 +15,7 @@ from fedserver.storage.database import Txn, check_text
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_store import FederationStore
 from fedserver.storage.interface import Distribution, InvalidDataError, PersistedEvent, PersistEntry
+from fedserver.storage.partial_state_store import PartialStateStore
 
 
 def server_of(user_id: str) -> Optional[str]:
@@ -48,8 +49,11 @@ class DistributionStore:
         self._clock_ms = clock_ms
 
     def joined_servers_txn(self, txn: Txn, room_id: str) -> set[str]:
-        """The servers with a member joined to ``room_id`` in its current state."""
-        servers = set()
+        """The servers with a member joined to ``room_id`` in its current state; for a
+        room joined with partial state (its members not known yet) also the resident's
+        ``servers_in_room`` (MSC3706: used "to send outgoing federation transactions while
+        it synchronises the full state"). ``Store.get_joined_hosts`` answers the same."""
+        servers = PartialStateStore.servers_txn(txn, room_id)
         for user_id in self._events.get_room_members_txn(txn, room_id, "join"):
             server = server_of(user_id)
             if server:

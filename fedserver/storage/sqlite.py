@@ -36,6 +36,7 @@ from fedserver.storage.interface import (
     StateKey,
 )
 from fedserver.storage.nids import StateKeyInterner
+from fedserver.storage.partial_state_store import PartialStateStore
 from fedserver.storage.relations_store import RelationsStore
 from fedserver.storage.presence_store import PresenceStore
 from fedserver.storage.push_store import PushStore
@@ -155,6 +156,8 @@ class SQLiteStore:
         self.accounts = AccountStore(db, clock_ms)
         self.federation_extras = FederationExtrasStore(db)  # failures, remote memberships
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
+        # rooms joined with partial state, until their resync
+        self.partial_state = PartialStateStore(db.run_read, db.run_write, self._events, self._state_groups, clock_ms)
         self.relations = RelationsStore(self)  # m.relates_to index, /relations, /threads, aggregations
         self.backfill = BackfillStore(self)  # backward extremities, history fetched from other servers
         self.devices = DevicesStore(db, clock_ms)  # encryption keys, device lists
@@ -479,6 +482,32 @@ class SQLiteStore:
                 return succeed(cached)
         return self._db.run_read(self._state_groups.get_state_group_txn, group)
 
+    @_deferred
+    def get_state_groups(self, groups: Iterable[int]) -> "Deferred[dict[int, StateMap]]":
+        """:meth:`get_state_group` for several groups at once: the cached ones from memory,
+        the rest in one read transaction.
+
+        :raises UnknownStateGroupError: (in the Deferred) if a group does not exist.
+        """
+        wanted = list(dict.fromkeys(groups))
+        found: dict[int, StateMap] = {}
+        rest = []
+        for g in wanted:
+            cached = self._state_groups.get_cached(g) if type(g) is int else None
+            if cached is not None:
+                found[g] = cached
+            else:
+                rest.append(g)
+        if not rest:
+            return succeed(found)
+
+        def txn_func(txn: Txn) -> dict[int, StateMap]:
+            for g in rest:
+                found[g] = self._state_groups.get_state_group_txn(txn, g)
+            return found
+
+        return self._db.run_read(txn_func)
+
     def get_state_group_txn(self, txn: Txn, group: int) -> StateMap:
         """:meth:`get_state_group` inside the caller's transaction."""
         return self._state_groups.get_state_group_txn(txn, group)
@@ -539,9 +568,15 @@ class SQLiteStore:
 
     @_deferred
     def get_joined_hosts(self, room_id: str) -> "Deferred[set[str]]":
-        """Server names of the room's currently joined members (where to send events)."""
-        d = self.get_room_members(room_id, "join")
-        return d.addCallback(lambda users: {u.split(":", 1)[1] for u in users if ":" in u})
+        """Server names of the room's currently joined members (where to send events).
+
+        For a room joined with partial state (we do not know its members yet) the
+        resident's ``servers_in_room`` are added (MSC3706: used "to send outgoing
+        federation transactions while it synchronises the full state").
+        """
+
+        # The same computation as where events are queued in the storing transaction.
+        return self._db.run_read(self._distribution.joined_servers_txn, room_id)
 
     # -- server keys ------------------------------------------------------------------
 

@@ -90,6 +90,30 @@ class UserDirectoryStore:
 
         return self._db.run_write(txn).addCallback(step)
 
+    def refresh_room(self, room_id: str) -> "Deferred[int]":
+        """Make the room's rows follow its current state for every member it names, and
+        drop the rows of users it no longer names: for a room whose current state changed
+        without new member events (a partial-state room given its full state, whose member
+        events were stored earlier, while they were not yet in the current state).
+
+        :returns: Deferred firing with how many users were looked at.
+        """
+        if not lookup_text(room_id, "room id"):
+            return self._db.run_read(lambda t: 0)
+
+        def txn(t: Txn) -> int:
+            users = {
+                r[0] for r in t.execute(
+                    "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'", (room_id,)
+                )
+            }
+            users |= {r[0] for r in t.execute("SELECT user_id FROM user_directory WHERE room_id = ?", (room_id,))}
+            for user_id in users:
+                self._refresh_txn(t, room_id, user_id)
+            return len(users)
+
+        return self._db.run_write(txn)
+
     @staticmethod
     def _refresh_txn(t: Txn, room_id: str, user_id: str) -> None:
         row = t.execute(

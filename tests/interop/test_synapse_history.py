@@ -76,7 +76,11 @@ class HistoryAcrossServers(TestCase):
             for body in said:
                 host.send_text(h, room, body)
             guest.join(g, room, via=[host.name])
-            sync = guest.sync(g)
+            # A join with partial state shows the room in /sync once its resync has ended.
+            sync = wait_until(
+                lambda: (lambda s: s if room in s["rooms"]["join"] else None)(guest.sync(g)), CONVERGE,
+                f"the room in {guest.kind}'s /sync",
+            )
             timeline = sync["rooms"]["join"][room]["timeline"]
             if guest is self.fedserver:
                 self.assertTrue(timeline["limited"])

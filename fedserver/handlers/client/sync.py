@@ -227,6 +227,16 @@ class SyncHandler:
 
         joined = [m for m in memberships if m.membership == "join"]
         wait_rooms = [m.room_id for m in joined]
+        # Rooms joined with partial state are left out until their resync ends; then they
+        # are sent whole, as if just joined (MSC3902: without lazy-loaded members, "partial-
+        # state rooms are omitted from the response").
+        completed: set[str] = set()
+        if PARTIAL_STATE_SECTION in section_now:
+            ps_since = since.sections.get(PARTIAL_STATE_SECTION) if since is not None else None
+            partial, completed = await store.partial_state.get_sync_view(
+                [m.room_id for m in joined], ps_since, section_now[PARTIAL_STATE_SECTION]
+            )
+            joined = [m for m in joined if m.room_id not in partial]
         # Which joined rooms have anything new, in one read.
         if since_nid is None or full_state:
             changed = {m.room_id for m in joined}
@@ -237,7 +247,7 @@ class SyncHandler:
         ranges: dict[str, tuple[int, int]] = {}
         fresh: set[str] = set()  # rooms whose full state is sent
         for m in joined:
-            new_join = since_nid is None or m.event_nid > since_nid
+            new_join = since_nid is None or m.event_nid > since_nid or m.room_id in completed
             if new_join or full_state:
                 fresh.add(m.room_id)
             if new_join:
@@ -521,6 +531,30 @@ class SyncHandler:
             },
             "unread_notifications": {"highlight_count": 0, "notification_count": 0},
         }
+
+
+#: The sync token part of the partial-state completions stream.
+PARTIAL_STATE_SECTION = "ps"
+
+
+class PartialStateSection:
+    """The position of the partial-state completions stream in the sync token (what
+    :meth:`SyncHandler._compute` reads to send a room whole once its resync is done); it
+    adds nothing to the answer itself.
+
+    :param store: the store (``partial_state``).
+    """
+
+    key = PARTIAL_STATE_SECTION
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def current_position(self, user_id: str) -> "defer.Deferred[int]":
+        return self._store.partial_state.get_completion_position()
+
+    async def contribute(self, ctx: SyncContext, since: Optional[int], now: int) -> bool:
+        return False
 
 
 def _is_empty(result: Mapping[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fedserver.background import STORAGE_RETRY_S
+from fedserver.background import STORAGE_RETRY_S, log_background_failure
 from fedserver.errors import bad_json, invalid_param, missing_param
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.user_directory_store import DirectoryEntry
@@ -55,6 +55,12 @@ class UserDirectoryHandler:
         """``RoomPipeline.on_persisted``: member events bring the directory up to date."""
         if any(e.type == "m.room.member" for e, _ in taken):
             self.index()
+
+    def on_full_state(self, room_id: str) -> None:
+        """``RoomPipeline.on_full_state``: a partial-state room got its members (stored
+        before they entered its current state, so the indexer saw them as not joined)."""
+        d = self._store.user_directory.refresh_room(room_id)
+        d.addErrback(log_background_failure, "Indexing the members of {room_id} failed", logger=log, room_id=room_id)
 
     def index(self) -> None:
         """Catch the directory up with the stored member events (errors are logged). One

@@ -130,6 +130,7 @@ class HandshakeHandler:
         or ``None``.
     :param served: the :class:`ServedPdus` PDUs are served through (one on ``store`` by
         default).
+    :param serve_partial_state: honour send_join ``omit_members`` (else full state always).
     """
 
     def __init__(
@@ -148,7 +149,9 @@ class HandshakeHandler:
         is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
         acl_check: Optional[Callable[[str, str], Awaitable[Any]]] = None,
         served: Optional[ServedPdus] = None,
+        serve_partial_state: bool = True,
     ) -> None:
+        self._serve_partial_state = serve_partial_state
         self._clock = clock
         self._store = store
         self._pipeline = pipeline
@@ -204,6 +207,11 @@ class HandshakeHandler:
     async def _resident_room(self, room_id: str) -> RoomVersion:
         rv = await self._store.get_room_version(room_id)
         if rv is None or self._server_name not in await self._store.get_joined_hosts(room_id):
+            raise _not_found()
+        if await self._pipeline.is_partial_state(room_id):
+            # We joined it with partial state and cannot tell the room's state yet: another
+            # resident must serve the handshake (MSC3902). Answered as for a room we are
+            # not in (whether the origin may see the room is not known yet either).
             raise _not_found()
         return rv
 
@@ -315,10 +323,13 @@ class HandshakeHandler:
     # -- send_join / send_leave / send_knock --------------------------------------------
 
     async def send_membership(
-        self, origin: str, room_id: str, event_id: str, pdu: Any, membership: str
+        self, origin: str, room_id: str, event_id: str, pdu: Any, membership: str, *, omit_members: bool = False
     ) -> dict[str, Any]:
         """Accept a signed membership event (``send_join`` / ``send_leave`` /
         ``send_knock``), take it into the room, pass it on, and answer.
+
+        :param omit_members: send_join v2 ``omit_members=true``: the joining server accepts
+            partial state (see :meth:`_join_response`).
 
         The checks that do not depend on the room come first (the same answer for any
         room); then whether the room is here and the sender may see it (404 otherwise,
@@ -365,6 +376,8 @@ class HandshakeHandler:
             pdu = signed
             event = Event.from_pdu(pdu, rv, event.event_id)
         await self._verify(event, checked.signed_bytes, servers - {self._server_name})
+        partial = omit_members and self._serve_partial_state
+        hosts_before = await self._store.get_joined_hosts(room_id) if partial else None
         verified = servers | await self._verify_optional(event, checked.signed_bytes, pdu, rv)
         # The other servers of the room get the event from us (spec "Joining Rooms": the
         # resident "sends the event to the other servers in the room"), queued in the
@@ -381,7 +394,7 @@ class HandshakeHandler:
             raise _forbidden(f"Not allowed: {reason}")
         hosts = await self._store.get_joined_hosts(room_id)
         if membership == "join":
-            return await self._join_response(room_id, event, pdu, hosts)
+            return await self._join_response(room_id, event, pdu, hosts, hosts_before)
         if membership == "knock":
             return {"knock_room_state": await self._stripped_room_state(room_id)}
         return {}
@@ -433,24 +446,69 @@ class HandshakeHandler:
         return {s for s, verdict in zip(servers, verdicts) if verdict is True}
 
     async def _join_response(
-        self, room_id: str, event: Event, pdu: dict, hosts: Collection[str]
+        self, room_id: str, event: Event, pdu: dict, hosts: Collection[str], hosts_before: Optional[Collection[str]]
     ) -> dict[str, Any]:
+        """The send_join answer: the state before the join and its auth chain.
+
+        With ``omit_members`` (``hosts_before`` given; server-server spec, send_join v2,
+        Matrix 1.6): ``m.room.member`` events are left out of ``state`` except the joining
+        user's own and, for a room with neither ``m.room.name`` nor
+        ``m.room.canonical_alias``, those of the heroes of its summary; the auth chain is
+        that of what is returned, without the events ``state`` already holds;
+        ``members_omitted`` is true and ``servers_in_room`` lists the servers with joined
+        members before the join.
+        """
         groups = await self._store.get_state_ids_for_events([event.event_id])
         group = groups.get(event.event_id)
         state_ids: Mapping[StateKey, str] = await self._store.get_state_group(group) if group is not None else {}
-        ids = list(state_ids.values())
+        partial = hosts_before is not None
+        if partial:
+            ids = [v for (t, _), v in state_ids.items() if t != "m.room.member"]
+            own = state_ids.get(("m.room.member", event.state_key))
+            if own is not None:
+                ids.append(own)
+            if ("m.room.name", "") not in state_ids and ("m.room.canonical_alias", "") not in state_ids:
+                ids.extend(await self._hero_member_ids(state_ids, event.state_key))
+            ids = list(dict.fromkeys(ids))
+        else:
+            ids = list(state_ids.values())
         chain = await self._store.get_auth_chain_ids(ids + [event.event_id])
+        if partial:
+            chain -= set(ids)
         events = await self._store.get_events(set(ids) | set(chain))
         state = await self._served.pdus([events[i] for i in ids if i in events])
         auth_chain = await self._served.pdus([events[i] for i in chain if i in events])
+        servers = sorted(set(hosts_before if partial else hosts) | {self._server_name})
+        log.info(
+            "send_join of {user} to {room_id}: {how} state ({n} events of {total}), auth chain of {c}",
+            user=event.state_key, room_id=room_id, how="partial (members omitted)" if partial else "full",
+            n=len(state), total=len(state_ids), c=len(auth_chain),
+        )
         return {
             "origin": self._server_name,
             "event": pdu,
             "state": state,
             "auth_chain": auth_chain,
-            "members_omitted": False,
-            "servers_in_room": sorted(set(hosts) | {self._server_name}),
+            "members_omitted": partial,
+            "servers_in_room": servers,
         }
+
+    async def _hero_member_ids(self, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
+        """The member events of the room's heroes (client-server spec, ``m.heroes``: the
+        first 5 joined or invited members by stream ordering, never the user asking)."""
+        member_ids = {v: k[1] for k, v in state_ids.items() if k[0] == "m.room.member" and k[1] != joiner}
+        meta = await self._store.get_event_meta(member_ids)
+        ordered = sorted(meta, key=lambda i: meta[i].event_nid)
+        heroes: list[str] = []
+        for start in range(0, len(ordered), 20):
+            loaded = await self._store.get_events(ordered[start:start + 20])
+            for i in ordered[start:start + 20]:
+                ev = loaded.get(i)
+                if ev is not None and ev.membership in ("join", "invite"):
+                    heroes.append(i)
+                    if len(heroes) == 5:
+                        return heroes
+        return heroes
 
     async def _stripped_room_state(self, room_id: str) -> list[dict[str, Any]]:
         state = await self._pipeline.current_state(room_id)

@@ -12,20 +12,38 @@ from fedserver.events.builder import build_event, build_from_template
 from fedserver.events.model import Event
 from fedserver.events.signing import signed_bytes_for_event
 from fedserver.events.validation import InvalidEvent
-from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
+from twisted.internet import defer
+
+from fedserver.events.validation import is_valid_server_name
+from fedserver.federation.client import (
+    FederationClientError,
+    HttpResponseError,
+    InvalidResponse,
+    RequestTimedOut,
+    ResponseTooLarge,
+    fed_path,
+)
+from fedserver.handlers.federation.intake import IntakeError, OutlierIntake
 from fedserver.handlers.federation.handshakes import strip_received_state
 from fedserver.handlers.rooms.membership import check_outcome
-from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
+from fedserver.handlers.rooms.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, PartialJoin, RoomPipeline
 from fedserver.handlers.federation.receipt import check_received
 from fedserver.errors import MatrixError
+from fedserver.memory import release_free_memory
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
-from fedserver.storage.interface import StateKey
 
 log = Logger()
 
 
-#: State events of a joined room checked and stored per step (see ``_take_in_join``).
+#: State events of a joined room checked and stored per step (see ``OutlierIntake``).
 JOIN_STATE_CHUNK = 2000
+#: Seconds a send_join may take, answer included (a large room's state is read, checked
+#: and stored as it arrives).
+SEND_JOIN_TIMEOUT = 600.0
+#: Joins with at least this many state and auth events give their memory back afterwards.
+LARGE_JOIN = 5000
+#: Default cap on a send_join answer (see the option ``send_join_max_response_size``).
+DEFAULT_MAX_JOIN_SIZE = 1024 * 1024 * 1024
 
 
 class HandshakeFailed(Exception):
@@ -75,6 +93,10 @@ class RemoteMembership:
     :param server_name: ours.
     :param signing_key: ours.
     :param clock: for timestamps.
+    :param partial_state_joins: ask residents for partial state (send_join
+        ``omit_members``); the room's members are then fetched by the resync that
+        ``on_partial_join(room_id)`` starts.
+    :param max_join_size: the largest send_join answer accepted, in bytes.
     """
 
     def __init__(
@@ -88,7 +110,13 @@ class RemoteMembership:
         server_name: str,
         signing_key: Any,
         clock: IReactorTime,
+        partial_state_joins: bool = True,
+        max_join_size: int = DEFAULT_MAX_JOIN_SIZE,
+        on_partial_join: Optional[Callable[[str], Any]] = None,
     ) -> None:
+        self._partial_joins = partial_state_joins
+        self._max_join_size = max_join_size
+        self._on_partial_join = on_partial_join
         self._client = client
         self._keyring = keyring
         self._pipeline = pipeline
@@ -144,7 +172,7 @@ class RemoteMembership:
         except HttpResponseError as e:
             raise HandshakeFailed(_relay(e)) from None
         except FederationClientError as e:
-            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} is unreachable: {e}")) from None
+            raise HandshakeFailed(self._client_error(server, f"make_{kind}", e)) from None
         if not isinstance(resp, dict) or not isinstance(resp.get("event"), dict):
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} sent a malformed make_{kind} answer"))
         try:
@@ -170,19 +198,27 @@ class RemoteMembership:
         rv, template = await self._make(server, "join", room_id, user_id, versions=True)
         template = dict(template)
         template["content"] = {**extra, **template["content"], "membership": "join"}
-        try:
-            event = build_from_template(
-                template, rv, origin_server_ts=self._now_ms(), server_name=self._server_name, signing_key=self._signing_key
-            )
-        except InvalidEvent as e:
-            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s template is invalid: {e}")) from None
-        resp = await self._send(server, "join", room_id, event)
+        event = self._build(server, template, rv)
         started = time.monotonic()
-        joined = await self._take_in_join(server, room_id, rv, event, resp)
+
+        def check_create(create: Event) -> None:
+            if create.content.get("room_version", "1") != rv.identifier:
+                raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event names another room version"))
+            if rv.room_id_from_create_event and "!" + create.event_id[1:] != room_id:
+                raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event does not match the room id"))
+
+        intake = OutlierIntake(self._keyring, self._pipeline, room_id, rv, check_create=check_create)
+        top, asked = await self._send_join(server, room_id, event, intake)
+        joined, partial = await self._take_in_join(server, room_id, rv, event, top, intake, asked)
         log.info(
-            "Joined {room_id} via {server}: {n} state events checked and stored in {s:.2f}s",
-            room_id=room_id, server=server, n=len(resp.get("state") or []), s=time.monotonic() - started,
+            "Joined {room_id} via {server}{how}: {n} state and auth events checked and stored in {s:.2f}s",
+            room_id=room_id, server=server, how=" with partial state" if partial else "",
+            n=intake.received, s=time.monotonic() - started,
         )
+        if intake.received >= LARGE_JOIN:
+            release_free_memory()
+        if partial and self._on_partial_join is not None:
+            self._on_partial_join(room_id)
         return joined
 
     def _build(self, server: str, template: dict, rv: RoomVersion) -> Event:
@@ -195,6 +231,69 @@ class RemoteMembership:
             )
         except InvalidEvent as e:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s template is invalid: {e}")) from None
+
+    async def _send_join(
+        self, server: str, room_id: str, event: Event, intake: OutlierIntake
+    ) -> tuple[dict, bool]:
+        """``send_join`` v2 (asking for partial state if configured), its answer read as it
+        arrives: ``state`` and ``auth_chain`` go to ``intake`` batch by batch; v1 where the
+        peer lacks v2.
+
+        :returns: the answer's other members (``event``, ``members_omitted``,
+            ``servers_in_room``; ``state`` and ``auth_chain`` map to ``None`` if present),
+            and whether partial state was asked for (never through v1, which has no
+            ``omit_members``).
+        """
+        path = fed_path("/_matrix/federation/v2/send_join/{}/{}", room_id, event.event_id)
+        args = {"omit_members": "true"} if self._partial_joins else None
+
+        def on_batch(key: str, pdus: list) -> defer.Deferred:
+            return intake.feed(pdus, state=key == "state")
+
+        try:
+            top = await self._client.request_json_stream(
+                "PUT", server, path, event.pdu, on_batch, stream_keys=("state", "auth_chain"), args=args,
+                batch_size=JOIN_STATE_CHUNK, timeout=SEND_JOIN_TIMEOUT, max_size=self._max_join_size,
+            )
+            return top, args is not None
+        except HttpResponseError as e:
+            if not (e.code in (400, 404) and e.errcode in ("M_UNRECOGNIZED", None)):
+                raise HandshakeFailed(_relay(e)) from None
+        except FederationClientError as e:
+            raise HandshakeFailed(self._client_error(server, "send_join", e)) from None
+        # v1 answers [200, body], unstreamed.
+        try:
+            resp = await self._client.put_json(
+                server, fed_path("/_matrix/federation/v1/send_join/{}/{}", room_id, event.event_id), event.pdu,
+                timeout=SEND_JOIN_TIMEOUT, max_size=self._max_join_size,
+            )
+        except HttpResponseError as e1:
+            raise HandshakeFailed(_relay(e1)) from None
+        except FederationClientError as e1:
+            raise HandshakeFailed(self._client_error(server, "send_join", e1)) from None
+        if isinstance(resp, list) and len(resp) == 2 and isinstance(resp[1], dict):
+            resp = resp[1]
+        if not isinstance(resp, dict):
+            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} sent a malformed send_join answer"))
+        for key in ("auth_chain", "state"):
+            if isinstance(resp.get(key), list):
+                await intake.feed(resp[key], state=key == "state")
+                resp[key] = None
+        return resp, False
+
+    def _client_error(self, server: str, what: str, e: FederationClientError) -> MatrixError:
+        """What to tell the user when a request to ``server`` failed."""
+        if isinstance(e, ResponseTooLarge):
+            return MatrixError(
+                502, "M_TOO_LARGE",
+                f"{server}'s {what} answer is larger than {self._max_join_size // (1024 * 1024)} MiB, the most "
+                "this server accepts (option send_join_max_response_size)",
+            )
+        if isinstance(e, RequestTimedOut):
+            return MatrixError(504, "M_UNKNOWN", f"{server} did not answer {what} in time")
+        if isinstance(e, InvalidResponse):
+            return MatrixError(502, "M_UNKNOWN", f"{server} sent an invalid {what} answer: {e}")
+        return MatrixError(502, "M_UNKNOWN", f"{server} is unreachable: {e}")
 
     async def _send(self, server: str, kind: str, room_id: str, event: Event) -> dict:
         """``send_<kind>`` v2, falling back to v1 where the peer does not know v2.
@@ -210,7 +309,7 @@ class RemoteMembership:
             except HttpResponseError as e:
                 raise HandshakeFailed(_relay(e)) from None
             except FederationClientError as e:
-                raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} is unreachable: {e}")) from None
+                raise HandshakeFailed(self._client_error(server, "send_knock", e)) from None
             if not isinstance(resp, dict):
                 raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} sent a malformed send_knock answer"))
             return resp
@@ -237,88 +336,73 @@ class RemoteMembership:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server} sent a malformed send_{kind} answer"))
         return resp
 
-    async def _take_in_join(self, server: str, room_id: str, rv: RoomVersion, event: Event, resp: dict) -> Event:
+    async def _take_in_join(
+        self, server: str, room_id: str, rv: RoomVersion, event: Event, top: dict, intake: OutlierIntake,
+        asked: bool,
+    ) -> tuple[Event, bool]:
+        """Check the rest of the send_join answer, finish storing its events, and take our
+        join in on the state it gave (marking the room partial-state if members were
+        omitted, which only an answer to ``omit_members=true`` may do).
+
+        :returns: ``(our join, whether the room is partial-state)``.
+        """
+        if "state" not in top or "auth_chain" not in top:
+            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer lacks state"))
+        omitted = top.get("members_omitted")
+        if omitted is None:
+            omitted = False  # absent (v1, older servers) or null: the full state
+        if type(omitted) is not bool:
+            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s members_omitted is not a boolean"))
+        partial: Optional[PartialJoin] = None
+        if omitted:
+            # Server-server spec, send_join v2: members_omitted is true "if m.room.member
+            # events have been omitted from state" (MSC3706), which a resident may only do
+            # when asked (omit_members=true), and servers_in_room is then required. A
+            # partial state we did not ask for is not taken as the room's state (it would
+            # show a room without its members): our join is not taken in, and the next
+            # candidate is tried. (The answer's events, read as they arrived, may be held
+            # as outliers: they are signed events of the room that nothing refers to.)
+            if not asked:
+                raise HandshakeFailed(MatrixError(
+                    502, "M_UNKNOWN",
+                    f"{server} answered send_join with partial state (members_omitted) that was not asked for",
+                ))
+            servers = top.get("servers_in_room")
+            if type(servers) is not list or not servers or not all(is_valid_server_name(x) for x in servers):
+                raise HandshakeFailed(MatrixError(
+                    502, "M_UNKNOWN", f"{server} omitted the room's members without a valid servers_in_room"
+                ))
+            partial = PartialJoin(event.event_id, server, tuple(sorted(set(servers) - {self._server_name})))
         # A restricted join comes back countersigned by the resident: use that copy.
-        returned = resp.get("event")
+        returned = top.get("event")
         if isinstance(returned, dict):
             checked = await check_received(self._keyring, [returned], rv, room_id=room_id)
             if checked.events and checked.events[0].event_id == event.event_id:
                 event = checked.events[0]
-        state_pdus = resp.get("state")
-        chain_pdus = resp.get("auth_chain")
-        if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
-            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer lacks state"))
-        if resp.get("members_omitted") is not False and resp.get("members_omitted") is not None:
-            # Server-server spec, send_join v2: members_omitted is true "if m.room.member
-            # events have been omitted from state" (MSC3706), which a resident may only do
-            # when asked (omit_members=true; we never ask, yet). Such a state is not the
-            # room's state: taking it as complete would show a room without its members.
-            # Nothing is stored; the next candidate is tried.
-            raise HandshakeFailed(MatrixError(
-                502, "M_UNKNOWN", f"{server} answered send_join with partial state (members_omitted) unasked"
-            ))
-        # The create event first: nothing is stored for a room whose create event is wrong.
-        created = await check_received(
-            self._keyring,
-            [p for p in state_pdus if isinstance(p, dict) and p.get("type") == "m.room.create" and p.get("state_key") == ""][:1],
-            rv, room_id=room_id,
-        )
-        create = created.events[0] if created.events else None
-        if create is None:
+        try:
+            await intake.finish()
+        except IntakeError as e:
+            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s state: {e}")) from None
+        state = dict(intake.state)
+        if ("m.room.create", "") not in state:
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s state has no create event"))
-        if create.content.get("room_version", "1") != rv.identifier:
-            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event names another room version"))
-        if rv.room_id_from_create_event and "!" + create.event_id[1:] != room_id:
-            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The create event does not match the room id"))
-        chain = await check_received(self._keyring, chain_pdus, rv, room_id=room_id)
-        verified = {**chain.verified, **created.verified}
-        by_id = {e.event_id: e for e in chain.events}
-        outcomes = dict(await self._pipeline.process_outliers(room_id, [create, *chain.events], verified_servers=verified))
-        # Then the state, in chunks: checking a chunk (signatures on the thread pool) overlaps
-        # storing the one before (the database thread), and large rooms log their progress.
-        state_events: list[Event] = [create]
-        pending = None
-        for start in range(0, len(state_pdus), JOIN_STATE_CHUNK):
-            part = await check_received(self._keyring, state_pdus[start:start + JOIN_STATE_CHUNK], rv, room_id=room_id)
-            verified.update(part.verified)
-            for e in part.events:
-                by_id[e.event_id] = e
-                if e.state_key is not None and e.event_id != create.event_id:
-                    state_events.append(e)
-            if pending is not None:
-                outcomes.update(await pending)
-            pending = self._pipeline.process_outliers(room_id, part.events, verified_servers=verified)
-            if len(state_pdus) > JOIN_STATE_CHUNK:
-                log.info("Joining {room_id}: {n} of {total} state events checked",
-                         room_id=room_id, n=min(start + JOIN_STATE_CHUNK, len(state_pdus)), total=len(state_pdus))
-        if pending is not None:
-            outcomes.update(await pending)
-        # An event whose auth events came in a later chunk (a resident that left them out of
-        # auth_chain) is checked again now that everything is stored.
-        again = [e for e in state_events if outcomes.get(e.event_id) is not None and outcomes[e.event_id].status == MISSING]
-        if again:
-            outcomes.update(await self._pipeline.process_outliers(room_id, again, verified_servers=verified))
-        state: dict[StateKey, str] = {}
-        for e in state_events:
-            o = outcomes.get(e.event_id)
-            if o is not None and o.status == ACCEPTED:
-                state[(e.type, e.state_key)] = e.event_id
-        for a in event.auth_event_ids:
-            if a not in by_id and a not in outcomes:
-                if not await self._store.have_events([a]):
-                    raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The join's auth events were not returned"))
+        unknown = [a for a in event.auth_event_ids if a not in intake.taken]
+        if unknown and len(await self._store.have_events(unknown)) < len(unknown):
+            raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The join's auth events were not returned"))
         # Our join goes to every server in the room too, queued with it (the resident
-        # sends it as well; receivers drop the copy they already have).
+        # sends it as well; receivers drop the copy they already have). In a partial-state
+        # room those are the resident's servers_in_room, marked in the same transaction.
         result = await self._pipeline.process(
             room_id, [event], state_before={event.event_id: state},
             verified_servers={event.event_id: frozenset({self._server_name, server})},
+            partial_join=partial,
             distribute=True,
         )
         outcome = result[event.event_id]
         if outcome.status != ACCEPTED:
             why = outcome.refusal.reason if outcome.refusal else outcome.status
             raise HandshakeFailed(MatrixError(403, "M_FORBIDDEN", f"The join was refused here: {why}"))
-        return event
+        return event, partial is not None
 
     # -- leaving and knocking -------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.background import log_background_failure
+from fedserver.keyed_lock import KeyedLock
 from fedserver.errors import MatrixError, bad_json, forbidden
 from fedserver.storage.interface import ReceivedTxn
 
@@ -79,7 +80,7 @@ class TransactionHandler:
         self._acls = acls
         self._receiver = receiver
         self._edu_handlers = dict(edu_handlers or {})
-        self._locks: dict[str, defer.DeferredLock] = {}
+        self._locks: KeyedLock[str] = KeyedLock()
 
     def register_edu_handler(self, edu_type: str, handler: EduHandler) -> None:
         """Route EDUs of ``edu_type`` to ``handler(origin, content)``."""
@@ -96,18 +97,7 @@ class TransactionHandler:
             pdus, edus = check_transaction(origin, txn_id, body)
         except MatrixError:
             return defer.fail()
-        lock = self._locks.get(origin)
-        if lock is None:
-            lock = self._locks[origin] = defer.DeferredLock()
-        d = lock.run(self._process, origin, txn_id, pdus, edus)
-
-        def release_lock_entry(result: Any) -> Any:
-            if not lock.locked and not lock.waiting and self._locks.get(origin) is lock:
-                del self._locks[origin]
-            return result
-
-        d.addBoth(release_lock_entry)
-        return d
+        return self._locks.run(origin, lambda: self._process(origin, txn_id, pdus, edus))
 
     def busy_origins(self) -> int:
         """:returns: how many origins have a transaction being processed or waiting."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.background import log_background_failure
 from fedserver.events.model import Event
+from fedserver.keyed_lock import KeyedLock
 from fedserver.handlers.rooms.client_events import (
     HISTORY_VISIBILITY_KEY,
     WORLD_READABLE,
@@ -208,7 +208,7 @@ class RoomsHandler:
         self.source = source
         self.room_versions = room_versions if room_versions is not None else RoomVersionRegistry()
         self.default_room_version = default_room_version
-        self._txn_locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
+        self._txn_locks: KeyedLock[tuple[str, str, str]] = KeyedLock()
         #: The :class:`~fedserver.handlers.rooms.relations.RelationsHandler` that checks
         #: new related events (threads, annotations), or ``None``.
         self.relations: Any = None
@@ -366,9 +366,6 @@ class RoomsHandler:
             raise invalid_param("txnId", "Invalid transaction id")
         scope = transaction_scope(requester)
         key = (requester.user_id, scope, txn_id)
-        lock = self._txn_locks.get(key)
-        if lock is None:
-            lock = self._txn_locks[key] = defer.DeferredLock()
 
         async def run() -> str:
             done = await self.store.rooms.get_client_txn(*key)
@@ -377,11 +374,7 @@ class RoomsHandler:
             event_id = await make()
             return await self.store.rooms.store_client_txn(*key, room_id, event_id)
 
-        try:
-            return await lock.run(lambda: defer.ensureDeferred(run()))
-        finally:
-            if not lock.locked and not lock.waiting and self._txn_locks.get(key) is lock:
-                del self._txn_locks[key]
+        return await self._txn_locks.run(key, run)
 
     async def send_event(
         self, requester: Any, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str

@@ -325,6 +325,8 @@ class TimelineHandler:
             if value is not None and value not in MEMBERSHIPS:
                 raise invalid_param(name, f"{name} must be one of {', '.join(sorted(MEMBERSHIPS))}")
         user_id = requester.user_id
+        # A room joined with partial state has no member list yet: wait for it (MSC3902).
+        await self.events.pipeline.wait_full_state(room_id)
         state = await self.rooms.readable_state(room_id, user_id)
         if at is not None:
             state = await self._state_at(room_id, user_id, at, state)
@@ -373,6 +375,7 @@ class TimelineHandler:
         m = await self.store.rooms.get_membership(room_id, requester.user_id)
         if m is None or m.membership != "join":
             raise forbidden("You are not joined to this room")
+        await self.events.pipeline.wait_full_state(room_id)
         state = await self.events.pipeline.current_state(room_id)
         ids = [v for (t, _), v in state.items() if t == "m.room.member"]
         events = await self.store.get_events(ids)

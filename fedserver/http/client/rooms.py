@@ -20,7 +20,7 @@ from fedserver.handlers.rooms.rooms import RoomsHandler
 from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.rooms.upgrade import RoomUpgradeHandler
 from fedserver.handlers.client.ignored_users import IgnoredUsers
-from fedserver.handlers.client.sync import SyncHandler
+from fedserver.handlers.client.sync import PartialStateSection, SyncHandler
 from fedserver.http.client.relations import register_relations_routes
 from fedserver.http.client.timeline import register_timeline_routes
 from fedserver.http.client.upgrade import register_upgrade_routes
@@ -129,13 +129,16 @@ def build_room_services(
         events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
     )
     sent_members = SentMembers()
-    sync = SyncHandler(store, notifier, source, clock, sent_members=sent_members)
+    sync = SyncHandler(
+        store, notifier, source, clock, sections=[PartialStateSection(store)], sent_members=sent_members
+    )
     timeline = TimelineHandler(events, source, rooms, backfill=backfill, sent_members=sent_members)
     relations = RelationsHandler(store, source, timeline)
     rooms.relations = relations
     upgrades = RoomUpgradeHandler(events, membership, versions)
     membership.on_joined.append(upgrades.on_joined)
     pipeline.on_persisted.append(notifier.on_persisted)
+    pipeline.on_full_state.append(notifier.notify_room)
     pipeline.on_persisted.append(rooms.on_persisted)
     return RoomServices(
         events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades, ignored=ignored,

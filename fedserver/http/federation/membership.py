@@ -9,7 +9,7 @@ from twisted.web.iweb import IRequest
 from fedserver.handlers.federation.history import is_valid_id
 from fedserver.handlers.federation.handshakes import HandshakeHandler
 from fedserver.errors import bad_json, invalid_param
-from fedserver.http.resource import query_strings, read_json_body
+from fedserver.http.resource import query_string, query_strings, read_json_body
 
 
 def _room_id(value: str) -> str:
@@ -51,8 +51,18 @@ class _Routes:
     def send(self, membership: str, v1: bool):
         async def run(request: IRequest, origin: str, room_id: str, event_id: str) -> Any:
             room_id, event_id = _room_id(room_id), _event_id(event_id)
+            omit_members = False
+            if not v1 and membership == "join":
+                # send_join v2 ``omit_members`` (Matrix 1.6, MSC3706): "true" or "false";
+                # anything else is 400 M_INVALID_PARAM.
+                value = query_string(request, "omit_members", "false")
+                if value not in ("true", "false"):
+                    raise invalid_param("omit_members", "omit_members must be true or false")
+                omit_members = value == "true"
             pdu = read_json_body(request)
-            body = await self._handler.send_membership(origin, room_id, event_id, pdu, membership)
+            body = await self._handler.send_membership(
+                origin, room_id, event_id, pdu, membership, omit_members=omit_members
+            )
             if v1 and membership != "knock":
                 if membership == "join":
                     body = {k: body[k] for k in ("auth_chain", "state", "event", "origin") if k in body}
