@@ -1,12 +1,136 @@
-"""Helpers for tests, ours and plugin authors': whole servers started in-process on loopback."""
+"""Helpers for tests, ours and plugin authors': whole servers started in-process on loopback, and their databases."""
 
-from __future__ import annotations
+# The backend under test: SQLite files by default; with FEDSERVER_TEST_POSTGRES set to a
+# PostgreSQL URL (a throwaway cluster: see fedserver.testing_postgres), every store a test
+# opens through test_database() / open_test_store() / loopback_config() lives in a fresh
+# PostgreSQL schema of that database instead of the file. The schema is named after the
+# process and the file's path, so opening "the same file" again (a restart) finds the same
+# data, and it is dropped at the end of the test (and at exit, for any left over).
 
+import atexit
+import hashlib
 import os
 import socket
+import threading
 from typing import Any
 
 from fedserver.config import Config, config_from_dict
+
+#: Environment variable holding the URL of the PostgreSQL database tests run on.
+POSTGRES_ENV = "FEDSERVER_TEST_POSTGRES"
+
+
+def test_postgres_url() -> str | None:
+    """The PostgreSQL URL tests run their stores on, or ``None`` for SQLite files."""
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+def test_backend() -> str:
+    """``"postgresql"`` or ``"sqlite"``: where tests keep their databases."""
+    return "postgresql" if test_postgres_url() else "sqlite"
+
+
+def _schema_for(path: str) -> str:
+    digest = hashlib.sha1(os.path.abspath(path).encode("utf-8")).hexdigest()[:20]
+    return f"t{os.getpid()}_{digest}"
+
+
+_admin_lock = threading.Lock()
+_admin: Any = None
+_made: set[str] = set()
+
+
+def _admin_execute(sql: str) -> None:
+    global _admin
+    import psycopg
+
+    with _admin_lock:
+        if _admin is None or _admin.closed:
+            _admin = psycopg.connect(test_postgres_url(), autocommit=True)
+            _admin.execute("SET lock_timeout = '10s'")
+            atexit.register(_drop_all)
+        _admin.execute(sql)
+
+
+def _drop_all() -> None:
+    for name in sorted(_made):
+        _drop_schema(name)
+
+
+def _drop_schema(name: str) -> None:
+    try:
+        _admin_execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        _made.discard(name)
+    except Exception:
+        pass  # still in use: dropped at exit, or with the throwaway cluster
+
+
+def test_database(test: Any, path: str) -> Any:
+    """What a test opens for "the database file at ``path``": ``path`` itself on SQLite,
+    or on PostgreSQL a :class:`~fedserver.storage.postgres.PostgresConfig` for the schema
+    of that path (made if missing, dropped at the end of ``test``).
+
+    :param test: the trial test case (``None``: dropped at exit only).
+    """
+    url = test_postgres_url()
+    if url is None:
+        return path
+    from fedserver.storage.postgres import PostgresConfig
+
+    name = _schema_for(path)
+    if name not in _made:
+        _admin_execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
+        _made.add(name)
+        if test is not None:
+            test.addCleanup(_drop_schema, name)
+    return PostgresConfig(url, schema=name, readers=2)
+
+
+async def open_test_store(test: Any, path: str | None = None, reactor: Any = None, **kw: Any):
+    """Open a store for ``test`` (closed at its cleanup) on the backend under test, for the
+    database file ``path`` (a new one under ``test.mktemp()`` if ``None``).
+
+    :param kw: passed to :func:`fedserver.storage.open_store`.
+    """
+    from fedserver.storage import open_store
+
+    if reactor is None:
+        from twisted.internet import reactor
+    if path is None:
+        directory = test.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "fedserver.db")
+    store = await open_store(test_database(test, path), reactor, **kw)
+    test.addCleanup(store.close)
+    return store
+
+
+def connect_test_database(path: str) -> Any:
+    """A plain DB-API connection (``execute(sql, params)`` returning a cursor, ``close()``)
+    to "the database file at ``path``" on the backend under test, for tests that look at
+    rows directly. SQL is written as in storage (``?`` placeholders)."""
+    url = test_postgres_url()
+    if url is None:
+        import sqlite3
+
+        return sqlite3.connect(path)
+    return _PgTestConnection(url, _schema_for(path))
+
+
+class _PgTestConnection:
+    def __init__(self, url: str, schema: str) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.execute(f"SET search_path TO {schema}")
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        from fedserver.storage.dialect import POSTGRESQL
+
+        return self._conn.execute(POSTGRESQL.sql(sql), params)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def free_port() -> int:
@@ -37,6 +161,9 @@ def loopback_config(directory: str, port: int | None = None, **extra: Any) -> Co
         "federation_allow_private_addresses": True,
         "federation_client_timeout": 20,
     }
+    if test_postgres_url() is not None and "database" not in extra:
+        target = test_database(None, raw["database_path"])
+        raw["database"] = {"backend": "postgresql", "dsn": target.dsn, "schema": target.schema, "readers": target.readers}
     raw.update(extra)
     return config_from_dict(raw)
 
@@ -51,6 +178,9 @@ async def start_server(test: Any, config: Config, reactor: Any = None):
 
     if reactor is None:
         from twisted.internet import reactor
+    if config.database.schema in _made:
+        # After the stop below (cleanups run last first).
+        test.addCleanup(_drop_schema, config.database.schema)
     svc = FedserverService(config, reactor)
     svc.privilegedStartService()
     svc.startService()
