@@ -2,7 +2,7 @@
 
 # The backend under test: SQLite files by default; with FEDSERVER_TEST_POSTGRES set to a
 # PostgreSQL URL (a throwaway cluster: see fedserver.testing_postgres), every store a test
-# opens through test_database() / open_test_store() / loopback_config() lives in a fresh
+# opens through database_for_test() / open_test_store() / loopback_config() lives in a fresh
 # PostgreSQL schema of that database instead of the file. The schema is named after the
 # process and the file's path, so opening "the same file" again (a restart) finds the same
 # data, and it is dropped at the end of the test (and at exit, for any left over).
@@ -20,14 +20,14 @@ from fedserver.config import Config, config_from_dict
 POSTGRES_ENV = "FEDSERVER_TEST_POSTGRES"
 
 
-def test_postgres_url() -> str | None:
+def postgres_url_for_tests() -> str | None:
     """The PostgreSQL URL tests run their stores on, or ``None`` for SQLite files."""
     return os.environ.get(POSTGRES_ENV) or None
 
 
-def test_backend() -> str:
+def backend_for_tests() -> str:
     """``"postgresql"`` or ``"sqlite"``: where tests keep their databases."""
-    return "postgresql" if test_postgres_url() else "sqlite"
+    return "postgresql" if postgres_url_for_tests() else "sqlite"
 
 
 def _schema_for(path: str) -> str:
@@ -46,7 +46,9 @@ def _admin_execute(sql: str) -> None:
 
     with _admin_lock:
         if _admin is None or _admin.closed:
-            _admin = psycopg.connect(test_postgres_url(), autocommit=True)
+            url = postgres_url_for_tests()
+            assert url is not None
+            _admin = psycopg.connect(url, autocommit=True)
             _admin.execute("SET lock_timeout = '10s'")
             atexit.register(_drop_all)
         _admin.execute(sql)
@@ -65,14 +67,14 @@ def _drop_schema(name: str) -> None:
         pass  # still in use: dropped at exit, or with the throwaway cluster
 
 
-def test_database(test: Any, path: str) -> Any:
+def database_for_test(test: Any, path: str) -> Any:
     """What a test opens for "the database file at ``path``": ``path`` itself on SQLite,
     or on PostgreSQL a :class:`~fedserver.storage.postgres.PostgresConfig` for the schema
     of that path (made if missing, dropped at the end of ``test``).
 
     :param test: the trial test case (``None``: dropped at exit only).
     """
-    url = test_postgres_url()
+    url = postgres_url_for_tests()
     if url is None:
         return path
     from fedserver.storage.postgres import PostgresConfig
@@ -84,6 +86,40 @@ def test_database(test: Any, path: str) -> Any:
         if test is not None:
             test.addCleanup(_drop_schema, name)
     return PostgresConfig(url, schema=name, readers=2)
+
+
+def database_arg_for_test(test: Any, path: str) -> str:
+    """A command-line tool's ``--database`` value for "the database file at ``path``": the
+    path on SQLite, else a ``postgresql://`` URL selecting the schema of ``path``."""
+    target = database_for_test(test, path)
+    if isinstance(target, str):
+        return target
+    from urllib.parse import quote
+
+    url = target.dsn
+    return url + ("&" if "?" in url else "?") + "options=" + quote(f"-csearch_path={target.schema}", safe="")
+
+
+def database_yaml_for_test(path: str) -> str:
+    """Lines of a configuration file naming "the database file at ``path``" on the backend
+    under test (``database_path``, and ``database`` on PostgreSQL)."""
+    import json
+
+    lines = f"database_path: {json.dumps(path)}\n"
+    for name, value in database_options_for_test(path).items():
+        lines += f"{name}: {json.dumps(value)}\n"
+    return lines
+
+
+def database_options_for_test(path: str) -> dict[str, Any]:
+    """Configuration options (raw, as in the YAML file) that put a test server's database
+    on the backend under test: ``{}`` on SQLite (``database_path`` is used), else the
+    ``database`` option for the schema of ``path`` (see :func:`database_for_test`; dropped
+    at exit, or by :func:`start_server` at the end of the test)."""
+    if postgres_url_for_tests() is None:
+        return {}
+    target = database_for_test(None, path)
+    return {"database": {"backend": "postgresql", "dsn": target.dsn, "schema": target.schema, "readers": target.readers}}
 
 
 async def open_test_store(test: Any, path: str | None = None, reactor: Any = None, **kw: Any):
@@ -100,34 +136,41 @@ async def open_test_store(test: Any, path: str | None = None, reactor: Any = Non
         directory = test.mktemp()
         os.makedirs(directory)
         path = os.path.join(directory, "fedserver.db")
-    store = await open_store(test_database(test, path), reactor, **kw)
+    store = await open_store(database_for_test(test, path), reactor, **kw)
     test.addCleanup(store.close)
     return store
 
 
 def connect_test_database(path: str) -> Any:
-    """A plain DB-API connection (``execute(sql, params)`` returning a cursor, ``close()``)
-    to "the database file at ``path``" on the backend under test, for tests that look at
-    rows directly. SQL is written as in storage (``?`` placeholders)."""
-    url = test_postgres_url()
+    """A plain connection to "the database file at ``path``" on the backend under test,
+    for tests that look at rows directly: ``execute(sql, params)`` returns a DB-API
+    cursor (SQL written as in storage, with ``?`` placeholders), ``dialect`` is the
+    engine's :class:`~fedserver.storage.dialect.Dialect`, ``close()`` closes it."""
+    from fedserver.storage.dialect import POSTGRESQL, SQLITE
+
+    url = postgres_url_for_tests()
     if url is None:
         import sqlite3
 
-        return sqlite3.connect(path)
-    return _PgTestConnection(url, _schema_for(path))
+        return _TestConnection(sqlite3.connect(path), SQLITE)
+    import psycopg
+
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"SET search_path TO {_schema_for(path)}")
+    return _TestConnection(conn, POSTGRESQL)
 
 
-class _PgTestConnection:
-    def __init__(self, url: str, schema: str) -> None:
-        import psycopg
-
-        self._conn = psycopg.connect(url, autocommit=True)
-        self._conn.execute(f"SET search_path TO {schema}")
+class _TestConnection:
+    def __init__(self, conn: Any, dialect: Any) -> None:
+        self._conn = conn
+        self.dialect = dialect
 
     def execute(self, sql: str, params: Any = ()) -> Any:
-        from fedserver.storage.dialect import POSTGRESQL
+        return self._conn.execute(self.dialect.sql(sql), params)
 
-        return self._conn.execute(POSTGRESQL.sql(sql), params)
+    def tables(self) -> set[str]:
+        """The names of the tables."""
+        return {r[0] for r in self._conn.execute(self.dialect.list_tables_sql)}
 
     def close(self) -> None:
         self._conn.close()
@@ -161,9 +204,8 @@ def loopback_config(directory: str, port: int | None = None, **extra: Any) -> Co
         "federation_allow_private_addresses": True,
         "federation_client_timeout": 20,
     }
-    if test_postgres_url() is not None and "database" not in extra:
-        target = test_database(None, raw["database_path"])
-        raw["database"] = {"backend": "postgresql", "dsn": target.dsn, "schema": target.schema, "readers": target.readers}
+    if "database" not in extra:
+        raw.update(database_options_for_test(extra.get("database_path", raw["database_path"])))
     raw.update(extra)
     return config_from_dict(raw)
 

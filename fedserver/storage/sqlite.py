@@ -16,7 +16,7 @@ from fedserver.storage.backfill_store import BackfillStore
 from fedserver.storage.devices_store import DevicesStore
 from fedserver.storage.key_backup_store import KeyBackupStore
 from fedserver.storage.to_device_store import ToDeviceStore
-from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
+from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids, storable_text
 from fedserver.storage.distribution_store import DistributionStore
 from fedserver.storage.dialect import POSTGRESQL
 from fedserver.storage.postgres import PostgresConfig, check_server, connect_pools
@@ -209,6 +209,11 @@ class SQLiteStore:
     def close(self) -> None:
         """Finish queued work and close the database."""
         self._db.close()
+
+    def can_store_text(self, value: str) -> bool:
+        """Whether ``value`` can be stored as TEXT in this database (not a lone surrogate;
+        on PostgreSQL, no U+0000), e.g. to refuse an id up front rather than fail later."""
+        return storable_text(value) and (self._db.dialect.text_allows_nul or "\x00" not in value)
 
     # -- events -----------------------------------------------------------------------
 

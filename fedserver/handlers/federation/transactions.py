@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from fedserver.errors import MatrixError, bad_json, forbidden
+from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param
 from fedserver.storage.interface import ReceivedTxn
 
 log = Logger()
@@ -95,6 +95,11 @@ class TransactionHandler:
             pdus, edus = check_transaction(origin, txn_id, body)
         except MatrixError:
             return defer.fail()
+        can_store = getattr(self._store, "can_store_text", None)
+        if can_store is not None and not can_store(txn_id):
+            # The answer could not be recorded, so a replay could not be recognised
+            # (PostgreSQL's TEXT cannot hold U+0000).
+            return defer.fail(invalid_param("txnId", "This server cannot store this transaction id"))
         lock = self._locks.get(origin)
         if lock is None:
             lock = self._locks[origin] = defer.DeferredLock()
