@@ -446,7 +446,8 @@ class Database:
                 if not lost:
                     _rollback_quietly(raw)
                 if not write and getattr(e, "sqlstate", None) == "25006":
-                    raise  # a read transaction tried to write: a bug, not a fault
+                    # A read transaction tried to write: a bug, not a fault of the database.
+                    raise StorageError(f"a read transaction tried to write: {e}") from e
                 retry = attempt < MAX_ATTEMPTS and not committing and (lost or dialect.retryable(e))
                 if not retry:
                     if lost and committing:

@@ -200,9 +200,8 @@ def _pyformat_token(m: re.Match) -> str:
     token = m.group(0)
     if token == "?":
         return "%s"
-    if token == "%":
-        return "%%"
-    return token
+    # psycopg reads every "%" as the start of a placeholder, even inside a string literal.
+    return token.replace("%", "%%")
 
 
 def _schema_type(m: re.Match) -> str:

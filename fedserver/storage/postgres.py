@@ -163,6 +163,11 @@ def connect_pools(config: PostgresConfig, reactor: Any) -> tuple[adbapi.Connecti
     return writer, readers
 
 
+def _codepoint_order(locale: str) -> bool:
+    # "C" and "POSIX" compare bytes; glibc's C.UTF-8 compares code points, the same order.
+    return locale.lower().replace("-", "") in ("c", "posix", "c.utf8")
+
+
 def check_server(conn: Any, config: PostgresConfig) -> None:
     """Refuse a database that would not behave as fedserver needs: text must be UTF-8 and
     ordered by code point (collation ``C``, as SQLite compares text), and the schema must
@@ -181,7 +186,7 @@ def check_server(conn: Any, config: PostgresConfig) -> None:
     )
     if encoding != "UTF8":
         raise SchemaError(f"database {dbname!r} has encoding {encoding}, not UTF8; {fix}")
-    if collate not in ("C", "POSIX") or ctype not in ("C", "POSIX"):
+    if not (_codepoint_order(collate) and _codepoint_order(ctype)):
         raise SchemaError(
             f"database {dbname!r} has LC_COLLATE {collate!r} and LC_CTYPE {ctype!r}: text would sort "
             f"by language rules, not by code point as fedserver expects; {fix}"

@@ -155,9 +155,7 @@ def prepare_database(conn: Any, schema_dir: str, now_ms: int, dialect: Dialect =
         try:
             current = get_schema_version(conn, dialect)
             if current is None:
-                cur.execute(dialect.schema_sql(_BOOTSTRAP))
-                for script in scripts:
-                    _apply(cur, script, now_ms, dialect)
+                build_schema(cur, scripts, now_ms, dialect)
             elif current > code_version:
                 raise SchemaTooNewError(
                     f"the database has schema version {current}, newer than the newest this "
@@ -179,6 +177,17 @@ def prepare_database(conn: Any, schema_dir: str, now_ms: int, dialect: Dialect =
     finally:
         cur.close()
     return code_version
+
+
+def build_schema(cur: Any, scripts: list[SchemaScript], now_ms: int, dialect: Dialect = SQLITE) -> None:
+    """Create the whole schema of a new database in the caller's (open) transaction: the
+    ``schema_version`` table and every script, each recorded as applied at ``now_ms``.
+
+    :raises SchemaError: if a script fails.
+    """
+    cur.execute(dialect.schema_sql(_BOOTSTRAP))
+    for script in scripts:
+        _apply(cur, script, now_ms, dialect)
 
 
 def _apply(cur: Any, script: SchemaScript, now_ms: int, dialect: Dialect = SQLITE) -> None:
