@@ -168,6 +168,11 @@ class _TestConnection:
     def execute(self, sql: str, params: Any = ()) -> Any:
         return self._conn.execute(self.dialect.sql(sql), params)
 
+    def commit(self) -> None:
+        """Commit what ``execute`` changed (PostgreSQL commits each statement itself)."""
+        if self.dialect.name == "sqlite":
+            self._conn.commit()
+
     def tables(self) -> set[str]:
         """The names of the tables."""
         return {r[0] for r in self._conn.execute(self.dialect.list_tables_sql)}

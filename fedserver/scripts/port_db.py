@@ -141,8 +141,12 @@ def port_database(sqlite_path: str, target: Any, *, out: Callable[[str], None] =
                             "port into an empty database or schema"
                         )
                     build_schema(cur, find_scripts(schema_dir), now_ms, POSTGRESQL)
-                    cur.execute("DELETE FROM schema_version")  # the source's history is copied
-                    for table in _copy_order(src, cur, SQLITE):
+                    order = _copy_order(src, cur, SQLITE)
+                    # The scripts may have put rows in (schema_version, seeded sequences):
+                    # the source holds their own, which are copied instead.
+                    for table in reversed(order):
+                        cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+                    for table in order:
                         report.tables.append(_copy_table(src, cur, table))
                         t = report.tables[-1]
                         out(f"  {t.name:<28} {t.rows:>10} rows  checksum {t.checksum[:16]}")
