@@ -1,7 +1,10 @@
-"""Benchmark: PDUs per second accepted through PUT /send into a room with 1,000 members.
+"""Benchmark: PDUs per second accepted through PUT /send into a room with 1,000 members, on SQLite and PostgreSQL.
 
-Run as ``python bench/ingest.py [--members 1000] [--pdus 10000] [--origins 1] [--version 10]``
-from the repository root (not a test: it prints figures).
+Run as ``python bench/ingest.py [--members 1000] [--pdus 10000] [--origins 1] [--version 10]
+[--backend sqlite|postgresql|both] [--postgres URL]`` from the repository root (not a
+test: it prints figures). Both engines are measured in the same run by default
+(PostgreSQL on a throwaway local cluster with its default durability unless ``--postgres``
+names a server); each gets the whole benchmark below, and a table compares them.
 
 1. Setup, in this process: a fedserver database with a public room of ours and ``--members``
    users of ``--origins`` peer servers joined to it (taken in through the room pipeline,
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from signedjson.key import generate_signing_key  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 
-from bench._common import now_ms, populated_room, with_service  # noqa: E402
+from bench._common import Databases, add_backend_arguments, now_ms, populated_room, with_service  # noqa: E402
 from fedserver.auth.selection import select_auth_events  # noqa: E402
 from fedserver.events.builder import build_event  # noqa: E402
 from fedserver.events.hashing import unpadded_base64  # noqa: E402
@@ -56,7 +58,7 @@ class Peer:
         self.users: list[str] = []
 
 
-async def setup(directory: str, args, peers: list[Peer]) -> tuple[str, str, dict, str, int]:
+async def setup(directory: str, args, peers: list[Peer], database: dict) -> tuple[str, str, dict, str, int]:
     """Build the room in a database under ``directory``; returns (room_id, our server name,
     current state ids, last event id, next depth)."""
     rv = spec_version(args.version)
@@ -76,7 +78,7 @@ async def setup(directory: str, args, peers: list[Peer]) -> tuple[str, str, dict
             joiners.append((user, peer.name, peer.key))
         return await populated_room(service, rv, f"@alice:{server_name}", joiners, batch_size=200)
 
-    room, state, last, depth = await with_service(directory, server_name, work)
+    room, state, last, depth = await with_service(directory, server_name, work, database)
     return room, server_name, state, last, depth
 
 
@@ -113,10 +115,27 @@ def proc_stats(pid: int) -> tuple[float, int]:
 
 
 async def run(args) -> None:
+    results = {}
+    with Databases(args) as dbs:
+        for backend in dbs.backends:
+            print(f"== {backend}: {dbs.describe(backend)}", flush=True)
+            results[backend] = await run_one(args, dbs, backend)
+    print()
+    rows = [("accepted PDUs per second", "rate", "{:,.0f}"), ("accepted / sent", "accepted", "{}"),
+            ("server CPU seconds", "cpu", "{:.2f}"), ("PDUs per server CPU-second", "per_cpu", "{:,.0f}"),
+            ("server peak RSS (MB)", "rss", "{:.0f}")]
+    print(f"{'':<30}" + "".join(f"{b:>16}" for b in results))
+    for label, key, fmt in rows:
+        print(f"{label:<30}" + "".join(f"{fmt.format(r[key]):>16}" for r in results.values()))
+    print(f"{'Synapse (the brief)':<30}{SYNAPSE_PDUS_PER_SECOND:>16,}")
+
+
+async def run_one(args, dbs: Databases, backend: str) -> dict:
     directory = tempfile.mkdtemp(prefix="fedserver-bench-ingest-")
+    database = dbs.options(backend, directory)
     peers = [Peer(i) for i in range(args.origins)]
     t0 = time.perf_counter()
-    room, server_name, state, last, depth = await setup(directory, args, peers)
+    room, server_name, state, last, depth = await setup(directory, args, peers, database)
     print(f"setup: room {room} (v{args.version}) with {args.members} members from {args.origins} server(s) in {time.perf_counter() - t0:.1f}s")
     rv = spec_version(args.version)
     pdus = make_pdus(args, rv, room, state, last, depth, peers)
@@ -127,7 +146,7 @@ async def run(args) -> None:
     port = int(server_name.rsplit(":", 1)[1])
     server.fed_port, server.server_name, server.fed_url = port, server_name, f"https://{server_name}"
     server.extra_config = {
-        "database_path": os.path.join(directory, "fedserver.db"),
+        **database,
         "signing_key_path": os.path.join(directory, "fedserver.signing.key"),
         "log_level": "warn",
     }
@@ -159,12 +178,11 @@ async def run(args) -> None:
             c.close()
     finally:
         server.stop()
-    db = sqlite3.connect(os.path.join(directory, "fedserver.db"))
-    stored = db.execute(
+    (stored,) = dbs.query(
+        database,
         "SELECT COUNT(*) FROM events WHERE room_id = ? AND type = 'm.room.message' AND outlier = 0"
         " AND rejected = 0 AND soft_failed = 0", (room,)
-    ).fetchone()[0]
-    db.close()
+    )[0]
     shutil.rmtree(directory, ignore_errors=True)
     rate = accepted / elapsed if elapsed else 0.0
     print()
@@ -178,6 +196,9 @@ async def run(args) -> None:
     print(f"{'server peak RSS':<34}{peak / 2**20:>10.0f} MB")
     print(f"{'Synapse (the brief, same machine)':<34}{SYNAPSE_PDUS_PER_SECOND:>12,}   -> x{rate / SYNAPSE_PDUS_PER_SECOND:,.0f}")
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    cpu = cpu1 - cpu0
+    return {"rate": rate, "accepted": f"{accepted}/{total}", "cpu": cpu, "per_cpu": accepted / max(cpu, 1e-9),
+            "rss": peak / 2**20}
 
 
 def main() -> None:
@@ -186,6 +207,7 @@ def main() -> None:
     parser.add_argument("--pdus", type=int, default=10_000)
     parser.add_argument("--origins", type=int, default=1)
     parser.add_argument("--version", default="10")
+    add_backend_arguments(parser)
     args = parser.parse_args()
     task.react(lambda _r: defer.ensureDeferred(run(args)))
 

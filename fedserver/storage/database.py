@@ -199,13 +199,11 @@ class Txn:
         Ids are never reused, even after the rows holding them are deleted. Only write
         transactions allocate, one at a time, so ids commit in allocation order.
         """
-        self.execute(
-            "INSERT INTO sequences (name, last_value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET last_value = sequences.last_value + ?",
-            (sequence, count, count),
-        )
         (last,) = self.execute(
-            "SELECT last_value FROM sequences WHERE name = ?", (sequence,)
+            "INSERT INTO sequences (name, last_value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET last_value = sequences.last_value + ? "
+            "RETURNING last_value",
+            (sequence, count, count),
         ).fetchone()
         return last - count + 1
 
@@ -241,8 +239,14 @@ class _PgTxn(Txn):
             raise
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        # psycopg pipelines the rows, which costs a sync of its own: for none or one row,
+        # a plain execute (or nothing) is one round trip less.
+        rows = rows if isinstance(rows, list) else list(rows)
         try:
-            self.cursor.executemany(self._sql(sql), rows)
+            if len(rows) == 1:
+                self.cursor.execute(self._sql(sql), rows[0])
+            elif rows:
+                self.cursor.executemany(self._sql(sql), rows)
         except Exception as e:
             if _is_nul_error(e):
                 raise InvalidDataError("text holding U+0000 cannot be stored in PostgreSQL") from None
