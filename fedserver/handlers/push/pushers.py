@@ -156,6 +156,7 @@ class PushersHandler:
         d = defer.ensureDeferred(self._deliver(user_id, event, actions, room_id))
         self._in_flight.add(d)
         d.addBoth(self._finished, d)
+        d.addErrback(_cancelled_at_stop)
         d.addErrback(log_unless_storage_fault, "Push delivery for {user_id} failed", user_id=user_id)
 
     def _finished(self, result: Any, d: defer.Deferred) -> Any:
@@ -252,5 +253,10 @@ class PushersHandler:
                     call.cancel()
             delay *= 2
 
+
+
+def _cancelled_at_stop(failure: Any) -> None:
+    """A delivery cancelled by :meth:`PushersHandler.stop` is not a failure to log."""
+    failure.trap(defer.CancelledError)
 
 __all__ = ["NOTIFY_PATH", "PushersHandler", "check_gateway_url"]
