@@ -160,6 +160,23 @@ def connect_test_database(path: str) -> Any:
     return _TestConnection(conn, POSTGRESQL)
 
 
+def make_unwritable(database: Any, unwritable: bool = True) -> Any:
+    """Make the running :class:`~fedserver.storage.database.Database` refuse writes (or
+    accept them again), as a read-only file or a read-only standby would: ``PRAGMA
+    query_only`` on SQLite, ``default_transaction_read_only`` on PostgreSQL, set on the
+    writer's connection. Writes then fail as storage faults of kind ``"read-only"``.
+
+    :returns: a Deferred that fires once it is set.
+    """
+    from fedserver.storage.dialect import SQLITE
+
+    if database.dialect is SQLITE:
+        sql = f"PRAGMA query_only = {1 if unwritable else 0}"
+    else:
+        sql = f"SET default_transaction_read_only = {'on' if unwritable else 'off'}"
+    return database.run_with_connection(lambda conn: conn.execute(sql))
+
+
 class _TestConnection:
     def __init__(self, conn: Any, dialect: Any) -> None:
         self._conn = conn

@@ -56,6 +56,20 @@ FIXTURES: dict[int, list[tuple[str, tuple]]] = {
         ("INSERT INTO federation_failures (failure_id, direction, server_name, severity, code, reason, ts)"
          " VALUES (?, ?, ?, ?, ?, ?, ?)", (7, "received", "peer.example", "ERROR", 3001, "old", 1)),
     ],
+    7: [
+        ("INSERT INTO presence (user_id, state, status_msg, last_active_ts, currently_active, stream_id)"
+         " VALUES (?, ?, ?, ?, ?, ?)", (USER, "unavailable", "away for years", 1_600_000_000_000, 0, 1)),
+    ],
+    8: [
+        ("INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name,"
+         " profile_tag, lang, data, device_id, pushkey_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         (USER, "org.example.app", "oldkey", "http", "App", "Phone", None, "en",
+          b'{"url": "https://push.example/_matrix/push/v1/notify"}', None, 1_600_000_000_000)),
+    ],
+    9: [
+        ("INSERT INTO e2e_device_keys (user_id, device_id, key_json, ts) VALUES (?, ?, ?, ?)",
+         (USER, "OLDDEVICE", b'{"device_id": "OLDDEVICE", "user_id": "@old:old.example"}', 1_600_000_000_000)),
+    ],
     10: [
         ("INSERT INTO local_media (media_id, user_id, created_ts, upload_ts, content_type, media_length,"
          " sha256, last_access_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -64,6 +78,10 @@ FIXTURES: dict[int, list[tuple[str, tuple]]] = {
     11: [
         # From 011 on, failure ids are allocated from the sequence, so it has moved past 7.
         ("UPDATE sequences SET last_value = 7 WHERE name = 'federation_failure'", ()),
+    ],
+    17: [
+        # A server stopped while this user was leaving their rooms.
+        ("INSERT INTO users_pending_deactivation (user_id, erase) VALUES (?, ?)", ("@gone:old.example", 1)),
     ],
 }
 
@@ -104,7 +122,8 @@ class UpgradeTests(TestCase):
         rows of that time opens with today's scripts, is recorded at the newest version
         with every script applied, keeps its rows, and works: events load, users and
         aliases are found, ids continue after the old ones (transaction ids, failure ids
-        after 011), media rows are read."""
+        after 011), presence, pushers, device keys, media rows and users still leaving
+        their rooms after a deactivation (017) are read."""
         for version in VERSIONS:
             path = await self.build_at(version)
             store = await open_store(database_for_test(self, path), reactor)
@@ -134,8 +153,20 @@ class UpgradeTests(TestCase):
                 )
                 failures = await store.federation_extras.list_failures("received")
                 self.assertEqual([(f.failure_id, f.reason) for f in failures], [(8, "new"), (7, "old")], version)
+            if version >= 7:
+                presence = (await store.presence.get_presence([USER]))[USER]
+                self.assertEqual((presence.state, presence.status_msg), ("unavailable", "away for years"), version)
+            if version >= 8:
+                pushers = await store.push.get_pushers([USER])
+                self.assertEqual([(p.pushkey, p.data["url"]) for p in pushers],
+                                 [("oldkey", "https://push.example/_matrix/push/v1/notify")], version)
+            if version >= 9:
+                keys = await store.devices.get_device_keys(USER, "OLDDEVICE")
+                self.assertEqual(keys, {"device_id": "OLDDEVICE", "user_id": USER}, version)
             if version >= 10:
                 media = await store.media.get_local("oldmedia")
                 self.assertEqual((media.user_id, media.media_length), (USER, 3))
+            self.assertEqual(await store.deactivation.get_pending(), ["@gone:old.example"] if version >= 17 else [],
+                             version)
             store.close()
 
