@@ -1,10 +1,12 @@
-"""Shared by the benchmarks: a fedserver database with a populated room, built in-process."""
+"""Shared by the benchmarks: a fedserver database with a populated room, built in-process, on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
-from typing import Any, Iterable
+import uuid
+from typing import Any, Iterable, Optional
 
 from twisted.internet import reactor
 
@@ -19,9 +21,120 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def with_service(directory: str, server_name: str, work) -> Any:
+BACKENDS = ("sqlite", "postgresql")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--postgres``, the same in every benchmark."""
+    parser.add_argument("--backend", choices=(*BACKENDS, "both"), default="both",
+                        help="database engine(s) to measure (default: both, in the same run)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="PostgreSQL database to measure on (default: a throwaway cluster with "
+                             "PostgreSQL's default durability, started and stopped by the benchmark)")
+
+
+class Databases:
+    """Where a benchmark keeps its databases: SQLite files, or fresh schemas of one
+    PostgreSQL database (a throwaway durable cluster unless ``--postgres`` names one).
+
+    :param args: parsed arguments with ``backend`` and ``postgres``.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.backends = list(BACKENDS) if args.backend == "both" else [args.backend]
+        self._url: Optional[str] = args.postgres
+        self._cluster: Any = None
+        self._schemas: list[str] = []
+
+    def __enter__(self) -> "Databases":
+        if "postgresql" in self.backends and self._url is None:
+            from fedserver.testing_postgres import start_cluster
+
+            self._cluster = start_cluster(durable=True)
+            self._url = self._cluster.url
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._url is not None and self._schemas:
+            import psycopg
+
+            with psycopg.connect(self._url, autocommit=True) as conn:
+                for name in self._schemas:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        if self._cluster is not None:
+            self._cluster.stop()
+
+    def describe(self, backend: str) -> str:
+        """The engine and its durability, for the report."""
+        if backend == "sqlite":
+            import sqlite3
+
+            return f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=NORMAL (no fsync per commit)"
+        import psycopg
+
+        with psycopg.connect(self._url) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            fsync = conn.execute("SHOW fsync").fetchone()[0]
+            sync = conn.execute("SHOW synchronous_commit").fetchone()[0]
+        where = "throwaway local cluster" if self._cluster is not None else "given server"
+        return f"PostgreSQL {version}, fsync={fsync}, synchronous_commit={sync} ({where}, loopback TCP)"
+
+    def options(self, backend: str, directory: str) -> dict[str, Any]:
+        """Configuration options putting a server's database in ``directory`` (SQLite) or
+        in a new schema (PostgreSQL)."""
+        path = os.path.join(directory, "fedserver.db")
+        if backend == "sqlite":
+            return {"database_path": path}
+        import psycopg
+
+        name = "bench_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        self._schemas.append(name)
+        return {"database_path": path, "database": {"backend": "postgresql", "dsn": self._url, "schema": name}}
+
+    def target(self, options: dict[str, Any]) -> Any:
+        """What :func:`fedserver.storage.open_store` opens for ``options``."""
+        return config_from_dict(options).store_target()
+
+    def query(self, options: dict[str, Any], sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one portable SQL query (``?`` placeholders) on that database."""
+        db = options.get("database")
+        if db is None:
+            import sqlite3
+
+            conn = sqlite3.connect(options["database_path"])
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        import psycopg
+
+        from fedserver.storage.dialect import POSTGRESQL
+
+        with psycopg.connect(db["dsn"], autocommit=True) as conn:
+            conn.execute(f"SET search_path TO {db['schema']}")
+            return conn.execute(POSTGRESQL.sql(sql), params).fetchall()
+
+    def size_bytes(self, options: dict[str, Any]) -> int:
+        """The space the database takes: files, or the schema's tables and indexes."""
+        db = options.get("database")
+        if db is None:
+            directory = os.path.dirname(options["database_path"])
+            return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+                       if f.startswith(os.path.basename(options["database_path"])))
+        (size,) = self.query(options, "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+                                      " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                                      " WHERE n.nspname = current_schema() AND c.relkind = 'r'")[0]
+        return int(size)
+
+
+async def with_service(directory: str, server_name: str, work, database: Optional[dict[str, Any]] = None) -> Any:
     """Start a fedserver on the files in ``directory`` (as the benchmarks' servers will use
-    them), run ``await work(service)``, stop it, and return what ``work`` returned."""
+    them), run ``await work(service)``, stop it, and return what ``work`` returned.
+
+    :param database: options from :meth:`Databases.options` (default: SQLite in
+        ``directory``)."""
     config = config_from_dict({
         "server_name": server_name,
         "database_path": os.path.join(directory, "fedserver.db"),
@@ -30,6 +143,7 @@ async def with_service(directory: str, server_name: str, work) -> Any:
         "tls_private_key_path": os.path.join(directory, "fedserver.tls.key"),
         "federation_listen": "127.0.0.1:0",
         "client_listen": "127.0.0.1:0",
+        **(database or {}),
     })
     service = FedserverService(config, reactor)
     service.privilegedStartService()

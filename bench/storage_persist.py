@@ -1,11 +1,14 @@
-"""Benchmark of the SQLite store: batch persist, a 20,000-entry state group, reads, DB size.
+"""Benchmark of the store on SQLite and PostgreSQL: batch persist, a 20,000-entry state group, reads, DB size.
 
-Run: ``python bench/storage_persist.py [members]`` from the repository root. Prints numbers;
-asserts nothing.
+Run: ``python bench/storage_persist.py [members] [--backend sqlite|postgresql|both]
+[--postgres URL]`` from the repository root. Both engines are measured in the same run by
+default (PostgreSQL on a throwaway local cluster with its default durability, unless
+``--postgres`` names a server), and printed side by side. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import sys
@@ -20,6 +23,7 @@ from fedserver.events.hashing import add_content_hash  # noqa: E402
 from fedserver.events.model import Event  # noqa: E402
 from fedserver.room_versions import V10  # noqa: E402
 from fedserver.storage import PersistEntry, open_store  # noqa: E402
+from bench._common import Databases, add_backend_arguments  # noqa: E402
 
 
 def member_event(room_id: str, user: str, auth: list[str], prev: list[str], depth: int) -> Event:
@@ -42,15 +46,18 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report(label: str, n: int, seconds: float) -> None:
-    rate = f"{n / seconds:,.0f}/s" if n else ""
-    print(f"{label:<58} {seconds * 1000:9.1f} ms  {rate:>12}")
+async def measure(reactor, members: int, dbs: Databases, backend: str) -> dict[str, tuple[int, float] | str]:
+    """Run every step on one engine; returns ``{label: (items, seconds)}`` and the size."""
+    results: dict[str, tuple[int, float] | str] = {}
 
+    def report(label: str, n: int, seconds: float) -> None:
+        results[label] = (n, seconds)
+        rate = f"{n / seconds:,.0f}/s" if n else ""
+        print(f"  [{backend}] {label:<58} {seconds * 1000:9.1f} ms  {rate:>12}", flush=True)
 
-async def main(reactor, members: int) -> None:
     tmp = tempfile.mkdtemp(prefix="fedserver-bench-")
-    path = os.path.join(tmp, "bench.db")
-    store = await open_store(path, reactor)
+    options = dbs.options(backend, tmp)
+    store = await open_store(dbs.target(options), reactor)
     room_id = "!bench:a.example"
     create = {
         "type": "m.room.create", "room_id": room_id, "sender": "@a:a.example", "state_key": "",
@@ -124,7 +131,7 @@ async def main(reactor, members: int) -> None:
     report("persist 1000 membership changes, one per transaction", len(churn), time.perf_counter() - t)
 
     store.close()
-    store = await open_store(path, reactor)
+    store = await open_store(dbs.target(options), reactor)
     t = time.perf_counter()
     st = await store.get_state_group(group)
     report(f"cold read of the {len(st)}-entry state group", len(st), time.perf_counter() - t)
@@ -147,12 +154,37 @@ async def main(reactor, members: int) -> None:
     hosts = await store.get_joined_hosts(room_id)
     report(f"get_joined_hosts ({len(hosts)} hosts)", 0, time.perf_counter() - t)
     store.close()
+    results["database size"] = f"{dbs.size_bytes(options) / 1e6:.1f} MB"
+    return results
 
-    size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
-    print(f"database size: {size / 1e6:.1f} MB ({path})")
-    print(f"peak RSS: {rss_mb():.0f} MB")
+
+async def main(reactor, args: argparse.Namespace) -> None:
+    with Databases(args) as dbs:
+        measured = {}
+        for backend in dbs.backends:
+            print(f"{backend}: {dbs.describe(backend)}", flush=True)
+            measured[backend] = await measure(reactor, args.members, dbs, backend)
+    backends = list(measured)
+    labels = list(measured[backends[0]])
+    print()
+    print(f"{'':<58}" + "".join(f"{b:>26}" for b in backends))
+    for label in labels:
+        cells = []
+        for b in backends:
+            value = measured[b][label]
+            if isinstance(value, str):
+                cells.append(f"{value:>26}")
+            else:
+                n, seconds = value
+                rate = f"{n / seconds:,.0f}/s" if n else ""
+                cells.append(f"{seconds * 1000:>11.1f} ms {rate:>11}")
+        print(f"{label:<58}" + "".join(cells))
+    print(f"peak RSS: {rss_mb():.0f} MB; machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor, n)))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("members", type=int, nargs="?", default=20_000)
+    add_backend_arguments(parser)
+    arguments = parser.parse_args()
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, arguments)))

@@ -88,11 +88,31 @@ class TrustedKeyServer:
 
 
 @dataclass(frozen=True)
+class DatabaseConfig:
+    """Which database engine holds the server's data (option ``database``).
+
+    :ivar backend: ``"sqlite"`` (the file ``database_path``, the default) or
+        ``"postgresql"``.
+    :ivar dsn: PostgreSQL: a libpq connection string or URL; empty for libpq's defaults
+        and ``PG*`` environment variables.
+    :ivar schema: PostgreSQL: the schema of fedserver's tables (it must exist); ``None``
+        for the default (``public``).
+    :ivar readers: PostgreSQL: connections serving reads in parallel (plus one writer).
+    """
+
+    backend: str = "sqlite"
+    dsn: str = ""
+    schema: str | None = None
+    readers: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration; see :data:`OPTIONS` for what each field means."""
 
     server_name: str = "localhost:8448"
     database_path: str = "fedserver.db"
+    database: DatabaseConfig = DatabaseConfig()
     signing_key_path: str = "fedserver.signing.key"
     tls_certificate_path: str = "fedserver.tls.crt"
     tls_private_key_path: str = "fedserver.tls.key"
@@ -148,6 +168,22 @@ class Config:
         if self.media_store_path is not None:
             return self.media_store_path
         return os.path.join(os.path.dirname(self.database_path), "media_store")
+
+    def store_target(self) -> Any:
+        """What :func:`fedserver.storage.open_store` opens: :attr:`database_path` (SQLite)
+        or a :class:`~fedserver.storage.postgres.PostgresConfig`."""
+        if self.database.backend != "postgresql":
+            return self.database_path
+        from fedserver.storage.postgres import PostgresConfig
+
+        db = self.database
+        return PostgresConfig(db.dsn, schema=db.schema, readers=db.readers)
+
+    def describe_database(self) -> str:
+        """The database, for logs (no password)."""
+        if self.database.backend != "postgresql":
+            return self.database_path
+        return self.store_target().describe()
 
     @property
     def server_host(self) -> str:
@@ -420,6 +456,47 @@ def _v_networks(v: Any) -> tuple[str, ...]:
     return items
 
 
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _v_database(v: Any) -> DatabaseConfig:
+    if v is None:
+        return DatabaseConfig()
+    if not isinstance(v, Mapping):
+        raise ValueError("must be a mapping such as {backend: postgresql, dsn: 'postgresql://...'}")
+    unknown = set(v) - {"backend", "dsn", "schema", "readers"}
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: backend, dsn, schema, readers)")
+    backend = v.get("backend", "sqlite")
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError("backend must be 'sqlite' or 'postgresql'")
+    if backend == "sqlite":
+        if set(v) - {"backend"}:
+            raise ValueError("dsn, schema and readers are for backend: postgresql (SQLite uses database_path)")
+        return DatabaseConfig()
+    dsn = v.get("dsn", "")
+    if dsn is None:
+        dsn = ""
+    if not isinstance(dsn, str) or "\x00" in dsn:
+        raise ValueError("dsn must be a libpq connection string such as 'postgresql://fedserver@localhost/fedserver'")
+    if dsn.strip():
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise ValueError("backend postgresql needs psycopg: pip install 'fedserver[postgres]'") from None
+        try:
+            conninfo_to_dict(dsn)
+        except Exception as e:
+            raise ValueError(f"dsn is not a valid connection string: {_one_line(str(e))}") from None
+    schema = v.get("schema")
+    if schema is not None and (not isinstance(schema, str) or not _SCHEMA_NAME.match(schema)):
+        raise ValueError("schema must be null or a lower-case identifier (letters, digits, '_')")
+    readers = v.get("readers", 4)
+    if isinstance(readers, bool) or not isinstance(readers, int) or not 1 <= readers <= 64:
+        raise ValueError("readers must be an integer from 1 to 64")
+    return DatabaseConfig("postgresql", dsn, schema, readers)
+
+
 def _v_log_level(v: Any) -> str:
     if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -496,6 +573,14 @@ OPTIONS: tuple[Option, ...] = (
            "The server name: the part after ':' in user ids and room aliases; 'host' or 'host:port'.\n"
            "Peers reach us at this host and port (8448 when no port is given; no .well-known/SRV here)."),
     Option("database_path", _v_path, "SQLite database file (created on first start)."),
+    Option("database", _v_database,
+           "Database engine. {backend: sqlite} (the default) uses database_path. For PostgreSQL:\n"
+           "{backend: postgresql, dsn: 'postgresql://user@host/dbname', schema: null, readers: 4};\n"
+           "dsn is a libpq connection string or URL (a password can also come from ~/.pgpass or\n"
+           "PGPASSWORD), schema an existing schema (null: public), readers the connections serving\n"
+           "reads in parallel besides the one writer. The database must be UTF8 with collation C\n"
+           "(see docs/operators.md). Needs pip install 'fedserver[postgres]'.",
+           "database:\n  backend: postgresql\n  dsn: 'postgresql://fedserver@localhost/fedserver'"),
     Option("signing_key_path", _v_path,
            "ed25519 signing key file ('ed25519 VERSION BASE64'), generated on first start and kept."),
     Option("tls_certificate_path", _v_path,
@@ -704,6 +789,8 @@ def to_raw(config: Config) -> dict[str, Any]:
             v = [{"key_id": k.key_id, "key": k.key, "expired_ts": k.expired_ts} for k in v]
         elif f.name == "trusted_key_servers":
             v = [{"server_name": t.server_name, "verify_keys": t.verify_keys_map()} for t in v]
+        elif f.name == "database":
+            v = {"backend": v.backend} if v.backend == "sqlite" else dataclasses.asdict(v)
         elif isinstance(v, tuple):
             v = list(v)
         raw[f.name] = v
@@ -725,7 +812,7 @@ def generate_config_text(config: Config | None = None) -> str:
     ]
     for opt in OPTIONS:
         out.extend("# " + line for line in opt.doc.splitlines())
-        if opt.example and not raw[opt.name]:
+        if opt.example and (not raw[opt.name] or raw[opt.name] == {"backend": "sqlite"}):
             out.append("# Example:")
             out.extend("#   " + line for line in opt.example.splitlines())
         dumped = yaml.safe_dump({opt.name: raw[opt.name]}, default_flow_style=False, sort_keys=False)

@@ -448,7 +448,7 @@ class FedserverService(service.MultiService):
         d.addCallbacks(self._started, self._start_failed)
 
     async def _finish_start(self) -> None:
-        self.store = await open_store(self.config.database_path, self.reactor, registry=self.room_versions)
+        self.store = await open_store(self.config.store_target(), self.reactor, registry=self.room_versions)
         self._wire_federation(self.store)
         await self._wire_rooms(self.store)
         # Plugins that need the running server (e.g. a policy server client) set up now.
@@ -805,7 +805,7 @@ class FedserverService(service.MultiService):
                 d.errback(result)
 
     def _started(self, _: Any) -> None:
-        log.info("fedserver ready (database {db})", db=self.config.database_path)
+        log.info("fedserver ready (database {db})", db=self.config.describe_database())
         self._set_ready(self)
 
     def _start_failed(self, failure: Failure) -> None:

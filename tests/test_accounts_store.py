@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 from fedserver.storage import InvalidDataError
 from fedserver.storage.accounts_store import TokenInfo, UnknownUserError, UserExistsError
+from fedserver.testing import connect_test_database
 from tests.test_storage_support import StoreTestCase
 
 A = "@alice:s.example"
@@ -13,7 +13,7 @@ B = "@bob:s.example"
 
 
 def tables(path: str) -> dict[str, int]:
-    conn = sqlite3.connect(path)
+    conn = connect_test_database(path)
     try:
         return {
             t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]

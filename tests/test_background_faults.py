@@ -1,4 +1,5 @@
-"""Background work while the database is unavailable (a real SQLite file made unwritable): the
+"""Background work while the database is unavailable (made unwritable, on the backend under
+test: a real SQLite file, or PostgreSQL with FEDSERVER_TEST_POSTGRES): the
 outbound sender, the user directory indexer, the relations catch-up, presence and inbound
 federation log nothing beyond the database's own line for the episode (no traceback), and
 all of them recover by themselves once it is writable again."""
@@ -13,13 +14,9 @@ import fedserver.federation.sender as sender_module
 import fedserver.handlers.client.user_directory as directory_module
 import fedserver.http.client.rooms as room_services_module
 from fedserver.federation.sender import FederationSender
-from fedserver.storage.sqlite import open_store
+from fedserver.testing import make_unwritable, open_test_store
 from tests.test_daily_use import DailyUseTestCase, q
 from tests.test_storage_faults import LogCapture
-
-
-def read_only(on: bool):
-    return lambda conn: conn.execute(f"PRAGMA query_only = {1 if on else 0}")
 
 
 def wait(seconds: float) -> defer.Deferred:
@@ -32,8 +29,7 @@ class SenderTests(TestCase):
         transaction id must be persisted first): nothing but the database's one line is
         logged, the item stays queued, and the sender tries again by itself after
         STORAGE_RETRY_S; once writable, the transaction goes out and the queue empties."""
-        store = await open_store(self.mktemp(), reactor)
-        self.addCleanup(store.close)
+        store = await open_test_store(self)
         db = store.database
         log = LogCapture(self)
         clock = Clock()
@@ -45,7 +41,7 @@ class SenderTests(TestCase):
 
         sender = FederationSender(clock, store, put, "us.test")
         await store.enqueue_outbound(["peer.test"], edus=[{"edu_type": "m.typing", "content": {"x": 1}}])
-        await db.run_with_connection(read_only(True))
+        await make_unwritable(db)
         await sender.start()
         await defer.DeferredList(list(sender._in_flight))
         self.assertEqual(sent, [])
@@ -55,7 +51,7 @@ class SenderTests(TestCase):
         self.assertIn("Database unavailable", serious[0]["log_format"])
         self.assertEqual([round(c.getTime() - clock.seconds(), 3) for c in clock.getDelayedCalls()],
                          [sender_module.STORAGE_RETRY_S])
-        await db.run_with_connection(read_only(False))
+        await make_unwritable(db, False)
         clock.advance(sender_module.STORAGE_RETRY_S)
         await defer.DeferredList(list(sender._in_flight))
         self.assertEqual([d for d, _ in sent], ["peer.test"])
@@ -88,7 +84,7 @@ class RunningServerTests(DailyUseTestCase):
         await db.run_write(lambda txn: txn.execute(
             "INSERT INTO room_indexers (name, position) VALUES ('relations_catchup', 1000000000)"))
         log = LogCapture(self)
-        await db.run_with_connection(read_only(True))
+        await make_unwritable(db)
 
         code, _ = await a.call("PUT", f"/rooms/{q(room)}/typing/{q(alice)}", {"typing": True, "timeout": 5000}, at)
         self.assertIn(code, (200, 503))
@@ -103,7 +99,7 @@ class RunningServerTests(DailyUseTestCase):
         serious = [e for e in log.serious() if "Database unavailable" not in e.get("log_format", "")]
         self.assertEqual(serious, [], log.formats(serious))
 
-        await db.run_with_connection(read_only(False))
+        await make_unwritable(db, False)
         self.assertIsInstance(await catch_up, int)
 
         async def alice_has_bobs_message():
@@ -150,8 +146,7 @@ class PresenceLoopTests(TestCase):
         keeps running; once writable, the next pass stores them offline."""
         from fedserver.handlers.ephemeral.presence import CHECK_EVERY_S, OFFLINE_AFTER_MS, PresenceHandler
 
-        store = await open_store(self.mktemp(), reactor)
-        self.addCleanup(store.close)
+        store = await open_test_store(self)
         db = store.database
         await store.presence.set_presence("@a:us.test", "online", None, 0, True)
         clock = Clock()
@@ -159,7 +154,7 @@ class PresenceLoopTests(TestCase):
         await handler.start()
         self.addCleanup(handler.stop)
         log = LogCapture(self)
-        await db.run_with_connection(read_only(True))
+        await make_unwritable(db)
 
         async def settle() -> None:
             for _ in range(50):
@@ -172,7 +167,7 @@ class PresenceLoopTests(TestCase):
         self.assertIn("Database unavailable", serious[0]["log_format"])
         self.assertTrue(handler._loop.running)
         self.assertEqual((await store.presence.get_presence(["@a:us.test"]))["@a:us.test"].state, "online")
-        await db.run_with_connection(read_only(False))
+        await make_unwritable(db, False)
         clock.advance(CHECK_EVERY_S)
         await settle()
         self.assertEqual((await store.presence.get_presence(["@a:us.test"]))["@a:us.test"].state, "offline")

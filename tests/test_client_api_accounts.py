@@ -4,9 +4,9 @@ login, logout, whoami, passwords, tokens, routing and errors."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 
 from fedserver.http.client.api import SUPPORTED_VERSIONS
+from fedserver.testing import connect_test_database
 from tests.test_client_api_support import SERVER, ClientApiTestCase
 
 C = "/_matrix/client"
@@ -321,7 +321,7 @@ class SecretsAtRestTests(ClientApiTestCase):
             self.assertNotIn(token.encode(), blob)
             self.assertNotIn(token[4:].encode(), blob)
         self.assertNotIn(b"hunter2-secret", blob)
-        conn = sqlite3.connect(self.db_path)
+        conn = connect_test_database(self.db_path)
         self.addCleanup(conn.close)
         hashes = {r[0] for r in conn.execute("SELECT token_hash FROM access_tokens")}
         self.assertEqual(hashes, {hashlib.sha256(t.encode()).hexdigest() for t in (reg["access_token"], again["access_token"])})
@@ -331,7 +331,7 @@ class SecretsAtRestTests(ClientApiTestCase):
         password gives different hashes for two users."""
         await self.register("nina", "same")
         await self.register("omar", "same")
-        conn = sqlite3.connect(self.db_path)
+        conn = connect_test_database(self.db_path)
         self.addCleanup(conn.close)
         rows = dict(conn.execute("SELECT user_id, password_hash FROM users"))
         a, b = rows[f"@nina:{SERVER}"], rows[f"@omar:{SERVER}"]

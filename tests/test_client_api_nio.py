@@ -19,6 +19,7 @@ from fedserver.http.client.api import CLIENT_API_PATH, build_account_services, b
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import build_client_root
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 
 SERVER = "nio.test"
 SECRET = "nio-shared-secret"
@@ -52,7 +53,7 @@ class NioTests(unittest.TestCase):
     async def _serve(self) -> str:
         path = self.mktemp()
         os.makedirs(path)
-        store = await open_store(os.path.join(path, "fedserver.db"), reactor)
+        store = await open_store(database_for_test(self, os.path.join(path, "fedserver.db")), reactor)
         self.addCleanup(store.close)
         services = build_account_services(
             reactor=reactor,

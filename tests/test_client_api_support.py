@@ -19,6 +19,7 @@ from fedserver.http.client.api import ClientAPI
 from fedserver.http.site import build_client_root
 from fedserver.ratelimit import DEFAULT_RULES, RateLimiter
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 
 SERVER = "test.example"
 SECRET = "shared-secret-for-tests"
@@ -50,7 +51,7 @@ class ClientApiTestCase(unittest.TestCase):
         path = self.mktemp()
         os.makedirs(path)
         self.db_path = os.path.join(path, "fedserver.db")
-        self.store = await open_store(self.db_path, reactor)
+        self.store = await open_store(database_for_test(self, self.db_path), reactor)
         self.addCleanup(self.store.close)
         self.clock = Clock()
         self.clock.advance(1_700_000_000)

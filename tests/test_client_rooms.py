@@ -22,6 +22,7 @@ from fedserver.http.client.api import ClientAPI
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.site import build_client_root
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 
 SERVER = "rooms.test"
 V3 = "/_matrix/client/v3"
@@ -40,7 +41,7 @@ class ClientRoomsTestCase(unittest.TestCase):
         return defer.ensureDeferred(self._set_up())
 
     async def _set_up(self) -> None:
-        self.store = await open_store(self.mktemp(), reactor)
+        self.store = await open_store(database_for_test(self, self.mktemp()), reactor)
         self.addCleanup(self.store.close)
         self.clock = Clock()
         self.clock.advance(1_700_000_000)

@@ -17,11 +17,12 @@ from fedserver.handlers.federation.failures import (
 )
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_arg_for_test, database_for_test
 
 
 class FailureTests(unittest.TestCase):
     async def _reporter(self):
-        store = await open_store(self.mktemp(), reactor, registry=RoomVersionRegistry())
+        store = await open_store(database_for_test(self, self.mktemp()), reactor, registry=RoomVersionRegistry())
         self.addCleanup(store.close)
         self.sent = []
 
@@ -93,7 +94,7 @@ class FailuresCliTests(unittest.TestCase):
 
         async def go():
             path = self.mktemp()
-            store = await open_store(path, reactor, registry=RoomVersionRegistry())
+            store = await open_store(database_for_test(self, path), reactor, registry=RoomVersionRegistry())
             await store.federation_extras.add_failures(
                 "received", [("peer.test", ERROR, CODE_AUTH_REJECTED, "bad", "!r:x", "$e", None)], 5
             )
@@ -102,11 +103,12 @@ class FailuresCliTests(unittest.TestCase):
             )
             store.close()
             out, err = io.StringIO(), io.StringIO()
-            self.assertEqual(await run(reactor, ["-d", path, "--received", "--json"], out, err), 0)
+            db_arg = database_arg_for_test(self, path)
+            self.assertEqual(await run(reactor, ["-d", db_arg, "--received", "--json"], out, err), 0)
             rows = _json.loads(out.getvalue())
             self.assertEqual([(r["server_name"], r["code"]) for r in rows], [("peer.test", CODE_AUTH_REJECTED)])
             out = io.StringIO()
-            self.assertEqual(await run(reactor, ["-d", path], out, err), 0)
+            self.assertEqual(await run(reactor, ["-d", db_arg], out, err), 0)
             self.assertIn("other.test", out.getvalue())
             self.assertIn("peer.test", out.getvalue())
             self.assertEqual(await run(reactor, ["-d", path + ".missing"], io.StringIO(), err), 2)

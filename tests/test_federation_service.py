@@ -145,7 +145,7 @@ class TwoServersTests(ServersTestCase):
         """Answers to inbound transactions older than a day are pruned when the server
         starts (and hourly after); recent ones are kept."""
         config = self.make_config("a", free_port())
-        store = await open_store(config.database_path, reactor)
+        store = await open_store(config.store_target(), reactor)
         now = int(reactor.seconds() * 1000)
         await store.store_received_txn("old.test", "t", 200, {"pdus": {}}, now - 2 * 86_400_000)
         await store.store_received_txn("new.test", "t", 200, {"pdus": {}}, now)

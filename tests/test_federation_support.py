@@ -19,6 +19,7 @@ from fedserver.federation.keyring import Keyring, parse_key_document, sign_json_
 from fedserver.federation.xmatrix import sign_request
 from fedserver.room_versions import RoomVersion
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 
 #: Our server name in these tests.
 US = "us.test:8448"
@@ -91,7 +92,7 @@ class StoreTestCase(unittest.TestCase):
             directory = self.mktemp()
             os.makedirs(directory)
             path = os.path.join(directory, "fedserver.db")
-        store = await open_store(path, reactor)
+        store = await open_store(database_for_test(self, path), reactor)
         self.addCleanup(store.close)
         return store
 

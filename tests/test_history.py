@@ -4,11 +4,10 @@ over loopback HTTP; HOSTILE.md rows 27 and 28."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from fedserver.events.builder import build_event
 from fedserver.room_versions import V1, V3, V10, V11, V12
 from fedserver.storage import PersistEntry
+from fedserver.testing import connect_test_database
 from tests.test_history_support import (
     ALICE,
     GONE,
@@ -527,7 +526,7 @@ class HostileIdTests(HistoryTestCase):
             for path in (f"/state_ids/{q(room_id)}?event_id={m7}", f"/backfill/{q(room_id)}?v={m7}&limit=5"):
                 resp = await self.get(path)
                 self.assertEqual((resp.code, resp.body["errcode"]), (404, "M_NOT_FOUND"), path)
-        conn = sqlite3.connect(self.path)
+        conn = connect_test_database(self.path)
         try:
             count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         finally:

@@ -12,6 +12,7 @@ from fedserver.federation.keyring import DirectKeyFetcher, Keyring, signed_bytes
 from fedserver.http.federation.notary import NotaryService
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 from tests.test_keyring import DAY_MS, NOW_MS, NOW_S, FakeOrigins, key_id, make_key_doc, signed_object
 
 
@@ -21,7 +22,7 @@ class RealStoreTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.path = self.mktemp()
-        self.store = yield open_store(self.path, reactor, registry=RoomVersionRegistry())
+        self.store = yield open_store(database_for_test(self, self.path), reactor, registry=RoomVersionRegistry())
         self.addCleanup(self.store.close)
         self.clock = Clock()
         self.clock.advance(NOW_S)

@@ -8,7 +8,7 @@ import os
 
 from fedserver.federation.client import fed_path
 from fedserver.handlers.media.multipart import MultipartReader, boundary_from_content_type
-from fedserver.testing import loopback_config, start_server
+from fedserver.testing import database_arg_for_test, loopback_config, start_server
 from tests.test_media_http import media_id_of
 from tests.test_media_support import MediaServerTestCase, image_size, jpeg_bytes
 
@@ -179,7 +179,7 @@ class PurgeCommandTests(_TwoServers):
         server, media_id = await self.origin_upload(b"theirs", "text/plain")
         resp, body = await self.request("GET", f"/_matrix/client/v1/media/download/{server}/{media_id}", token)
         self.assertEqual(body, b"theirs")
-        argv = ["-d", self.config.database_path, "--media-dir", self.config.media_directory, "--json"]
+        argv = ["-d", database_arg_for_test(self, self.config.database_path), "--media-dir", self.config.media_directory, "--json"]
         out, err = io.StringIO(), io.StringIO()
         self.assertEqual(await run(reactor, argv + ["--days", "1"], out, err), 0, err.getvalue())
         self.assertEqual(json.loads(out.getvalue()), {"deleted": 0, "freed_bytes": 0})

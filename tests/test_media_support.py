@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 from typing import Any, Optional
 
 from treq.client import HTTPClient
@@ -13,7 +12,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from fedserver.testing import loopback_config, start_server
+from fedserver.testing import connect_test_database, loopback_config, start_server
 
 
 def png_bytes(width: int = 200, height: int = 100, color: Any = (200, 30, 30), mode: str = "RGB") -> bytes:
@@ -120,7 +119,7 @@ class MediaServerTestCase(unittest.TestCase):
         return json.loads(body)["content_uri"]
 
     def media_rows(self, table: str = "local_media") -> list:
-        conn = sqlite3.connect(self.config.database_path)
+        conn = connect_test_database(self.config.database_path)
         try:
             return conn.execute(f"SELECT * FROM {table}").fetchall()
         finally:

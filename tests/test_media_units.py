@@ -35,6 +35,7 @@ from fedserver.handlers.media.thumbnails import (
     output_size,
 )
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 from fedserver.storage.media_store import (
     MediaAlreadyUploaded,
     MediaNotFound,
@@ -234,7 +235,7 @@ class MediaStoreTests(unittest.TestCase):
     async def store(self):
         d = self.mktemp()
         os.makedirs(d)
-        store = await open_store(os.path.join(d, "fedserver.db"), reactor)
+        store = await open_store(database_for_test(self, os.path.join(d, "fedserver.db")), reactor)
         self.addCleanup(store.close)
         return store.media
 

@@ -21,6 +21,7 @@ from fedserver.http.client.rooms import build_room_services, register_room_route
 from fedserver.http.resource import MatrixSite
 from fedserver.http.site import build_client_root
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 from tests.test_client_api_nio import run_asyncio_in_thread
 
 SERVER = "nio-rooms.test"
@@ -43,7 +44,7 @@ class NioRoomTests(unittest.TestCase):
     async def _serve(self, default_room_version: str) -> str:
         path = self.mktemp()
         os.makedirs(path)
-        store = await open_store(os.path.join(path, "fedserver.db"), reactor)
+        store = await open_store(database_for_test(self, os.path.join(path, "fedserver.db")), reactor)
         self.addCleanup(store.close)
         accounts = build_account_services(
             reactor=reactor, store=store, server_name=SERVER, enable_registration=True,

@@ -23,6 +23,7 @@ from fedserver.handlers.rooms.membership import check_outcome
 from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
 from fedserver.room_versions import EventFormat, RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 
 HERE = "here.test"
 THERE = "there.test"
@@ -47,7 +48,7 @@ class _Room:
         self.there_key = generate_signing_key("1")
 
     async def setup(self):
-        self.store = await open_store(self.test.mktemp(), reactor, registry=RoomVersionRegistry())
+        self.store = await open_store(database_for_test(self.test, self.test.mktemp()), reactor, registry=RoomVersionRegistry())
         self.test.addCleanup(self.store.close)
         pm = make_plugin_manager(load_entrypoints=False, extra_plugins=self.policies)
         self.pm = pm

@@ -18,6 +18,7 @@ from fedserver.handlers.rooms.creator import EventCreator
 from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.room_versions import V12
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 
 HERE = "here.test"
 ALICE = f"@alice:{HERE}"
@@ -50,7 +51,7 @@ class SignLocalEventTests(unittest.TestCase):
     what the plugins add: persisted with the event, our own signature untouched."""
 
     async def creator(self, *plugins):
-        store = await open_store(self.mktemp(), reactor)
+        store = await open_store(database_for_test(self, self.mktemp()), reactor)
         self.addCleanup(store.close)
         pm = make_plugin_manager(
             load_entrypoints=False, extra_plugins=[(p, f"signer{i}") for i, p in enumerate(plugins)]

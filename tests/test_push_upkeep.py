@@ -39,6 +39,22 @@ class PruneTests(StoreTestCase):
         self.assertEqual([n.event_nid for n in left], [30])
 
 
+class ServicePruneTests(DailyUseTestCase):
+    async def test_upkeep_pass_prunes_old_notifications(self):
+        """The server's hourly upkeep pass (run at start, then every hour) removes an
+        unread notification older than a year and keeps a recent one: the pass waits for
+        the pruning (it is not left as an unawaited coroutine)."""
+        a = await self.server()
+        store = a.svc.store
+        now = int(a.svc.reactor.seconds() * 1000)
+        old = action("@a:us.test", 1)._replace(ts=1000)
+        new = action("@a:us.test", 2)._replace(ts=now)
+        await store.push.record_actions([old, new], [])
+        await a.svc._prune_received_txns()
+        left = await store.push.get_notifications("@a:us.test", before_nid=None, limit=10, only_highlight=False)
+        self.assertEqual([n.event_nid for n in left], [2])
+
+
 class NotificationPagingTests(DailyUseTestCase):
     async def test_paging_visits_every_notification_once(self):
         """45 notifications paged 20 at a time: 20, 20, 5, newest first, each event once,

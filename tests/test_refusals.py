@@ -22,6 +22,7 @@ from fedserver.errors import MatrixError
 from fedserver.room_versions import V10
 from fedserver.scripts import refusals as cli
 from fedserver.storage import PersistEntry
+from fedserver.testing import database_arg_for_test, database_yaml_for_test
 from tests.test_history_support import ALICE, SIGNING_KEYS, US, LoopbackServer, persist_scenario, q
 from tests.test_storage_support import StoreTestCase
 
@@ -33,6 +34,7 @@ class RefusalsTestCase(StoreTestCase):
 
     async def setup_db(self):
         self.path = self.db_path()
+        self.db_arg = database_arg_for_test(self, self.path)  # a path, or a postgresql:// URL
         self.store = await self.open(self.path)
         self.room = await persist_scenario(self.store, V10)
         self.other = await persist_scenario(self.store, V10)
@@ -218,23 +220,23 @@ class CommandLineTests(RefusalsTestCase):
         """An event id prints its status with reason, rule and plugin (table) or the same
         object the admin endpoint answers (--json); exit status 0."""
         await self.setup_db()
-        code, out, err = await self.run_cli("--database", self.path, self.eid("soft_failed"))
+        code, out, err = await self.run_cli("--database", self.db_arg, self.eid("soft_failed"))
         self.assertEqual((code, err), (0, ""))
         self.assertIn("soft_failed", out)
         self.assertIn("failed the spam check", out)
         self.assertIn("example.spamcheck", out)
         self.assertIn("policy", out)
-        code, out, err = await self.run_cli("--database", self.path, "--json", self.eid("rejected"))
+        code, out, err = await self.run_cli("--database", self.db_arg, "--json", self.eid("rejected"))
         self.assertEqual(code, 0)
         self.assertEqual(json.loads(out), await self.handler.get_status(self.eid("rejected")))
-        code, out, _ = await self.run_cli("--database", self.path, self.eid("rejected"))
+        code, out, _ = await self.run_cli("--database", self.db_arg, self.eid("rejected"))
         self.assertIn("fedserver.auth.rules.power", out)
         self.assertIn("v10 5", out)
 
     async def test_unknown_event_exit_1(self):
         """An event the database does not hold prints status unknown and exits 1."""
         await self.setup_db()
-        code, out, _ = await self.run_cli("-d", self.path, "$not-here:peer.test")
+        code, out, _ = await self.run_cli("-d", self.db_arg, "$not-here:peer.test")
         self.assertEqual(code, 1)
         self.assertIn("unknown", out)
 
@@ -242,18 +244,18 @@ class CommandLineTests(RefusalsTestCase):
         """Without an event id: the refusals table, filtered by --room and --kind, paged
         by --limit / --from; --json gives the page object."""
         await self.setup_db()
-        code, out, _ = await self.run_cli("-d", self.path)
+        code, out, _ = await self.run_cli("-d", self.db_arg)
         self.assertEqual(code, 0)
         lines = out.strip().splitlines()
         self.assertTrue(lines[0].startswith("REFUSED"))
         self.assertEqual(len(lines), 5)
-        code, out, _ = await self.run_cli("-d", self.path, "--json", "--room", self.room.room_id, "--kind", "soft_failed")
+        code, out, _ = await self.run_cli("-d", self.db_arg, "--json", "--room", self.room.room_id, "--kind", "soft_failed")
         page = json.loads(out)
         self.assertEqual([r["event_id"] for r in page["refusals"]], [self.eid("soft_failed")])
-        code, out, _ = await self.run_cli("-d", self.path, "--limit", "1")
+        code, out, _ = await self.run_cli("-d", self.db_arg, "--limit", "1")
         self.assertIn("more: --from ", out)
         token = out.strip().splitlines()[-1].split()[-1]
-        code, out, _ = await self.run_cli("-d", self.path, "--json", "--limit", "1", "--from", token)
+        code, out, _ = await self.run_cli("-d", self.db_arg, "--json", "--limit", "1", "--from", token)
         self.assertEqual(json.loads(out)["refusals"][0]["event_id"], self.eid("rejected", self.other))
 
     async def test_config_file_names_the_database(self):
@@ -261,7 +263,7 @@ class CommandLineTests(RefusalsTestCase):
         await self.setup_db()
         config = os.path.join(os.path.dirname(self.path), "fedserver.yaml")
         with open(config, "w") as f:
-            f.write(f"database_path: {json.dumps(self.path)}\n")
+            f.write(database_yaml_for_test(self.path))
         code, out, _ = await self.run_cli("--config", config, self.eid("m7"))
         self.assertEqual(code, 0)
         self.assertIn("accepted", out)
@@ -278,12 +280,12 @@ class CommandLineTests(RefusalsTestCase):
         for argv in (
             ["-d", missing],
             ["--config", bad_config],
-            ["-d", self.path, "../../etc/passwd"],
-            ["-d", self.path, "--room", "nope"],
-            ["-d", self.path, "--limit", "0"],
-            ["-d", self.path, "--from", "x"],
-            ["-d", self.path, "--kind", "banned"],
-            ["-d", self.path, "--no-such-option"],
+            ["-d", self.db_arg, "../../etc/passwd"],
+            ["-d", self.db_arg, "--room", "nope"],
+            ["-d", self.db_arg, "--limit", "0"],
+            ["-d", self.db_arg, "--from", "x"],
+            ["-d", self.db_arg, "--kind", "banned"],
+            ["-d", self.db_arg, "--no-such-option"],
         ):
             code, out, err = await self.run_cli(*argv)
             self.assertEqual(code, 2, argv)
@@ -300,7 +302,7 @@ class CommandLineTests(RefusalsTestCase):
         await self.setup_db()
         env = dict(os.environ, PYTHONPATH=ROOT)
         proc = await _run_process(
-            [sys.executable, "-m", "fedserver.scripts.refusals", "-d", self.path, "--json", self.eid("soft_failed")],
+            [sys.executable, "-m", "fedserver.scripts.refusals", "-d", self.db_arg, "--json", self.eid("soft_failed")],
             env,
         )
         code, out, err = proc

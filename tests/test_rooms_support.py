@@ -23,6 +23,7 @@ from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.client.sync import SyncHandler
 from fedserver.errors import MatrixError
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 
 HERE = "here.test"
 
@@ -43,7 +44,7 @@ class RoomsTestCase(unittest.TestCase):
         return defer.ensureDeferred(self._set_up())
 
     async def _set_up(self) -> None:
-        self.store = await open_store(self.mktemp(), reactor)
+        self.store = await open_store(database_for_test(self, self.mktemp()), reactor)
         self.addCleanup(self.store.close)
         self.clock = Clock()
         self.clock.advance(1_700_000_000)

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from fedserver.handlers.client.accounts import PasswordHasher
 from fedserver.scripts.register import run
 from fedserver.storage import open_store
+from fedserver.testing import database_arg_for_test, database_for_test, database_yaml_for_test
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +25,7 @@ class RegisterScriptTests(unittest.TestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.db = os.path.join(self.dir, "fedserver.db")
+        self.db_arg = database_arg_for_test(self, self.db)  # a path, or a postgresql:// URL
 
     async def run_tool(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -31,7 +33,7 @@ class RegisterScriptTests(unittest.TestCase):
         return code, out.getvalue(), err.getvalue()
 
     async def user(self, user_id: str):
-        store = await open_store(self.db, reactor)
+        store = await open_store(database_for_test(self, self.db), reactor)
         try:
             return await store.accounts.get_user(user_id), await store.accounts.get_profile(user_id)
         finally:
@@ -41,7 +43,7 @@ class RegisterScriptTests(unittest.TestCase):
         """With --database/--server-name and a password on stdin, the user is created with
         a verifiable scrypt hash, the admin flag and a display name; exit status 0."""
         code, out, err = await self.run_tool(
-            "--database", self.db, "--server-name", "cli.example", "-u", "root", "--password-file", "-", "--admin",
+            "--database", self.db_arg, "--server-name", "cli.example", "-u", "root", "--password-file", "-", "--admin",
             "--displayname", "Root", stdin="s3cret\n",
         )
         self.assertEqual((code, out), (0, "Created admin user @root:cli.example\n"), err)
@@ -56,7 +58,7 @@ class RegisterScriptTests(unittest.TestCase):
         server is accepted."""
         cfg = os.path.join(self.dir, "fedserver.yaml")
         with open(cfg, "w") as f:
-            f.write(f"server_name: conf.example\ndatabase_path: {self.db}\n")
+            f.write("server_name: conf.example\n" + database_yaml_for_test(self.db))
         code, out, err = await self.run_tool("-c", cfg, "-u", "@bob:conf.example", "-p", "pw")
         self.assertEqual((code, out), (0, "Created user @bob:conf.example\n"), err)
         user, _ = await self.user("@bob:conf.example")
@@ -66,7 +68,7 @@ class RegisterScriptTests(unittest.TestCase):
         """Existing users, invalid names, other servers' ids, missing passwords (no
         terminal) and bad config are refused with exit status 1 and a one-line message;
         bad options with 2."""
-        base = ("--database", self.db, "--server-name", "cli.example")
+        base = ("--database", self.db_arg, "--server-name", "cli.example")
         self.assertEqual((await self.run_tool(*base, "-u", "dup", "-p", "pw"))[0], 0)
         cases = [
             ((*base, "-u", "dup", "-p", "pw"), "already taken"),
@@ -75,7 +77,7 @@ class RegisterScriptTests(unittest.TestCase):
             ((*base, "-u", "nopw"), "no password given"),
             ((*base, "-u", "empty", "--password-file", "-"), "password must be"),
             ((*base, "-p", "pw"), "no user given"),
-            (("--database", self.db, "--server-name", "bad name", "-u", "x", "-p", "pw"), "server_name"),
+            (("--database", self.db_arg, "--server-name", "bad name", "-u", "x", "-p", "pw"), "server_name"),
             (("-c", os.path.join(self.dir, "missing.yaml"), "-u", "x", "-p", "pw"), "cannot read config file"),
         ]
         for argv, message in cases:
@@ -99,10 +101,10 @@ class RegisterScriptTests(unittest.TestCase):
         """As a separate process (python -m fedserver.scripts.register), while this process
         holds the database open like a running server, the user is created and is visible
         to the open store at once."""
-        store = await open_store(self.db, reactor)
+        store = await open_store(database_for_test(self, self.db), reactor)
         self.addCleanup(store.close)
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        argv = [sys.executable, "-m", "fedserver.scripts.register", "--database", self.db, "--server-name", "run.example",
+        argv = [sys.executable, "-m", "fedserver.scripts.register", "--database", self.db_arg, "--server-name", "run.example",
                 "-u", "live", "--password-file", "-"]
         proc = await threads.deferToThread(
             subprocess.run, argv, input="pw\n", capture_output=True, text=True, env=env, cwd=self.dir, timeout=120

@@ -216,7 +216,7 @@ class ClientApiFaultTests(TestCase):
     """A running server's client API while its database is full or unwritable."""
 
     async def setUp(self):
-        self.service = await start_server(self, loopback_config(os.path.abspath(self.mktemp()), enable_registration=True))
+        self.service = await start_server(self, loopback_config(os.path.abspath(self.mktemp()), enable_registration=True, database={"backend": "sqlite"}))
         self.base = f"http://127.0.0.1:{self.service.client_listener.port.getHost().port}/_matrix/client/v3"
         self.http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         code, body = await self.call("POST", "/register", {"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy"}})
@@ -284,6 +284,8 @@ class ClientApiFaultTests(TestCase):
 
 class FederationFaultTests(RunningServerCase):
     """A running server's federation API while its database is full."""
+
+    sqlite_only = True  # the faults are made with SQLite pragmas
 
     async def test_send_not_acknowledged_while_full(self):
         """PUT /send with a valid PDU while the database is full answers 503 M_UNKNOWN: the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from fedserver.room_versions import V10
 from fedserver.storage import (
@@ -14,6 +13,7 @@ from fedserver.storage import (
     ReceivedTxn,
     UnknownEventsError,
 )
+from fedserver.testing import connect_test_database
 from tests.test_storage_events import HOSTILE
 from tests.test_storage_support import StoreTestCase, make_event
 
@@ -157,7 +157,7 @@ class OutboundQueueTests(StoreTestCase):
         store = await self.open(path)
         dests = [f"s{i}.example" for i in range(100)]
         await store.enqueue_outbound(dests, pdus=[b'{"big":"pdu"}'])
-        conn = sqlite3.connect(path)
+        conn = connect_test_database(path)
         self.addCleanup(conn.close)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM outbound_payloads").fetchone()[0], 1)
         last_id = 0

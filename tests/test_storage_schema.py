@@ -19,6 +19,8 @@ from fedserver.storage.schema import (
     prepare_database,
     split_statements,
 )
+from fedserver.storage.sqlite import open_store
+from fedserver.testing import connect_test_database
 from tests.test_storage_support import StoreTestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +38,23 @@ def _version(path: str) -> int | None:
     conn = sqlite3.connect(path)
     try:
         return get_schema_version(conn)
+    finally:
+        conn.close()
+
+
+def _store_tables(path: str) -> set[str]:
+    """The tables of the store opened for ``path`` (on the backend under test)."""
+    conn = connect_test_database(path)
+    try:
+        return conn.tables()
+    finally:
+        conn.close()
+
+
+def _store_version(path: str) -> int | None:
+    conn = connect_test_database(path)
+    try:
+        return conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
     finally:
         conn.close()
 
@@ -207,8 +226,8 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
             {script_name(NEXT, "add_notes"): "CREATE TABLE notes (note_id INTEGER NOT NULL PRIMARY KEY, body TEXT NOT NULL);\nINSERT INTO notes (note_id, body) VALUES (1, 'a;b');\n"}
         )
         store = await self.open(path, schema_dir=upgraded)
-        self.assertEqual(_version(path), NEXT)
-        conn = sqlite3.connect(path)
+        self.assertEqual(_store_version(path), NEXT)
+        conn = connect_test_database(path)
         self.addCleanup(conn.close)
         self.assertEqual(conn.execute("SELECT body FROM notes").fetchall(), [("a;b",)])
         second = await store.next_txn_id("kept.example")
@@ -225,8 +244,8 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
         both = self.schema_copy({script_name(NEXT + 1, "later"): "CREATE TABLE later (a TEXT);\n",
                                  script_name(NEXT, "filler"): "CREATE TABLE filler (a TEXT);\n"})
         store = await self.open(path, schema_dir=both)
-        self.assertTrue({"later", "filler"} <= _tables(path))
-        conn = sqlite3.connect(path)
+        self.assertTrue({"later", "filler"} <= _store_tables(path))
+        conn = connect_test_database(path)
         self.addCleanup(conn.close)
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
         self.assertEqual(versions[-2:], [NEXT, NEXT + 1])
@@ -240,13 +259,13 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
         store.close()
         with self.assertRaises(SchemaTooNewError):
             await self.open(path)
-        self.assertEqual(_version(path), NEXT)
+        self.assertEqual(_store_version(path), NEXT)
 
     async def test_connection_settings(self):
         """The connection runs in WAL mode with foreign keys enforced and synchronous
-        NORMAL (1) by default, FULL (2) when asked."""
+        NORMAL (1) by default, FULL (2) when asked (SQLite)."""
         path = self.db_path()
-        store = await self.open(path)
+        store = await self.open_sqlite(path)
 
         def pragmas(txn):
             return (
@@ -257,13 +276,20 @@ class OpenStoreSchemaTests(SchemaDirTestsMixin, StoreTestCase):
 
         self.assertEqual(await store.run_read(pragmas), ("wal", 1, 1))
         store.close()
-        store = await self.open(path, synchronous="full")
+        store = await self.open_sqlite(path, synchronous="full")
         self.assertEqual((await store.run_read(pragmas))[2], 2)
 
     async def test_bad_synchronous_mode(self):
-        """An unknown synchronous mode is refused before anything is opened."""
+        """An unknown synchronous mode is refused before anything is opened (SQLite)."""
         with self.assertRaises(ValueError):
-            await self.open(synchronous="SOMETIMES")
+            await self.open_sqlite(self.db_path(), synchronous="SOMETIMES")
+
+    async def open_sqlite(self, path: str, **kw):
+        from twisted.internet import reactor
+
+        store = await open_store(path, reactor, **kw)
+        self.addCleanup(store.close)
+        return store
 
     async def test_failed_write_rolls_back(self):
         """If a write function raises half way, nothing it wrote is kept."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 
 from twisted.trial import unittest
 
@@ -18,6 +17,7 @@ from fedserver.storage import (
 from fedserver.state import statemap
 from fedserver.storage.cache import LruCache
 from fedserver.state.statemap import state_delta
+from fedserver.testing import connect_test_database
 from tests.test_storage_support import StoreTestCase, linear_entries, make_event, make_room
 
 
@@ -107,7 +107,7 @@ class StateGroupTests(StoreTestCase):
         return room_id, room, events
 
     def group_rows(self, path, group=None):
-        conn = sqlite3.connect(path)
+        conn = connect_test_database(path)
         try:
             if group is None:
                 return conn.execute("SELECT MAX(chain_length), COUNT(*) FROM state_groups").fetchone()
@@ -199,7 +199,7 @@ class StateGroupTests(StoreTestCase):
             state[e.state_tuple] = e.event_id
             prev = await store.store_state_group(room_id, None, prev_group=prev, delta={e.state_tuple: e.event_id})
             groups[prev] = dict(state)
-        conn = sqlite3.connect(path)
+        conn = connect_test_database(path)
         self.addCleanup(conn.close)
         rows = conn.execute(
             "SELECT g.group_id, g.chain_length, g.prev_group, COUNT(e.group_id) FROM state_groups g"

@@ -13,6 +13,7 @@ from fedserver.events.hashing import add_content_hash
 from fedserver.events.model import Event
 from fedserver.room_versions import EventFormat, RoomVersion
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 
 _counter = itertools.count(1)
 
@@ -99,7 +100,7 @@ class StoreTestCase(unittest.TestCase):
         return os.path.join(path, "fedserver.db")
 
     async def open(self, path: Optional[str] = None, **kw: Any):
-        store = await open_store(path or self.db_path(), reactor, **kw)
+        store = await open_store(database_for_test(self, path or self.db_path()), reactor, **kw)
         self.addCleanup(store.close)
         return store
 

@@ -23,8 +23,8 @@ def build_parser(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> ar
     p = _Parser(prog="fedserver-failures", description=DESCRIPTION, stdout=stdout, stderr=stderr,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-c", "--config", metavar="FILE", help="server configuration file (for database_path)")
-    where.add_argument("-d", "--database", metavar="PATH", help="SQLite database file (default: fedserver.db)")
+    where.add_argument("-c", "--config", metavar="FILE", help="server configuration file (for its database)")
+    where.add_argument("-d", "--database", metavar="PATH", help="SQLite database file or postgresql:// URL (default: fedserver.db)")
     direction = p.add_mutually_exclusive_group()
     direction.add_argument("--sent", action="store_const", const="sent", dest="direction", help="only what we sent")
     direction.add_argument("--received", action="store_const", const="received", dest="direction",

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence, TextIO
 
-from fedserver.scripts import CliError, open_existing_database, react_main
+from fedserver.scripts import CliError, database_overrides, open_existing_target, react_main
 from fedserver.scripts.refusals import EXIT_OK, EXIT_USAGE, _Parser
 
 DESCRIPTION = """\
@@ -23,8 +23,8 @@ def build_parser(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> ar
     """The command line of ``fedserver-purge-media``."""
     p = _Parser(prog="fedserver-purge-media", description=DESCRIPTION, stdout=stdout, stderr=stderr,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", metavar="FILE", help="server configuration file (database_path, media_store_path)")
-    p.add_argument("-d", "--database", metavar="PATH", help="SQLite database file (default: from the config, else fedserver.db)")
+    p.add_argument("-c", "--config", metavar="FILE", help="server configuration file (database, media_store_path)")
+    p.add_argument("-d", "--database", metavar="PATH", help="SQLite database file or postgresql:// URL (default: from the config, else fedserver.db)")
     p.add_argument("--media-dir", metavar="PATH", help="media directory (default: from the config, else media_store next to the database)")
     p.add_argument("--days", type=float, required=True, metavar="N", help="purge what was not accessed for N days (0: all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -54,10 +54,13 @@ async def run(reactor: Any, argv: Sequence[str], stdout: TextIO, stderr: TextIO,
     except ConfigError as e:
         return fail(str(e))
     if args.database is not None:
-        config = config.replace(database_path=args.database)
+        try:
+            config = config.replace(**database_overrides(args.database))
+        except ConfigError as e:
+            return fail(str(e))
     media_dir = args.media_dir or config.media_directory
     try:
-        store = await open_existing_database(None, config.database_path, reactor)
+        store = await open_existing_target(config.store_target(), config.describe_database(), reactor)
     except CliError as e:
         return fail(str(e))
     try:

@@ -57,8 +57,8 @@ def build_parser(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> ar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-c", "--config", metavar="FILE", help="server configuration file (for database_path)")
-    where.add_argument("-d", "--database", metavar="PATH", help="SQLite database file (default: fedserver.db)")
+    where.add_argument("-c", "--config", metavar="FILE", help="server configuration file (for its database)")
+    where.add_argument("-d", "--database", metavar="PATH", help="SQLite database file or postgresql:// URL (default: fedserver.db)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("event_id", nargs="?", metavar="EVENT_ID", help="the event to explain")
     p.add_argument("--room", metavar="ROOM_ID", help="list: only this room")

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Optional, Sequence, TextIO
 
 
-from fedserver.scripts import react_main
+from fedserver.scripts import database_overrides, react_main
 from fedserver.config import ConfigError, load_config
 from fedserver.handlers.client.accounts import MAX_PASSWORD_LENGTH, AccountHandler, PasswordHasher, split_user_id
 from fedserver.errors import MatrixError
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-c", "--config", help="the server's YAML configuration file")
-    parser.add_argument("--database", help="SQLite database file (overrides the configuration)")
+    parser.add_argument("--database", help="SQLite database file or postgresql:// URL (overrides the configuration)")
     parser.add_argument("--server-name", help="server name (overrides the configuration)")
     parser.add_argument("-u", "--user", help="localpart (or full user id) of the new user; asked for if omitted")
     pw = parser.add_mutually_exclusive_group()
@@ -77,7 +77,7 @@ def _localpart(user: str, server_name: str) -> str:
 
 async def create_user(
     reactor: Any,
-    database_path: str,
+    database_path: Any,
     server_name: str,
     localpart: str,
     password: str,
@@ -113,7 +113,7 @@ async def run(reactor: Any, argv: Sequence[str], *, stdin: TextIO = sys.stdin, s
         return int(e.code or 0)
     overrides: dict[str, Any] = {}
     if args.database is not None:
-        overrides["database_path"] = args.database
+        overrides.update(database_overrides(args.database))
     if args.server_name is not None:
         overrides["server_name"] = args.server_name
     try:
@@ -130,7 +130,7 @@ async def run(reactor: Any, argv: Sequence[str], *, stdin: TextIO = sys.stdin, s
         if args.config is None and args.database is None and not os.path.exists(config.database_path):
             stderr.write(f"{PROG}: note: creating a new database {config.database_path}\n")
         user_id = await create_user(
-            reactor, config.database_path, config.server_name, localpart, password,
+            reactor, config.store_target(), config.server_name, localpart, password,
             admin=args.admin, displayname=args.displayname,
         )
     except (ConfigError, UsageError) as e:
@@ -140,7 +140,7 @@ async def run(reactor: Any, argv: Sequence[str], *, stdin: TextIO = sys.stdin, s
         stderr.write(f"{PROG}: {e.error} ({e.errcode})\n")
         return 1
     except (StorageError, sqlite3.Error, OSError) as e:
-        stderr.write(f"{PROG}: database {config.database_path}: {e}\n")
+        stderr.write(f"{PROG}: database {config.describe_database()}: {e}\n")
         return 1
     stdout.write(f"Created {'admin ' if args.admin else ''}user {user_id}\n")
     return 0

@@ -443,15 +443,12 @@ class AccountStore:
         ).fetchone()
         keep_device = row[0] if row is not None else None
         n = self._delete_tokens_where_txn(txn, "user_id = ? AND token_id != ?", (user_id, except_token_id))
-        gone = [
-            r[0]
-            for r in txn.execute(
-                "SELECT device_id FROM devices WHERE user_id = ? AND device_id IS NOT ?", (user_id, keep_device)
-            ).fetchall()
-        ]
-        txn.execute(
-            "DELETE FROM devices WHERE user_id = ? AND device_id IS NOT ?", (user_id, keep_device)
-        )
+        if keep_device is None:
+            where, params = "user_id = ?", (user_id,)
+        else:
+            where, params = "user_id = ? AND device_id != ?", (user_id, keep_device)
+        gone = [r[0] for r in txn.execute(f"SELECT device_id FROM devices WHERE {where}", params).fetchall()]
+        txn.execute(f"DELETE FROM devices WHERE {where}", params)
         self._devices_changed_txn(txn, user_id, gone, True)
         return n
 

@@ -1,19 +1,33 @@
-"""The SQLite connection: one adbapi connection (one writer), WAL, explicit transactions."""
+"""The database: transactions on SQLite (one connection) or PostgreSQL (one writer, parallel readers) through adbapi."""
 
 # Every storage operation is a function f(txn, ...) run by Database.run_read or
-# Database.run_write in the pool's single thread, inside one transaction that is committed
-# if f returns and rolled back if it raises.
+# Database.run_write in a database thread, inside one transaction that is committed if f
+# returns and rolled back if it raises. The same guarantees hold on both backends:
+# * one writer: write transactions run one at a time, in submission order (SQLite: the
+#   single connection; PostgreSQL: one writer connection plus an advisory lock that other
+#   processes take too), so ids allocated in a transaction commit in allocation order;
+# * a read sees every write submitted before it (PostgreSQL: it waits for them);
+# * a Deferred that fires means committed; storage faults fail it with
+#   StorageUnavailableError, nothing committed.
+# On PostgreSQL a transaction function may be run more than once: after a serialization
+# failure or deadlock, or when the connection dropped before the commit was sent, it is run
+# again from its start on a fresh transaction (see "Writing portable SQL" in
+# docs/development.md: side effects outside the database must be idempotent).
 
 from __future__ import annotations
 
+import collections
 import sqlite3
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from fedserver.storage.interface import InvalidDataError, StorageUnavailableError
+from fedserver.storage.dialect import SQLITE, Dialect
+from fedserver.storage.interface import InvalidDataError, StorageError, StorageUnavailableError
 
 T = TypeVar("T")
 
@@ -25,43 +39,32 @@ CHUNK = 500
 #: Accepted values of ``PRAGMA synchronous``.
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
-#: SQLite primary result codes (https://www.sqlite.org/rescode.html) that mean "the
-#: database cannot work right now", not "this request is wrong": the request is answered
-#: 503 and the same request may succeed later (space freed, lock released, file made
-#: writable again). Extended codes (SQLITE_IOERR_WRITE, SQLITE_READONLY_DBMOVED, ...) are
-#: classified by their primary code (the low byte).
-_FAULT_KINDS = {
-    5: "locked",  # SQLITE_BUSY: another process held the lock beyond the busy timeout
-    6: "locked",  # SQLITE_LOCKED
-    8: "read-only",  # SQLITE_READONLY: the file, its directory or the filesystem
-    10: "io",  # SQLITE_IOERR
-    11: "corrupt",  # SQLITE_CORRUPT
-    13: "full",  # SQLITE_FULL: no space left (or max_page_count reached)
-    14: "io",  # SQLITE_CANTOPEN: e.g. the WAL or a temporary file cannot be created
-    15: "locked",  # SQLITE_PROTOCOL: WAL locking kept failing
-    22: "io",  # SQLITE_NOLFS
-    26: "corrupt",  # SQLITE_NOTADB
-}
-
 #: How often a fault that goes on is logged again (seconds).
 FAULT_LOG_INTERVAL_S = 60.0
 
+#: How many times a PostgreSQL transaction is run in all when it keeps failing in a way
+#: that allows running it again (serialization failure, deadlock, connection lost before
+#: the commit), and the pause before each new run (seconds, doubled each time).
+MAX_ATTEMPTS = 4
+RETRY_PAUSE_S = 0.05
+
 
 def fault_kind(error: BaseException) -> str | None:
-    """:returns: the kind of storage fault ``error`` is (see :data:`_FAULT_KINDS`), or
-        ``None`` if it is not one (a bug, a constraint violation...)."""
-    if not isinstance(error, sqlite3.Error):
-        return None
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None:
-        # Errors raised without a result code (rare): go by the message.
-        text = str(error).lower()
-        for needle, kind in (("disk is full", "full"), ("readonly", "read-only"), ("disk i/o", "io"),
-                             ("locked", "locked"), ("unable to open", "io")):
-            if needle in text:
-                return kind
-        return None
-    return _FAULT_KINDS.get(code & 0xFF)
+    """:returns: the kind of SQLite storage fault ``error`` is, or ``None`` if it is not
+        one (a bug, a constraint violation...). See :meth:`Dialect.fault_kind`."""
+    return SQLITE.fault_kind(error)
+
+
+# Which text the database threads of this process can store: PostgreSQL's TEXT cannot hold
+# U+0000, SQLite's can. Set once per database thread when its connection is made (see
+# fedserver.storage.postgres), read by storable_text() below: code running in a
+# transaction treats such text as it treats lone surrogates (never stored, never found).
+_thread_rules = threading.local()
+
+
+def forbid_nul_in_this_thread() -> None:
+    """Called in a database thread whose engine cannot store U+0000 in TEXT."""
+    _thread_rules.no_nul = True
 
 
 #: The 64-bit signed range SQLite integers live in.
@@ -81,8 +84,10 @@ def placeholders(n: int) -> str:
 
 
 def storable_text(value: str) -> bool:
-    """Whether ``value`` can be stored as TEXT (UTF-8): lone surrogates cannot, so such an
-    id cannot be stored and a lookup of it finds nothing."""
+    """Whether ``value`` can be stored as TEXT (UTF-8): lone surrogates cannot (nor, on
+    PostgreSQL, U+0000), so such an id cannot be stored and a lookup of it finds nothing."""
+    if getattr(_thread_rules, "no_nul", False) and "\x00" in value:
+        return False
     if value.isascii():
         return True
     try:
@@ -145,58 +150,70 @@ def check_int(value: Any, what: str, *, nullable: bool = False) -> None:
 class Txn:
     """One database transaction, handed to storage functions (which end in ``_txn``).
 
-    :ivar cursor: the sqlite3 cursor.
+    SQL is written once, portably (``?`` placeholders; see docs/development.md); the
+    dialect of the database turns it into what the engine takes.
+
+    :ivar cursor: the DB-API cursor (sqlite3 or psycopg).
     :ivar local: scratch space that lives as long as the transaction (e.g. state groups
         made in it but not committed yet).
+    :ivar dialect: the :class:`~fedserver.storage.dialect.Dialect` of the database.
     """
 
-    __slots__ = ("cursor", "local", "_after_commit")
+    __slots__ = ("cursor", "local", "dialect", "_after_commit", "_sql")
 
-    def __init__(self, cursor: sqlite3.Cursor):
+    def __init__(self, cursor: Any, dialect: Dialect = SQLITE):
         self.cursor = cursor
         self.local: dict[str, Any] = {}
+        self.dialect = dialect
         self._after_commit: list[tuple[Callable[..., Any], tuple]] = []
+        self._sql = dialect.sql
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one parameterised statement; the cursor is returned for fetching."""
-        return self.cursor.execute(sql, params)
+        return self.cursor.execute(self._sql(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one parameterised statement for every row."""
-        self.cursor.executemany(sql, rows)
+        self.cursor.executemany(self._sql(sql), rows)
 
     def select_in(
         self, sql: str, values: Sequence[Any], params_before: Sequence[Any] = ()
     ) -> list[tuple]:
         """Run ``sql`` (which contains one ``{}`` where the ``IN`` list goes) for
-        ``values`` in chunks, and return all rows.
+        ``values`` in chunks, and return all rows (none for a statement that returns
+        none, e.g. a ``DELETE``).
 
         :param params_before: parameters that come before the ``IN`` list.
         """
         rows: list[tuple] = []
         for chunk in chunks(values):
             query = sql.format(placeholders(len(chunk)))
-            rows.extend(self.cursor.execute(query, (*params_before, *chunk)).fetchall())
+            cursor = self.execute(query, (*params_before, *chunk))
+            if cursor.description is not None:
+                rows.extend(cursor.fetchall())
         return rows
 
     def allocate_ids(self, sequence: str, count: int) -> int:
         """Reserve ``count`` consecutive ids from ``sequence``; returns the first.
 
-        Ids are never reused, even after the rows holding them are deleted.
+        Ids are never reused, even after the rows holding them are deleted. Only write
+        transactions allocate, one at a time, so ids commit in allocation order.
         """
-        self.cursor.execute(
+        (last,) = self.execute(
             "INSERT INTO sequences (name, last_value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET last_value = sequences.last_value + ?",
+            "ON CONFLICT (name) DO UPDATE SET last_value = sequences.last_value + ? "
+            "RETURNING last_value",
             (sequence, count, count),
-        )
-        (last,) = self.cursor.execute(
-            "SELECT last_value FROM sequences WHERE name = ?", (sequence,)
         ).fetchone()
         return last - count + 1
 
     def call_after_commit(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func(*args)`` once the transaction has committed (in the database thread),
-        e.g. to fill or invalidate a cache; never run if it rolls back."""
+        e.g. to fill or invalidate a cache; never run if it rolls back.
+
+        In a read transaction it is meant for filling caches: on PostgreSQL, where reads
+        run beside the writer, it is skipped when a write committed while the read ran
+        (what the read saw may be older than that write, whose invalidations have run)."""
         self._after_commit.append((func, args))
 
     def _committed(self) -> None:
@@ -208,69 +225,187 @@ class Txn:
                 _log.failure("after-commit callback {func!r} failed", func=func)
 
 
+class _PgTxn(Txn):
+    """A :class:`Txn` on PostgreSQL: text it cannot store is the caller's error."""
+
+    __slots__ = ()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            return self.cursor.execute(self._sql(sql), params)
+        except Exception as e:
+            if _is_nul_error(e):
+                raise InvalidDataError("text holding U+0000 cannot be stored in PostgreSQL") from None
+            raise
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        # psycopg pipelines the rows, which costs a sync of its own: for none or one row,
+        # a plain execute (or nothing) is one round trip less.
+        rows = rows if isinstance(rows, list) else list(rows)
+        try:
+            if len(rows) == 1:
+                self.cursor.execute(self._sql(sql), rows[0])
+            elif rows:
+                self.cursor.executemany(self._sql(sql), rows)
+        except Exception as e:
+            if _is_nul_error(e):
+                raise InvalidDataError("text holding U+0000 cannot be stored in PostgreSQL") from None
+            raise
+
+
+def _is_nul_error(error: Exception) -> bool:
+    # psycopg refuses to send text holding U+0000 (PostgreSQL's TEXT cannot hold it) before
+    # anything reaches the server, so the transaction is still usable.
+    return (
+        type(error).__name__ == "DataError"
+        and getattr(error, "sqlstate", None) is None
+        and "NUL" in str(error)
+    )
+
+
+class _Waiting:
+    """A read waiting for the writes submitted before it."""
+
+    __slots__ = ("after", "start")
+
+    def __init__(self, after: int, start: Callable[[], None]) -> None:
+        self.after = after
+        self.start = start
+
+
 class Database:
-    """An adbapi pool of ONE sqlite3 connection, so there is one writer and transactions
-    run one at a time, in submission order.
+    """Runs transactions on adbapi pools.
+
+    SQLite: ONE connection (``pool``) does everything, so there is one writer and every
+    transaction runs in submission order. PostgreSQL: ``pool`` holds the one writer
+    connection and ``read_pool`` the readers, which run in parallel; a read first waits
+    for the writes submitted before it, so it sees them as it would on SQLite.
 
     Storage faults (disk full, read-only file, I/O errors, a lock held elsewhere beyond
-    the busy timeout; see :func:`fault_kind`) fail the transaction with
+    the busy timeout, a database server that cannot be reached; see
+    :meth:`~fedserver.storage.dialect.Dialect.fault_kind`) fail the transaction with
     :class:`StorageUnavailableError`, nothing of it committed. They are logged here, once
     per episode: one error line when the first transaction fails, a reminder every
     :data:`FAULT_LOG_INTERVAL_S` while it goes on, and one line when a transaction of the
     failing kind (a write, if writes failed) succeeds again; so no caller needs to log them.
 
-    :param pool: see :func:`connect_pool`.
+    :param pool: see :func:`connect_pool` (SQLite) or
+        :func:`fedserver.storage.postgres.connect_pools`: the writer.
     :param clock: gives ``seconds()`` for the fault log (the reactor).
+    :param dialect: the engine's :class:`~fedserver.storage.dialect.Dialect`.
+    :param read_pool: the readers' pool, if not ``pool``.
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, clock: Any = None):
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        clock: Any = None,
+        *,
+        dialect: Dialect = SQLITE,
+        read_pool: adbapi.ConnectionPool | None = None,
+    ):
         self._pool = pool
+        self._read_pool = read_pool if read_pool is not None else pool
+        self.dialect = dialect
         self._closed = False
         self.faults = FaultLog(clock)
+        self._txn_class = Txn if dialect is SQLITE else _PgTxn
+        self._separate_readers = self._read_pool is not pool
+        # Separate readers only: writes submitted and finished (writes finish in
+        # submission order: one writer), reads waiting for some of them, and the number
+        # of write transactions committed so far (see Txn.call_after_commit).
+        self._writes_submitted = 0
+        self._writes_done = 0
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._commits = 0
+
+    @property
+    def separate_readers(self) -> bool:
+        """Whether reads run beside the writer (PostgreSQL) rather than on its connection."""
+        return self._separate_readers
 
     def _check_open(self) -> None:
         if self._closed:
             raise StorageUnavailableError("closed", "the database is closed (the server is stopping)")
 
     def run_read(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
-        """Run ``func(txn, *args, **kw)`` in a read transaction.
+        """Run ``func(txn, *args, **kw)`` in a read transaction. It sees every write
+        submitted before it.
 
         :returns: Deferred firing with what ``func`` returned.
         :raises StorageUnavailableError: (through the Deferred) for a storage fault.
         """
         self._check_open()
-        d = self._pool.runWithConnection(self._run, func, "BEGIN", args, kw)
-        return d.addCallbacks(self.faults.succeeded, self.faults.failed, callbackArgs=(False,), errbackArgs=(False,))
+        if self._writes_done < self._writes_submitted:
+            d: Deferred = Deferred()
+
+            def start() -> None:
+                if self._closed:
+                    d.errback(StorageUnavailableError("closed", "the database is closed (the server is stopping)"))
+                else:
+                    self._start_read(func, args, kw).chainDeferred(d)
+
+            self._waiting.append(_Waiting(self._writes_submitted, start))
+            return d
+        return self._start_read(func, args, kw)
+
+    def _start_read(self, func: Callable[..., T], args: tuple, kw: dict) -> "Deferred[T]":
+        d = self._read_pool.runWithConnection(self._run, func, False, args, kw)
+        return d.addCallbacks(self.faults.succeeded, self._failed, callbackArgs=(False,), errbackArgs=(False,))
 
     def run_write(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
-        """Run ``func(txn, *args, **kw)`` in a write transaction (``BEGIN IMMEDIATE``: the
-        write lock is taken at once, so a reader in another process cannot make the
-        commit fail half way).
+        """Run ``func(txn, *args, **kw)`` in a write transaction. The write lock is taken
+        at once (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so another
+        process cannot make the commit fail half way; writes run one at a time, in
+        submission order.
 
         :returns: Deferred firing with what ``func`` returned, once committed.
         :raises StorageUnavailableError: (through the Deferred) for a storage fault;
             nothing was committed.
         """
         self._check_open()
-        d = self._pool.runWithConnection(self._run, func, "BEGIN IMMEDIATE", args, kw)
-        return d.addCallbacks(self.faults.succeeded, self.faults.failed, callbackArgs=(True,), errbackArgs=(True,))
+        d = self._pool.runWithConnection(self._run, func, True, args, kw)
+        if self._separate_readers:
+            self._writes_submitted += 1
+            d.addBoth(self._write_finished)
+        return d.addCallbacks(self.faults.succeeded, self._failed, callbackArgs=(True,), errbackArgs=(True,))
+
+    def _write_finished(self, result: Any) -> Any:
+        self._writes_done += 1
+        while self._waiting and self._waiting[0].after <= self._writes_done:
+            self._waiting.popleft().start()
+        return result
+
+    def _failed(self, failure: Any, write: bool) -> Any:
+        # Errors raised before a transaction began (connecting) get classified here too.
+        error = failure.value
+        if not isinstance(error, StorageError):
+            kind = self.dialect.fault_kind(error)
+            if kind is not None:
+                failure = type(failure)(StorageUnavailableError(kind, str(error).strip() or type(error).__name__))
+        return self.faults.failed(failure, write)
 
     def run_with_connection(self, func: Callable[..., T], *args: Any) -> "Deferred[T]":
-        """Run ``func(connection, *args)`` with no transaction opened for it (schema
-        preparation manages its own). ``connection`` behaves as a sqlite3 connection."""
+        """Run ``func(connection, *args)`` on the writer's connection with no
+        transaction opened for it (schema preparation manages its own). ``connection``
+        is the DB-API connection (sqlite3, or psycopg in autocommit mode)."""
         self._check_open()
         return self._pool.runWithConnection(func, *args)
 
-    @staticmethod
-    def _run(conn: Any, func: Callable[..., T], begin: str, args: tuple, kw: dict) -> T:
+    def _run(self, conn: Any, func: Callable[..., T], write: bool, args: tuple, kw: dict) -> T:
+        if self.dialect is SQLITE:
+            return self._run_sqlite(conn, func, write, args, kw)
+        return self._run_retrying(conn, func, write, args, kw)
+
+    def _run_sqlite(self, conn: Any, func: Callable[..., T], write: bool, args: tuple, kw: dict) -> T:
         cursor = conn.cursor()
         try:
-            cursor.execute(begin)
+            cursor.execute(SQLITE.begin_write if write else SQLITE.begin_read)
             txn = Txn(cursor)
             result = func(txn, *args, **kw)
             conn.commit()
         except sqlite3.Error as e:
-            kind = fault_kind(e)
+            kind = SQLITE.fault_kind(e)
             if kind is None:
                 raise
             # adbapi rolls back once we have raised.
@@ -281,12 +416,85 @@ class Database:
         txn._committed()
         return result
 
+    def _run_retrying(self, conn: Any, func: Callable[..., T], write: bool, args: tuple, kw: dict) -> T:
+        """One transaction on a psycopg connection (autocommit mode: BEGIN and COMMIT are
+        ours), run again from its start after a serialization failure or deadlock, or on
+        a new connection when the old one dropped before the commit was sent."""
+        dialect = self.dialect
+        pause = RETRY_PAUSE_S
+        attempt = 1
+        while True:
+            raw = conn._connection
+            if raw is None or raw.closed:
+                conn.reconnect()
+                raw = conn._connection
+            commits_before = self._commits
+            committing = False
+            try:
+                with raw.cursor() as cursor:
+                    cursor.execute(dialect.begin_write if write else dialect.begin_read)
+                    txn = self._txn_class(cursor, dialect)
+                    result = func(txn, *args, **kw)
+                    committing = True
+                    cursor.execute("COMMIT")
+                    if cursor.statusmessage != "COMMIT":
+                        # PostgreSQL answers COMMIT of a transaction in which a statement
+                        # failed with ROLLBACK: the function caught a database error
+                        # and went on, which portable code never does.
+                        raise StorageError(
+                            f"{getattr(func, '__qualname__', func)!r} swallowed a database error: "
+                            "the transaction was rolled back"
+                        )
+            except Exception as e:
+                lost = raw.closed
+                if not lost:
+                    _rollback_quietly(raw)
+                if not write and getattr(e, "sqlstate", None) == "25006":
+                    # A read transaction tried to write: a bug, not a fault of the database.
+                    raise StorageError(f"a read transaction tried to write: {e}") from e
+                retry = attempt < MAX_ATTEMPTS and not committing and (lost or dialect.retryable(e))
+                if not retry:
+                    if lost and committing:
+                        raise StorageUnavailableError(
+                            "unavailable",
+                            f"the connection to the database was lost while committing; the outcome is unknown ({e})",
+                        ) from e
+                    kind = dialect.fault_kind(e)
+                    if kind is None:
+                        raise
+                    raise StorageUnavailableError(kind, str(e).strip() or type(e).__name__) from e
+                time.sleep(pause)
+                pause *= 2
+                attempt += 1
+                continue
+            if write:
+                self._commits += 1
+            elif self._commits != commits_before:
+                return result  # a write committed meanwhile: do not fill caches from this read
+            txn._committed()
+            return result
+
     def close(self) -> None:
-        """Finish the queued transactions, then close the connection (once; later calls do
-        nothing, and later queries fail with :class:`StorageUnavailableError`)."""
+        """Finish the queued transactions, then close the connections (once; later calls
+        do nothing, and later queries fail with :class:`StorageUnavailableError`)."""
         if not self._closed:
             self._closed = True
             self._pool.close()
+            if self._separate_readers:
+                self._read_pool.close()
+            while self._waiting:
+                self._waiting.popleft().start()
+
+
+def _rollback_quietly(raw: Any) -> None:
+    try:
+        raw.execute("ROLLBACK")
+    except Exception:
+        # The connection is unusable; the next transaction on it reconnects.
+        try:
+            raw.close()
+        except Exception:
+            pass
 
 
 class FaultLog:

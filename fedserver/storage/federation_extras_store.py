@@ -68,11 +68,16 @@ class FederationExtrasStore:
             checked.append((direction, server, severity, code, reason[:1000], room_id, affected, source, ts))
 
         def txn(t: Txn) -> int:
+            if not checked:
+                return 0
             before = t.execute("SELECT COUNT(*) FROM federation_failures").fetchone()[0]
+            # Ids come from the sequence (newest first = highest id), never from the
+            # engine; the ids of reports already recorded are simply not used.
+            first = t.allocate_ids("federation_failure", len(checked))
             t.executemany(
-                "INSERT INTO federation_failures (direction, server_name, severity, code, reason, room_id,"
-                " affected, source, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                checked,
+                "INSERT INTO federation_failures (failure_id, direction, server_name, severity, code, reason,"
+                " room_id, affected, source, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(first + i, *row) for i, row in enumerate(checked)],
             )
             return t.execute("SELECT COUNT(*) FROM federation_failures").fetchone()[0] - before
 

@@ -142,8 +142,8 @@ class HistoryStore:
         suffix = ":" + server_name
         rows = txn.execute(
             "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
-            " AND membership = 'join' AND substr(state_key, ?) = ?",
-            (room_id, -len(suffix), suffix),
+            " AND membership = 'join' AND substr(state_key, length(state_key) - ? + 1) = ?",
+            (room_id, len(suffix), suffix),
         ).fetchall()
         return True, any(r[0].partition(":")[2] == server_name for r in rows)
 
@@ -179,8 +179,8 @@ class HistoryStore:
             r[0]
             for r in txn.execute(
                 "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
-                " AND substr(state_key, ?) = ?",
-                (room_id, -len(suffix), suffix),
+                " AND substr(state_key, length(state_key) - ? + 1) = ?",
+                (room_id, len(suffix), suffix),
             ).fetchall()
             if r[0].partition(":")[2] == server_name
         )

@@ -469,7 +469,7 @@ class RoomsStore:
             if txn.execute(base + " LIMIT 1", (room_id,)).fetchone() is None:
                 return False, False
             suffix = ":" + server_name
-            for (state_key,) in txn.execute(base + " AND substr(state_key, ?) = ?", (room_id, -len(suffix), suffix)):
+            for (state_key,) in txn.execute(base + " AND substr(state_key, length(state_key) - ? + 1) = ?", (room_id, len(suffix), suffix)):
                 if state_key.partition(":")[2] == server_name:
                     return True, True
             return True, False

@@ -10,6 +10,9 @@
 # * An existing database gets each missing upgrade in its own transaction, in order.
 # * A database whose version is newer than the newest script is refused, as is a file that
 #   has tables but no schema_version (not ours).
+# The scripts are portable SQL (see docs/development.md); on PostgreSQL the dialect turns
+# INTEGER into BIGINT and BLOB into BYTEA as each statement is run, and DDL is
+# transactional there too, so the same guarantees hold.
 
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import os
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
+from fedserver.storage.dialect import SQLITE, Dialect
 from fedserver.storage.interface import SchemaError, SchemaTooNewError
 
 #: Where the shipped schema scripts live.
@@ -106,19 +110,14 @@ def find_scripts(schema_dir: str) -> list[SchemaScript]:
     return ordered
 
 
-def get_schema_version(conn: sqlite3.Connection) -> int | None:
+def get_schema_version(conn: Any, dialect: Dialect = SQLITE) -> int | None:
     """The version recorded in the database, or ``None`` if it has no schema yet.
 
     :raises SchemaError: if it has tables but no ``schema_version`` table.
     """
     cur = conn.cursor()
     try:
-        tables = {
-            row[0]
-            for row in cur.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        }
+        tables = {row[0] for row in cur.execute(dialect.list_tables_sql)}
         if "schema_version" not in tables:
             if tables:
                 raise SchemaError(
@@ -134,11 +133,13 @@ def get_schema_version(conn: sqlite3.Connection) -> int | None:
     return int(row[0])
 
 
-def prepare_database(conn: sqlite3.Connection, schema_dir: str, now_ms: int) -> int:
-    """Create or upgrade the schema of ``conn`` (opened with ``isolation_level=None``).
+def prepare_database(conn: Any, schema_dir: str, now_ms: int, dialect: Dialect = SQLITE) -> int:
+    """Create or upgrade the schema of ``conn`` (sqlite3 opened with
+    ``isolation_level=None``, or psycopg in autocommit mode).
 
     :param schema_dir: the directory of ``NNN_*.sql`` scripts.
     :param now_ms: recorded as the time each version was applied.
+    :param dialect: the engine's dialect.
     :returns: the schema version now in the database.
     :raises SchemaTooNewError: if the database is newer than the newest script.
     :raises SchemaError: if the database is not ours or a script is broken; nothing of the
@@ -148,15 +149,13 @@ def prepare_database(conn: sqlite3.Connection, schema_dir: str, now_ms: int) -> 
     code_version = scripts[-1].version
     cur = conn.cursor()
     try:
-        # IMMEDIATE: take the write lock before looking, so two processes starting at once
-        # cannot both decide to build the schema.
-        cur.execute("BEGIN IMMEDIATE")
+        # Take the write lock before looking, so two processes starting at once cannot
+        # both decide to build the schema.
+        cur.execute(dialect.begin_write)
         try:
-            current = get_schema_version(conn)
+            current = get_schema_version(conn, dialect)
             if current is None:
-                cur.execute(_BOOTSTRAP)
-                for script in scripts:
-                    _apply(cur, script, now_ms)
+                build_schema(cur, scripts, now_ms, dialect)
             elif current > code_version:
                 raise SchemaTooNewError(
                     f"the database has schema version {current}, newer than the newest this "
@@ -166,13 +165,13 @@ def prepare_database(conn: sqlite3.Connection, schema_dir: str, now_ms: int) -> 
                 applied = {row[0] for row in cur.execute("SELECT version FROM schema_version")}
                 cur.execute("COMMIT")
                 for script in [s for s in scripts if s.version not in applied]:
-                    cur.execute("BEGIN IMMEDIATE")
-                    _apply(cur, script, now_ms)
+                    cur.execute(dialect.begin_write)
+                    _apply(cur, script, now_ms, dialect)
                     cur.execute("COMMIT")
                 return code_version
             cur.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
+            if dialect.in_transaction(conn):
                 cur.execute("ROLLBACK")
             raise
     finally:
@@ -180,15 +179,28 @@ def prepare_database(conn: sqlite3.Connection, schema_dir: str, now_ms: int) -> 
     return code_version
 
 
-def _apply(cur: sqlite3.Cursor, script: SchemaScript, now_ms: int) -> None:
+def build_schema(cur: Any, scripts: list[SchemaScript], now_ms: int, dialect: Dialect = SQLITE) -> None:
+    """Create the whole schema of a new database in the caller's (open) transaction: the
+    ``schema_version`` table and every script, each recorded as applied at ``now_ms``.
+
+    :raises SchemaError: if a script fails.
+    """
+    cur.execute(dialect.schema_sql(_BOOTSTRAP))
+    for script in scripts:
+        _apply(cur, script, now_ms, dialect)
+
+
+def _apply(cur: Any, script: SchemaScript, now_ms: int, dialect: Dialect = SQLITE) -> None:
     for statement in script.statements():
         try:
-            cur.execute(statement)
-        except sqlite3.Error as e:
+            cur.execute(dialect.schema_sql(statement))
+        except dialect.driver_error() as e:
+            if dialect is not SQLITE and dialect.fault_kind(e) is not None:
+                raise  # the server cannot work right now (connection lost...); not the script
             raise SchemaError(
                 f"schema script {os.path.basename(script.path)} failed: {e}"
             ) from e
     cur.execute(
-        "INSERT INTO schema_version (version, applied_ts) VALUES (?, ?)",
+        dialect.sql("INSERT INTO schema_version (version, applied_ts) VALUES (?, ?)"),
         (script.version, now_ms),
     )

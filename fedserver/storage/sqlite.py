@@ -1,4 +1,4 @@
-"""The SQLite store: opens the database and exposes the storage API as Deferreds."""
+"""The store: opens the database (SQLite or PostgreSQL) and exposes the storage API as Deferreds."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 import functools
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
@@ -16,8 +17,10 @@ from fedserver.storage.deactivation_store import DeactivationStore
 from fedserver.storage.devices_store import DevicesStore
 from fedserver.storage.key_backup_store import KeyBackupStore
 from fedserver.storage.to_device_store import ToDeviceStore
-from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
+from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids, storable_text
 from fedserver.storage.distribution_store import DistributionStore
+from fedserver.storage.dialect import POSTGRESQL
+from fedserver.storage.postgres import PostgresConfig, check_server, connect_pools
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_extras_store import FederationExtrasStore
 from fedserver.storage.media_store import MediaStore
@@ -34,6 +37,8 @@ from fedserver.storage.interface import (
     RefusedEvent,
     RoomInfo,
     StateKey,
+    StorageError,
+    StorageUnavailableError,
 )
 from fedserver.storage.nids import StateKeyInterner
 from fedserver.storage.partial_state_store import PartialStateStore
@@ -64,7 +69,7 @@ def _deferred(method: Callable[..., Deferred]) -> Callable[..., Deferred]:
 
 
 def open_store(
-    path: str,
+    path: "str | PostgresConfig",
     reactor: Any,
     *,
     registry: Optional[RoomVersionRegistry] = None,
@@ -75,15 +80,19 @@ def open_store(
     state_cache_weight: int = 100_000,
     max_state_chain: int = DEFAULT_MAX_CHAIN,
 ) -> "Deferred[SQLiteStore]":
-    """Open (creating or upgrading as needed) the SQLite database at ``path``.
+    """Open (creating or upgrading as needed) the SQLite database at ``path``, or the
+    PostgreSQL database ``path`` describes.
 
+    :param path: a file path (SQLite), or a
+        :class:`~fedserver.storage.postgres.PostgresConfig`.
     :param reactor: provides the thread the single connection runs in, and the clock.
     :param registry: the room versions this server supports (spec versions by default).
     :param schema_dir: the ``NNN_*.sql`` scripts (tests point this elsewhere).
     :param synchronous: ``PRAGMA synchronous``; ``NORMAL`` by default (see
         :mod:`fedserver.storage.database` for the trade-off), ``FULL`` to survive power
         loss with no committed transaction lost.
-    :param busy_timeout_ms: how long to wait for a lock held by another process.
+    :param busy_timeout_ms: how long to wait for a lock held by another process (SQLite;
+        PostgreSQL has ``lock_timeout_ms`` in its config).
     :param event_cache_size: how many loaded events to keep in memory (a small member
         event takes about 3 KB as an Event).
     :param state_cache_weight: how many state entries the state group cache may hold
@@ -94,8 +103,12 @@ def open_store(
     :raises SchemaError: (in the Deferred) if it is not a fedserver database, or a script
         is broken.
     """
-    pool = connect_pool(path, reactor, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
-    db = Database(pool, reactor)
+    if isinstance(path, PostgresConfig):
+        writer, readers = connect_pools(path, reactor)
+        db = Database(writer, reactor, dialect=POSTGRESQL, read_pool=readers)
+    else:
+        pool = connect_pool(path, reactor, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        db = Database(pool, reactor)
 
     def now_ms() -> int:
         return int(reactor.seconds() * 1000)
@@ -112,18 +125,26 @@ def open_store(
 
     def failed(failure: Any) -> Any:
         db.close()
+        error = failure.value
+        kind = None if isinstance(error, StorageError) else db.dialect.fault_kind(error)
+        if kind is not None:
+            return Failure(StorageUnavailableError(kind, str(error).strip() or type(error).__name__))
         return failure
 
-    d = db.run_with_connection(prepare_database, schema_dir, now_ms())
+    if isinstance(path, PostgresConfig):
+        d = db.run_with_connection(check_server, path)
+        d.addCallback(lambda _: db.run_with_connection(prepare_database, schema_dir, now_ms(), POSTGRESQL))
+    else:
+        d = db.run_with_connection(prepare_database, schema_dir, now_ms())
     d.addCallbacks(opened, failed)
     return d
 
 
 class SQLiteStore:
-    """fedserver's storage on SQLite (see :class:`fedserver.storage.interface.Store`).
+    """fedserver's storage (see :class:`fedserver.storage.interface.Store`), on SQLite or
+    PostgreSQL alike despite its name (kept: every area's store hangs off it).
 
-    Every method runs in one transaction on the single database connection and returns a
-    Deferred. Methods ending in ``_txn`` take a :class:`~fedserver.storage.database.Txn`
+    Every method runs in one transaction and returns a Deferred. Methods ending in ``_txn`` take a :class:`~fedserver.storage.database.Txn`
     instead and run inside a transaction the caller opened with :meth:`run_write`, so
     several writes can commit together.
 
@@ -198,6 +219,11 @@ class SQLiteStore:
     def close(self) -> None:
         """Finish queued work and close the database."""
         self._db.close()
+
+    def can_store_text(self, value: str) -> bool:
+        """Whether ``value`` can be stored as TEXT in this database (not a lone surrogate;
+        on PostgreSQL, no U+0000), e.g. to refuse an id up front rather than fail later."""
+        return storable_text(value) and (self._db.dialect.text_allows_nul or "\x00" not in value)
 
     # -- events -----------------------------------------------------------------------
 

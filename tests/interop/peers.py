@@ -30,6 +30,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from fedserver.testing import database_options_for_test
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
@@ -411,6 +413,8 @@ class Fedserver(_Process):
             "log_level": "debug",
             # For admin_user(): the quick way to make many users (no login rate limit).
             "registration_shared_secret": self.shared_secret,
+            # The backend under test (FEDSERVER_TEST_POSTGRES: a schema of that database).
+            **database_options_for_test(os.path.join(d, "fedserver.db")),
         }
         config.update(self.extra_config)
         with open(self.config_path, "w") as f:

@@ -22,6 +22,7 @@ from fedserver.federation.client import HttpResponseError, build_federation_clie
 from fedserver.federation.sender import FederationSender
 from fedserver.federation.xmatrix import sign_request
 from fedserver.storage import open_store
+from fedserver.testing import database_for_test
 from tests.interop.peers import (
     Fedserver,
     HTTPError,
@@ -182,7 +183,7 @@ class SynapseInteropTests(TestCase):
         client = self.our_client()
         directory = self.mktemp()
         os.makedirs(directory)
-        store = await open_store(os.path.join(directory, "queue.db"), reactor)
+        store = await open_store(database_for_test(self, os.path.join(directory, "queue.db")), reactor)
         self.addCleanup(store.close)
         answers = []
 

@@ -9,8 +9,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.background import log_background_failure
+from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param
 from fedserver.keyed_lock import KeyedLock
-from fedserver.errors import MatrixError, bad_json, forbidden
 from fedserver.storage.interface import ReceivedTxn
 
 log = Logger()
@@ -97,6 +97,11 @@ class TransactionHandler:
             pdus, edus = check_transaction(origin, txn_id, body)
         except MatrixError:
             return defer.fail()
+        can_store = getattr(self._store, "can_store_text", None)
+        if can_store is not None and not can_store(txn_id):
+            # The answer could not be recorded, so a replay could not be recognised
+            # (PostgreSQL's TEXT cannot hold U+0000).
+            return defer.fail(invalid_param("txnId", "This server cannot store this transaction id"))
         return self._locks.run(origin, lambda: self._process(origin, txn_id, pdus, edus))
 
     def busy_origins(self) -> int:

@@ -251,7 +251,11 @@ class CountsSection:
         self._handler = handler
 
     def current_position(self, user_id: str) -> Any:
-        return self._handler._store.push.get_max_stream_id("notification_counts")
+        # After the evaluations already started are stored: a count they change after the
+        # position was taken would list the room again in the next /sync, with nothing new
+        # in it (seen on PostgreSQL, where the evaluation's reads run beside the sync's).
+        d = self._handler.flush()
+        return d.addCallback(lambda _: self._handler._store.push.get_max_stream_id("notification_counts"))
 
     async def contribute(self, ctx: SyncContext, since: Optional[int], now: int) -> bool:
         await self._handler.flush()

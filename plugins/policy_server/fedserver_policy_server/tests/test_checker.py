@@ -18,6 +18,7 @@ from fedserver.handlers.rooms.creator import EventCreator
 from fedserver.handlers.rooms.pipeline import ACCEPTED, SOFT_FAILED, RoomPipeline
 from fedserver.room_versions import V10, V12
 from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 
 from fedserver_policy_server.options import PolicyServerOptions
 from fedserver_policy_server.room_policy import (
@@ -50,7 +51,7 @@ class PolicyRoomTestCase(TestCase):
         self.addCleanup(self.ps.stop)
         self.name = self.home.server_name
         self.alice = f"@alice:{self.name}"
-        self.store = await open_store(self.mktemp(), reactor)
+        self.store = await open_store(database_for_test(self, self.mktemp()), reactor)
         self.addCleanup(self.store.close)
         self.client = loopback_client(reactor, self.name, self.home.server_key, timeout=10)
         self.addCleanup(self.client.close)
