@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.errors import MatrixError, bad_json, forbidden
+from fedserver.events.status import OutcomeStatus
 from fedserver.storage.interface import ReceivedTxn
 
 log = Logger()
@@ -129,9 +130,9 @@ class TransactionHandler:
         outcomes = await self._receiver.take_in(origin, events, batch.verified)
         for event in events:
             o = outcomes.get(event.event_id)
-            if o is not None and o.status == "rejected" and o.refusal is not None:
+            if o is not None and o.status == OutcomeStatus.REJECTED and o.refusal is not None:
                 batch.results[event.event_id] = {"error": f"Rejected: {o.refusal.reason}"}
-            elif o is not None and o.status == "missing":
+            elif o is not None and o.status == OutcomeStatus.MISSING:
                 batch.results[event.event_id] = {"error": "Missing prev or auth events that could not be fetched"}
         await self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
         for edu in edus:

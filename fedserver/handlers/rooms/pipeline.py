@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from fedserver.auth.policy import check_event_policy
 from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
+from fedserver.events.status import OutcomeStatus
 from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
 from fedserver.storage.interface import Distribution, PersistEntry, Refusal, StateKey
@@ -18,10 +19,11 @@ from fedserver.state.statemap import StateMap
 
 log = Logger()
 
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-SOFT_FAILED = "soft_failed"
-MISSING = "missing"
+# Short names for the outcomes (the one enum, shared with transactions and storage).
+ACCEPTED = OutcomeStatus.ACCEPTED
+REJECTED = OutcomeStatus.REJECTED
+SOFT_FAILED = OutcomeStatus.SOFT_FAILED
+MISSING = OutcomeStatus.MISSING
 
 #: How many rooms' current state the pipeline keeps in memory.
 ROOM_CACHE_SIZE = 256
@@ -31,8 +33,8 @@ ROOM_CACHE_SIZE = 256
 class Outcome:
     """What happened to one event given to :meth:`RoomPipeline.process`.
 
-    :ivar status: ``accepted``, ``rejected``, ``soft_failed``, or ``missing`` (prev or
-        auth events we do not have; nothing was stored for it).
+    :ivar status: an :class:`OutcomeStatus`: accepted, rejected, soft-failed, or missing
+        (prev or auth events we do not have; nothing was stored for it).
     :ivar refusal: why it was rejected or soft-failed.
     :ivar missing: the prev/auth event ids we lack (status ``missing``).
     :ivar duplicate: the event was already in the room's DAG; nothing changed.
@@ -41,7 +43,7 @@ class Outcome:
     :ivar queued_for: the servers it was queued for, in the transaction that stored it.
     """
 
-    status: str
+    status: OutcomeStatus
     refusal: Optional[Refusal] = None
     missing: frozenset[str] = frozenset()
     duplicate: bool = False
