@@ -203,6 +203,7 @@ class RoomPipeline:
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
         distribute: bool = False,
         distribute_except: Collection[str] = (),
+        atomic: bool = False,
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take ``events`` (all of ``room_id``) into the room.
 
@@ -220,13 +221,17 @@ class RoomPipeline:
             transaction that stores them (implied by ``local``).
         :param distribute_except: servers not to queue them for (the server that handed
             them to us through a handshake).
+        :param atomic: all or nothing: unless every event is new and accepted, nothing is
+            stored (the outcomes say why; none is ``stored``). For the events of a new
+            room (``createRoom``), which must never be left half-made.
         :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
         """
         send = self._distribution(local or distribute, distribute_except)
         return self._locked(
             room_id,
             lambda: self._process(
-                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}, send
+                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}, send,
+                atomic=atomic,
             ),
         )
 
@@ -419,9 +424,10 @@ class RoomPipeline:
         verified: Mapping[str, Collection[str]],
         send_never: Optional[frozenset[str]] = None,
         history: bool = False,
+        atomic: bool = False,
     ) -> dict[str, Outcome]:
         """The batch; ``send_never``: distribute the accepted events, never to these
-        servers (``None``: do not distribute)."""
+        servers (``None``: do not distribute); ``atomic``: see :meth:`process`."""
         outcomes: dict[str, Outcome] = {}
         if not events:
             return outcomes
@@ -625,6 +631,9 @@ class RoomPipeline:
                 if room is not None and room.extremities & prevs:
                     room.extremities = room.extremities - prevs
             return outcomes
+        if atomic and any(o.status != ACCEPTED or o.duplicate for o in outcomes.values()):
+            # Nothing was written and the room's view (`room`) was not touched.
+            return {eid: replace(o, stored=False) for eid, o in outcomes.items()}
         if entries:
             try:
                 persisted = await store.persist_events(entries)

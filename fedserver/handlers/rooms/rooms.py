@@ -18,6 +18,7 @@ from fedserver.handlers.rooms.client_events import (
 )
 from fedserver.handlers.rooms.directory import DirectoryHandler, current_power, split_alias, valid_new_localpart
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents, check_reason, domain_of, valid_user_id
+from fedserver.handlers.rooms.new_room import RoomDraft
 from fedserver.handlers.client.sync_sections import SyncToken
 from fedserver.errors import (
     M_UNKNOWN,
@@ -227,6 +228,12 @@ class RoomsHandler:
         join, power levels, canonical alias, the preset's join rules / history visibility /
         guest access, ``initial_state``, name and topic, invites), then the directory.
 
+        The events up to name and topic are stored in one transaction, all or none (with
+        the alias, given back if they cannot be stored): a failure leaves no half-made room.
+        Invites (a remote one is a handshake with the invitee's server) and the directory
+        listing follow once the room exists; a failed invite answers its error and the
+        room stays, complete.
+
         :returns: ``{"room_id": ...}``.
         :raises MatrixError: 400 (``M_BAD_JSON``, ``M_INVALID_PARAM``, ``M_ROOM_IN_USE``,
             ``M_UNSUPPORTED_ROOM_VERSION``, ``M_INVALID_ROOM_STATE`` if an event the
@@ -259,18 +266,13 @@ class RoomsHandler:
             extra = content.get("additional_creators")
             extra = list(extra) if isinstance(extra, list) else []
             content["additional_creators"] = extra + [u for u in req.invite if u not in extra and u != user_id]
-        create = await self.events.create_room(rv, user_id, content)
-        room_id = create.room_id
-        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, room_id, user_id):
-            raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
+        # Steps 1-7 are built in memory and taken in at once, so that a failure leaves
+        # no half-made room (see fedserver.handlers.rooms.new_room).
+        draft = await RoomDraft.start(self.events, rv, user_id, content)
+        room_id = draft.room_id
 
         async def state(event_type: str, content: Mapping[str, Any], state_key: str = "") -> None:
-            try:
-                await self.events.send(room_id, type=event_type, sender=user_id, content=content, state_key=state_key)
-            except MatrixError as e:
-                if e.code == 403:
-                    raise MatrixError(400, M_INVALID_ROOM_STATE, f"{event_type} refused: {e.error}") from None
-                raise
+            await draft.add(event_type, user_id, content, state_key)
 
         # 2. The creator's join.
         join = dict(await self.membership.member_profile(user_id))
@@ -314,6 +316,19 @@ class RoomsHandler:
                 "m.room.topic",
                 {"topic": req.topic, "m.topic": {"m.text": [{"body": req.topic, "mimetype": "text/plain"}]}},
             )
+        # The alias is claimed before the events are stored (a race with another claim is
+        # lost here, with nothing stored) and given back if they cannot be.
+        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, room_id, user_id):
+            raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
+        try:
+            await draft.commit()
+        except BaseException:
+            if req.alias is not None:
+                try:
+                    await self.store.rooms.delete_alias(req.alias)
+                except Exception:
+                    log.failure("Giving back the alias {alias} of a room not made failed", alias=req.alias)
+            raise
         # 8. Invites.
         for target in req.invite:
             if target == user_id:
