@@ -149,9 +149,12 @@ class EventCreator:
         state_key: Optional[str] = None,
         redacts: Optional[str] = None,
         unsigned: Optional[Mapping[str, Any]] = None,
+        client_txn: Optional[tuple[str, str, str]] = None,
     ) -> tuple[Event, Outcome]:
         """Build an event on the room's current state and take it in.
 
+        :param client_txn: ``(user_id, scope, txn_id)`` of the client request making it,
+            recorded in the transaction that stores the event (:attr:`Event.client_txn`).
         :returns: ``(event, outcome)``; a rejected event (``outcome.status ==
             "rejected"``) was not stored.
         """
@@ -176,6 +179,7 @@ class EventCreator:
             )
             if self._pm is not None and self._pm.hook.fedserver_sign_local_event.get_hookimpls():
                 await self._add_plugin_signatures(event, rv, state)
+            event.client_txn = client_txn
             return event
 
         return await self._pipeline.create_local(room_id, build)

@@ -176,8 +176,12 @@ class RoomEvents:
         content: Mapping[str, Any],
         state_key: Optional[str] = None,
         redacts: Optional[str] = None,
+        client_txn: Optional[tuple[str, str, str]] = None,
     ) -> Event:
         """Make an event on the room's current state and take it in.
+
+        :param client_txn: ``(user_id, scope, txn_id)`` of the client request, stored in
+            the transaction that stores the event (a retry finds it even after a crash).
 
         :returns: the accepted event (stored).
         :raises MatrixError: 404 for an unknown room; 403 ``M_FORBIDDEN`` (auth rules);
@@ -188,7 +192,8 @@ class RoomEvents:
             raise not_found("Unknown room")
         try:
             event, outcome = await self.creator.send(
-                room_id, rv, type=type, sender=sender, content=content, state_key=state_key, redacts=redacts
+                room_id, rv, type=type, sender=sender, content=content, state_key=state_key, redacts=redacts,
+                client_txn=client_txn,
             )
         except EventTooLarge as e:
             raise too_large(f"Event too large: {e}") from None

@@ -374,8 +374,11 @@ class RoomsHandler:
     # -- sending ------------------------------------------------------------------------------
 
     async def _with_txn(self, requester: Any, txn_id: str, room_id: str, make) -> str:
-        """Run ``make()`` (returning the new event id) once per client transaction id
-        (spec "Transaction identifiers": a retry gets the first event back)."""
+        """Run ``make(key)`` (returning the new event id) once per client transaction id
+        (spec "Transaction identifiers": a retry gets the first event back). ``make`` gives
+        ``key``, ``(user_id, scope, txn_id)``, to :meth:`RoomEvents.send`, which has it
+        recorded in the transaction that stores the event: no crash or storage fault can
+        leave the event stored without its transaction id (a retry would make it twice)."""
         if not isinstance(txn_id, str) or not txn_id or len(txn_id.encode("utf-8", "surrogatepass")) > MAX_TXN_ID_BYTES:
             raise invalid_param("txnId", "Invalid transaction id")
         scope = transaction_scope(requester)
@@ -388,8 +391,7 @@ class RoomsHandler:
             done = await self.store.rooms.get_client_txn(*key)
             if done is not None:
                 return done
-            event_id = await make()
-            return await self.store.rooms.store_client_txn(*key, room_id, event_id)
+            return await make(key)
 
         try:
             return await lock.run(lambda: defer.ensureDeferred(run()))
@@ -411,12 +413,12 @@ class RoomsHandler:
             raise bad_json("Content must be a JSON object")
         user_id = requester.user_id
 
-        async def make() -> str:
+        async def make(key: tuple[str, str, str]) -> str:
             if event_type == "m.room.redaction" and isinstance(content.get("redacts"), str):
                 await self._check_may_redact(room_id, user_id, content["redacts"])
             if self.relations is not None:
                 await self.relations.check_new_event(room_id, user_id, event_type, content)
-            event = await self.events.send(room_id, type=event_type, sender=user_id, content=content)
+            event = await self.events.send(room_id, type=event_type, sender=user_id, content=content, client_txn=key)
             if event.type == "m.room.redaction":
                 await self.store.rooms.index_redactions()
             return event.event_id
@@ -512,11 +514,11 @@ class RoomsHandler:
         reason = check_reason(reason)
         user_id = requester.user_id
 
-        async def make() -> str:
+        async def make(key: tuple[str, str, str]) -> str:
             await self._check_may_redact(room_id, user_id, event_id)
             content = {"reason": reason} if reason else {}
             event = await self.events.send(
-                room_id, type="m.room.redaction", sender=user_id, content=content, redacts=event_id
+                room_id, type="m.room.redaction", sender=user_id, content=content, redacts=event_id, client_txn=key
             )
             await self.store.rooms.index_redactions()
             return event.event_id
