@@ -555,22 +555,20 @@ class FedserverService(service.MultiService):
         # once committed, the sender is woken for those servers.
         self.pipeline.on_queued.append(self.sender.wake)
 
-    def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> defer.Deferred:
+    async def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> None:
         """Queue an EDU through the sender (nothing once the server is stopping)."""
-        if self.sender is None:
-            return defer.succeed(None)
-        return self.sender.send_edu(edu_type, content, destinations)
+        if self.sender is not None:
+            await self.sender.send_edu(edu_type, content, destinations)
 
     def _wake_destinations(self, destinations: Any) -> None:
         """Start sending what another component queued in its own transaction."""
         if self.sender is not None:
             self.sender.wake(destinations)
 
-    def _check_fetched(self, origin: str, pdus: list) -> defer.Deferred:
+    async def _check_fetched(self, origin: str, pdus: list) -> list:
         """Receipt checks 1-3 on events fetched to fill a gap (rooms we know)."""
-        d = self.ingest.check_pdus(origin, pdus)
-        d.addCallback(lambda batch: [entry.event for entry in batch.entries])
-        return d
+        batch = await self.ingest.check_pdus(origin, pdus)
+        return [entry.event for entry in batch.entries]
 
     async def _wire_rooms(self, store: Any) -> None:
         """Build the membership handshakes (both roles), accounts, rooms and the client API."""

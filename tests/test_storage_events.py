@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from fedserver.events.model import Event
+from fedserver.events.status import OutcomeStatus
 from fedserver.room_versions import SPEC_ROOM_VERSIONS, V1, V10, V11, V12, RoomVersionRegistry
 from fedserver.storage import (
     InvalidDataError,
@@ -314,6 +315,32 @@ class RefusalTests(StoreTestCase):
         meta = await store.get_event_meta([rejected.event_id, soft.event_id])
         self.assertTrue(meta[rejected.event_id].rejected and not meta[rejected.event_id].soft_failed)
         self.assertTrue(meta[soft.event_id].soft_failed and not meta[soft.event_id].rejected)
+
+    async def test_refusal_kinds_stored_as_plain_strings(self):
+        """The outcome enum leaves the database as it was: event_refusals.kind holds the
+        plain strings 'rejected' and 'soft_failed', and the listing gives them back as
+        OutcomeStatus members equal to those strings."""
+        path = self.db_path()
+        store = await self.open(path)
+        room_id, events = make_room(V10)
+        out = await store.persist_events(linear_entries(events))
+        group = out[events[-1].event_id].state_group_after
+        last = events[-1].event_id
+        rejected = make_event(V10, room_id, "m.room.topic", content={"topic": "no"}, state_key="", prev=[last], depth=5)
+        soft = make_event(V10, room_id, "m.room.name", content={"name": "meh"}, state_key="", prev=[last], depth=5)
+        await store.persist_events([
+            PersistEntry(rejected, state_group_before=group, rejection=("no", "10.3")),
+            PersistEntry(soft, state_group_before=group, soft_failure=Refusal("meh", "7.1")),
+        ])
+        listed = {r.event_id: r.kind for r in await store.get_refused_events(room_id)}
+        self.assertEqual(listed, {rejected.event_id: OutcomeStatus.REJECTED, soft.event_id: OutcomeStatus.SOFT_FAILED})
+        self.assertIs(type(listed[rejected.event_id]), OutcomeStatus)
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        rows = db.execute(
+            "SELECT e.event_id, r.kind, typeof(r.kind) FROM event_refusals r JOIN events e ON e.event_nid = r.event_nid"
+        ).fetchall()
+        self.assertEqual(sorted(rows), sorted([(rejected.event_id, "rejected", "text"), (soft.event_id, "soft_failed", "text")]))
 
     async def test_bad_kind_refused(self):
         """Listing refusals of an unknown kind is an error, not an empty list."""

@@ -30,13 +30,12 @@ class CountingIngest:
     def room_versions(self, pdus):
         return self.ingest.room_versions(pdus)
 
-    @defer.inlineCallbacks
-    def check_pdus(self, origin, pdus, denied_rooms=(), *, room_versions=None):
+    async def check_pdus(self, origin, pdus, denied_rooms=(), *, room_versions=None):
         n = len(self.calls)
         self.calls.append(origin)
         if n in self.gates:
-            yield self.gates[n]
-        return (yield self.ingest.check_pdus(origin, pdus, denied_rooms, room_versions=room_versions))
+            await self.gates[n]
+        return await self.ingest.check_pdus(origin, pdus, denied_rooms, room_versions=room_versions)
 
 
 class TransactionTestCase(StoreTestCase):

@@ -26,13 +26,15 @@ class Event:
 
     ``state_key`` is ``None`` for non-state events. ``room_id`` of a v12 create event is
     derived from its event id. ``rejected_reason`` is metadata, not part of the PDU: storage
-    sets it for events that were rejected on receipt.
+    sets it for events that were rejected on receipt. ``client_txn`` too: for an event made
+    here for a client request with a transaction id, ``(user_id, scope, txn_id)``, which
+    storage records in the transaction that stores the event.
     """
 
     __slots__ = (
         "pdu", "room_version", "event_id", "room_id", "type", "state_key", "sender",
         "content", "prev_event_ids", "auth_event_ids", "depth", "origin_server_ts",
-        "rejected_reason",
+        "rejected_reason", "client_txn",
     )
 
     pdu: dict[str, Any]
@@ -48,6 +50,7 @@ class Event:
     depth: int
     origin_server_ts: int
     rejected_reason: str | None
+    client_txn: tuple[str, str, str] | None
 
     @classmethod
     def from_pdu(
@@ -81,6 +84,7 @@ class Event:
         self.depth = pdu.get("depth", 0)
         self.origin_server_ts = pdu.get("origin_server_ts", 0)
         self.rejected_reason = None
+        self.client_txn = None
         return self
 
     # -- derived views -------------------------------------------------------------

@@ -135,13 +135,12 @@ class ServerAcls:
             ``room_id``."""
         return self.acl_content(room_id).addCallback(server_acl_allows, server_name)
 
-    @defer.inlineCallbacks
-    def denied_rooms(self, server_name: str, room_ids: Iterable[str]):  # type: ignore[no-untyped-def]
-        """:returns: Deferred firing with the set of ``room_ids`` whose ACL denies
-            ``server_name`` (one state lookup per room)."""
+    async def denied_rooms(self, server_name: str, room_ids: Iterable[str]) -> set[str]:
+        """:returns: the set of ``room_ids`` whose ACL denies ``server_name`` (one state
+            lookup per room)."""
         denied = set()
         for room_id in set(room_ids):
-            if not (yield self.is_allowed(server_name, room_id)):
+            if not await self.is_allowed(server_name, room_id):
                 denied.add(room_id)
         return denied
 

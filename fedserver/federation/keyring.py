@@ -374,10 +374,12 @@ class NotaryKeyFetcher:
                 raise ValueError(f"trusted key server {name} has no verify keys configured")
             self._notaries.append((name, parsed))
 
-    @defer.inlineCallbacks
-    def get_keys(self, needs: KeyNeeds):  # type: ignore[no-untyped-def]
+    def get_keys(self, needs: KeyNeeds) -> "defer.Deferred[list[KeyDocument]]":
         """See :meth:`KeyFetcher.get_keys`. Setting ``minimum_valid_until_ts`` per key id
         prompts the notary to refresh (room v5 signing requirements)."""
+        return defer.ensureDeferred(self._query_notaries(needs))
+
+    async def _query_notaries(self, needs: KeyNeeds) -> list[KeyDocument]:
         remaining = {s: dict(k) for s, k in needs.items()}
         found: list[KeyDocument] = []
         for notary, notary_keys in self._notaries:
@@ -390,7 +392,7 @@ class NotaryKeyFetcher:
                 }
             }
             try:
-                response = yield defer.maybeDeferred(self._post_json, notary, self.PATH, body)
+                response = await defer.maybeDeferred(self._post_json, notary, self.PATH, body)
             except Exception as e:
                 log.info("Notary {notary} did not answer a key query: {why}", notary=notary, why=str(e)[:200])
                 continue
@@ -698,10 +700,11 @@ class Keyring:
             missing = self._drop_negative(missing)
         if not missing:
             return defer.succeed(found)
-        return self._resolve(missing, found)
+        return defer.ensureDeferred(self._resolve(missing, found))
 
-    @defer.inlineCallbacks
-    def _resolve(self, missing: dict[str, dict[str, int]], found: dict[str, dict[str, KeyRecord]]):  # type: ignore[no-untyped-def]
+    async def _resolve(
+        self, missing: dict[str, dict[str, int]], found: dict[str, dict[str, KeyRecord]]
+    ) -> dict[str, dict[str, KeyRecord]]:
         # Coalesce: wait for resolutions already running for these servers, then take
         # what they put in the cache before doing any work of our own.
         while True:
@@ -713,7 +716,7 @@ class Keyring:
                 w: defer.Deferred[None] = defer.Deferred()
                 self._inflight[s].append(w)
                 waits.append(w)
-            yield defer.gatherResults(waits)
+            await defer.gatherResults(waits)
             missing = self._drop_negative(self._from_cache(missing, found))
             if not missing:
                 return found
@@ -721,14 +724,14 @@ class Keyring:
         for s in claimed:
             self._inflight[s] = []
         try:
-            yield self._load_from_store(missing, found)
+            await self._load_from_store(missing, found)
             missing = self._still_missing(missing, found)
             obtained: set[str] = set()
             for fetcher in self._fetchers:
                 if not missing:
                     break
-                docs = yield self._run_fetcher(fetcher, missing)
-                yield self._accept_documents(docs, missing, found, obtained)
+                docs = await self._run_fetcher(fetcher, missing)
+                await self._accept_documents(docs, missing, found, obtained)
                 missing = self._still_missing(missing, found)
             if missing:
                 self._remember_failures(missing, obtained)

@@ -101,13 +101,12 @@ class FederationSender:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def start(self):
+    async def start(self) -> None:
         """Resume every destination that still has queued items (after a restart)."""
         self._running = True
-        pending = yield self._store.destinations_with_pending()
+        pending = await self._store.destinations_with_pending()
         for name in pending:
-            retry = yield self._store.get_destination_retry(name)
+            retry = await self._store.get_destination_retry(name)
             dest = self._dest(name)
             if retry:
                 failure_ts, interval = retry
@@ -132,27 +131,24 @@ class FederationSender:
 
     # -- queueing ------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def send_pdus(self, pdus: list[dict[str, Any]], destinations: Iterable[str]):
-        """Queue ``pdus`` (federation JSON) for every destination except ourselves.
-
-        :returns: Deferred firing once they are persisted in the queue.
-        """
+    async def send_pdus(self, pdus: list[dict[str, Any]], destinations: Iterable[str]) -> None:
+        """Queue ``pdus`` (federation JSON) for every destination except ourselves;
+        returns once they are persisted in the queue."""
         dests = sorted({d for d in destinations if d != self._server_name})
         if not dests or not pdus:
             return
-        yield self._store.enqueue_outbound(dests, pdus=pdus)
+        await self._store.enqueue_outbound(dests, pdus=pdus)
         for name in dests:
             self._kick(self._dest(name))
 
-    @defer.inlineCallbacks
-    def send_edu(self, edu_type: str, content: dict[str, Any], destinations: Iterable[str]):
-        """Queue one EDU for every destination except ourselves."""
+    async def send_edu(self, edu_type: str, content: dict[str, Any], destinations: Iterable[str]) -> None:
+        """Queue one EDU for every destination except ourselves; returns once it is
+        persisted in the queue."""
         dests = sorted({d for d in destinations if d != self._server_name})
         if not dests:
             return
         edu = {"edu_type": edu_type, "content": content}
-        yield self._store.enqueue_outbound(dests, edus=[edu])
+        await self._store.enqueue_outbound(dests, edus=[edu])
         for name in dests:
             self._kick(self._dest(name))
 
@@ -254,10 +250,10 @@ class FederationSender:
             dest.wakeup.cancel()  # sending now: a wakeup left from a backoff is moot
         dest.wakeup = None
         dest.sending = True
-        d = self._drain(dest)
+        d = defer.ensureDeferred(self._drain(dest))
         self._in_flight.add(d)
 
-        def done(result):
+        def done(result: Any) -> Any:
             self._in_flight.discard(d)
             dest.sending = False
             if dest.pending and dest.retry_interval_ms == 0:
@@ -282,12 +278,11 @@ class FederationSender:
         dest.wakeup = None
         self._kick(dest)
 
-    @defer.inlineCallbacks
-    def _drain(self, dest: _Destination):
+    async def _drain(self, dest: _Destination) -> None:
         """Send transactions to ``dest`` until its queue is empty or a send fails."""
         while self._running:
             dest.pending = False
-            batch = yield self._store.get_outbound_batch(dest.name, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
+            batch = await self._store.get_outbound_batch(dest.name, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
             pdus = [_decode(item) for _, kind, item in batch if kind == "pdu"]
             edus = [_decode(item) for _, kind, item in batch if kind == "edu"]
             ephemeral = self._take_ephemeral(dest, MAX_EDUS_PER_TXN - len(edus))
@@ -295,10 +290,10 @@ class FederationSender:
                 return
             edus.extend(edu for _, edu in ephemeral)
             last_id = max((qid for qid, _, _ in batch), default=None)
-            txn_id = yield self._store.next_txn_id(dest.name)
+            txn_id = await self._store.next_txn_id(dest.name)
             if not self._running:
                 return  # stopped while reading the queue: send nothing more
-            body = {
+            body: dict[str, Any] = {
                 "origin": self._server_name,
                 "origin_server_ts": self._now_ms(),
                 "pdus": pdus,
@@ -307,7 +302,7 @@ class FederationSender:
                 body["edus"] = edus
             dest.put = defer.maybeDeferred(self._put, dest.name, txn_id, body)
             try:
-                yield dest.put
+                await dest.put
             except Exception as e:  # noqa: BLE001 - every failure is classified below
                 if not self._running:
                     return  # stopping: the items stay queued for the next start
@@ -319,22 +314,21 @@ class FederationSender:
                     )
                     self._forget_sent(dest, ephemeral)
                     if last_id is not None:
-                        yield self._store.ack_outbound(dest.name, last_id)
+                        await self._store.ack_outbound(dest.name, last_id)
                     continue
-                yield self._backoff(dest, e)
+                await self._backoff(dest, e)
                 return
             finally:
                 dest.put = None
             self._forget_sent(dest, ephemeral)
             if last_id is not None:
-                yield self._store.ack_outbound(dest.name, last_id)
+                await self._store.ack_outbound(dest.name, last_id)
             if dest.retry_interval_ms:
                 dest.retry_interval_ms = 0
                 dest.retry_at_ms = 0
-                yield self._store.clear_destination_retry(dest.name)
+                await self._store.clear_destination_retry(dest.name)
 
-    @defer.inlineCallbacks
-    def _backoff(self, dest: _Destination, error: Exception):
+    async def _backoff(self, dest: _Destination, error: Exception) -> None:
         if dest.retry_interval_ms == 0:
             interval = self._min_retry_ms
         else:
@@ -346,7 +340,7 @@ class FederationSender:
             "Sending to {destination} failed ({error}); retrying in {seconds:.1f}s",
             destination=dest.name, error=str(error)[:300], seconds=interval / 1000,
         )
-        yield self._store.set_destination_retry(dest.name, now, interval)
+        await self._store.set_destination_retry(dest.name, now, interval)
         if self._running:
             if dest.wakeup is not None and dest.wakeup.active():
                 # A reset (on_server_seen) while this backoff was being recorded may have

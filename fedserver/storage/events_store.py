@@ -6,6 +6,7 @@ import json
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from fedserver.events.model import Event
+from fedserver.events.status import REFUSAL_KINDS, OutcomeStatus
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.cache import LruCache
 from fedserver.storage.database import Txn, check_int, check_text, check_texts, lookup_ids, lookup_text
@@ -56,7 +57,7 @@ class _Work:
         "nid", "stored",
     )
 
-    def __init__(self, entry: PersistEntry, encoded: bytes, refusal: Optional[Refusal], kind: Optional[str]):
+    def __init__(self, entry: PersistEntry, encoded: bytes, refusal: Optional[Refusal], kind: Optional[OutcomeStatus]):
         self.entry = entry
         self.event = entry.event
         self.event_id = entry.event.event_id
@@ -160,9 +161,9 @@ class EventStore:
             rejection = _refusal(entry.rejection, "rejection")
             soft = _refusal(entry.soft_failure, "soft_failure")
             if rejection is not None:
-                refusal, kind = rejection, "rejected"
+                refusal, kind = rejection, OutcomeStatus.REJECTED
             elif soft is not None or entry.soft_failed:
-                refusal, kind = soft or Refusal("soft-failed"), "soft_failed"
+                refusal, kind = soft or Refusal("soft-failed"), OutcomeStatus.SOFT_FAILED
             else:
                 refusal, kind = None, None
             previous = chosen.get(event.event_id)
@@ -217,7 +218,7 @@ class EventStore:
                 "UPDATE events SET outlier = 0, rejected = ?, soft_failed = ?,"
                 " history = CASE WHEN ? = 1 THEN 1 ELSE history END WHERE event_nid = ?",
                 [
-                    (int(w.refusal_kind == "rejected"), int(w.refusal_kind == "soft_failed"),
+                    (int(w.refusal_kind == OutcomeStatus.REJECTED), int(w.refusal_kind == OutcomeStatus.SOFT_FAILED),
                      int(w.entry.history), w.nid)
                     for w in deoutliered
                 ],
@@ -235,7 +236,7 @@ class EventStore:
                 "INSERT INTO event_refusals (event_nid, kind, reason, rule, plugin, refused_ts)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (w.nid, w.refusal_kind, w.refusal.reason, w.refusal.rule, w.refusal.plugin, now)
+                    (w.nid, w.refusal_kind.value, w.refusal.reason, w.refusal.rule, w.refusal.plugin, now)
                     for w in refused
                 ],
             )
@@ -283,7 +284,7 @@ class EventStore:
                     w.nid, w.event_id, w.room_id, w.event.type, w.event.state_key, w.event.sender,
                     w.event.membership, w.event.depth, w.event.origin_server_ts, now,
                     w.event.room_version.identifier, int(w.entry.outlier),
-                    int(w.refusal_kind == "rejected"), int(w.refusal_kind == "soft_failed"), w.json,
+                    int(w.refusal_kind == OutcomeStatus.REJECTED), int(w.refusal_kind == OutcomeStatus.SOFT_FAILED), w.json,
                     int(w.entry.history),
                 )
                 for w in new
@@ -337,7 +338,7 @@ class EventStore:
             if after is not None:
                 check_group(after, w.room_id)
             elif before is not None:
-                if w.event.state_key is not None and w.refusal_kind != "rejected":
+                if w.event.state_key is not None and w.refusal_kind != OutcomeStatus.REJECTED:
                     # Spec "Rejection": a rejected state event does not update the state.
                     after = sg.store_state_group_txn(
                         txn, w.room_id, None, before, {w.event.state_tuple: w.event_id}, known=known
@@ -506,9 +507,10 @@ class EventStore:
         ids = lookup_ids(event_ids)
         rows = txn.select_in(
             "SELECT e.event_id, e.room_version, e.json, r.reason FROM events e"
-            " LEFT JOIN event_refusals r ON r.event_nid = e.event_nid AND r.kind = 'rejected'"
+            " LEFT JOIN event_refusals r ON r.event_nid = e.event_nid AND r.kind = ?"
             " WHERE e.event_id IN ({})",
             ids,
+            params_before=[OutcomeStatus.REJECTED.value],
         )
         found: dict[str, Event] = {}
         for event_id, version_id, data, reason in rows:
@@ -546,8 +548,8 @@ class EventStore:
         row = txn.execute(
             "SELECT r.reason, r.rule, r.plugin FROM events e"
             " JOIN event_refusals r ON r.event_nid = e.event_nid"
-            " WHERE e.event_id = ? AND r.kind = 'rejected'",
-            (event_id,),
+            " WHERE e.event_id = ? AND r.kind = ?",
+            (event_id, OutcomeStatus.REJECTED.value),
         ).fetchone()
         return None if row is None else Refusal(*row)
 
@@ -561,7 +563,7 @@ class EventStore:
     ) -> list[RefusedEvent]:
         """Rejected and soft-failed events, newest first."""
         check_text(room_id, "room id", nullable=True)
-        if kind not in (None, "rejected", "soft_failed"):
+        if kind is not None and (not isinstance(kind, str) or kind not in REFUSAL_KINDS):
             raise InvalidDataError("kind must be None, 'rejected' or 'soft_failed'")
         check_int(limit, "limit")
         check_int(before_nid, "before_nid", nullable=True)
@@ -576,13 +578,13 @@ class EventStore:
             params.append(room_id)
         if kind is not None:
             sql += " AND r.kind = ?"
-            params.append(kind)
+            params.append(OutcomeStatus(kind).value)
         if before_nid is not None:
             sql += " AND r.event_nid < ?"
             params.append(before_nid)
         sql += " ORDER BY r.event_nid DESC LIMIT ?"
         params.append(max(0, limit))
-        return [RefusedEvent(*r) for r in txn.execute(sql, params).fetchall()]
+        return [RefusedEvent(r[0], r[1], r[2], OutcomeStatus(r[3]), *r[4:]) for r in txn.execute(sql, params).fetchall()]
 
     # -- the DAG ----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Any, Iterable, NamedTuple, Optional
 from twisted.internet.defer import Deferred
 
 from fedserver.events.model import Event
+from fedserver.events.status import OutcomeStatus
 from fedserver.storage.database import Txn, lookup_ids, lookup_text
 from fedserver.storage.events_store import _AUTH_CHAIN_SQL
 from fedserver.storage.interface import InvalidDataError, StateKey
@@ -39,7 +40,8 @@ class VisibilityInputs(NamedTuple):
 class EventStatus(NamedTuple):
     """Everything stored about an event's fate, for operators.
 
-    ``kind`` is ``"rejected"``, ``"soft_failed"`` or ``None``; ``reason``, ``rule``,
+    ``kind`` is :attr:`OutcomeStatus.REJECTED`, :attr:`OutcomeStatus.SOFT_FAILED` or
+    ``None``; ``reason``, ``rule``,
     ``plugin`` and ``refused_ts`` come with it.
     """
 
@@ -49,7 +51,7 @@ class EventStatus(NamedTuple):
     outlier: bool
     rejected: bool
     soft_failed: bool
-    kind: Optional[str]
+    kind: Optional[OutcomeStatus]
     reason: Optional[str]
     rule: Optional[str]
     plugin: Optional[str]
@@ -97,8 +99,8 @@ class HistoryStore:
             r[0]
             for r in txn.execute(
                 "SELECT e.event_id FROM event_refusals r JOIN events e ON e.event_nid = r.event_nid"
-                " WHERE r.kind = 'rejected' AND e.room_id = ?",
-                (row[1],),
+                " WHERE r.kind = ? AND e.room_id = ?",
+                (OutcomeStatus.REJECTED.value, row[1]),
             ).fetchall()
         }
         if rejected:
@@ -227,6 +229,7 @@ class HistoryStore:
         ).fetchone()
         if row is None:
             return None
+        kind = None if row[6] is None else OutcomeStatus(row[6])
         return EventStatus(
-            row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), *row[6:]
+            row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), kind, *row[7:]
         )

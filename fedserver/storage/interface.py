@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 from fedserver.events.model import Event
+from fedserver.events.status import OutcomeStatus
 from fedserver.room_versions import RoomVersion
 
 #: ``(event type, state_key)``
@@ -81,7 +82,7 @@ class RefusedEvent(NamedTuple):
     event_nid: int
     event_id: str
     room_id: str
-    kind: str  # "rejected" | "soft_failed"
+    kind: OutcomeStatus  # REJECTED or SOFT_FAILED
     reason: str
     rule: Optional[str]
     plugin: Optional[str]

@@ -196,22 +196,22 @@ class RoomsStore:
 
         :returns: Deferred firing with the event id on record.
         """
+        return self._store.run_write(self.store_client_txn_txn, user_id, scope, txn_id, room_id, event_id)
+
+    def store_client_txn_txn(self, txn: Txn, user_id: str, scope: str, txn_id: str, room_id: str, event_id: str) -> str:
+        """:meth:`store_client_txn` inside the caller's transaction (the one storing the
+        event: ``SQLiteStore.persist_events_txn`` for events with ``client_txn``)."""
         for value, what in ((user_id, "user id"), (scope, "scope"), (txn_id, "txn id"), (room_id, "room id"), (event_id, "event id")):
             check_text(value, what)
-        now = self._clock_ms()
-
-        def txn_func(txn: Txn) -> str:
-            txn.execute(
-                "INSERT INTO client_transactions (user_id, scope, txn_id, room_id, event_id, created_ts)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (user_id, scope, txn_id, room_id, event_id, now),
-            )
-            return txn.execute(
-                "SELECT event_id FROM client_transactions WHERE user_id = ? AND scope = ? AND txn_id = ?",
-                (user_id, scope, txn_id),
-            ).fetchone()[0]
-
-        return self._store.run_write(txn_func)
+        txn.execute(
+            "INSERT INTO client_transactions (user_id, scope, txn_id, room_id, event_id, created_ts)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (user_id, scope, txn_id, room_id, event_id, self._clock_ms()),
+        )
+        return txn.execute(
+            "SELECT event_id FROM client_transactions WHERE user_id = ? AND scope = ? AND txn_id = ?",
+            (user_id, scope, txn_id),
+        ).fetchone()[0]
 
     @_deferred
     def get_client_txn_ids(

@@ -261,6 +261,13 @@ class SQLiteStore:
     ) -> dict[str, PersistedEvent]:
         """:meth:`persist_events` inside the caller's transaction."""
         outcome = self._events.persist_events_txn(txn, batch)
+        for entry in batch:
+            # A local event made for a client request with a transaction id: the id is
+            # recorded with the event (a 200 means both are committed; a retry after a
+            # crash finds the event). Refused events are not recorded: a retry tries again.
+            made_for = entry.event.client_txn
+            if made_for is not None and entry.rejection is None and entry.soft_failure is None and not entry.soft_failed:
+                self.rooms.store_client_txn_txn(txn, *made_for, entry.event.room_id, entry.event.event_id)
         if any(entry.distribute is not None for entry in batch):
             outcome = self._distribution.queue_persisted_txn(txn, batch, outcome)
         # Indexes kept in the same transaction as the events they describe.

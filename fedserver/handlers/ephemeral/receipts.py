@@ -47,7 +47,7 @@ class ReceiptsHandler:
     :param server_name: ours.
     :param clock: ``seconds()`` for receipt timestamps.
     :param notifier: wakes /sync (``notify_room``, ``notify_user``).
-    :param send_edu: ``(edu_type, content, destinations) -> Deferred``: the persisted
+    :param send_edu: ``async (edu_type, content, destinations) -> None``: the persisted
         outbound queue (receipts are state worth delivering late).
     """
 

@@ -90,7 +90,7 @@ class FailureReporter:
 
     :param store: has ``federation_extras`` (:class:`fedserver.storage.
         federation_extras_store.FederationExtrasStore`).
-    :param send_edu: ``(edu_type, content, destinations) -> Deferred``.
+    :param send_edu: ``async (edu_type, content, destinations) -> None``.
     :param server_name: ours (never told about itself).
     :param clock: for timestamps.
     """

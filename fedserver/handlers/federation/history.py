@@ -8,6 +8,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
+from fedserver.events.status import REFUSAL_KINDS, OutcomeStatus
 from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.federation.visibility import (
     HISTORY_VISIBILITY_KEY,
@@ -293,10 +294,11 @@ class HistoryHandler:
 
 # -- refusals -------------------------------------------------------------------------------
 
-#: What an event's status can be.
-STATUSES = ("accepted", "rejected", "soft_failed", "outlier", "unknown")
-#: The refusal kinds the listing can filter on.
-REFUSAL_KINDS = ("rejected", "soft_failed")
+#: What an event's status can be for an operator: an outcome of the receipt checks, or
+#: held as an outlier (without state), or not stored at all.
+OUTLIER = "outlier"
+UNKNOWN = "unknown"
+STATUSES = (OutcomeStatus.ACCEPTED, OutcomeStatus.REJECTED, OutcomeStatus.SOFT_FAILED, OUTLIER, UNKNOWN)
 #: Default and largest page of the refusals listing.
 REFUSALS_LIMIT_DEFAULT = 100
 REFUSALS_LIMIT_MAX = 1000
@@ -330,17 +332,18 @@ class EventStatusHandler:
         row = await self._history.get_event_status(event_id)
         if row is None:
             return {
-                "event_id": event_id, "room_id": None, "status": "unknown", "outlier": False,
+                "event_id": event_id, "room_id": None, "status": UNKNOWN, "outlier": False,
                 "reason": None, "rule": None, "plugin": None, "refused_ts": None,
             }
+        status: str
         if row.rejected:
-            status = "rejected"
+            status = OutcomeStatus.REJECTED
         elif row.soft_failed:
-            status = "soft_failed"
+            status = OutcomeStatus.SOFT_FAILED
         elif row.outlier:
-            status = "outlier"
+            status = OUTLIER
         else:
-            status = "accepted"
+            status = OutcomeStatus.ACCEPTED
         refused = status in REFUSAL_KINDS and row.kind == status
         return {
             "event_id": row.event_id,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Collection, Iterable, Mapping
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedserver.events.hashing import compute_event_id
@@ -75,15 +74,14 @@ class Ingest:
         self._store = store
         self._keyring = keyring
 
-    @defer.inlineCallbacks
-    def check_pdus(  # type: ignore[no-untyped-def]
+    async def check_pdus(
         self,
         origin: str,
         pdus: Iterable[Any],
         denied_rooms: Collection[str] = (),
         *,
         room_versions: Mapping[str, RoomVersion] | None = None,
-    ):
+    ) -> CheckedBatch:
         """Check ``pdus`` received from ``origin``.
 
         :param denied_rooms: rooms whose server ACL denies ``origin``: their PDUs get a
@@ -91,12 +89,12 @@ class Ingest:
             is protected "on a per-PDU basis").
         :param room_versions: the result of :meth:`room_versions` for these PDUs, if the
             caller already has it.
-        :returns: Deferred firing with a :class:`CheckedBatch`.
+        :returns: a :class:`CheckedBatch`.
         """
         pdus = list(pdus)
         batch = CheckedBatch()
         if room_versions is None:
-            room_versions = yield self.room_versions(pdus)
+            room_versions = await self.room_versions(pdus)
         checked: list[tuple[Event, bool, frozenset[str]]] = []
         requests = []
         owners: list[int] = []
@@ -136,7 +134,7 @@ class Ingest:
                 if sigs.get(server) is not None:
                     requests.append((server, c.signed_bytes, sigs.get(server), minimum))
                     owners.append(-1 - index)
-        verdicts = (yield self._keyring.verify_signatures(requests)) if requests else []
+        verdicts = (await self._keyring.verify_signatures(requests)) if requests else []
         failed: dict[int, str] = {}
         also_verified: dict[int, set[str]] = {}
         for (server, *_), index, verdict in zip(requests, owners, verdicts):
@@ -160,9 +158,8 @@ class Ingest:
             batch.verified[event.event_id] = servers | also_verified.get(index, set())
         return batch
 
-    @defer.inlineCallbacks
-    def room_versions(self, pdus: Iterable[Any]):  # type: ignore[no-untyped-def]
-        """:returns: Deferred firing with ``{room_id: RoomVersion}`` for the rooms of
+    async def room_versions(self, pdus: Iterable[Any]) -> dict[str, RoomVersion]:
+        """:returns: ``{room_id: RoomVersion}`` for the rooms of
             ``pdus`` that we know (a version no longer supported counts as unknown)."""
         room_ids = {p.get("room_id") for p in pdus if type(p) is dict}
         found: dict[str, RoomVersion] = {}
@@ -170,7 +167,7 @@ class Ingest:
             if type(room_id) is not str or not room_id or len(room_id) > 255:
                 continue
             try:
-                rv = yield self._store.get_room_version(room_id)
+                rv = await self._store.get_room_version(room_id)
             except UnknownRoomVersion as e:  # e.g. a version a plugin no longer registers
                 log.warn("Cannot use the room version of {room_id}: {why}", room_id=room_id, why=e)
                 continue

@@ -9,8 +9,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.background import log_background_failure
-from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param
 from fedserver.keyed_lock import KeyedLock
+from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param
+from fedserver.events.status import OutcomeStatus
 from fedserver.storage.interface import ReceivedTxn
 
 log = Logger()
@@ -108,29 +109,28 @@ class TransactionHandler:
         """:returns: how many origins have a transaction being processed or waiting."""
         return len(self._locks)
 
-    @defer.inlineCallbacks
-    def _process(self, origin: str, txn_id: str, pdus: list, edus: list):  # type: ignore[no-untyped-def]
-        previous = yield self._store.get_received_txn(origin, txn_id)
+    async def _process(self, origin: str, txn_id: str, pdus: list, edus: list) -> tuple[int, Any]:
+        previous = await self._store.get_received_txn(origin, txn_id)
         if previous is not None:
             log.info("Replayed transaction {txn_id} from {origin}: answering as before", txn_id=txn_id, origin=origin)
             return previous
         # One room version lookup per room, shared by the ACL check and ingest.
-        rooms = yield self._ingest.room_versions(pdus + [{"room_id": r} for e in edus for r in _edu_rooms(e)])
-        denied = yield self._denied_rooms(origin, rooms)
-        batch = yield self._ingest.check_pdus(origin, pdus, denied, room_versions=rooms)
+        rooms = await self._ingest.room_versions(pdus + [{"room_id": r} for e in edus for r in _edu_rooms(e)])
+        denied = await self._denied_rooms(origin, rooms)
+        batch = await self._ingest.check_pdus(origin, pdus, denied, room_versions=rooms)
         response = {"pdus": batch.results}
         now = int(self._clock.seconds() * 1000)
         record = ReceivedTxn(origin, txn_id, 200, response, now)
         # Receipt steps 4-6: into the rooms, gaps filled; committed before we answer.
         events = [entry.event for entry in batch.entries]
-        outcomes = yield defer.ensureDeferred(self._receiver.take_in(origin, events, batch.verified))
+        outcomes = await self._receiver.take_in(origin, events, batch.verified)
         for event in events:
             o = outcomes.get(event.event_id)
-            if o is not None and o.status == "rejected" and o.refusal is not None:
+            if o is not None and o.status == OutcomeStatus.REJECTED and o.refusal is not None:
                 batch.results[event.event_id] = {"error": f"Rejected: {o.refusal.reason}"}
-            elif o is not None and o.status == "missing":
+            elif o is not None and o.status == OutcomeStatus.MISSING:
                 batch.results[event.event_id] = {"error": "Missing prev or auth events that could not be fetched"}
-        yield self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
+        await self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
         for edu in edus:
             self._dispatch_edu(origin, edu, denied)
         if pdus or edus:
@@ -140,11 +140,10 @@ class TransactionHandler:
             )
         return (200, response)
 
-    @defer.inlineCallbacks
-    def _denied_rooms(self, origin: str, rooms: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+    async def _denied_rooms(self, origin: str, rooms: Mapping[str, Any]) -> frozenset[str]:
         if self._acls is None or not rooms:
             return frozenset()
-        denied = yield self._acls.denied_rooms(origin, rooms)
+        denied = await self._acls.denied_rooms(origin, rooms)
         if denied:
             log.info("Server ACLs deny {origin} in {rooms}", origin=origin, rooms=sorted(denied))
         return frozenset(denied)

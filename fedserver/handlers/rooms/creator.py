@@ -149,9 +149,12 @@ class EventCreator:
         state_key: Optional[str] = None,
         redacts: Optional[str] = None,
         unsigned: Optional[Mapping[str, Any]] = None,
+        client_txn: Optional[tuple[str, str, str]] = None,
     ) -> tuple[Event, Outcome]:
         """Build an event on the room's current state and take it in.
 
+        :param client_txn: ``(user_id, scope, txn_id)`` of the client request making it,
+            recorded in the transaction that stores the event (:attr:`Event.client_txn`).
         :returns: ``(event, outcome)``; a rejected event (``outcome.status ==
             "rejected"``) was not stored.
         """
@@ -176,9 +179,46 @@ class EventCreator:
             )
             if self._pm is not None and self._pm.hook.fedserver_sign_local_event.get_hookimpls():
                 await self._add_plugin_signatures(event, rv, state)
+            event.client_txn = client_txn
             return event
 
         return await self._pipeline.create_local(room_id, build)
+
+    async def build_after(
+        self,
+        rv: RoomVersion,
+        state: Mapping[StateKey, str],
+        prev: Event,
+        known: Mapping[str, Event],
+        *,
+        type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        state_key: Optional[str] = None,
+    ) -> Event:
+        """Build (not take in) an event following ``prev`` in a chain held in memory, the
+        events of a new room before any is stored: ``prev`` is its only prev event, its
+        auth events are selected from ``state`` (the state after ``prev``), and ``known``
+        holds every event those ids name (for the V1 format's edge hashes).
+
+        :raises EventTooLarge, InvalidEvent: from :func:`build_event`.
+        """
+        fields = {"type": type, "state_key": state_key, "sender": sender, "content": content}
+        auth_ids = select_auth_events(rv, fields, state)
+        edge_hashes = None
+        if rv.event_format == EventFormat.V1:
+            edge_hashes = {
+                eid: unpadded_base64(compute_reference_hash(known[eid].pdu, rv)) for eid in [prev.event_id, *auth_ids]
+            }
+        event = build_event(
+            rv, room_id=prev.room_id, type=type, sender=sender, content=content, state_key=state_key,
+            prev_event_ids=[prev.event_id], auth_event_ids=auth_ids, depth=min(prev.depth + 1, 2**53 - 1),
+            edge_hashes=edge_hashes, origin_server_ts=max(self.now_ms(), prev.origin_server_ts),
+            server_name=self._server_name, signing_key=self._signing_key,
+        )
+        if self._pm is not None and self._pm.hook.fedserver_sign_local_event.get_hookimpls():
+            await self._add_plugin_signatures(event, rv, state)
+        return event
 
     async def _add_plugin_signatures(self, event: Event, rv: RoomVersion, state: Mapping[StateKey, str]) -> None:
         """Ask every ``fedserver_sign_local_event`` implementation at once and add the

@@ -176,8 +176,12 @@ class RoomEvents:
         content: Mapping[str, Any],
         state_key: Optional[str] = None,
         redacts: Optional[str] = None,
+        client_txn: Optional[tuple[str, str, str]] = None,
     ) -> Event:
         """Make an event on the room's current state and take it in.
+
+        :param client_txn: ``(user_id, scope, txn_id)`` of the client request, stored in
+            the transaction that stores the event (a retry finds it even after a crash).
 
         :returns: the accepted event (stored).
         :raises MatrixError: 404 for an unknown room; 403 ``M_FORBIDDEN`` (auth rules);
@@ -188,7 +192,8 @@ class RoomEvents:
             raise not_found("Unknown room")
         try:
             event, outcome = await self.creator.send(
-                room_id, rv, type=type, sender=sender, content=content, state_key=state_key, redacts=redacts
+                room_id, rv, type=type, sender=sender, content=content, state_key=state_key, redacts=redacts,
+                client_txn=client_txn,
             )
         except EventTooLarge as e:
             raise too_large(f"Event too large: {e}") from None
@@ -199,15 +204,32 @@ class RoomEvents:
     async def create_room(self, rv: RoomVersion, sender: str, content: Mapping[str, Any]) -> Event:
         """Make and take in the ``m.room.create`` event of a new room.
 
-        From room v12 the room id is the create event's hash, so two rooms created with
-        the same content by the same user in the same millisecond would be ONE room: each
-        new room gets a timestamp after the last one made here, and a create event that
-        turns out to exist already (made by an earlier run) is made again one millisecond
-        later.
-
         :returns: the create event (its ``room_id`` is the new room's).
         :raises MatrixError: 413 ``M_TOO_LARGE``; 400 ``M_INVALID_ROOM_STATE`` if the
             event is invalid or the auth rules refuse it.
+        """
+        for _ in range(10):
+            event = await self.new_create_event(rv, sender, content)
+            event, outcome = await self.pipeline.create_local(event.room_id, lambda state, ext, ev=event: ev)
+            if outcome.duplicate:
+                continue
+            try:
+                return check_outcome(event, outcome)
+            except MatrixError as e:
+                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"m.room.create refused: {e.error}") from None
+        raise unknown("Could not make a new room id")
+
+    async def new_create_event(self, rv: RoomVersion, sender: str, content: Mapping[str, Any]) -> Event:
+        """Build (not take in) the ``m.room.create`` event of a new room, of a room id
+        that is not in use.
+
+        From room v12 the room id is the create event's hash, so two rooms created with
+        the same content by the same user in the same millisecond would be ONE room: each
+        new room gets a timestamp after the last one made here, and a create event that
+        exists already (made by an earlier run) is made again one millisecond later.
+
+        :raises MatrixError: 413 ``M_TOO_LARGE``; 400 ``M_INVALID_ROOM_STATE`` if the
+            event is invalid.
         """
         for _ in range(10):
             ts = max(self.creator.now_ms(), self._last_create_ts + 1)
@@ -223,13 +245,8 @@ class RoomEvents:
                 raise too_large(f"Event too large: {e}") from None
             except InvalidEvent as e:
                 raise MatrixError(400, "M_INVALID_ROOM_STATE", f"Invalid m.room.create event: {e}") from None
-            event, outcome = await self.pipeline.create_local(event.room_id, lambda state, ext, ev=event: ev)
-            if outcome.duplicate:
-                continue
-            try:
-                return check_outcome(event, outcome)
-            except MatrixError as e:
-                raise MatrixError(400, "M_INVALID_ROOM_STATE", f"m.room.create refused: {e.error}") from None
+            if event.event_id not in await self.store.get_event_meta([event.event_id]):
+                return event
         raise unknown("Could not make a new room id")
 
     def out_of_band_leave(self, invite: Event, reason: Optional[str] = None) -> Event:

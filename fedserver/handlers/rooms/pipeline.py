@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from fedserver.auth.policy import check_event_policy
 from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
+from fedserver.events.status import OutcomeStatus
 from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
 from fedserver.keyed_lock import KeyedLock
@@ -20,10 +21,11 @@ from fedserver.state.statemap import StateMap
 
 log = Logger()
 
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-SOFT_FAILED = "soft_failed"
-MISSING = "missing"
+# Short names for the outcomes (the one enum, shared with transactions and storage).
+ACCEPTED = OutcomeStatus.ACCEPTED
+REJECTED = OutcomeStatus.REJECTED
+SOFT_FAILED = OutcomeStatus.SOFT_FAILED
+MISSING = OutcomeStatus.MISSING
 
 #: How many rooms' current state the pipeline keeps in memory.
 ROOM_CACHE_SIZE = 256
@@ -33,8 +35,8 @@ ROOM_CACHE_SIZE = 256
 class Outcome:
     """What happened to one event given to :meth:`RoomPipeline.process`.
 
-    :ivar status: ``accepted``, ``rejected``, ``soft_failed``, or ``missing`` (prev or
-        auth events we do not have; nothing was stored for it).
+    :ivar status: an :class:`OutcomeStatus`: accepted, rejected, soft-failed, or missing
+        (prev or auth events we do not have; nothing was stored for it).
     :ivar refusal: why it was rejected or soft-failed.
     :ivar missing: the prev/auth event ids we lack (status ``missing``).
     :ivar duplicate: the event was already in the room's DAG; nothing changed.
@@ -43,7 +45,7 @@ class Outcome:
     :ivar queued_for: the servers it was queued for, in the transaction that stored it.
     """
 
-    status: str
+    status: OutcomeStatus
     refusal: Optional[Refusal] = None
     missing: frozenset[str] = frozenset()
     duplicate: bool = False
@@ -262,6 +264,7 @@ class RoomPipeline:
         partial_join: Optional[PartialJoin] = None,
         distribute: bool = False,
         distribute_except: Collection[str] = (),
+        atomic: bool = False,
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take ``events`` (all of ``room_id``) into the room.
 
@@ -281,6 +284,9 @@ class RoomPipeline:
             transaction that stores them (implied by ``local``).
         :param distribute_except: servers not to queue them for (the server that handed
             them to us through a handshake).
+        :param atomic: all or nothing: unless every event is new and accepted, nothing is
+            stored (the outcomes say why; none is ``stored``). For the events of a new
+            room (``createRoom``), which must never be left half-made.
         :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
         """
         send = self._distribution(local or distribute, distribute_except)
@@ -288,7 +294,7 @@ class RoomPipeline:
             room_id,
             lambda: self._process(
                 room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {},
-                partial_join, send,
+                partial_join, send, atomic=atomic,
             ),
         )
 
@@ -475,6 +481,7 @@ class RoomPipeline:
         partial_join: Optional["PartialJoin"] = None,
         send_never: Optional[frozenset[str]] = None,
         history: bool = False,
+        atomic: bool = False,
     ) -> dict[str, Outcome]:
         """One batch, in the order of the server-server spec's "Checks performed on
         receipt of a PDU": the batch's context is loaded, then each event in DAG order gets
@@ -484,7 +491,8 @@ class RoomPipeline:
 
         ``send_never``: distribute the accepted events, never to these servers (``None``:
         do not distribute). ``history``: events fetched as history
-        (:meth:`process_history`), committed by :meth:`_commit_history`."""
+        (:meth:`process_history`), committed by :meth:`_commit_history`. ``atomic``: see
+        :meth:`process`."""
         outcomes, todo, meta = await self._new_events(events)
         if not todo:
             return outcomes
@@ -507,6 +515,9 @@ class RoomPipeline:
         if history:
             await self._commit_history(b)
             return b.outcomes
+        if atomic and any(o.status != ACCEPTED or o.duplicate for o in b.outcomes.values()):
+            # All or nothing: nothing was written and the room's view was not touched.
+            return {eid: replace(o, stored=False) for eid, o in b.outcomes.items()}
         await self._commit(b, partial_join)
         for callback in list(self.on_persisted):
             try:

@@ -19,6 +19,7 @@ from fedserver.handlers.rooms.client_events import (
 )
 from fedserver.handlers.rooms.directory import DirectoryHandler, current_power, split_alias, valid_new_localpart
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents, check_reason, domain_of, valid_user_id
+from fedserver.handlers.rooms.new_room import RoomDraft
 from fedserver.handlers.client.sync_sections import SyncToken
 from fedserver.errors import (
     M_UNKNOWN,
@@ -228,6 +229,12 @@ class RoomsHandler:
         join, power levels, canonical alias, the preset's join rules / history visibility /
         guest access, ``initial_state``, name and topic, invites), then the directory.
 
+        The events up to name and topic are stored in one transaction, all or none (with
+        the alias, given back if they cannot be stored): a failure leaves no half-made room.
+        Invites (a remote one is a handshake with the invitee's server) and the directory
+        listing follow once the room exists; a failed invite answers its error and the
+        room stays, complete.
+
         :returns: ``{"room_id": ...}``.
         :raises MatrixError: 400 (``M_BAD_JSON``, ``M_INVALID_PARAM``, ``M_ROOM_IN_USE``,
             ``M_UNSUPPORTED_ROOM_VERSION``, ``M_INVALID_ROOM_STATE`` if an event the
@@ -260,18 +267,13 @@ class RoomsHandler:
             extra = content.get("additional_creators")
             extra = list(extra) if isinstance(extra, list) else []
             content["additional_creators"] = extra + [u for u in req.invite if u not in extra and u != user_id]
-        create = await self.events.create_room(rv, user_id, content)
-        room_id = create.room_id
-        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, room_id, user_id):
-            raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
+        # Steps 1-7 are built in memory and taken in at once, so that a failure leaves
+        # no half-made room (see fedserver.handlers.rooms.new_room).
+        draft = await RoomDraft.start(self.events, rv, user_id, content)
+        room_id = draft.room_id
 
         async def state(event_type: str, content: Mapping[str, Any], state_key: str = "") -> None:
-            try:
-                await self.events.send(room_id, type=event_type, sender=user_id, content=content, state_key=state_key)
-            except MatrixError as e:
-                if e.code == 403:
-                    raise MatrixError(400, M_INVALID_ROOM_STATE, f"{event_type} refused: {e.error}") from None
-                raise
+            await draft.add(event_type, user_id, content, state_key)
 
         # 2. The creator's join.
         join = dict(await self.membership.member_profile(user_id))
@@ -315,6 +317,19 @@ class RoomsHandler:
                 "m.room.topic",
                 {"topic": req.topic, "m.topic": {"m.text": [{"body": req.topic, "mimetype": "text/plain"}]}},
             )
+        # The alias is claimed before the events are stored (a race with another claim is
+        # lost here, with nothing stored) and given back if they cannot be.
+        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, room_id, user_id):
+            raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
+        try:
+            await draft.commit()
+        except BaseException:
+            if req.alias is not None:
+                try:
+                    await self.store.rooms.delete_alias(req.alias)
+                except Exception:
+                    log.failure("Giving back the alias {alias} of a room not made failed", alias=req.alias)
+            raise
         # 8. Invites.
         for target in req.invite:
             if target == user_id:
@@ -360,8 +375,11 @@ class RoomsHandler:
     # -- sending ------------------------------------------------------------------------------
 
     async def _with_txn(self, requester: Any, txn_id: str, room_id: str, make) -> str:
-        """Run ``make()`` (returning the new event id) once per client transaction id
-        (spec "Transaction identifiers": a retry gets the first event back)."""
+        """Run ``make(key)`` (returning the new event id) once per client transaction id
+        (spec "Transaction identifiers": a retry gets the first event back). ``make`` gives
+        ``key``, ``(user_id, scope, txn_id)``, to :meth:`RoomEvents.send`, which has it
+        recorded in the transaction that stores the event: no crash or storage fault can
+        leave the event stored without its transaction id (a retry would make it twice)."""
         if not isinstance(txn_id, str) or not txn_id or len(txn_id.encode("utf-8", "surrogatepass")) > MAX_TXN_ID_BYTES:
             raise invalid_param("txnId", "Invalid transaction id")
         scope = transaction_scope(requester)
@@ -371,8 +389,7 @@ class RoomsHandler:
             done = await self.store.rooms.get_client_txn(*key)
             if done is not None:
                 return done
-            event_id = await make()
-            return await self.store.rooms.store_client_txn(*key, room_id, event_id)
+            return await make(key)
 
         return await self._txn_locks.run(key, run)
 
@@ -390,12 +407,12 @@ class RoomsHandler:
             raise bad_json("Content must be a JSON object")
         user_id = requester.user_id
 
-        async def make() -> str:
+        async def make(key: tuple[str, str, str]) -> str:
             if event_type == "m.room.redaction" and isinstance(content.get("redacts"), str):
                 await self._check_may_redact(room_id, user_id, content["redacts"])
             if self.relations is not None:
                 await self.relations.check_new_event(room_id, user_id, event_type, content)
-            event = await self.events.send(room_id, type=event_type, sender=user_id, content=content)
+            event = await self.events.send(room_id, type=event_type, sender=user_id, content=content, client_txn=key)
             if event.type == "m.room.redaction":
                 await self.store.rooms.index_redactions()
             return event.event_id
@@ -491,11 +508,11 @@ class RoomsHandler:
         reason = check_reason(reason)
         user_id = requester.user_id
 
-        async def make() -> str:
+        async def make(key: tuple[str, str, str]) -> str:
             await self._check_may_redact(room_id, user_id, event_id)
             content = {"reason": reason} if reason else {}
             event = await self.events.send(
-                room_id, type="m.room.redaction", sender=user_id, content=content, redacts=event_id
+                room_id, type="m.room.redaction", sender=user_id, content=content, redacts=event_id, client_txn=key
             )
             await self.store.rooms.index_redactions()
             return event.event_id

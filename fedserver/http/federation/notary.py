@@ -97,7 +97,7 @@ class NotaryService:
             criteria = parse_query_body(body)
         except Exception as e:
             return defer.fail(e)
-        return self._answer(criteria)
+        return defer.ensureDeferred(self._answer(criteria))
 
     def query_one(
         self, server_name: str, key_id: str | None = None, minimum_valid_until_ts: int | None = None
@@ -116,15 +116,15 @@ class NotaryService:
             type(minimum_valid_until_ts) is not int or not 0 <= minimum_valid_until_ts <= MAX_SAFE_INTEGER
         ):
             return defer.fail(invalid_param("minimum_valid_until_ts"))
-        return self._answer({server_name: {} if key_id is None else {key_id: minimum_valid_until_ts}}, minimum_valid_until_ts)
+        criteria: Criteria = {server_name: {} if key_id is None else {key_id: minimum_valid_until_ts}}
+        return defer.ensureDeferred(self._answer(criteria, minimum_valid_until_ts))
 
     # -- answering ----------------------------------------------------------------------------
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    @defer.inlineCallbacks
-    def _answer(self, criteria: Criteria, default_minimum: int | None = None):  # type: ignore[no-untyped-def]
+    async def _answer(self, criteria: Criteria, default_minimum: int | None = None) -> dict[str, Any]:
         now = self._now_ms()
         if default_minimum is None:
             default_minimum = now  # keys_query.yaml: "If not supplied, the current time ... is used."
@@ -135,10 +135,10 @@ class NotaryService:
             wanted = {k: (default_minimum if m is None else m) for k, m in per.items() if k.startswith("ed25519:")}
             needs[server_name] = wanted or {ANY_KEY: default_minimum}
         if needs:
-            yield self._keyring.refresh_keys(needs)
+            await self._keyring.refresh_keys(needs)
 
         reads = [self._documents_for(server_name) for server_name in criteria]
-        results = yield defer.DeferredList(reads, consumeErrors=True)
+        results = await defer.DeferredList(reads, consumeErrors=True)
         server_keys: list[dict[str, Any]] = []
         for (ok, docs), server_name in zip(results, criteria):
             if ok:
