@@ -335,12 +335,15 @@ class RefusalTests(StoreTestCase):
         listed = {r.event_id: r.kind for r in await store.get_refused_events(room_id)}
         self.assertEqual(listed, {rejected.event_id: OutcomeStatus.REJECTED, soft.event_id: OutcomeStatus.SOFT_FAILED})
         self.assertIs(type(listed[rejected.event_id]), OutcomeStatus)
-        db = sqlite3.connect(path)
+        db = connect_test_database(path)
         self.addCleanup(db.close)
         rows = db.execute(
-            "SELECT e.event_id, r.kind, typeof(r.kind) FROM event_refusals r JOIN events e ON e.event_nid = r.event_nid"
+            "SELECT e.event_id, r.kind FROM event_refusals r JOIN events e ON e.event_nid = r.event_nid"
         ).fetchall()
-        self.assertEqual(sorted(rows), sorted([(rejected.event_id, "rejected", "text"), (soft.event_id, "soft_failed", "text")]))
+        # Plain text in the column, whichever engine: a str, not an enum or a number.
+        self.assertEqual([type(kind) for _eid, kind in rows], [str, str])
+        self.assertEqual(sorted(tuple(r) for r in rows),
+                         sorted([(rejected.event_id, "rejected"), (soft.event_id, "soft_failed")]))
 
     async def test_bad_kind_refused(self):
         """Listing refusals of an unknown kind is an error, not an empty list."""
