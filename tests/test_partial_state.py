@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from fedserver.events.builder import build_from_template
 from fedserver.federation.client import HttpResponseError, fed_path
-from fedserver.testing import loopback_config, start_server
+from fedserver.testing import loopback_config, make_unwritable, start_server
 from tests.test_remote_rooms import Server
 
 
@@ -215,7 +215,7 @@ class PartialStateJoinTests(TestCase):
         await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
         await self.until(lambda: defer.succeed(gate.asked), "the resync to ask B")
         db = a.svc.store.database
-        await db.run_with_connection(lambda conn: conn.execute("PRAGMA query_only = 1"))
+        await make_unwritable(db)
         log = LogCapture(self)
         gate.open()
         await deferLater(1.0)  # several rounds against the unwritable database
@@ -223,7 +223,7 @@ class PartialStateJoinTests(TestCase):
         self.assertEqual(
             [f for f in log.formats(log.serious()) if "Database unavailable" not in f], [], log.formats(log.serious())
         )
-        await db.run_with_connection(lambda conn: conn.execute("PRAGMA query_only = 0"))
+        await make_unwritable(db, False)
         await a.svc.pipeline.wait_full_state(room)
         self.assertIsNone(await a.svc.store.partial_state.get_room(room))
         members = await a.svc.store.get_room_members(room, "join")
