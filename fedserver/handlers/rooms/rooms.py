@@ -200,7 +200,7 @@ class RoomsHandler:
         self.source = source
         self.room_versions = room_versions if room_versions is not None else RoomVersionRegistry()
         self.default_room_version = default_room_version
-        self._txn_locks: dict[tuple[str, str, str], defer.DeferredLock] = {}
+        self._txn_locks: dict[tuple[str, ...], defer.DeferredLock] = {}
 
     # -- pipeline hook ----------------------------------------------------------------------
 
@@ -348,29 +348,38 @@ class RoomsHandler:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, make) -> str:
-        """Run ``make()`` (returning the new event id) once per client transaction id
-        (spec "Transaction identifiers": a retry gets the first event back)."""
+    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, path: str, make) -> str:
+        """Run ``make()`` (returning the new event id) once per client transaction id and
+        request path (spec "Transaction identifiers": "a retransmission if the transaction
+        ID is the same as a previous request, and the path of the HTTP request is the
+        same"; a retry gets the first event back, the same id on another path is a new
+        request).
+
+        :param path: the request path below the API version, without the transaction id,
+            e.g. ``/rooms/{roomId}/send/{eventType}`` with the values filled in (``/r0/``
+            and ``/v3/`` are the same endpoint).
+        """
         if not isinstance(txn_id, str) or not txn_id or len(txn_id.encode("utf-8", "surrogatepass")) > MAX_TXN_ID_BYTES:
             raise invalid_param("txnId", "Invalid transaction id")
         scope = transaction_scope(requester)
         key = (requester.user_id, scope, txn_id)
-        lock = self._txn_locks.get(key)
+        lock_key = key + (path,)
+        lock = self._txn_locks.get(lock_key)
         if lock is None:
-            lock = self._txn_locks[key] = defer.DeferredLock()
+            lock = self._txn_locks[lock_key] = defer.DeferredLock()
 
         async def run() -> str:
-            done = await self.store.rooms.get_client_txn(*key)
+            done = await self.store.rooms.get_client_txn(*key, path=path)
             if done is not None:
                 return done
             event_id = await make()
-            return await self.store.rooms.store_client_txn(*key, room_id, event_id)
+            return await self.store.rooms.store_client_txn(*key, room_id, event_id, path=path)
 
         try:
             return await lock.run(lambda: defer.ensureDeferred(run()))
         finally:
-            if not lock.locked and not lock.waiting and self._txn_locks.get(key) is lock:
-                del self._txn_locks[key]
+            if not lock.locked and not lock.waiting and self._txn_locks.get(lock_key) is lock:
+                del self._txn_locks[lock_key]
 
     async def send_event(
         self, requester: Any, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
@@ -394,7 +403,7 @@ class RoomsHandler:
                 await self.store.rooms.index_redactions()
             return event.event_id
 
-        return await self._with_txn(requester, txn_id, room_id, make)
+        return await self._with_txn(requester, txn_id, room_id, f"/rooms/{room_id}/send/{event_type}", make)
 
     async def set_state(
         self, requester: Any, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
@@ -494,7 +503,7 @@ class RoomsHandler:
             await self.store.rooms.index_redactions()
             return event.event_id
 
-        return await self._with_txn(requester, txn_id, room_id, make)
+        return await self._with_txn(requester, txn_id, room_id, f"/rooms/{room_id}/redact/{event_id}", make)
 
     # -- reading state ------------------------------------------------------------------------
 
