@@ -77,7 +77,9 @@ from fedserver.http.connections import (
     auto_max_connections,
     fd_limit,
 )
+from fedserver.http.metrics import build_metrics_root
 from fedserver.http.resource import MatrixSite
+from fedserver.metrics import Sample, ServerMetrics
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
@@ -257,7 +259,10 @@ def connection_limits(config: Config, fds: int | None = None) -> ConnectionLimit
         idle_timeout=config.http_idle_timeout,
         max_connections=total,
         max_connections_per_address=config.max_connections_per_address,
-        exempt=tuple(ipaddress.ip_network(n, strict=False) for n in config.connection_limit_exempt),
+        # A trusted reverse proxy brings many clients over its own address.
+        exempt=tuple(
+            ipaddress.ip_network(n, strict=False) for n in (*config.connection_limit_exempt, *config.trusted_proxies)
+        ),
     )
 
 
@@ -352,7 +357,11 @@ class FedserverService(service.MultiService):
         # Both listeners share one set of connection caps (file descriptors are shared).
         self.connection_limits = connection_limits(config)
         self.connections = ConnectionRegistry(reactor, self.connection_limits)
-        site_options = dict(max_request_body_size=config.max_request_body_size, reactor=reactor, limits=self.connection_limits)
+        site_options = dict(
+            max_request_body_size=config.max_request_body_size, reactor=reactor, limits=self.connection_limits,
+            trusted_proxies=config.trusted_proxies, slow_request_threshold=config.slow_request_threshold,
+            access_log=config.access_log,
+        )
         self.federation_site = MatrixSite(StartingResource(), log_name="federation", **site_options)
         self.client_site = MatrixSite(StartingResource(), cors=True, log_name="client", **site_options)
         scheme = "https" if fed_desc.startswith("ssl:") else "http"
@@ -362,6 +371,17 @@ class FedserverService(service.MultiService):
         self.client_listener = ListenerService("Client API", client_desc, self.client_site, reactor, "http", self.connections)
         self.federation_listener.setServiceParent(self)
         self.client_listener.setServiceParent(self)
+        # Prometheus metrics on a listener of their own (off unless metrics_listen is set).
+        self.metrics: ServerMetrics | None = None
+        self.metrics_listener: ListenerService | None = None
+        if config.metrics_listen is not None:
+            self.metrics = ServerMetrics(reactor, self._metrics_sample)
+            metrics_site = MatrixSite(build_metrics_root(self.metrics), log_name="metrics", reactor=reactor, access_log=False)
+            self.metrics_listener = ListenerService(
+                "Metrics", listen_description(config.metrics_listen), metrics_site, reactor, "http",
+                ConnectionRegistry(reactor, ConnectionLimits(max_connections=64)),
+            )
+            self.metrics_listener.setServiceParent(self)
 
         self.store: Any = None
         self.federation_client: Any = None
@@ -442,6 +462,7 @@ class FedserverService(service.MultiService):
             client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
         )
         await self.sender.start()
+        self._wire_metrics()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -498,7 +519,7 @@ class FedserverService(service.MultiService):
         self.sender = FederationSender(
             reactor,
             store,
-            lambda dest, txn_id, body: client.put_json(dest, fed_path("/_matrix/federation/v1/send/{}", txn_id), body),
+            self._put_transaction,
             name,
             min_retry_ms=min(OUTBOUND_MIN_RETRY_MS, max_retry_ms),
             max_retry_ms=max_retry_ms,
@@ -506,6 +527,34 @@ class FedserverService(service.MultiService):
         self.authenticator.on_authenticated.append(self.sender.on_server_seen)
         self.distributor = Distributor(store, self.sender.send_pdus, name)
         self.pipeline.on_persisted.append(self.distributor.on_persisted)
+
+    def _wire_metrics(self) -> None:
+        """Hand the metrics' observers to the components that report (if metrics are on)."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        for site in (self.client_site, self.federation_site):
+            site.request_observers.append(metrics.observe_request)
+        self.store.database.observe_transaction = metrics.observe_db_transaction
+        self.pipeline.on_state_resolved.append(metrics.observe_state_resolution)
+        self.transactions.on_processed.append(metrics.observe_transaction)
+        metrics.live_gauges.update({
+            "fedserver_http_open_connections": ("Open connections over the client and federation listeners",
+                                                lambda: self.connections.total),
+            "fedserver_federation_destinations_sending": ("Destinations with a transaction being sent",
+                                                          lambda: self.sender.sending() if self.sender else 0),
+            "fedserver_federation_inbound_origins_busy": ("Origins with a transaction being processed or waiting",
+                                                          lambda: self.transactions.busy_origins()),
+        })
+        metrics.start()
+
+    async def _metrics_sample(self) -> Sample:
+        figures = await self.store.admin.metrics_figures(self.config.server_name)
+        return Sample(**figures)
+
+    def _put_transaction(self, destination: str, txn_id: str, body: Any) -> defer.Deferred:
+        d = self.federation_client.put_json(destination, fed_path("/_matrix/federation/v1/send/{}", txn_id), body)
+        return self.metrics.count_outbound(d) if self.metrics is not None else d
 
     def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> defer.Deferred:
         """Queue an EDU through the sender (nothing once the server is stopping)."""
@@ -677,6 +726,8 @@ class FedserverService(service.MultiService):
         steps: list[tuple[str, Callable[[], Any]]] = []
         if sender is not None:
             steps.append(("the sender", sender.stop))
+        if self.metrics is not None:
+            steps.append(("the metrics", self.metrics.stop))
         steps.append(("the listeners", super().stopService))
         steps.append(("the connection summary", self.connections.stop))
         if loop is not None and loop.running:
@@ -764,6 +815,34 @@ def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
     return FilteringLogObserver(base, [predicate])
 
 
+def build_log_observer(twistd_options: Any, config: Config, reactor: Any = None) -> Any:
+    """The log observer of the server: ``log_format`` (text or JSON lines), ``log_level``,
+    request ids, written to ``log_file`` (rotated; SIGHUP reopens it when ``reactor`` is
+    given) or to the file twistd would have used. ``None`` to leave twistd's logging as it
+    is (a custom ``--logger``, or no twistd options)."""
+    from fedserver.logs import RotatingFile, build_observer
+
+    if config.log_file is not None:
+        out = RotatingFile(config.log_file, config.log_max_bytes, config.log_backups)
+        if reactor is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(out.reopen))
+        return build_observer(out, config.log_format, config.log_level)
+    if twistd_options is None or not hasattr(twistd_options, "get") or twistd_options.get("logger"):
+        return None
+    try:
+        from twisted.scripts.twistd import _SomeApplicationRunner
+
+        base = _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
+    except Exception:
+        return None
+    out_file = getattr(base, "_outFile", None)  # twisted.logger.FileLogObserver's file
+    if out_file is None:
+        return _level_filtered_twistd_observer(twistd_options, config.log_level)
+    return build_observer(out_file, config.log_format, config.log_level)
+
+
 def _exit_nonzero(reactor: Any) -> Callable[[Failure], None]:
     """:returns: an ``on_fatal`` that stops ``reactor`` and makes the process exit with 1."""
 
@@ -785,7 +864,7 @@ def makeService(options: Options) -> FedserverService:
     from twisted.internet import reactor  # the wiring point is the one place that picks the reactor
 
     config = options.config or load_config(options["config"], options.overrides())
-    observer = _level_filtered_twistd_observer(getattr(options, "parent", None), config.log_level)
+    observer = build_log_observer(getattr(options, "parent", None), config, reactor)
     install_stdlib_logging_bridge(config.log_level)
     try:
         return FedserverService(config, reactor, observer, on_fatal=_exit_nonzero(reactor))
@@ -793,4 +872,7 @@ def makeService(options: Options) -> FedserverService:
         raise SystemExit(f"fedserver: {e}") from None
 
 
-__all__ = ["FedserverService", "ListenerService", "Options", "StdlibToTwistedHandler", "install_stdlib_logging_bridge", "makeService"]
+__all__ = [
+    "FedserverService", "ListenerService", "Options", "StdlibToTwistedHandler", "build_log_observer",
+    "install_stdlib_logging_bridge", "makeService",
+]

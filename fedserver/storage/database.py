@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from twisted.enterprise import adbapi
@@ -227,6 +228,9 @@ class Database:
         self._pool = pool
         self._closed = False
         self.faults = FaultLog(clock)
+        #: ``(kind, seconds) -> None`` told how long each transaction took ("read" or
+        #: "write", from BEGIN to COMMIT), from the database thread (e.g. the metrics).
+        self.observe_transaction: Callable[[str, float], None] | None = None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -239,7 +243,7 @@ class Database:
         :raises StorageUnavailableError: (through the Deferred) for a storage fault.
         """
         self._check_open()
-        d = self._pool.runWithConnection(self._run, func, "BEGIN", args, kw)
+        d = self._pool.runWithConnection(self._run, func, "BEGIN", args, kw, self._observer("read"))
         return d.addCallbacks(self.faults.succeeded, self.faults.failed, callbackArgs=(False,), errbackArgs=(False,))
 
     def run_write(self, func: Callable[..., T], *args: Any, **kw: Any) -> "Deferred[T]":
@@ -252,7 +256,7 @@ class Database:
             nothing was committed.
         """
         self._check_open()
-        d = self._pool.runWithConnection(self._run, func, "BEGIN IMMEDIATE", args, kw)
+        d = self._pool.runWithConnection(self._run, func, "BEGIN IMMEDIATE", args, kw, self._observer("write"))
         return d.addCallbacks(self.faults.succeeded, self.faults.failed, callbackArgs=(True,), errbackArgs=(True,))
 
     def run_with_connection(self, func: Callable[..., T], *args: Any) -> "Deferred[T]":
@@ -261,8 +265,16 @@ class Database:
         self._check_open()
         return self._pool.runWithConnection(func, *args)
 
+    def _observer(self, kind: str) -> Callable[[float], None] | None:
+        observe = self.observe_transaction
+        if observe is None:
+            return None
+        return lambda seconds: observe(kind, seconds)
+
     @staticmethod
-    def _run(conn: Any, func: Callable[..., T], begin: str, args: tuple, kw: dict) -> T:
+    def _run(conn: Any, func: Callable[..., T], begin: str, args: tuple, kw: dict,
+             observe: Callable[[float], None] | None = None) -> T:
+        started = time.perf_counter() if observe is not None else 0.0
         cursor = conn.cursor()
         try:
             cursor.execute(begin)
@@ -277,6 +289,11 @@ class Database:
             raise StorageUnavailableError(kind, str(e)) from e
         finally:
             cursor.close()
+            if observe is not None:
+                try:
+                    observe(time.perf_counter() - started)
+                except Exception:  # noqa: BLE001 - measuring must never fail a transaction
+                    pass
         # adbapi rolls back if we raised before getting here.
         txn._committed()
         return result

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
+from fedserver.storage.admin_store import AdminStore
 from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
 from fedserver.storage.events_store import EventStore
@@ -143,6 +144,10 @@ class SQLiteStore:
         self.accounts = AccountStore(db, clock_ms)
         self.federation_extras = FederationExtrasStore(db)  # failures, remote memberships
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
+        self.admin = AdminStore(  # listings, blocked rooms, purges, destinations, metrics figures
+            db, clock_ms, forget_events=self._events.cache.invalidate,
+            delete_all_tokens_txn=self.accounts.delete_all_tokens_txn,
+        )
 
     # -- transactions -----------------------------------------------------------------
 

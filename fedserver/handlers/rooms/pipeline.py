@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
@@ -165,6 +166,9 @@ class RoomPipeline:
         self._rooms: dict[str, _RoomState] = {}
         #: callables ``(room_id, [(event, outcome)])`` run after each committed batch.
         self.on_persisted: list[Callable[[str, list[tuple[Event, Outcome]]], Any]] = []
+        #: callables ``(room_version, seconds)`` told how long each resolution of
+        #: conflicting states took (e.g. the metrics).
+        self.on_state_resolved: list[Callable[[str, float], Any]] = []
 
     # -- public API -------------------------------------------------------------------------
 
@@ -654,7 +658,12 @@ class RoomPipeline:
                 raise KeyError(event_id)
             return ev
 
-        return state_before_event(rv, states, get_event, auth_check, room_id=room_id)
+        started = time.perf_counter()
+        resolved = state_before_event(rv, states, get_event, auth_check, room_id=room_id)
+        elapsed = time.perf_counter() - started
+        for observe in self.on_state_resolved:
+            observe(rv.identifier, elapsed)
+        return resolved
 
 
 class _Overlay(Mapping[str, Event]):
