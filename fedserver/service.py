@@ -45,6 +45,10 @@ from fedserver.handlers.client.profile import ProfileHandler
 from fedserver.handlers.federation.receive import EventReceiver
 from fedserver.handlers.federation.remote_membership import RemoteMembership
 from fedserver.handlers.federation.transactions import TransactionHandler
+from fedserver.handlers.admin.destinations import AdminDestinations
+from fedserver.handlers.admin.rooms import AdminRooms, RoomBlocks
+from fedserver.handlers.admin.users import AdminUsers
+from fedserver.http.admin.manage import AdminAuth, AdminHandlers, register_admin_routes
 from fedserver.http.admin.registration import build_admin_api
 from fedserver.http.admin.events import build_admin_events_resources
 from fedserver.http.admin.failures import build_admin_failures_resource
@@ -581,11 +585,14 @@ class FedserverService(service.MultiService):
             registration_shared_secret=config.registration_shared_secret,
             federation_client=self.federation_client, profiles=self.profiles,
         )
+        # Rooms an administrator blocked: no joins from our users, none over federation.
+        self.room_blocks = RoomBlocks(store)
+        await self.room_blocks.load()
         self.rooms = build_room_services(
             store=store, pipeline=self.pipeline, creator=self.creator, server_name=name,
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
-            remote_alias_query=self._query_remote_alias,
+            remote_alias_query=self._query_remote_alias, is_room_blocked=self.room_blocks.is_blocked,
         )
         await self.rooms.startup()
         self.handshakes = HandshakeHandler(
@@ -593,16 +600,25 @@ class FedserverService(service.MultiService):
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
             signing_key=self.signing_key, distribute=self.sender.send_pdus,
             on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            is_room_blocked=self.room_blocks.is_blocked,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        # The admin API: admin users only (an admin's access token on every request).
+        admin_auth = AdminAuth(self.client_api.authenticate, self._is_admin)
+        admin_api = build_admin_api(self.accounts.shared_secret)
+        register_admin_routes(admin_api, AdminHandlers(
+            users=AdminUsers(store, self.accounts.accounts, self.rooms.membership, name),
+            rooms=AdminRooms(store, self.room_blocks, self.rooms.membership, self.pipeline, name, reactor),
+            destinations=AdminDestinations(store, wake=self._destination_reset),
+        ), admin_auth)
         self.admin_resources = {
-            "/_synapse/admin": build_admin_api(self.accounts.shared_secret),
-            **build_admin_events_resources(EventStatusHandler(store)),
-            **build_admin_failures_resource(self.failures),
+            "/_synapse/admin": admin_api,
+            **build_admin_events_resources(EventStatusHandler(store), authenticate_admin=admin_auth),
+            **build_admin_failures_resource(self.failures, authenticate_admin=admin_auth),
         }
         self._wire_media(store)
 
@@ -648,6 +664,10 @@ class FedserverService(service.MultiService):
         ))
         # Upload bodies stream into the media directory, capped at max_upload_size.
         self.client_site.requestFactory = media_request_factory(UploadBodies(files, config.max_upload_size))
+
+    def _destination_reset(self, destination: str) -> None:
+        if self.sender is not None:
+            self.sender.on_server_seen(destination)
 
     async def _is_admin(self, user_id: str) -> bool:
         user = await self.store.accounts.get_user(user_id)

@@ -7,6 +7,8 @@
   our events, the failures mechanism.
 - :mod:`fedserver.handlers.client`: what clients see beyond rooms: accounts, profiles,
   ``/sync`` and the notifier that wakes it.
+- :mod:`fedserver.handlers.admin`: what server administrators do: users, rooms (block,
+  purge, delete), destinations.
 
 Errors are raised from :mod:`fedserver.errors`.
 """

@@ -114,6 +114,8 @@ class HandshakeHandler:
     :param on_invite: ``(event, invite_room_state) -> Awaitable`` recording an invite for a
         local user (so their client sees it), or ``None``.
     :param is_local_user: ``user_id -> Awaitable[bool]``: whether a user exists here.
+    :param is_room_blocked: ``room_id -> bool``: rooms an administrator blocked: no server
+        joins or knocks through us (403 ``M_FORBIDDEN``), none of our users is invited.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class HandshakeHandler:
         distribute: Callable[[list[dict], Collection[str]], Any],
         on_invite: Optional[Callable[[Event, list], Awaitable[Any]]] = None,
         is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
+        is_room_blocked: Optional[Callable[[str], bool]] = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -144,6 +147,11 @@ class HandshakeHandler:
         self._distribute = distribute
         self._on_invite = on_invite
         self._is_local_user = is_local_user
+        self._is_room_blocked = is_room_blocked
+
+    def _check_not_blocked(self, room_id: str) -> None:
+        if self._is_room_blocked is not None and self._is_room_blocked(room_id):
+            raise _forbidden("This room has been blocked on this server")
 
     # -- make_join / make_leave / make_knock ------------------------------------------------
 
@@ -160,6 +168,8 @@ class HandshakeHandler:
         """
         if _domain(user_id) != origin:
             raise _forbidden("The user is not on the requesting server")
+        if membership in ("join", "knock"):
+            self._check_not_blocked(room_id)
         rv = await self._resident_room(room_id)
         if versions is not None:
             # Spec: without ``ver`` the joining server is taken to support only version 1.
@@ -308,6 +318,8 @@ class HandshakeHandler:
             raise _bad("state_key must be the sender")
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The sender is not on the requesting server")
+        if membership in ("join", "knock"):
+            self._check_not_blocked(room_id)
         rv = await self._resident_room(room_id)
         try:
             checked = check_pdu(pdu, rv)
@@ -407,6 +419,7 @@ class HandshakeHandler:
         target = pdu.get("state_key")
         if _domain(target) != self._server_name:
             raise _forbidden("The invited user is not on this server")
+        self._check_not_blocked(room_id)
         if self._is_local_user is not None and not await self._is_local_user(target):
             raise MatrixError(404, "M_NOT_FOUND", "No such user")
         if _domain(pdu.get("sender")) != origin:
