@@ -151,8 +151,9 @@ def build_observer(out_file: TextIO, log_format: str, level: str) -> Any:
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
     formatter: Callable[[Mapping[str, Any]], str] = json_formatter if log_format == "json" else text_formatter
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    return RequestIdObserver(FilteringLogObserver(FileLogObserver(out_file, formatter), [predicate]))
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    file_observer: Any = FileLogObserver(out_file, formatter)
+    return RequestIdObserver(FilteringLogObserver(file_observer, [predicate]))
 
 
 class RotatingFile:

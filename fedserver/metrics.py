@@ -264,7 +264,11 @@ class ServerMetrics:
             for w in waiters:
                 w.callback(None)
 
-        d = defer.ensureDeferred(self._sample())
+        async def read() -> Sample:
+            assert self._sample is not None
+            return await self._sample()
+
+        d: defer.Deferred = defer.ensureDeferred(read())
         d.addCallbacks(got, failed)
         d.addBoth(done)
         return waiter

@@ -46,7 +46,8 @@ class MetricsResource(resource.Resource):
 
 def build_metrics_root(metrics: Any) -> PathNode:
     """The metrics listener's tree: :data:`METRICS_PATH`, and 404 for the rest."""
-    return build_tree({METRICS_PATH: MetricsResource(metrics)})
+    resource: Any = MetricsResource(metrics)
+    return build_tree({METRICS_PATH: resource})
 
 
 __all__ = ["METRICS_PATH", "MetricsResource", "build_metrics_root"]

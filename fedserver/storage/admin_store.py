@@ -299,7 +299,8 @@ class AdminStore:
                 if room_id in state:
                     state[room_id][event_type] = _content(blob)
             return [
-                RoomRow(r[0], r[1], r[2], bool(r[3]), *counts[r[0]], state[r[0]])  # type: ignore[arg-type]
+                RoomRow(r[0], r[1], r[2], bool(r[3]), counts[r[0]][0], counts[r[0]][1], counts[r[0]][2],
+                        counts[r[0]][3], state[r[0]])
                 for r in rooms
             ]
 
