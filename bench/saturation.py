@@ -73,6 +73,15 @@ class ProfiledFedserver(Fedserver):
 
     profile_path: str | None = None
 
+    def write_config(self) -> str:
+        from tests.interop.peers import free_port
+
+        if "metrics_listen" not in self.extra_config:
+            port = free_port()
+            self.extra_config["metrics_listen"] = f"127.0.0.1:{port}"
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        return super().write_config()
+
     def start(self, timeout: float = 60) -> None:
         if self.profile_path is None:
             return super().start(timeout)
@@ -93,12 +102,20 @@ class ProfiledFedserver(Fedserver):
         wait_until(ready, timeout, "fedserver to listen")
 
 
+#: Functions whose own time is the reactor waiting for work (idle), not work.
+IDLE = ("<method 'poll' of 'select.epoll' objects>", "<method 'poll' of 'select.poll' objects>",
+        "<built-in method select.select>")
+
+
 def areas_of(profile: str) -> list[tuple[str, float, float]]:
-    """``[(area, seconds, share)]`` of the profile's own time (tottime), largest first."""
+    """``[(area, seconds, share)]`` of the reactor thread's busy own time (tottime,
+    waiting in epoll left out), largest first."""
     stats = pstats.Stats(profile)
     totals: dict[str, float] = {}
     grand = 0.0
     for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if name in IDLE:
+            continue
         grand += tottime
         where = f"{filename} {name}"
         area = "other (Python runtime, libraries)"
@@ -110,10 +127,31 @@ def areas_of(profile: str) -> list[tuple[str, float, float]]:
     return sorted(((a, s, s / grand if grand else 0.0) for a, s in totals.items()), key=lambda x: -x[1])
 
 
+def db_seconds(server: Any) -> tuple[float, int]:
+    """``(seconds, transactions)`` the server spent in database transactions so far, from
+    its own metrics (the database runs on its own thread, which the profiler does not see)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as resp:
+        text = resp.read().decode("utf-8")
+    total, count = 0.0, 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "fedserver_database_transaction_seconds_sum":
+                total += sample.value
+            elif sample.name == "fedserver_database_transaction_seconds_count":
+                count += int(sample.value)
+    return total, count
+
+
 def top_functions(profile: str, n: int = 12) -> list[tuple[str, float]]:
     stats = pstats.Stats(profile)
     rows = []
     for (filename, line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if name in IDLE:
+            continue
         short = filename.split("site-packages/")[-1].split("/fedserver/", 1)[-1]
         rows.append((f"{short}:{line} {name}", tottime))
     return sorted(rows, key=lambda r: -r[1])[:n]
@@ -133,6 +171,7 @@ async def scenario_ingest(args: Any, directory: str, profile: str | None) -> dic
     server.start()
     try:
         cpu0, _ = proc_stats(server.proc.pid)
+        db0 = db_seconds(server)
         p = peers[0]
         client = build_federation_client(reactor, p.name, p.key, verify_tls=False, allow_private_addresses=True)
         accepted = 0
@@ -144,11 +183,12 @@ async def scenario_ingest(args: Any, directory: str, profile: str | None) -> dic
             accepted += sum(1 for r in resp["pdus"].values() if r == {})
         elapsed = time.perf_counter() - start
         cpu1, _ = proc_stats(server.proc.pid)
+        db1 = db_seconds(server)
         client.close()
     finally:
         server.stop()
     return {"what": f"inbound PDUs accepted (room of {args.members} members)", "n": accepted, "total": len(chunk),
-            "wall": elapsed, "cpu": cpu1 - cpu0}
+            "wall": elapsed, "cpu": cpu1 - cpu0, "db": (db1[0] - db0[0], db1[1] - db0[1])}
 
 
 async def _client_server(args: Any, directory: str, profile: str | None) -> tuple[ProfiledFedserver, list[str], list[str], str]:
@@ -187,6 +227,7 @@ async def scenario_client(args: Any, directory: str, profile: str | None, kind: 
         since = [(await _call(pool, "GET", f"{base}/_matrix/client/v3/sync?timeout=0", t))["next_batch"] for t in tokens]
         per_user = max(1, args.requests // len(tokens))
         cpu0, _ = proc_stats(server.proc.pid)
+        db0 = db_seconds(server)
         start = time.perf_counter()
         done = 0
 
@@ -209,13 +250,15 @@ async def scenario_client(args: Any, directory: str, profile: str | None, kind: 
         await defer.gatherResults([defer.ensureDeferred(loop(i)) for i in range(len(tokens))], consumeErrors=True)
         elapsed = time.perf_counter() - start
         cpu1, _ = proc_stats(server.proc.pid)
+        db1 = db_seconds(server)
     finally:
         await pool.closeCachedConnections()
         server.stop()
     what = {"send": f"messages sent by clients (PUT /send, {args.users} users in one room)",
             "sync": f"incremental /sync requests ({args.users} users, one sending)",
             "versions": "GET /_matrix/client/versions"}[kind]
-    return {"what": what, "n": done, "total": per_user * len(tokens), "wall": elapsed, "cpu": cpu1 - cpu0}
+    return {"what": what, "n": done, "total": per_user * len(tokens), "wall": elapsed, "cpu": cpu1 - cpu0,
+            "db": (db1[0] - db0[0], db1[1] - db0[1])}
 
 
 async def run(args: Any) -> None:
@@ -235,6 +278,10 @@ async def run(args: Any) -> None:
                   f"({result['n'] / result['wall']:,.0f}/s); server CPU {result['cpu']:.2f} s "
                   f"-> {result['n'] / max(result['cpu'], 1e-9):,.0f} per CPU-second"
                   + ("  (under the profiler: slower than without)" if profile else ""))
+            db_s, db_n = result["db"]
+            print(f"   database thread: {db_n:,} transactions, {db_s:.2f} s in them "
+                  f"({db_n / max(result['n'], 1):.1f} per item; {db_s / max(result['cpu'], 1e-9) * 100:.0f}% of the server's CPU time, "
+                  "commits and disk waits included)")
             if profile and os.path.exists(profile):
                 print("   where the server's CPU time went (own time by area):")
                 for area, seconds, share in areas_of(profile):
