@@ -842,12 +842,23 @@ def build_log_observer(twistd_options: Any, config: Config, reactor: Any = None)
     is (a custom ``--logger``, or no twistd options)."""
     from fedserver.logs import RotatingFile, build_observer
 
+    out = None
     if config.log_file is not None:
         out = RotatingFile(config.log_file, config.log_max_bytes, config.log_backups)
-        if reactor is not None:
-            import signal
+    if reactor is not None:
+        # SIGHUP never stops the server (its default action would, e.g. on systemd's
+        # ExecReload): it reopens log_file after an external logrotate moved it, and is
+        # otherwise only logged.
+        import signal
 
-            signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(out.reopen))
+        def on_sighup() -> None:
+            if out is not None:
+                out.reopen()
+            else:
+                log.info("SIGHUP: no log_file to reopen")
+
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
+    if out is not None:
         return build_observer(out, config.log_format, config.log_level)
     if twistd_options is None or not hasattr(twistd_options, "get") or twistd_options.get("logger"):
         return None

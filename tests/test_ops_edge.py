@@ -254,6 +254,39 @@ class FormatTests(SynchronousTestCase):
             obj = json.loads(fh.read())
         self.assertEqual((obj["message"], obj["who"], obj["namespace"]), ("hello ops", "ops", "fedserver.t"))
 
+    def test_sighup_reopens_log_file_and_never_stops_the_server(self):
+        """With a reactor, SIGHUP gets a handler (its default action would end the
+        process): with log_file it reopens the file a logrotate moved away; without
+        log_file it only logs."""
+        import signal
+
+        calls: list[Any] = []
+
+        class _Reactor:
+            def callFromThread(self, f: Any, *a: Any) -> None:
+                calls.append(f)
+                f(*a)
+
+        previous = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        path = os.path.join(d, "s.log")
+        config = config_from_dict({"log_file": path, "log_format": "text", "log_level": "info"})
+        observer = build_log_observer(None, config, _Reactor())
+        handler = signal.getsignal(signal.SIGHUP)
+        self.assertTrue(callable(handler))
+        os.rename(path, path + ".1")
+        handler(signal.SIGHUP, None)
+        Logger(namespace="fedserver.t", observer=observer).info("after rotation")
+        with open(path) as fh:
+            self.assertIn("after rotation", fh.read())
+        self.assertIsNone(build_log_observer(None, config_from_dict({}), _Reactor()))
+        handler = signal.getsignal(signal.SIGHUP)
+        self.assertTrue(callable(handler))
+        handler(signal.SIGHUP, None)  # logs only; must not raise
+        self.assertEqual(len(calls), 2)
+
 
 class RateLimitBehindProxyTests(TestCase):
     """Rate limits key on the forwarded client address behind a trusted proxy."""
