@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -120,11 +121,18 @@ class Config:
     media_user_quota: int | None = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     enable_legacy_media: bool | int = False
+    remote_media_lifetime: float | None = None
     url_preview_enabled: bool = False
     url_preview_ip_blocklist: tuple[str, ...] = DEFAULT_URL_PREVIEW_IP_BLOCKLIST
     url_preview_ip_allowlist: tuple[str, ...] = ()
     url_preview_max_size: int = DEFAULT_URL_PREVIEW_MAX_SIZE
     url_preview_timeout: float = 10.0
+    presence_enabled: bool = True
+    push_gateway_allow_http: bool = False
+    push_gateway_allow_private_addresses: bool = False
+    serve_well_known: bool = False
+    well_known_server: str | None = None
+    public_baseurl: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     log_file: str | None = None
@@ -296,6 +304,10 @@ def _v_seconds(v: Any) -> float:
     return float(v)
 
 
+def _v_optional_seconds(v: Any) -> float | None:
+    return None if v is None else _v_seconds(v)
+
+
 def _v_bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("must be true or false")
@@ -324,6 +336,27 @@ def _v_room_version(v: Any) -> str:
         v = str(v)
     if not isinstance(v, str) or not v or len(v) > 64:
         raise ValueError("must be a room version identifier such as '12'")
+    return v
+
+
+def _v_optional_server_name(v: Any) -> str | None:
+    if v is None:
+        return None
+    return _v_server_name(v)
+
+
+def _v_optional_base_url(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.isascii():
+        raise ValueError("must be an http(s) URL such as 'https://matrix.example.org' or null")
+    try:
+        parts = urlsplit(v)
+        parts.port
+    except ValueError:
+        raise ValueError("must be an http(s) URL such as 'https://matrix.example.org' or null") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("must be an http(s) URL such as 'https://matrix.example.org' or null")
     return v
 
 
@@ -557,6 +590,10 @@ OPTIONS: tuple[Option, ...] = (
            "The deprecated unauthenticated /_matrix/media/*/download and /thumbnail endpoints. false: frozen\n"
            "for all media (spec v1.11 'freeze'); true: serve all media; or a date ('2025-01-31') or ms\n"
            "timestamp: serve media stored before that moment only."),
+    Option("remote_media_lifetime", _v_optional_seconds,
+           "Seconds cached media of other servers is kept after it was last downloaded (checked every hour;\n"
+           "fetched again if asked for later); null: kept until purged through the admin API or\n"
+           "fedserver-purge-media. Files no database row refers to are deleted by the same hourly run."),
     Option("url_preview_enabled", _v_bool,
            "Serve /preview_url: the server fetches pages that users ask about (off by default)."),
     Option("url_preview_ip_blocklist", _v_networks,
@@ -565,6 +602,23 @@ OPTIONS: tuple[Option, ...] = (
            "IP networks URL previews may connect to even if the blocklist covers them."),
     Option("url_preview_max_size", _v_int(1024), "Largest page or image, in bytes, fetched for a URL preview."),
     Option("url_preview_timeout", _v_seconds, "Seconds a URL preview fetch may take in total."),
+    Option("presence_enabled", _v_bool,
+           "Track presence (online/unavailable/offline) and share it with users and servers that share a room.\n"
+           "Off: presence requests are answered, but everyone shows as offline and no presence is sent."),
+    Option("push_gateway_allow_http", _v_bool,
+           "Accept pushers whose push gateway URL is plain http:// (the spec requires https; tests only)."),
+    Option("push_gateway_allow_private_addresses", _v_bool,
+           "Allow push gateways on loopback/private/link-local addresses (pusher URLs come from users)."),
+    Option("serve_well_known", _v_bool,
+           "Serve /.well-known/matrix/server and /.well-known/matrix/client on both listeners. Use it\n"
+           "when requests to https://<server name host>/.well-known/ reach this server (e.g. through a\n"
+           "reverse proxy on port 443)."),
+    Option("well_known_server", _v_optional_server_name,
+           "The m.server of /.well-known/matrix/server ('host' or 'host:port'); null means\n"
+           "'<server name host>:443', a reverse proxy terminating TLS on the usual port."),
+    Option("public_baseurl", _v_optional_base_url,
+           "The base URL clients reach the client API at (/.well-known/matrix/client); null means\n"
+           "'https://<server name host>', a reverse proxy on port 443."),
     Option("log_level", _v_log_level, "Least severe log level shown: debug, info, warn, error or critical."),
     Option("log_format", _v_log_format,
            "text: one line per event ('time [namespace#level] [request id] message'); json: one JSON\n"

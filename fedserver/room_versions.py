@@ -68,7 +68,6 @@ class RoomVersion:
         hash; the create event has no ``room_id`` and is never in ``auth_events``.
     :ivar privileged_creators: v12+: the create sender and ``additional_creators`` have infinite
         power and may not appear in power levels ``users``.
-    :ivar auth_events_same_room: v12+: auth rule 3.5, every auth event is in the event's room.
     """
 
     identifier: str
@@ -90,7 +89,6 @@ class RoomVersion:
     redacts_in_content: bool
     room_id_from_create_event: bool
     privileged_creators: bool
-    auth_events_same_room: bool
 
     def derive(self, identifier: str, *, stable: bool = False, **changes) -> "RoomVersion":
         """A new version based on this one, e.g. for an experimental version registered by a
@@ -122,7 +120,6 @@ V1 = RoomVersion(
     redacts_in_content=False,
     room_id_from_create_event=False,
     privileged_creators=False,
-    auth_events_same_room=False,
 )
 V2 = V1.derive("2", stable=True, state_res=StateResAlgorithm.V2)
 V3 = V2.derive("3", stable=True, event_format=EventFormat.V2)
@@ -153,7 +150,6 @@ V12 = V11.derive(
     state_res=StateResAlgorithm.V2_1,
     room_id_from_create_event=True,
     privileged_creators=True,
-    auth_events_same_room=True,
 )
 
 #: The versions the spec defines, in order.

@@ -25,6 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedserver import __version__
+from fedserver.background import log_background_failure
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
 from fedserver.config import Config, ConfigError, is_endpoint_description, generate_config_text, listen_description, load_config
 from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
@@ -34,10 +35,11 @@ from fedserver.federation.keyring import DirectKeyFetcher, Keyring, NotaryKeyFet
 from fedserver.federation.sender import FederationSender
 from fedserver.auth.engine import AuthEngine
 from fedserver.handlers.rooms.creator import EventCreator
-from fedserver.handlers.federation.distribution import Distributor
+from fedserver.handlers.federation.backfill import BackfillHandler
 from fedserver.handlers.federation.failures import FAILURE_EDU_TYPE, FailureReporter
 from fedserver.handlers.federation.gaps import GapFiller
 from fedserver.handlers.federation.handshakes import HandshakeHandler
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.federation.history import EventStatusHandler, HistoryHandler
 from fedserver.handlers.federation.ingest import Ingest
 from fedserver.handlers.rooms.pipeline import RoomPipeline
@@ -53,6 +55,7 @@ from fedserver.http.admin.registration import build_admin_api
 from fedserver.http.admin.events import build_admin_events_resources
 from fedserver.http.admin.failures import build_admin_failures_resource
 from fedserver.http.admin.media import build_admin_media_resource
+from fedserver.handlers.media.upkeep import MediaUpkeep
 from fedserver.handlers.media.download import MediaDownloader
 from fedserver.handlers.media.files import MediaFiles
 from fedserver.handlers.media.thumbnails import Thumbnailer
@@ -68,10 +71,23 @@ from fedserver.http.client.media import (
 )
 from fedserver.http.federation.media import register_federation_media_routes
 from fedserver.http.client.api import build_account_services, build_client_api
+from fedserver.http.client.keys import build_e2ee_services, register_key_routes
+from fedserver.http.client.room_keys import register_room_keys_routes
+from fedserver.http.client.to_device import register_to_device_routes
+from fedserver.handlers.client.tags import TagsHandler
+from fedserver.handlers.client.user_directory import UserDirectoryHandler
+from fedserver.http.client.ephemeral import build_ephemeral_services, register_ephemeral_routes
+from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
+from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.client.deactivate import register_deactivation_routes
+from fedserver.handlers.client.deactivate import AccountDeactivation
+from fedserver.http.push_gateway import PushGatewayClient
+from fedserver.http.wellknown import WELL_KNOWN_PATH, build_well_known_resource
 from fedserver.http.federation.transport import FederationResource
 from fedserver.http.federation.history import register_history_routes
 from fedserver.http.federation.membership import register_membership_routes
+from fedserver.http.federation.user_keys import register_user_keys_routes
 from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.federation.notary import NotaryResource, NotaryService
 from fedserver.http.connections import (
@@ -96,6 +112,10 @@ log = Logger()
 #: replay after that is processed again, which is harmless: events are stored once).
 PRUNE_RECEIVED_TXNS_EVERY_S = 3600.0
 KEEP_RECEIVED_TXNS_MS = 24 * 3600 * 1000
+#: Notifications (GET /notifications, unread counts) are pruned in the same loop: read
+#: ones after 30 days, unread ones (which the unread counts are made of) after a year.
+KEEP_READ_NOTIFICATIONS_MS = 30 * 24 * 3600 * 1000
+KEEP_UNREAD_NOTIFICATIONS_MS = 365 * 24 * 3600 * 1000
 #: First retry delay of an unreachable destination (doubling up to
 #: ``outbound_max_retry_interval``).
 OUTBOUND_MIN_RETRY_MS = 2_000
@@ -398,6 +418,12 @@ class FedserverService(service.MultiService):
         self.sender: Any = None
         self.profiles: Any = None
         self.federation_resource: Any = None
+        self.ephemeral: Any = None
+        self.push: Any = None
+        self.push_gateway: Any = None
+        self.well_known_resources: dict[str, Any] = {}
+        self.user_directory: Any = None
+        self.deactivation: Any = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
@@ -460,12 +486,24 @@ class FedserverService(service.MultiService):
             key_query=NotaryResource(self.notary),
             federation_v1=self.federation_resource,
             federation_v2=self.federation_v2_resource,
-            extra={MEDIA_PATH: self.legacy_media_resource},
+            extra={MEDIA_PATH: self.legacy_media_resource, **self.well_known_resources},
         )
         self.client_site.resource = build_client_root(
-            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource}
+            client=self.client_api, extra={**self.admin_resources, MEDIA_PATH: self.media_resource, **self.well_known_resources}
         )
+        # Databases from before schema 005 may hold events committed but never queued:
+        # their latest local events go out once more (a no-op afterwards).
+        requeued = await self.store.requeue_unsent_local_events(self.config.server_name)
+        if requeued:
+            log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
+        await self.ephemeral.presence.start()
+        # Users whose deactivation was cut short by a stop leave their remaining rooms.
+        defer.ensureDeferred(self.deactivation.resume()).addErrback(
+            log_background_failure, "Resuming deactivations failed", logger=log
+        )
+        self.user_directory.index()
+        self.media_upkeep.start()
         self._wire_metrics()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
@@ -499,7 +537,7 @@ class FedserverService(service.MultiService):
         # Rooms: the auth engine over the plugins, the one pipeline every event goes through,
         # and the creator of our users' events.
         self.engine = AuthEngine(self.plugin_manager, self.room_versions)
-        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager)
+        self.pipeline = RoomPipeline(store, self.engine, self.plugin_manager, server_name=name)
         self.creator = EventCreator(reactor, store, self.pipeline, name, self.signing_key, plugin_manager=self.plugin_manager)
         # Inbound: authenticate, apply ACLs, check PDUs (steps 1-3), take them into their
         # rooms (steps 4-6) with gaps filled from the sender, and tell servers what we refused.
@@ -509,6 +547,11 @@ class FedserverService(service.MultiService):
         self.failures = FailureReporter(store, self._send_edu, name, reactor)
         self.gaps = GapFiller(client, self._check_fetched, store)
         self.receiver = EventReceiver(self.pipeline, store, self.gaps, self.failures)
+        # History on demand: /messages paging back past what we hold asks the room's servers.
+        self.backfill = BackfillHandler(
+            client=client, keyring=self.keyring, store=store, pipeline=self.pipeline, gaps=self.gaps,
+            clock=reactor, server_name=name,
+        )
         self.transactions = TransactionHandler(reactor, store, self.ingest, self.acls, receiver=self.receiver)
         self.transactions.register_edu_handler(FAILURE_EDU_TYPE, self.failures.on_edu)
         self.profiles = ProfileHandler(store, client, name)
@@ -516,7 +559,9 @@ class FedserverService(service.MultiService):
             self.authenticator, acls=self.acls, transactions=self.transactions, profiles=self.profiles
         )
         self.federation_v2_resource = FederationResource(self.authenticator, acls=self.acls, version_route=False)
-        self.history = HistoryHandler(store, name, reactor)
+        # Every PDU served to other servers goes through here (redactions applied).
+        self.served = ServedPdus(store)
+        self.history = HistoryHandler(store, name, reactor, served=self.served)
         register_history_routes(self.federation_resource, self.history, acl_check=self.acls.is_allowed)
         # Outbound: the persisted queue; a valid request from a server ends its backoff.
         max_retry_ms = int(config.outbound_max_retry_interval * 1000)
@@ -529,8 +574,9 @@ class FedserverService(service.MultiService):
             max_retry_ms=max_retry_ms,
         )
         self.authenticator.on_authenticated.append(self.sender.on_server_seen)
-        self.distributor = Distributor(store, self.sender.send_pdus, name)
-        self.pipeline.on_persisted.append(self.distributor.on_persisted)
+        # The pipeline queues events for other servers in the transaction that stores them;
+        # once committed, the sender is woken for those servers.
+        self.pipeline.on_queued.append(self.sender.wake)
 
     def _wire_metrics(self) -> None:
         """Hand the metrics' observers to the components that report (if metrics are on)."""
@@ -566,6 +612,11 @@ class FedserverService(service.MultiService):
             return defer.succeed(None)
         return self.sender.send_edu(edu_type, content, destinations)
 
+    def _wake_destinations(self, destinations: Any) -> None:
+        """Start sending what another component queued in its own transaction."""
+        if self.sender is not None:
+            self.sender.wake(destinations)
+
     def _check_fetched(self, origin: str, pdus: list) -> defer.Deferred:
         """Receipt checks 1-3 on events fetched to fill a gap (rooms we know)."""
         d = self.ingest.check_pdus(origin, pdus)
@@ -592,26 +643,51 @@ class FedserverService(service.MultiService):
             store=store, pipeline=self.pipeline, creator=self.creator, server_name=name,
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
-            remote_alias_query=self._query_remote_alias, is_room_blocked=self.room_blocks.is_blocked,
+            remote_alias_query=self._query_remote_alias, backfill=self.backfill,
+            is_room_blocked=self.room_blocks.is_blocked,
         )
         await self.rooms.startup()
+        # Account data written wakes the user's waiting /sync (it is in the next answer),
+        # after the ignored users' cache forgot the old list.
+        self.accounts.account_data.on_changed.append(self.rooms.ignored.invalidate)
+        self.accounts.account_data.on_changed.append(self.rooms.notifier.notify_user)
         self.handshakes = HandshakeHandler(
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
-            signing_key=self.signing_key, distribute=self.sender.send_pdus,
-            on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
-            is_room_blocked=self.room_blocks.is_blocked,
+            signing_key=self.signing_key, on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
+            acl_check=self.acls.check, served=self.served, is_room_blocked=self.room_blocks.is_blocked,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        # Account deactivation (POST /account/deactivate; the admin API shares the routine).
+        self.deactivation = AccountDeactivation(store, self.rooms.membership, self.accounts.accounts.check_password_uia)
+        self.deactivation.on_deactivated.append(self.rooms.ignored.invalidate)  # erase drops account data
+        register_deactivation_routes(self.client_api, self.deactivation)
+        # End-to-end encryption: keys, device lists, to-device messages, key backups.
+        self.e2ee = build_e2ee_services(
+            store=store, server_name=name, federation_client=self.federation_client,
+            accounts=self.accounts.accounts, call_from_thread=reactor.callFromThread,
+            notify_users=lambda users: self.rooms.notifier.notify(users=users),
+            wake_destinations=self._wake_destinations,
+        )
+        for section in self.e2ee.sync_sections():
+            self.rooms.sync.register_section(section)
+        for edu_type, edu_handler in self.e2ee.edu_handlers().items():
+            self.transactions.register_edu_handler(edu_type, edu_handler)
+        self.pipeline.on_persisted.append(self.e2ee.local_lists.on_persisted)
+        register_key_routes(self.client_api, self.e2ee)
+        register_to_device_routes(self.client_api, self.e2ee.to_device)
+        register_room_keys_routes(self.client_api, self.e2ee.key_backup)
+        register_user_keys_routes(self.federation_resource, self.e2ee.local_lists, self.e2ee.keys)
+        self._wire_daily_use(store)
         # The admin API: admin users only (an admin's access token on every request).
         admin_auth = AdminAuth(self.client_api.authenticate, self._is_admin)
         admin_api = build_admin_api(self.accounts.shared_secret)
         register_admin_routes(admin_api, AdminHandlers(
-            users=AdminUsers(store, self.accounts.accounts, self.rooms.membership, name),
+            users=AdminUsers(store, self.accounts.accounts, self.deactivation, name),
             rooms=AdminRooms(store, self.room_blocks, self.rooms.membership, self.pipeline, name, reactor),
             destinations=AdminDestinations(store, wake=self._destination_reset),
         ), admin_auth)
@@ -640,6 +716,8 @@ class FedserverService(service.MultiService):
             max_remote_size=config.max_upload_size, legacy_media=config.enable_legacy_media, waiters=waiters,
         )
         self.thumbnailer = Thumbnailer(store, files, reactor, name, max_image_pixels=config.max_image_pixels)
+        # Hourly (and at start): cached remote media past remote_media_lifetime, orphan files.
+        self.media_upkeep = MediaUpkeep(store, files, reactor, config.remote_media_lifetime)
         previews = None
         if config.url_preview_enabled:
             from fedserver.handlers.media.preview import build_url_previewer
@@ -673,6 +751,53 @@ class FedserverService(service.MultiService):
         user = await self.store.accounts.get_user(user_id)
         return bool(user is not None and user.admin and not user.deactivated)
 
+    def _wire_daily_use(self, store: Any) -> None:
+        """Receipts, typing and presence (client API, /sync, EDUs both ways), push rules,
+        notifications and pushers, tags, the user directory and ``.well-known``."""
+        config, reactor, name = self.config, self.reactor, self.config.server_name
+        notifier = self.rooms.notifier
+        eph = self.ephemeral = build_ephemeral_services(
+            store=store, server_name=name, clock=reactor, notifier=notifier, send_edu=self._send_edu,
+            send_ephemeral_edu=self._send_ephemeral_edu, presence_enabled=config.presence_enabled,
+        )
+        self.push_gateway = PushGatewayClient(
+            reactor, allow_http=config.push_gateway_allow_http,
+            allow_private_addresses=config.push_gateway_allow_private_addresses,
+            timeout=config.federation_client_timeout,
+        )
+        push = self.push = build_push_services(
+            store=store, server_name=name, clock=reactor, notifier=notifier, source=self.rooms.source,
+            post_json=self.push_gateway.post_json, allow_http_gateways=config.push_gateway_allow_http,
+        )
+        self.tags = TagsHandler(store, notifier)
+        self.user_directory = UserDirectoryHandler(store, name, reactor)
+        sync = self.rooms.sync
+        for section in (eph.receipts.section, eph.typing.section, eph.presence.section, push.rules.section,
+                        push.notifications.section):
+            sync.register_section(section)
+        sync.on_sync.append(lambda requester, set_presence: eph.presence.user_syncing(requester.user_id, set_presence))
+        eph.receipts.on_read.append(push.notifications.on_read)
+        self.transactions.register_edu_handler("m.receipt", eph.receipts.on_edu)
+        self.transactions.register_edu_handler("m.typing", eph.typing.on_edu)
+        self.transactions.register_edu_handler("m.presence", eph.presence.on_edu)
+        self.pipeline.on_persisted.append(push.notifications.on_persisted)
+        self.pipeline.on_persisted.append(eph.presence.on_persisted)
+        self.pipeline.on_persisted.append(self.user_directory.on_persisted)
+        register_ephemeral_routes(self.client_api, eph)
+        register_push_routes(self.client_api, push)
+        register_tag_routes(self.client_api, self.tags)
+        register_user_directory_routes(self.client_api, self.user_directory)
+        self.well_known_resources: dict[str, Any] = {}
+        if config.serve_well_known:
+            self.well_known_resources[WELL_KNOWN_PATH] = build_well_known_resource(
+                name, server=config.well_known_server, public_baseurl=config.public_baseurl
+            )
+
+    def _send_ephemeral_edu(self, edu_type: str, content: Any, destinations: Any, *, key: Any, ttl_ms: int) -> None:
+        """Send an EDU through the sender's in-memory path (nothing once stopping)."""
+        if self.sender is not None:
+            self.sender.send_ephemeral_edu(edu_type, content, destinations, key=key, ttl_ms=ttl_ms)
+
     async def _query_remote_alias(self, server: str, alias: str) -> Any:
         return await self.federation_client.get_json(
             server, "/_matrix/federation/v1/query/directory", args={"room_alias": alias}
@@ -697,8 +822,21 @@ class FedserverService(service.MultiService):
         before = int(self.reactor.seconds() * 1000) - KEEP_RECEIVED_TXNS_MS
         d = store.prune_received_txns(before)
         d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
+        # To-device transaction and message ids, unless the server is stopping meanwhile.
+        d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
+        now = int(self.reactor.seconds() * 1000)
+        d.addCallback(lambda _: self._prune_notifications(now))
         d.addErrback(self._prune_failed)
         return d
+
+    async def _prune_notifications(self, now_ms: int) -> None:
+        store = self.store
+        if store is None:
+            return
+        n = await store.push.prune_actions(now_ms - KEEP_READ_NOTIFICATIONS_MS, only_read=True)
+        n += await store.push.prune_actions(now_ms - KEEP_UNREAD_NOTIFICATIONS_MS)
+        if n:
+            log.info("Pruned {n} old notifications", n=n)
 
     @staticmethod
     def _prune_failed(failure: Failure) -> None:
@@ -748,6 +886,16 @@ class FedserverService(service.MultiService):
             steps.append(("the sender", sender.stop))
         if self.metrics is not None:
             steps.append(("the metrics", self.metrics.stop))
+        ephemeral, self.ephemeral = self.ephemeral, None
+        if ephemeral is not None:
+            steps.append(("typing", ephemeral.typing.stop))
+            steps.append(("presence", ephemeral.presence.stop))
+        push, self.push = self.push, None
+        if push is not None:
+            steps.append(("push delivery", push.pushers.stop))
+        gateway, self.push_gateway = self.push_gateway, None
+        if gateway is not None:
+            steps.append(("the push gateway client", gateway.close))
         steps.append(("the listeners", super().stopService))
         steps.append(("the connection summary", self.connections.stop))
         if loop is not None and loop.running:
@@ -756,6 +904,19 @@ class FedserverService(service.MultiService):
             steps.append(("the federation client", client.close))
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
+        upkeep, self.media_upkeep = getattr(self, "media_upkeep", None), None
+        if upkeep is not None:
+            steps.insert(0, ("media upkeep", upkeep.stop))
+        directory, self.user_directory = self.user_directory, None
+        if directory is not None:
+            directory.stop()
+        rooms = getattr(self, "rooms", None)
+        catch_up = rooms.relations_catch_up if rooms is not None else None
+        if catch_up is not None and not catch_up.called:
+            catch_up.cancel()  # waiting out a storage fault, or indexing: the next start resumes
+        waits = [x.flush for x in (push and push.notifications, ephemeral and ephemeral.presence, directory) if x]
+        if waits:
+            steps.append(("work in progress", lambda: defer.DeferredList([w() for w in waits], consumeErrors=True)))
         close = getattr(store, "close", None)
         if close is not None:
             steps.append(("the store", close))

@@ -148,7 +148,8 @@ class UserTests(AdminApiTestCase):
     async def test_deactivate_leaves_rooms_and_invalidates_tokens(self):
         """Deactivation: tokens and devices go at once (401 M_UNKNOWN_TOKEN), the password
         too (login refused), the user leaves a room it was in and rejects an invite; with
-        erase the display name goes. The user still shows, deactivated."""
+        erase the display name and account data go. It is the routine of POST
+        /account/deactivate: nothing is left pending. The user still shows, deactivated."""
         await self.start()
         admin = await self.user("root", admin=True)
         token = await self.user("eve", password="pw-eve")
@@ -160,11 +161,14 @@ class UserTests(AdminApiTestCase):
         await self.svc.rooms.membership.invite(bob, invited, eve)
         self.assertEqual((await self.membership(joined, eve), await self.membership(invited, eve)), ("join", "invite"))
         await self.svc.store.accounts.set_profile_field(eve, "displayname", "Eve")
+        await self.svc.store.accounts.set_account_data(eve, None, "m.test", {"a": 1})
         code, body = await self.call("POST", f"{ADMIN}/v1/deactivate/{q(eve)}", {"erase": True}, admin)
         self.assertEqual((code, body), (200, {"id_server_unbind_result": "success"}))
         self.assertError(await self.call("GET", "/_matrix/client/v3/account/whoami", token=token), 401, "M_UNKNOWN_TOKEN")
         self.assertEqual((await self.membership(joined, eve), await self.membership(invited, eve)), ("leave", "leave"))
         self.assertEqual(await self.svc.store.accounts.get_devices(eve), [])
+        self.assertIsNone(await self.svc.store.accounts.get_account_data(eve, None, "m.test"))
+        self.assertEqual(await self.svc.store.deactivation.get_pending(), [])
         code, login = await self.call("POST", "/_matrix/client/v3/login", {
             "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "eve"}, "password": "pw-eve"})
         self.assertEqual(code, 403, login)
@@ -237,9 +241,12 @@ class RoomTests(AdminApiTestCase):
         # A blocked room of another server: invites of our users to it are refused.
         await self.call("PUT", f"{ADMIN}/v1/rooms/{q('!r:far.test')}/block", {"block": True}, admin)
         with self.assertRaises(MatrixError) as cm:
+            # Well-formed for room version 10 (malformed invites are 400 before anything else).
             await self.svc.handshakes.on_invite("far.test", "!r:far.test", "$e", {
                 "room_id": "!r:far.test", "type": "m.room.member", "state_key": alice, "sender": "@x:far.test",
-                "content": {"membership": "invite"}}, "12", [])
+                "content": {"membership": "invite"}, "depth": 3, "origin_server_ts": 1_700_000_000_000,
+                "prev_events": ["$" + "p" * 43], "auth_events": ["$" + "a" * 43], "hashes": {"sha256": "A" * 43},
+                "signatures": {"far.test": {"ed25519:k": "A" * 86}}}, "10", [])
         self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
         code, body = await self.call("PUT", f"{ADMIN}/v1/rooms/{q(room)}/block", {"block": False}, admin)
         self.assertEqual(body, {"block": False})

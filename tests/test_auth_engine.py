@@ -11,7 +11,7 @@ from fedserver.auth.power_levels import PowerLevels, parse_level
 from fedserver.auth.rule_ids import rule_id
 from fedserver.auth.selection import auth_types_for_event, select_auth_events
 from fedserver.room_versions import SPEC_ROOM_VERSIONS, V1, V3, V5, V6, V7, V8, V9, V10, V11, V12
-from tests.test_auth_fixtures import ALICE, BOB, CAROL, AuthAssertions, Room
+from tests.test_auth_fixtures import ALICE, BOB, CAROL, AuthAssertions, Room, make_event
 
 CREATE = ("m.room.create", "")
 PL = ("m.room.power_levels", "")
@@ -160,6 +160,8 @@ class RuleIdTests(SynchronousTestCase):
             (V11, ("auth_events", "room_create"), "v11 2.4"),
             (V12, ("room_create",), "v12 2"),
             (V12, ("auth_events", "same_room"), "v12 3.5"),
+            (V1, ("auth_events", "same_room"), "v1 2.5"),
+            (V11, ("auth_events", "same_room"), "v11 2.5"),
             (V12, ("state_key",), "v12 9"),
         ]
         for rv, names, label in cases:
@@ -198,6 +200,24 @@ class EngineTests(SynchronousTestCase, AuthAssertions):
         for ev in events:
             self.assertAllowed(room.check(ev))
         self.assertEqual(len(calls), 1)
+
+    def test_power_levels_cache_keyed_by_content_too(self):
+        """Two power levels events may share an event id (it hashes the redacted event)
+        while differing in what redaction drops: before v11 the invite level.  One
+        engine judges an invite under each by its own content, not the first it saw."""
+        engine = AuthEngine(make_plugin_manager(load_entrypoints=False))
+        verdicts = []
+        for invite in (0, 100):
+            room = Room(V10, engine=engine)
+            room.join(ALICE)
+            pl = room.power_levels({"users": {ALICE: 100, BOB: 50}, "invite": invite})
+            pl = make_event(V10, "$same-id:a.example", pl.type, pl.sender, room_id=room.room_id,
+                            content=pl.content, state_key="")
+            room.add(pl)
+            room.add(room.join_rules("public"))
+            room.join(BOB)
+            verdicts.append(room.check(room.member(CAROL, "invite", sender=BOB)).allowed)
+        self.assertEqual(verdicts, [True, False])
 
     def test_state_check_selects_from_state(self):
         """``check_against_state`` judges against the state, whatever the event cites:

@@ -208,10 +208,11 @@ class AuthEventsRuleTests(SynchronousTestCase, AuthAssertions):
                     pl.rejected_reason = None
                 self.assertAllowed(ENGINE.check(ev, cited, create_event=room.create))
 
-    def test_v12_auth_events_from_another_room_rejected(self):
-        """v12 "3.5 If any event in auth_events has a room_id which does not match that
-        of the event being authorised, reject." Earlier versions have no such rule."""
-        for rv in (V11, V12):
+    def test_auth_events_from_another_room_rejected(self):
+        """"If any event in auth_events has a room_id which does not match that of the
+        event being authorised, reject." (2.5 in v1-v11, 3.5 in v12): MSC4307 put the
+        rule into every room version, not only v12."""
+        for rv in SPEC_ROOM_VERSIONS:
             with self.subTest(rv=rv.identifier):
                 room = Room(rv).standard()
                 ev = room.message(ALICE)
@@ -222,10 +223,10 @@ class AuthEventsRuleTests(SynchronousTestCase, AuthAssertions):
                 cited = [e for e in room.auth_events_of(ev) if e.type != "m.room.member"]
                 cited.append(alien_member)
                 result = ENGINE.check(ev, cited, create_event=room.create)
-                if rv.auth_events_same_room:
-                    self.assertDenied(result, "v12 3.5")
-                else:
-                    self.assertAllowed(result)
+                self.assertDenied(result, pick(rv, {"1-11": "2.5", "12": "3.5"}))
+                # The same member event from the right room is accepted.
+                cited[-1] = room.state[("m.room.member", ALICE)]
+                self.assertAllowed(ENGINE.check(ev, cited, create_event=room.create))
 
     def test_check_accepts_a_mapping(self):
         """``check`` takes the cited auth events as a list or as a mapping of them."""

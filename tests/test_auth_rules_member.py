@@ -507,3 +507,46 @@ class KnockTests(SynchronousTestCase, AuthAssertions):
                               if e.type in ("m.room.create", "m.room.power_levels",
                                             "m.room.join_rules")])
         self.assertAllowed(room.check(ev))
+
+
+class AbsentStateTests(SynchronousTestCase, AuthAssertions):
+    """How the membership rules read state that is absent or malformed (the spec names no
+    default; Synapse and ruma read a missing join rule as ``invite``)."""
+
+    def test_no_join_rules_is_invite(self):
+        """Without an m.room.join_rules event, or with one without join_rule, an invited
+        user may join, a stranger may not, and nobody may knock."""
+        for rv in SPEC_ROOM_VERSIONS:
+            for content in (None, {}):
+                with self.subTest(rv=rv.identifier, content=content):
+                    room = Room(rv)
+                    room.join(ALICE)
+                    room.add(room.power_levels({"users": {} if rv.privileged_creators else {ALICE: 100}}))
+                    if content is not None:
+                        room.add(room.event("m.room.join_rules", ALICE, content, ""))
+                    self.assertDenied(room.check(room.member(CAROL, "join")), join_otherwise(rv))
+                    room.add(room.member(BOB, "invite", sender=ALICE))
+                    self.assertAllowed(room.check(room.member(BOB, "join")))
+                    if rv.knocking:
+                        self.assertDenied(room.check(room.member(CAROL, "knock")), pick(rv, sub(KNOCK, ".1")))
+
+    def test_join_rule_not_a_string_admits_nobody(self):
+        """A join_rule that is not a string is no join rule: even an invited user may not
+        join."""
+        for rv in SPEC_ROOM_VERSIONS:
+            with self.subTest(rv=rv.identifier):
+                room = Room(rv).standard()
+                room.add(room.event("m.room.join_rules", ALICE, {"join_rule": 5}, ""))
+                room.add(room.member(BOB, "invite", sender=ALICE))
+                self.assertDenied(room.check(room.member(BOB, "join")), join_otherwise(rv))
+
+    def test_state_key_must_be_a_user_id(self):
+        """The target user is "the user given by the state_key": a membership event whose
+        state_key is not a user ID is rejected under 5.1 (4.1 in v6-v11)."""
+        for rv in SPEC_ROOM_VERSIONS:
+            with self.subTest(rv=rv.identifier):
+                room = Room(rv).standard()
+                for sk in ("", "bob", "bob:b.example", "@bob:b:c", "@bob:bad domain"):
+                    ev = room.event("m.room.member", ALICE, {"membership": "invite"}, sk)
+                    self.assertDenied(room.check(ev), pick(rv, sub(MEMBER, ".1")))
+                self.assertAllowed(room.check(room.member(BOB, "invite", sender=ALICE)))

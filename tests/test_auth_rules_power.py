@@ -176,7 +176,29 @@ class PowerLevelsTests(SynchronousTestCase, AuthAssertions):
                 result = room.check(self._pl(room, ban=True))
                 self.assertDenied(result, pl_rule(rv, "scalar_types" if rv.integer_power_levels else "scalars"))
                 result = room.check(self._pl(room, events=[]))
-                self.assertDenied(result, pl_rule(rv, "map_types" if rv.integer_power_levels else "maps_added"))
+                if rv.integer_power_levels:
+                    self.assertDenied(result, pl_rule(rv, "map_types"))
+                else:
+                    # Before v10 the form of events is not checked: an array lists no
+                    # entries, so nothing is added or changed.
+                    self.assertAllowed(result)
+
+    def test_non_object_maps_have_no_entries(self):
+        """Before v10, an events property that is not an object lists no entries: the
+        entries of the previous power levels are removed by it (rule "For each entry
+        being changed in, or removed from, the events property: If the current value is
+        greater than the sender's current power level, reject"), and event types fall
+        back to the defaults when it is in force."""
+        for rv in SPEC_ROOM_VERSIONS[:9]:
+            with self.subTest(rv=rv.identifier):
+                room = self._room(rv)
+                room.add(self._pl(room, events={"m.x": 75}))
+                # Bob (50) may not remove Alice's 75 by replacing events with a string...
+                self.assertDenied(room.check(self._pl(room, sender=BOB, events="none")),
+                                  pl_rule(rv, "maps_removed"))
+                # ...Alice (100) may; then m.x needs events_default (0) again.
+                room.add(self._pl(room, events="none"))
+                self.assertAllowed(room.check(room.event("m.x", CAROL, {})))
 
     def test_non_integer_strings_rejected(self):
         """Before v10 a string value must hold "a single base 10 integer" (sign, leading
@@ -366,3 +388,53 @@ class RedactionTests(SynchronousTestCase, AuthAssertions):
                     self.assertDenied(room.check(theirs), f"v{rv.identifier} 11.3")
                 else:
                     self.assertAllowed(room.check(theirs))
+
+
+class UnreadableLevelsTests(SynchronousTestCase, AuthAssertions):
+    """Power levels that are absent (null) or not levels at all, as a room's first power
+    levels event before v10 may hold them."""
+
+    def _room(self, rv, **levels):
+        room = Room(rv)
+        room.join(ALICE)
+        room.add(room.power_levels({"users": users(rv, {ALICE: 100, BOB: 0}), **levels}))
+        room.add(room.join_rules("public"))
+        room.join(BOB)
+        return room
+
+    def test_null_is_the_default(self):
+        """null is "not explicitly supplied": the default applies (invite 0, kick 50,
+        events_default 0)."""
+        for rv in SPEC_ROOM_VERSIONS[:9]:
+            with self.subTest(rv=rv.identifier):
+                room = self._room(rv, invite=None, kick=None, events_default=None)
+                self.assertAllowed(room.check(room.member(CAROL, "invite", sender=BOB)))
+                self.assertAllowed(room.check(room.message(BOB)))
+                self.assertDenied(room.check(room.member(ALICE, "leave", sender=BOB)),
+                                  pick(rv, {"1-5": "5.4.5", "6-9": "4.4.5" if not rv.restricted_joins else "4.5.5"}))
+
+    def test_unreadable_level_rejects_only_where_read(self):
+        """A level that is no power level rejects the events whose rule reads it (under
+        that rule's number), and nothing else: an unreadable ban level stops bans, not
+        invites or messages."""
+        ban = {"1-5": "5.5", "6-7": "4.5", "8-9": "4.6"}
+        for rv in SPEC_ROOM_VERSIONS[:9]:
+            for junk in ("abc", True, "1.5", [50]):
+                with self.subTest(rv=rv.identifier, junk=junk):
+                    room = self._room(rv, ban=junk)
+                    self.assertDenied(room.check(room.member(BOB, "ban", sender=ALICE)), pick(rv, ban))
+                    self.assertAllowed(room.check(room.member(CAROL, "invite", sender=ALICE)))
+                    self.assertAllowed(room.check(room.message(BOB)))
+                    room = self._room(rv, events_default=junk)
+                    self.assertDenied(room.check(room.message(BOB)), pick(rv, EVENT_POWER))
+
+    def test_unchanged_unreadable_values_are_not_compared(self):
+        """A power levels change that leaves an unreadable value as it was is judged on
+        what it changes; one that alters it is rejected (it cannot be compared)."""
+        for rv in SPEC_ROOM_VERSIONS[:9]:
+            with self.subTest(rv=rv.identifier):
+                room = self._room(rv, ban="abc", events={"m.x": "abc"})
+                same = {"users": users(rv, {ALICE: 100, BOB: 10}), "ban": "abc", "events": {"m.x": "abc"}}
+                self.assertAllowed(room.check(room.power_levels(same)))
+                self.assertDenied(room.check(room.power_levels(dict(same, ban=60))), pl_rule(rv, "scalars"))
+                self.assertDenied(room.check(room.power_levels(dict(same, events={}))), pl_rule(rv, "maps_removed"))

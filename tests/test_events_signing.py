@@ -7,6 +7,7 @@ from fedserver.events.canonical import CanonicalJSONError
 from fedserver.events.hashing import add_content_hash, unpadded_base64
 from fedserver.events.signing import (
     SignatureServersError,
+    optional_signature_servers,
     key_id,
     required_signature_servers,
     sign_event,
@@ -76,6 +77,26 @@ class RequiredSignatureServersTests(SynchronousTestCase):
             leave = member_pdu(rv, membership="leave", content=content)
             self.assertEqual(required_signature_servers(leave, rv), {"joining.example"})
         self.assertTrue(V8.restricted_joins and not V7.restricted_joins)
+
+    def test_authoriser_on_other_memberships_is_optional(self):
+        """From v8, join_authorised_via_users_server on a membership other than join names
+        a server whose signature the auth rules need (rule 5.2 applies to every
+        membership) but the signature check does not: it is optional, checked when present
+        and left to the auth rules otherwise. Not for joins (required), not before v8, not
+        for a value that is no user id, not when that server is required anyway."""
+        content = {"join_authorised_via_users_server": "@mod:resident.example"}
+        for rv in SPEC_ROOM_VERSIONS:
+            for membership in ("leave", "invite", "ban", "knock"):
+                pdu = member_pdu(rv, membership=membership, content=content)
+                expected = {"resident.example"} if rv.restricted_joins else set()
+                self.assertEqual(optional_signature_servers(pdu, rv), expected, (rv.identifier, membership))
+            self.assertEqual(optional_signature_servers(member_pdu(rv, content=content), rv), set())
+            own = member_pdu(rv, membership="leave",
+                             content={"join_authorised_via_users_server": "@mod:joining.example"})
+            self.assertEqual(optional_signature_servers(own, rv), set())
+            for bad in (5, "mod", "@mod"):
+                pdu = member_pdu(rv, membership="leave", content={"join_authorised_via_users_server": bad})
+                self.assertEqual(optional_signature_servers(pdu, rv), set())
 
     def test_bad_authoriser_refused(self):
         """A join_authorised_via_users_server that is not a user id raises, since no

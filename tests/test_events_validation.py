@@ -10,6 +10,7 @@ from fedserver.events.model import Event
 from fedserver.events.validation import (
     EventTooLarge,
     InvalidEvent,
+    check_membership_content,
     check_pdu,
     is_valid_server_name,
     is_valid_user_id,
@@ -125,12 +126,24 @@ class RequiredKeysAndTypesTests(SynchronousTestCase):
             ("origin_server_ts", False), ("origin_server_ts", 1.5), ("prev_events", {}),
             ("auth_events", "x"), ("hashes", []), ("hashes", {}), ("hashes", {"sha256": 1}),
             ("signatures", []), ("signatures", {"hs": "sig"}), ("signatures", {"hs": {"ed25519:a": 1}}),
-            ("state_key", 1), ("state_key", None), ("unsigned", []), ("redacts", 1),
-            ("room_id", 1),
+            ("state_key", 1), ("state_key", None), ("unsigned", []), ("room_id", 1),
         ]
         for rv in SPEC_ROOM_VERSIONS:
             for key, value in bad:
                 self.assertInvalid(base_pdu(rv, **{key: value}), rv, (rv.identifier, key, value))
+
+    def test_redacts_type(self):
+        """PDU schemas v1-v10: a top-level ``redacts`` is a string.  From v11 it moved
+        into content; a top-level one is not part of the format and, like any unknown
+        key, does not make the event invalid."""
+        for rv in SPEC_ROOM_VERSIONS:
+            validate_pdu(base_pdu(rv, type="m.room.redaction", redacts="$x:hs"), rv)
+            for value in (1, None, ["$x:hs"], {"a": 1}):
+                pdu = base_pdu(rv, type="m.room.redaction", redacts=value)
+                if rv.redacts_in_content:
+                    validate_pdu(pdu, rv)
+                else:
+                    self.assertInvalid(pdu, rv, (rv.identifier, value))
 
     def test_empty_signatures_allowed_by_shape(self):
         """An empty ``signatures`` object is well-formed (the signature check fails it
@@ -369,3 +382,80 @@ class CheckPduTests(SynchronousTestCase):
         self.assertNotIn(b"signatures", checked.signed_bytes)
         self.assertNotIn(b"unsigned", checked.signed_bytes)
         self.assertIn(b'"hashes"', checked.signed_bytes)
+
+
+def member_pdu(rv, content=None, **changes):
+    """A valid membership event for rv (join of @alice:hs)."""
+    pdu = base_pdu(rv, type="m.room.member", state_key="@alice:hs",
+                   content={"membership": "join"} if content is None else content)
+    pdu.update(changes)
+    return pdu
+
+
+class MembershipContentTests(SynchronousTestCase):
+    """check_membership_content: what the auth rules read of a membership event, checked
+    where one event is given to us directly (send_join, send_leave, send_knock, invite)."""
+
+    def assertBad(self, pdu, rv, msg=None):
+        validate_pdu(pdu, rv)  # well-formed for the room version's event format...
+        self.assertRaises(InvalidEvent, check_membership_content, pdu, rv)  # ...but not this
+
+    def test_valid_memberships(self):
+        """Each membership, with the optional keys well-formed, passes in every version."""
+        tpi = {"display_name": "x", "signed": {"mxid": "@bob:hs", "token": "t",
+                                                "signatures": {"id.hs": {"ed25519:0": "sig"}}}}
+        for rv in SPEC_ROOM_VERSIONS:
+            for membership in ("join", "invite", "leave", "ban", "knock"):
+                check_membership_content(member_pdu(rv, {"membership": membership, "reason": "r"}), rv)
+            check_membership_content(member_pdu(rv, {"membership": "join",
+                                                     "join_authorised_via_users_server": "@mod:hs"}), rv)
+            check_membership_content(member_pdu(rv, {"membership": "invite", "third_party_invite": tpi}), rv)
+
+    def test_state_key_is_a_user_id(self):
+        """The state_key names the target user: it must be a user id."""
+        for rv in SPEC_ROOM_VERSIONS:
+            for sk in ("", "alice", "alice:hs", "@alice", "@a:bad domain", "@a:b:c"):
+                self.assertBad(member_pdu(rv, state_key=sk), rv, (rv.identifier, sk))
+            self.assertRaises(InvalidEvent, check_membership_content,
+                              without(member_pdu(rv), "state_key"), rv)
+
+    def test_membership_is_a_string(self):
+        """content.membership must be present and a string."""
+        for rv in SPEC_ROOM_VERSIONS:
+            for content in ({}, {"membership": 5}, {"membership": None}, {"membership": ["join"]},
+                            {"membership": True}):
+                self.assertBad(member_pdu(rv, content), rv, (rv.identifier, content))
+
+    def test_join_authorised_via_users_server(self):
+        """From v8 (restricted joins) join_authorised_via_users_server must be a user id,
+        whatever the membership; before v8 the key means nothing to the rules."""
+        for rv in SPEC_ROOM_VERSIONS:
+            for value in (5, None, "mod", "mod:hs", "@mod", ["@mod:hs"], "#room:hs"):
+                for membership in ("join", "leave", "invite"):
+                    pdu = member_pdu(rv, {"membership": membership,
+                                          "join_authorised_via_users_server": value})
+                    if rv.restricted_joins:
+                        self.assertBad(pdu, rv, (rv.identifier, value))
+                    else:
+                        check_membership_content(pdu, rv)
+
+    def test_third_party_invite(self):
+        """third_party_invite must be an object whose signed object has a user id mxid,
+        a string token and signatures mapping servers to key ids to strings (the
+        m.room.member schema), in every version."""
+        good_signed = {"mxid": "@bob:hs", "token": "t", "signatures": {"id.hs": {"ed25519:0": "sig"}}}
+        bad = [
+            "x", 5, [], {"display_name": "x"}, {"signed": "s"}, {"signed": []},
+            {"signed": {**good_signed, "mxid": 5}}, {"signed": {**good_signed, "mxid": "bob"}},
+            {"signed": {k: v for k, v in good_signed.items() if k != "mxid"}},
+            {"signed": {**good_signed, "token": 5}},
+            {"signed": {k: v for k, v in good_signed.items() if k != "token"}},
+            {"signed": {k: v for k, v in good_signed.items() if k != "signatures"}},
+            {"signed": {**good_signed, "signatures": []}},
+            {"signed": {**good_signed, "signatures": {"id.hs": "sig"}}},
+            {"signed": {**good_signed, "signatures": {"id.hs": {"ed25519:0": 5}}}},
+        ]
+        for rv in SPEC_ROOM_VERSIONS:
+            for tpi in bad:
+                self.assertBad(member_pdu(rv, {"membership": "invite", "third_party_invite": tpi}), rv,
+                               (rv.identifier, tpi))

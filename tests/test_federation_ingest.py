@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 from fedserver.events.hashing import compute_event_id
+from fedserver.events.signing import sign_event
 from fedserver.handlers.federation.ingest import Ingest
 from fedserver.room_versions import V1, V10, V11
 from tests.test_federation_support import Peer, StoreTestCase
@@ -83,6 +84,27 @@ class IngestTests(StoreTestCase):
             self.assertIn("Invalid event", batch.results[compute_event_id(bad, V10)]["error"])
         self.assertEqual(batch.results[compute_event_id(good, V10)], {})
         self.assertEqual([e.event.event_id for e in batch.entries], [compute_event_id(good, V10)])
+
+    async def test_authoriser_signature_on_a_leave_is_checked_not_required(self):
+        """A leave carrying join_authorised_via_users_server (v8+): the authoriser's
+        server's signature is not needed to pass the signature check, but a valid one is
+        reported verified (auth rule 5.2 needs it), and a bad or missing one is not, so the
+        rule, not the signature check, decides."""
+        other = Peer("resident.test")
+        self.keyring, _ = self.make_keyring(self.store, self.peer, other)
+        self.ingest = Ingest(self.store, self.keyring)
+        content = {"membership": "leave", "join_authorised_via_users_server": "@mod:resident.test"}
+        fields = dict(type="m.room.member", state_key="@u:peer.test", content=content)
+        signed = self.peer.pdu(V10, ROOM, **fields)
+        signed = sign_event(signed, V10, other.name, other.key)
+        unsigned = self.peer.pdu(V10, ROOM, depth=6, **fields)
+        forged = sign_event(self.peer.pdu(V10, ROOM, depth=7, **fields), V10, other.name, Peer("x").key)
+        batch = await self.ingest.check_pdus(self.peer.name, [signed, unsigned, forged])
+        ids = [compute_event_id(p, V10) for p in (signed, unsigned, forged)]
+        self.assertEqual(batch.results, {i: {} for i in ids})
+        self.assertEqual(batch.verified[ids[0]], {"peer.test", "resident.test"})
+        self.assertEqual(batch.verified[ids[1]], {"peer.test"})
+        self.assertEqual(batch.verified[ids[2]], {"peer.test"})
 
     async def test_unknown_room_ignored(self):
         """PDUs for rooms we do not know (or without a room id) are left out of the result

@@ -21,7 +21,7 @@ from fedserver.http.site import build_federation_root
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import V10
 from fedserver.storage import PersistEntry
-from tests.test_federation_support import FED, US, Peer, StoreTestCase, stub_request
+from tests.test_federation_support import FED, US, Peer, PeerRoom, StoreTestCase, make_receiver, stub_request
 from tests.test_storage_support import make_event
 
 ROOM = "!room:peer.test"
@@ -46,12 +46,15 @@ class FederationResourceTests(StoreTestCase):
         self.peer = Peer("peer.test")
         self.store = await self.open_store()
         await self.store.store_room(ROOM, V10)
+        self.room = await PeerRoom(self.store, V10).build(self.peer)
         keyring, self.fetcher = self.make_keyring(self.store, self.peer)
         self.auth = XMatrixAuthenticator(keyring, US, reactor)
         self.seen = []
         self.auth.on_authenticated.append(self.seen.append)
         self.acls = ServerAcls(self.store)
-        self.transactions = TransactionHandler(reactor, self.store, Ingest(self.store, keyring), self.acls)
+        self.transactions = TransactionHandler(
+            reactor, self.store, Ingest(self.store, keyring), self.acls, receiver=make_receiver(self.store)
+        )
         self.profiles = Profiles()
         self.resource = FederationResource(
             self.auth, acls=self.acls, transactions=self.transactions, profiles=self.profiles
@@ -78,7 +81,7 @@ class FederationResourceTests(StoreTestCase):
     async def test_send_signed_transaction(self):
         """A signed PUT /send is processed: per-PDU results, the event stored, and
         on_authenticated told of the origin; the replay returns the same bytes."""
-        pdu = self.peer.pdu(V10, ROOM)
+        pdu = self.room.pdu(self.peer)
         eid = compute_event_id(pdu, V10)
         uri = FED + "/send/txn1"
         body = {"origin": self.peer.name, "origin_server_ts": 1, "pdus": [pdu], "edus": []}

@@ -135,3 +135,68 @@ def deferLater(seconds: float) -> defer.Deferred:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class PeerRoom:
+    """A stored room (creator ``@alice:a.example``) that the peers' users ``@u:<peer>``
+    have joined, so that their messages pass every receipt check.
+
+    :ivar room_id: the room.
+    :ivar state: its current state ``{(type, state_key): event_id}``.
+    """
+
+    def __init__(self, store: Any, rv: RoomVersion) -> None:
+        self.store = store
+        self.rv = rv
+        self.room_id = ""
+        self.state: dict = {}
+        self.last = ""
+        self.depth = 0
+
+    async def build(self, *peers: Peer) -> "PeerRoom":
+        from tests.test_storage_support import linear_entries, make_event, make_room
+
+        self.room_id, events = make_room(self.rv)
+        await self.store.persist_events(linear_entries(events, self.state))
+        self.last, self.depth = events[-1].event_id, len(events)
+        for peer in peers:
+            user = f"@u:{peer.name}"
+            await self.add(make_event(self.rv, self.room_id, "m.room.member", user, {"membership": "join"}, user,
+                                      prev=[self.last], auth=self.auth_ids(("m.room.join_rules", "")),
+                                      depth=self.depth + 1))
+        return self
+
+    def auth_ids(self, *extra) -> list[str]:
+        keys = [("m.room.create", ""), ("m.room.power_levels", ""), *extra]
+        return [self.state[k] for k in keys if k in self.state]
+
+    async def add(self, event: Any) -> None:
+        """Store ``event`` (built on the last one) as the room's new last event."""
+        from tests.test_storage_support import linear_entries
+
+        await self.store.persist_events(linear_entries([event], self.state))
+        self.last, self.depth = event.event_id, event.depth
+
+    async def add_state(self, type: str, content: dict, sender: str = "@alice:a.example") -> None:
+        """A state event of the creator, stored after the last one."""
+        from tests.test_storage_support import make_event
+
+        await self.add(make_event(self.rv, self.room_id, type, sender, content, "", prev=[self.last],
+                                  auth=self.auth_ids(("m.room.member", sender)), depth=self.depth + 1))
+
+    def pdu(self, peer: Peer, body: str = "hi") -> dict[str, Any]:
+        """A message of ``@u:<peer>`` after the last event, signed by the peer."""
+        return peer.pdu(self.rv, self.room_id, body, prev_event_ids=[self.last], depth=self.depth + 1,
+                        auth_event_ids=self.auth_ids(("m.room.member", f"@u:{peer.name}")))
+
+
+def make_receiver(store: Any) -> Any:
+    """A real :class:`~fedserver.handlers.federation.receive.EventReceiver` on ``store``
+    (the room pipeline with the built-in auth rules; no gap filling, no failure reports)."""
+    from fedserver.auth.engine import AuthEngine
+    from fedserver.auth.plugins import make_plugin_manager
+    from fedserver.handlers.federation.receive import EventReceiver
+    from fedserver.handlers.rooms.pipeline import RoomPipeline
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    return EventReceiver(RoomPipeline(store, AuthEngine(pm), pm), store)

@@ -378,7 +378,8 @@ class GetMissingEventsTests(HistoryTestCase):
 
 
 class AccessTests(HistoryTestCase):
-    """HOSTILE.md row 27, unknown rooms, authentication and server ACLs."""
+    """Who may read a room's history (issue 12: rooms a server may not see look
+    non-existent), unknown rooms, authentication and server ACLs."""
 
     def requests(self):
         room = q(self.room.room_id)
@@ -392,16 +393,43 @@ class AccessTests(HistoryTestCase):
             ("POST", f"/get_missing_events/{room}", {"earliest_events": [], "latest_events": [self.eid("m7")]}),
         ]
 
-    async def test_servers_without_a_member_get_403(self):
-        """HOSTILE row 27: a server that never had a member (stranger.test) and one whose
-        only member left (gone.test) get 403 M_FORBIDDEN from all six endpoints, even in
-        a world_readable room, and no event content."""
+    def unknown_twin(self, path: str, body):
+        """``(path, body)`` with the room id and event ids swapped for ones we do not know."""
+        swaps = {q(self.room.room_id): q("!unknown:" + US), q(self.eid("m7")): q("$" + "U" * 43),
+                 self.eid("m7"): "$" + "U" * 43}
+        for old, new in swaps.items():
+            path = path.replace(old, new)
+        if body is not None:
+            body = {k: [swaps.get(x, x) for x in v] if isinstance(v, list) else v for k, v in body.items()}
+        return path, body
+
+    async def test_servers_without_a_member_see_no_room(self):
+        """Issue 12 / seed 004 (replacing HOSTILE row 27's 403): a server that never had a
+        member (stranger.test) and one whose only member left (gone.test) get from all six
+        endpoints exactly what a room (or event) we do not know gets: 404 M_NOT_FOUND with
+        the same message, naming only what they asked for; no event content."""
+        await self.setup_room(visibility="shared")
+        for origin in (STRANGER, GONE):
+            for method, path, body in self.requests():
+                resp = await self.fed.call(method, path, origin=origin, body=body)
+                twin_path, twin_body = self.unknown_twin(path, body)
+                twin = await self.fed.call(method, twin_path, origin=origin, body=twin_body)
+                self.assertEqual((resp.code, resp.body["errcode"]), (404, "M_NOT_FOUND"), (origin, path))
+                expected = twin.body["error"].replace("!unknown:" + US, self.room.room_id).replace("$" + "U" * 43, self.eid("m7"))
+                self.assertEqual((twin.code, resp.body["error"]), (404, expected), (origin, path))
+                self.assertNotIn(b"seven", resp.raw)
+
+    async def test_world_readable_room_served_to_any_server(self):
+        """A world_readable room may be read by any server (its history is public): a
+        server without a member gets 200 from all six endpoints, with the content of
+        events sent while the room was world_readable."""
         await self.setup_room(visibility="world_readable")
         for origin in (STRANGER, GONE):
             for method, path, body in self.requests():
                 resp = await self.fed.call(method, path, origin=origin, body=body)
-                self.assertEqual((resp.code, resp.body["errcode"]), (403, "M_FORBIDDEN"), (origin, path))
-                self.assertNotIn(b"seven", resp.raw)
+                self.assertEqual(resp.code, 200, (origin, path, resp))
+            resp = await self.get("/event/" + q(self.eid("m7")), origin=origin)
+            self.assertEqual(resp.body["pdus"], [self.pdu("m7")])
 
     async def test_unknown_room_is_404(self):
         """A room we do not know at all looks non-existent: 404 M_NOT_FOUND."""
@@ -446,6 +474,22 @@ class AccessTests(HistoryTestCase):
         for method, path, body in self.requests():
             resp = await self.fed.call(method, path, body=body)
             self.assertEqual(resp.code, 200, path)
+
+    async def test_acl_only_once_the_room_is_visible(self):
+        """Visibility is decided before the ACL: a server the ACL denies that may not see
+        the room gets 404 (as for an unknown room), not the 403 that would reveal it, and
+        the ACL is never consulted for it."""
+        asked = []
+
+        async def acl_check(origin, room_id):
+            asked.append(origin)
+            return False
+
+        await self.setup_room(acl_check=acl_check)
+        for method, path, body in self.requests():
+            resp = await self.fed.call(method, path, origin=STRANGER, body=body)
+            self.assertEqual((resp.code, resp.body["errcode"]), (404, "M_NOT_FOUND"), path)
+        self.assertEqual(asked, [])
 
 
 def _succeed(value):

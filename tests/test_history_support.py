@@ -23,6 +23,7 @@ from fedserver.http.resource import MatrixSite, build_tree
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.handlers.federation.history import HistoryHandler
 from fedserver.room_versions import RoomVersion
+from fedserver.auth.rule_ids import rule_id
 from fedserver.storage import PersistEntry, Refusal
 from tests.test_xmatrix_auth import FakeKeyring
 
@@ -87,6 +88,7 @@ class RoomBuilder:
         *,
         rejection: Optional[Refusal] = None,
         soft_failure: Optional[Refusal] = None,
+        redacts: Optional[str] = None,
     ) -> Event:
         """Build the next event; a refused one neither changes the state nor becomes a
         prev event of later ones."""
@@ -107,6 +109,7 @@ class RoomBuilder:
             origin_server_ts=self.ts,
             server_name=server,
             signing_key=SIGNING_KEYS[server],
+            redacts=redacts,
         )
         if is_create:
             self.room_id = event.room_id
@@ -168,7 +171,9 @@ def build_scenario(rv: RoomVersion, visibility: Optional[str] = "shared") -> Roo
     r.add("dave_leave", "m.room.member", DAVE, {"membership": "leave"}, DAVE)
     r.add(
         "rejected", "m.room.message", MALLORY, {"msgtype": "m.text", "body": "spam"},
-        rejection=Refusal("sender is not joined to the room", "auth.sender_in_room", None),
+        # What the built-in rule 6 stores (tests/test_pipeline.py checks it is).
+        rejection=Refusal("sender is not joined to the room", rule_id(rv, "sender_in_room"),
+                          "fedserver.auth.rules.power"),
     )
     r.add(
         "soft_failed", "m.room.message", BOB, {"msgtype": "m.text", "body": "evading"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from signedjson.key import generate_signing_key
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -13,7 +15,11 @@ from fedserver.auth.plugins import make_plugin_manager
 from fedserver.auth.verdict import SoftFail
 from fedserver.events.builder import build_event
 from fedserver.events.hashing import compute_reference_hash, unpadded_base64
+from fedserver.auth.rule_ids import rule_id
+from fedserver.errors import MatrixError
+from fedserver.handlers.federation.history import EventStatusHandler
 from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.membership import check_outcome
 from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
 from fedserver.room_versions import EventFormat, RoomVersionRegistry
 from fedserver.storage.sqlite import open_store
@@ -32,10 +38,11 @@ VERSIONS = [room_versions.V1, room_versions.V10, room_versions.V11, room_version
 class _Room:
     """A test room driven through a real pipeline, store and auth engine."""
 
-    def __init__(self, test, rv, policies=()):
+    def __init__(self, test, rv, policies=(), server_name=None):
         self.test = test
         self.rv = rv
         self.policies = policies
+        self.server_name = server_name
         self.here_key = generate_signing_key("1")
         self.there_key = generate_signing_key("1")
 
@@ -44,7 +51,7 @@ class _Room:
         self.test.addCleanup(self.store.close)
         pm = make_plugin_manager(load_entrypoints=False, extra_plugins=self.policies)
         self.pm = pm
-        self.pipeline = RoomPipeline(self.store, AuthEngine(pm), pm)
+        self.pipeline = RoomPipeline(self.store, AuthEngine(pm), pm, server_name=self.server_name)
         self.creator = EventCreator(reactor, self.store, self.pipeline, HERE, self.here_key)
         content = {"room_version": self.rv.identifier}
         if not self.rv.implicit_room_creator:
@@ -166,9 +173,19 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual(out[msg.event_id].status, REJECTED)
         refusal = await room.store.get_rejection(msg.event_id)
         self.assertIsNotNone(refusal)
-        self.assertTrue(refusal.rule)  # "sender must be in the room" (numbered by version)
+        # The spec's rule 6 ("If the sender's current membership state is not join,
+        # reject"), numbered as in the room version, denied by the built-in plugin
+        # registered as fedserver.auth.rules.power.
+        self.assertEqual(refusal.rule, rule_id(room.rv, "sender_in_room"))
+        self.assertEqual(refusal.plugin, "fedserver.auth.rules.power")
         self.assertEqual(refusal.plugin, out[msg.event_id].refusal.plugin)
         self.assertEqual(await room.store.get_forward_extremities(room.room_id), before_ext)
+        # What an operator is shown (the admin endpoint and fedserver-refusals).
+        status = await EventStatusHandler(room.store).get_status(msg.event_id)
+        self.assertEqual(
+            (status["status"], status["rule"], status["plugin"]),
+            ("rejected", rule_id(room.rv, "sender_in_room"), "fedserver.auth.rules.power"),
+        )
 
     @each_version
     async def test_soft_failure_against_current_state(self, room):
@@ -257,11 +274,72 @@ class PipelineTests(unittest.TestCase):
 
     @each_version
     async def test_local_event_refused_is_not_stored(self, room):
-        """A local event the auth rules refuse (a non-member speaking) is not stored."""
+        """A local event the auth rules refuse (a non-member speaking) is not stored, and
+        the client's 403 names the rule and the plugin that refused it."""
         ev, out = await room.local("m.room.message", {"body": "x"}, sender="@nobody:here.test")
         self.assertEqual(out.status, REJECTED)
         self.assertFalse(out.stored)
         self.assertEqual(await room.store.have_events([ev.event_id]), set())
+        with self.assertRaises(MatrixError) as cm:
+            check_outcome(ev, out)
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
+        body = cm.exception.to_json()
+        self.assertEqual(body["org.fedserver.rule"], rule_id(room.rv, "sender_in_room"))
+        self.assertEqual(body["org.fedserver.plugin"], "fedserver.auth.rules.power")
+        self.assertEqual(body["error"], "sender is not joined to the room")
+
+
+class DistributionTests(unittest.TestCase):
+    """Which events the pipeline queues for other servers, in the transaction storing them."""
+
+    async def room(self, server_name=HERE):
+        room = await _Room(self, room_versions.V10, server_name=server_name).setup()
+        self.woken = []
+        room.pipeline.on_queued.append(self.woken.append)
+        join = await room.remote_event("m.room.member", {"membership": "join"}, state_key=BOB)
+        out = await room.receive(join)
+        self.assertEqual((out[join.event_id].status, out[join.event_id].queued_for), (ACCEPTED, frozenset()))
+        return room
+
+    async def queued_ids(self, room, destination=THERE):
+        return [i.json for i in await room.store.get_outbound_batch(destination)]
+
+    async def test_local_events_queued_and_sender_woken(self):
+        """An event of ours is queued for every server with a joined member (never for
+        us), committed with the event, and on_queued is told once it is; a kick also goes
+        to the kicked user's server though none of its users is joined any more."""
+        room = await self.room()
+        msg, out = await room.local("m.room.message", {"body": "hello"})
+        self.assertEqual(out.queued_for, {THERE})
+        self.assertEqual(self.woken, [frozenset({THERE})])
+        self.assertEqual([json.loads(q) for q in await self.queued_ids(room)], [msg.pdu])
+        self.assertEqual(await room.store.get_outbound_batch(HERE), [])
+        kick, out = await room.local("m.room.member", {"membership": "leave"}, state_key=BOB)
+        self.assertEqual(out.status, ACCEPTED)
+        self.assertEqual(out.queued_for, {THERE})
+        self.assertEqual(len(await self.queued_ids(room)), 2)
+
+    async def test_received_events_not_queued_unless_asked(self):
+        """Events from other servers are not relayed; with ``distribute`` (a handshake we
+        serve) they go to the room's servers except those named in ``distribute_except``."""
+        room = await self.room()
+        msg = await room.remote_event("m.room.message", {"body": "from there"})
+        out = await room.receive(msg)
+        self.assertEqual(out[msg.event_id].queued_for, frozenset())
+        carol = await room.remote_event("m.room.member", {"membership": "join"}, sender="@carol:third.test",
+                                        state_key="@carol:third.test")
+        out = await room.pipeline.process(room.room_id, [carol], distribute=True, distribute_except=("third.test",))
+        self.assertEqual(out[carol.event_id].queued_for, {THERE})
+        self.assertEqual(await room.store.get_outbound_batch("third.test"), [])
+        self.assertEqual(self.woken, [frozenset({THERE})])
+
+    async def test_without_a_server_name_nothing_is_queued(self):
+        """A pipeline that does not federate (no server name) queues nothing."""
+        room = await self.room(server_name=None)
+        _, out = await room.local("m.room.message", {"body": "quiet"})
+        self.assertEqual(out.queued_for, frozenset())
+        self.assertEqual(await room.store.destinations_with_pending(), [])
+        self.assertEqual(self.woken, [])
 
 
 class _BlockWord:
@@ -306,3 +384,5 @@ class CheckOutcomeTests(unittest.SynchronousTestCase):
             check_outcome(None, Outcome(SOFT_FAILED, Refusal("spam", "policy", "policy_server")))
         self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
         self.assertIn("spam", cm.exception.error)
+        self.assertEqual(cm.exception.to_json()["org.fedserver.plugin"], "policy_server")
+        self.assertEqual(cm.exception.to_json()["org.fedserver.rule"], "policy")

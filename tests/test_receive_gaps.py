@@ -31,8 +31,9 @@ class ReceiveGapTests(ServersTestCase):
             await a.creator.send(self.room, V10, type=t, sender=self.alice, content=c, state_key=k)
         # Bob (on B) joins through the real handshake.
         await self.b.remote_membership.join(self.bob, self.room, [a.config.server_name])
-        # From now on B does not pass its events on by itself: the tests decide what A gets.
-        self.b.pipeline.on_persisted.remove(self.b.distributor.on_persisted)
+        # From now on B does not pass its events on by itself (its sender stops; what it
+        # queues stays queued): the tests decide what A gets.
+        await self.b.sender.stop()
 
     async def bob_says(self, body):
         ev, outcome = await self.b.creator.send(

@@ -59,9 +59,9 @@ class AdminEndpointTests(RefusalsTestCase):
         return await self.http.request("GET", f"/_fedserver/admin/v1/events/{q(event_id)}/status", **kw)
 
     async def test_statuses(self):
-        """Each kind of event gets its status; refused ones say why (reason, rule,
-        plugin: None for the spec rules) and when; an event we never stored is
-        "unknown"."""
+        """Each kind of event gets its status; refused ones say why (reason, rule, and
+        the plugin: the registered name, fedserver.auth.rules.<topic> for the spec's
+        rules) and when; an event we never stored is "unknown"."""
         await self.serve()
         resp = await self.status(self.eid("rejected"))
         self.assertEqual(resp.code, 200, resp)
@@ -70,8 +70,8 @@ class AdminEndpointTests(RefusalsTestCase):
             {k: body[k] for k in ("event_id", "room_id", "status", "outlier", "reason", "rule", "plugin")},
             {
                 "event_id": self.eid("rejected"), "room_id": self.room.room_id, "status": "rejected",
-                "outlier": False, "reason": "sender is not joined to the room", "rule": "auth.sender_in_room",
-                "plugin": None,
+                "outlier": False, "reason": "sender is not joined to the room", "rule": "v10 5",
+                "plugin": "fedserver.auth.rules.power",
             },
         )
         self.assertIsInstance(body["refused_ts"], int)
@@ -228,8 +228,8 @@ class CommandLineTests(RefusalsTestCase):
         self.assertEqual(code, 0)
         self.assertEqual(json.loads(out), await self.handler.get_status(self.eid("rejected")))
         code, out, _ = await self.run_cli("--database", self.path, self.eid("rejected"))
-        self.assertIn("(spec rules)", out)
-        self.assertIn("auth.sender_in_room", out)
+        self.assertIn("fedserver.auth.rules.power", out)
+        self.assertIn("v10 5", out)
 
     async def test_unknown_event_exit_1(self):
         """An event the database does not hold prints status unknown and exits 1."""

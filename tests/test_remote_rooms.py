@@ -125,6 +125,39 @@ class TwoServersRoomsTests(TestCase):
         self.assertNotIn(room, rooms["invite"])
         self.assertIn(room, rooms["join"])
 
+    async def test_partial_send_join_answer_refused(self):
+        """A resident that answers send_join with ``members_omitted: true`` although we did
+        not ask for a partial state is not believed: nothing is stored from it and the next
+        candidate is tried, whose full state gives the joining server every member."""
+        b, c, a = await self.start(), await self.start(), await self.start()
+        bob, carl, alice = await b.user("bob"), await c.user("carl"), await a.user("alice")
+        room = await b.create_room(bob, "12", preset="public_chat")
+        for i in range(3):
+            member = await b.user(f"m{i}")
+            await b.rooms.membership.join(member.user_id, room)
+        await c.rooms.membership.join(carl.user_id, room, server_names=[b.name])
+        honest = c.svc.handshakes._join_response
+
+        async def partial(room_id, event, pdu, hosts):
+            # A resident leaving the members out of the state (as for a partial join).
+            answer = await honest(room_id, event, pdu, hosts)
+            answer["state"] = [p for p in answer["state"] if p["type"] != "m.room.member"]
+            answer["members_omitted"] = True
+            return answer
+
+        c.svc.handshakes._join_response = partial
+        with self.assertRaises(MatrixError) as cm:
+            await a.rooms.membership.join(alice.user_id, room, server_names=[c.name])
+        self.assertEqual(cm.exception.code, 502)
+        self.assertIn("members_omitted", cm.exception.error)
+        self.assertIsNone(await a.svc.store.get_room_version(room))
+        self.assertEqual(await a.svc.store.get_current_state_ids(room), {})
+        # The liar first, then an honest resident: the join goes through the second.
+        await a.rooms.membership.join(alice.user_id, room, server_names=[c.name, b.name])
+        members = await a.svc.store.get_room_members(room, "join")
+        self.assertEqual(set(members), set(await b.svc.store.get_room_members(room, "join")))
+        self.assertEqual(len(members), 6)  # bob, m0-m2, carl, alice
+
     async def _invited(self, server: Server, requester: Requester, room: str) -> Any:
         entry = (await server.sync(requester))["rooms"]["invite"].get(room)
         return entry["invite_state"]["events"] if entry else None
@@ -133,7 +166,7 @@ class TwoServersRoomsTests(TestCase):
         """A user of A who is in the room a restricted room of B allows gets a make_join
         template naming B's user as authoriser (B checks it as countersigned by itself,
         not as the unsigned template it is), and joins; before joining the allowed room
-        they are refused."""
+        (which B is in, so B can tell) the room looks non-existent to them (404, seed 004)."""
         a, b = await self.start(), await self.start()
         alice, bob = await a.user("alice"), await b.user("bob")
         allowed = await b.create_room(bob, "10", preset="public_chat")
@@ -143,7 +176,7 @@ class TwoServersRoomsTests(TestCase):
         }])
         with self.assertRaises(MatrixError) as cm:
             await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
-        self.assertEqual(cm.exception.errcode, "M_UNABLE_TO_AUTHORISE_JOIN")
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (404, "M_NOT_FOUND"))
         await a.rooms.membership.join(alice.user_id, allowed, server_names=[b.name])
         await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
         self.assertEqual(await b.membership(room, alice.user_id), "join")

@@ -181,9 +181,9 @@ class SendTests(RoomsTestCase):
         other_device = await self.user("alice", device_id="OTHER")
         third = await self.send_text(other_device, room_id, "hi", txn_id="abc")
         self.assertNotEqual(third, first)
-        served = await self.rooms.get_event(alice, room_id, first)
+        served = await self.timeline.get_event(alice, room_id, first)
         self.assertEqual(served["unsigned"]["transaction_id"], "abc")
-        served = await self.rooms.get_event(other_device, room_id, first)
+        served = await self.timeline.get_event(other_device, room_id, first)
         self.assertNotIn("transaction_id", served["unsigned"])
 
     async def test_transaction_ids_are_scoped_to_the_path(self):
@@ -305,16 +305,16 @@ class RedactionTests(RoomsTestCase):
         mine = await self.send_text(bob, room_id, "oops")
         theirs = await self.send_text(alice, room_id, "alice's")
         redaction = await self.rooms.redact(bob, room_id, mine, "r1", reason="typo")
-        served = await self.rooms.get_event(alice, room_id, mine)
+        served = await self.timeline.get_event(alice, room_id, mine)
         self.assertEqual(served["content"], {})
         self.assertEqual(served["unsigned"]["redacted_because"]["event_id"], redaction)
         self.assertEqual(served["unsigned"]["redacted_because"]["content"]["reason"], "typo")
         await self.assertMatrixError(self.rooms.redact(bob, room_id, theirs, "r2"), 403, "M_FORBIDDEN")
-        self.assertEqual((await self.rooms.get_event(bob, room_id, theirs))["content"]["body"], "alice's")
+        self.assertEqual((await self.timeline.get_event(bob, room_id, theirs))["content"]["body"], "alice's")
         # The creator (infinite power in v12) may redact Bob's next message.
         other = await self.send_text(bob, room_id, "spam")
         await self.rooms.redact(alice, room_id, other, "r3")
-        page = await self.rooms.messages(bob, room_id, limit=3)
+        page = await self.timeline.messages(bob, room_id, limit=3)
         by_id = {e["event_id"]: e for e in page["chunk"]}
         self.assertEqual(by_id[other]["content"], {})
         # The redaction event names its target at top level for clients.
@@ -330,7 +330,7 @@ class RedactionTests(RoomsTestCase):
         rid = await self.rooms.redact(alice, room_id, msg, "r")
         ev = await self.store.get_event(rid)
         self.assertEqual(ev.pdu["redacts"], msg)
-        self.assertEqual((await self.rooms.get_event(alice, room_id, msg))["content"], {})
+        self.assertEqual((await self.timeline.get_event(alice, room_id, msg))["content"], {})
 
     async def test_redaction_indexing_survives_restart(self):
         """Redactions are indexed from the events table with a stored position: an index
@@ -359,7 +359,7 @@ class MessagesTests(RoomsTestCase):
         token = None
         pages = 0
         while True:
-            page = await self.rooms.messages(alice, room_id, from_token=token, limit=10)
+            page = await self.timeline.messages(alice, room_id, from_token=token, limit=10)
             seen.extend(e["event_id"] for e in page["chunk"])
             pages += 1
             if "end" not in page:
@@ -370,10 +370,10 @@ class MessagesTests(RoomsTestCase):
         self.assertEqual(messages, sent[::-1])
         self.assertEqual(len(seen), len(set(seen)))
         self.assertGreaterEqual(pages, 3)
-        first = await self.rooms.messages(alice, room_id, limit=5)
-        forward = await self.rooms.messages(alice, room_id, from_token=first["end"], direction="f", limit=5)
+        first = await self.timeline.messages(alice, room_id, limit=5)
+        forward = await self.timeline.messages(alice, room_id, from_token=first["end"], direction="f", limit=5)
         self.assertEqual([e["event_id"] for e in forward["chunk"]], sent[-5:])
-        to_limited = await self.rooms.messages(
+        to_limited = await self.timeline.messages(
             alice, room_id, from_token=first["end"], to_token=first["end"], direction="f", limit=5
         )
         self.assertEqual(to_limited["chunk"], [])
@@ -383,12 +383,12 @@ class MessagesTests(RoomsTestCase):
         alice = await self.user("alice")
         room_id = await self.create(alice, name="N")
         await self.send_text(alice, room_id, "hello")
-        page = await self.rooms.messages(alice, room_id, limit=50, event_filter=EventFilter({"types": ["m.room.*"]}))
+        page = await self.timeline.messages(alice, room_id, limit=50, event_filter=EventFilter({"types": ["m.room.*"]}))
         self.assertTrue(page["chunk"])
-        only = await self.rooms.messages(alice, room_id, limit=50, event_filter=EventFilter({"types": ["m.room.message"]}))
+        only = await self.timeline.messages(alice, room_id, limit=50, event_filter=EventFilter({"types": ["m.room.message"]}))
         self.assertEqual([e["content"]["body"] for e in only["chunk"]], ["hello"])
-        await self.assertMatrixError(self.rooms.messages(alice, room_id, direction="x"), 400, "M_INVALID_PARAM")
-        await self.assertMatrixError(self.rooms.messages(alice, room_id, from_token="garbage"), 400, "M_INVALID_PARAM")
+        await self.assertMatrixError(self.timeline.messages(alice, room_id, direction="x"), 400, "M_INVALID_PARAM")
+        await self.assertMatrixError(self.timeline.messages(alice, room_id, from_token="garbage"), 400, "M_INVALID_PARAM")
 
     async def test_history_visibility_joined_hides_earlier_events(self):
         """With history_visibility joined, a user who joins later sees nothing from before
@@ -404,17 +404,17 @@ class MessagesTests(RoomsTestCase):
         early = await self.send_text(alice, room_id, "before bob")
         await self.membership.join(bob.user_id, room_id)
         late = await self.send_text(alice, room_id, "after bob")
-        page = await self.rooms.messages(bob, room_id, limit=50)
+        page = await self.timeline.messages(bob, room_id, limit=50)
         ids = [e["event_id"] for e in page["chunk"]]
         self.assertIn(late, ids)
         self.assertNotIn(early, ids)
         self.assertIn(bob.user_id, [e.get("state_key") for e in page["chunk"]])
-        await self.assertMatrixError(self.rooms.get_event(bob, room_id, early), 404, "M_NOT_FOUND")
-        await self.assertMatrixError(self.rooms.messages(carol, room_id), 403, "M_FORBIDDEN")
+        await self.assertMatrixError(self.timeline.get_event(bob, room_id, early), 404, "M_NOT_FOUND")
+        await self.assertMatrixError(self.timeline.messages(carol, room_id), 403, "M_FORBIDDEN")
         shared = await self.create(alice, preset="public_chat")
         early2 = await self.send_text(alice, shared, "before carol")
         await self.membership.join(carol.user_id, shared)
-        ids = [e["event_id"] for e in (await self.rooms.messages(carol, shared, limit=50))["chunk"]]
+        ids = [e["event_id"] for e in (await self.timeline.messages(carol, shared, limit=50))["chunk"]]
         self.assertIn(early2, ids)
 
     async def test_left_user_sees_until_leave(self):
@@ -426,7 +426,7 @@ class MessagesTests(RoomsTestCase):
         before = await self.send_text(alice, room_id, "while bob is here")
         await self.membership.leave(bob.user_id, room_id)
         after = await self.send_text(alice, room_id, "after bob left")
-        ids = [e["event_id"] for e in (await self.rooms.messages(bob, room_id, limit=50))["chunk"]]
+        ids = [e["event_id"] for e in (await self.timeline.messages(bob, room_id, limit=50))["chunk"]]
         self.assertIn(before, ids)
         self.assertNotIn(after, ids)
 
@@ -446,18 +446,18 @@ class StateAndMembersTests(RoomsTestCase):
         self.assertIn(("m.room.name", ""), types)
         self.assertIn(("m.room.member", carol.user_id), types)
         self.assertTrue(all(e["room_id"] == room_id for e in state))
-        members = await self.rooms.members(bob, room_id)
+        members = await self.timeline.members(bob, room_id)
         self.assertEqual(len(members["chunk"]), 3)
-        invited = await self.rooms.members(bob, room_id, membership="invite")
+        invited = await self.timeline.members(bob, room_id, membership="invite")
         self.assertEqual([e["state_key"] for e in invited["chunk"]], [carol.user_id])
-        not_joined = await self.rooms.members(bob, room_id, not_membership="join")
+        not_joined = await self.timeline.members(bob, room_id, not_membership="join")
         self.assertEqual([e["state_key"] for e in not_joined["chunk"]], [carol.user_id])
-        joined = await self.rooms.joined_members(bob, room_id)
+        joined = await self.timeline.joined_members(bob, room_id)
         self.assertEqual(joined["joined"], {alice.user_id: {"display_name": "Alice"}, bob.user_id: {}})
         self.assertEqual((await self.rooms.joined_rooms(bob))["joined_rooms"], [room_id])
         stranger = await self.user("dave")
         await self.assertMatrixError(self.rooms.get_state(stranger, room_id), 403, "M_FORBIDDEN")
-        await self.assertMatrixError(self.rooms.joined_members(carol, room_id), 403, "M_FORBIDDEN")
+        await self.assertMatrixError(self.timeline.joined_members(carol, room_id), 403, "M_FORBIDDEN")
         await self.membership.leave(bob.user_id, room_id)
         await self.rooms.set_state(alice, room_id, "m.room.name", "", {"name": "Renamed"})
         self.assertEqual(await self.rooms.get_state_event(bob, room_id, "m.room.name", ""), {"name": "Room"})
@@ -474,7 +474,7 @@ class StateAndMembersTests(RoomsTestCase):
         )
         msg = await self.send_text(alice, room_id, "public words")
         self.assertTrue(await self.rooms.get_state(stranger, room_id))
-        ids = [e["event_id"] for e in (await self.rooms.messages(stranger, room_id))["chunk"]]
+        ids = [e["event_id"] for e in (await self.timeline.messages(stranger, room_id))["chunk"]]
         self.assertIn(msg, ids)
 
     async def test_context(self):
@@ -482,14 +482,14 @@ class StateAndMembersTests(RoomsTestCase):
         alice = await self.user("alice")
         room_id = await self.create(alice)
         ids = [await self.send_text(alice, room_id, f"m{i}") for i in range(7)]
-        ctx = await self.rooms.context(alice, room_id, ids[3], limit=4)
+        ctx = await self.timeline.context(alice, room_id, ids[3], limit=4)
         self.assertEqual(ctx["event"]["event_id"], ids[3])
         self.assertEqual([e["event_id"] for e in ctx["events_before"]], [ids[2], ids[1]])
         self.assertEqual([e["event_id"] for e in ctx["events_after"]], [ids[4], ids[5]])
         self.assertIn("m.room.create", [e["type"] for e in ctx["state"]])
-        back = await self.rooms.messages(alice, room_id, from_token=ctx["start"], limit=1)
+        back = await self.timeline.messages(alice, room_id, from_token=ctx["start"], limit=1)
         self.assertEqual(back["chunk"][0]["event_id"], ids[0])
-        await self.assertMatrixError(self.rooms.context(alice, room_id, "$nope"), 404, "M_NOT_FOUND")
+        await self.assertMatrixError(self.timeline.context(alice, room_id, "$nope"), 404, "M_NOT_FOUND")
 
 
 class VersionsTests(RoomsTestCase):
@@ -502,5 +502,5 @@ class VersionsTests(RoomsTestCase):
             room_id = await self.create(alice, preset="public_chat", room_version=rv.identifier)
             await self.membership.join(bob.user_id, room_id)
             msg = await self.send_text(bob, room_id, "hi " + rv.identifier)
-            page = await self.rooms.messages(alice, room_id, limit=2)
+            page = await self.timeline.messages(alice, room_id, limit=2)
             self.assertEqual(page["chunk"][0]["event_id"], msg, rv.identifier)

@@ -19,6 +19,7 @@ from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
 from fedserver.handlers.client.notifier import Notifier
 from fedserver.handlers.rooms.pipeline import RoomPipeline
 from fedserver.handlers.rooms.rooms import RoomsHandler
+from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.client.sync import SyncHandler
 from fedserver.errors import MatrixError
 from fedserver.storage.sqlite import open_store
@@ -58,6 +59,7 @@ class RoomsTestCase(unittest.TestCase):
         self.membership = MembershipHandler(self.events, self.directory, remote=self.remote, notifier=self.notifier)
         self.rooms = RoomsHandler(self.events, self.membership, self.directory, self.source)
         self.pipeline.on_persisted.append(self.rooms.on_persisted)
+        self.timeline = TimelineHandler(self.events, self.source, self.rooms)
         self.sync_handler = SyncHandler(self.store, self.notifier, self.source, self.clock)
         self._token_ids = 0
 

@@ -100,6 +100,20 @@ class QueueTests(SenderTestCase):
         await self.until(lambda: not self.sender.sending(), "the send to finish")
         self.assertEqual(await self.queued(), [])
 
+    async def test_wake_sends_what_another_writer_queued(self):
+        """Rows queued outside the sender (by the transaction storing an event) go out once
+        ``wake`` names their destination; waking ourselves or a destination with nothing
+        queued sends nothing."""
+        await self.store.enqueue_outbound([DEST], pdus=[pdu(7)])
+        await self.settle()
+        self.assertEqual(self.peer.calls, [])
+        self.sender.wake([US, "empty.test"])
+        await self.settle()
+        self.assertEqual(self.peer.calls, [])
+        self.sender.wake([DEST])
+        await self.puts(1)
+        self.assertEqual(self.peer.calls[0][2]["pdus"], [pdu(7)])
+
     async def test_ourselves_and_nobody(self):
         """Nothing is queued for our own server name or for no destinations."""
         await self.sender.send_pdus([pdu(1)], [US])

@@ -49,7 +49,7 @@ class FullSyncTests(RoomsTestCase):
         self.assertEqual(bodies(room), ["m3", "m4", "m5"])
         self.assertTrue(room["timeline"]["limited"])
         self.assertIn(("m.room.create", ""), {(e["type"], e["state_key"]) for e in room["state"]["events"]})
-        page = await self.rooms.messages(alice, room_id, from_token=room["timeline"]["prev_batch"], limit=2)
+        page = await self.timeline.messages(alice, room_id, from_token=room["timeline"]["prev_batch"], limit=2)
         self.assertEqual([e["content"]["body"] for e in page["chunk"]], ["m2", "m1"])
 
 

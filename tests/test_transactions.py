@@ -1,5 +1,6 @@
 """Tests for fedserver.handlers.federation.transactions: inbound /send transactions on a real SQLite store
-with real signed PDUs (limits, replays, per-origin serialisation, EDUs, ACLs)."""
+with real signed PDUs taken into a real room through the receiver (limits, replays,
+per-origin serialisation, EDUs, ACLs)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,7 @@ from fedserver.handlers.federation.ingest import Ingest
 from fedserver.handlers.federation.transactions import MAX_EDUS, MAX_PDUS, TransactionHandler
 from fedserver.errors import MatrixError
 from fedserver.room_versions import V10
-from fedserver.storage import InvalidDataError, PersistEntry
-from tests.test_federation_support import Peer, StoreTestCase, deferLater
-from tests.test_storage_support import make_event
-
-ROOM = "!room:peer.test"
+from tests.test_federation_support import Peer, PeerRoom, StoreTestCase, deferLater, make_receiver
 
 
 class CountingIngest:
@@ -50,13 +47,13 @@ class TransactionTestCase(StoreTestCase):
         os.makedirs(self.dir)
         self.path = os.path.join(self.dir, "fedserver.db")
         self.store = await self.open_store(self.path)
-        await self.store.store_room(ROOM, V10)
+        self.room = await PeerRoom(self.store, V10).build(self.peer, self.other)
         self.handler = self.make_handler(self.store)
 
     def make_handler(self, store, acls=None):
         keyring, _ = self.make_keyring(store, self.peer, self.other)
         self.ingest = CountingIngest(Ingest(store, keyring))
-        return TransactionHandler(reactor, store, self.ingest, acls)
+        return TransactionHandler(reactor, store, self.ingest, acls, receiver=make_receiver(store))
 
     def txn(self, pdus=(), edus=None, origin=None):
         body = {"origin": origin or self.peer.name, "origin_server_ts": 1, "pdus": list(pdus)}
@@ -79,7 +76,7 @@ class LimitTests(TransactionTestCase):
     async def test_too_many_pdus_or_edus(self):
         """HOSTILE row 9: 51 PDUs or 101 EDUs is 400 M_BAD_JSON; nothing processed or
         recorded. Exactly 50 and 100 are fine."""
-        pdu = self.peer.pdu(V10, ROOM)
+        pdu = self.room.pdu(self.peer)
         await self.assert_refused(self.txn([pdu] * (MAX_PDUS + 1)), 400, "M_BAD_JSON")
         edu = {"edu_type": "m.typing", "content": {}}
         await self.assert_refused(self.txn(edus=[edu] * (MAX_EDUS + 1)), 400, "M_BAD_JSON")
@@ -108,7 +105,7 @@ class ReplayTests(TransactionTestCase):
     async def test_replay_answered_identically_and_not_reprocessed(self):
         """The replay gets the first answer byte for byte and its PDUs are not checked
         again, even when its body differs; another origin's same id is a new transaction."""
-        pdu = self.peer.pdu(V10, ROOM)
+        pdu = self.room.pdu(self.peer)
         eid = compute_event_id(pdu, V10)
         code, first = await self.handler.on_transaction(self.peer.name, "t1", self.txn([pdu]))
         self.assertEqual((code, first), (200, {"pdus": {eid: {}}}))
@@ -122,7 +119,7 @@ class ReplayTests(TransactionTestCase):
     async def test_replay_after_store_reopen(self):
         """The answer is durable: after closing and reopening the database, a new handler
         answers the replay from the store without processing it."""
-        pdu = self.peer.pdu(V10, ROOM)
+        pdu = self.room.pdu(self.peer)
         _, first = await self.handler.on_transaction(self.peer.name, "t9", self.txn([pdu]))
         self.store.close()
         store = await self.open_store(self.path)
@@ -142,8 +139,8 @@ class SerialisationTests(TransactionTestCase):
         PDUs are not looked at), and another origin's transaction completes meanwhile;
         releasing the first lets the second run."""
         gate = self.ingest.gates[0] = defer.Deferred()
-        first = self.handler.on_transaction(self.peer.name, "a", self.txn([self.peer.pdu(V10, ROOM, "1")]))
-        second = self.handler.on_transaction(self.peer.name, "b", self.txn([self.peer.pdu(V10, ROOM, "2")]))
+        first = self.handler.on_transaction(self.peer.name, "a", self.txn([self.room.pdu(self.peer, "1")]))
+        second = self.handler.on_transaction(self.peer.name, "b", self.txn([self.room.pdu(self.peer, "2")]))
         finished = []
         first.addBoth(lambda r: finished.append("a") or r)
         second.addBoth(lambda r: finished.append("b") or r)
@@ -173,9 +170,9 @@ class ContentTests(TransactionTestCase):
     async def test_bad_pdus_and_unknown_rooms(self):
         """HOSTILE rows 11-12: bad PDUs get per-PDU errors, unknown-room PDUs are left
         out, the good ones are stored; the transaction is still 200."""
-        good = self.peer.pdu(V10, ROOM, "good")
-        forged = Peer("peer.test").pdu(V10, ROOM, "forged")
-        bad = self.peer.pdu(V10, ROOM, "float")
+        good = self.room.pdu(self.peer, "good")
+        forged = self.room.pdu(Peer("peer.test"), "forged")
+        bad = self.room.pdu(self.peer, "float")
         bad["content"]["x"] = 0.5
         elsewhere = self.peer.pdu(V10, "!nowhere:peer.test")
         code, resp = await self.handler.on_transaction(self.peer.name, "t", self.txn([good, forged, bad, elsewhere]))
@@ -196,7 +193,7 @@ class ContentTests(TransactionTestCase):
         self.handler.register_edu_handler("m.receipt", lambda origin, content: 1 / 0)
         self.handler.register_edu_handler("m.presence", lambda origin, content: defer.fail(RuntimeError("down")))
         edus = [
-            {"edu_type": "m.typing", "content": {"room_id": ROOM, "user_id": "@u:peer.test", "typing": True}},
+            {"edu_type": "m.typing", "content": {"room_id": self.room.room_id, "user_id": "@u:peer.test", "typing": True}},
             {"edu_type": "m.receipt", "content": {}},
             {"edu_type": "m.presence", "content": {"push": []}},
             {"edu_type": "m.device_list_update", "content": {}},
@@ -213,57 +210,52 @@ class ContentTests(TransactionTestCase):
     async def test_acl_denies_pdus_and_room_edus(self):
         """Server ACLs are applied per PDU (denied rooms' PDUs get an error and are not
         stored) and to EDUs tied to a room (typing dropped; receipts lose that room)."""
-        acl = make_event(V10, ROOM, "m.room.server_acl", content={"allow": ["*"], "deny": ["peer.test"]}, state_key="")
-        await self.store.persist_events(
-            [PersistEntry(event=acl, state_before={}, update_current_state={("m.room.server_acl", ""): acl.event_id})]
-        )
-        open_room = "!open:peer.test"
-        await self.store.store_room(open_room, V10)
+        room = self.room.room_id
+        await self.room.add_state("m.room.server_acl", {"allow": ["*"], "deny": ["peer.test"]})
+        open_room = await PeerRoom(self.store, V10).build(self.peer, self.other)
         handler = self.make_handler(self.store, ServerAcls(self.store))
         typing, receipts = [], []
         handler.register_edu_handler("m.typing", lambda o, c: typing.append(c))
         handler.register_edu_handler("m.receipt", lambda o, c: receipts.append(c))
-        denied_pdu, open_pdu = self.peer.pdu(V10, ROOM), self.peer.pdu(V10, open_room)
+        denied_pdu, open_pdu = self.room.pdu(self.peer), open_room.pdu(self.peer)
         edus = [
-            {"edu_type": "m.typing", "content": {"room_id": ROOM, "user_id": "@u:peer.test", "typing": True}},
-            {"edu_type": "m.receipt", "content": {ROOM: {}, open_room: {"m.read": {}}}},
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": "@u:peer.test", "typing": True}},
+            {"edu_type": "m.receipt", "content": {room: {}, open_room.room_id: {"m.read": {}}}},
         ]
         code, resp = await handler.on_transaction(self.peer.name, "acl", self.txn([denied_pdu, open_pdu], edus))
         self.assertEqual(code, 200)
         self.assertIn("ACL", resp["pdus"][compute_event_id(denied_pdu, V10)]["error"])
         self.assertEqual(resp["pdus"][compute_event_id(open_pdu, V10)], {})
-        self.assertEqual((typing, receipts), ([], [{open_room: {"m.read": {}}}]))
+        self.assertEqual(await self.store.have_events([compute_event_id(denied_pdu, V10)]), set())
+        self.assertEqual((typing, receipts), ([], [{open_room.room_id: {"m.read": {}}}]))
         # Another server is not affected by that ACL.
         code, resp = await handler.on_transaction(
-            self.other.name, "acl", self.txn([self.other.pdu(V10, ROOM)], edus[:1], origin=self.other.name)
+            self.other.name, "acl", self.txn([self.room.pdu(self.other)], edus[:1], origin=self.other.name)
         )
         self.assertEqual(list(resp["pdus"].values()), [{}])
         self.assertEqual(len(typing), 1)
 
-    async def test_unstorable_batch_stored_event_by_event(self):
-        """If the store refuses the batch, each event is stored on its own: the one it
-        refuses gets a per-PDU error, the others are kept and the answer is recorded."""
-        good, refused = self.peer.pdu(V10, ROOM, "ok"), self.peer.pdu(V10, ROOM, "refused")
-        refused_id = compute_event_id(refused, V10)
-
-        class PickyStore:
-            def __init__(self, store):
-                self._store = store
-
-            def __getattr__(self, name):
-                return getattr(self._store, name)
-
-            def persist_events(self, batch, **kw):
-                if any(e.event.event_id == refused_id for e in batch):
-                    return defer.fail(InvalidDataError("cannot store that"))
-                return self._store.persist_events(batch, **kw)
-
-        handler = self.make_handler(PickyStore(self.store))
-        code, resp = await handler.on_transaction(self.peer.name, "p", self.txn([good, refused]))
+    async def test_pdus_go_into_their_room(self):
+        """Accepted PDUs are taken into the room (not outliers: the forward extremity);
+        one the auth rules refuse (a user who never joined) gets a per-PDU error and is
+        kept as rejected; one citing a prev event nobody can give us gets an error and is
+        not stored; the transaction is still 200 and its answer recorded."""
+        good = self.room.pdu(self.peer, "into the room")
+        stranger = self.peer.pdu(V10, self.room.room_id, "not a member", sender="@mallory:peer.test",
+                                 prev_event_ids=[self.room.last], depth=self.room.depth + 1,
+                                 auth_event_ids=self.room.auth_ids())
+        orphan = self.peer.pdu(V10, self.room.room_id, "orphan", prev_event_ids=["$" + "A" * 43],
+                               depth=self.room.depth + 1, auth_event_ids=self.room.auth_ids(("m.room.member", "@u:peer.test")))
+        ids = [compute_event_id(p, V10) for p in (good, stranger, orphan)]
+        code, resp = await self.handler.on_transaction(self.peer.name, "room", self.txn([good, stranger, orphan]))
         self.assertEqual(code, 200)
-        self.assertIn("cannot store", resp["pdus"][refused_id]["error"])
-        good_id = compute_event_id(good, V10)
-        self.assertEqual(resp["pdus"][good_id], {})
-        self.assertEqual(await self.store.have_events([good_id, refused_id]), {good_id})
-        _, stored = await self.store.get_received_txn(self.peer.name, "p")
+        self.assertEqual(resp["pdus"][ids[0]], {})
+        self.assertIn("Rejected", resp["pdus"][ids[1]]["error"])
+        self.assertIn("Missing", resp["pdus"][ids[2]]["error"])
+        meta = await self.store.get_event_meta(ids)
+        self.assertEqual((meta[ids[0]].outlier, meta[ids[0]].rejected), (False, False))
+        self.assertTrue(meta[ids[1]].rejected)
+        self.assertNotIn(ids[2], meta)
+        self.assertEqual(await self.store.get_forward_extremities(self.room.room_id), [ids[0]])
+        _, stored = await self.store.get_received_txn(self.peer.name, "room")
         self.assertEqual(json.loads(stored), resp)

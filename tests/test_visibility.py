@@ -86,6 +86,22 @@ class ServerViewTests(SynchronousTestCase):
         for visibility, memberships, allowed in table:
             self.assertEqual(ServerView(visibility, frozenset(memberships)).allows(), allowed, (visibility, memberships))
 
+    def test_server_not_joined_now(self):
+        """A server reading a world_readable room without a member now gets no rule 3:
+        shared history is hidden from it unless one of its users was joined (or, under
+        invited, invited) at the event; world_readable history is visible."""
+        table = [
+            (WORLD_READABLE, set(), True),
+            (SHARED, set(), False),
+            (SHARED, {"leave"}, False),
+            (SHARED, {"join"}, True),
+            (INVITED, {"invite"}, True),
+            (JOINED, set(), False),
+        ]
+        for visibility, memberships, allowed in table:
+            view = ServerView(visibility, frozenset(memberships))
+            self.assertEqual(view.allows(joined_now=False), allowed, (visibility, memberships))
+
 
 class SummariseStateTests(SynchronousTestCase):
     """Reducing a state to a ServerView."""

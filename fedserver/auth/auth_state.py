@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Collection, Container, Mapping
+from typing import Any, Callable, Collection, Container, Mapping
 
 from fedserver.auth.power_levels import INFINITE_POWER, PowerLevels
 from fedserver.auth.selection import (
@@ -51,7 +51,7 @@ class AuthState:
         verified_servers: Collection[str] | None = None,
         is_spec_version: bool = True,
         room_versions: Container[str] | None = None,
-        power_levels_cache: dict[str, PowerLevels] | None = None,
+        power_levels_cache: dict[str, tuple[Any, RoomVersion, PowerLevels]] | None = None,
         join_rule_allows: Callable[["AuthState", str], bool] | None = None,
     ):
         """
@@ -64,7 +64,7 @@ class AuthState:
         :param room_versions: the room version identifiers this server recognises
             (default: the spec's).
         :param power_levels_cache: a dict shared between checks, power levels event id to
-            parsed :class:`PowerLevels`, so they are parsed once.
+            ``(content, room version, parsed PowerLevels)``, so they are parsed once.
         :param join_rule_allows: consulted by :meth:`join_rule_allows` (the engine passes
             its call of the ``fedserver_auth_join_rule_allows`` hook).
         """
@@ -96,12 +96,23 @@ class AuthState:
             if ev is None:
                 pl = PowerLevels.from_content(None, self.room_version)
             else:
-                pl = self._pl_cache.get(ev.event_id)
-                if pl is None:
-                    pl = PowerLevels.from_content(ev.content, self.room_version)
+                # Cached by event id, but only for the same content in the same room
+                # version: an event id hashes the *redacted* event, so two power levels
+                # events can share one while differing in what redaction drops
+                # (``notifications``; ``invite`` before v11).
+                cached = self._pl_cache.get(ev.event_id)
+                content, rv = ev.content, self.room_version
+                if (
+                    cached is not None
+                    and (cached[1] is rv or cached[1] == rv)
+                    and (cached[0] is content or cached[0] == content)
+                ):
+                    pl = cached[2]
+                else:
+                    pl = PowerLevels.from_content(content, rv)
                     if len(self._pl_cache) >= 4096:
                         self._pl_cache.clear()
-                    self._pl_cache[ev.event_id] = pl
+                    self._pl_cache[ev.event_id] = (content, rv, pl)
             self._power_levels = pl
         return pl
 
@@ -165,6 +176,36 @@ class AuthState:
         ev = self.event
         return self.power_levels.required_level(ev.type, ev.state_key is not None)
 
+    # Strict reads: what the built-in rules use.  Where the methods above fall back to a
+    # default for a value that is present but not a power level of this room version
+    # (possible only in a room's first power levels event before v10), these raise
+    # UnreadablePowerLevel, which the engine turns into a denial by the rule being
+    # applied.
+
+    def checked_user_level(self, user_id: str) -> int | float:
+        """:meth:`user_level`, raising
+        :class:`~fedserver.auth.power_levels.UnreadablePowerLevel` if the value it needs
+        cannot be read."""
+        rv = self.room_version
+        if rv.privileged_creators and user_id in self.creators:
+            return INFINITE_POWER
+        if self.power_levels_event is None:
+            return 100 if user_id in self.creators else 0
+        return self.power_levels.checked_user_level(user_id)
+
+    def checked_level(self, name: str) -> int:
+        """A named level (``"invite"``, ``"kick"``, ``"ban"``, ``"redact"``...) or its
+        default, raising :class:`~fedserver.auth.power_levels.UnreadablePowerLevel` if it
+        cannot be read."""
+        return self.power_levels.checked(name)
+
+    def checked_required_level(self) -> int:
+        """:meth:`required_level`, raising
+        :class:`~fedserver.auth.power_levels.UnreadablePowerLevel` if the value it needs
+        cannot be read."""
+        ev = self.event
+        return self.power_levels.checked_required_level(ev.type, ev.state_key is not None)
+
     # -- membership ----------------------------------------------------------------
 
     def member_event(self, user_id: str) -> Event | None:
@@ -197,11 +238,18 @@ class AuthState:
 
     @property
     def join_rule(self) -> str | None:
-        """``content.join_rule`` of the join rules event, or ``None``."""
+        """The room's join rule: ``content.join_rule`` of the join rules event.
+
+        A room without a join rules event, or whose join rules event has no
+        ``join_rule``, is ``"invite"``: the spec's rules name no default, and every
+        implementation we know (Synapse, ruma) reads an absent rule as ``invite``, so
+        only invited (or joined) users may join and nobody may knock.  A ``join_rule``
+        that is not a string is ``None``, a rule no branch admits.
+        """
         ev = self.auth_events.get(JOIN_RULES_KEY)
-        if ev is None:
-            return None
-        rule = ev.content.get("join_rule")
+        if ev is None or "join_rule" not in ev.content:
+            return "invite"
+        rule = ev.content["join_rule"]
         return rule if isinstance(rule, str) else None
 
     def third_party_invite(self, token: str) -> Event | None:

@@ -8,8 +8,8 @@ import pluggy
 
 from fedserver.auth import plugins
 from fedserver.auth.auth_state import AuthState
-from fedserver.auth.power_levels import PowerLevels
-from fedserver.auth.rule_ids import redaction_is_auth_rule
+from fedserver.auth.power_levels import PowerLevels, UnreadablePowerLevel
+from fedserver.auth.rule_ids import redaction_is_auth_rule, rule_id
 from fedserver.auth.selection import CREATE, CREATE_KEY, MEMBER, auth_types_for_event
 from fedserver.auth.verdict import ALLOWED, AuthResult, Deny
 from fedserver.events.model import Event
@@ -45,6 +45,19 @@ _MEMBERSHIP_HOOKS = {
     "leave": "fedserver_auth_member_leave",
     "ban": "fedserver_auth_member_ban",
     "knock": "fedserver_auth_member_knock",
+}
+
+# The spec section each hook applies, for denials the engine words itself (a power level
+# the rule needs cannot be read).
+_SECTIONS = {
+    "fedserver_auth_member_join": ("member", "join"),
+    "fedserver_auth_member_invite": ("member", "invite"),
+    "fedserver_auth_member_leave": ("member", "leave"),
+    "fedserver_auth_member_ban": ("member", "ban"),
+    "fedserver_auth_third_party_invite_event": ("third_party_invite",),
+    "fedserver_auth_event_power": ("event_power",),
+    "fedserver_auth_power_levels": ("power_levels",),
+    "fedserver_auth_redaction": ("redaction",),
 }
 
 _THIRD_PARTY_INVITE = "m.room.third_party_invite"
@@ -107,7 +120,7 @@ class AuthEngine:
             plugins.ESSENTIAL_PLUGINS if essential_plugins is None else essential_plugins
         )
         self._spec_by_identifier = {v.identifier: v for v in SPEC_ROOM_VERSIONS}
-        self._pl_cache: dict[str, PowerLevels] = {}
+        self._pl_cache: dict[str, tuple[Any, RoomVersion, PowerLevels]] = {}
         self._impls: dict[str, tuple[_Impl, ...]] = {}
         self.reload_hooks()
 
@@ -148,6 +161,12 @@ class AuthEngine:
                     result = func(args["event"], args["auth_state"], args["room_version"])
                 else:
                     result = func(*[args[a] for a in argnames])
+            except UnreadablePowerLevel as e:
+                # The rule needs a level that is not a power level of this room version:
+                # it cannot be shown to pass, so it denies.
+                denials.append(Deny(str(e), self._section_rule(name, args["room_version"]),
+                                    plugin_name))
+                continue
             except Exception as e:  # a plugin bug must not crash ingestion: fail closed
                 denials.append(Deny(
                     f"{name} raised {type(e).__name__}: {e}", f"{plugin_name} error",
@@ -164,6 +183,16 @@ class AuthEngine:
                 continue
             denials.append(Deny(result.reason, result.rule, plugin_name))
         return denials
+
+    @staticmethod
+    def _section_rule(hook: str, rv: RoomVersion) -> str:
+        path = _SECTIONS.get(hook)
+        if path is not None:
+            try:
+                return rule_id(rv, *path)
+            except KeyError:
+                pass
+        return hook
 
     def _join_rule_allows(self, auth_state: AuthState, join_rule: str) -> bool:
         args = {
@@ -286,7 +315,7 @@ class AuthEngine:
         auth_events: Sequence[Event],
         room_version: RoomVersion | None = None,
     ) -> AuthResult:
-        """Only rule 3 (v12 numbering; 2.1-2.3 before): the checks on the cited auth
+        """Only rule 3 (v12 numbering; 2.1-2.3 and 2.5 before): the checks on the cited auth
         events themselves (duplicates, unexpected types, rejected events, another room).
 
         :param event: the event.
@@ -338,7 +367,8 @@ class AuthEngine:
                 if denials:
                     return AuthResult(False, tuple(denials))
         else:
-            # Rule 2.1-2.3: the cited auth events themselves.
+            # Rule 2.1-2.3 and 2.5: the cited auth events themselves (one pass over them;
+            # 2.4, which looks at them as a whole, follows: the verdict is the same).
             if cited is not None:
                 denials = call("fedserver_auth_auth_events", {
                     "event": event, "auth_events": cited, "room_version": rv,

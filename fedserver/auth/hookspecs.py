@@ -87,13 +87,15 @@ def fedserver_auth_room_create_event(
 def fedserver_auth_auth_events(
     event: Event, auth_events: Sequence[Event], room_version: RoomVersion
 ) -> Deny | None:
-    """Judge the auth events an event cites (rule 2.1-2.3 before v12, 3.1-3.5 in v12).
+    """Judge the auth events an event cites (rule 2.1-2.3 and 2.5 before v12, 3.1-3.5 in
+    v12).
 
     Called only when an event is checked against the auth events it cites
     (:meth:`AuthEngine.check`), not when it is checked against a state.  The built-in
     rule rejects duplicate ``(type, state_key)`` pairs, pairs the auth events selection
     does not call for, auth events that were themselves rejected
-    (``Event.rejected_reason`` set) and, from v12, auth events of another room.
+    (``Event.rejected_reason`` set) and auth events of another room (in every room
+    version since MSC4307).
 
     :param event: the event being authorised (not a create event).
     :param auth_events: the cited auth events, as given, in order.
@@ -138,9 +140,11 @@ def fedserver_auth_member(
 ) -> Deny | None:
     """Judge what every ``m.room.member`` event must satisfy, whatever its membership.
 
-    Rule 5.1 (a ``state_key`` and a ``content.membership``), 5.2 from v8 (a
-    ``join_authorised_via_users_server`` needs a valid signature of that user's server)
-    and the last sub-rule ("Otherwise, the membership is unknown. Reject.").  The engine
+    Rule 5.1 (a ``state_key`` and a ``content.membership``; the built-in rule also wants
+    the ``state_key`` to be a user ID, the *target user*), 5.2 from v8 (a
+    ``join_authorised_via_users_server``, on any membership, needs a valid signature of
+    that user's server) and the last sub-rule ("Otherwise, the membership is unknown.
+    Reject.").  The engine
     then calls the hook for the membership: ``_member_join``, ``_member_invite`` or
     ``_member_third_party_invite``, ``_member_leave``, ``_member_ban``, ``_member_knock``.
 

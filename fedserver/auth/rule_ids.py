@@ -55,7 +55,7 @@ def _children(rv: RoomVersion, path: tuple[str, ...]) -> dict[str, int]:
         if rv.room_id_from_create_event:
             # v12 removed 3.4 (no create event among the entries) and kept 3.5's number.
             return {"duplicates": 1, "unexpected": 2, "rejected": 3, "same_room": 5}
-        return {"duplicates": 1, "unexpected": 2, "rejected": 3, "room_create": 4}
+        return {"duplicates": 1, "unexpected": 2, "rejected": 3, "room_create": 4, "same_room": 5}
     if head == "aliases":
         return {"state_key": 1, "domain": 2, "allow": 3}
     if head == "third_party_invite":

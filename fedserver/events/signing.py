@@ -175,6 +175,39 @@ def required_signature_servers(pdu: dict[str, Any], rv: RoomVersion) -> set[str]
     return servers
 
 
+def optional_signature_servers(pdu: dict[str, Any], rv: RoomVersion) -> set[str]:
+    """Servers whose signatures ``pdu`` may carry and the auth rules may need, beyond the
+    required ones: from room v8, the server of ``join_authorised_via_users_server`` on a
+    membership other than ``join`` (auth rule 5.2 of v12, 4.2 of v8-v11, "If content has
+    a join_authorised_via_users_server key: If the event is not validly signed by the
+    homeserver of the user ID denoted by the key, reject" applies to every membership;
+    for joins that server's signature is required, see
+    :func:`required_signature_servers`).
+
+    Verify these signatures when present: a valid one goes into the verified servers the
+    auth engine is given; a missing or bad one does not drop the event (the spec's
+    signature check needs only the originating server), the auth rule rejects it.
+
+    :returns: an empty set, or the one server (never one already required).
+    """
+    content = pdu.get("content")
+    if not rv.restricted_joins or pdu.get("type") != "m.room.member" or not isinstance(content, dict):
+        return set()
+    if content.get("membership") == "join" or "join_authorised_via_users_server" not in content:
+        return set()
+    authoriser = content["join_authorised_via_users_server"]
+    if type(authoriser) is not str or not authoriser.startswith("@"):
+        return set()
+    domain = _domain(authoriser)
+    if domain is None:
+        return set()
+    try:
+        required = required_signature_servers(pdu, rv)
+    except SignatureServersError:
+        return set()
+    return set() if domain in required else {domain}
+
+
 # -- non-event JSON (key documents, X-Matrix request JSON) -----------------------------
 
 

@@ -123,6 +123,55 @@ def check_pdu(pdu: dict[str, Any], rv: RoomVersion) -> CheckedPdu:
     return CheckedPdu(event, signed, content_hash_ok)
 
 
+def check_membership_content(pdu: dict[str, Any], rv: RoomVersion) -> None:
+    """Check what the auth rules read of an ``m.room.member`` event against the event's
+    schema (client-server API ``m.room.member``): for the endpoints that take one event
+    directly (``send_join``, ``send_leave``, ``send_knock``, ``invite``), where a
+    malformed event is answered 400 and only an authorization failure 403.
+
+    Not part of :func:`validate_pdu`: in a transaction such an event is well-formed for
+    its room version (the PDU formats say nothing of content) and must be judged, and
+    rejected, by the auth rules like everywhere else, not dropped.
+
+    - ``state_key``: a user ID (the *target user*);
+    - ``content.membership``: a string;
+    - from v8 (restricted joins), ``content.join_authorised_via_users_server``, if
+      present: a user ID (the auth rules need its server's signature);
+    - ``content.third_party_invite``, if present: an object whose ``signed`` is an object
+      with ``mxid`` (a user ID), ``token`` (a string) and ``signatures`` (an object of
+      objects of strings).
+
+    :param pdu: a PDU that passed :func:`validate_pdu` for ``rv``, of type
+        ``m.room.member``.
+    :raises InvalidEvent: naming the first problem found.
+    """
+    if not is_valid_user_id(pdu.get("state_key")):
+        raise InvalidEvent("the state_key of a membership event must be a user id")
+    content = pdu["content"]
+    if type(content.get("membership")) is not str:
+        raise InvalidEvent("'membership' must be a string")
+    if rv.restricted_joins and "join_authorised_via_users_server" in content:
+        if not is_valid_user_id(content["join_authorised_via_users_server"]):
+            raise InvalidEvent("'join_authorised_via_users_server' must be a user id")
+    if "third_party_invite" in content:
+        tpi = content["third_party_invite"]
+        if type(tpi) is not dict:
+            raise InvalidEvent("'third_party_invite' must be an object")
+        signed = tpi.get("signed")
+        if type(signed) is not dict:
+            raise InvalidEvent("'third_party_invite.signed' must be an object")
+        if not is_valid_user_id(signed.get("mxid")):
+            raise InvalidEvent("'third_party_invite.signed.mxid' must be a user id")
+        if type(signed.get("token")) is not str:
+            raise InvalidEvent("'third_party_invite.signed.token' must be a string")
+        signatures = signed.get("signatures")
+        if type(signatures) is not dict or not all(
+            type(by_key) is dict and all(type(sig) is str for sig in by_key.values())
+            for by_key in signatures.values()
+        ):
+            raise InvalidEvent("'third_party_invite.signed.signatures' must map servers to key ids to strings")
+
+
 def is_valid_user_id(user_id: Any) -> bool:
     """Whether ``user_id`` is a user id a server must accept in an event.
 
@@ -211,7 +260,9 @@ def _check_shape(pdu: Any, rv: RoomVersion) -> None:
 
     if "unsigned" in pdu and type(pdu["unsigned"]) is not dict:
         raise InvalidEvent("'unsigned' must be an object")
-    if "redacts" in pdu and type(pdu["redacts"]) is not str:
+    # PDU schemas v1-v10: "redacts: string".  From v11 redacts lives in content and a
+    # top-level one is not part of the format (an unknown key, ignored like others).
+    if not rv.redacts_in_content and "redacts" in pdu and type(pdu["redacts"]) is not str:
         raise InvalidEvent("'redacts' must be a string")
 
 

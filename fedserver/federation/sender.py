@@ -9,6 +9,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from fedserver.background import STORAGE_RETRY_S, is_storage_fault, log_background_failure
+
 log = Logger()
 
 #: The spec's limits for one transaction.
@@ -37,7 +39,7 @@ class OutboundStore(Protocol):
 class _Destination:
     """In-memory bookkeeping for one destination (the queue itself lives in the database)."""
 
-    __slots__ = ("name", "sending", "wakeup", "retry_interval_ms", "retry_at_ms", "pending", "put")
+    __slots__ = ("name", "sending", "wakeup", "retry_interval_ms", "retry_at_ms", "pending", "put", "ephemeral")
 
     def __init__(self, name: str):
         self.name = name
@@ -47,12 +49,16 @@ class _Destination:
         self.retry_interval_ms = 0
         self.retry_at_ms = 0
         self.pending = False  # something was queued while a send was in flight
+        # EDUs kept in memory only (typing, presence): key -> (expires at ms, EDU); a newer
+        # EDU with the same key replaces the older one.
+        self.ephemeral: dict[Any, tuple[int, dict[str, Any]]] = {}
 
 
 class FederationSender:
     """Delivers PDUs and EDUs to other servers through persisted per-destination queues.
 
-    Every queued item is in the database before :meth:`send_pdus` / :meth:`send_edu` fire, so
+    Every queued item is in the database before :meth:`send_pdus` / :meth:`send_edu` fire (room
+    events are queued by the transaction that stores them, then :meth:`wake` is called), so
     a restart loses nothing: :meth:`start` resumes every destination with pending items.
     Each destination has at most one transaction in flight; items queued meanwhile go in the
     next one, so a busy room becomes a few large transactions, not many small ones.
@@ -150,6 +156,52 @@ class FederationSender:
         for name in dests:
             self._kick(self._dest(name))
 
+    def wake(self, destinations: Iterable[str]) -> None:
+        """Something was queued for ``destinations`` by another writer (events are queued
+        in the transaction that stores them, see
+        :class:`fedserver.handlers.rooms.pipeline.RoomPipeline`): send it, unless a
+        destination is backing off or the sender is not running (:meth:`start` picks up
+        everything queued)."""
+        for name in sorted(set(destinations)):
+            if name != self._server_name:
+                self._kick(self._dest(name))
+
+    def send_ephemeral_edu(
+        self, edu_type: str, content: dict[str, Any], destinations: Iterable[str], *, key: Any, ttl_ms: int
+    ) -> None:
+        """Send one EDU to every destination except ourselves, kept in MEMORY only, for
+        state that is worthless once stale (typing, presence).
+
+        It goes in the next transaction to each destination, together with queued
+        items; a newer EDU with the same ``key`` (e.g. the typing state of one user in
+        one room) replaces one not yet sent, and an EDU not delivered within ``ttl_ms``
+        (the destination was down, or backing off) is dropped instead of being sent
+        stale. A restart loses them, by design.
+        """
+        dests = sorted({d for d in destinations if d != self._server_name})
+        if not dests:
+            return
+        expires = self._now_ms() + max(0, ttl_ms)
+        edu = {"edu_type": edu_type, "content": content}
+        for name in dests:
+            dest = self._dest(name)
+            dest.ephemeral[key] = (expires, edu)
+            self._kick(dest)
+
+    def _take_ephemeral(self, dest: _Destination, room: int) -> list[tuple[Any, dict[str, Any]]]:
+        """Up to ``room`` unexpired in-memory EDUs of ``dest`` (expired ones are dropped)."""
+        now = self._now_ms()
+        for key in [k for k, (expires, _) in dest.ephemeral.items() if expires < now]:
+            del dest.ephemeral[key]
+        return [(k, edu) for k, (_, edu) in list(dest.ephemeral.items())[: max(0, room)]]
+
+    @staticmethod
+    def _forget_sent(dest: _Destination, sent: list[tuple[Any, dict[str, Any]]]) -> None:
+        for key, edu in sent:
+            current = dest.ephemeral.get(key)
+            if current is not None and current[1] is edu:
+                del dest.ephemeral[key]
+
     def on_server_seen(self, server_name: str) -> None:
         """A valid signed request came from ``server_name``: it is up, so stop backing off."""
         dest = self._destinations.get(server_name)
@@ -159,7 +211,8 @@ class FederationSender:
         dest.retry_interval_ms = 0
         dest.retry_at_ms = 0
         self._store.clear_destination_retry(server_name).addErrback(
-            lambda f: log.failure("Clearing the retry state of {destination} failed", f, destination=server_name)
+            log_background_failure, "Clearing the retry state of {destination} failed", logger=log,
+            destination=server_name,
         )
         if dest.wakeup is not None and dest.wakeup.active():
             dest.wakeup.cancel()
@@ -212,8 +265,18 @@ class FederationSender:
                 self._kick(dest)
             return result
 
+        def failed(f):
+            if is_storage_fault(f):
+                # The database is unavailable (it logs that once): what is queued stays
+                # queued; try this destination again a little later.
+                if self._running and (dest.wakeup is None or not dest.wakeup.active()):
+                    dest.wakeup = self._clock.callLater(STORAGE_RETRY_S, self._wake, dest)
+                return None
+            log.failure("Sender loop for {destination} failed", f, destination=dest.name)
+            return None
+
         d.addBoth(done)
-        d.addErrback(lambda f: log.failure("Sender loop for {destination} failed", f, destination=dest.name))
+        d.addErrback(failed)
 
     def _wake(self, dest: _Destination) -> None:
         dest.wakeup = None
@@ -225,11 +288,13 @@ class FederationSender:
         while self._running:
             dest.pending = False
             batch = yield self._store.get_outbound_batch(dest.name, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
-            if not batch:
-                return
             pdus = [_decode(item) for _, kind, item in batch if kind == "pdu"]
             edus = [_decode(item) for _, kind, item in batch if kind == "edu"]
-            last_id = max(qid for qid, _, _ in batch)
+            ephemeral = self._take_ephemeral(dest, MAX_EDUS_PER_TXN - len(edus))
+            if not batch and not ephemeral:
+                return
+            edus.extend(edu for _, edu in ephemeral)
+            last_id = max((qid for qid, _, _ in batch), default=None)
             txn_id = yield self._store.next_txn_id(dest.name)
             if not self._running:
                 return  # stopped while reading the queue: send nothing more
@@ -250,15 +315,19 @@ class FederationSender:
                 if type(code) is int and 400 <= code < 500 and code != 429:
                     log.warn(
                         "{destination} refused transaction {txn_id} ({n} items) with {code}; dropping it",
-                        destination=dest.name, txn_id=txn_id, n=len(batch), code=code,
+                        destination=dest.name, txn_id=txn_id, n=len(batch) + len(ephemeral), code=code,
                     )
-                    yield self._store.ack_outbound(dest.name, last_id)
+                    self._forget_sent(dest, ephemeral)
+                    if last_id is not None:
+                        yield self._store.ack_outbound(dest.name, last_id)
                     continue
                 yield self._backoff(dest, e)
                 return
             finally:
                 dest.put = None
-            yield self._store.ack_outbound(dest.name, last_id)
+            self._forget_sent(dest, ephemeral)
+            if last_id is not None:
+                yield self._store.ack_outbound(dest.name, last_id)
             if dest.retry_interval_ms:
                 dest.retry_interval_ms = 0
                 dest.retry_at_ms = 0

@@ -101,7 +101,7 @@ def format_status(status: dict[str, Any]) -> str:
         rows += [
             ("reason", status["reason"]),
             ("rule", status["rule"]),
-            ("plugin", status["plugin"] if status["plugin"] is not None else "(spec rules)"),
+            ("plugin", status["plugin"] if status["plugin"] is not None else "(not recorded)"),
             ("refused", _ts(status["refused_ts"])),
         ]
     width = max(len(name) for name, _ in rows)

@@ -2,6 +2,7 @@
 
 from fedserver.storage.interface import (
     DestinationRetry,
+    Distribution,
     EventMeta,
     InvalidDataError,
     OutboundItem,
@@ -23,6 +24,7 @@ from fedserver.state.statemap import StateMap
 
 __all__ = [
     "DestinationRetry",
+    "Distribution",
     "EventMeta",
     "InvalidDataError",
     "OutboundItem",

@@ -124,6 +124,16 @@ class AccountStore:
         self._db = db
         self._clock_ms = clock_ms
         self._token_cache: LruCache[str, TokenInfo] = LruCache(token_cache_size)
+        #: ``hook(txn, user_id, device_ids, deleted)`` run inside every transaction that
+        #: deletes (``deleted`` true) or renames devices, so that what hangs on a device
+        #: (its encryption keys, the device list other users see) changes with it, in
+        #: the same transaction.
+        self.device_change_hooks: list[Callable[[Txn, str, list[str], bool], None]] = []
+
+    def _devices_changed_txn(self, txn: Txn, user_id: str, device_ids: list[str], deleted: bool) -> None:
+        if device_ids:
+            for hook in self.device_change_hooks:
+                hook(txn, user_id, device_ids, deleted)
 
     # -- users ------------------------------------------------------------------------
 
@@ -398,10 +408,13 @@ class AccountStore:
     ) -> None:
         """:meth:`delete_devices` inside the caller's transaction."""
         check_text(user_id, "user_id")
+        deleted = []
         for device_id in device_ids:
             check_text(device_id, "device_id")
             self._delete_tokens_where_txn(txn, "user_id = ? AND device_id = ?", (user_id, device_id))
-            txn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+            if txn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)).rowcount:
+                deleted.append(device_id)
+        self._devices_changed_txn(txn, user_id, deleted, True)
         if token_id is not None:
             check_int(token_id, "token_id")
             self._delete_tokens_where_txn(txn, "user_id = ? AND token_id = ?", (user_id, token_id))
@@ -420,7 +433,9 @@ class AccountStore:
         check_text(user_id, "user_id")
         if except_token_id is None:
             n = self._delete_tokens_where_txn(txn, "user_id = ?", (user_id,))
+            gone = [r[0] for r in txn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,)).fetchall()]
             txn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+            self._devices_changed_txn(txn, user_id, gone, True)
             return n
         check_int(except_token_id, "except_token_id")
         row = txn.execute(
@@ -428,9 +443,16 @@ class AccountStore:
         ).fetchone()
         keep_device = row[0] if row is not None else None
         n = self._delete_tokens_where_txn(txn, "user_id = ? AND token_id != ?", (user_id, except_token_id))
+        gone = [
+            r[0]
+            for r in txn.execute(
+                "SELECT device_id FROM devices WHERE user_id = ? AND device_id IS NOT ?", (user_id, keep_device)
+            ).fetchall()
+        ]
         txn.execute(
             "DELETE FROM devices WHERE user_id = ? AND device_id IS NOT ?", (user_id, keep_device)
         )
+        self._devices_changed_txn(txn, user_id, gone, True)
         return n
 
     @_deferred
@@ -469,13 +491,17 @@ class AccountStore:
         check_text(user_id, "user_id")
         check_text(device_id, "device_id")
         check_text(display_name, "display_name", nullable=True)
-        return self._db.run_write(
-            lambda txn: txn.execute(
+
+        def txn_func(txn: Txn) -> bool:
+            found = txn.execute(
                 "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
                 (display_name, user_id, device_id),
-            ).rowcount
-            > 0
-        )
+            ).rowcount > 0
+            if found:
+                self._devices_changed_txn(txn, user_id, [device_id], False)
+            return found
+
+        return self._db.run_write(txn_func)
 
     # -- profiles ---------------------------------------------------------------------
 

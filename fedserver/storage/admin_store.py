@@ -104,7 +104,6 @@ class AdminStore:
     :param clock_ms: the current time in milliseconds.
     :param forget_events: ``(event_ids) -> None`` dropping purged events from the event
         cache (called after the purge commits).
-    :param delete_all_tokens_txn: the accounts store's ``delete_all_tokens_txn``.
     """
 
     def __init__(
@@ -113,12 +112,10 @@ class AdminStore:
         clock_ms: Callable[[], int],
         *,
         forget_events: Optional[Callable[[list[str]], None]] = None,
-        delete_all_tokens_txn: Optional[Callable[..., int]] = None,
     ) -> None:
         self._db = db
         self._clock_ms = clock_ms
         self._forget_events = forget_events
-        self._delete_all_tokens_txn = delete_all_tokens_txn
 
     # -- users ------------------------------------------------------------------------
 
@@ -191,37 +188,19 @@ class AdminStore:
 
         return self._db.run_read(txn_func)
 
-    def deactivate_user(self, user_id: str, *, erase: bool = False) -> "Deferred[bool]":
-        """Mark the user deactivated, remove their password, every access token and
-        device (in one transaction); with ``erase``, also their profile, account data and
-        filters (spec ``erase``: "any non-event data associated with the user").
-
-        :returns: Deferred firing with ``False`` if there is no such user.
-        """
+    def reactivate_user(self, user_id: str) -> "Deferred[bool]":
+        """Clear the deactivated flag (the user needs a new password to log in); rooms
+        still to be left after the deactivation (schema 017) are no longer left at the
+        next start."""
         check_text(user_id, "user_id")
 
         def txn_func(txn: Txn) -> bool:
-            n = txn.execute(
-                "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = ?", (user_id,)
-            ).rowcount
-            if not n:
+            if not txn.execute("UPDATE users SET deactivated = 0 WHERE user_id = ?", (user_id,)).rowcount:
                 return False
-            if self._delete_all_tokens_txn is not None:
-                self._delete_all_tokens_txn(txn, user_id)
-            if erase:
-                txn.execute("UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?", (user_id,))
-                txn.execute("DELETE FROM account_data WHERE user_id = ?", (user_id,))
-                txn.execute("DELETE FROM user_filters WHERE user_id = ?", (user_id,))
+            txn.execute("DELETE FROM users_pending_deactivation WHERE user_id = ?", (user_id,))
             return True
 
         return self._db.run_write(txn_func)
-
-    def reactivate_user(self, user_id: str) -> "Deferred[bool]":
-        """Clear the deactivated flag (the user needs a new password to log in)."""
-        check_text(user_id, "user_id")
-        return self._db.run_write(
-            lambda txn: txn.execute("UPDATE users SET deactivated = 0 WHERE user_id = ?", (user_id,)).rowcount > 0
-        )
 
     def get_local_memberships(self, user_id: str) -> "Deferred[list[tuple[str, str]]]":
         """``[(room_id, membership)]`` of the user in rooms here whose current membership is
@@ -236,21 +215,6 @@ class AdminStore:
                 (user_id,),
             ).fetchall()
             return [(r[0], r[1]) for r in rows]
-
-        return self._db.run_read(txn_func)
-
-    def get_pending_remote_memberships(self, user_id: str) -> "Deferred[list[str]]":
-        """Rooms we are not in where the user holds an invite or a knock."""
-
-        def txn_func(txn: Txn) -> list[str]:
-            if not lookup_text(user_id, "user_id"):
-                return []
-            rows = txn.execute(
-                "SELECT room_id FROM remote_memberships WHERE user_id = ? AND membership IN ('invite', 'knock')"
-                " ORDER BY room_id",
-                (user_id,),
-            ).fetchall()
-            return [r[0] for r in rows]
 
         return self._db.run_read(txn_func)
 

@@ -29,7 +29,7 @@ MAX_EXTREMITY_WALK = 20
 
 _EVENT_COLUMNS = (
     "event_nid, event_id, room_id, type, state_key, sender, membership, depth,"
-    " origin_server_ts, received_ts, room_version, outlier, rejected, soft_failed, json"
+    " origin_server_ts, received_ts, room_version, outlier, rejected, soft_failed, json, history"
 )
 
 #: The auth chain of some events: their auth events, recursively (shared with the history store).
@@ -70,6 +70,11 @@ class _Work:
     @property
     def accepted(self) -> bool:
         return not self.entry.outlier and self.refusal is None
+
+    @property
+    def live(self) -> bool:
+        """Accepted and part of the room's present (not history): may be an extremity."""
+        return self.accepted and not self.entry.history
 
 
 def _encode_pdu(pdu: dict[str, Any]) -> bytes:
@@ -195,15 +200,25 @@ class EventStore:
                 if old[1] and not w.entry.outlier:
                     deoutliered.append(w)
         if new:
-            first = txn.allocate_ids("event_nid", len(new))
-            for i, w in enumerate(new):
-                w.nid = first + i
+            live = [w for w in new if not w.entry.history]
+            if live:
+                first = txn.allocate_ids("event_nid", len(live))
+                for i, w in enumerate(live):
+                    w.nid = first + i
+            history = [w for w in new if w.entry.history]
+            if history:
+                # History counts down from -1: below every stream position (schema 006).
+                first = txn.allocate_ids("history_nid", len(history))
+                for i, w in enumerate(history):
+                    w.nid = -(first + i)
             self._insert_events_txn(txn, new, now)
         if deoutliered:
             txn.executemany(
-                "UPDATE events SET outlier = 0, rejected = ?, soft_failed = ? WHERE event_nid = ?",
+                "UPDATE events SET outlier = 0, rejected = ?, soft_failed = ?,"
+                " history = CASE WHEN ? = 1 THEN 1 ELSE history END WHERE event_nid = ?",
                 [
-                    (int(w.refusal_kind == "rejected"), int(w.refusal_kind == "soft_failed"), w.nid)
+                    (int(w.refusal_kind == "rejected"), int(w.refusal_kind == "soft_failed"),
+                     int(w.entry.history), w.nid)
                     for w in deoutliered
                 ],
             )
@@ -228,7 +243,8 @@ class EventStore:
         groups = self._persist_state_txn(txn, stored, known)
         self._store_rooms_txn(txn, works)
         self._update_current_state_txn(txn, stored, known)
-        self._update_extremities_txn(txn, [w for w in stored if w.accepted])
+        self._update_extremities_txn(txn, [w for w in stored if w.live])
+        self._history_extremities_txn(txn, [w for w in stored if w.accepted and w.entry.history])
 
         outcome: dict[str, PersistedEvent] = {}
         unchanged = [w for w in works if not w.stored]
@@ -260,7 +276,7 @@ class EventStore:
 
     def _insert_events_txn(self, txn: Txn, new: list[_Work], now: int) -> None:
         txn.executemany(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (event_id) DO NOTHING",
             [
                 (
@@ -268,6 +284,7 @@ class EventStore:
                     w.event.membership, w.event.depth, w.event.origin_server_ts, now,
                     w.event.room_version.identifier, int(w.entry.outlier),
                     int(w.refusal_kind == "rejected"), int(w.refusal_kind == "soft_failed"), w.json,
+                    int(w.entry.history),
                 )
                 for w in new
             ],
@@ -467,6 +484,20 @@ class EventStore:
                 " ON CONFLICT DO NOTHING",
                 [(w.room_id, w.nid) for w in accepted if w.event_id in added],
             )
+
+    @staticmethod
+    def _history_extremities_txn(txn: Txn, history: list[_Work]) -> None:
+        # History placed in a gap in the middle of the DAG descends from events before the
+        # gap: an extremity it cites has a child now and stops being one. History never
+        # becomes an extremity itself.
+        prevs = {p for w in history for p in w.event.prev_event_ids}
+        if not prevs:
+            return
+        rooms = {w.room_id for w in history}
+        rows = txn.select_in("SELECT room_id, event_nid FROM events WHERE event_id IN ({})", sorted(prevs))
+        txn.executemany(
+            "DELETE FROM forward_extremities WHERE room_id = ? AND event_nid = ?", [r for r in rows if r[0] in rooms]
+        )
 
     # -- loading ----------------------------------------------------------------------
 

@@ -88,6 +88,23 @@ class RefusedEvent(NamedTuple):
     refused_ts: int
 
 
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Queue a persisted event for other servers in the SAME database transaction that
+    stores it (so "committed" implies "queued": DESIGN.md, Durability): for every server
+    with a member joined to the event's room once the batch is stored, plus ``also``,
+    minus ``never``.
+
+    :ivar also: servers to send to even if no member of theirs is joined (the target of
+        a kick, ban or invite).
+    :ivar never: servers never to send to (ourselves; the server that handed us the
+        event through a handshake and has it already).
+    """
+
+    also: frozenset[str] = frozenset()
+    never: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True)
 class PersistEntry:
     """One event to persist and what the caller decided about it.
@@ -115,6 +132,14 @@ class PersistEntry:
     :ivar update_current_state: a delta to apply to the room's current state once this
         event is stored: ``{(type, state_key): event_id or None to remove}``. Applied in
         batch order; ignored if the event was already stored (re-persisting is a no-op).
+    :ivar distribute: queue the event for other servers in the same transaction (see
+        :class:`Distribution`); only done if this call stores it and it is neither an
+        outlier, rejected nor soft-failed.
+    :ivar history: the event takes its place behind what we held (fetched with
+        ``/backfill``): it never becomes a forward extremity (the extremities it descends
+        from, where it fills a gap, stop being ones) nor enters the /sync stream (a new
+        event gets a negative ``event_nid``; a de-outliered one is marked). Outliers
+        fetched for history are stored with it too, so that their number is negative.
 
     Non-outlier events need ``state_group_before``, ``state_before`` or
     ``state_before_event``.
@@ -131,6 +156,8 @@ class PersistEntry:
     state_before_event: Optional[str] = None
     state_group_after: Optional[int] = None
     update_current_state: Optional[Mapping[StateKey, Optional[str]]] = None
+    distribute: Optional[Distribution] = None
+    history: bool = False
 
 
 class PersistedEvent(NamedTuple):
@@ -140,12 +167,15 @@ class PersistedEvent(NamedTuple):
     :ivar stored: ``False`` if the event was already stored and nothing changed.
     :ivar state_group_before: ``None`` for outliers without state.
     :ivar state_group_after: ``None`` for outliers without state.
+    :ivar queued_for: the servers the event was queued for in the same transaction (see
+        :attr:`PersistEntry.distribute`).
     """
 
     event_nid: int
     stored: bool
     state_group_before: Optional[int]
     state_group_after: Optional[int]
+    queued_for: frozenset[str] = frozenset()
 
 
 class EventMeta(NamedTuple):
@@ -252,6 +282,7 @@ class Store(Protocol):
     def set_destination_retry(self, destination: str, failure_ts: int, retry_interval_ms: int): ...
     def clear_destination_retry(self, destination: str): ...
     def destinations_with_pending(self): ...
+    def requeue_unsent_local_events(self, server_name: str): ...
     # several writes in one transaction: run_write(f) calls f(txn); use the *_txn methods
     def run_write(self, func: Any, *args: Any, **kw: Any): ...
     def run_read(self, func: Any, *args: Any, **kw: Any): ...

@@ -29,6 +29,9 @@ MAX_PAGE = 1000
 # Events a client may see: neither outliers (no place in the DAG), nor rejected, nor
 # soft-failed (spec "Soft failure": not served to clients).
 _VISIBLE = "outlier = 0 AND rejected = 0 AND soft_failed = 0"
+# Events in the /sync stream: visible, and not history placed behind what we held (a
+# backfilled event, schema 006: /messages serves those, /sync never does).
+_STREAM = _VISIBLE + " AND history = 0"
 
 _REDACTION_INDEXER = "redactions"
 
@@ -276,14 +279,14 @@ class RoomsStore:
                 found = set()
                 for room_id in wanted:
                     row = txn.execute(
-                        f"SELECT 1 FROM events WHERE room_id = ? AND event_nid > ? AND event_nid <= ? AND {_VISIBLE} LIMIT 1",
+                        f"SELECT 1 FROM events WHERE room_id = ? AND event_nid > ? AND event_nid <= ? AND {_STREAM} LIMIT 1",
                         (room_id, from_nid, to_nid),
                     ).fetchone()
                     if row is not None:
                         found.add(room_id)
                 return found
             rows = txn.execute(
-                f"SELECT DISTINCT room_id FROM events WHERE event_nid > ? AND event_nid <= ? AND {_VISIBLE}",
+                f"SELECT DISTINCT room_id FROM events WHERE event_nid > ? AND event_nid <= ? AND {_STREAM}",
                 (from_nid, to_nid),
             ).fetchall()
             return {r[0] for r in rows} & wanted
@@ -309,7 +312,7 @@ class RoomsStore:
             for room_id, lo, hi in items:
                 rows = txn.execute(
                     f"SELECT event_nid, event_id FROM events WHERE room_id = ? AND event_nid > ?"
-                    f" AND event_nid <= ? AND {_VISIBLE} ORDER BY event_nid DESC LIMIT ?",
+                    f" AND event_nid <= ? AND {_STREAM} ORDER BY event_nid DESC LIMIT ?",
                     (room_id, lo, hi, limit + 1),
                 ).fetchall()
                 limited[room_id] = len(rows) > limit
@@ -332,7 +335,7 @@ class RoomsStore:
                 return set()
             rows = txn.execute(
                 f"SELECT DISTINCT type, state_key FROM events WHERE room_id = ? AND event_nid > ?"
-                f" AND event_nid <= ? AND state_key IS NOT NULL AND {_VISIBLE}",
+                f" AND event_nid <= ? AND state_key IS NOT NULL AND {_STREAM}",
                 (room_id, from_nid, to_nid),
             ).fetchall()
             return {(r[0], r[1]) for r in rows}
@@ -419,7 +422,7 @@ class RoomsStore:
             if not lookup_text(room_id, "room id"):
                 return None
             row = txn.execute(
-                f"SELECT depth, event_nid FROM events WHERE room_id = ? AND event_nid <= ? AND {_VISIBLE}"
+                f"SELECT depth, event_nid FROM events WHERE room_id = ? AND event_nid <= ? AND {_STREAM}"
                 " ORDER BY event_nid DESC LIMIT 1",
                 (room_id, stream_nid),
             ).fetchone()

@@ -12,7 +12,13 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.admin_store import AdminStore
 from fedserver.storage.accounts_store import AccountStore
+from fedserver.storage.backfill_store import BackfillStore
+from fedserver.storage.deactivation_store import DeactivationStore
+from fedserver.storage.devices_store import DevicesStore
+from fedserver.storage.key_backup_store import KeyBackupStore
+from fedserver.storage.to_device_store import ToDeviceStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids
+from fedserver.storage.distribution_store import DistributionStore
 from fedserver.storage.events_store import EventStore
 from fedserver.storage.federation_extras_store import FederationExtrasStore
 from fedserver.storage.media_store import MediaStore
@@ -31,9 +37,14 @@ from fedserver.storage.interface import (
     StateKey,
 )
 from fedserver.storage.nids import StateKeyInterner
+from fedserver.storage.relations_store import RelationsStore
+from fedserver.storage.presence_store import PresenceStore
+from fedserver.storage.push_store import PushStore
+from fedserver.storage.receipts_store import ReceiptsStore
 from fedserver.storage.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
+from fedserver.storage.user_directory_store import UserDirectoryStore
 from fedserver.state.statemap import StateMap
 
 T = TypeVar("T")
@@ -139,6 +150,7 @@ class SQLiteStore:
         )
         self._events = EventStore(registry, self._state_groups, clock_ms, cache_size=event_cache_size)
         self._federation = FederationStore()
+        self._distribution = DistributionStore(self._events, self._federation, clock_ms)
         self.history = HistoryStore(self)  # reads for serving history and refusals
         self.rooms = RoomsStore(self, clock_ms)  # aliases, client txn ids, streams, memberships for clients
         self.accounts = AccountStore(db, clock_ms)
@@ -146,8 +158,22 @@ class SQLiteStore:
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
         self.admin = AdminStore(  # listings, blocked rooms, purges, destinations, metrics figures
             db, clock_ms, forget_events=self._events.cache.invalidate,
-            delete_all_tokens_txn=self.accounts.delete_all_tokens_txn,
         )
+        self.relations = RelationsStore(self)  # m.relates_to index, /relations, /threads, aggregations
+        self.backfill = BackfillStore(self)  # backward extremities, history fetched from other servers
+        self.devices = DevicesStore(db, clock_ms)  # encryption keys, device lists
+        self.to_device = ToDeviceStore(db, clock_ms)  # to-device inboxes
+        self.key_backups = KeyBackupStore(db)  # server-side key backups
+        self.receipts = ReceiptsStore(db)  # read receipts
+        self.presence = PresenceStore(db)  # presence of local and remote users
+        self.push = PushStore(db)  # push rules, pushers, notifications, unread counts
+        self.user_directory = UserDirectoryStore(db)  # who is in which room, for user search
+        self.deactivation = DeactivationStore(db, self.accounts)  # shutting accounts
+        # What hangs on a device or an account goes with it, in the same transaction.
+        self.accounts.device_change_hooks.append(self.push.on_devices_changed_txn)
+        self.deactivation.hooks.extend([
+            self.push.on_deactivated_txn, self.user_directory.on_deactivated_txn, self.key_backups.on_deactivated_txn,
+        ])
 
     # -- transactions -----------------------------------------------------------------
 
@@ -190,9 +216,14 @@ class SQLiteStore:
         are left as they are, except that an outlier persisted as a non-outlier is
         de-outliered. The same id twice in a batch is stored once.
 
+        Entries with a :attr:`~fedserver.storage.interface.PersistEntry.distribute` are
+        queued for other servers in the same transaction (the servers with a member joined
+        to the room once the batch is stored): "committed" implies "queued".
+
         :param received_txn: also record the answer to the federation transaction that
             carried the events, in the same transaction: "200 means committed".
-        :returns: Deferred firing with ``{event_id: PersistedEvent}``.
+        :returns: Deferred firing with ``{event_id: PersistedEvent}`` (``queued_for``
+            names the servers each event was queued for).
         :raises InvalidDataError: (in the Deferred) for a malformed entry; nothing is
             stored.
         :raises UnknownEventsError: if a state map names events that are not stored and
@@ -205,6 +236,11 @@ class SQLiteStore:
     ) -> dict[str, PersistedEvent]:
         """:meth:`persist_events` inside the caller's transaction."""
         outcome = self._events.persist_events_txn(txn, batch)
+        if any(entry.distribute is not None for entry in batch):
+            outcome = self._distribution.queue_persisted_txn(txn, batch, outcome)
+        # Indexes kept in the same transaction as the events they describe.
+        self.relations.on_persisted_txn(txn, batch, outcome)
+        self.backfill.on_persisted_txn(txn, batch, outcome)
         if received_txn is not None:
             self.store_received_txn_txn(txn, *received_txn)
         return outcome
@@ -643,6 +679,17 @@ class SQLiteStore:
     def clear_destination_retry(self, destination: str) -> "Deferred[None]":
         """The destination is reachable again."""
         return self._db.run_write(self._federation.clear_destination_retry_txn, destination)
+
+    @_deferred
+    def requeue_unsent_local_events(self, server_name: str) -> "Deferred[dict[str, frozenset[str]]]":
+        """Once after the upgrade to schema 005: queue again the forward extremities this
+        server made in each room, for the room's other servers (see
+        :meth:`fedserver.storage.distribution_store.DistributionStore.requeue_unsent_local_events_txn`).
+        Later calls find nothing to do.
+
+        :returns: Deferred firing with ``{room_id: servers}`` for what was queued.
+        """
+        return self._db.run_write(self._distribution.requeue_unsent_local_events_txn, server_name)
 
     @_deferred
     def destinations_with_pending(self) -> "Deferred[list[str]]":

@@ -233,8 +233,9 @@ class _Process:
 class Synapse(_Process):
     """A real Synapse on loopback: federation over TLS, client API over plain HTTP."""
 
-    def __init__(self, directory: str, *, room_version: str = "12"):
+    def __init__(self, directory: str, *, room_version: str = "12", presence: bool = False):
         super().__init__(directory)
+        self.presence = presence
         self.python = synapse_python()
         self.fed_port = free_port()
         self.client_port = free_port()
@@ -296,7 +297,7 @@ allow_profile_lookup_over_federation: true
 default_room_version: "{self.room_version}"
 room_list_publication_rules: [{{action: allow}}]
 alias_creation_rules: [{{action: allow}}]
-presence: {{enabled: false}}
+presence: {{enabled: {"true" if self.presence else "false"}}}
 # Answer every /sync afresh: by default Synapse replays an identical /sync request's
 # answer for 2 minutes, which hides changes from tests that poll.
 caches: {{sync_response_cache_duration: 0}}
@@ -324,7 +325,15 @@ federation_rr_transactions_per_room_per_second: 10000
 
     def start(self, timeout: float = 120) -> None:
         """Write the configuration and start Synapse; return once both listeners answer."""
-        path = self.write_config()
+        self._launch(self.write_config(), timeout)
+
+    def restart(self, timeout: float = 120) -> None:
+        """Stop Synapse and start it again with the same configuration, keys and
+        database (tests of what survives a restart)."""
+        self.stop()
+        self._launch(os.path.join(self.directory, "homeserver.yaml"), timeout)
+
+    def _launch(self, path: str, timeout: float) -> None:
         self._spawn([self.python, "-m", "synapse.app.homeserver", "-c", path])
 
         def ready():
@@ -427,6 +436,11 @@ class Fedserver(_Process):
 
         wait_until(ready, timeout, "fedserver to listen")
 
+    def restart(self, timeout: float = 60) -> None:
+        """Stop fedserver and start it again on the same ports, files and database."""
+        self.stop()
+        self.start(timeout)
+
     def register(self, localpart: str, displayname: str | None = None) -> str:
         """Create a user with ``fedserver-register`` (straight into the database, as an
         operator would); returns the user id."""
@@ -488,10 +502,13 @@ class PeerPair:
 
     :param prefix: the name of their directory under the current one (trial's
         ``_trial_temp``, cleaned on the next run).
+    :param synapse_presence: run Synapse with presence enabled (off by default: it
+        costs Synapse work the other suites do not need).
     """
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, *, synapse_presence: bool = False):
         self._prefix = prefix
+        self._synapse_presence = synapse_presence
         self._started: tuple[Synapse, Fedserver] | None = None
         self._error: BaseException | None = None
 
@@ -505,7 +522,7 @@ class PeerPair:
 
             base = tempfile.mkdtemp(prefix=self._prefix, dir=os.getcwd())
             try:
-                synapse = Synapse(os.path.join(base, "synapse"))
+                synapse = Synapse(os.path.join(base, "synapse"), presence=self._synapse_presence)
             except PeerUnavailable as e:
                 self._error = unavailable(e)
                 raise self._error from None

@@ -1,4 +1,5 @@
-"""Built-in rule on the auth events an event cites (v1-v11 rule 2.1-2.3, v12 rule 3)."""
+"""Built-in rule on the auth events an event cites (v1-v11 rule 2.1-2.3 and 2.5, v12 rule
+3)."""
 
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def check_auth_events(
             return Deny(
                 f"auth event {ae.event_id} was rejected", rule_id(rv, "auth_events", "rejected")
             )
-        # v12 3.5: If any event in auth_events has a room_id which does not match that of
-        # the event being authorised, reject.
-        if rv.auth_events_same_room and ae.room_id != event.room_id:
+        # 5 (2.5 in v1-v11, 3.5 in v12): If any event in auth_events has a room_id which
+        # does not match that of the event being authorised, reject.  (MSC4307 wrote this
+        # into the rules of every room version, v1 included, not only v12.)
+        if ae.room_id != event.room_id:
             return Deny(
                 f"auth event {ae.event_id} is in another room",
                 rule_id(rv, "auth_events", "same_room"),

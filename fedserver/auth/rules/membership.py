@@ -6,7 +6,7 @@ from __future__ import annotations
 from fedserver.auth.auth_state import AuthState
 from fedserver.auth.hookspecs import hookimpl
 from fedserver.auth.rule_ids import rule_id
-from fedserver.auth.rules._ids import domain_of
+from fedserver.auth.rules._ids import domain_of, is_valid_user_id
 from fedserver.auth.selection import CREATE
 from fedserver.auth.verdict import Deny
 from fedserver.events.model import Event
@@ -40,6 +40,14 @@ def check_member(event: Event, auth_state: AuthState, room_version: RoomVersion)
     if event.state_key is None or "membership" not in event.content:
         return Deny(
             "membership event without state_key or membership", rule_id(rv, "member", "fields")
+        )
+    # The rules below are about the *target user*, "the user given by the state_key"
+    # (server-server API, "Definitions"): a state_key that is not a user ID names nobody,
+    # so no rule can be applied to it.  The spec has no sentence for this; Synapse cannot
+    # process such an event and ruma rejects it, so it is rejected here, under 5.1.
+    if not is_valid_user_id(event.state_key):
+        return Deny(
+            "membership event whose state_key is not a user ID", rule_id(rv, "member", "fields")
         )
     # 5.2 (v8+): If content has a join_authorised_via_users_server key: if the event is
     # not validly signed by the homeserver of the user ID denoted by the key, reject.
@@ -138,7 +146,7 @@ def _can_invite(auth_state: AuthState, user_id: str) -> bool:
     """Whether ``user_id`` could invite: joined (5.4.2) with the invite level (5.4.4)."""
     return (
         auth_state.membership(user_id) == "join"
-        and auth_state.user_level(user_id) >= auth_state.power_levels.invite
+        and auth_state.checked_user_level(user_id) >= auth_state.checked_level("invite")
     )
 
 
@@ -159,7 +167,7 @@ def check_member_invite(
             rule_id(rv, "member", "invite", "target_state"),
         )
     # 4: If the sender's power level is greater than or equal to the invite level, allow.
-    if auth_state.sender_level >= auth_state.power_levels.invite:
+    if auth_state.checked_user_level(event.sender) >= auth_state.checked_level("invite"):
         return None
     # 5: Otherwise, reject.
     return Deny(
@@ -188,18 +196,20 @@ def check_member_leave(
     # 2: If the sender's current membership state is not join, reject.
     if sender_membership != "join":
         return Deny("sender is not joined", rule_id(rv, "member", "leave", "sender_joined"))
-    sender_level = auth_state.sender_level
-    pl = auth_state.power_levels
+    sender_level = auth_state.checked_user_level(event.sender)
     # 3: If the target user's current membership state is ban, and the sender's power
     # level is less than the ban level, reject.
-    if auth_state.target_membership == "ban" and sender_level < pl.ban:
+    if auth_state.target_membership == "ban" and sender_level < auth_state.checked_level("ban"):
         return Deny(
             "sender's power level is below the ban level needed to unban",
             rule_id(rv, "member", "leave", "banned_target"),
         )
     # 4: If the sender's power level is greater than or equal to the kick level, and the
     # target user's power level is less than the sender's power level, allow.
-    if sender_level >= pl.kick and auth_state.user_level(event.state_key) < sender_level:
+    if (
+        sender_level >= auth_state.checked_level("kick")
+        and auth_state.checked_user_level(event.state_key) < sender_level
+    ):
         return None
     # 5: Otherwise, reject.
     return Deny(
@@ -218,10 +228,10 @@ def check_member_ban(
         return Deny("sender is not joined", rule_id(rv, "member", "ban", "sender_joined"))
     # 2: If the sender's power level is greater than or equal to the ban level, and the
     # target user's power level is less than the sender's power level, allow.
-    sender_level = auth_state.sender_level
+    sender_level = auth_state.checked_user_level(event.sender)
     if (
-        sender_level >= auth_state.power_levels.ban
-        and auth_state.user_level(event.state_key) < sender_level
+        sender_level >= auth_state.checked_level("ban")
+        and auth_state.checked_user_level(event.state_key) < sender_level
     ):
         return None
     # 3: Otherwise, reject.

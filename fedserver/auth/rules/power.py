@@ -27,8 +27,8 @@ def check_event_power(
 ) -> Deny | None:
     """Rule 8: If the event type's required power level is greater than the sender's
     power level, reject."""
-    required = auth_state.required_level()
-    level = auth_state.sender_level
+    required = auth_state.checked_required_level()
+    level = auth_state.checked_user_level(event.sender)
     if required > level:
         return Deny(
             f"sender's power level {level} is below {required} required for {event.type}",

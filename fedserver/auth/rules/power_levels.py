@@ -3,6 +3,7 @@ v6-v11)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fedserver.auth.auth_state import AuthState
@@ -85,63 +86,57 @@ def check_power_levels(
     if previous is None:
         return None
     old = previous.content
-    sender_level = auth_state.sender_level
+    sender_level = auth_state.checked_user_level(event.sender)
     checked_maps = maps if rv.limit_notifications_power_levels else ("events",)
 
-    if not rv.integer_power_levels:
-        # Before v10 the rules only check the form of users, but comparing a value with
-        # the sender's level needs "an integer (or a string that is an integer)" (the
-        # "m.room.power_levels events accept values as strings" section).  A value that
-        # is neither cannot be compared, so a change to it is rejected under the rule that
-        # compares it.
-        for key in _SCALARS:
-            if key in content and parse_level(content[key], rv) is None:
-                return Deny(
-                    f"{key} is not an integer (or a string that is an integer)",
-                    rule("scalars"),
-                )
-        for key in checked_maps:
-            if key in content and _levels(content[key], rv) is None:
-                return Deny(
-                    f"{key} is not an object of integers (or strings that are integers)",
-                    rule("maps_added"),
-                )
+    # Before v10 a value may be a string or a float; "added, changed or removed" is about
+    # the level it stands for ("50" -> 50 is no change).  A value that is not a power
+    # level at all (possible in a room's first power levels event before v10) cannot be
+    # compared with the sender's level: if it is altered the event is rejected under the
+    # rule that compares it; if it is left as it was, no rule compares it.
 
     # For the properties users_default, events_default, state_default, ban, redact, kick,
     # invite check if they were added, changed or removed. For each found alteration:
     # if the current value is higher than the sender's current power level, reject; if the
     # new value is higher than the sender's current power level, reject.
     for key in _SCALARS:
-        old_v = parse_level(old[key], rv) if key in old else None
-        new_v = parse_level(content[key], rv) if key in content else None
-        if old_v == new_v:
+        altered, old_v, new_v = _alteration(old, content, key, rv)
+        if not altered:
             continue
+        if old_v is _UNREADABLE or new_v is _UNREADABLE:
+            return Deny(f"{key} is altered but is not a power level", rule("scalars"))
         if old_v is not None and old_v > sender_level:
             return Deny(f"sender may not change {key} from {old_v}", rule("scalars"))
         if new_v is not None and new_v > sender_level:
             return Deny(f"sender may not set {key} to {new_v}", rule("scalars"))
 
-    pairs = [
-        (key, _lenient_levels(old.get(key), rv), _levels(content.get(key, {}), rv) or {})
-        for key in checked_maps
-    ]
+    changes = []
+    for key in checked_maps:
+        # A property that is not an object (possible before v10) has no entries.
+        old_map, new_map = old.get(key), content.get(key)
+        old_map = old_map if isinstance(old_map, dict) else {}
+        new_map = new_map if isinstance(new_map, dict) else {}
+        for name in old_map.keys() | new_map.keys():
+            altered, old_v, new_v = _alteration(old_map, new_map, name, rv)
+            if altered:
+                changes.append((key, name, old_v, new_v))
     # For each entry being changed in, or removed from, the events (v6+: or notifications)
     # property: if the current value is greater than the sender's current power level,
     # reject.
-    for key, old_map, new_map in pairs:
-        for name, old_v in old_map.items():
-            if new_map.get(name) != old_v and old_v > sender_level:
-                return Deny(
-                    f"sender may not change {key}[{name!r}] from {old_v}", rule("maps_removed")
-                )
+    for key, name, old_v, _new_v in changes:
+        if old_v is _UNREADABLE:
+            return Deny(f"{key}[{name!r}] is altered but is not a power level", rule("maps_removed"))
+        if old_v is not None and old_v > sender_level:
+            return Deny(
+                f"sender may not change {key}[{name!r}] from {old_v}", rule("maps_removed")
+            )
     # For each entry being added to, or changed in, the events (v6+: or notifications)
     # property: if the new value is greater than the sender's current power level, reject.
-    for key, old_map, new_map in pairs:
-        for name, new_v in new_map.items():
-            if old_map.get(name) != new_v and new_v > sender_level:
-                return Deny(
-                    f"sender may not set {key}[{name!r}] to {new_v}", rule("maps_added")
-                )
+    for key, name, _old_v, new_v in changes:
+        if new_v is _UNREADABLE:
+            return Deny(f"{key}[{name!r}] is not a power level", rule("maps_added"))
+        if new_v is not None and new_v > sender_level:
+            return Deny(f"sender may not set {key}[{name!r}] to {new_v}", rule("maps_added"))
 
     old_users = _lenient_levels(old.get("users"), rv)
     sender = event.sender
@@ -162,3 +157,34 @@ def check_power_levels(
             )
     # Otherwise, allow.
     return None
+
+
+#: A value present but not a power level of the room version.
+_UNREADABLE = object()
+
+
+def _alteration(old: dict[str, Any], new: dict[str, Any], key: str, rv: RoomVersion) -> tuple[bool, Any, Any]:
+    """Whether ``key`` was added, changed or removed between ``old`` and ``new``, and its
+    old and new levels (``None`` if absent or ``null``, ``_UNREADABLE`` if not a power
+    level)."""
+    in_old = old.get(key) is not None
+    in_new = new.get(key) is not None
+    if not in_old and not in_new:
+        return False, None, None
+    if in_old and in_new and _same(old[key], new[key]):
+        return False, None, None
+    old_v = _read(old[key], rv) if in_old else None
+    new_v = _read(new[key], rv) if in_new else None
+    if in_old and in_new and old_v is not _UNREADABLE and old_v == new_v:
+        return False, old_v, new_v
+    return True, old_v, new_v
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality (``1`` is not ``true``, ``1`` is not ``1.0``)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _read(value: Any, rv: RoomVersion) -> Any:
+    level = parse_level(value, rv)
+    return _UNREADABLE if level is None else level

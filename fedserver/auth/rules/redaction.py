@@ -16,7 +16,7 @@ def check_redaction(event: Event, auth_state: AuthState, room_version: RoomVersi
     """Rule 11 (v1-v2): If type is m.room.redaction."""
     rv = room_version
     # 11.1: If the sender's power level is greater than or equal to the redact level, allow.
-    if auth_state.sender_level >= auth_state.power_levels.redact:
+    if auth_state.checked_user_level(event.sender) >= auth_state.checked_level("redact"):
         return None
     # 11.2: If the domain of the event_id of the event being redacted is the same as the
     # domain of the event_id of the m.room.redaction, allow.

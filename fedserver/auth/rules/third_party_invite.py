@@ -128,7 +128,7 @@ def check_third_party_invite_event(
 ) -> Deny | None:
     """Rule 7: allow if and only if sender's current power level is greater than or equal
     to the invite level."""
-    if auth_state.sender_level >= auth_state.power_levels.invite:
+    if auth_state.checked_user_level(event.sender) >= auth_state.checked_level("invite"):
         return None
     return Deny(
         "sender's power level is below the invite level",

@@ -54,15 +54,15 @@ class AdminUsers:
 
     :param store: the store (``admin`` and ``accounts`` attributes).
     :param accounts: the :class:`AccountHandler` (user creation, password hashing).
-    :param membership: the :class:`~fedserver.handlers.rooms.membership.MembershipHandler`
-        (a deactivated user leaves their rooms through it).
+    :param deactivation: the :class:`~fedserver.handlers.client.deactivate.AccountDeactivation`
+        shared with ``POST /account/deactivate``, so both deactivate alike.
     :param server_name: ours.
     """
 
-    def __init__(self, store: Any, accounts: AccountHandler, membership: Any, server_name: str) -> None:
+    def __init__(self, store: Any, accounts: AccountHandler, deactivation: Any, server_name: str) -> None:
         self._store = store
         self._accounts = accounts
-        self._membership = membership
+        self._deactivation = deactivation
         self._server_name = server_name
 
     def check_local(self, user_id: Any) -> str:
@@ -187,32 +187,21 @@ class AdminUsers:
     async def deactivate(self, user_id: str, *, erase: Any = False) -> dict[str, Any]:
         """``POST /_synapse/admin/v1/deactivate/{userId}`` (and ``deactivated: true``).
 
-        Spec ("Account deactivation"): the user can never log in again. First, in one
-        transaction, the account is marked deactivated and its password, access tokens and
-        devices go (so the user can do nothing more); with ``erase`` also its profile,
-        account data and filters ("any non-event data associated with the user"). Then the
-        user leaves every room it is joined to, and rejects its invites and withdraws its
-        knocks, here and on other servers (best effort: a room that cannot be left is
-        logged and skipped).
+        The same routine as ``POST /account/deactivate``
+        (:meth:`~fedserver.handlers.client.deactivate.AccountDeactivation.deactivate`):
+        spec "Account deactivation", the user can never log in again; password, access
+        tokens, devices, pushers and profile go (with ``erase`` also account data, filters,
+        push rules and key backups), then the user leaves every room, rejects its invites
+        and withdraws its knocks, here and on other servers.
 
         :returns: ``{"id_server_unbind_result": "success"}`` (we bind no third-party ids).
         """
         if type(erase) is not bool:
             raise bad_json("erase must be a boolean")
         await self._row(user_id)
-        await self._store.admin.deactivate_user(user_id, erase=erase)
-        rooms = [r for r, _ in await self._store.admin.get_local_memberships(user_id)]
-        rooms += [r for r in await self._store.admin.get_pending_remote_memberships(user_id) if r not in rooms]
-        left = 0
-        for room_id in rooms:
-            try:
-                await self._membership.leave(user_id, room_id)
-                left += 1
-            except Exception as e:  # noqa: BLE001 - one room must not stop the others
-                log.warn("Deactivating {user_id}: could not leave {room_id}: {error}", user_id=user_id,
-                         room_id=room_id, error=getattr(e, "error", None) or repr(e))
-        log.info("Admin API: deactivated {user_id}{erased}; left {left} of {n} rooms", user_id=user_id,
-                 erased=" (erased)" if erase else "", left=left, n=len(rooms))
+        left = await self._deactivation.deactivate(user_id, erase=erase)
+        log.info("Admin API: deactivated {user_id}{erased}; left {left} rooms", user_id=user_id,
+                 erased=" (erased)" if erase else "", left=left)
         return {"id_server_unbind_result": "success"}
 
 

@@ -691,6 +691,19 @@ class AccountHandler:
                 self._limiter.record(LOGIN_FAILED_USER, requester.user_id)
             raise forbidden("Invalid username or password")
 
+    async def check_password_uia(self, requester: Requester, auth: Any) -> None:
+        """User-Interactive Authentication with the current password (``m.login.password``)
+        for another area's protected operation (e.g. replacing cross-signing keys).
+
+        :raises InteractiveAuthRequired: until the password is given.
+        """
+        await self.uia.check(
+            auth,
+            self.PASSWORD_FLOWS,
+            lambda stage, a: self._check_own_password(requester, stage, a),
+            user_id=requester.user_id,
+        )
+
     async def change_password(self, requester: Requester, body: Mapping[str, Any]) -> None:
         """``POST /account/password``: UIA with the current password, then the new hash;
         with ``logout_devices`` (default true) every other token and device goes.

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from fedserver.handlers.rooms.client_events import (
 )
 from fedserver.handlers.client.notifier import Notifier
 from fedserver.handlers.client.sync_sections import SyncContext, SyncSection, SyncToken, check_section_key
+from fedserver.handlers.rooms.lazy_members import SentMembers, member_keys, pick_members
 from fedserver.handlers.rooms.rooms import EventFilter, topo_token
 from fedserver.errors import invalid_param
 from fedserver.storage.rooms_store import Membership, Timeline
@@ -41,8 +42,9 @@ class SyncFilter:
     """The parts of a sync ``Filter`` (spec "Filtering") that are honoured: ``room.rooms``,
     ``room.not_rooms``, ``room.include_leave``, ``room.timeline`` (``limit``, types,
     senders), ``room.state`` and ``room.account_data`` (types, senders), and
-    ``account_data`` (types). ``lazy_load_members``, ``event_fields``, ``event_format``
-    and ``presence`` are accepted and ignored.
+    ``account_data`` (types), and ``lazy_load_members`` / ``include_redundant_members``
+    (in ``room.state``, or ``room.timeline``). ``event_fields``, ``event_format`` and
+    ``presence`` are accepted and ignored.
 
     :raises MatrixError: 400 ``M_INVALID_PARAM`` for a malformed filter.
     """
@@ -51,6 +53,8 @@ class SyncFilter:
         spec = spec or {}
         if not isinstance(spec, Mapping):
             raise invalid_param("filter", "A filter must be a JSON object")
+        #: The filter as given: sync sections read their own parts of it.
+        self.spec: Mapping[str, Any] = spec
         room = spec.get("room") or {}
         if not isinstance(room, Mapping):
             raise invalid_param("filter", "filter room must be an object")
@@ -60,6 +64,11 @@ class SyncFilter:
         self.state = EventFilter(_obj(room.get("state")))
         self.room_account_data = EventFilter(_obj(room.get("account_data")))
         self.account_data = EventFilter(_obj(spec.get("account_data")))
+        # Spec "Lazy-loading room members": enabled on a RoomEventFilter; clients set it on
+        # room.state (Element, matrix-js-sdk), some on room.timeline.
+        lazy = self.state if self.state.lazy_load_members else self.timeline
+        self.lazy_load_members = lazy.lazy_load_members
+        self.include_redundant_members = lazy.include_redundant_members
         limit = self.timeline.limit
         self.timeline_limit = DEFAULT_TIMELINE_LIMIT if limit is None else min(limit, MAX_TIMELINE_LIMIT)
 
@@ -85,15 +94,20 @@ class SyncHandler:
 
     def __init__(
         self, store: Any, notifier: Notifier, source: ClientEventSource, clock: Any,
-        sections: Sequence[SyncSection] = (),
+        sections: Sequence[SyncSection] = (), sent_members: Optional[SentMembers] = None,
     ) -> None:
         self.store = store
+        #: What each device was sent of membership events (lazy loading; shared with /messages).
+        self.sent_members = sent_members if sent_members is not None else SentMembers()
         self.notifier = notifier
         self.source = source
         self.clock = clock
         self._sections: list[SyncSection] = []
         for section in sections:
             self.register_section(section)
+        #: ``(requester, set_presence) -> callable or None`` run when a /sync starts; what
+        #: it returns is called when that /sync ends (presence tracks who is syncing).
+        self.on_sync: list[Callable[[Any, Optional[str]], Any]] = []
 
     def register_section(self, section: SyncSection) -> None:
         """Add an area's part of /sync (see :mod:`fedserver.handlers.client.sync_sections`).
@@ -134,13 +148,29 @@ class SyncHandler:
         timeout_ms: int = 0,
         full_state: bool = False,
         filter_param: Optional[str] = None,
+        set_presence: Optional[str] = None,
     ) -> dict[str, Any]:
         """``GET /sync``.
 
         :param timeout_ms: how long to wait for something new (incremental syncs only;
             bounded by the notifier).
-        :raises MatrixError: 400 ``M_INVALID_PARAM`` for a bad token or filter.
+        :param set_presence: the client's ``set_presence`` (given to :attr:`on_sync`).
+        :raises MatrixError: 400 ``M_INVALID_PARAM`` for a bad token, filter or
+            ``set_presence``.
         """
+        if set_presence not in (None, "online", "offline", "unavailable"):
+            raise invalid_param("set_presence", "set_presence must be online, offline or unavailable")
+        ends = [listener(requester, set_presence) for listener in list(self.on_sync)]
+        try:
+            return await self._sync(requester, since, timeout_ms, full_state, filter_param)
+        finally:
+            for end in ends:
+                if callable(end):
+                    end()
+
+    async def _sync(
+        self, requester: Any, since: Optional[str], timeout_ms: int, full_state: bool, filter_param: Optional[str]
+    ) -> dict[str, Any]:
         user_id = requester.user_id
         flt = await self.load_filter(user_id, filter_param)
         since_pos = None
@@ -149,6 +179,8 @@ class SyncHandler:
             if since_pos is None:
                 raise invalid_param("since", "Invalid sync token")
         deadline = self.clock.seconds() + max(0, timeout_ms) / 1000.0
+        if flt.lazy_load_members and (since_pos is None or full_state):
+            self.sent_members.forget(requester)  # the device starts again from nothing
         while True:
             position = self.notifier.position()
             result, rooms, sections_changed = await self._compute(requester, flt, since_pos, full_state)
@@ -232,7 +264,8 @@ class SyncHandler:
                 continue
             join_out[m.room_id] = await self._room(
                 user_id, scope, m, timelines[m.room_id], since_nid, m.room_id in fresh, flt,
-                room_data.get(m.room_id, {}), end_nid=now_nid,
+                room_data.get(m.room_id, {}), end_nid=now_nid, requester=requester,
+                whole=ranges[m.room_id][0] == 0,
             )
             summary = summaries.get(m.room_id)
             if summary is not None:
@@ -245,18 +278,25 @@ class SyncHandler:
         for m in leaves:
             room = await self._room(
                 user_id, scope, m, timelines[m.room_id], since_nid, True, flt, room_data.get(m.room_id, {}),
-                end_nid=m.event_nid,
+                end_nid=m.event_nid, requester=requester,
             )
             leave_out[m.room_id] = {"timeline": room["timeline"], "state": room["state"], "account_data": room["account_data"]}
 
         invite_out: dict[str, Any] = {}
         knock_out: dict[str, Any] = {}
+        # Spec "Ignoring Users": "Servers must not send room invites from ignored users
+        # to clients" (the invite stays; it shows again if the user is un-ignored and the
+        # client syncs from scratch).
+        ignorers = getattr(self.source, "ignored", None)
+        ignored = await ignorers.get(user_id) if ignorers is not None else frozenset()
         for m in memberships:
             if m.membership not in ("invite", "knock"):
                 continue
             if since_nid is not None and m.event_nid <= since_nid:
                 continue
             own = await store.get_event(m.event_id)
+            if m.membership == "invite" and own is not None and own.sender in ignored:
+                continue
             state = await store.get_current_state_events(m.room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
             events = [stripped_state(e) for _, e in sorted(state.items())]
             if own is not None:
@@ -269,7 +309,7 @@ class SyncHandler:
         local_nids = dict(forgotten)
         local_nids.update((m.room_id, m.event_nid) for m in memberships)
         await self._remote_memberships(
-            user_id, scope, since_nid, now_nid, flt, local_nids, invite_out, knock_out, leave_out,
+            user_id, scope, since_nid, now_nid, flt, local_nids, invite_out, knock_out, leave_out, ignored,
         )
 
         result = {
@@ -291,6 +331,7 @@ class SyncHandler:
             joined=[m.room_id for m in joined], newly_joined={m.room_id for m in joined if m.room_id in fresh},
             left={m.room_id for m in leaves}, result=result,
             _empty_room=lambda: self._empty_joined({}, flt),
+            since_events=since_nid, now_events=now_nid,
         )
         positions: dict[str, int] = {}
         sections_changed = False
@@ -317,6 +358,7 @@ class SyncHandler:
         invite_out: dict[str, Any],
         knock_out: dict[str, Any],
         leave_out: dict[str, Any],
+        ignored: frozenset[str] = frozenset(),
     ) -> None:
         """Invites, knocks and their withdrawal in rooms this server is not in (recorded
         by the federation handshakes in ``store.federation_extras`` with the membership
@@ -346,6 +388,8 @@ class SyncHandler:
             ):
                 state.append(stripped_state(own))
             if r.membership == "invite":
+                if own is not None and own.sender in ignored:
+                    continue  # an invite from an ignored user (see _compute)
                 invite_out[r.room_id] = {"invite_state": {"events": state}}
             elif r.membership == "knock":
                 knock_out[r.room_id] = {"knock_state": {"events": state}}
@@ -381,8 +425,16 @@ class SyncHandler:
         room_data: Mapping[str, Any],
         *,
         end_nid: int,
+        requester: Any = None,
+        whole: bool = False,
     ) -> dict[str, Any]:
-        """One room's entry: timeline (visible, filtered), state, account data."""
+        """One room's entry: timeline (visible, filtered), state, account data.
+
+        :param whole: the timeline was read from the start of the stream (a room new to
+            the client): if its first event has prev events, history lies before it (the
+            room was joined over federation, or is longer than the stream here) and the
+            timeline is ``limited``, so that the client pages back with ``prev_batch``.
+        """
         store = self.store
         room_id = membership.room_id
         if membership.membership == "join":
@@ -395,8 +447,13 @@ class SyncHandler:
         shown = [e for _, e in items if flt.timeline.allows(e)]
         # The state at the start of the timeline: before its first event, else at the end.
         first: Optional[Event] = timeline.events[0][1] if timeline.events else None
+        limited = timeline.limited or (whole and first is not None and bool(first.prev_event_ids))
+        lazy = flt.lazy_load_members
+        # Spec "Lazy-loading room members": only the membership events of the senders of
+        # the timeline's events (and the user's own), not all members of the room.
+        lazy_keys = set(member_keys((e.sender for e in shown), also=user_id)) if lazy else set()
         state_events: list[Event] = []
-        if full or timeline.limited:
+        if full or timeline.limited or (lazy and first is not None):
             start_state: Mapping[tuple[str, str], str]
             if first is not None:
                 groups = await store.rooms.get_event_state_groups([first.event_id])
@@ -410,12 +467,26 @@ class SyncHandler:
                 start_state = await store.get_state_group(pair[1]) if pair is not None else {}
             if full:
                 wanted = dict(start_state)
+            elif not timeline.limited:
+                wanted = {}  # lazy loading only: the senders' members below
             else:
                 # What changed in the gap between the token and the timeline.
                 first_nid = timeline.events[0][0] if timeline.events else end_nid + 1
                 keys = await store.rooms.get_state_keys_changed(room_id, since_nid or 0, first_nid - 1)
                 wanted = {k: start_state[k] for k in keys if k in start_state}
             in_timeline = {e.event_id for _, e in timeline.events}
+            if lazy:
+                wanted = {k: v for k, v in wanted.items() if k[0] != "m.room.member"}
+                members = [v for v in pick_members(start_state, sorted(lazy_keys)) if v not in in_timeline]
+                if not flt.include_redundant_members and requester is not None:
+                    members = self.sent_members.unsent(requester, room_id, members)
+                    # Membership events in the timeline reach the client too.
+                    self.sent_members.unsent(requester, room_id, [e.event_id for e in shown if e.type == "m.room.member"])
+                keep = set(members)
+                for k in lazy_keys:
+                    v = start_state.get(k)
+                    if v in keep:
+                        wanted[k] = v
             ids = [v for v in wanted.values() if v not in in_timeline]
             loaded = await store.get_events(ids)
             state_events = [loaded[v] for _, v in sorted(wanted.items()) if v in loaded and flt.state.allows(loaded[v])]
@@ -433,8 +504,12 @@ class SyncHandler:
             prev_batch = topo_token(pos if pos is not None else (0, 0))
         return {
             "timeline": {
-                "events": await self.source.serialize(shown, user_id=user_id, scope=scope, include_room_id=False),
-                "limited": timeline.limited,
+                # Spec "Aggregations of child events": bundled in /sync "when the relevant
+                # section has a limited value of true".
+                "events": await self.source.serialize(
+                    shown, user_id=user_id, scope=scope, include_room_id=False, aggregations=limited
+                ),
+                "limited": limited,
                 "prev_batch": prev_batch,
             },
             "state": {

@@ -85,6 +85,9 @@ class SyncContext:
     :ivar newly_joined: rooms joined since the token (every joined room on an initial sync).
     :ivar left: rooms left (or banned from) since the token.
     :ivar result: the answer being built; sections add to it in place.
+    :ivar since_events: the event stream position of the client's token (``None`` on an
+        initial sync), for sections that follow what happened in rooms (device lists).
+    :ivar now_events: the event stream position the answer is built up to.
     """
 
     requester: Any
@@ -96,6 +99,8 @@ class SyncContext:
     left: set[str]
     result: dict[str, Any]
     _empty_room: Any = None
+    since_events: Optional[int] = None
+    now_events: int = 0
 
     @property
     def user_id(self) -> str:

@@ -91,6 +91,18 @@ class GapFiller:
             (auth chain first) as outliers before relying on the map; ``None`` if the
             server could not answer.
         """
+        return await self._state_at(origin, room_id, event_id, True)
+
+    async def get_state_before(
+        self, origin: str, room_id: str, event_id: str
+    ) -> Optional[tuple[dict[StateKey, str], list[Event]]]:
+        """The state before ``event_id`` as ``origin`` sees it (``/state_ids``), as
+        :meth:`get_state_after` (for history whose state cannot be derived)."""
+        return await self._state_at(origin, room_id, event_id, False)
+
+    async def _state_at(
+        self, origin: str, room_id: str, event_id: str, after: bool
+    ) -> Optional[tuple[dict[StateKey, str], list[Event]]]:
         try:
             resp = await self._client.get_json(
                 origin, fed_path("/_matrix/federation/v1/state_ids/{}", room_id), args={"event_id": event_id}
@@ -104,7 +116,7 @@ class GapFiller:
         chain_ids = _str_list(resp.get("auth_chain_ids"))
         if pdu_ids is None or chain_ids is None:
             return None
-        wanted = set(pdu_ids) | set(chain_ids) | {event_id}
+        wanted = set(pdu_ids) | set(chain_ids) | ({event_id} if after else set())
         have = await self._store.have_events(wanted)
         lacking = wanted - have
         fetched: dict[str, Event] = {}
@@ -116,7 +128,7 @@ class GapFiller:
         if wanted - have - set(fetched):
             log.info("{origin} could not supply every state event at {event_id}", origin=origin, event_id=event_id)
             return None
-        known = await self._store.get_events((set(pdu_ids) | {event_id}) - set(fetched))
+        known = await self._store.get_events((set(pdu_ids) | ({event_id} if after else set())) - set(fetched))
         by_id = {**known, **fetched}
         state: dict[StateKey, str] = {}
         for pid in pdu_ids:
@@ -124,7 +136,7 @@ class GapFiller:
             if ev is None or ev.state_key is None or ev.room_id != room_id:
                 return None  # not state, or not of this room: the answer cannot be used
             state[(ev.type, ev.state_key)] = pid
-        target = by_id.get(event_id)
+        target = by_id.get(event_id) if after else None
         if target is not None and target.state_key is not None and target.rejected_reason is None:
             state[(target.type, target.state_key)] = event_id
         return state, list(fetched.values())
@@ -141,6 +153,11 @@ class GapFiller:
             return []
         pdus = (resp.get("pdus") or []) + (resp.get("auth_chain") or [])
         return await self._check(origin, [p for p in pdus if isinstance(p, dict)])
+
+    async def get_events(self, origin: str, event_ids: Sequence[str]) -> list[Event]:
+        """``GET /event`` for each of ``event_ids`` (a few in parallel), checked; the
+        events ``origin`` could not supply are left out."""
+        return await self._get_events(origin, event_ids)
 
     async def _get_events(self, origin: str, event_ids: Sequence[str]) -> list[Event]:
         sem = defer.DeferredSemaphore(EVENT_FETCH_CONCURRENCY)

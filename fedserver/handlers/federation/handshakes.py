@@ -9,9 +9,15 @@ from twisted.logger import Logger
 
 from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
-from fedserver.events.signing import SignatureServersError, required_signature_servers, sign_event
-from fedserver.events.validation import EventTooLarge, InvalidEvent, check_pdu
+from fedserver.events.signing import (
+    SignatureServersError, optional_signature_servers, required_signature_servers, sign_event,
+)
+from fedserver.events.validation import (
+    CheckedPdu, EventTooLarge, InvalidEvent, check_membership_content, check_pdu,
+)
 from fedserver.federation.keyring import key_validity_minimum
+from fedserver.handlers.federation.room_access import RESTRICTED_RULES, RoomAccess, join_rule
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
 from fedserver.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
@@ -39,8 +45,8 @@ def _domain(user_id: Any) -> Optional[str]:
 
 
 def _not_found() -> MatrixError:
-    # Seed 004: a room we are not in, or a private one the user may not join, answers
-    # exactly as a room that does not exist.
+    # Seed 004: a room we are not in, or one the user may not see (room_access.py),
+    # answers exactly as a room that does not exist.
     return MatrixError(404, "M_NOT_FOUND", "Unknown room")
 
 
@@ -88,17 +94,23 @@ def strip_received_state(entries: Any) -> list[dict[str, Any]]:
     return out
 
 
-def federation_stripped_state(events: Sequence[Event]) -> list[dict[str, Any]]:
+async def federation_stripped_state(served: ServedPdus, events: Sequence[Event]) -> list[dict[str, Any]]:
     """State events as sent in ``invite_room_state`` / ``knock_room_state`` over
     federation: full PDUs since Matrix 1.16 (MSC4311: the receiver can check the
-    ``m.room.create`` event against the room id, which from room v12 is its hash)."""
-    return [dict(e.pdu) for e in events if e.state_key is not None]
+    ``m.room.create`` event against the room id, which from room v12 is its hash), in
+    their redacted form where a redaction applies."""
+    return [dict(p) for p in await served.pdus([e for e in events if e.state_key is not None])]
 
 
 class HandshakeHandler:
     """The resident server's side of the membership handshakes (server-server spec
     "Joining Rooms", "Leaving Rooms (Rejecting Invites)", "Knocking upon a room",
     "Inviting to a room"), with every check of HOSTILE.md rows 18-25.
+
+    A room the requesting user may not see (:mod:`fedserver.handlers.federation.room_access`)
+    is answered exactly like a room we do not know (404 ``M_NOT_FOUND`` "Unknown room"),
+    before any other check about the room (its version, its server ACL, the event), and
+    nothing is stored for it.
 
     :param clock: for timestamps.
     :param store: the :class:`fedserver.storage.interface.Store`.
@@ -110,12 +122,16 @@ class HandshakeHandler:
     :param room_versions: the versions we support.
     :param server_name: ours.
     :param signing_key: ours (restricted joins and invites are countersigned).
-    :param distribute: ``(pdus, destinations) -> Deferred``: queue PDUs for other servers.
     :param on_invite: ``(event, invite_room_state) -> Awaitable`` recording an invite for a
         local user (so their client sees it), or ``None``.
     :param is_local_user: ``user_id -> Awaitable[bool]``: whether a user exists here.
     :param is_room_blocked: ``room_id -> bool``: rooms an administrator blocked: no server
         joins or knocks through us (403 ``M_FORBIDDEN``), none of our users is invited.
+    :param acl_check: ``(origin, room_id) -> Awaitable`` raising 403 ``M_FORBIDDEN`` if the
+        room's server ACL denies ``origin`` (called once the room is known to be visible),
+        or ``None``.
+    :param served: the :class:`ServedPdus` PDUs are served through (one on ``store`` by
+        default).
     """
 
     def __init__(
@@ -130,10 +146,11 @@ class HandshakeHandler:
         room_versions: RoomVersionRegistry,
         server_name: str,
         signing_key: Any,
-        distribute: Callable[[list[dict], Collection[str]], Any],
         on_invite: Optional[Callable[[Event, list], Awaitable[Any]]] = None,
         is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
         is_room_blocked: Optional[Callable[[str], bool]] = None,
+        acl_check: Optional[Callable[[str, str], Awaitable[Any]]] = None,
+        served: Optional[ServedPdus] = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -144,10 +161,12 @@ class HandshakeHandler:
         self._room_versions = room_versions
         self._server_name = server_name
         self._signing_key = signing_key
-        self._distribute = distribute
         self._on_invite = on_invite
         self._is_local_user = is_local_user
         self._is_room_blocked = is_room_blocked
+        self._acl_check = acl_check
+        self._served = served if served is not None else ServedPdus(store)
+        self._access = RoomAccess(store, server_name)
 
     def _check_not_blocked(self, room_id: str) -> None:
         if self._is_room_blocked is not None and self._is_room_blocked(room_id):
@@ -162,15 +181,16 @@ class HandshakeHandler:
 
         :param versions: the ``ver`` query values (join, knock); ``None`` for leave.
         :raises MatrixError: 403 if ``user_id`` is not on ``origin`` (HOSTILE 19), 404 if we
-            are not in the room or it is private to the user (HOSTILE 20), 400
-            ``M_INCOMPATIBLE_ROOM_VERSION`` if the joining server cannot speak the room's
-            version (HOSTILE 18), 403 if the auth rules refuse the membership.
+            are not in the room or the user may not see it (HOSTILE 20), 403 if the room's
+            server ACL denies ``origin``, 400 ``M_INCOMPATIBLE_ROOM_VERSION`` if the joining
+            server cannot speak the room's version (HOSTILE 18), 403 if the auth rules
+            refuse the membership.
         """
         if _domain(user_id) != origin:
             raise _forbidden("The user is not on the requesting server")
+        rv = await self._visible_room(origin, room_id, user_id)
         if membership in ("join", "knock"):
             self._check_not_blocked(room_id)
-        rv = await self._resident_room(room_id)
         if versions is not None:
             # Spec: without ``ver`` the joining server is taken to support only version 1.
             if rv.identifier not in (versions or ["1"]):
@@ -197,6 +217,18 @@ class HandshakeHandler:
             raise _not_found()
         return rv
 
+    async def _visible_room(self, origin: str, room_id: str, user_id: str) -> RoomVersion:
+        """The room's version, once it is known that the room is here, that ``user_id`` may
+        see it (else 404, as for a room that does not exist) and that its server ACL
+        allows ``origin`` (else 403), in that order."""
+        rv = await self._resident_room(room_id)
+        state = await self._pipeline.current_state(room_id)
+        if not await self._access.user_may_see(state, user_id) and not await self._join_allowed(room_id, rv, user_id):
+            raise _not_found()
+        if self._acl_check is not None:
+            await self._acl_check(origin, room_id)
+        return rv
+
     async def _restricted_authoriser(
         self, room_id: str, rv: RoomVersion, user_id: str, state: Mapping[StateKey, str]
     ) -> Optional[str]:
@@ -217,18 +249,9 @@ class HandshakeHandler:
             m = (await self._store.get_events([member_id])).get(member_id)
             if m is not None and m.membership in ("invite", "join"):
                 return None
-        allowed = False
-        for entry in jr.content.get("allow") or []:
-            if not isinstance(entry, dict) or entry.get("type") != "m.room_membership":
-                continue
-            other = entry.get("room_id")
-            if not isinstance(other, str):
-                continue
-            members = await self._store.get_room_members(other, "join")
-            if user_id in members:
-                allowed = True
-                break
-        if not allowed:
+        if not await self._access.meets_conditions(jr, user_id):
+            # Not a member of an allowed room we are in; rooms we are not in we cannot
+            # judge (a user who may see the room but meets no condition we can check).
             raise MatrixError(
                 400, "M_UNABLE_TO_AUTHORISE_JOIN",
                 "The user is not a member of any room the join rules allow, as far as this server knows",
@@ -266,10 +289,26 @@ class HandshakeHandler:
         extra = create.content.get("additional_creators")
         return {create.sender} | ({u for u in extra if isinstance(u, str)} if isinstance(extra, list) else set())
 
+    async def _join_allowed(self, room_id: str, rv: RoomVersion, user_id: str) -> bool:
+        """Whether the auth rules, plugins' included, would let ``user_id`` join now: a
+        join rule a plugin defines (e.g. ``org.fedserver.may_join``) shows the room to
+        exactly the users it admits."""
+        template, state = await self._creator.template(
+            room_id, rv, type="m.room.member", sender=user_id, content={"membership": "join"}, state_key=user_id
+        )
+        return (await self._judge_template(rv, template, state)).allowed
+
     async def _check_template(
         self, rv: RoomVersion, template: dict[str, Any], state: Mapping[StateKey, str], membership: str
     ) -> None:
         """Offer a template only if the auth rules would accept it on the current state."""
+        result = await self._judge_template(rv, template, state)
+        if not result.allowed:
+            # The user may see the room (checked first): the auth rules' reason is theirs.
+            raise _forbidden(result.reason or "Not allowed")
+
+    async def _judge_template(self, rv: RoomVersion, template: dict[str, Any], state: Mapping[StateKey, str]) -> Any:
+        """The auth engine's verdict on a template on ``state``."""
         event = Event.from_pdu(template, rv, event_id="$template")
         need = auth_types_for_event(rv, event.type, event.state_key, event.sender, event.content)
         need.add(("m.room.create", ""))
@@ -281,16 +320,7 @@ class HandshakeHandler:
         # by us at send_join (auth rule 5.2, rooms v8+: "validly signed by the
         # homeserver of the user ID denoted by" join_authorised_via_users_server).
         signers = frozenset(s for s in (_domain(event.sender), self._server_name) if s)
-        result = self._engine.check_against_state(event, view, create_event=create, verified_servers=signers)
-        if result.allowed:
-            return
-        if membership == "join":
-            jr = view.get(("m.room.join_rules", ""))
-            rule = jr.content.get("join_rule") if jr is not None else "invite"
-            own = view.get(("m.room.member", event.sender))
-            if rule in ("invite", "knock") and (own is None or own.membership not in ("ban",)):
-                raise _not_found()  # private rooms look non-existent (seed 004)
-        raise _forbidden(result.reason or "Not allowed")
+        return self._engine.check_against_state(event, view, create_event=create, verified_servers=signers)
 
     # -- send_join / send_leave / send_knock --------------------------------------------
 
@@ -300,10 +330,15 @@ class HandshakeHandler:
         """Accept a signed membership event (``send_join`` / ``send_leave`` /
         ``send_knock``), take it into the room, pass it on, and answer.
 
+        The checks that do not depend on the room come first (the same answer for any
+        room); then whether the room is here and the sender may see it (404 otherwise,
+        nothing stored), the server ACL, and only then the event against the room.
+
         :returns: the v2 response body (callers wrap it for v1).
         :raises MatrixError: HOSTILE rows 21-23: 400 ``M_BAD_JSON`` for a body that is not
-            the expected membership event of this room, 403 for a refused or unsigned event,
-            404 for a room we are not in.
+            the expected membership event of this room, 403 for a refused or unsigned event
+            or a restricted join we cannot authorise, 404 for a room we are not in or the
+            sender may not see.
         """
         if not isinstance(pdu, dict):
             raise _bad("The body must be an event")
@@ -316,30 +351,40 @@ class HandshakeHandler:
             raise _bad(f"The event's membership is not {membership}")
         if pdu.get("state_key") != pdu.get("sender"):
             raise _bad("state_key must be the sender")
+        if not isinstance(pdu.get("sender"), str):
+            raise _bad("sender must be a string")
+        # Whether the room is here and the sender may see it comes first (a room it may
+        # not see answers exactly like one that does not exist, and nothing is stored),
+        # then the server ACL; then malformed for the room version (400) before anything
+        # about authorization (403): the format, then what the auth rules read of the
+        # content.
+        rv = await self._visible_room(origin, room_id, pdu["sender"])
+        checked, servers = _check_direct_event(pdu, rv)
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The sender is not on the requesting server")
         if membership in ("join", "knock"):
             self._check_not_blocked(room_id)
-        rv = await self._resident_room(room_id)
-        try:
-            checked = check_pdu(pdu, rv)
-            servers = required_signature_servers(pdu, rv)
-        except EventTooLarge as e:
-            raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
-        except (InvalidEvent, SignatureServersError) as e:
-            raise _bad(f"Invalid event: {e}") from None
         event = checked.event
         if event.event_id != event_id:
             raise _bad("The event id does not match the path")
         if not checked.content_hash_ok:
             raise _bad("The event's content hash does not match")
-        # A restricted join names one of our users as the authoriser: we countersign.
+        # A restricted join names one of our users as the authoriser: we countersign, once
+        # we have checked what that signature vouches for.
         if self._server_name in servers:
+            await self._check_authorisable(room_id, event)
             signed = sign_event(dict(pdu), rv, self._server_name, self._signing_key)
             pdu = signed
             event = Event.from_pdu(pdu, rv, event.event_id)
         await self._verify(event, checked.signed_bytes, servers - {self._server_name})
-        outcomes = await self._pipeline.process(room_id, [event], verified_servers={event.event_id: servers})
+        verified = servers | await self._verify_optional(event, checked.signed_bytes, pdu, rv)
+        # The other servers of the room get the event from us (spec "Joining Rooms": the
+        # resident "sends the event to the other servers in the room"), queued in the
+        # transaction that stores it: our 200 means it is committed and queued.
+        outcomes = await self._pipeline.process(
+            room_id, [event], verified_servers={event.event_id: verified},
+            distribute=True, distribute_except=(origin,),
+        )
         outcome = outcomes[event.event_id]
         if outcome.status == MISSING:
             raise _forbidden("The event cites events this server does not have")
@@ -347,13 +392,33 @@ class HandshakeHandler:
             reason = outcome.refusal.reason if outcome.refusal else outcome.status
             raise _forbidden(f"Not allowed: {reason}")
         hosts = await self._store.get_joined_hosts(room_id)
-        if not outcome.duplicate:
-            await self._distribute([pdu], [h for h in hosts if h not in (origin, self._server_name)])
         if membership == "join":
             return await self._join_response(room_id, event, pdu, hosts)
         if membership == "knock":
             return {"knock_room_state": await self._stripped_room_state(room_id)}
         return {}
+
+    async def _check_authorisable(self, room_id: str, event: Event) -> None:
+        """Our countersignature on a join naming one of our users in
+        ``join_authorised_via_users_server`` says the joining user met the restricted
+        room's conditions: the auth rules only check that we signed (rooms v8 rule 4.2.1:
+        "If the event is not validly signed by the homeserver of the user ID denoted by the
+        key, reject") and that the named user may invite (4.3.5.2), so checking the
+        conditions is ours to do before signing. So: the user is invited or joined already, or the
+        room is restricted and they are joined to an allowed room we are in.
+
+        :raises MatrixError: 403 ``M_FORBIDDEN`` otherwise.
+        """
+        state = await self._pipeline.current_state(room_id)
+        wanted = [v for v in (state.get(("m.room.member", event.sender)), state.get(("m.room.join_rules", ""))) if v]
+        events = await self._store.get_events(wanted) if wanted else {}
+        own = events.get(state.get(("m.room.member", event.sender), ""))
+        if own is not None and own.membership in ("invite", "join"):
+            return
+        jr = events.get(state.get(("m.room.join_rules", ""), ""))
+        if join_rule(jr) in RESTRICTED_RULES and await self._access.meets_conditions(jr, event.sender) is True:
+            return
+        raise _forbidden("This server cannot authorise the join: the user meets none of the room's conditions it can check")
 
     async def _verify(self, event: Event, signed_bytes: bytes, servers: Collection[str]) -> None:
         minimum = key_validity_minimum(event.origin_server_ts, event.room_version)
@@ -364,6 +429,21 @@ class HandshakeHandler:
             if verdict is not True:
                 raise _forbidden(f"Signature of {server} does not verify: {verdict}")
 
+    async def _verify_optional(
+        self, event: Event, signed_bytes: bytes, pdu: dict[str, Any], rv: RoomVersion
+    ) -> set[str]:
+        """The servers among :func:`optional_signature_servers` whose signature is present
+        and valid (a missing or bad one is for the auth rules to judge, not an error)."""
+        sigs = event.signatures
+        servers = sorted(s for s in optional_signature_servers(pdu, rv) if sigs.get(s) is not None)
+        if not servers:
+            return set()
+        minimum = key_validity_minimum(event.origin_server_ts, event.room_version)
+        verdicts = await self._keyring.verify_signatures(
+            [(s, signed_bytes, sigs.get(s), minimum) for s in servers]
+        )
+        return {s for s, verdict in zip(servers, verdicts) if verdict is True}
+
     async def _join_response(
         self, room_id: str, event: Event, pdu: dict, hosts: Collection[str]
     ) -> dict[str, Any]:
@@ -373,8 +453,8 @@ class HandshakeHandler:
         ids = list(state_ids.values())
         chain = await self._store.get_auth_chain_ids(ids + [event.event_id])
         events = await self._store.get_events(set(ids) | set(chain))
-        state = [events[i].pdu for i in ids if i in events]
-        auth_chain = [events[i].pdu for i in chain if i in events]
+        state = await self._served.pdus([events[i] for i in ids if i in events])
+        auth_chain = await self._served.pdus([events[i] for i in chain if i in events])
         return {
             "origin": self._server_name,
             "event": pdu,
@@ -388,7 +468,7 @@ class HandshakeHandler:
         state = await self._pipeline.current_state(room_id)
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         events = await self._store.get_events(ids)
-        return federation_stripped_state([events[i] for i in ids if i in events])
+        return await federation_stripped_state(self._served, [events[i] for i in ids if i in events])
 
     # -- invites ---------------------------------------------------------------------------
 
@@ -416,6 +496,8 @@ class HandshakeHandler:
         content = pdu.get("content")
         if pdu.get("type") != "m.room.member" or not isinstance(content, dict) or content.get("membership") != "invite":
             raise _bad("Not an invite event")
+        # Malformed (400) before anything about authorization (403).
+        checked, servers = _check_direct_event(pdu, rv)
         target = pdu.get("state_key")
         if _domain(target) != self._server_name:
             raise _forbidden("The invited user is not on this server")
@@ -424,13 +506,6 @@ class HandshakeHandler:
             raise MatrixError(404, "M_NOT_FOUND", "No such user")
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The inviter is not on the requesting server")
-        try:
-            checked = check_pdu(pdu, rv)
-            servers = required_signature_servers(pdu, rv)
-        except EventTooLarge as e:
-            raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
-        except (InvalidEvent, SignatureServersError) as e:
-            raise _bad(f"Invalid event: {e}") from None
         if checked.event.event_id != event_id:
             raise _bad("The event id does not match the path")
         if not checked.content_hash_ok:
@@ -444,6 +519,24 @@ class HandshakeHandler:
             await self._on_invite(event, state)
         log.info("{target} invited to {room_id} by {sender}", target=target, room_id=room_id, sender=pdu.get("sender"))
         return {"event": signed}
+
+
+def _check_direct_event(pdu: dict[str, Any], rv: RoomVersion) -> tuple[CheckedPdu, set[str]]:
+    """The shape checks of a membership event given to us directly: the room version's
+    event format (receipt check 1) and the parts of the content the auth rules read.
+
+    :returns: the checked PDU and the servers whose signatures it needs.
+    :raises MatrixError: 413 ``M_TOO_LARGE``, or 400 ``M_BAD_JSON`` naming the problem.
+    """
+    try:
+        checked = check_pdu(pdu, rv)
+        check_membership_content(pdu, rv)
+        servers = required_signature_servers(pdu, rv)
+    except EventTooLarge as e:
+        raise MatrixError(413, "M_TOO_LARGE", f"Event too large: {e}") from None
+    except (InvalidEvent, SignatureServersError) as e:
+        raise _bad(f"Invalid event: {e}") from None
+    return checked, servers
 
 
 def _as_int(value: Any, default: int) -> int:

@@ -8,7 +8,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedserver.events.model import Event
-from fedserver.handlers.federation.visibility import ServerVisibility, federation_pdu
+from fedserver.handlers.federation.served import ServedPdus
+from fedserver.handlers.federation.visibility import (
+    HISTORY_VISIBILITY_KEY,
+    WORLD_READABLE,
+    ServerVisibility,
+    history_visibility,
+)
 from fedserver.errors import MatrixError, bad_json, forbidden, missing_param, not_found
 
 log = Logger()
@@ -75,31 +81,40 @@ class HistoryHandler:
     "Backfilling and retrieving missing events", "Retrieving event authorization
     information").
 
-    Every request must come from a server with a user joined to the room now (current
-    state); otherwise 403 ``M_FORBIDDEN`` (HOSTILE.md row 27). A room we do not know at
-    all is 404 ``M_NOT_FOUND``, and so is an event we do not hold in that room, a
-    rejected event (spec "Rejection": never relayed), or the state at an event we hold
-    without state (an outlier). ``/backfill`` and ``/get_missing_events`` clamp their
-    ``limit`` (:data:`BACKFILL_LIMIT_MAX`, :data:`MISSING_EVENTS_LIMIT_MAX`) and leave out
-    rejected events; they, and ``/event``, serve an event the requesting server may not
-    see under the room's history visibility as its redacted copy (as Synapse does), so the
-    DAG stays walkable without leaking content. State and auth chains are served whole:
-    servers need them to authorise events.
+    A server may see a room if it has a user joined to it now (current state), or if the
+    room is ``world_readable`` now. Any other server gets exactly the answer a room we do
+    not know gets, 404 ``M_NOT_FOUND`` "Unknown room ..." (issue 12, seed 004: private
+    rooms look non-existent; this replaces HOSTILE.md row 27's 403), and for ``/event``
+    the answer an unknown event gets. That is decided first; then the room's server ACL
+    (403). An event we do not hold in that room is 404 too, and so are a rejected event
+    (spec "Rejection": never relayed) and the state at an event we hold without state (an
+    outlier). ``/backfill`` and ``/get_missing_events`` clamp their ``limit``
+    (:data:`BACKFILL_LIMIT_MAX`, :data:`MISSING_EVENTS_LIMIT_MAX`) and leave out rejected
+    events; they, and ``/event``, serve an event the requesting server may not see under
+    the room's history visibility as its redacted copy (as Synapse does), so the DAG
+    stays walkable without leaking content. State and auth chains are served whole:
+    servers need them to authorise events. Every PDU goes out through
+    :class:`~fedserver.handlers.federation.served.ServedPdus`, so redacted events are
+    served redacted.
 
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param server_name: our server name (the ``origin`` of the transactions we answer).
     :param clock: gives ``origin_server_ts``.
     :param history_store: the :class:`fedserver.storage.history_store.HistoryStore`
         (``store.history`` by default).
+    :param served: the :class:`ServedPdus` (one on ``store`` by default).
 
     Every endpoint method takes an optional ``acl_check(origin, room_id)`` (see
-    :data:`AclCheck`), consulted after the membership check: spec "Server Access Control
+    :data:`AclCheck`), consulted after the visibility check: spec "Server Access Control
     Lists" requires 403 ``M_FORBIDDEN`` for a denied server.
     """
 
-    def __init__(self, store: Any, server_name: str, clock: IReactorTime, *, history_store: Any = None) -> None:
+    def __init__(
+        self, store: Any, server_name: str, clock: IReactorTime, *, history_store: Any = None, served: Any = None
+    ) -> None:
         self._store = store
         self._history = history_store if history_store is not None else store.history
+        self._served = served if served is not None else ServedPdus(store)
         self._server_name = server_name
         self._clock = clock
 
@@ -110,17 +125,18 @@ class HistoryHandler:
         soft-failed events included, spec "Soft failure").
 
         :param acl_check: checked against the event's room once it is known.
-        :raises MatrixError: 404 for unknown or rejected events, 403 if ``origin`` is not
-            in the event's room or the room's ACL denies it.
+        :raises MatrixError: 404 for unknown or rejected events and events of a room
+            ``origin`` may not see (alike), 403 if the room's ACL denies ``origin``.
         """
+        unknown = not_found(f"Unknown event {event_id}")
         meta = (await self._store.get_event_meta([event_id])).get(event_id)
         if meta is None or meta.rejected:
-            raise not_found(f"Unknown event {event_id}")
-        await self._check_access(origin, meta.room_id, acl_check)
+            raise unknown
+        joined = await self._check_access(origin, meta.room_id, acl_check, unknown)
         event = await self._store.get_event(event_id, allow_rejected=False)
         if event is None:
-            raise not_found(f"Unknown event {event_id}")
-        pdus = await self._visible_pdus(origin, meta.room_id, [event])
+            raise unknown
+        pdus = await self._visible_pdus(origin, meta.room_id, [event], joined)
         return self._transaction(pdus)
 
     async def get_state(
@@ -134,8 +150,8 @@ class HistoryHandler:
         state_ids, chain_ids = await self._state_ids(origin, room_id, event_id, acl_check)
         events = await self._store.get_events(state_ids + chain_ids, allow_rejected=False)
         return {
-            "pdus": [events[i].to_federation() for i in state_ids if i in events],
-            "auth_chain": [events[i].to_federation() for i in chain_ids if i in events],
+            "pdus": await self._served.pdus([events[i] for i in state_ids if i in events]),
+            "auth_chain": await self._served.pdus([events[i] for i in chain_ids if i in events]),
         }
 
     async def get_state_ids(
@@ -159,7 +175,7 @@ class HistoryHandler:
         await self._event_in_room(room_id, event_id)
         chain_ids = await self._history.get_auth_chain_ids([event_id])
         events = await self._store.get_events(chain_ids, allow_rejected=False)
-        return {"auth_chain": [events[i].to_federation() for i in chain_ids if i in events]}
+        return {"auth_chain": await self._served.pdus([events[i] for i in chain_ids if i in events])}
 
     async def backfill(
         self, origin: str, room_id: str, v: Iterable[str], limit: int, acl_check: Optional[AclCheck] = None
@@ -169,11 +185,11 @@ class HistoryHandler:
 
         :returns: a transaction ``{"origin", "origin_server_ts", "pdus"}``.
         """
-        await self._check_access(origin, room_id, acl_check)
+        joined = await self._check_access(origin, room_id, acl_check)
         limit = clamp(limit, 0, BACKFILL_LIMIT_MAX)
         events = await self._store.get_backfill(room_id, list(v), limit) if limit else []
         events = [e for e in events if e.rejected_reason is None]
-        return self._transaction(await self._visible_pdus(origin, room_id, events))
+        return self._transaction(await self._visible_pdus(origin, room_id, events, joined))
 
     async def get_missing_events(
         self, origin: str, room_id: str, body: Any, acl_check: Optional[AclCheck] = None
@@ -195,23 +211,36 @@ class HistoryHandler:
         min_depth = _int_field(body, "min_depth", 0)
         # Depths are at most 2**63 - 1 (spec); keep the value storable.
         min_depth = clamp(min_depth, -(2**63), 2**63 - 1)
-        await self._check_access(origin, room_id, acl_check)
+        joined = await self._check_access(origin, room_id, acl_check)
         if not limit or not latest:
             return {"events": []}
         events = await self._store.get_missing_events(room_id, earliest, latest, limit, min_depth)
         events = [e for e in events if e.rejected_reason is None]
-        return {"events": await self._visible_pdus(origin, room_id, events)}
+        return {"events": await self._visible_pdus(origin, room_id, events, joined)}
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _check_access(self, origin: str, room_id: str, acl_check: Optional[AclCheck] = None) -> None:
+    async def _check_access(
+        self, origin: str, room_id: str, acl_check: Optional[AclCheck] = None, unknown: Optional[MatrixError] = None
+    ) -> bool:
+        """Whether ``origin`` may see the room (see the class docstring), then its ACL.
+
+        :param unknown: the error for a room ``origin`` may not see (by default the one
+            for a room we do not know).
+        :returns: whether ``origin`` has a user joined to the room now (else it reads a
+            world_readable room).
+        :raises MatrixError: ``unknown`` (404), or 403 if the room's ACL denies ``origin``.
+        """
         known, joined = await self._history.get_room_access(room_id, origin)
-        if not known:
-            raise not_found(f"Unknown room {room_id}")
-        if not joined:
-            raise forbidden("Your server has no user in this room")
+        if not known or (not joined and not await self._world_readable(room_id)):
+            raise unknown if unknown is not None else not_found(f"Unknown room {room_id}")
         if acl_check is not None and not await acl_check(origin, room_id):
             raise forbidden("Your server is denied by the room's server ACL")
+        return joined
+
+    async def _world_readable(self, room_id: str) -> bool:
+        found = await self._store.get_current_state_events(room_id, [HISTORY_VISIBILITY_KEY])
+        return history_visibility(found.get(HISTORY_VISIBILITY_KEY)) == WORLD_READABLE
 
     async def _event_in_room(self, room_id: str, event_id: str) -> None:
         meta = (await self._store.get_event_meta([event_id])).get(event_id)
@@ -228,15 +257,18 @@ class HistoryHandler:
             raise not_found(f"No state known at event {event_id}")
         return got
 
-    async def _visible_pdus(self, origin: str, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
+    async def _visible_pdus(
+        self, origin: str, room_id: str, events: list[Event], joined_now: bool = True
+    ) -> list[dict[str, Any]]:
         """The PDUs to serve ``origin``: each event, or its redacted copy if ``origin``
-        may not see it (see :mod:`fedserver.handlers.federation.visibility`)."""
+        may not see it (see :mod:`fedserver.handlers.federation.visibility`) or a
+        redaction applies to it."""
         if not events:
             return []
         inputs = await self._history.get_visibility_inputs(room_id, [e.event_id for e in events], origin)
-        vis = ServerVisibility(origin, inputs.events, inputs.server_users)
+        vis = ServerVisibility(origin, inputs.events, inputs.server_users, joined_now=joined_now)
         states = inputs.states
-        pdus = []
+        hidden = set()
         for event in events:
             groups = inputs.groups.get(event.event_id)
             if groups is None:
@@ -247,8 +279,9 @@ class HistoryHandler:
             else:
                 before, after = groups
                 visible = vis.is_visible(event, before, states.get(before, {}), after, states.get(after, {}))
-            pdus.append(federation_pdu(event, visible))
-        return pdus
+            if not visible:
+                hidden.add(event.event_id)
+        return await self._served.pdus(events, hidden=hidden)
 
     def _transaction(self, pdus: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -10,7 +10,9 @@ from twisted.logger import Logger
 from fedserver.events.hashing import compute_event_id
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
-from fedserver.events.signing import SignatureServersError, required_signature_servers
+from fedserver.events.signing import (
+    SignatureServersError, optional_signature_servers, required_signature_servers,
+)
 from fedserver.events.validation import InvalidEvent, check_pdu
 from fedserver.federation.keyring import key_validity_minimum
 from fedserver.room_versions import EventFormat, RoomVersion, UnknownRoomVersion
@@ -128,10 +130,20 @@ class Ingest:
             for server in servers:
                 requests.append((server, c.signed_bytes, sigs.get(server), minimum))
                 owners.append(index)
+            # Signatures the auth rules may need (not the spec's signature check): one
+            # that is missing or bad leaves the server unverified, for the rules to judge.
+            for server in optional_signature_servers(pdu, rv):
+                if sigs.get(server) is not None:
+                    requests.append((server, c.signed_bytes, sigs.get(server), minimum))
+                    owners.append(-1 - index)
         verdicts = (yield self._keyring.verify_signatures(requests)) if requests else []
         failed: dict[int, str] = {}
-        for index, verdict in zip(owners, verdicts):
-            if verdict is not True and index not in failed:
+        also_verified: dict[int, set[str]] = {}
+        for (server, *_), index, verdict in zip(requests, owners, verdicts):
+            if index < 0:
+                if verdict is True:
+                    also_verified.setdefault(-1 - index, set()).add(server)
+            elif verdict is not True and index not in failed:
                 failed[index] = str(verdict)
         for index, (event, hash_ok, servers) in enumerate(checked):
             if index in failed:
@@ -145,7 +157,7 @@ class Ingest:
                 event = Event.from_pdu(redact(event.pdu, event.room_version), event.room_version, event.event_id)
             batch.results[event.event_id] = {}
             batch.entries.append(PersistEntry(event=event, outlier=True))
-            batch.verified[event.event_id] = servers
+            batch.verified[event.event_id] = servers | also_verified.get(index, set())
         return batch
 
     @defer.inlineCallbacks

@@ -8,7 +8,9 @@ from twisted.logger import Logger
 
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
-from fedserver.events.signing import SignatureServersError, required_signature_servers
+from fedserver.events.signing import (
+    SignatureServersError, optional_signature_servers, required_signature_servers,
+)
 from fedserver.events.validation import InvalidEvent, check_pdu
 from fedserver.federation.keyring import key_validity_minimum
 from fedserver.room_versions import RoomVersion
@@ -68,10 +70,20 @@ async def check_received(keyring, pdus: Iterable[Any], rv: RoomVersion, *, room_
         for server in servers:
             requests.append((server, c.signed_bytes, sigs.get(server), minimum))
             owners.append(index)
+        # Signatures the auth rules may need (not the spec's signature check): one that
+        # is missing or bad leaves the server unverified, for the rules to judge.
+        for server in optional_signature_servers(pdu, rv):
+            if sigs.get(server) is not None:
+                requests.append((server, c.signed_bytes, sigs.get(server), minimum))
+                owners.append(-1 - index)
     verdicts = (await keyring.verify_signatures(requests)) if requests else []
     failed: dict[int, str] = {}
-    for index, verdict in zip(owners, verdicts):
-        if verdict is not True and index not in failed:
+    also_verified: dict[int, set[str]] = {}
+    for (server, *_), index, verdict in zip(requests, owners, verdicts):
+        if index < 0:
+            if verdict is True:
+                also_verified.setdefault(-1 - index, set()).add(server)
+        elif verdict is not True and index not in failed:
             failed[index] = str(verdict)
     seen: set[str] = set()
     for index, (c, servers) in enumerate(checked):
@@ -87,5 +99,5 @@ async def check_received(keyring, pdus: Iterable[Any], rv: RoomVersion, *, room_
             # Step 3: keep only the redacted form.
             event = Event.from_pdu(redact(event.pdu, rv), rv, event.event_id)
         out.events.append(event)
-        out.verified[event.event_id] = frozenset(servers)
+        out.verified[event.event_id] = frozenset(servers) | frozenset(also_verified.get(index, ()))
     return out

@@ -14,7 +14,8 @@ from fedserver.events.signing import signed_bytes_for_event
 from fedserver.events.validation import InvalidEvent
 from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
 from fedserver.handlers.federation.handshakes import strip_received_state
-from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
+from fedserver.handlers.rooms.membership import check_outcome
+from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, REJECTED, SOFT_FAILED, RoomPipeline
 from fedserver.handlers.federation.receipt import check_received
 from fedserver.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
@@ -247,6 +248,15 @@ class RemoteMembership:
         chain_pdus = resp.get("auth_chain")
         if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):
             raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer lacks state"))
+        if resp.get("members_omitted") is not False and resp.get("members_omitted") is not None:
+            # Server-server spec, send_join v2: members_omitted is true "if m.room.member
+            # events have been omitted from state" (MSC3706), which a resident may only do
+            # when asked (omit_members=true; we never ask, yet). Such a state is not the
+            # room's state: taking it as complete would show a room without its members.
+            # Nothing is stored; the next candidate is tried.
+            raise HandshakeFailed(MatrixError(
+                502, "M_UNKNOWN", f"{server} answered send_join with partial state (members_omitted) unasked"
+            ))
         # The create event first: nothing is stored for a room whose create event is wrong.
         created = await check_received(
             self._keyring,
@@ -297,9 +307,12 @@ class RemoteMembership:
             if a not in by_id and a not in outcomes:
                 if not await self._store.have_events([a]):
                     raise HandshakeFailed(MatrixError(502, "M_UNKNOWN", "The join's auth events were not returned"))
+        # Our join goes to every server in the room too, queued with it (the resident
+        # sends it as well; receivers drop the copy they already have).
         result = await self._pipeline.process(
             room_id, [event], state_before={event.event_id: state},
             verified_servers={event.event_id: frozenset({self._server_name, server})},
+            distribute=True,
         )
         outcome = result[event.event_id]
         if outcome.status != ACCEPTED:
@@ -404,6 +417,8 @@ class RemoteMembership:
         invite = checked.events[0]
         result = await self._pipeline.process(room_id, [invite], local=True, persist_rejected=False)
         outcome = result[invite.event_id]
+        if outcome.status in (REJECTED, SOFT_FAILED):
+            check_outcome(invite, outcome)  # 403 naming the rule and the plugin
         if outcome.status != ACCEPTED:
             why = outcome.refusal.reason if outcome.refusal else outcome.status
             raise MatrixError(403, "M_FORBIDDEN", why)

@@ -8,8 +8,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.errors import MatrixError, bad_json, forbidden
-from fedserver.storage.interface import InvalidDataError, ReceivedTxn
+from fedserver.storage.interface import ReceivedTxn
 
 log = Logger()
 
@@ -40,9 +41,12 @@ class TransactionHandler:
 
     - At most 50 PDUs and 100 EDUs, else 400 ``M_BAD_JSON`` and nothing processed.
     - One transaction per origin at a time: a second one waits for the first.
+    - PDUs that pass the receipt checks 1-3 (the ingest) go into their rooms through the
+      receiver (steps 4-6, gaps filled), committed before the answer is recorded; a 200
+      means they are durable.
     - A repeated transaction id from the same origin gets the stored first response; its
-      PDUs are not processed again. The response and the events it acknowledges are
-      committed in one database transaction, so a 200 means both are durable.
+      PDUs are not processed again (and if the process died between storing the events
+      and recording the answer, processing them again finds them stored).
     - PDUs (and room EDUs) for rooms whose server ACL denies the origin are not processed.
     - EDUs go to the handler registered for their type; unknown types are ignored, and an
       EDU handler's failure never fails the transaction.
@@ -55,8 +59,8 @@ class TransactionHandler:
     :param acls: a :class:`fedserver.federation.acl.ServerAcls`, or ``None`` to apply no
         server ACLs.
     :param edu_handlers: ``{edu_type: handler(origin, content)}``.
-    :param receiver: an :class:`fedserver.handlers.federation.receive.EventReceiver`: checked events go
-        into their rooms (steps 4-6). Without one they are stored as outliers.
+    :param receiver: an :class:`fedserver.handlers.federation.receive.EventReceiver`:
+        checked events go into their rooms (steps 4-6).
     """
 
     def __init__(
@@ -66,7 +70,8 @@ class TransactionHandler:
         ingest: Any,
         acls: Any = None,
         edu_handlers: Mapping[str, EduHandler] | None = None,
-        receiver: Any = None,
+        *,
+        receiver: Any,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -127,46 +132,28 @@ class TransactionHandler:
         response = {"pdus": batch.results}
         now = int(self._clock.seconds() * 1000)
         record = ReceivedTxn(origin, txn_id, 200, response, now)
-        if self._receiver is not None:
-            # Receipt steps 4-6: into the rooms, gaps filled; committed before we answer.
-            events = [entry.event for entry in batch.entries]
-            outcomes = yield defer.ensureDeferred(self._receiver.take_in(origin, events, batch.verified))
-            for event in events:
-                o = outcomes.get(event.event_id)
-                if o is not None and o.status == "rejected" and o.refusal is not None:
-                    batch.results[event.event_id] = {"error": f"Rejected: {o.refusal.reason}"}
-                elif o is not None and o.status == "missing":
-                    batch.results[event.event_id] = {"error": "Missing prev or auth events that could not be fetched"}
-            yield self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
-            for edu in edus:
-                self._dispatch_edu(origin, edu, denied)
-            if pdus or edus:
-                log.info(
-                    "Transaction {txn_id} from {origin}: {n_pdus} PDUs, {n_edus} EDUs",
-                    txn_id=txn_id, origin=origin, n_pdus=len(pdus), n_edus=len(edus),
-                )
-            if self.on_processed:
-                counts = {"dropped": len(pdus) - len(events)}
-                for o in outcomes.values():
-                    key = "duplicate" if o.duplicate else o.status
-                    counts[key] = counts.get(key, 0) + 1
-                self._tell(origin, "processed", counts, len(edus))
-            return (200, response)
-        try:
-            yield self._store.persist_events(batch.entries, received_txn=record)
-        except InvalidDataError as e:
-            # Something in the batch cannot be stored: store the events one by one so
-            # that only the bad ones fail, then record the answer.
-            log.warn("Transaction {txn_id} from {origin} cannot be stored in one batch ({why}); storing event by event",
-                     txn_id=txn_id, origin=origin, why=e)
-            yield self._persist_one_by_one(batch, record)
+        # Receipt steps 4-6: into the rooms, gaps filled; committed before we answer.
+        events = [entry.event for entry in batch.entries]
+        outcomes = yield defer.ensureDeferred(self._receiver.take_in(origin, events, batch.verified))
+        for event in events:
+            o = outcomes.get(event.event_id)
+            if o is not None and o.status == "rejected" and o.refusal is not None:
+                batch.results[event.event_id] = {"error": f"Rejected: {o.refusal.reason}"}
+            elif o is not None and o.status == "missing":
+                batch.results[event.event_id] = {"error": "Missing prev or auth events that could not be fetched"}
+        yield self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
         for edu in edus:
             self._dispatch_edu(origin, edu, denied)
-        self._tell(origin, "processed", {"accepted": len(batch.entries), "dropped": len(pdus) - len(batch.entries)}, len(edus))
+        if self.on_processed:
+            counts = {"dropped": len(pdus) - len(events)}
+            for o in outcomes.values():
+                key = "duplicate" if o.duplicate else o.status
+                counts[key] = counts.get(key, 0) + 1
+            self._tell(origin, "processed", counts, len(edus))
         if pdus or edus:
             log.info(
-                "Transaction {txn_id} from {origin}: {n_pdus} PDUs ({n_ok} accepted), {n_edus} EDUs",
-                txn_id=txn_id, origin=origin, n_pdus=len(pdus), n_ok=len(batch.entries), n_edus=len(edus),
+                "Transaction {txn_id} from {origin}: {n_pdus} PDUs, {n_edus} EDUs",
+                txn_id=txn_id, origin=origin, n_pdus=len(pdus), n_edus=len(edus),
             )
         return (200, response)
 
@@ -176,15 +163,6 @@ class TransactionHandler:
                 observe(origin, result, outcomes, edus)
             except Exception:  # noqa: BLE001 - an observer must never fail a transaction
                 log.failure("Transaction observer failed")
-
-    @defer.inlineCallbacks
-    def _persist_one_by_one(self, batch: Any, record: ReceivedTxn):  # type: ignore[no-untyped-def]
-        for entry in batch.entries:
-            try:
-                yield self._store.persist_events([entry])
-            except InvalidDataError as e:
-                batch.results[entry.event.event_id] = {"error": f"Event cannot be stored: {e}"}
-        yield self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
 
     @defer.inlineCallbacks
     def _denied_rooms(self, origin: str, rooms: Mapping[str, Any]):  # type: ignore[no-untyped-def]
@@ -211,7 +189,8 @@ class TransactionHandler:
                 log.debug("Ignoring EDU of unknown type {edu_type!r:.100} from {origin}", edu_type=edu_type, origin=origin)
             return
         d = defer.maybeDeferred(handler, origin, content)
-        d.addErrback(lambda f: log.failure("EDU {edu_type} from {origin} failed", f, edu_type=edu_type, origin=origin))
+        d.addErrback(log_background_failure, "EDU {edu_type} from {origin} failed", logger=log, edu_type=edu_type,
+                     origin=origin)
 
 
 def _edu_rooms(edu: Any) -> list[str]:

@@ -16,11 +16,13 @@
 #   5. Otherwise, deny.
 #
 # A server may see an event if any of its users could. Servers asking us for history
-# have already passed the baseline check of having a user joined to the room NOW (the
-# history handler refuses the others with 403), and a user joined now has joined "at a
-# point after the event" or was joined at it; so rule 3 always allows for such a server
-# and `shared` behaves like `world_readable` here. Rules 2 and 4 look at the memberships
-# of all the server's users in the state at the event.
+# have a user joined to the room NOW, or the room is world_readable now (the history
+# handler answers the others as for a room that does not exist). A user joined now has
+# joined "at a point after the event" or was joined at it; so for a server joined now
+# rule 3 always allows and `shared` behaves like `world_readable`. A server that is not
+# joined now (reading a world_readable room) gets no rule 3: whether one of its users
+# joined after the event is not something we can tell. Rules 2 and 4 look at the
+# memberships of all the server's users in the state at the event.
 #
 # The two exceptions of the spec are applied too: an m.room.history_visibility event is
 # visible if the visibility before OR after it allows, and a user's own m.room.member
@@ -80,10 +82,13 @@ class ServerView(NamedTuple):
     visibility: str
     memberships: frozenset[str]
 
-    def allows(self) -> bool:
-        """Whether a server that has a user joined to the room now may see an event sent
-        in this state (rules 1-5, see the module comment)."""
-        if self.visibility in (WORLD_READABLE, SHARED):
+    def allows(self, joined_now: bool = True) -> bool:
+        """Whether the server may see an event sent in this state (rules 1-5, see the
+        module comment).
+
+        :param joined_now: the server has a user joined to the room now (rule 3).
+        """
+        if self.visibility == WORLD_READABLE or (self.visibility == SHARED and joined_now):
             return True  # rule 1; rule 3 for a server currently in the room
         if "join" in self.memberships:
             return True  # rule 2
@@ -158,6 +163,8 @@ class ServerVisibility:
     :param server_name: the server asking.
     :param events: the history visibility and membership events the states point at.
     :param server_users: see :func:`summarise_state`.
+    :param joined_now: the server has a user joined to the room now (see
+        :meth:`ServerView.allows`).
     """
 
     def __init__(
@@ -165,8 +172,10 @@ class ServerVisibility:
         server_name: str,
         events: Mapping[str, Event],
         server_users: Optional[Iterable[str]] = None,
+        joined_now: bool = True,
     ) -> None:
         self.server_name = server_name
+        self.joined_now = joined_now
         self._events = events
         self._users = None if server_users is None else tuple(server_users)
         self._views: dict[Hashable, ServerView] = {}
@@ -197,8 +206,8 @@ class ServerVisibility:
         """:func:`is_visible` with memoised views; the state after is only summarised
         when the state before does not already allow and the event needs it."""
         before = self.view(before_key, before_state)
-        if before.allows():
+        if before.allows(self.joined_now):
             return True
         if after_state is None or not needs_state_after(event, self.server_name):
             return False
-        return self.view(after_key, after_state).allows()
+        return self.view(after_key, after_state).allows(self.joined_now)

@@ -28,11 +28,9 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from twisted.logger import Logger
 
-from fedserver.auth.auth_state import AuthState
-from fedserver.auth.selection import POWER_LEVELS_KEY
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
-from fedserver.room_versions import EventFormat
+from fedserver.handlers.rooms.redactions import RedactionLookup
 
 log = Logger()
 
@@ -44,7 +42,6 @@ INVITED = "invited"
 JOINED = "joined"
 KNOWN_VISIBILITIES = frozenset({WORLD_READABLE, SHARED, INVITED, JOINED})
 HISTORY_VISIBILITY_KEY: StateKey = ("m.room.history_visibility", "")
-CREATE_KEY: StateKey = ("m.room.create", "")
 
 #: Joined at every later point (the user is joined now).
 JOINED_NOW = float("inf")
@@ -204,6 +201,14 @@ class ClientEventSource:
     def __init__(self, store: Any, clock: Any) -> None:
         self._store = store
         self._clock = clock
+        self._redactions = RedactionLookup(store)
+        #: What bundles aggregations of child events (``unsigned.m.relations``) when
+        #: :meth:`serialize` is asked to: an object with ``async bundle(user_id, events,
+        #: include_room_id) -> {event_id: m.relations}`` (the relations handler), or ``None``.
+        self.relations: Any = None
+        #: Whom each user ignores: an object with ``async get(user_id) -> frozenset``
+        #: (:class:`~fedserver.handlers.client.ignored_users.IgnoredUsers`), or ``None``.
+        self.ignored: Any = None
 
     def now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -222,9 +227,19 @@ class ClientEventSource:
         :param joined_since: the stream position of the user's current join if they are
             joined now: events after it are visible without reading any state (rule 2,
             the user was joined when they were sent).
+
+        Non-state events of users ``user_id`` ignores are left out (spec "Ignoring
+        Users": "the client will no longer receive events sent by that user, with the
+        exception of state events").
         """
         if not items:
             return []
+        if self.ignored is not None:
+            ignored = await self.ignored.get(user_id)
+            if ignored:
+                items = [(nid, e) for nid, e in items if e.state_key is not None or e.sender not in ignored]
+                if not items:
+                    return []
         if joined_since is not None and all(nid > joined_since for nid, _ in items):
             return list(items)
         store = self._store
@@ -295,14 +310,19 @@ class ClientEventSource:
         user_id: Optional[str] = None,
         scope: Optional[str] = None,
         include_room_id: bool = True,
+        aggregations: bool = False,
     ) -> list[dict[str, Any]]:
         """``events`` in the client event format, with redactions applied and, for the
         events ``user_id`` sent from the device or token ``scope``, their transaction id.
+
+        :param aggregations: bundle the aggregations of their child events under
+            ``unsigned.m.relations`` (spec "Aggregations of child events": /messages,
+            /context, /event, /relations, /threads, and /sync when ``limited``).
         """
         if not events:
             return []
         now = self.now_ms()
-        redactions = await self._applicable_redactions(events)
+        redactions = await self.applicable_redactions(events)
         txn_ids: dict[str, str] = {}
         if user_id is not None and scope is not None:
             own = [e.event_id for e in events if e.sender == user_id]
@@ -320,48 +340,17 @@ class ClientEventSource:
                     include_room_id=include_room_id,
                 )
             )
+        if aggregations and self.relations is not None and user_id is not None:
+            bundles = await self.relations.bundle(user_id, events, include_room_id=include_room_id, redacted=redactions)
+            for served in out:
+                found = bundles.get(served["event_id"])
+                if found:
+                    served["unsigned"]["m.relations"] = found
         return out
 
-    async def _applicable_redactions(self, events: Sequence[Event]) -> dict[str, Event]:
+    async def applicable_redactions(self, events: Sequence[Event]) -> dict[str, Event]:
         """``{event_id: the redaction that applies}`` among the indexed redactions."""
-        store = self._store
-        by_target = await store.rooms.get_redactions([e.event_id for e in events])
-        if not by_target:
-            return {}
-        loaded = await store.get_events({r for rs in by_target.values() for r in rs}, allow_rejected=False)
-        targets = {e.event_id: e for e in events}
-        out: dict[str, Event] = {}
-        for target_id, redaction_ids in by_target.items():
-            target = targets[target_id]
-            for rid in redaction_ids:
-                r = loaded.get(rid)
-                if r is not None and await self._redaction_applies(r, target):
-                    out[target_id] = r
-                    break
-        return out
-
-    async def _redaction_applies(self, redaction: Event, target: Event) -> bool:
-        """Rooms v1-v2: the auth rules checked the redaction (rule 11). From v3 they do
-        not, and the spec ("Handling redactions") says servers apply it only if the
-        senders' domains match or the redaction's sender has the power to redact."""
-        if redaction.room_id != target.room_id:
-            return False
-        if redaction.room_version.event_format == EventFormat.V1:
-            return True
-        if redaction.origin == target.origin:
-            return True
-        groups = await self._store.rooms.get_event_state_groups([redaction.event_id])
-        pair = groups.get(redaction.event_id)
-        if pair is None:
-            return False
-        state = await self._store.get_state_group(pair[0])
-        wanted = [v for v in (state.get(POWER_LEVELS_KEY), state.get(CREATE_KEY)) if v is not None]
-        found = await self._store.get_events(wanted)
-        pl = found.get(state.get(POWER_LEVELS_KEY, ""))
-        create = found.get(state.get(CREATE_KEY, ""))
-        auth_events = {POWER_LEVELS_KEY: pl} if pl is not None else {}
-        view = AuthState(redaction.room_version, redaction, auth_events, create)
-        return view.sender_level >= view.power_levels.redact
+        return await self._redactions.applicable(events)
 
 
 def joined_bounds(membership: Optional[Any], previous_membership: Optional[str] = None) -> tuple[float, Optional[int]]:

@@ -21,6 +21,7 @@ from fedserver.events.validation import EventTooLarge, InvalidEvent
 from fedserver.handlers.rooms.client_events import STRIPPED_STATE_TYPES, stripped_state
 from fedserver.handlers.rooms.directory import current_power, split_alias
 from fedserver.handlers.federation.handshakes import federation_stripped_state
+from fedserver.handlers.federation.served import ServedPdus
 from fedserver.handlers.rooms.pipeline import ACCEPTED, REJECTED, SOFT_FAILED, Outcome
 from fedserver.errors import (
     M_UNKNOWN,
@@ -36,6 +37,10 @@ from fedserver.room_versions import RoomVersion
 from fedserver.storage.interface import PersistEntry
 
 log = Logger()
+
+#: Fields of the 403 answering a local event the auth rules (or a policy) refused.
+REFUSAL_RULE_FIELD = "org.fedserver.rule"
+REFUSAL_PLUGIN_FIELD = "org.fedserver.plugin"
 
 #: Longest ``reason`` kept in a membership event, in characters.
 MAX_REASON_LENGTH = 2048
@@ -79,17 +84,33 @@ def check_outcome(event: Event, outcome: Outcome) -> Event:
     """Turn the pipeline's verdict on a local event into the client's answer.
 
     :raises MatrixError: 403 ``M_FORBIDDEN`` with the auth rule's reason if rejected, or
-        the policy's if a policy plugin soft-failed it; 500 if it could not be taken in.
+        the policy's if a policy plugin soft-failed it, naming the rule and the plugin in
+        ``org.fedserver.rule`` and ``org.fedserver.plugin`` (also logged); 500 if it could
+        not be taken in.
     """
     if outcome.status == ACCEPTED:
         return event
-    if outcome.status == REJECTED:
-        reason = outcome.refusal.reason if outcome.refusal is not None else "refused by the auth rules"
-        raise forbidden(reason)
-    if outcome.status == SOFT_FAILED:
-        # A local policy (e.g. the room's policy server) refused it: kept, never sent.
-        reason = outcome.refusal.reason if outcome.refusal is not None else "refused by a policy"
-        raise forbidden(f"Refused by policy: {reason}")
+    if outcome.status in (REJECTED, SOFT_FAILED):
+        refusal = outcome.refusal
+        if outcome.status == REJECTED:
+            reason = refusal.reason if refusal is not None else "refused by the auth rules"
+        else:
+            # A local policy (e.g. the room's policy server) refused it: kept, never sent.
+            reason = "Refused by policy: " + (refusal.reason if refusal is not None else "refused by a policy")
+        rule = refusal.rule if refusal is not None else None
+        plugin = refusal.plugin if refusal is not None else None
+        log.info(
+            "Local event {event_id} ({type} from {sender}) refused: {reason} (rule {rule}, plugin {plugin})",
+            event_id=event.event_id if event is not None else None,
+            type=event.type if event is not None else None,
+            sender=event.sender if event is not None else None,
+            reason=reason, rule=rule, plugin=plugin,
+        )
+        # Extra fields are allowed in Matrix errors; namespaced, they tell the client (and
+        # the operator reading the log) which rule and which plugin said no.
+        error = forbidden(reason)
+        error.extra.update({REFUSAL_RULE_FIELD: rule, REFUSAL_PLUGIN_FIELD: plugin})
+        raise error
     log.error("Local event {event_id} was not taken in: {status}", event_id=event.event_id, status=outcome.status)
     raise unknown("The event could not be taken into the room")
 
@@ -103,10 +124,15 @@ class RoomEvents:
     :param pipeline: the :class:`~fedserver.handlers.rooms.pipeline.RoomPipeline`.
     :param server_name: ours.
     :param signing_key: ours (to sign the ``m.room.create`` events of new rooms).
+    :param served: the :class:`~fedserver.handlers.federation.served.ServedPdus` that PDUs
+        sent to other servers go through (one on ``store`` by default).
     """
 
-    def __init__(self, store: Any, creator: Any, pipeline: Any, server_name: str, signing_key: Any) -> None:
+    def __init__(
+        self, store: Any, creator: Any, pipeline: Any, server_name: str, signing_key: Any, *, served: Any = None
+    ) -> None:
         self.store = store
+        self._served = served if served is not None else ServedPdus(store)
         self.creator = creator
         self.pipeline = pipeline
         self.server_name = server_name
@@ -229,9 +255,9 @@ class RoomEvents:
 
     async def federation_room_state(self, room_id: str) -> list[dict[str, Any]]:
         """The room's stripped state as sent to an invitee's server (``invite_room_state``):
-        full PDUs since Matrix 1.16."""
+        full PDUs since Matrix 1.16, redacted where a redaction applies."""
         state = await self.store.get_current_state_events(room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
-        return federation_stripped_state([e for _, e in sorted(state.items())])
+        return await federation_stripped_state(self._served, [e for _, e in sorted(state.items())])
 
     async def stripped_room_state(self, room_id: str, extra: Iterable[Event] = ()) -> list[dict[str, Any]]:
         """The room's stripped state (spec "Stripped state"), plus ``extra`` events."""
@@ -266,6 +292,9 @@ class MembershipHandler:
         self.remote = remote
         self.notifier = notifier
         self.is_room_blocked = is_room_blocked
+        #: Coroutine functions ``(user_id, room_id)`` awaited after a join of one of our
+        #: users succeeded (e.g. following a room upgrade); their errors are logged.
+        self.on_joined: list[Any] = []
 
     def _check_not_blocked(self, room_id: str) -> None:
         if self.is_room_blocked is not None and self.is_room_blocked(room_id):
@@ -358,7 +387,9 @@ class MembershipHandler:
         reason = check_reason(reason)
         hints = list(server_names) + [s for s in alias_servers if s not in server_names]
         if not await self.events.is_here(room_id):
-            return await self._remote_join(user_id, room_id, hints, reason)
+            await self._remote_join(user_id, room_id, hints, reason)
+            await self._joined(user_id, room_id)
+            return room_id
         current = await self.store.rooms.get_membership(room_id, user_id)
         if current is not None and current.membership == "join":
             return room_id  # already joined: nothing to change
@@ -369,7 +400,15 @@ class MembershipHandler:
         if authoriser is not None:
             content["join_authorised_via_users_server"] = authoriser
         await self._member(room_id, user_id, user_id, "join", content)
+        await self._joined(user_id, room_id)
         return room_id
+
+    async def _joined(self, user_id: str, room_id: str) -> None:
+        for callback in list(self.on_joined):
+            try:
+                await callback(user_id, room_id)
+            except Exception:  # noqa: BLE001 - the join is done; a follow-up must not undo its answer
+                log.failure("on_joined callback failed for {room_id}", room_id=room_id)
 
     async def _remote_join(self, user_id: str, room_id: str, hints: Sequence[str], reason: Optional[str]) -> str:
         candidates = self._candidates(room_id, await self._inviter_hint(user_id, room_id) + list(hints))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -14,7 +14,7 @@ from fedserver.auth.selection import auth_types_for_event
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
-from fedserver.storage.interface import PersistEntry, Refusal, StateKey
+from fedserver.storage.interface import Distribution, PersistEntry, Refusal, StateKey
 from fedserver.state.statemap import StateMap
 
 log = Logger()
@@ -39,6 +39,7 @@ class Outcome:
     :ivar duplicate: the event was already in the room's DAG; nothing changed.
     :ivar stored: it was written by this call (rejected events are stored too, unless the
         caller asked not to).
+    :ivar queued_for: the servers it was queued for, in the transaction that stored it.
     """
 
     status: str
@@ -46,6 +47,7 @@ class Outcome:
     missing: frozenset[str] = frozenset()
     duplicate: bool = False
     stored: bool = False
+    queued_for: frozenset[str] = frozenset()
 
     @property
     def accepted(self) -> bool:
@@ -94,7 +96,10 @@ class _EventState(Mapping[StateKey, Event]):
 
 def _refusal_from(result) -> Refusal:
     deny = result.denials[0]
-    return Refusal(deny.reason, deny.rule, deny.plugin or None)
+    # The plugin is the name the denying hook implementation is registered under; the
+    # spec's rules are registered as fedserver.auth.rules.<topic> (never empty: the
+    # engine fills it in).
+    return Refusal(deny.reason, deny.rule, deny.plugin)
 
 
 def _topo_order(events: Sequence[Event], edges: Callable[[Event], Sequence[str]], key) -> list[Event]:
@@ -153,15 +158,29 @@ class RoomPipeline:
     20,000-member room costs a small dict per state event, and a linear event costs no
     state write at all.
 
+    The pipeline also decides which events go to the other servers of the room (spec:
+    "the event is sent to all the servers in the room"): the events this server makes
+    (:meth:`create_local`, ``process(local=True)``) and those a caller asks for
+    (``distribute``: our join through a remote handshake, joins, leaves and knocks we
+    accept through the handshakes we serve). They are queued for every server with a
+    member joined to the room after the event, and for a membership event also the
+    target's server (a kicked or banned user's server, no longer joined, must still learn
+    it), in the SAME database transaction that stores the event (DESIGN.md, Durability:
+    a 200 means committed and queued). Once committed, ``on_queued`` callbacks (the
+    sender) are told which servers have something new.
+
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param engine: the :class:`fedserver.auth.engine.AuthEngine`.
     :param plugin_manager: for the policy hook.
+    :param server_name: ours; without it nothing is queued for other servers (a pipeline
+        that does not federate, in tests).
     """
 
-    def __init__(self, store, engine, plugin_manager) -> None:
+    def __init__(self, store, engine, plugin_manager, *, server_name: Optional[str] = None) -> None:
         self._store = store
         self._engine = engine
         self._pm = plugin_manager
+        self._server_name = server_name
         self._locks: dict[str, defer.DeferredLock] = {}
         self._rooms: dict[str, _RoomState] = {}
         #: callables ``(room_id, [(event, outcome)])`` run after each committed batch.
@@ -169,6 +188,9 @@ class RoomPipeline:
         #: callables ``(room_version, seconds)`` told how long each resolution of
         #: conflicting states took (e.g. the metrics).
         self.on_state_resolved: list[Callable[[str, float], Any]] = []
+        #: callables ``(servers)`` run after a committed batch queued events for ``servers``
+        #: (e.g. :meth:`fedserver.federation.sender.FederationSender.wake`).
+        self.on_queued: list[Callable[[frozenset[str]], Any]] = []
 
     # -- public API -------------------------------------------------------------------------
 
@@ -181,11 +203,14 @@ class RoomPipeline:
         persist_rejected: bool = True,
         state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+        distribute: bool = False,
+        distribute_except: Collection[str] = (),
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take ``events`` (all of ``room_id``) into the room.
 
         :param local: events made by this server for its users: no soft-failure check
-            (they were built on the current state), and the caller gets the verdict.
+            (they were built on the current state), the caller gets the verdict, and the
+            accepted ones are queued for the room's other servers.
         :param persist_rejected: store rejected events (``True`` for events from other
             servers, whose refusal must be remembered; ``False`` for a local event the
             auth rules refuse, which must simply not exist).
@@ -193,12 +218,49 @@ class RoomPipeline:
             without state (the join event of a remote join, the end of a gap filled from
             ``/state_ids``): their state before is given, not computed.
         :param verified_servers: ``{event_id: servers}`` whose signatures were verified.
+        :param distribute: queue the accepted events for the room's other servers in the
+            transaction that stores them (implied by ``local``).
+        :param distribute_except: servers not to queue them for (the server that handed
+            them to us through a handshake).
         :returns: Deferred firing with ``{event_id: Outcome}`` once the batch is committed.
+        """
+        send = self._distribution(local or distribute, distribute_except)
+        return self._locked(
+            room_id,
+            lambda: self._process(
+                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}, send
+            ),
+        )
+
+    def _distribution(self, distribute: bool, never: Collection[str] = ()) -> Optional[frozenset[str]]:
+        """The servers never to send to, or ``None`` for "do not distribute"."""
+        if not distribute or self._server_name is None:
+            return None
+        return frozenset(never) | {self._server_name}
+
+    def process_history(
+        self,
+        room_id: str,
+        events: Sequence[Event],
+        *,
+        state_before: Optional[Mapping[str, Mapping[StateKey, str]]] = None,
+        verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+    ) -> "defer.Deferred[dict[str, Outcome]]":
+        """Take in events fetched as history (``/backfill``): placed behind events we hold,
+        they get the receipt checks of steps 4 and 5 like any PDU, and are stored with
+        their state (rejected ones too), but they change neither the current state nor the
+        forward extremities, are never soft-failed (step 6 is about the present) and never
+        enter the /sync stream (``PersistEntry.history``). ``on_persisted`` is not called:
+        nothing is new to the room.
+
+        :param state_before: ``{event_id: state}`` for events whose prev events we do not
+            hold with state (derived by :mod:`fedserver.state.backwards`, or fetched).
+        :returns: Deferred firing with ``{event_id: Outcome}`` once committed.
         """
         return self._locked(
             room_id,
             lambda: self._process(
-                room_id, list(events), local, persist_rejected, state_before or {}, verified_servers or {}
+                room_id, list(events), False, True, state_before or {}, verified_servers or {}, history=True
             ),
         )
 
@@ -236,7 +298,7 @@ class RoomPipeline:
             current = room.current if room is not None else StateMap.from_dict({})
             extremities = set(room.extremities) if room is not None else set()
             event = await defer.maybeDeferred(build, current, extremities)
-            outcomes = await self._process(room_id, [event], True, False, {}, {})
+            outcomes = await self._process(room_id, [event], True, False, {}, {}, self._distribution(True))
             return event, outcomes[event.event_id]
 
         return self._locked(room_id, run)
@@ -247,18 +309,20 @@ class RoomPipeline:
         events: Sequence[Event],
         *,
         verified_servers: Optional[Mapping[str, Collection[str]]] = None,
+        history: bool = False,
     ) -> "defer.Deferred[dict[str, Outcome]]":
         """Take in events we hold without their place in the DAG (auth chains and state
         fetched for a join or a gap): each is checked against its own ``auth_events`` (step
         4; they come in auth order) and stored as an outlier, rejected or not.
 
+        :param history: fetched for history (``PersistEntry.history``).
         :returns: Deferred firing with ``{event_id: Outcome}``; ``missing`` for events whose
             auth events are neither stored nor in ``events``.
         """
-        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}))
+        return defer.ensureDeferred(self._process_outliers(room_id, list(events), verified_servers or {}, history))
 
     async def _process_outliers(
-        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]]
+        self, room_id: str, events: list[Event], verified: Mapping[str, Collection[str]], history: bool = False
     ) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         if not events:
@@ -291,12 +355,12 @@ class RoomPipeline:
             result = self._engine.check(event, auth_list, create_event=create, verified_servers=verified.get(eid))
             if result.allowed:
                 outcomes[eid] = Outcome(ACCEPTED, stored=True)
-                entries.append(PersistEntry(event=event, outlier=True))
+                entries.append(PersistEntry(event=event, outlier=True, history=history))
             else:
                 refusal = _refusal_from(result)
                 event.rejected_reason = refusal.reason
                 outcomes[eid] = Outcome(REJECTED, refusal, stored=True)
-                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal))
+                entries.append(PersistEntry(event=event, outlier=True, rejection=refusal, history=history))
         if entries:
             await store.persist_events(entries)
         return outcomes
@@ -355,13 +419,18 @@ class RoomPipeline:
         persist_rejected: bool,
         given_state: Mapping[str, Mapping[StateKey, str]],
         verified: Mapping[str, Collection[str]],
+        send_never: Optional[frozenset[str]] = None,
+        history: bool = False,
     ) -> dict[str, Outcome]:
+        """The batch; ``send_never``: distribute the accepted events, never to these
+        servers (``None``: do not distribute)."""
         outcomes: dict[str, Outcome] = {}
         if not events:
             return outcomes
         store = self._store
         ids = [e.event_id for e in events]
-        meta = await store.get_event_meta(ids)
+        all_prevs = {p for e in events for p in e.prev_event_ids}
+        meta = await store.get_event_meta(list(set(ids) | all_prevs))
         todo: list[Event] = []
         for e in events:
             m = meta.get(e.event_id)
@@ -377,7 +446,12 @@ class RoomPipeline:
 
         # Load in bulk what the batch needs: the states after prev events held in storage,
         # the cited auth events, and the state events the auth rules will consult.
-        outside_prevs = {p for e in todo for p in e.prev_event_ids if p not in batch_events}
+        # A prev event of another room is no prev event of this one: it counts as missing
+        # (HOSTILE row 16's rule for auth events, applied to the DAG).
+        outside_prevs = {
+            p for e in todo for p in e.prev_event_ids
+            if p not in batch_events and (p not in meta or meta[p].room_id == room_id)
+        }
         groups = await store.get_state_ids_for_events(outside_prevs, after=True) if outside_prevs else {}
         group_states: dict[int, StateMap] = {}
         for g in set(groups.values()):
@@ -444,7 +518,7 @@ class RoomPipeline:
                     before, entry_kw = await self._state_before(
                         room_id, rv, event, prev_states, prev_keys, groups, events_by_id, create
                     )
-                    if len(extremities) == 1 and extremities == set(event.prev_event_ids):
+                    if not history and len(extremities) == 1 and extremities == set(event.prev_event_ids):
                         # The usual case: the event follows the room's only forward extremity,
                         # so the state before it is the current state (already in memory).
                         before = current
@@ -472,14 +546,14 @@ class RoomPipeline:
                 result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
                 if not result.allowed:
                     refusal = _refusal_from(result)
-            if refusal is None and not local and room is not None and current is not before:
+            if refusal is None and not local and not history and room is not None and current is not before:
                 # -- step 6: the current state (soft failure) ------------------------------
                 await self._ensure_loaded(event, current, events_by_id, batch_events)
                 view = _EventState(current, _Overlay(events_by_id, batch_events))
                 result = self._engine.check_against_state(event, view, create_event=create, verified_servers=servers)
                 if not result.allowed:
                     soft = _refusal_from(result)
-            if refusal is None and soft is None and self._has_policies():
+            if refusal is None and soft is None and not history and self._has_policies():
                 view = _EventState(current, _Overlay(events_by_id, batch_events))
                 policy = await check_event_policy(self._pm, event, rv, view)
                 if policy.soft_failed:
@@ -492,7 +566,7 @@ class RoomPipeline:
                 after[eid] = before
                 outcomes[eid] = outcome
                 if persist_rejected:
-                    entries.append(PersistEntry(event=event, rejection=refusal, **entry_kw))
+                    entries.append(PersistEntry(event=event, rejection=refusal, history=history, **entry_kw))
                 log.info("Rejected {event_id} in {room_id}: {reason} (rule {rule})",
                          event_id=eid, room_id=room_id, reason=refusal.reason, rule=refusal.rule)
                 continue
@@ -501,6 +575,11 @@ class RoomPipeline:
                 state_after = _evolve(before, {(event.type, event.state_key): eid})
             after[eid] = state_after
             batch_events[eid] = event
+            if history:
+                # Behind what we hold: stored with its state, nothing present changes.
+                outcomes[eid] = Outcome(ACCEPTED, stored=True)
+                entries.append(PersistEntry(event=event, history=True, **entry_kw))
+                continue
             if soft is not None:
                 outcome = Outcome(SOFT_FAILED, soft, stored=True)
                 entries.append(PersistEntry(event=event, soft_failed=True, soft_failure=soft, **entry_kw))
@@ -528,18 +607,40 @@ class RoomPipeline:
                 if delta:
                     current_changed = True
                 current = new_current if isinstance(new_current, StateMap) else StateMap.from_dict(dict(new_current))
-                entries.append(PersistEntry(event=event, update_current_state=delta or None, **entry_kw))
+                distribution = None
+                if send_never is not None:
+                    distribution = Distribution(also=_target_server(event), never=send_never)
+                entries.append(
+                    PersistEntry(event=event, update_current_state=delta or None, distribute=distribution, **entry_kw)
+                )
                 if event.type == "m.room.create" and event.state_key == "":
                     create = event
             outcomes[eid] = outcome
             accepted_in_order.append((event, outcome))
 
+        if history:
+            if entries:
+                await store.persist_events(entries)
+                # History filling a gap descends from events before it: storage no longer
+                # counts those as forward extremities (see PersistEntry.history).
+                prevs = {p for x in entries if x.rejection is None for p in x.event.prev_event_ids}
+                if room is not None and room.extremities & prevs:
+                    room.extremities = room.extremities - prevs
+            return outcomes
         if entries:
             try:
-                await store.persist_events(entries)
+                persisted = await store.persist_events(entries)
             except Exception:
                 self.invalidate(room_id)
                 raise
+            queued: set[str] = set()
+            for eid, done in (persisted or {}).items():
+                if done.queued_for and eid in outcomes:
+                    queued |= done.queued_for
+                    outcomes[eid] = replace(outcomes[eid], queued_for=done.queued_for)
+            if queued:
+                accepted_in_order = [(e, outcomes[e.event_id]) for e, _ in accepted_in_order]
+                self._wake(frozenset(queued))
             if room is None:
                 room = _RoomState(current, extremities, create)
                 self._rooms[room_id] = room
@@ -557,6 +658,13 @@ class RoomPipeline:
         return outcomes
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _wake(self, servers: frozenset[str]) -> None:
+        for callback in list(self.on_queued):
+            try:
+                callback(servers)
+            except Exception:
+                log.failure("on_queued callback failed")
 
     def _has_policies(self) -> bool:
         return bool(self._pm.hook.fedserver_check_event_policy.get_hookimpls())
@@ -693,6 +801,14 @@ class _Overlay(Mapping[str, Event]):
 
     def __len__(self) -> int:
         return len(set(self._a) | set(self._b))
+
+
+def _target_server(event: Event) -> frozenset[str]:
+    """The server of a membership event's target (``frozenset()`` for other events)."""
+    if event.type != "m.room.member" or not event.state_key:
+        return frozenset()
+    _, sep, server = event.state_key.partition(":")
+    return frozenset({server}) if sep and server else frozenset()
 
 
 def _evolve(state: Mapping[StateKey, str], delta: dict[StateKey, str]) -> Mapping[StateKey, str]:

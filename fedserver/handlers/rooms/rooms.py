@@ -1,4 +1,4 @@
-"""Local rooms for clients: createRoom, sending and reading events and state, redaction, /messages, members."""
+"""Local rooms for clients: createRoom, sending events, state, redaction (reading the timeline: timeline.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.events.model import Event
 from fedserver.handlers.rooms.client_events import (
     HISTORY_VISIBILITY_KEY,
@@ -29,7 +30,7 @@ from fedserver.errors import (
     unsupported_room_version,
 )
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry, UnknownRoomVersion
-from fedserver.storage.rooms_store import POS_MAX, TopoPos
+from fedserver.storage.rooms_store import TopoPos
 
 log = Logger()
 
@@ -119,12 +120,16 @@ def _matches_pattern(value: str, patterns: Iterable[str]) -> bool:
 class EventFilter:
     """A ``RoomEventFilter`` / ``EventFilter`` (spec "Filtering"): ``types``,
     ``not_types``, ``senders``, ``not_senders``, ``rooms``, ``not_rooms``, ``limit``,
-    ``contains_url``. Unknown keys are ignored; malformed values are refused.
+    ``contains_url``, ``lazy_load_members``, ``include_redundant_members``. Unknown keys
+    are ignored; malformed values are refused.
 
     :raises MatrixError: 400 ``M_INVALID_PARAM`` for a malformed filter.
     """
 
-    __slots__ = ("types", "not_types", "senders", "not_senders", "rooms", "not_rooms", "limit", "contains_url", "lazy_load_members")
+    __slots__ = (
+        "types", "not_types", "senders", "not_senders", "rooms", "not_rooms", "limit", "contains_url",
+        "lazy_load_members", "include_redundant_members",
+    )
 
     def __init__(self, spec: Optional[Mapping[str, Any]] = None):
         spec = spec or {}
@@ -141,7 +146,10 @@ class EventFilter:
         self.limit = limit
         contains_url = spec.get("contains_url")
         self.contains_url = contains_url if isinstance(contains_url, bool) else None
+        # Spec "Lazy-loading room members": only the senders' membership events are sent;
+        # include_redundant_members "does not apply unless lazy_load_members is true".
         self.lazy_load_members = spec.get("lazy_load_members") is True
+        self.include_redundant_members = self.lazy_load_members and spec.get("include_redundant_members") is True
 
     def allows_room(self, room_id: str) -> bool:
         if self.not_rooms is not None and room_id in self.not_rooms:
@@ -201,6 +209,9 @@ class RoomsHandler:
         self.room_versions = room_versions if room_versions is not None else RoomVersionRegistry()
         self.default_room_version = default_room_version
         self._txn_locks: dict[tuple[str, ...], defer.DeferredLock] = {}
+        #: The :class:`~fedserver.handlers.rooms.relations.RelationsHandler` that checks
+        #: new related events (threads, annotations), or ``None``.
+        self.relations: Any = None
 
     # -- pipeline hook ----------------------------------------------------------------------
 
@@ -208,7 +219,7 @@ class RoomsHandler:
         """``RoomPipeline.on_persisted`` callback: index new redactions (from any server)
         so that the events they redact are served redacted."""
         if any(e.type == "m.room.redaction" for e, _ in taken):
-            self.store.rooms.index_redactions().addErrback(lambda f: log.failure("Indexing redactions failed", f))
+            self.store.rooms.index_redactions().addErrback(log_background_failure, "Indexing redactions failed", logger=log)
 
     # -- createRoom ---------------------------------------------------------------------------
 
@@ -398,6 +409,8 @@ class RoomsHandler:
         async def make() -> str:
             if event_type == "m.room.redaction" and isinstance(content.get("redacts"), str):
                 await self._check_may_redact(room_id, user_id, content["redacts"])
+            if self.relations is not None:
+                await self.relations.check_new_event(room_id, user_id, event_type, content)
             event = await self.events.send(room_id, type=event_type, sender=user_id, content=content)
             if event.type == "m.room.redaction":
                 await self.store.rooms.index_redactions()
@@ -507,7 +520,7 @@ class RoomsHandler:
 
     # -- reading state ------------------------------------------------------------------------
 
-    async def _readable_state(self, room_id: str, user_id: str) -> Mapping[tuple[str, str], str]:
+    async def readable_state(self, room_id: str, user_id: str) -> Mapping[tuple[str, str], str]:
         """The state a user may read: the current state if joined (or the room is
         world-readable), the state after their membership event if they left or were
         banned (spec: "as it was at the moment they left").
@@ -531,7 +544,7 @@ class RoomsHandler:
 
     async def get_state(self, requester: Any, room_id: str) -> list[dict[str, Any]]:
         """``GET /rooms/{roomId}/state``: every state event, client format."""
-        state = await self._readable_state(room_id, requester.user_id)
+        state = await self.readable_state(room_id, requester.user_id)
         events = await self.store.get_events(state.values())
         ordered = [events[v] for _, v in sorted(state.items()) if v in events]
         return await self.source.serialize(ordered, user_id=requester.user_id, scope=transaction_scope(requester))
@@ -544,7 +557,7 @@ class RoomsHandler:
 
         :raises MatrixError: 404 ``M_NOT_FOUND`` if the room has no such state.
         """
-        state = await self._readable_state(room_id, requester.user_id)
+        state = await self.readable_state(room_id, requester.user_id)
         event_id = state.get((event_type, state_key))
         event = await self.store.get_event(event_id) if event_id is not None else None
         if event is None:
@@ -552,201 +565,10 @@ class RoomsHandler:
         [served] = await self.source.serialize([event], user_id=requester.user_id, scope=transaction_scope(requester))
         return served if format == "event" else served["content"]
 
-    async def members(
-        self,
-        requester: Any,
-        room_id: str,
-        *,
-        membership: Optional[str] = None,
-        not_membership: Optional[str] = None,
-    ) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/members``: the member events (``at`` is not supported and
-        the current state is used)."""
-        state = await self._readable_state(room_id, requester.user_id)
-        ids = [v for (t, _), v in state.items() if t == "m.room.member"]
-        events = await self.store.get_events(ids)
-        chosen = []
-        for (t, sk), v in sorted(state.items()):
-            ev = events.get(v) if t == "m.room.member" else None
-            if ev is None:
-                continue
-            if membership is not None and ev.membership != membership:
-                continue
-            if not_membership is not None and ev.membership == not_membership:
-                continue
-            chosen.append(ev)
-        chunk = await self.source.serialize(chosen, user_id=requester.user_id, scope=transaction_scope(requester))
-        return {"chunk": chunk}
-
-    async def joined_members(self, requester: Any, room_id: str) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/joined_members``: for joined members only (403 else)."""
-        m = await self.store.rooms.get_membership(room_id, requester.user_id)
-        if m is None or m.membership != "join":
-            raise forbidden("You are not joined to this room")
-        state = await self.events.pipeline.current_state(room_id)
-        ids = [v for (t, _), v in state.items() if t == "m.room.member"]
-        events = await self.store.get_events(ids)
-        joined: dict[str, Any] = {}
-        for ev in events.values():
-            if ev.membership == "join" and ev.state_key is not None:
-                entry = {}
-                for src, dst in (("displayname", "display_name"), ("avatar_url", "avatar_url")):
-                    v = ev.content.get(src)
-                    if isinstance(v, str):
-                        entry[dst] = v
-                joined[ev.state_key] = entry
-        return {"joined": joined}
-
     async def joined_rooms(self, requester: Any) -> dict[str, Any]:
         """``GET /joined_rooms``."""
         rows = await self.store.rooms.get_memberships_for_user(requester.user_id)
         return {"joined_rooms": sorted(m.room_id for m in rows if m.membership == "join")}
-
-    # -- reading events -----------------------------------------------------------------------
-
-    async def _bounds(self, room_id: str, user_id: str) -> tuple[float, Optional[int]]:
-        """Visibility bounds of the user in the room; 403 for a user who never had a
-        membership in a room that is not world-readable."""
-        if await self.events.room_version(room_id) is None:
-            raise forbidden("You are not in this room")
-        membership = await self.store.rooms.get_membership(room_id, user_id)
-        if membership is None:
-            hv = await self.store.get_current_state_events(room_id, [HISTORY_VISIBILITY_KEY])
-            if history_visibility(hv.get(HISTORY_VISIBILITY_KEY)) != WORLD_READABLE:
-                raise forbidden("You are not in this room")
-        return await self.source.joined_bounds(room_id, user_id, membership)
-
-    async def get_event(self, requester: Any, room_id: str, event_id: str) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/event/{eventId}``: 404 if not found or not visible."""
-        joined_until, joined_since = await self._bounds(room_id, requester.user_id)
-        metas = await self.store.get_event_meta([event_id]) if isinstance(event_id, str) else {}
-        meta = metas.get(event_id)
-        if meta is None or meta.room_id != room_id or meta.outlier or meta.rejected or meta.soft_failed:
-            raise not_found("Event not found")
-        event = await self.store.get_event(event_id)
-        visible = await self.source.filter_for_user(
-            requester.user_id, [(meta.event_nid, event)], joined_until=joined_until, joined_since=joined_since
-        )
-        if not visible:
-            raise not_found("Event not found")
-        [served] = await self.source.serialize([event], user_id=requester.user_id, scope=transaction_scope(requester))
-        return served
-
-    async def _start_position(self, room_id: str, token: Optional[str], backwards: bool) -> TopoPos:
-        if token is None:
-            return (POS_MAX, POS_MAX) if backwards else (-1, -1)
-        pos = parse_topo_token(token)
-        if pos is not None:
-            return pos
-        stream = parse_stream_token(token)
-        if stream is not None:
-            found = await self.store.rooms.get_topological_position_at(room_id, stream[0])
-            return found if found is not None else (-1, -1)
-        raise invalid_param("from", "Invalid pagination token")
-
-    async def messages(
-        self,
-        requester: Any,
-        room_id: str,
-        *,
-        from_token: Optional[str] = None,
-        to_token: Optional[str] = None,
-        direction: str = "b",
-        limit: Optional[int] = None,
-        event_filter: Optional[EventFilter] = None,
-    ) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/messages``: a page of the events the user may see.
-
-        Tokens are boundaries in the room's topological order (``t<depth>_<nid>``); a
-        /sync ``next_batch`` is accepted too. ``end`` is left out when there is nothing
-        further.
-        """
-        if direction not in ("b", "f"):
-            raise invalid_param("dir", "dir must be 'b' or 'f'")
-        backwards = direction == "b"
-        if limit is None:
-            limit = DEFAULT_MESSAGES_LIMIT
-        limit = max(1, min(int(limit), MAX_MESSAGES_LIMIT))
-        flt = event_filter or EventFilter()
-        user_id = requester.user_id
-        joined_until, joined_since = await self._bounds(room_id, user_id)
-        pos = await self._start_position(room_id, from_token, backwards)
-        to_pos = None
-        if to_token is not None:
-            to_pos = await self._start_position(room_id, to_token, not backwards)
-        chosen: list[Event] = []
-        exhausted = False
-        for _ in range(MAX_PAGINATION_ROUNDS):
-            want = limit - len(chosen)
-            rows = await self.store.rooms.paginate(room_id, pos, backwards, want, to_pos)
-            if rows:
-                last = rows[-1][0]
-                pos = (last[0], last[1] - 1) if backwards else last
-            if len(rows) < want:
-                exhausted = True
-            visible = await self.source.filter_for_user(
-                user_id, [(p[1], e) for p, e in rows], joined_until=joined_until, joined_since=joined_since
-            )
-            chosen.extend(e for _, e in visible if flt.allows(e))
-            if exhausted or len(chosen) >= limit:
-                break
-        out: dict[str, Any] = {
-            "chunk": await self.source.serialize(chosen, user_id=user_id, scope=transaction_scope(requester)),
-            "start": from_token if from_token is not None else topo_token(
-                (POS_MAX, POS_MAX) if backwards else (-1, -1)
-            ),
-        }
-        if not exhausted:
-            out["end"] = topo_token(pos)
-        return out
-
-    async def context(
-        self, requester: Any, room_id: str, event_id: str, *, limit: int = 10, event_filter: Optional[EventFilter] = None
-    ) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/context/{eventId}``: the event, up to ``limit`` events
-        around it, tokens to paginate on both sides, and the state at the event."""
-        user_id = requester.user_id
-        joined_until, joined_since = await self._bounds(room_id, user_id)
-        metas = await self.store.get_event_meta([event_id]) if isinstance(event_id, str) else {}
-        meta = metas.get(event_id)
-        if meta is None or meta.room_id != room_id or meta.outlier or meta.rejected or meta.soft_failed:
-            raise not_found("Event not found")
-        event = await self.store.get_event(event_id)
-        if not await self.source.filter_for_user(
-            user_id, [(meta.event_nid, event)], joined_until=joined_until, joined_since=joined_since
-        ):
-            raise not_found("Event not found")
-        limit = max(0, min(int(limit), MAX_MESSAGES_LIMIT))
-        flt = event_filter or EventFilter()
-        here = (meta.depth, meta.event_nid)
-        before_n = limit // 2
-        after_n = limit - before_n
-        before = await self.store.rooms.paginate(room_id, (here[0], here[1] - 1), True, before_n)
-        after = await self.store.rooms.paginate(room_id, here, False, after_n)
-
-        async def visible(rows):
-            ok = await self.source.filter_for_user(
-                user_id, [(p[1], e) for p, e in rows], joined_until=joined_until, joined_since=joined_since
-            )
-            return [e for _, e in ok if flt.allows(e)]
-
-        scope = transaction_scope(requester)
-        start = (before[-1][0][0], before[-1][0][1] - 1) if before else (here[0], here[1] - 1)
-        end = after[-1][0] if after else here
-        groups = await self.store.rooms.get_event_state_groups([event_id])
-        state_events: list[Event] = []
-        if event_id in groups:
-            state = await self.store.get_state_group(groups[event_id][0])
-            loaded = await self.store.get_events(state.values())
-            state_events = [loaded[v] for _, v in sorted(state.items()) if v in loaded]
-        return {
-            "event": (await self.source.serialize([event], user_id=user_id, scope=scope))[0],
-            "events_before": await self.source.serialize(await visible(before), user_id=user_id, scope=scope),
-            "events_after": await self.source.serialize(await visible(after), user_id=user_id, scope=scope),
-            "start": topo_token(start),
-            "end": topo_token(end),
-            "state": await self.source.serialize(state_events, user_id=user_id, scope=scope),
-        }
 
 
 class _CreateRequest:

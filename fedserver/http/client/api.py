@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from fedserver.handlers.client.account_data import AccountDataHandler
 from fedserver.handlers.client.accounts import (
     AccountHandler,
     InteractiveAuthRequired,
@@ -159,10 +160,12 @@ class ClientAPI(JsonResource):
         profiles: ProfileHandler,
         room_versions: Optional[RoomVersionRegistry] = None,
         default_room_version: str = DEFAULT_ROOM_VERSION,
+        account_data: Optional[AccountDataHandler] = None,
     ) -> None:
         super().__init__()
         self.accounts = accounts
         self.profiles = profiles
+        self.account_data = account_data if account_data is not None else AccountDataHandler(accounts.store)
         self.room_versions = room_versions if room_versions is not None else RoomVersionRegistry()
         self.default_room_version = default_room_version
         #: ``unstable_features`` of ``GET /versions``; other modules may add flags.
@@ -254,8 +257,6 @@ class ClientAPI(JsonResource):
         pub("GET", "/v3/profile/{user_id}/{key}", self._get_profile_field)
         authed("PUT", "/v3/profile/{user_id}/{key}", self._set_profile_field)
         authed("DELETE", "/v3/profile/{user_id}/{key}", self._delete_profile_field)
-        authed("GET", "/v3/pushrules", self._push_rules)
-        authed("GET", "/v3/pushrules/global", self._push_rules_global)
         authed("POST", "/v3/user/{user_id}/filter", self._post_filter)
         authed("GET", "/v3/user/{user_id}/filter/{filter_id}", self._get_filter)
         authed("PUT", "/v3/user/{user_id}/account_data/{data_type}", self._put_account_data)
@@ -351,18 +352,7 @@ class ClientAPI(JsonResource):
         await self.profiles.set_field(requester, user_id, key, None)
         return {}
 
-    # -- push rules, TURN ---------------------------------------------------------------
-
-    @staticmethod
-    def _empty_ruleset() -> dict[str, list]:
-        return {"content": [], "override": [], "room": [], "sender": [], "underride": []}
-
-    def _push_rules(self, request: IRequest, requester: Requester) -> Any:
-        # No push rules yet: an empty ruleset keeps SDKs that fetch it at start-up happy.
-        return {"global": self._empty_ruleset()}
-
-    def _push_rules_global(self, request: IRequest, requester: Requester) -> Any:
-        return self._empty_ruleset()
+    # -- TURN ---------------------------------------------------------------------------
 
     def _turn_server(self, request: IRequest, requester: Requester) -> Any:
         # No TURN server configured: an empty object, as Synapse answers then.
@@ -419,7 +409,7 @@ class ClientAPI(JsonResource):
         if data_type in _SERVER_ACCOUNT_DATA:
             raise MatrixError(405, "M_BAD_JSON", f"Cannot set {data_type} through this API.")
         body = _capped_object(request, MAX_ACCOUNT_DATA_SIZE)
-        await self.accounts.store.set_account_data(user_id, room_id, data_type, body)
+        await self.account_data.set(user_id, room_id, data_type, body)
         return {}
 
     async def _get_account_data(self, request: IRequest, requester: Requester, user_id: str, data_type: str) -> Any:
@@ -436,7 +426,7 @@ class ClientAPI(JsonResource):
         self._check_own(requester, user_id, "get account data")
         if room_id is not None:
             self._check_room_id(room_id)
-        found = await self.accounts.store.get_account_data(user_id, room_id, data_type)
+        found = await self.account_data.get(user_id, room_id, data_type)
         if found is None:
             raise not_found("Account data not found")
         return found
@@ -499,12 +489,14 @@ class AccountServices:
     :ivar profiles: the :class:`ProfileHandler` (also for the federation ``/query/profile``).
     :ivar shared_secret: the :class:`SharedSecretRegistration` (admin API).
     :ivar ratelimiter: the :class:`RateLimiter` shared by them.
+    :ivar account_data: the :class:`AccountDataHandler` (its ``on_changed`` wakes /sync).
     """
 
     accounts: AccountHandler
     profiles: ProfileHandler
     shared_secret: SharedSecretRegistration
     ratelimiter: RateLimiter
+    account_data: AccountDataHandler
 
 
 def build_account_services(
@@ -541,7 +533,7 @@ def build_account_services(
     if profiles is None:
         profiles = ProfileHandler(store, federation_client, server_name)
     shared = SharedSecretRegistration(accounts, registration_shared_secret, reactor, ratelimiter=limiter)
-    return AccountServices(accounts, profiles, shared, limiter)
+    return AccountServices(accounts, profiles, shared, limiter, AccountDataHandler(store))
 
 
 def build_client_api(
@@ -554,6 +546,7 @@ def build_client_api(
     return ClientAPI(
         accounts=services.accounts,
         profiles=services.profiles,
+        account_data=services.account_data,
         room_versions=room_versions,
         default_room_version=default_room_version,
     )

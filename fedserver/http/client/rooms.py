@@ -5,20 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from fedserver.events.canonical import CanonicalJSONError, parse_json
+from fedserver.background import STORAGE_RETRY_S
 from fedserver.handlers.rooms.client_events import ClientEventSource
 from fedserver.handlers.rooms.directory import DirectoryHandler
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
 from fedserver.handlers.client.notifier import Notifier
-from fedserver.handlers.rooms.rooms import EventFilter, RoomsHandler
+from fedserver.handlers.rooms.lazy_members import SentMembers
+from fedserver.handlers.rooms.relations import RelationsHandler
+from fedserver.handlers.rooms.rooms import RoomsHandler
+from fedserver.handlers.rooms.timeline import TimelineHandler
+from fedserver.handlers.rooms.upgrade import RoomUpgradeHandler
+from fedserver.handlers.client.ignored_users import IgnoredUsers
 from fedserver.handlers.client.sync import SyncHandler
+from fedserver.http.client.relations import register_relations_routes
+from fedserver.http.client.timeline import register_timeline_routes
+from fedserver.http.client.upgrade import register_upgrade_routes
 from fedserver.errors import bad_json, forbidden, invalid_param, missing_param, too_large
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -28,8 +37,6 @@ MAX_EVENT_BODY = 65536
 MAX_CREATE_ROOM_BODY = 1024 * 1024
 #: Largest body of the small membership / directory requests.
 MAX_SMALL_BODY = 65536
-#: Receipt types clients send (spec "Receipts").
-RECEIPT_TYPES = frozenset({"m.read", "m.read.private", "m.fully_read"})
 
 
 @dataclass
@@ -43,11 +50,42 @@ class RoomServices:
     membership: MembershipHandler
     rooms: RoomsHandler
     sync: SyncHandler
+    timeline: TimelineHandler
+    relations: RelationsHandler
+    upgrades: RoomUpgradeHandler
+    relations_catch_up: Optional["defer.Deferred[Any]"] = None
+    #: whom each user ignores; its ``invalidate`` must hear of account data writes.
+    ignored: Optional[IgnoredUsers] = None
+    #: ``callLater`` (background work retried after storage faults).
+    clock: Any = None
 
     def startup(self) -> "defer.Deferred[int]":
         """Catch up the redaction index (redactions persisted while it was not running,
-        e.g. just before a crash); call once when the server starts."""
-        return self.events.store.rooms.index_redactions()
+        e.g. just before a crash); call once when the server starts. The relations of
+        events stored before relations were indexed (schema 006) are indexed in the
+        background (:attr:`relations_catch_up` fires when done)."""
+        store = self.events.store
+        relations = getattr(store, "relations", None)
+        if relations is not None:
+            self.relations_catch_up = defer.ensureDeferred(self._catch_up_relations(relations))
+            self.relations_catch_up.addErrback(lambda f: None if f.check(defer.CancelledError) else f)
+        return store.rooms.index_redactions()
+
+    async def _catch_up_relations(self, relations: Any) -> int:
+        """The relations catch-up, tried again while the database is unavailable (it
+        logs that once per episode); cancelled when the server stops."""
+        while True:
+            try:
+                return await relations.catch_up()
+            except StorageUnavailableError:
+                if self.clock is None:
+                    return 0
+                await task.deferLater(self.clock, STORAGE_RETRY_S, lambda: None)
+            except defer.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged; the next start tries again
+                log.failure("Indexing relations failed")
+                return 0
 
 
 def build_room_services(
@@ -63,6 +101,7 @@ def build_room_services(
     remote: Any = None,
     remote_alias_query: Optional[Callable[[str, str], Any]] = None,
     is_room_blocked: Optional[Callable[[str], bool]] = None,
+    backfill: Any = None,
 ) -> RoomServices:
     """Build the room handlers on ``store`` and attach them to ``pipeline.on_persisted``
     (the notifier that wakes /sync, and the redaction indexer).
@@ -77,6 +116,8 @@ def build_room_services(
         over federation (``None``: other servers' aliases are not found).
     :param is_room_blocked: rooms our users may not join (see
         :class:`~fedserver.handlers.rooms.membership.MembershipHandler`).
+    :param backfill: a :class:`~fedserver.handlers.federation.backfill.BackfillHandler`
+        to fetch history from other servers for /messages (``None``: only what we hold).
     """
     versions = room_versions if room_versions is not None else RoomVersionRegistry()
     if isinstance(default_room_version, str):
@@ -84,15 +125,25 @@ def build_room_services(
     notifier = Notifier(clock)
     events = RoomEvents(store, creator, pipeline, server_name, signing_key)
     source = ClientEventSource(store, clock)
+    ignored = source.ignored = IgnoredUsers(store)
     directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
     membership = MembershipHandler(events, directory, remote=remote, notifier=notifier, is_room_blocked=is_room_blocked)
     rooms = RoomsHandler(
         events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
     )
-    sync = SyncHandler(store, notifier, source, clock)
+    sent_members = SentMembers()
+    sync = SyncHandler(store, notifier, source, clock, sent_members=sent_members)
+    timeline = TimelineHandler(events, source, rooms, backfill=backfill, sent_members=sent_members)
+    relations = RelationsHandler(store, source, timeline)
+    rooms.relations = relations
+    upgrades = RoomUpgradeHandler(events, membership, versions)
+    membership.on_joined.append(upgrades.on_joined)
     pipeline.on_persisted.append(notifier.on_persisted)
     pipeline.on_persisted.append(rooms.on_persisted)
-    return RoomServices(events, notifier, source, directory, membership, rooms, sync)
+    return RoomServices(
+        events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades, ignored=ignored,
+        clock=clock,
+    )
 
 
 # -- request helpers ----------------------------------------------------------------------------
@@ -123,17 +174,6 @@ def _user_id_param(body: dict[str, Any]) -> str:
     if not isinstance(user_id, str):
         raise bad_json("user_id must be a string")
     return user_id
-
-
-def _event_filter(request: IRequest) -> Optional[EventFilter]:
-    raw = query_string(request, "filter", None)
-    if raw is None or raw == "":
-        return None
-    try:
-        spec = parse_json(raw)  # the one strict parser, as for request bodies
-    except CanonicalJSONError as e:
-        raise invalid_param("filter", f"filter is not valid JSON: {e}") from None
-    return EventFilter(spec)
 
 
 def _room_hints(request: IRequest) -> list[str]:
@@ -185,37 +225,8 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
         body = _body(request, optional=True)
         return {"event_id": await rooms.redact(requester, room_id, event_id, txn_id, body.get("reason"))}
 
-    async def messages(request, requester, room_id):
-        return await rooms.messages(
-            requester,
-            room_id,
-            from_token=query_string(request, "from", None),
-            to_token=query_string(request, "to", None),
-            direction=query_string(request, "dir", "b"),
-            limit=query_int(request, "limit", None, minimum=1, maximum=1000),
-            event_filter=_event_filter(request),
-        )
-
-    async def members(request, requester, room_id):
-        return await rooms.members(
-            requester,
-            room_id,
-            membership=query_string(request, "membership", None),
-            not_membership=query_string(request, "not_membership", None),
-        )
-
-    async def joined_members(request, requester, room_id):
-        return await rooms.joined_members(requester, room_id)
-
     async def joined_rooms(request, requester):
         return await rooms.joined_rooms(requester)
-
-    async def get_event(request, requester, room_id, event_id):
-        return await rooms.get_event(requester, room_id, event_id)
-
-    async def context(request, requester, room_id, event_id):
-        limit = query_int(request, "limit", 10, minimum=0, maximum=1000)
-        return await rooms.context(requester, room_id, event_id, limit=limit, event_filter=_event_filter(request))
 
     authed("POST", "/v3/createRoom", create_room)
     authed("PUT", "/v3/rooms/{room_id}/send/{event_type}/{txn_id}", send)
@@ -225,12 +236,10 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("GET", "/v3/rooms/{room_id}/state/{event_type}/{state_key}", get_state_event)
     authed("GET", "/v3/rooms/{room_id}/state/{event_type}", get_state_event)
     authed("PUT", "/v3/rooms/{room_id}/redact/{event_id}/{txn_id}", redact)
-    authed("GET", "/v3/rooms/{room_id}/messages", messages)
-    authed("GET", "/v3/rooms/{room_id}/members", members)
-    authed("GET", "/v3/rooms/{room_id}/joined_members", joined_members)
     authed("GET", "/v3/joined_rooms", joined_rooms)
-    authed("GET", "/v3/rooms/{room_id}/event/{event_id}", get_event)
-    authed("GET", "/v3/rooms/{room_id}/context/{event_id}", context)
+    register_timeline_routes(client_api, services.timeline)
+    register_relations_routes(client_api, services.relations)
+    register_upgrade_routes(client_api, services.upgrades)
 
     # -- membership ------------------------------------------------------------------------
 
@@ -348,30 +357,6 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     public("GET", "/v3/publicRooms", get_public_rooms)
     authed("POST", "/v3/publicRooms", post_public_rooms)
 
-    # -- receipts, read markers, typing: accepted, not yet delivered -------------------------
-
-    async def receipt(request, requester, room_id, receipt_type, event_id):
-        if receipt_type not in RECEIPT_TYPES:
-            raise invalid_param("receiptType", f"Unknown receipt type {receipt_type!r}")
-        _body(request, optional=True)
-        return {}
-
-    async def read_markers(request, requester, room_id):
-        _body(request, optional=True)
-        return {}
-
-    async def typing(request, requester, room_id, user_id):
-        if user_id != requester.user_id:
-            raise forbidden("You may only set your own typing state")
-        body = _body(request)
-        if not isinstance(body.get("typing"), bool):
-            raise bad_json("typing must be a boolean")
-        return {}
-
-    authed("POST", "/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}", receipt)
-    authed("POST", "/v3/rooms/{room_id}/read_markers", read_markers)
-    authed("PUT", "/v3/rooms/{room_id}/typing/{user_id}", typing)
-
     # -- sync --------------------------------------------------------------------------------
 
     async def do_sync(request, requester):
@@ -385,6 +370,7 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
                 timeout_ms=query_int(request, "timeout", 0, minimum=0),
                 full_state=full_state == "true",
                 filter_param=query_string(request, "filter", None),
+                set_presence=query_string(request, "set_presence", None),
             )
         )
         # A client that goes away stops its long-poll (the waiter is removed).

@@ -31,8 +31,10 @@ def _user_id(value: str) -> str:
 
 
 class _Routes:
-    """Thin adapters: validate path parameters, check the room's server ACL, call the
-    :class:`HandshakeHandler`, and shape v1 answers (``[200, body]``)."""
+    """Thin adapters: validate path parameters, call the :class:`HandshakeHandler`, and
+    shape v1 answers (``[200, body]``). The make_/send_ handlers check the room's server
+    ACL themselves, once they know the origin may see the room (a private room must look
+    non-existent, whatever its ACL); invites are checked here."""
 
     def __init__(self, resource: Any, handler: HandshakeHandler) -> None:
         self._resource = resource
@@ -41,7 +43,6 @@ class _Routes:
     def make(self, membership: str, versions: bool):
         async def run(request: IRequest, origin: str, room_id: str, user_id: str) -> Any:
             room_id, user_id = _room_id(room_id), _user_id(user_id)
-            await self._resource.check_acl(origin, room_id)
             ver = query_strings(request, "ver") if versions else None
             return await self._handler.make_membership(origin, room_id, user_id, membership, ver)
 
@@ -50,7 +51,6 @@ class _Routes:
     def send(self, membership: str, v1: bool):
         async def run(request: IRequest, origin: str, room_id: str, event_id: str) -> Any:
             room_id, event_id = _room_id(room_id), _event_id(event_id)
-            await self._resource.check_acl(origin, room_id)
             pdu = read_json_body(request)
             body = await self._handler.send_membership(origin, room_id, event_id, pdu, membership)
             if v1 and membership != "knock":

@@ -93,7 +93,7 @@ class PolicyServerFederationTests(TestCase):
         server = policy_server_from_content(ps.policy_content())
         self.assertTrue(has_valid_signature(await a.store.get_event(hello), server))
         self.assertTrue(has_valid_signature(await a.store.get_event(later), server))
-        visible = await a.rooms.rooms.messages(alice, room_id, direction="b", limit=50)
+        visible = await a.rooms.timeline.messages(alice, room_id, direction="b", limit=50)
         bodies = [e["content"].get("body") for e in visible["chunk"] if e["type"] == "m.room.message"]
         self.assertEqual(bodies, ["later", "hello"])
 

@@ -1,0 +1,212 @@
+"""Evaluating a user's push rules against one event: conditions, the first match, its actions."""
+
+# Client-Server API "Push Rules": rules are checked kind by kind (override, content, room,
+# sender, underride) and within a kind in order; disabled rules never match; the first
+# matching rule's actions decide. "Unrecognised conditions MUST NOT match any events".
+# Legacy mention rules (v1.7 "Changed") apply only to events WITHOUT ``m.mentions``.
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from fedserver.push.glob import MAX_PATTERN_LENGTH, glob_matches, glob_matches_words
+from fedserver.push.rules import LEGACY_MENTION_RULES, iter_rules
+
+_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,9})$")
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class PushContext:
+    """What the conditions need to know beyond the event, for one user and room.
+
+    :ivar user_id: whose rules these are.
+    :ivar display_name: the user's display name in the room (``contains_display_name``).
+    :ivar member_count: joined members of the room (``room_member_count``).
+    :ivar sender_level: the sender's power level (creators in room v12: infinite).
+    :ivar notification_levels: ``notifications`` of the power levels, defaults included
+        (``{"room": 50}`` at least) (``sender_notification_permission``).
+    """
+
+    user_id: str
+    display_name: Optional[str] = None
+    member_count: int = 0
+    sender_level: float = 0
+    notification_levels: Mapping[str, int] = field(default_factory=lambda: {"room": 50})
+
+
+def split_path(key: str) -> list[str]:
+    """Spec appendix "Dot-separated property paths": ``content.m\\.relates_to`` is
+    ``["content", "m.relates_to"]``; ``\\\\`` is a literal backslash, other escapes are
+    kept as written."""
+    parts: list[str] = []
+    buf: list[str] = []
+    i = 0
+    while i < len(key):
+        c = key[i]
+        if c == "\\" and i + 1 < len(key) and key[i + 1] in (".", "\\"):
+            buf.append(key[i + 1])
+            i += 2
+            continue
+        if c == ".":
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(c)
+        i += 1
+    parts.append("".join(buf))
+    return parts
+
+
+def lookup(event: Mapping[str, Any], key: str) -> Any:
+    """The value at a dot-separated path of the event, or a sentinel if absent."""
+    value: Any = event
+    for part in split_path(key):
+        if not isinstance(value, Mapping) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _exact(a: Any, b: Any) -> bool:
+    """Equality without casts (``True`` is not ``1``)."""
+    return type(a) is type(b) and a == b
+
+
+def condition_matches(condition: Mapping[str, Any], event: Mapping[str, Any], ctx: PushContext) -> bool:
+    """Whether one condition holds for ``event`` (a PDU or client event as a dict)."""
+    kind = condition.get("kind")
+    if kind == "event_match":
+        key, pattern = condition.get("key"), condition.get("pattern")
+        if not isinstance(key, str) or not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH:
+            return False
+        value = lookup(event, key)
+        if not isinstance(value, str):
+            return False  # absent or not a string: no match, even for "*"
+        if key == "content.body":
+            return glob_matches_words(pattern, value)
+        return glob_matches(pattern, value)
+    if kind == "event_property_is":
+        key = condition.get("key")
+        value = lookup(event, key) if isinstance(key, str) else _ABSENT
+        return value is not _ABSENT and _exact(value, condition.get("value", _ABSENT))
+    if kind == "event_property_contains":
+        key = condition.get("key")
+        value = lookup(event, key) if isinstance(key, str) else _ABSENT
+        if not isinstance(value, list):
+            return False
+        wanted = condition.get("value", _ABSENT)
+        return any(_exact(v, wanted) for v in value)
+    if kind == "contains_display_name":
+        name = ctx.display_name
+        body = lookup(event, "content.body")
+        if not name or not isinstance(body, str):
+            return False
+        # The name as a literal (its '*' and '?' are not wildcards), at word boundaries.
+        return _contains_words(body, name)
+    if kind == "room_member_count":
+        m = _MEMBER_COUNT.match(condition.get("is", "") if isinstance(condition.get("is"), str) else "")
+        if m is None:
+            return False
+        op, n = m.group(1) or "==", int(m.group(2))
+        count = ctx.member_count
+        return {
+            "==": count == n, "<": count < n, ">": count > n, "<=": count <= n, ">=": count >= n,
+        }[op]
+    if kind == "sender_notification_permission":
+        key = condition.get("key")
+        if not isinstance(key, str):
+            return False
+        required = ctx.notification_levels.get(key, 50)
+        return ctx.sender_level >= required
+    return False
+
+
+def _is_word_char(c: str) -> bool:
+    return ("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "_"
+
+
+def _contains_words(text: str, needle: str) -> bool:
+    """``needle`` as a literal substring of ``text`` at word boundaries, case-insensitively."""
+    hay, want = text.lower(), needle.lower()
+    if not want or len(hay) != len(text):
+        # Lowercasing changed lengths (rare scripts): compare by regex instead.
+        return re.search(
+            r"(?:^|(?<=[^A-Za-z0-9_]))" + re.escape(needle) + r"(?=$|[^A-Za-z0-9_])", text, re.IGNORECASE
+        ) is not None if needle else False
+    start = 0
+    while True:
+        i = hay.find(want, start)
+        if i < 0:
+            return False
+        j = i + len(want)
+        if (i == 0 or not _is_word_char(text[i - 1])) and (j == len(text) or not _is_word_char(text[j])):
+            return True
+        start = i + 1
+
+
+def rule_matches(kind: str, rule: Mapping[str, Any], event: Mapping[str, Any], ctx: PushContext) -> bool:
+    """Whether an enabled rule of ``kind`` matches."""
+    if rule.get("enabled") is False:
+        return False
+    if rule.get("rule_id") in LEGACY_MENTION_RULES:
+        content = event.get("content")
+        if isinstance(content, Mapping) and "m.mentions" in content:
+            return False
+    if kind == "content":
+        pattern = rule.get("pattern")
+        body = lookup(event, "content.body")
+        return isinstance(pattern, str) and isinstance(body, str) and glob_matches_words(pattern, body)
+    if kind == "room":
+        return event.get("room_id") == rule.get("rule_id")
+    if kind == "sender":
+        return event.get("sender") == rule.get("rule_id")
+    conditions = rule.get("conditions") or []
+    return all(isinstance(c, Mapping) and condition_matches(c, event, ctx) for c in conditions)
+
+
+def evaluate(ruleset: Mapping[str, list[dict[str, Any]]], event: Mapping[str, Any], ctx: PushContext) -> Optional[list[Any]]:
+    """The actions of the first matching rule (historical actions stripped), or ``None``
+    if no rule matches. Events the user sent never notify them (spec: "Homeservers MUST
+    NOT notify the Push Gateway for events that the user has sent themselves")."""
+    if event.get("sender") == ctx.user_id:
+        return None
+    for kind, rule in iter_rules(ruleset):
+        if rule_matches(kind, rule, event, ctx):
+            return [a for a in rule.get("actions") or [] if a not in ("dont_notify", "coalesce")]
+    return None
+
+
+def is_notify(actions: Optional[list[Any]]) -> bool:
+    """Whether the actions notify."""
+    return bool(actions) and "notify" in actions  # type: ignore[operator]
+
+
+def tweaks(actions: Optional[list[Any]]) -> dict[str, Any]:
+    """The tweaks the actions set (``highlight`` without a value is ``True``)."""
+    out: dict[str, Any] = {}
+    for a in actions or []:
+        if isinstance(a, Mapping) and isinstance(a.get("set_tweak"), str):
+            out[a["set_tweak"]] = a.get("value", True)
+    return out
+
+
+def is_highlight(actions: Optional[list[Any]]) -> bool:
+    """Whether the actions highlight (spec: "If a highlight tweak is given with no value,
+    its value is defined to be true")."""
+    return tweaks(actions).get("highlight") is True
+
+
+__all__ = [
+    "PushContext",
+    "condition_matches",
+    "evaluate",
+    "is_highlight",
+    "is_notify",
+    "lookup",
+    "rule_matches",
+    "split_path",
+    "tweaks",
+]
