@@ -211,7 +211,7 @@ class SendTests(RoomsTestCase):
         self.assertEqual(await self.rooms.redact(alice, room_a, in_a, "t1"), redaction)
         self.assertEqual(await self.store.rooms.get_stream_position(), pos)
         for room_id, event_id in ((room_b, in_b), (room_a, reaction)):
-            served = await self.rooms.get_event(alice, room_id, event_id)
+            served = await self.timeline.get_event(alice, room_id, event_id)
             self.assertEqual(served["unsigned"]["transaction_id"], "t1")
 
     async def test_concurrent_same_txn_makes_one_event(self):
