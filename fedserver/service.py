@@ -825,7 +825,7 @@ class FedserverService(service.MultiService):
         # To-device transaction and message ids, unless the server is stopping meanwhile.
         d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
         now = int(self.reactor.seconds() * 1000)
-        d.addCallback(lambda _: self._prune_notifications(now))
+        d.addCallback(lambda _: defer.ensureDeferred(self._prune_notifications(now)))
         d.addErrback(self._prune_failed)
         return d
 
