@@ -160,6 +160,14 @@ class Config:
     well_known_server: str | None = None
     public_baseurl: str | None = None
     log_level: str = "info"
+    log_format: str = "text"
+    log_file: str | None = None
+    log_max_bytes: int = 100 * 1024 * 1024
+    log_backups: int = 10
+    access_log: bool = True
+    slow_request_threshold: float = 10.0
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_listen: str | None = None
 
     @property
     def media_directory(self) -> str:
@@ -497,6 +505,18 @@ def _v_database(v: Any) -> DatabaseConfig:
     return DatabaseConfig("postgresql", dsn, schema, readers)
 
 
+def _v_log_format(v: Any) -> str:
+    if not isinstance(v, str) or v.lower() not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return v.lower()
+
+
+def _v_optional_listen(v: Any) -> str | None:
+    if v is None:
+        return None
+    return _v_listen(v)
+
+
 def _v_log_level(v: Any) -> str:
     if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -701,6 +721,29 @@ OPTIONS: tuple[Option, ...] = (
            "The base URL clients reach the client API at (/.well-known/matrix/client); null means\n"
            "'https://<server name host>', a reverse proxy on port 443."),
     Option("log_level", _v_log_level, "Least severe log level shown: debug, info, warn, error or critical."),
+    Option("log_format", _v_log_format,
+           "text: one line per event ('time [namespace#level] [request id] message'); json: one JSON\n"
+           "object per line (time, level, namespace, message, request_id and the event's fields)."),
+    Option("log_file", _v_optional_path,
+           "null: log where twistd logs (stdout with -n, else --logfile or twistd.log). A path: fedserver\n"
+           "writes its log there itself, rotated at log_max_bytes; SIGHUP reopens it (for logrotate)."),
+    Option("log_max_bytes", _v_int(0),
+           "Size at which log_file is rotated (name.1 is the newest old file); 0: never (logrotate does it)."),
+    Option("log_backups", _v_int(1), "How many rotated log files are kept."),
+    Option("access_log", _v_bool,
+           "Log one line per request (client, method, path, status, time; access tokens hidden). Slow\n"
+           "requests are logged whatever this says."),
+    Option("slow_request_threshold", _v_seconds,
+           "Requests taking longer than this many seconds are logged as slow, at warn (a long poll's own\n"
+           "timeout is not counted)."),
+    Option("trusted_proxies", _v_networks,
+           "Reverse proxies (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto headers\n"
+           "are believed: the client address they give is used by rate limits and logs. From any other\n"
+           "address these headers are ignored. Trusted proxies are exempt from max_connections_per_address.",
+           "trusted_proxies:\n  - '127.0.0.1'\n  - '::1'"),
+    Option("metrics_listen", _v_optional_listen,
+           "Where Prometheus metrics are served (GET /metrics, plain HTTP), e.g. '127.0.0.1:9100'; null: off.\n"
+           "Keep it off the public ports: the metrics show rooms, servers and traffic."),
 )
 
 _OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}

@@ -48,6 +48,10 @@ from fedserver.handlers.client.profile import ProfileHandler
 from fedserver.handlers.federation.receive import EventReceiver
 from fedserver.handlers.federation.remote_membership import RemoteMembership
 from fedserver.handlers.federation.transactions import TransactionHandler
+from fedserver.handlers.admin.destinations import AdminDestinations
+from fedserver.handlers.admin.rooms import AdminRooms, RoomBlocks
+from fedserver.handlers.admin.users import AdminUsers
+from fedserver.http.admin.manage import AdminAuth, AdminHandlers, register_admin_routes
 from fedserver.http.admin.registration import build_admin_api
 from fedserver.http.admin.events import build_admin_events_resources
 from fedserver.http.admin.failures import build_admin_failures_resource
@@ -94,7 +98,9 @@ from fedserver.http.connections import (
     auto_max_connections,
     fd_limit,
 )
+from fedserver.http.metrics import build_metrics_root
 from fedserver.http.resource import MatrixSite
+from fedserver.metrics import Sample, ServerMetrics
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
@@ -111,6 +117,10 @@ KEEP_RECEIVED_TXNS_MS = 24 * 3600 * 1000
 #: ones after 30 days, unread ones (which the unread counts are made of) after a year.
 KEEP_READ_NOTIFICATIONS_MS = 30 * 24 * 3600 * 1000
 KEEP_UNREAD_NOTIFICATIONS_MS = 365 * 24 * 3600 * 1000
+#: Client transaction ids (PUT .../send/{type}/{txnId}) in the same loop, after a week: a
+#: client retries a request within minutes, or after coming back online; /sync's
+#: ``unsigned.transaction_id`` (for local echo) is only needed while the send is fresh.
+KEEP_CLIENT_TXNS_MS = 7 * 24 * 3600 * 1000
 #: First retry delay of an unreachable destination (doubling up to
 #: ``outbound_max_retry_interval``).
 OUTBOUND_MIN_RETRY_MS = 2_000
@@ -278,7 +288,10 @@ def connection_limits(config: Config, fds: int | None = None) -> ConnectionLimit
         idle_timeout=config.http_idle_timeout,
         max_connections=total,
         max_connections_per_address=config.max_connections_per_address,
-        exempt=tuple(ipaddress.ip_network(n, strict=False) for n in config.connection_limit_exempt),
+        # A trusted reverse proxy brings many clients over its own address.
+        exempt=tuple(
+            ipaddress.ip_network(n, strict=False) for n in (*config.connection_limit_exempt, *config.trusted_proxies)
+        ),
     )
 
 
@@ -373,7 +386,11 @@ class FedserverService(service.MultiService):
         # Both listeners share one set of connection caps (file descriptors are shared).
         self.connection_limits = connection_limits(config)
         self.connections = ConnectionRegistry(reactor, self.connection_limits)
-        site_options = dict(max_request_body_size=config.max_request_body_size, reactor=reactor, limits=self.connection_limits)
+        site_options = dict(
+            max_request_body_size=config.max_request_body_size, reactor=reactor, limits=self.connection_limits,
+            trusted_proxies=config.trusted_proxies, slow_request_threshold=config.slow_request_threshold,
+            access_log=config.access_log,
+        )
         self.federation_site = MatrixSite(StartingResource(), log_name="federation", **site_options)
         self.client_site = MatrixSite(StartingResource(), cors=True, log_name="client", **site_options)
         scheme = "https" if fed_desc.startswith("ssl:") else "http"
@@ -383,6 +400,17 @@ class FedserverService(service.MultiService):
         self.client_listener = ListenerService("Client API", client_desc, self.client_site, reactor, "http", self.connections)
         self.federation_listener.setServiceParent(self)
         self.client_listener.setServiceParent(self)
+        # Prometheus metrics on a listener of their own (off unless metrics_listen is set).
+        self.metrics: ServerMetrics | None = None
+        self.metrics_listener: ListenerService | None = None
+        if config.metrics_listen is not None:
+            self.metrics = ServerMetrics(reactor, self._metrics_sample)
+            metrics_site = MatrixSite(build_metrics_root(self.metrics), log_name="metrics", reactor=reactor, access_log=False)
+            self.metrics_listener = ListenerService(
+                "Metrics", listen_description(config.metrics_listen), metrics_site, reactor, "http",
+                ConnectionRegistry(reactor, ConnectionLimits(max_connections=64)),
+            )
+            self.metrics_listener.setServiceParent(self)
 
         self.store: Any = None
         self.federation_client: Any = None
@@ -482,6 +510,7 @@ class FedserverService(service.MultiService):
         )
         self.user_directory.index()
         self.media_upkeep.start()
+        self._wire_metrics()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -545,7 +574,7 @@ class FedserverService(service.MultiService):
         self.sender = FederationSender(
             reactor,
             store,
-            lambda dest, txn_id, body: client.put_json(dest, fed_path("/_matrix/federation/v1/send/{}", txn_id), body),
+            self._put_transaction,
             name,
             min_retry_ms=min(OUTBOUND_MIN_RETRY_MS, max_retry_ms),
             max_retry_ms=max_retry_ms,
@@ -554,6 +583,34 @@ class FedserverService(service.MultiService):
         # The pipeline queues events for other servers in the transaction that stores them;
         # once committed, the sender is woken for those servers.
         self.pipeline.on_queued.append(self.sender.wake)
+
+    def _wire_metrics(self) -> None:
+        """Hand the metrics' observers to the components that report (if metrics are on)."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        for site in (self.client_site, self.federation_site):
+            site.request_observers.append(metrics.observe_request)
+        self.store.database.observe_transaction = metrics.observe_db_transaction
+        self.pipeline.on_state_resolved.append(metrics.observe_state_resolution)
+        self.transactions.on_processed.append(metrics.observe_transaction)
+        metrics.live_gauges.update({
+            "fedserver_http_open_connections": ("Open connections over the client and federation listeners",
+                                                lambda: self.connections.total),
+            "fedserver_federation_destinations_sending": ("Destinations with a transaction being sent",
+                                                          lambda: self.sender.sending() if self.sender else 0),
+            "fedserver_federation_inbound_origins_busy": ("Origins with a transaction being processed or waiting",
+                                                          lambda: self.transactions.busy_origins()),
+        })
+        metrics.start()
+
+    async def _metrics_sample(self) -> Sample:
+        figures = await self.store.admin.metrics_figures(self.config.server_name)
+        return Sample(**figures)
+
+    def _put_transaction(self, destination: str, txn_id: str, body: Any) -> defer.Deferred:
+        d = self.federation_client.put_json(destination, fed_path("/_matrix/federation/v1/send/{}", txn_id), body)
+        return self.metrics.count_outbound(d) if self.metrics is not None else d
 
     async def _send_edu(self, edu_type: str, content: Any, destinations: Any) -> None:
         """Queue an EDU through the sender (nothing once the server is stopping)."""
@@ -590,11 +647,15 @@ class FedserverService(service.MultiService):
             registration_shared_secret=config.registration_shared_secret,
             federation_client=self.federation_client, profiles=self.profiles,
         )
+        # Rooms an administrator blocked: no joins from our users, none over federation.
+        self.room_blocks = RoomBlocks(store)
+        await self.room_blocks.load()
         self.rooms = build_room_services(
             store=store, pipeline=self.pipeline, creator=self.creator, server_name=name,
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
             remote_alias_query=self._query_remote_alias, backfill=self.backfill,
+            is_room_blocked=self.room_blocks.is_blocked,
         )
         await self.rooms.startup()
         # Account data written wakes the user's waiting /sync (it is in the next answer),
@@ -605,7 +666,7 @@ class FedserverService(service.MultiService):
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
             keyring=self.keyring, room_versions=self.room_versions, server_name=name,
             signing_key=self.signing_key, on_invite=self._on_remote_invite, is_local_user=self._is_local_user,
-            acl_check=self.acls.check, served=self.served,
+            acl_check=self.acls.check, served=self.served, is_room_blocked=self.room_blocks.is_blocked,
             serve_partial_state=config.serve_partial_state,
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
@@ -634,10 +695,18 @@ class FedserverService(service.MultiService):
         register_room_keys_routes(self.client_api, self.e2ee.key_backup)
         register_user_keys_routes(self.federation_resource, self.e2ee.local_lists, self.e2ee.keys)
         self._wire_daily_use(store)
+        # The admin API: admin users only (an admin's access token on every request).
+        admin_auth = AdminAuth(self.client_api.authenticate, self._is_admin)
+        admin_api = build_admin_api(self.accounts.shared_secret)
+        register_admin_routes(admin_api, AdminHandlers(
+            users=AdminUsers(store, self.accounts.accounts, self.deactivation, name),
+            rooms=AdminRooms(store, self.room_blocks, self.rooms.membership, self.pipeline, name, reactor),
+            destinations=AdminDestinations(store, wake=self._destination_reset),
+        ), admin_auth)
         self.admin_resources = {
-            "/_synapse/admin": build_admin_api(self.accounts.shared_secret),
-            **build_admin_events_resources(EventStatusHandler(store)),
-            **build_admin_failures_resource(self.failures),
+            "/_synapse/admin": admin_api,
+            **build_admin_events_resources(EventStatusHandler(store), authenticate_admin=admin_auth),
+            **build_admin_failures_resource(self.failures, authenticate_admin=admin_auth),
         }
         self._wire_media(store)
 
@@ -685,6 +754,10 @@ class FedserverService(service.MultiService):
         ))
         # Upload bodies stream into the media directory, capped at max_upload_size.
         self.client_site.requestFactory = media_request_factory(UploadBodies(files, config.max_upload_size))
+
+    def _destination_reset(self, destination: str) -> None:
+        if self.sender is not None:
+            self.sender.on_server_seen(destination)
 
     async def _is_admin(self, user_id: str) -> bool:
         user = await self.store.accounts.get_user(user_id)
@@ -766,6 +839,7 @@ class FedserverService(service.MultiService):
         d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
         now = int(self.reactor.seconds() * 1000)
         d.addCallback(lambda _: defer.ensureDeferred(self._prune_notifications(now)))
+        d.addCallback(lambda _: self.store.rooms.prune_client_txns(now - KEEP_CLIENT_TXNS_MS) if self.store is not None else None)
         d.addErrback(self._prune_failed)
         return d
 
@@ -827,6 +901,8 @@ class FedserverService(service.MultiService):
             steps.append(("the sender", sender.stop))
         if resync is not None:
             steps.append(("the partial-state resyncs", resync.stop))
+        if self.metrics is not None:
+            steps.append(("the metrics", self.metrics.stop))
         ephemeral, self.ephemeral = self.ephemeral, None
         if ephemeral is not None:
             steps.append(("typing", ephemeral.typing.stop))
@@ -937,6 +1013,45 @@ def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
     return FilteringLogObserver(base, [predicate])
 
 
+def build_log_observer(twistd_options: Any, config: Config, reactor: Any = None) -> Any:
+    """The log observer of the server: ``log_format`` (text or JSON lines), ``log_level``,
+    request ids, written to ``log_file`` (rotated; SIGHUP reopens it when ``reactor`` is
+    given) or to the file twistd would have used. ``None`` to leave twistd's logging as it
+    is (a custom ``--logger``, or no twistd options)."""
+    from fedserver.logs import RotatingFile, build_observer
+
+    out = None
+    if config.log_file is not None:
+        out = RotatingFile(config.log_file, config.log_max_bytes, config.log_backups)
+    if reactor is not None:
+        # SIGHUP never stops the server (its default action would, e.g. on systemd's
+        # ExecReload): it reopens log_file after an external logrotate moved it, and is
+        # otherwise only logged.
+        import signal
+
+        def on_sighup() -> None:
+            if out is not None:
+                out.reopen()
+            else:
+                log.info("SIGHUP: no log_file to reopen")
+
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
+    if out is not None:
+        return build_observer(out, config.log_format, config.log_level)
+    if twistd_options is None or not hasattr(twistd_options, "get") or twistd_options.get("logger"):
+        return None
+    try:
+        from twisted.scripts.twistd import _SomeApplicationRunner
+
+        base = _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
+    except Exception:
+        return None
+    out_file = getattr(base, "_outFile", None)  # twisted.logger.FileLogObserver's file
+    if out_file is None:
+        return _level_filtered_twistd_observer(twistd_options, config.log_level)
+    return build_observer(out_file, config.log_format, config.log_level)
+
+
 def _exit_nonzero(reactor: Any) -> Callable[[Failure], None]:
     """:returns: an ``on_fatal`` that stops ``reactor`` and makes the process exit with 1."""
 
@@ -958,7 +1073,7 @@ def makeService(options: Options) -> FedserverService:
     from twisted.internet import reactor  # the wiring point is the one place that picks the reactor
 
     config = options.config or load_config(options["config"], options.overrides())
-    observer = _level_filtered_twistd_observer(getattr(options, "parent", None), config.log_level)
+    observer = build_log_observer(getattr(options, "parent", None), config, reactor)
     install_stdlib_logging_bridge(config.log_level)
     try:
         return FedserverService(config, reactor, observer, on_fatal=_exit_nonzero(reactor))
@@ -966,4 +1081,7 @@ def makeService(options: Options) -> FedserverService:
         raise SystemExit(f"fedserver: {e}") from None
 
 
-__all__ = ["FedserverService", "ListenerService", "Options", "StdlibToTwistedHandler", "install_stdlib_logging_bridge", "makeService"]
+__all__ = [
+    "FedserverService", "ListenerService", "Options", "StdlibToTwistedHandler", "build_log_observer",
+    "install_stdlib_logging_bridge", "makeService",
+]

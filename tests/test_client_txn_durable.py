@@ -20,13 +20,14 @@ class ClientTxnDurabilityTests(RoomsTestCase):
         retry gets the same event id and stores nothing."""
         alice = await self.user("alice")
         room_id = await self.create(alice)
+        send_path = f"/rooms/{room_id}/send/m.room.message"
         extremities = set(await self.store.get_forward_extremities(room_id))
         position = await self.store.rooms.get_stream_position()
         real = self.store.rooms.store_client_txn_txn
         calls = []
 
-        def failing(txn: Any, *args: Any) -> Any:
-            calls.append(args)
+        def failing(txn: Any, *args: Any, **kw: Any) -> Any:
+            calls.append(args + (kw.get("path"),))
             # The event's own rows are written by now, in this transaction.
             (count,) = txn.execute("SELECT COUNT(*) FROM events WHERE event_id = ?", (args[4],)).fetchone()
             calls.append(count)
@@ -36,14 +37,15 @@ class ClientTxnDurabilityTests(RoomsTestCase):
         with self.assertRaises(StorageUnavailableError):
             await self.send_text(alice, room_id, "once", txn_id="t1")
         self.assertEqual(calls[0][:4], (alice.user_id, "dDEV", "t1", room_id))
+        self.assertEqual(calls[0][-1], send_path)
         self.assertEqual(calls[1], 1)
         self.assertEqual(set(await self.store.get_forward_extremities(room_id)), extremities)
         self.assertEqual(await self.store.rooms.get_stream_position(), position)
-        self.assertIsNone(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t1"))
+        self.assertIsNone(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t1", path=send_path))
 
         self.patch(self.store.rooms, "store_client_txn_txn", real)
         first = await self.send_text(alice, room_id, "once", txn_id="t1")
-        self.assertEqual(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t1"), first)
+        self.assertEqual(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t1", path=send_path), first)
         after_first = await self.store.rooms.get_stream_position()
         self.assertGreater(after_first, position)
         self.assertEqual(await self.send_text(alice, room_id, "once", txn_id="t1"), first)
@@ -57,6 +59,7 @@ class ClientTxnDurabilityTests(RoomsTestCase):
         of the first request (as after a restart) gets the first event back."""
         alice = await self.user("alice")
         room_id = await self.create(alice)
+        send_path = f"/rooms/{room_id}/send/m.room.message"
 
         def crash(*args: Any, **kw: Any) -> Any:
             raise AssertionError("the transaction id must be recorded with the event")
@@ -68,5 +71,5 @@ class ClientTxnDurabilityTests(RoomsTestCase):
         content = {"msgtype": "m.text", "body": "hello"}
         self.assertEqual(await fresh.send_event(alice, room_id, "m.room.message", content, "t2"), first)
         self.assertEqual(await fresh.redact(alice, room_id, first, "t3"), redaction)
-        self.assertEqual(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t2"), first)
-        self.assertEqual(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t3"), redaction)
+        self.assertEqual(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t2", path=send_path), first)
+        self.assertEqual(await self.store.rooms.get_client_txn(alice.user_id, "dDEV", "t3", path=f"/rooms/{room_id}/redact/{first}"), redaction)

@@ -104,6 +104,24 @@ class NotificationPagingTests(DailyUseTestCase):
         self.assertLess(abs((now - calls[-1][0]) / day - 365), 0.01)
 
 
+    async def test_service_prune_loop_prunes_client_txn_ids(self):
+        """The same pass forgets client transaction ids older than a week."""
+        from fedserver.service import KEEP_CLIENT_TXNS_MS
+
+        a = await self.server()
+        calls = []
+
+        def prune_client_txns(before_ms):  # the store's methods answer Deferreds
+            calls.append(before_ms)
+            return defer.succeed(0)
+
+        self.patch(a.svc.store.rooms, "prune_client_txns", prune_client_txns)
+        await a.svc._prune_received_txns()
+        now = int(a.svc.reactor.seconds() * 1000)
+        self.assertTrue(calls)
+        self.assertLess(abs(now - KEEP_CLIENT_TXNS_MS - calls[-1]), 60_000)
+        self.assertEqual(KEEP_CLIENT_TXNS_MS, 7 * 24 * 3600 * 1000)
+
 class _Store:
     """Pushers and counts for PushersHandler (plain data)."""
 

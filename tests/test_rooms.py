@@ -186,6 +186,34 @@ class SendTests(RoomsTestCase):
         served = await self.timeline.get_event(other_device, room_id, first)
         self.assertNotIn("transaction_id", served["unsigned"])
 
+    async def test_transaction_ids_are_scoped_to_the_path(self):
+        """Spec "Transaction identifiers": a retransmission has the same txn id AND the same
+        path. The same txn id in another room, with another event type, or on /redact is a
+        new request with its own event; each repeated on its own path gets its own first
+        event back, and every event shows the txn id to the sending device."""
+        alice = await self.user("alice")
+        room_a = await self.create(alice)
+        room_b = await self.create(alice)
+        in_a = await self.send_text(alice, room_a, "in a", txn_id="t1")
+        in_b = await self.send_text(alice, room_b, "in b", txn_id="t1")
+        self.assertNotEqual(in_a, in_b)
+        self.assertEqual((await self.store.get_event(in_b)).room_id, room_b)
+        reaction = await self.rooms.send_event(alice, room_a, "m.reaction", {}, "t1")
+        self.assertNotIn(reaction, (in_a, in_b))
+        self.assertEqual((await self.store.get_event(reaction)).type, "m.reaction")
+        redaction = await self.rooms.redact(alice, room_a, in_a, "t1")
+        self.assertEqual((await self.store.get_event(redaction)).type, "m.room.redaction")
+        self.assertEqual(len({in_a, in_b, reaction, redaction}), 4)
+        pos = await self.store.rooms.get_stream_position()
+        self.assertEqual(await self.send_text(alice, room_a, "in a", txn_id="t1"), in_a)
+        self.assertEqual(await self.send_text(alice, room_b, "in b", txn_id="t1"), in_b)
+        self.assertEqual(await self.rooms.send_event(alice, room_a, "m.reaction", {}, "t1"), reaction)
+        self.assertEqual(await self.rooms.redact(alice, room_a, in_a, "t1"), redaction)
+        self.assertEqual(await self.store.rooms.get_stream_position(), pos)
+        for room_id, event_id in ((room_b, in_b), (room_a, reaction)):
+            served = await self.timeline.get_event(alice, room_id, event_id)
+            self.assertEqual(served["unsigned"]["transaction_id"], "t1")
+
     async def test_concurrent_same_txn_makes_one_event(self):
         """Two concurrent requests with the same txn id produce one event."""
         from twisted.internet import defer

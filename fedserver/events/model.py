@@ -27,7 +27,7 @@ class Event:
     ``state_key`` is ``None`` for non-state events. ``room_id`` of a v12 create event is
     derived from its event id. ``rejected_reason`` is metadata, not part of the PDU: storage
     sets it for events that were rejected on receipt. ``client_txn`` too: for an event made
-    here for a client request with a transaction id, ``(user_id, scope, txn_id)``, which
+    here for a client request with a transaction id, ``(user_id, scope, txn_id, path)``, which
     storage records in the transaction that stores the event.
     """
 
@@ -50,7 +50,7 @@ class Event:
     depth: int
     origin_server_ts: int
     rejected_reason: str | None
-    client_txn: tuple[str, str, str] | None
+    client_txn: tuple[str, str, str, str] | None
 
     @classmethod
     def from_pdu(

@@ -8,6 +8,8 @@
   mechanism.
 - :mod:`fedserver.handlers.client`: what clients see beyond rooms: accounts, profiles,
   ``/sync`` and the notifier that wakes it.
+- :mod:`fedserver.handlers.admin`: what server administrators do: users, rooms (block,
+  purge, delete), destinations.
 
 Errors are raised from :mod:`fedserver.errors`.
 """

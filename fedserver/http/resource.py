@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import io
+import ipaddress
+import re
+import time
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import canonicaljson
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -17,6 +22,7 @@ from twisted.web.resource import IResource
 from fedserver import __version__
 from fedserver.events.canonical import CanonicalJSONError, parse_json
 from fedserver.http.connections import ConnectionLimits, build_channel
+from fedserver.logs import REQUEST_ID, new_request_id, valid_request_id
 from fedserver.errors import (
     MatrixError,
     bad_json,
@@ -31,6 +37,8 @@ from fedserver.errors import (
 from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
+#: The access log (one line per request) and the slow-request warnings.
+access_log = Logger(namespace="fedserver.access")
 
 #: What a handler may return (directly, as a Deferred or from a coroutine):
 #: a JSON-able value (status 200), ``bytes`` that are already-encoded JSON (200),
@@ -44,6 +52,9 @@ Handler = Callable[..., "HandlerResult | Awaitable[HandlerResult] | defer.Deferr
 DEFAULT_MAX_REQUEST_BODY_SIZE = 200 * 65536
 
 SERVER_HEADER = f"fedserver/{__version__}".encode()
+
+#: Requests taking longer than this many seconds are logged as slow (at ``warn``).
+DEFAULT_SLOW_REQUEST_THRESHOLD = 10.0
 
 #: CORS headers for the client listener (client-server API "Web Browser Clients").
 CORS_HEADERS = (
@@ -383,13 +394,36 @@ class JsonResource(resource.Resource):
             postpath = []
         try:
             route, params = self._find_route(request.method, postpath)
+            # The route's template (never the raw path, whose ids vary) for metrics and logs.
+            set_route_label(request, _mount_point(request) + (route.template or ""))
             if not route.raw_body and _has_body(request):
                 read_json_body(request)  # cached for the handler
         except MatrixError as e:
+            if e.errcode == "M_UNRECOGNIZED":
+                set_route_label(request, UNRECOGNIZED_ROUTE)
             respond_error(request, e)
             return server.NOT_DONE_YET
         run_handler(route.handler, request, params)
         return server.NOT_DONE_YET
+
+
+#: Route label of requests no route matched.
+UNRECOGNIZED_ROUTE = "unrecognized"
+
+
+def _mount_point(request: IRequest) -> str:
+    prepath = getattr(request, "prepath", None) or []
+    return "/" + "/".join(p.decode("utf-8", "replace") for p in prepath)
+
+
+def set_route_label(request: IRequest, label: str) -> None:
+    """Name the endpoint ``request`` was routed to (a route template such as
+    ``/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}``), for metrics and the
+    access log. Labels come from code, never from the request, so their number is bounded."""
+    try:
+        request.route_label = label  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
 
 
 class UnrecognizedResource(resource.Resource):
@@ -468,10 +502,73 @@ class MatrixRequest(server.Request):
 
     _too_large = False
     _received = 0
+    #: This request's id (``X-Request-Id``), set when it is processed.
+    request_id: str | None = None
+    #: The endpoint it was routed to (see :func:`set_route_label`).
+    route_label: str = UNRECOGNIZED_ROUTE
+    _started: float | None = None
+    _client_address: Any = None
+    _logged = False
 
     def _site_option(self, name: str, default: Any) -> Any:
         site = getattr(self.channel, "site", None)
         return getattr(site, name, default)
+
+    # -- behind a reverse proxy --------------------------------------------------------
+
+    def _peer_is_trusted_proxy(self) -> bool:
+        proxies = self._site_option("trusted_proxies", ())
+        if not proxies:
+            return False
+        return _in_networks(getattr(super().getClientAddress(), "host", None), proxies)
+
+    def getClientAddress(self) -> Any:
+        """The client's address: the TCP peer, or, when the peer is one of the site's
+        ``trusted_proxies``, the address the proxies say the request came from
+        (``X-Forwarded-For``, read from the right: the first address that is not a trusted
+        proxy; anything unparseable ends the walk). The port of a forwarded address is 0."""
+        if self._client_address is None:
+            peer = super().getClientAddress()
+            self._client_address = peer
+            proxies = self._site_option("trusted_proxies", ())
+            if proxies and _in_networks(getattr(peer, "host", None), proxies):
+                forwarded = forwarded_client(self.requestHeaders.getRawHeaders(b"x-forwarded-for") or [], proxies)
+                if forwarded is not None:
+                    cls = IPv6Address if ":" in forwarded else IPv4Address
+                    self._client_address = cls("TCP", forwarded, 0)
+        return self._client_address
+
+    def getClientIP(self) -> str | None:  # older Twisted API, used by some of its code
+        host = getattr(self.getClientAddress(), "host", None)
+        return host if isinstance(host, str) else None
+
+    def isSecure(self) -> bool:
+        """HTTPS to us, or, from a trusted proxy, ``X-Forwarded-Proto: https`` (the proxy
+        terminated TLS)."""
+        if self._peer_is_trusted_proxy():
+            values = self.requestHeaders.getRawHeaders(b"x-forwarded-proto") or []
+            if values:
+                return values[-1].split(b",")[-1].strip().lower() == b"https"
+        return bool(super().isSecure())
+
+    # -- request ids, access log, metrics ----------------------------------------------------
+
+    def _choose_request_id(self) -> str:
+        if self._peer_is_trusted_proxy():
+            given = self.requestHeaders.getRawHeaders(b"x-request-id") or []
+            if len(given) == 1:
+                try:
+                    value = given[0].decode("ascii").strip()
+                except UnicodeDecodeError:
+                    value = ""
+                if valid_request_id(value):
+                    return value
+        return new_request_id()
+
+    def _now(self) -> float:
+        reactor = getattr(getattr(self.channel, "site", None), "reactor", None)
+        seconds = getattr(reactor, "seconds", None)
+        return float(seconds()) if seconds is not None else time.time()
 
     def gotLength(self, length: int | None) -> None:
         limit = self._site_option("max_request_body_size", DEFAULT_MAX_REQUEST_BODY_SIZE)
@@ -519,6 +616,17 @@ class MatrixRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
+        """Give the request its id (``X-Request-Id`` response header; a trusted proxy's own
+        id is kept) and handle it in a context where :data:`fedserver.logs.REQUEST_ID` is
+        that id, so everything logged on its behalf carries it."""
+        self._started = self._now()
+        self.request_id = self._choose_request_id()
+        self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
+        context = contextvars.copy_context()
+        context.run(self._process_in_context)
+
+    def _process_in_context(self) -> None:
+        REQUEST_ID.set(self.request_id)
         if self._site_option("cors", False):
             for k, v in CORS_HEADERS:
                 self.setHeader(k, v)
@@ -529,10 +637,30 @@ class MatrixRequest(server.Request):
                 return
         super().process()
 
+    def render(self, resrc: IResource) -> None:
+        # A leaf resource's mount point names it (its prepath is fixed by the code); a
+        # JsonResource refines this to its route's template while rendering.
+        if isinstance(resrc, (UnrecognizedResource, PathNode)):
+            set_route_label(self, UNRECOGNIZED_ROUTE)
+        elif getattr(resrc, "isLeaf", False):
+            set_route_label(self, _mount_point(self))
+        else:
+            set_route_label(self, "other")
+        super().render(resrc)
+
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             self.setHeader(b"Server", SERVER_HEADER)
         super().write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The client went away before its answer: logged and counted as status 499.
+        if not self.finished and self._started is not None and not self._logged:
+            site = getattr(self.channel, "site", None)
+            record = getattr(site, "record_request", None)
+            if record is not None:
+                record(self, 499)
+        super().connectionLost(reason)
 
     def processingFailed(self, reason: Failure) -> None:
         """Log the failure server-side; answer 500 ``M_UNKNOWN`` with no traceback (503
@@ -571,6 +699,10 @@ class MatrixSite(server.Site):
         log_name: str = "http",
         reactor: Any = None,
         limits: ConnectionLimits | None = None,
+        trusted_proxies: Iterable[Any] = (),
+        slow_request_threshold: float = DEFAULT_SLOW_REQUEST_THRESHOLD,
+        access_log: bool = True,
+        request_observers: Iterable[Callable[..., Any]] = (),
     ) -> None:
         kwargs = {} if reactor is None else {"reactor": reactor}
         # No TimeoutMixin idle timer (every byte would restart it): MatrixChannel keeps
@@ -581,11 +713,138 @@ class MatrixSite(server.Site):
         self.log_name = log_name
         self.limits = limits or ConnectionLimits()
         self.noisy = False
+        self.trusted_proxies = tuple(ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n for n in trusted_proxies)
+        self.slow_request_threshold = slow_request_threshold
+        self.access_log = access_log
+        #: Called as ``observer(listener, method, route, status, seconds)`` once per
+        #: answered (or abandoned: status 499) request, e.g. the Prometheus metrics.
+        self.request_observers: list[Callable[..., Any]] = list(request_observers)
+
+    def log(self, request: Any) -> None:
+        """Called by Twisted when a response is finished: access log line and observers
+        (Twisted's own combined-format line, which would show access tokens given as query
+        parameters, is replaced)."""
+        self.record_request(request, int(getattr(request, "code", 0) or 0))
+
+    def record_request(self, request: Any, status: int) -> None:
+        """Log and count one request once: an access log line at ``info`` (or ``warn``
+        when it took longer than ``slow_request_threshold``, not counting the ``timeout``
+        a long poll asked for), then the ``request_observers``."""
+        if getattr(request, "_logged", False):
+            return
+        try:
+            request._logged = True
+        except AttributeError:
+            pass
+        started = getattr(request, "_started", None)
+        duration = max(0.0, self.reactor.seconds() - started) if started is not None else 0.0
+        method = _method_label(getattr(request, "method", b""))
+        route = getattr(request, "route_label", UNRECOGNIZED_ROUTE)
+        for observer in self.request_observers:
+            try:
+                observer(self.log_name, method, route, status, duration)
+            except Exception:  # noqa: BLE001 - metrics must never break serving
+                log.failure("Request observer failed")
+        slow = duration >= self.slow_request_threshold + _long_poll_seconds(request)
+        if not (self.access_log or slow):
+            return
+        client = getattr(request.getClientAddress(), "host", None) or "-"
+        requester = getattr(request, "requester", None)
+        fields = dict(
+            listener=self.log_name, client=client, method=method, path=_loggable_path(request),
+            route=route, status=status, duration_ms=round(duration * 1000, 1),
+            bytes_sent=int(getattr(request, "sentLength", 0) or 0),
+            user_id=getattr(requester, "user_id", None),
+            user_agent=_header_text(request, b"user-agent"),
+            request_id=getattr(request, "request_id", None),
+        )
+        if slow:
+            access_log.warn(
+                "Slow request: {client} {method} {path} {status} took {duration_ms:.0f} ms (threshold {threshold:.0f} s)",
+                threshold=self.slow_request_threshold, slow=True, **fields,
+            )
+        else:
+            access_log.info("{client} {method} {path} {status} {duration_ms:.0f} ms", **fields)
 
     def acceptableProtocols(self) -> list[bytes]:
         """HTTP/1.1 only, even where Twisted could speak HTTP/2: the deadlines of
         :class:`~fedserver.http.connections.MatrixChannel` are per HTTP/1.1 request."""
         return [b"http/1.1"]
+
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_TOKEN_PARAM = re.compile(rb"(?i)(access_token=)[^&]*")
+
+
+def _method_label(method: Any) -> str:
+    text = method.decode("ascii", "replace") if isinstance(method, bytes) else str(method)
+    return text if text in _KNOWN_METHODS else "OTHER"
+
+
+def _loggable_path(request: Any) -> str:
+    """The request URI with ``access_token`` query values hidden, at most 1,000 characters."""
+    uri = getattr(request, "uri", b"") or b""
+    uri = _TOKEN_PARAM.sub(rb"\1<redacted>", uri)
+    return uri.decode("utf-8", "replace")[:1000]
+
+
+def _header_text(request: Any, name: bytes) -> str | None:
+    values = request.requestHeaders.getRawHeaders(name) if getattr(request, "requestHeaders", None) else None
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")[:200]
+
+
+def _long_poll_seconds(request: Any) -> float:
+    """The ``timeout`` (ms) a long-polling request (``/sync``, ``/events``) asked to wait,
+    in seconds (0 if none): the time it waits on purpose is not slowness."""
+    values = (getattr(request, "args", None) or {}).get(b"timeout")
+    if not values:
+        return 0.0
+    try:
+        return max(0.0, min(float(int(values[0])) / 1000.0, 3600.0))
+    except (ValueError, OverflowError):
+        return 0.0
+
+
+def _in_networks(host: Any, networks: Iterable[Any]) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+def forwarded_client(values: Iterable[bytes], trusted: Iterable[Any]) -> str | None:
+    """The client address of an ``X-Forwarded-For`` chain received from a trusted proxy:
+    walking from the right (the hop nearest to us), the first address that is not itself a
+    trusted proxy; if every hop is trusted, the leftmost. An entry that is not an IP
+    address ends the walk at the last trusted hop (``None`` if that is the peer itself).
+
+    :param values: the raw header values (several headers count as one list).
+    :param trusted: the trusted proxies' networks.
+    """
+    trusted = tuple(trusted)
+    hops: list[str] = []
+    for value in values:
+        for part in value.split(b","):
+            hops.append(part.strip().decode("latin-1"))
+    found: str | None = None
+    for hop in reversed(hops):
+        try:
+            ip = ipaddress.ip_address(hop.split("%", 1)[0])
+        except ValueError:
+            break
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        found = str(ip)
+        if not any(ip in net for net in trusted):
+            break
+    return found
 
 
 def iter_routes(res: JsonResource) -> Iterable[tuple[str, str]]:
@@ -597,6 +856,10 @@ def iter_routes(res: JsonResource) -> Iterable[tuple[str, str]]:
 
 __all__ = [
     "CORS_HEADERS",
+    "DEFAULT_SLOW_REQUEST_THRESHOLD",
+    "UNRECOGNIZED_ROUTE",
+    "forwarded_client",
+    "set_route_label",
     "DEFAULT_MAX_REQUEST_BODY_SIZE",
     "JsonResource",
     "MatrixRequest",

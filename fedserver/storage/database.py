@@ -318,6 +318,10 @@ class Database:
         self._writes_done = 0
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._commits = 0
+        #: ``(kind, seconds) -> None`` told how long each transaction took ("read" or
+        #: "write", from BEGIN to COMMIT, retries included), from the database thread
+        #: (e.g. the metrics).
+        self.observe_transaction: Callable[[str, float], None] | None = None
 
     @property
     def separate_readers(self) -> bool:
@@ -393,9 +397,18 @@ class Database:
         return self._pool.runWithConnection(func, *args)
 
     def _run(self, conn: Any, func: Callable[..., T], write: bool, args: tuple, kw: dict) -> T:
-        if self.dialect is SQLITE:
-            return self._run_sqlite(conn, func, write, args, kw)
-        return self._run_retrying(conn, func, write, args, kw)
+        observe = self.observe_transaction
+        started = time.perf_counter() if observe is not None else 0.0
+        try:
+            if self.dialect is SQLITE:
+                return self._run_sqlite(conn, func, write, args, kw)
+            return self._run_retrying(conn, func, write, args, kw)
+        finally:
+            if observe is not None:
+                try:
+                    observe("write" if write else "read", time.perf_counter() - started)
+                except Exception:  # noqa: BLE001 - measuring must never fail a transaction
+                    pass
 
     def _run_sqlite(self, conn: Any, func: Callable[..., T], write: bool, args: tuple, kw: dict) -> T:
         cursor = conn.cursor()

@@ -174,15 +174,21 @@ class RoomsStore:
     # -- client transaction ids ---------------------------------------------------------
 
     @_deferred
-    def get_client_txn(self, user_id: str, scope: str, txn_id: str) -> "Deferred[Optional[str]]":
-        """The event id a client transaction produced, or ``None``."""
+    def get_client_txn(self, user_id: str, scope: str, txn_id: str, *, path: str = "") -> "Deferred[Optional[str]]":
+        """The event id a client transaction produced, or ``None``.
+
+        :param path: the request path the transaction id was used on (client-server API
+            "Transaction identifiers": a retransmission has the same transaction id *and*
+            the same path), e.g. ``/rooms/!r:hs/send/m.room.message``.
+        """
 
         def txn_func(txn: Txn) -> Optional[str]:
-            if not all(lookup_text(v, "id") for v in (user_id, scope, txn_id)):
+            if not all(lookup_text(v, "id") for v in (user_id, scope, txn_id)) or not lookup_text(path, "path"):
                 return None
             row = txn.execute(
-                "SELECT event_id FROM client_transactions WHERE user_id = ? AND scope = ? AND txn_id = ?",
-                (user_id, scope, txn_id),
+                "SELECT event_id FROM client_transactions"
+                " WHERE user_id = ? AND scope = ? AND path = ? AND txn_id = ?",
+                (user_id, scope, path, txn_id),
             ).fetchone()
             return None if row is None else row[0]
 
@@ -190,27 +196,32 @@ class RoomsStore:
 
     @_deferred
     def store_client_txn(
-        self, user_id: str, scope: str, txn_id: str, room_id: str, event_id: str
+        self, user_id: str, scope: str, txn_id: str, room_id: str, event_id: str, *, path: str = ""
     ) -> "Deferred[str]":
-        """Record that a client transaction produced ``event_id``; the first record wins.
+        """Record that a client transaction on ``path`` produced ``event_id``; the first
+        record wins.
 
         :returns: Deferred firing with the event id on record.
         """
-        return self._store.run_write(self.store_client_txn_txn, user_id, scope, txn_id, room_id, event_id)
+        return self._store.run_write(self.store_client_txn_txn, user_id, scope, txn_id, room_id, event_id, path=path)
 
-    def store_client_txn_txn(self, txn: Txn, user_id: str, scope: str, txn_id: str, room_id: str, event_id: str) -> str:
+    def store_client_txn_txn(
+        self, txn: Txn, user_id: str, scope: str, txn_id: str, room_id: str, event_id: str, *, path: str = ""
+    ) -> str:
         """:meth:`store_client_txn` inside the caller's transaction (the one storing the
         event: ``SQLiteStore.persist_events_txn`` for events with ``client_txn``)."""
         for value, what in ((user_id, "user id"), (scope, "scope"), (txn_id, "txn id"), (room_id, "room id"), (event_id, "event id")):
             check_text(value, what)
+        check_text(path, "path")
         txn.execute(
-            "INSERT INTO client_transactions (user_id, scope, txn_id, room_id, event_id, created_ts)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (user_id, scope, txn_id, room_id, event_id, self._clock_ms()),
+            "INSERT INTO client_transactions (user_id, scope, path, txn_id, room_id, event_id, created_ts)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (user_id, scope, path, txn_id, room_id, event_id, self._clock_ms()),
         )
         return txn.execute(
-            "SELECT event_id FROM client_transactions WHERE user_id = ? AND scope = ? AND txn_id = ?",
-            (user_id, scope, txn_id),
+            "SELECT event_id FROM client_transactions"
+            " WHERE user_id = ? AND scope = ? AND path = ? AND txn_id = ?",
+            (user_id, scope, path, txn_id),
         ).fetchone()[0]
 
     @_deferred

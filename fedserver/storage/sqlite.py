@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
+from fedserver.storage.admin_store import AdminStore
 from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.backfill_store import BackfillStore
 from fedserver.storage.deactivation_store import DeactivationStore
@@ -179,6 +180,9 @@ class SQLiteStore:
         self.media = MediaStore(db)  # content repository metadata (files: handlers/media/files.py)
         # rooms joined with partial state, until their resync
         self.partial_state = PartialStateStore(db.run_read, db.run_write, self._events, self._state_groups, clock_ms)
+        self.admin = AdminStore(  # listings, blocked rooms, purges, destinations, metrics figures
+            db, clock_ms, forget_events=self._events.cache.invalidate,
+        )
         self.relations = RelationsStore(self)  # m.relates_to index, /relations, /threads, aggregations
         self.backfill = BackfillStore(self)  # backward extremities, history fetched from other servers
         self.devices = DevicesStore(db, clock_ms)  # encryption keys, device lists
@@ -267,7 +271,10 @@ class SQLiteStore:
             # crash finds the event). Refused events are not recorded: a retry tries again.
             made_for = entry.event.client_txn
             if made_for is not None and entry.rejection is None and entry.soft_failure is None and not entry.soft_failed:
-                self.rooms.store_client_txn_txn(txn, *made_for, entry.event.room_id, entry.event.event_id)
+                user_id, scope, txn_id, path = made_for
+                self.rooms.store_client_txn_txn(
+                    txn, user_id, scope, txn_id, entry.event.room_id, entry.event.event_id, path=path
+                )
         if any(entry.distribute is not None for entry in batch):
             outcome = self._distribution.queue_persisted_txn(txn, batch, outcome)
         # Indexes kept in the same transaction as the events they describe.

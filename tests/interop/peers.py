@@ -474,11 +474,12 @@ class Fedserver(_Process):
         self.login(user_id)
         return user_id
 
-    def admin_user(self, localpart: str) -> str:
+    def admin_user(self, localpart: str, admin: bool = False) -> str:
         """Register ``localpart`` through the running server's shared-secret admin API
-        (one request, no login: the way to make many users quickly); the token is kept
-        for :meth:`client`. Returns the user id."""
-        resp = shared_secret_register(self.client_url, self.shared_secret, localpart)
+        (one request, no login: the way to make many users quickly; ``admin``: a server
+        admin, who may call the admin API); the token is kept for :meth:`client`. Returns
+        the user id."""
+        resp = shared_secret_register(self.client_url, self.shared_secret, localpart, admin)
         self.tokens[resp["user_id"]] = resp["access_token"]
         return resp["user_id"]
 

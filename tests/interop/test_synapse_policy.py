@@ -126,8 +126,10 @@ class SynapsePolicyServerTests(TestCase):
         (request,) = await self.until(refused, "fedserver to ask about the renamed member")
         self.assertEqual(request["answer"], "refuse_all")
 
+        operator = await blocking(fs.admin_user, "operator_policy", True)
+
         def soft_failed():
-            listing = fs.client("GET", "/_fedserver/admin/v1/refusals",
+            listing = fs.client("GET", "/_fedserver/admin/v1/refusals", as_user=operator,
                                 params={"room_id": room_id, "kind": "soft_failed"})
             return [r for r in listing["refusals"] if r["event_id"] == request["event_id"]]
 

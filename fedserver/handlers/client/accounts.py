@@ -728,6 +728,13 @@ class AccountHandler:
             requester.user_id, password_hash, keep_token_id=requester.access_token_id, logout_devices=logout_devices
         )
 
+    def hash_password(self, password: str) -> defer.Deferred:
+        """Hash a new password with the server's KDF (in a thread; for the admin API).
+
+        :returns: Deferred firing with the self-describing hash string.
+        """
+        return self._hasher.hash(password)
+
     async def delete_devices(self, requester: Requester, device_ids: Iterable[str], auth: Any) -> None:
         """``DELETE /devices/{deviceId}`` and ``POST /delete_devices``: UIA with the
         current password, then the devices and their tokens go."""

@@ -125,6 +125,8 @@ class HandshakeHandler:
     :param on_invite: ``(event, invite_room_state) -> Awaitable`` recording an invite for a
         local user (so their client sees it), or ``None``.
     :param is_local_user: ``user_id -> Awaitable[bool]``: whether a user exists here.
+    :param is_room_blocked: ``room_id -> bool``: rooms an administrator blocked: no server
+        joins or knocks through us (403 ``M_FORBIDDEN``), none of our users is invited.
     :param acl_check: ``(origin, room_id) -> Awaitable`` raising 403 ``M_FORBIDDEN`` if the
         room's server ACL denies ``origin`` (called once the room is known to be visible),
         or ``None``.
@@ -147,6 +149,7 @@ class HandshakeHandler:
         signing_key: Any,
         on_invite: Optional[Callable[[Event, list], Awaitable[Any]]] = None,
         is_local_user: Optional[Callable[[str], Awaitable[bool]]] = None,
+        is_room_blocked: Optional[Callable[[str], bool]] = None,
         acl_check: Optional[Callable[[str, str], Awaitable[Any]]] = None,
         served: Optional[ServedPdus] = None,
         serve_partial_state: bool = True,
@@ -163,9 +166,14 @@ class HandshakeHandler:
         self._signing_key = signing_key
         self._on_invite = on_invite
         self._is_local_user = is_local_user
+        self._is_room_blocked = is_room_blocked
         self._acl_check = acl_check
         self._served = served if served is not None else ServedPdus(store)
         self._access = RoomAccess(store, server_name)
+
+    def _check_not_blocked(self, room_id: str) -> None:
+        if self._is_room_blocked is not None and self._is_room_blocked(room_id):
+            raise _forbidden("This room has been blocked on this server")
 
     # -- make_join / make_leave / make_knock ------------------------------------------------
 
@@ -184,6 +192,8 @@ class HandshakeHandler:
         if _domain(user_id) != origin:
             raise _forbidden("The user is not on the requesting server")
         rv = await self._visible_room(origin, room_id, user_id)
+        if membership in ("join", "knock"):
+            self._check_not_blocked(room_id)
         if versions is not None:
             # Spec: without ``ver`` the joining server is taken to support only version 1.
             if rv.identifier not in (versions or ["1"]):
@@ -363,6 +373,8 @@ class HandshakeHandler:
         checked, servers = _check_direct_event(pdu, rv)
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The sender is not on the requesting server")
+        if membership in ("join", "knock"):
+            self._check_not_blocked(room_id)
         event = checked.event
         if event.event_id != event_id:
             raise _bad("The event id does not match the path")
@@ -547,6 +559,7 @@ class HandshakeHandler:
         target = pdu.get("state_key")
         if _domain(target) != self._server_name:
             raise _forbidden("The invited user is not on this server")
+        self._check_not_blocked(room_id)
         if self._is_local_user is not None and not await self._is_local_user(target):
             raise MatrixError(404, "M_NOT_FOUND", "No such user")
         if _domain(pdu.get("sender")) != origin:

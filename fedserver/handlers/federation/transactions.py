@@ -82,6 +82,11 @@ class TransactionHandler:
         self._receiver = receiver
         self._edu_handlers = dict(edu_handlers or {})
         self._locks: KeyedLock[str] = KeyedLock()
+        #: callables ``(origin, result, {outcome: number of PDUs}, number of EDUs)`` told
+        #: about every answered transaction; ``result`` is ``processed`` or ``replayed``,
+        #: outcomes are ``accepted``, ``soft_failed``, ``rejected``, ``missing``,
+        #: ``duplicate`` and ``dropped`` (failed the checks on receipt 1-3) (e.g. metrics).
+        self.on_processed: list[Callable[[str, str, dict[str, int], int], Any]] = []
 
     def register_edu_handler(self, edu_type: str, handler: EduHandler) -> None:
         """Route EDUs of ``edu_type`` to ``handler(origin, content)``."""
@@ -113,6 +118,7 @@ class TransactionHandler:
         previous = await self._store.get_received_txn(origin, txn_id)
         if previous is not None:
             log.info("Replayed transaction {txn_id} from {origin}: answering as before", txn_id=txn_id, origin=origin)
+            self._tell(origin, "replayed", {}, 0)
             return previous
         # One room version lookup per room, shared by the ACL check and ingest.
         rooms = await self._ingest.room_versions(pdus + [{"room_id": r} for e in edus for r in _edu_rooms(e)])
@@ -133,12 +139,25 @@ class TransactionHandler:
         await self._store.store_received_txn(record.origin, record.txn_id, record.code, record.body, record.ts)
         for edu in edus:
             self._dispatch_edu(origin, edu, denied)
+        if self.on_processed:
+            counts = {"dropped": len(pdus) - len(events)}
+            for o in outcomes.values():
+                key = "duplicate" if o.duplicate else o.status
+                counts[key] = counts.get(key, 0) + 1
+            self._tell(origin, "processed", counts, len(edus))
         if pdus or edus:
             log.info(
                 "Transaction {txn_id} from {origin}: {n_pdus} PDUs, {n_edus} EDUs",
                 txn_id=txn_id, origin=origin, n_pdus=len(pdus), n_edus=len(edus),
             )
         return (200, response)
+
+    def _tell(self, origin: str, result: str, outcomes: dict[str, int], edus: int) -> None:
+        for observe in self.on_processed:
+            try:
+                observe(origin, result, outcomes, edus)
+            except Exception:  # noqa: BLE001 - an observer must never fail a transaction
+                log.failure("Transaction observer failed")
 
     async def _denied_rooms(self, origin: str, rooms: Mapping[str, Any]) -> frozenset[str]:
         if self._acls is None or not rooms:

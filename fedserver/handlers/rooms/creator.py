@@ -149,11 +149,11 @@ class EventCreator:
         state_key: Optional[str] = None,
         redacts: Optional[str] = None,
         unsigned: Optional[Mapping[str, Any]] = None,
-        client_txn: Optional[tuple[str, str, str]] = None,
+        client_txn: Optional[tuple[str, str, str, str]] = None,
     ) -> tuple[Event, Outcome]:
         """Build an event on the room's current state and take it in.
 
-        :param client_txn: ``(user_id, scope, txn_id)`` of the client request making it,
+        :param client_txn: ``(user_id, scope, txn_id, path)`` of the client request making it,
             recorded in the transaction that stores the event (:attr:`Event.client_txn`).
         :returns: ``(event, outcome)``; a rejected event (``outcome.status ==
             "rejected"``) was not stored.

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.logger import Logger
 
@@ -176,11 +176,11 @@ class RoomEvents:
         content: Mapping[str, Any],
         state_key: Optional[str] = None,
         redacts: Optional[str] = None,
-        client_txn: Optional[tuple[str, str, str]] = None,
+        client_txn: Optional[tuple[str, str, str, str]] = None,
     ) -> Event:
         """Make an event on the room's current state and take it in.
 
-        :param client_txn: ``(user_id, scope, txn_id)`` of the client request, stored in
+        :param client_txn: ``(user_id, scope, txn_id, path)`` of the client request, stored in
             the transaction that stores the event (a retry finds it even after a crash).
 
         :returns: the accepted event (stored).
@@ -294,18 +294,28 @@ class MembershipHandler:
         rooms that are not here and users of other servers; ``None``: such requests get
         404 (join, knock, leave) or 400 (invite).
     :param notifier: told about forgotten rooms (optional).
+    :param is_room_blocked: ``room_id -> bool``: rooms an administrator blocked, which our
+        users may not join or knock on (403 ``M_FORBIDDEN``); ``None``: none.
     """
 
-    def __init__(self, events: RoomEvents, directory: Any = None, *, remote: Any = None, notifier: Any = None) -> None:
+    def __init__(
+        self, events: RoomEvents, directory: Any = None, *, remote: Any = None, notifier: Any = None,
+        is_room_blocked: Optional[Callable[[str], bool]] = None,
+    ) -> None:
         self.events = events
         self.store = events.store
         self.server_name = events.server_name
         self.directory = directory
         self.remote = remote
         self.notifier = notifier
+        self.is_room_blocked = is_room_blocked
         #: Coroutine functions ``(user_id, room_id)`` awaited after a join of one of our
         #: users succeeded (e.g. following a room upgrade); their errors are logged.
         self.on_joined: list[Any] = []
+
+    def _check_not_blocked(self, room_id: str) -> None:
+        if self.is_room_blocked is not None and self.is_room_blocked(room_id):
+            raise forbidden("This room has been blocked on this server")
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -390,6 +400,7 @@ class MembershipHandler:
             room that is not here and no remote path).
         """
         room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        self._check_not_blocked(room_id)
         reason = check_reason(reason)
         hints = list(server_names) + [s for s in alias_servers if s not in server_names]
         if not await self.events.is_here(room_id):
@@ -599,6 +610,7 @@ class MembershipHandler:
         :raises MatrixError: 403 (the auth rules refuse), 404.
         """
         room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        self._check_not_blocked(room_id)
         reason = check_reason(reason)
         if not await self.events.is_here(room_id):
             candidates = self._candidates(room_id, list(server_names) + alias_servers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
@@ -246,6 +247,9 @@ class RoomPipeline:
         self.on_persisted: list[Callable[[str, list[tuple[Event, Outcome]]], Any]] = []
         #: callables ``(room_id)`` run once a partial-state room has its full state.
         self.on_full_state: list[Callable[[str], Any]] = []
+        #: callables ``(room_version, seconds)`` told how long each resolution of
+        #: conflicting states took (e.g. the metrics).
+        self.on_state_resolved: list[Callable[[str, float], Any]] = []
         #: callables ``(servers)`` run after a committed batch queued events for ``servers``
         #: (e.g. :meth:`fedserver.federation.sender.FederationSender.wake`).
         self.on_queued: list[Callable[[frozenset[str]], Any]] = []
@@ -1061,7 +1065,12 @@ class RoomPipeline:
                 raise KeyError(event_id)
             return ev
 
-        return state_before_event(rv, states, get_event, auth_check, room_id=room_id)
+        started = time.perf_counter()
+        resolved = state_before_event(rv, states, get_event, auth_check, room_id=room_id)
+        elapsed = time.perf_counter() - started
+        for observe in self.on_state_resolved:
+            observe(rv.identifier, elapsed)
+        return resolved
 
 
 class _Overlay(Mapping[str, Event]):

@@ -209,7 +209,7 @@ class RoomsHandler:
         self.source = source
         self.room_versions = room_versions if room_versions is not None else RoomVersionRegistry()
         self.default_room_version = default_room_version
-        self._txn_locks: KeyedLock[tuple[str, str, str]] = KeyedLock()
+        self._txn_locks: KeyedLock[tuple[str, str, str, str]] = KeyedLock()
         #: The :class:`~fedserver.handlers.rooms.relations.RelationsHandler` that checks
         #: new related events (threads, annotations), or ``None``.
         self.relations: Any = None
@@ -374,19 +374,27 @@ class RoomsHandler:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, make) -> str:
-        """Run ``make(key)`` (returning the new event id) once per client transaction id
-        (spec "Transaction identifiers": a retry gets the first event back). ``make`` gives
-        ``key``, ``(user_id, scope, txn_id)``, to :meth:`RoomEvents.send`, which has it
-        recorded in the transaction that stores the event: no crash or storage fault can
-        leave the event stored without its transaction id (a retry would make it twice)."""
+    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, path: str, make) -> str:
+        """Run ``make(key)`` (returning the new event id) once per client transaction id and
+        request path (spec "Transaction identifiers": "a retransmission if the transaction
+        ID is the same as a previous request, and the path of the HTTP request is the
+        same"; a retry gets the first event back, the same id on another path is a new
+        request). ``make`` gives ``key``, ``(user_id, scope, txn_id, path)``, to
+        :meth:`RoomEvents.send`, which has it recorded in the transaction that stores the
+        event: no crash or storage fault can leave the event stored without its transaction
+        id (a retry would make it twice).
+
+        :param path: the request path below the API version, without the transaction id,
+            e.g. ``/rooms/{roomId}/send/{eventType}`` with the values filled in (``/r0/``
+            and ``/v3/`` are the same endpoint).
+        """
         if not isinstance(txn_id, str) or not txn_id or len(txn_id.encode("utf-8", "surrogatepass")) > MAX_TXN_ID_BYTES:
             raise invalid_param("txnId", "Invalid transaction id")
         scope = transaction_scope(requester)
-        key = (requester.user_id, scope, txn_id)
+        key = (requester.user_id, scope, txn_id, path)
 
         async def run() -> str:
-            done = await self.store.rooms.get_client_txn(*key)
+            done = await self.store.rooms.get_client_txn(requester.user_id, scope, txn_id, path=path)
             if done is not None:
                 return done
             return await make(key)
@@ -407,7 +415,7 @@ class RoomsHandler:
             raise bad_json("Content must be a JSON object")
         user_id = requester.user_id
 
-        async def make(key: tuple[str, str, str]) -> str:
+        async def make(key: tuple[str, str, str, str]) -> str:
             if event_type == "m.room.redaction" and isinstance(content.get("redacts"), str):
                 await self._check_may_redact(room_id, user_id, content["redacts"])
             if self.relations is not None:
@@ -417,7 +425,7 @@ class RoomsHandler:
                 await self.store.rooms.index_redactions()
             return event.event_id
 
-        return await self._with_txn(requester, txn_id, room_id, make)
+        return await self._with_txn(requester, txn_id, room_id, f"/rooms/{room_id}/send/{event_type}", make)
 
     async def set_state(
         self, requester: Any, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
@@ -508,7 +516,7 @@ class RoomsHandler:
         reason = check_reason(reason)
         user_id = requester.user_id
 
-        async def make(key: tuple[str, str, str]) -> str:
+        async def make(key: tuple[str, str, str, str]) -> str:
             await self._check_may_redact(room_id, user_id, event_id)
             content = {"reason": reason} if reason else {}
             event = await self.events.send(
@@ -517,7 +525,7 @@ class RoomsHandler:
             await self.store.rooms.index_redactions()
             return event.event_id
 
-        return await self._with_txn(requester, txn_id, room_id, make)
+        return await self._with_txn(requester, txn_id, room_id, f"/rooms/{room_id}/redact/{event_id}", make)
 
     # -- reading state ------------------------------------------------------------------------
 

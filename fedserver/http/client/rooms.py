@@ -100,6 +100,7 @@ def build_room_services(
     default_room_version: "str | RoomVersion" = DEFAULT_ROOM_VERSION,
     remote: Any = None,
     remote_alias_query: Optional[Callable[[str, str], Any]] = None,
+    is_room_blocked: Optional[Callable[[str], bool]] = None,
     backfill: Any = None,
 ) -> RoomServices:
     """Build the room handlers on ``store`` and attach them to ``pipeline.on_persisted``
@@ -113,6 +114,8 @@ def build_room_services(
         for rooms that are not here and users of other servers (``None``: refused).
     :param remote_alias_query: ``(server_name, alias)`` to ``{"room_id", "servers"}``
         over federation (``None``: other servers' aliases are not found).
+    :param is_room_blocked: rooms our users may not join (see
+        :class:`~fedserver.handlers.rooms.membership.MembershipHandler`).
     :param backfill: a :class:`~fedserver.handlers.federation.backfill.BackfillHandler`
         to fetch history from other servers for /messages (``None``: only what we hold).
     """
@@ -124,7 +127,7 @@ def build_room_services(
     source = ClientEventSource(store, clock)
     ignored = source.ignored = IgnoredUsers(store)
     directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
-    membership = MembershipHandler(events, directory, remote=remote, notifier=notifier)
+    membership = MembershipHandler(events, directory, remote=remote, notifier=notifier, is_room_blocked=is_room_blocked)
     rooms = RoomsHandler(
         events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
     )
