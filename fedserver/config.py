@@ -121,6 +121,7 @@ class Config:
     media_user_quota: int | None = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     enable_legacy_media: bool | int = False
+    remote_media_lifetime: float | None = None
     url_preview_enabled: bool = False
     url_preview_ip_blocklist: tuple[str, ...] = DEFAULT_URL_PREVIEW_IP_BLOCKLIST
     url_preview_ip_allowlist: tuple[str, ...] = ()
@@ -293,6 +294,10 @@ def _v_seconds(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 10**9):
         raise ValueError("must be a positive number of seconds")
     return float(v)
+
+
+def _v_optional_seconds(v: Any) -> float | None:
+    return None if v is None else _v_seconds(v)
 
 
 def _v_bool(v: Any) -> bool:
@@ -565,6 +570,10 @@ OPTIONS: tuple[Option, ...] = (
            "The deprecated unauthenticated /_matrix/media/*/download and /thumbnail endpoints. false: frozen\n"
            "for all media (spec v1.11 'freeze'); true: serve all media; or a date ('2025-01-31') or ms\n"
            "timestamp: serve media stored before that moment only."),
+    Option("remote_media_lifetime", _v_optional_seconds,
+           "Seconds cached media of other servers is kept after it was last downloaded (checked every hour;\n"
+           "fetched again if asked for later); null: kept until purged through the admin API or\n"
+           "fedserver-purge-media. Files no database row refers to are deleted by the same hourly run."),
     Option("url_preview_enabled", _v_bool,
            "Serve /preview_url: the server fetches pages that users ask about (off by default)."),
     Option("url_preview_ip_blocklist", _v_networks,

@@ -25,6 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedserver import __version__
+from fedserver.background import log_background_failure
 from fedserver.auth.plugins import PluginError, make_plugin_manager, registered_room_versions
 from fedserver.config import Config, ConfigError, is_endpoint_description, generate_config_text, listen_description, load_config
 from fedserver.crypto import KeyFileError, key_id, load_or_generate_signing_key, load_or_generate_tls, verify_key_base64
@@ -50,6 +51,7 @@ from fedserver.http.admin.registration import build_admin_api
 from fedserver.http.admin.events import build_admin_events_resources
 from fedserver.http.admin.failures import build_admin_failures_resource
 from fedserver.http.admin.media import build_admin_media_resource
+from fedserver.handlers.media.upkeep import MediaUpkeep
 from fedserver.handlers.media.download import MediaDownloader
 from fedserver.handlers.media.files import MediaFiles
 from fedserver.handlers.media.thumbnails import Thumbnailer
@@ -74,6 +76,8 @@ from fedserver.http.client.ephemeral import build_ephemeral_services, register_e
 from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.client.deactivate import register_deactivation_routes
+from fedserver.handlers.client.deactivate import AccountDeactivation
 from fedserver.http.push_gateway import PushGatewayClient
 from fedserver.http.wellknown import WELL_KNOWN_PATH, build_well_known_resource
 from fedserver.http.federation.transport import FederationResource
@@ -102,6 +106,10 @@ log = Logger()
 #: replay after that is processed again, which is harmless: events are stored once).
 PRUNE_RECEIVED_TXNS_EVERY_S = 3600.0
 KEEP_RECEIVED_TXNS_MS = 24 * 3600 * 1000
+#: Notifications (GET /notifications, unread counts) are pruned in the same loop: read
+#: ones after 30 days, unread ones (which the unread counts are made of) after a year.
+KEEP_READ_NOTIFICATIONS_MS = 30 * 24 * 3600 * 1000
+KEEP_UNREAD_NOTIFICATIONS_MS = 365 * 24 * 3600 * 1000
 #: First retry delay of an unreachable destination (doubling up to
 #: ``outbound_max_retry_interval``).
 OUTBOUND_MIN_RETRY_MS = 2_000
@@ -391,6 +399,7 @@ class FedserverService(service.MultiService):
         self.push_gateway: Any = None
         self.well_known_resources: dict[str, Any] = {}
         self.user_directory: Any = None
+        self.deactivation: Any = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
@@ -465,7 +474,12 @@ class FedserverService(service.MultiService):
             log.info("Queued the latest local events of {n} rooms again (schema upgrade)", n=len(requeued))
         await self.sender.start()
         await self.ephemeral.presence.start()
+        # Users whose deactivation was cut short by a stop leave their remaining rooms.
+        defer.ensureDeferred(self.deactivation.resume()).addErrback(
+            log_background_failure, "Resuming deactivations failed", logger=log
+        )
         self.user_directory.index()
+        self.media_upkeep.start()
         self._prune_loop = LoopingCall(self._prune_received_txns)
         self._prune_loop.clock = self.reactor
         self._prune_loop.start(PRUNE_RECEIVED_TXNS_EVERY_S, now=True)
@@ -576,7 +590,9 @@ class FedserverService(service.MultiService):
             remote_alias_query=self._query_remote_alias, backfill=self.backfill,
         )
         await self.rooms.startup()
-        # Account data written wakes the user's waiting /sync (it is in the next answer).
+        # Account data written wakes the user's waiting /sync (it is in the next answer),
+        # after the ignored users' cache forgot the old list.
+        self.accounts.account_data.on_changed.append(self.rooms.ignored.invalidate)
         self.accounts.account_data.on_changed.append(self.rooms.notifier.notify_user)
         self.handshakes = HandshakeHandler(
             clock=reactor, store=store, pipeline=self.pipeline, creator=self.creator, engine=self.engine,
@@ -589,6 +605,10 @@ class FedserverService(service.MultiService):
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        # Account deactivation (POST /account/deactivate; the admin API shares the routine).
+        self.deactivation = AccountDeactivation(store, self.rooms.membership, self.accounts.accounts.check_password_uia)
+        self.deactivation.on_deactivated.append(self.rooms.ignored.invalidate)  # erase drops account data
+        register_deactivation_routes(self.client_api, self.deactivation)
         # End-to-end encryption: keys, device lists, to-device messages, key backups.
         self.e2ee = build_e2ee_services(
             store=store, server_name=name, federation_client=self.federation_client,
@@ -631,6 +651,8 @@ class FedserverService(service.MultiService):
             max_remote_size=config.max_upload_size, legacy_media=config.enable_legacy_media, waiters=waiters,
         )
         self.thumbnailer = Thumbnailer(store, files, reactor, name, max_image_pixels=config.max_image_pixels)
+        # Hourly (and at start): cached remote media past remote_media_lifetime, orphan files.
+        self.media_upkeep = MediaUpkeep(store, files, reactor, config.remote_media_lifetime)
         previews = None
         if config.url_preview_enabled:
             from fedserver.handlers.media.preview import build_url_previewer
@@ -679,7 +701,7 @@ class FedserverService(service.MultiService):
             post_json=self.push_gateway.post_json, allow_http_gateways=config.push_gateway_allow_http,
         )
         self.tags = TagsHandler(store, notifier)
-        self.user_directory = UserDirectoryHandler(store, name)
+        self.user_directory = UserDirectoryHandler(store, name, reactor)
         sync = self.rooms.sync
         for section in (eph.receipts.section, eph.typing.section, eph.presence.section, push.rules.section,
                         push.notifications.section):
@@ -733,8 +755,19 @@ class FedserverService(service.MultiService):
         d.addCallback(lambda n: log.debug("Pruned {n} answered transactions", n=n))
         # To-device transaction and message ids, unless the server is stopping meanwhile.
         d.addCallback(lambda _: self.store.to_device.prune(before) if self.store is not None else None)
+        now = int(self.reactor.seconds() * 1000)
+        d.addCallback(lambda _: self._prune_notifications(now))
         d.addErrback(self._prune_failed)
         return d
+
+    async def _prune_notifications(self, now_ms: int) -> None:
+        store = self.store
+        if store is None:
+            return
+        n = await store.push.prune_actions(now_ms - KEEP_READ_NOTIFICATIONS_MS, only_read=True)
+        n += await store.push.prune_actions(now_ms - KEEP_UNREAD_NOTIFICATIONS_MS)
+        if n:
+            log.info("Pruned {n} old notifications", n=n)
 
     @staticmethod
     def _prune_failed(failure: Failure) -> None:
@@ -800,7 +833,16 @@ class FedserverService(service.MultiService):
             steps.append(("the federation client", client.close))
         if dns is not None:
             steps.append(("the DNS resolver", dns.stop))
+        upkeep, self.media_upkeep = getattr(self, "media_upkeep", None), None
+        if upkeep is not None:
+            steps.insert(0, ("media upkeep", upkeep.stop))
         directory, self.user_directory = self.user_directory, None
+        if directory is not None:
+            directory.stop()
+        rooms = getattr(self, "rooms", None)
+        catch_up = rooms.relations_catch_up if rooms is not None else None
+        if catch_up is not None and not catch_up.called:
+            catch_up.cancel()  # waiting out a storage fault, or indexing: the next start resumes
         waits = [x.flush for x in (push and push.notifications, ephemeral and ephemeral.presence, directory) if x]
         if waits:
             steps.append(("work in progress", lambda: defer.DeferredList([w() for w in waits], consumeErrors=True)))

@@ -27,6 +27,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.events.canonical import MAX_SAFE_INTEGER, CanonicalJSONError
 from fedserver.events.hashing import decode_unpadded_base64, unpadded_base64
 from fedserver.federation.xmatrix import is_valid_server_name  # noqa: F401 - the strict grammar, re-exported (notary)
@@ -798,7 +799,7 @@ class Keyring:
                 continue
             d = defer.maybeDeferred(self._store.get_server_keys, server_name, key_ids)
             d.addCallback(self._records_from_store, server_name, found)
-            d.addErrback(lambda f, s=server_name: log.failure("Could not read stored keys of {server}", f, server=s))
+            d.addErrback(log_background_failure, "Could not read stored keys of {server}", logger=log, server=server_name)
             ds.append(d)
         d = defer.DeferredList(ds, consumeErrors=True)
         d.addCallback(lambda _: None)
@@ -855,7 +856,7 @@ class Keyring:
             found.setdefault(server_name, {}).update(recs)
             rows = [(k, unpadded_base64(r.verify_key.encode()), r.valid_until_ts, r.expired_ts) for k, r in recs.items()]
             d = defer.maybeDeferred(self._store.store_server_keys, server_name, rows, doc.json_bytes, fetched_ts)
-            d.addErrback(lambda f, s=server_name: log.failure("Could not store keys of {server}", f, server=s))
+            d.addErrback(log_background_failure, "Could not store keys of {server}", logger=log, server=server_name)
             writes.append(d)
         d = defer.DeferredList(writes, consumeErrors=True)
         d.addCallback(lambda _: None)

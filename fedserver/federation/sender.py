@@ -9,6 +9,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from fedserver.background import STORAGE_RETRY_S, is_storage_fault, log_background_failure
+
 log = Logger()
 
 #: The spec's limits for one transaction.
@@ -209,7 +211,8 @@ class FederationSender:
         dest.retry_interval_ms = 0
         dest.retry_at_ms = 0
         self._store.clear_destination_retry(server_name).addErrback(
-            lambda f: log.failure("Clearing the retry state of {destination} failed", f, destination=server_name)
+            log_background_failure, "Clearing the retry state of {destination} failed", logger=log,
+            destination=server_name,
         )
         if dest.wakeup is not None and dest.wakeup.active():
             dest.wakeup.cancel()
@@ -262,8 +265,18 @@ class FederationSender:
                 self._kick(dest)
             return result
 
+        def failed(f):
+            if is_storage_fault(f):
+                # The database is unavailable (it logs that once): what is queued stays
+                # queued; try this destination again a little later.
+                if self._running and (dest.wakeup is None or not dest.wakeup.active()):
+                    dest.wakeup = self._clock.callLater(STORAGE_RETRY_S, self._wake, dest)
+                return None
+            log.failure("Sender loop for {destination} failed", f, destination=dest.name)
+            return None
+
         d.addBoth(done)
-        d.addErrback(lambda f: log.failure("Sender loop for {destination} failed", f, destination=dest.name))
+        d.addErrback(failed)
 
     def _wake(self, dest: _Destination) -> None:
         dest.wakeup = None

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from fedserver.errors import not_found
+from fedserver.errors import M_UNKNOWN, MatrixError, not_found
 from fedserver.handlers.media.common import CONTENT_SECURITY_POLICY, ServableMedia, content_disposition
 from fedserver.handlers.media.multipart import closing, new_boundary, part_head
 
@@ -22,6 +22,53 @@ log = Logger()
 
 #: Bytes read from disk per write.
 CHUNK_SIZE = 256 * 1024
+#: Longest Range header read (longer ones are ignored: the whole content is sent).
+MAX_RANGE_HEADER = 1024
+
+
+class Unsatisfiable(Exception):
+    """No range of a Range header overlaps the content (RFC 9110 "416 Range Not
+    Satisfiable")."""
+
+
+def parse_byte_range(header: Optional[bytes], size: int) -> Optional[tuple[int, int]]:
+    """The one byte range to send for a ``Range`` header (RFC 9110 section 14), as
+    ``(first, last)`` inclusive offsets into ``size`` bytes, or ``None`` to send the whole
+    content: no header, a unit other than ``bytes`` (which a server "MUST ignore"), a
+    range set that does not parse, or several ranges (a server "MAY ignore the Range
+    header field": the whole content rather than a multipart/byteranges answer).
+
+    :raises Unsatisfiable: a valid single range that starts at or beyond the end (or
+        a zero-length suffix).
+    """
+    if header is None or len(header) > MAX_RANGE_HEADER:
+        return None
+    try:
+        text = header.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    unit, sep, spec = text.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    ranges = [r.strip() for r in spec.split(",") if r.strip()]
+    if len(ranges) != 1:
+        return None
+    first_s, dash, last_s = ranges[0].partition("-")
+    first_s, last_s = first_s.strip(), last_s.strip()
+    if not dash or not (first_s or last_s) or not all(x.isdigit() for x in (first_s, last_s) if x):
+        return None
+    if not first_s:  # a suffix: the last N bytes
+        n = int(last_s)
+        if n == 0 or size == 0:
+            raise Unsatisfiable()
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
+        return None  # invalid: ignored
+    if first >= size:
+        raise Unsatisfiable()
+    return first, min(last, size - 1)
 
 
 def set_media_headers(request: Any, content_type: str, disposition: bytes) -> None:
@@ -44,10 +91,12 @@ class FileProducer:
     optional ``trailer``, then finishes the request. :attr:`done` fires when it is over
     (successfully or because the client went away)."""
 
-    def __init__(self, request: Any, f: IO[bytes], trailer: bytes = b"") -> None:
+    def __init__(self, request: Any, f: IO[bytes], trailer: bytes = b"", *, length: Optional[int] = None) -> None:
         self._request: Optional[Any] = request
         self._file = f
         self._trailer = trailer
+        #: bytes still to send from the file's current position (``None``: to the end).
+        self._left = length
         self.done: defer.Deferred = defer.Deferred()
 
     def start(self) -> defer.Deferred:
@@ -61,7 +110,10 @@ class FileProducer:
         if request is None:
             return
         try:
-            data = self._file.read(CHUNK_SIZE)
+            want = CHUNK_SIZE if self._left is None else min(CHUNK_SIZE, self._left)
+            data = self._file.read(want) if want else b""
+            if self._left is not None:
+                self._left -= len(data)
         except OSError:
             log.failure("Reading a media file failed")
             self._stop()
@@ -105,16 +157,41 @@ async def send_media(
     :param inline: always ``inline`` (thumbnails: spec "MUST be inline"); else by type.
     """
     f = _open(media)
+    size = os.fstat(f.fileno()).st_size
+    etag = b'"%s"' % media.sha256.encode("ascii") if media.sha256 and media.sha256.isascii() else None
+    # Byte ranges (RFC 9110 section 14): browsers seek in audio and video with them. Only
+    # for GET; an If-Range that is not our (strong, content-addressed) ETag gets it all.
+    wanted = None
+    if request.method == b"GET":
+        if_range = request.getHeader(b"if-range")
+        if if_range is None or (etag is not None and if_range.strip() == etag):
+            try:
+                wanted = parse_byte_range(request.getHeader(b"range"), size)
+            except Unsatisfiable:
+                f.close()
+                request.setHeader(b"Content-Range", b"bytes */%d" % size)
+                raise MatrixError(416, M_UNKNOWN, "Requested range not satisfiable") from None
     name = file_name if file_name is not None else media.upload_name
     set_media_headers(request, media.content_type, content_disposition(media.content_type, name, force_inline=inline))
-    request.setHeader(b"Content-Length", b"%d" % os.fstat(f.fileno()).st_size)
-    request.setResponseCode(200)
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    if etag is not None:
+        request.setHeader(b"ETag", etag)
+    length = size
+    if wanted is not None:
+        first, last = wanted
+        length = last - first + 1
+        request.setHeader(b"Content-Range", b"bytes %d-%d/%d" % (first, last, size))
+        request.setResponseCode(206)
+        f.seek(first)
+    else:
+        request.setResponseCode(200)
+    request.setHeader(b"Content-Length", b"%d" % length)
     if request.method == b"HEAD":
         f.close()
         request.write(b"")
         request.finish()
         return
-    await FileProducer(request, f).start()
+    await FileProducer(request, f, length=length if wanted is not None else None).start()
 
 
 async def send_multipart_media(request: Any, media: ServableMedia, *, inline: bool = False) -> None:
@@ -139,4 +216,4 @@ async def send_multipart_media(request: Any, media: ServableMedia, *, inline: bo
     await FileProducer(request, f, tail).start()
 
 
-__all__ = ["FileProducer", "send_media", "send_multipart_media", "set_media_headers"]
+__all__ = ["FileProducer", "Unsatisfiable", "parse_byte_range", "send_media", "send_multipart_media", "set_media_headers"]

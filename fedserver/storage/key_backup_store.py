@@ -67,6 +67,14 @@ class KeyBackupStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @staticmethod
+    def on_deactivated_txn(txn: Txn, user_id: str, erase: bool) -> None:
+        """``DeactivationStore.hooks``: with ``erase`` (spec: "any non-event data
+        associated with the user"), the user's key backups go."""
+        if erase:
+            txn.execute("DELETE FROM e2e_room_keys WHERE user_id = ?", (user_id,))
+            txn.execute("DELETE FROM e2e_room_keys_versions WHERE user_id = ?", (user_id,))
+
     def create_version(self, user_id: str, algorithm: str, auth_data: dict[str, Any]) -> "Deferred[int]":
         """A new backup version, which becomes the current one; numbers are never reused.
 

@@ -397,6 +397,26 @@ class MediaStore:
 
         return self._db.run_write(txn)
 
+    def delete_unreferenced(self, hashes: list[str], delete_file: DeleteFile) -> "Deferred[int]":
+        """Delete the files of ``hashes`` that no row refers to, checked and deleted
+        inside one write transaction: a file linked by a transaction that committed is
+        referenced; one linked by a transaction that failed after the link is not (an
+        orphan), and no transaction that could still commit a row for it runs meanwhile.
+
+        :returns: Deferred firing with how many files went to ``delete_file``.
+        """
+
+        def txn(t: Txn) -> int:
+            n = 0
+            for sha in hashes:
+                check_text(sha, "sha256")
+                if not _is_referenced_txn(t, sha):
+                    delete_file(sha)
+                    n += 1
+            return n
+
+        return self._db.run_write(txn)
+
     def is_referenced(self, sha256: str) -> "Deferred[bool]":
         """:returns: Deferred firing with whether any row refers to the file ``sha256``."""
         return self._db.run_read(_is_referenced_txn, sha256)

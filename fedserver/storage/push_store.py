@@ -196,6 +196,24 @@ class PushStore:
 
         return self._db.run_write(txn)
 
+    @staticmethod
+    def on_devices_changed_txn(t: Txn, user_id: str, device_ids: list[str], deleted: bool) -> None:
+        """``AccountStore.device_change_hooks``: the pushers set through a device that is
+        deleted (logout, ``DELETE /devices``, a password change logging out the other
+        devices) go with it, in the same transaction; a pusher of a device nobody can use
+        would push notifications to a phone that is no longer logged in."""
+        if deleted:
+            for device_id in device_ids:
+                t.execute("DELETE FROM pushers WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+
+    @staticmethod
+    def on_deactivated_txn(t: Txn, user_id: str, erase: bool) -> None:
+        """``DeactivationStore.hooks``: every pusher of the user goes (those set without a
+        device too); with ``erase``, their push rules as well."""
+        t.execute("DELETE FROM pushers WHERE user_id = ?", (user_id,))
+        if erase:
+            t.execute("DELETE FROM push_rules WHERE user_id = ?", (user_id,))
+
     def get_pushers(self, user_ids: Iterable[str]) -> "Deferred[list[Pusher]]":
         """The pushers of these users, by user then app id and pushkey."""
         ids = lookup_ids(user_ids)
@@ -401,12 +419,21 @@ class PushStore:
 
         return self._db.run_read(txn)
 
-    def prune_actions(self, before_ts: int) -> "Deferred[int]":
-        """Forget notifications older than ``before_ts`` (ms); fires with how many."""
+    def prune_actions(self, before_ts: int, *, only_read: bool = False) -> "Deferred[int]":
+        """Forget notifications older than ``before_ts`` (ms): with ``only_read``, only
+        those the user has read (at or before their read position in the room, unthreaded
+        or in the notification's thread: unread ones make the unread counts). Fires with
+        how many went."""
         check_int(before_ts, "before_ts")
-        return self._db.run_write(
-            lambda t: t.execute("DELETE FROM event_push_actions WHERE ts < ?", (before_ts,)).rowcount
-        )
+        sql = "DELETE FROM event_push_actions WHERE ts < ?"
+        if only_read:
+            sql += (
+                " AND event_nid <= (SELECT COALESCE(MAX(r.event_nid), -1) FROM read_positions r"
+                " WHERE r.user_id = event_push_actions.user_id AND r.room_id = event_push_actions.room_id"
+                " AND (r.thread_id = ? OR r.thread_id = event_push_actions.thread_id))"
+            )
+        params: tuple = (before_ts, UNTHREADED) if only_read else (before_ts,)
+        return self._db.run_write(lambda t: t.execute(sql, params).rowcount)
 
     # -- rooms, as push evaluation needs them ---------------------------------------------
 

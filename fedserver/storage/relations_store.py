@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Collection, Iterable, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
@@ -185,45 +185,56 @@ class RelationsStore:
     # -- aggregations ----------------------------------------------------------------------
 
     def get_aggregation_rows(
-        self, room_id: str, parent_ids: Iterable[str], user_id: Optional[str]
+        self, room_id: str, parent_ids: Iterable[str], user_id: Optional[str],
+        exclude_senders: Collection[str] = frozenset(),
     ) -> "Deferred[AggregationRows]":
         """Everything :class:`AggregationRows` lists for ``parent_ids`` (of ``room_id``),
-        in one read transaction."""
+        in one read transaction.
+
+        :param exclude_senders: children sent by these users are left out: not listed,
+            not counted in threads, never a thread's latest event (the users the reader
+            ignores: spec "Aggregations of child events").
+        """
         parents = lookup_ids(parent_ids)
+        excluded = frozenset(exclude_senders)
 
         def txn_func(txn: Txn) -> AggregationRows:
             out = AggregationRows({}, {}, set(), {}, set())
             if not parents or not lookup_text(room_id, "room id"):
                 return out
             children: list[str] = []
-            for parent, rel_type, child in txn.select_in(
-                "SELECT relates_to, rel_type, event_id FROM event_relations"
+            for parent, rel_type, child, sender in txn.select_in(
+                "SELECT relates_to, rel_type, event_id, sender FROM event_relations"
                 " WHERE room_id = ? AND rel_type IN (?, ?) AND relates_to IN ({})"
                 " ORDER BY depth, event_nid",
                 parents,
                 (room_id, REPLACE, REFERENCE),
             ):
+                if sender in excluded:
+                    continue
                 target = out.edits if rel_type == REPLACE else out.references
                 target.setdefault(parent, []).append(child)
                 children.append(child)
-            counts = {
-                r[0]: r[1]
-                for r in txn.select_in(
-                    "SELECT relates_to, COUNT(*) FROM event_relations"
-                    " WHERE room_id = ? AND rel_type = ? AND relates_to IN ({}) GROUP BY relates_to",
-                    parents,
-                    (room_id, THREAD),
-                )
-            }
+            counts: dict[str, int] = {}
+            skipped: dict[str, int] = {}  # thread events of excluded senders, per root
+            for root, sender, n in txn.select_in(
+                "SELECT relates_to, sender, COUNT(*) FROM event_relations"
+                " WHERE room_id = ? AND rel_type = ? AND relates_to IN ({}) GROUP BY relates_to, sender",
+                parents,
+                (room_id, THREAD),
+            ):
+                if sender in excluded:
+                    skipped[root] = skipped.get(root, 0) + n
+                else:
+                    counts[root] = counts.get(root, 0) + n
             for root, count in counts.items():
-                latest = [
-                    r[0]
-                    for r in txn.execute(
-                        "SELECT event_id FROM event_relations WHERE relates_to = ? AND room_id = ? AND rel_type = ?"
-                        " ORDER BY depth DESC, event_nid DESC LIMIT ?",
-                        (root, room_id, THREAD, LATEST_CANDIDATES),
-                    ).fetchall()
-                ]
+                # Enough rows that LATEST_CANDIDATES of them are not excluded.
+                rows = txn.execute(
+                    "SELECT event_id, sender FROM event_relations WHERE relates_to = ? AND room_id = ? AND rel_type = ?"
+                    " ORDER BY depth DESC, event_nid DESC LIMIT ?",
+                    (root, room_id, THREAD, LATEST_CANDIDATES + skipped.get(root, 0)),
+                ).fetchall()
+                latest = [r[0] for r in rows if r[1] not in excluded][:LATEST_CANDIDATES]
                 out.threads[root] = (count, latest)
                 children.extend(latest)
             if counts and user_id is not None and lookup_text(user_id, "user id"):
@@ -252,18 +263,22 @@ class RelationsStore:
 
         return self._store.run_read(txn_func)
 
-    def get_redacted_thread_events(self, room_id: str, root_id: str) -> "Deferred[list[str]]":
-        """The thread events of ``root_id`` that have an indexed redaction."""
+    def get_redacted_thread_events(
+        self, room_id: str, root_id: str, exclude_senders: Collection[str] = frozenset()
+    ) -> "Deferred[list[str]]":
+        """The thread events of ``root_id`` that have an indexed redaction (those sent by
+        ``exclude_senders`` left out)."""
+        excluded = frozenset(exclude_senders)
 
         def txn_func(txn: Txn) -> list[str]:
             if not (lookup_text(room_id, "room id") and lookup_text(root_id, "event id")):
                 return []
             rows = txn.execute(
-                "SELECT DISTINCT er.event_id FROM event_relations er JOIN redactions r ON r.redacts = er.event_id"
+                "SELECT DISTINCT er.event_id, er.sender FROM event_relations er JOIN redactions r ON r.redacts = er.event_id"
                 " WHERE er.relates_to = ? AND er.room_id = ? AND er.rel_type = ?",
                 (root_id, room_id, THREAD),
             ).fetchall()
-            return [r[0] for r in rows]
+            return [r[0] for r in rows if r[1] not in excluded]
 
         return self._store.run_read(txn_func)
 

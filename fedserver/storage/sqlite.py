@@ -12,6 +12,7 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.accounts_store import AccountStore
 from fedserver.storage.backfill_store import BackfillStore
+from fedserver.storage.deactivation_store import DeactivationStore
 from fedserver.storage.devices_store import DevicesStore
 from fedserver.storage.key_backup_store import KeyBackupStore
 from fedserver.storage.to_device_store import ToDeviceStore
@@ -163,6 +164,12 @@ class SQLiteStore:
         self.presence = PresenceStore(db)  # presence of local and remote users
         self.push = PushStore(db)  # push rules, pushers, notifications, unread counts
         self.user_directory = UserDirectoryStore(db)  # who is in which room, for user search
+        self.deactivation = DeactivationStore(db, self.accounts)  # shutting accounts
+        # What hangs on a device or an account goes with it, in the same transaction.
+        self.accounts.device_change_hooks.append(self.push.on_devices_changed_txn)
+        self.deactivation.hooks.extend([
+            self.push.on_deactivated_txn, self.user_directory.on_deactivated_txn, self.key_backups.on_deactivated_txn,
+        ])
 
     # -- transactions -----------------------------------------------------------------
 

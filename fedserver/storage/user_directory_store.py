@@ -114,6 +114,11 @@ class UserDirectoryStore:
             (room_id, user_id, name, avatar, search_text(user_id, name)),
         )
 
+    @staticmethod
+    def on_deactivated_txn(t: Txn, user_id: str, erase: bool) -> None:
+        """``DeactivationStore.hooks``: a deactivated user is found by nobody."""
+        t.execute("DELETE FROM user_directory WHERE user_id = ?", (user_id,))
+
     def search(
         self, searcher: str, words: Sequence[str], server_name: str, cap: int
     ) -> "Deferred[tuple[list[DirectoryEntry], list[DirectoryEntry]]]":
@@ -142,7 +147,8 @@ class UserDirectoryStore:
             room_where = " AND ".join("d.search_text LIKE ? ESCAPE '\\'" for _ in patterns) or "1 = 1"
             rooms = t.execute(
                 "SELECT d.user_id, d.display_name, d.avatar_url FROM user_directory d"
-                f" WHERE {room_where} AND (d.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'"
+                f" WHERE {room_where} AND d.user_id NOT IN (SELECT user_id FROM users WHERE deactivated = 1)"
+                " AND (d.room_id IN (SELECT room_id FROM current_state WHERE type = 'm.room.member'"
                 " AND state_key = ? AND membership = 'join') OR d.room_id IN (SELECT room_id FROM rooms WHERE is_public = 1))"
                 " ORDER BY d.user_id LIMIT ?",
                 (*patterns, searcher, cap),

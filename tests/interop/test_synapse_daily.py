@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop.peers import PeerPair, Synapse, wait_until
+from tests.interop.peers import HTTPError, PeerPair, Synapse, wait_until
 from tests.jsclient import account, node_or_skip, run_scenario
 
 #: Seconds allowed for anything to cross between the servers.
@@ -154,6 +154,55 @@ class DailyUseWithSynapseTests(TestCase):
 
         wait_until(found, CONVERGE, "the Synapse user in our user directory")
         self.assertEqual(self.call(fs, "GET", f"/profile/{q(theirs)}", user=ours)["displayname"], "Synapse Sam")
+
+    def test_ignoring_a_synapse_user_then_deactivating(self):
+        """A fedserver user in a Synapse room ignores the Synapse user: the Synapse user's
+        messages stop reaching their /sync and /messages (another fedserver user still
+        gets them), their state events still come, and an invite from them to another room
+        is not shown. The fedserver user then deactivates their account (password UIA):
+        Synapse sees them leave the room and reject the invite."""
+        fs, syn = self.fedserver, self.synapse
+        ours, other, theirs = self.user(fs), self.user(fs), self.user(syn)
+        room = self.shared_room(syn, theirs, fs, ours)
+        self.call(fs, "POST", f"/join/{q(room)}", {}, other, params={"via": syn.server_name})
+        self.call(fs, "PUT", f"/user/{q(ours)}/account_data/m.ignored_user_list", {"ignored_users": {theirs: {}}}, ours)
+        base = self.sync(fs, ours)["next_batch"]
+        hidden = self.send(syn, theirs, room, "you cannot see me")
+        wait_until(lambda: self.sees_event(fs, other, room, hidden), CONVERGE, "Synapse's message on fedserver")
+        self.call(syn, "PUT", f"/rooms/{q(room)}/state/m.room.name", {"name": "Renamed"}, theirs)
+
+        def renamed() -> Any:
+            joined = self.sync(fs, ours, base)["rooms"]["join"].get(room)
+            events = joined["timeline"]["events"] + joined["state"]["events"] if joined else []
+            return [e for e in events if e["type"] == "m.room.name"] and joined
+
+        joined = wait_until(renamed, CONVERGE, "the rename to reach the ignoring user")
+        self.assertNotIn(hidden, [e["event_id"] for e in joined["timeline"]["events"]])
+        page = self.call(fs, "GET", f"/rooms/{q(room)}/messages", user=ours, params={"dir": "b", "limit": "50"})
+        self.assertNotIn(hidden, [e["event_id"] for e in page["chunk"]])
+        self.assertFalse(self.sees_event(fs, ours, room, hidden))
+        invite_room = self.call(syn, "POST", "/createRoom", {"invite": [ours, other]}, theirs)["room_id"]
+        wait_until(lambda: invite_room in self.sync(fs, other)["rooms"]["invite"], CONVERGE, "the invites to arrive")
+        self.assertNotIn(invite_room, self.sync(fs, ours)["rooms"]["invite"])
+
+        try:
+            self.call(fs, "POST", "/account/deactivate", {}, ours)
+            self.fail("deactivation without auth must ask for it")
+        except HTTPError as e:
+            self.assertEqual(e.status, 401)
+            session = e.body["session"]
+        self.call(fs, "POST", "/account/deactivate", {"auth": {
+            "type": "m.login.password", "session": session, "password": "pw-" + ours[1:].split(":")[0],
+            "identifier": {"type": "m.id.user", "user": ours}}}, ours)
+
+        def membership(r: str) -> Optional[str]:
+            try:
+                return self.call(syn, "GET", f"/rooms/{q(r)}/state/m.room.member/{q(ours)}", user=theirs)["membership"]
+            except HTTPError:
+                return None
+
+        wait_until(lambda: membership(room) == "leave", CONVERGE, "Synapse to see the deactivated user leave")
+        wait_until(lambda: membership(invite_room) == "leave", CONVERGE, "Synapse to see the invite rejected")
 
     def test_matrix_js_sdk_daily_use(self):
         """matrix-js-sdk clients, one on fedserver and one on Synapse, in a room on

@@ -284,12 +284,19 @@ class SyncHandler:
 
         invite_out: dict[str, Any] = {}
         knock_out: dict[str, Any] = {}
+        # Spec "Ignoring Users": "Servers must not send room invites from ignored users
+        # to clients" (the invite stays; it shows again if the user is un-ignored and the
+        # client syncs from scratch).
+        ignorers = getattr(self.source, "ignored", None)
+        ignored = await ignorers.get(user_id) if ignorers is not None else frozenset()
         for m in memberships:
             if m.membership not in ("invite", "knock"):
                 continue
             if since_nid is not None and m.event_nid <= since_nid:
                 continue
             own = await store.get_event(m.event_id)
+            if m.membership == "invite" and own is not None and own.sender in ignored:
+                continue
             # An invite shows its sender's membership too (who invites: stripped_state_keys).
             inviter = own.sender if own is not None and m.membership == "invite" and own.sender != own.state_key else None
             state = await store.get_current_state_events(m.room_id, stripped_state_keys(inviter))
@@ -304,7 +311,7 @@ class SyncHandler:
         local_nids = dict(forgotten)
         local_nids.update((m.room_id, m.event_nid) for m in memberships)
         await self._remote_memberships(
-            user_id, scope, since_nid, now_nid, flt, local_nids, invite_out, knock_out, leave_out,
+            user_id, scope, since_nid, now_nid, flt, local_nids, invite_out, knock_out, leave_out, ignored,
         )
 
         result = {
@@ -353,6 +360,7 @@ class SyncHandler:
         invite_out: dict[str, Any],
         knock_out: dict[str, Any],
         leave_out: dict[str, Any],
+        ignored: frozenset[str] = frozenset(),
     ) -> None:
         """Invites, knocks and their withdrawal in rooms this server is not in (recorded
         by the federation handshakes in ``store.federation_extras`` with the membership
@@ -382,6 +390,8 @@ class SyncHandler:
             ):
                 state.append(stripped_state(own))
             if r.membership == "invite":
+                if own is not None and own.sender in ignored:
+                    continue  # an invite from an ignored user (see _compute)
                 invite_out[r.room_id] = {"invite_state": {"events": state}}
             elif r.membership == "knock":
                 knock_out[r.room_id] = {"knock_state": {"events": state}}

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver.background import STORAGE_RETRY_S
 from fedserver.errors import bad_json, invalid_param, missing_param
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.user_directory_store import DirectoryEntry
@@ -37,13 +38,18 @@ class UserDirectoryHandler:
 
     :param store: ``user_directory`` (and the users/profile tables it reads).
     :param server_name: ours: users of this server are found by their profile.
+    :param clock: ``callLater``: indexing cut short by a storage fault is tried again
+        after :data:`~fedserver.background.STORAGE_RETRY_S` (``None``: at the next
+        member event).
     """
 
-    def __init__(self, store: Any, server_name: str) -> None:
+    def __init__(self, store: Any, server_name: str, clock: Any = None) -> None:
         self._store = store
         self._server_name = server_name
+        self._clock = clock
         self._running: Any = None
         self._again = False
+        self._retry: Any = None
 
     def on_persisted(self, room_id: str, taken: list) -> None:
         """``RoomPipeline.on_persisted``: member events bring the directory up to date."""
@@ -57,8 +63,11 @@ class UserDirectoryHandler:
             self._again = True
             return
         self._again = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         d = self._running = self._store.user_directory.index()
-        d.addErrback(_index_failed)
+        d.addErrback(self._index_failed)
 
         def done(_: Any) -> None:
             self._running = None
@@ -66,6 +75,21 @@ class UserDirectoryHandler:
                 self.index()
 
         d.addCallback(done)
+
+    def _index_failed(self, failure: Any) -> None:
+        if failure.check(StorageUnavailableError):
+            # The database logs the episode; the index position did not move: try again.
+            if self._clock is not None:
+                self._retry = self._clock.callLater(STORAGE_RETRY_S, self.index)
+            return
+        log.failure("Indexing the user directory failed", failure)
+
+    def stop(self) -> None:
+        """No more retries (the server is stopping)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._clock = None
 
     def flush(self) -> defer.Deferred:
         """Fires once the indexing under way (and any run it queued) is finished."""
@@ -122,9 +146,6 @@ class UserDirectoryHandler:
         return {"results": results, "limited": len(ranked) > limit}
 
 
-def _index_failed(failure: Any) -> None:
-    if not failure.check(StorageUnavailableError):  # the database logs each episode
-        log.failure("Indexing the user directory failed", failure)
 
 
 def _rank(e: DirectoryEntry, words: list[str]) -> tuple:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.e2ee.keys import with_signatures
 from fedserver.storage.database import Txn
 
@@ -191,7 +192,7 @@ class LocalDeviceLists:
         ]
         for user_id in dict.fromkeys(joins):
             d = self._store.devices.run_write(self._announce_join_txn, user_id, room_id)
-            d.addErrback(lambda f, u=user_id: log.failure("Announcing the devices of {user} failed", f, user=u))
+            d.addErrback(log_background_failure, "Announcing the devices of {user} failed", logger=log, user=user_id)
 
     def _announce_join_txn(self, txn: Txn, user_id: str, room_id: str) -> None:
         with_keys = list(self.device_keys_txn(txn, user_id, None))

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, TypeGuard
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver.background import is_storage_fault
 from fedserver.e2ee.keys import (
     InvalidKeyError,
     check_device_keys,
@@ -351,8 +352,9 @@ class E2eKeysHandler:
             if not wanted and isinstance(got, dict):
                 try:
                     await self._remote.cache_query_answer(user_id, got, masters.get(user_id), ssks.get(user_id))
-                except Exception:  # noqa: BLE001 - caching is an optimisation
-                    log.failure("Caching the devices of {user} failed", user=user_id)
+                except Exception as e:  # noqa: BLE001 - caching is an optimisation
+                    if not is_storage_fault(e):  # the database logs its outages once
+                        log.failure("Caching the devices of {user} failed", user=user_id)
         return out
 
     # -- /keys/claim ----------------------------------------------------------------------

@@ -297,6 +297,17 @@ class PresenceHandler:
         return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
     async def _check_timeouts(self) -> None:
+        """One pass of the timeout loop. A failure ends the pass, never the loop: a
+        storage fault quietly (the database logs it; the next pass tries again), anything
+        else with its traceback."""
+        try:
+            await self._check_timeouts_pass()
+        except StorageUnavailableError:
+            return
+        except Exception:  # noqa: BLE001 - the loop must go on
+            log.failure("Presence timeouts failed")
+
+    async def _check_timeouts_pass(self) -> None:
         now = self._now_ms()
         for user_id, row in list(self._current.items()):
             if self._is_local(user_id):

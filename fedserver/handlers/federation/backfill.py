@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from fedserver.background import log_background_failure
 from fedserver.events.model import Event
 from fedserver.federation.client import fed_path
 from fedserver.handlers.federation.receipt import check_received
@@ -128,7 +129,7 @@ class BackfillHandler:
                 if self._inflight.get(room_id) is running:
                     del self._inflight[room_id]
                 if isinstance(result, Failure):
-                    log.failure("Backfilling {room_id} failed", result, room_id=room_id)
+                    log_background_failure(result, "Backfilling {room_id} failed", logger=log, room_id=room_id)
                     return 0
                 return result
 

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from fedserver.background import is_storage_fault
 
 log = Logger()
 
@@ -114,8 +115,9 @@ class FailureReporter:
                 continue
             try:
                 await self._send_edu(FAILURE_EDU_TYPE, {"failures": [f.to_json() for f in failures]}, [server])
-            except Exception:  # noqa: BLE001 - a failure report must never break ingest
-                log.failure("Could not queue failures for {server}", server=server)
+            except Exception as e:  # noqa: BLE001 - a failure report must never break ingest
+                if not is_storage_fault(e):  # the database logs its outages once
+                    log.failure("Could not queue failures for {server}", server=server)
 
     async def on_edu(self, origin: str, content: Mapping[str, Any]) -> int:
         """Record the failures ``origin`` tells us about.

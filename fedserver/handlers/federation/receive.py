@@ -8,6 +8,7 @@ from typing import Collection, Mapping, Optional, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver.background import is_storage_fault
 from fedserver.events.model import Event
 from fedserver.handlers.federation.failures import (
     CODE_AUTH_REJECTED,
@@ -157,8 +158,9 @@ class EventReceiver:
         for server, reports in by_server.items():
             try:
                 await self._failures.report([server], reports)
-            except Exception:  # noqa: BLE001 - reporting must never break ingest
-                log.failure("Reporting failures to {server} failed", server=server)
+            except Exception as e:  # noqa: BLE001 - reporting must never break ingest
+                if not is_storage_fault(e):  # the database logs its outages once
+                    log.failure("Reporting failures to {server} failed", server=server)
 
 
 def _reason(o: Outcome) -> str:

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.errors import MatrixError, bad_json, forbidden
 from fedserver.storage.interface import ReceivedTxn
 
@@ -169,7 +170,8 @@ class TransactionHandler:
                 log.debug("Ignoring EDU of unknown type {edu_type!r:.100} from {origin}", edu_type=edu_type, origin=origin)
             return
         d = defer.maybeDeferred(handler, origin, content)
-        d.addErrback(lambda f: log.failure("EDU {edu_type} from {origin} failed", f, edu_type=edu_type, origin=origin))
+        d.addErrback(log_background_failure, "EDU {edu_type} from {origin} failed", logger=log, edu_type=edu_type,
+                     origin=origin)
 
 
 def _edu_rooms(edu: Any) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.errors import MatrixError, M_TOO_LARGE, M_UNKNOWN, M_UNRECOGNIZED, not_found
 from fedserver.federation.client import (
     BodyConsumerError,
@@ -214,7 +215,7 @@ class MediaDownloader:
 
     @staticmethod
     def _touch(d: defer.Deferred) -> None:
-        d.addErrback(lambda f: log.failure("Recording a media access failed", f))
+        d.addErrback(log_background_failure, "Recording a media access failed", logger=log)
 
     # -- remote -----------------------------------------------------------------------------
 

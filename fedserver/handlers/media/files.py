@@ -190,6 +190,28 @@ class MediaFiles:
                 raise
         _fsync_directory(directory)
 
+    def content_hashes(self, older_than: float) -> list[str]:
+        """The hashes of the files in ``content/`` last modified before ``older_than`` (a
+        time in seconds), and stale ``.partial-`` copies removed (blocking: run in a
+        thread). Anything else found there is left alone."""
+        out = []
+        for directory, _dirs, names in os.walk(self.content_dir):
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    if os.stat(path).st_mtime >= older_than:
+                        continue
+                except FileNotFoundError:
+                    continue
+                if name.startswith(".partial-"):
+                    try:
+                        os.unlink(path)  # a copy that never reached its name
+                    except OSError:
+                        pass
+                elif _SHA256_HEX.match(name) and path == self.path_for(name):
+                    out.append(name)
+        return sorted(out)
+
     def delete(self, sha256: str) -> None:
         """Delete the file with this hash (no error if it is gone)."""
         try:

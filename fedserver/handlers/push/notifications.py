@@ -145,7 +145,10 @@ class NotificationsHandler:
             if needs_names and member_events is None:
                 member_events = await self._store.get_events([m for m in local.values() if m])
             sender_level = power.user_level(event.sender)
+            ignorers = getattr(self._source, "ignored", None)
             for user_id, member_id in targets.items():
+                if ignorers is not None and event.sender in await ignorers.get(user_id):
+                    continue  # spec "Ignoring Users": nothing of theirs reaches the user
                 ruleset = await self._rules.get_ruleset(user_id)
                 name = _display_name(member_events.get(member_id)) if member_events and member_id else None
                 ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
@@ -199,11 +202,13 @@ class NotificationsHandler:
         events = await self._store.get_events([r.event_id for r in rows])
         positions = await self._store.push.get_read_positions(user_id, {r.room_id for r in rows})
         scope = transaction_scope(requester)
+        ignorers = getattr(self._source, "ignored", None)
+        ignored = await ignorers.get(user_id) if ignorers is not None else frozenset()
         out = []
         for r in rows:
             event = events.get(r.event_id)
-            if event is None:
-                continue
+            if event is None or event.sender in ignored:
+                continue  # (notifications from before the user was ignored: not shown)
             served = await self._source.serialize([event], user_id=user_id, scope=scope, include_room_id=True)
             marks = positions.get(r.room_id, {})
             read_upto = max(marks.get(UNTHREADED, 0), marks.get(r.thread_id, 0))

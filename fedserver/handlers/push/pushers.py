@@ -8,7 +8,10 @@
 #   ``POST {data.url}`` (``/_matrix/push/v1/notify``) per gateway URL, listing the
 #   devices; ``format: event_id_only`` sends only the event id, room id, counts and
 #   devices. Errors are retried with exponential backoff ("SHOULD retry for a reasonable
-#   amount of time"), in memory; pushkeys the gateway ``rejected`` lose their pusher.
+#   amount of time"): MAX_ATTEMPTS attempts over about two minutes, in memory. A
+#   notification given up, or still being retried when the server stops, is logged (a
+#   push that arrives minutes late is of little use, so nothing is kept for after a
+#   restart). Pushkeys the gateway ``rejected`` lose their pusher.
 
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_APP_ID = 64
 MAX_PUSHKEY_BYTES = 512
 MAX_PUSHERS_PER_USER = 100
-#: Delivery attempts per notification and the first retry delay (doubling).
-MAX_ATTEMPTS = 5
+#: Delivery attempts per notification and the first retry delay (doubling: the last
+#: attempt is about two minutes after the first).
+MAX_ATTEMPTS = 8
 FIRST_RETRY_S = 1.0
 
 #: ``(url, body) -> Deferred[(status, parsed JSON or None)]``.
@@ -156,6 +160,7 @@ class PushersHandler:
         d = defer.ensureDeferred(self._deliver(user_id, event, actions, room_id))
         self._in_flight.add(d)
         d.addBoth(self._finished, d)
+        d.addErrback(lambda f: None if f.check(defer.CancelledError) else f)  # stop() counted it
         d.addErrback(log_unless_storage_fault, "Push delivery for {user_id} failed", user_id=user_id)
 
     def _finished(self, result: Any, d: defer.Deferred) -> Any:
@@ -167,8 +172,12 @@ class PushersHandler:
         return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
     def stop(self) -> None:
-        """Start no more deliveries and cancel the ones in progress (retries included)."""
+        """Start no more deliveries and cancel the ones in progress (retries included;
+        how many is logged: they are not tried again after a restart)."""
         self._stopped = True
+        if self._in_flight:
+            log.warn("Stopping push delivery: {n} notification(s) not delivered to their gateways are dropped",
+                     n=len(self._in_flight))
         for d in list(self._in_flight):
             d.cancel()
 
@@ -200,7 +209,7 @@ class PushersHandler:
                 }
                 for p in group
             ]
-            await self._post_with_retries(user_id, url, {"notification": notification}, group)
+            await self._post_with_retries(user_id, url, {"notification": notification}, group, event.event_id)
 
     async def _full_notification(self, user_id: str, event: Event, room_id: str) -> dict[str, Any]:
         out: dict[str, Any] = {"type": event.type, "sender": event.sender, "content": event.content}
@@ -220,7 +229,9 @@ class PushersHandler:
             out["sender_display_name"] = member.content["displayname"]
         return out
 
-    async def _post_with_retries(self, user_id: str, url: str, body: dict[str, Any], group: list[Pusher]) -> None:
+    async def _post_with_retries(
+        self, user_id: str, url: str, body: dict[str, Any], group: list[Pusher], event_id: str = ""
+    ) -> None:
         assert self._post is not None
         delay = FIRST_RETRY_S
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -241,7 +252,11 @@ class PushersHandler:
                 return
             if code is not None:
                 log.info("Push gateway {url} answered {code} (attempt {n})", url=url, code=code, n=attempt)
-            if attempt == MAX_ATTEMPTS or self._stopped:
+            if attempt == MAX_ATTEMPTS:
+                log.warn("Push gateway {url} failed {n} times: the notification of {event_id} for {user_id} is dropped",
+                         url=url, n=attempt, event_id=event_id, user_id=user_id)
+                return
+            if self._stopped:
                 return
             waiter: defer.Deferred = defer.Deferred()
             call = self._clock.callLater(delay, waiter.callback, None)

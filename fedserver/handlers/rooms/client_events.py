@@ -221,6 +221,9 @@ class ClientEventSource:
         #: :meth:`serialize` is asked to: an object with ``async bundle(user_id, events,
         #: include_room_id) -> {event_id: m.relations}`` (the relations handler), or ``None``.
         self.relations: Any = None
+        #: Whom each user ignores: an object with ``async get(user_id) -> frozenset``
+        #: (:class:`~fedserver.handlers.client.ignored_users.IgnoredUsers`), or ``None``.
+        self.ignored: Any = None
 
     def now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -239,9 +242,19 @@ class ClientEventSource:
         :param joined_since: the stream position of the user's current join if they are
             joined now: events after it are visible without reading any state (rule 2,
             the user was joined when they were sent).
+
+        Non-state events of users ``user_id`` ignores are left out (spec "Ignoring
+        Users": "the client will no longer receive events sent by that user, with the
+        exception of state events").
         """
         if not items:
             return []
+        if self.ignored is not None:
+            ignored = await self.ignored.get(user_id)
+            if ignored:
+                items = [(nid, e) for nid, e in items if e.state_key is not None or e.sender not in ignored]
+                if not items:
+                    return []
         if joined_since is not None and all(nid > joined_since for nid, _ in items):
             return list(items)
         store = self._store

@@ -11,7 +11,9 @@
 # however when a child event is redacted then the relationship is broken. Therefore, the
 # server needs to de-aggregate or disassociate the event once the relationship is lost":
 # children with an applicable redaction are left out of every aggregation and listing.
-# Children the user may not see (history visibility) are left out as well.
+# Children the user may not see (history visibility) are left out as well, and so are
+# children sent by users the reader ignores (spec "Ignoring Users"; the note in
+# "Aggregations of child events"): not listed, not counted, never a thread's latest event.
 
 from __future__ import annotations
 
@@ -104,7 +106,10 @@ class RelationsHandler:
         redacted: Mapping[str, Any],
         nested: bool,
     ) -> dict[str, dict[str, Any]]:
-        rows = await self.store.relations.get_aggregation_rows(room_id, [e.event_id for e in parents], user_id)
+        ignored = await self._ignored(user_id)
+        rows = await self.store.relations.get_aggregation_rows(
+            room_id, [e.event_id for e in parents], user_id, exclude_senders=ignored
+        )
         wanted = {c for cs in rows.edits.values() for c in cs}
         wanted.update(c for _, latest in rows.threads.values() for c in latest)
         if not wanted and not rows.references:
@@ -123,7 +128,7 @@ class RelationsHandler:
             thread = None
             if pid in rows.threads:
                 count, latest_ids = rows.threads[pid]
-                count -= len(await self._thread_redactions(room_id, pid, gone, rows.redacted))
+                count -= len(await self._thread_redactions(room_id, pid, gone, rows.redacted, ignored))
                 latest = next((children[c] for c in latest_ids if c in children), None)
                 if latest is not None and count > 0:
                     # "child events of the latest_event should themselves be aggregated"
@@ -141,9 +146,17 @@ class RelationsHandler:
                 out[pid] = found
         return out
 
-    async def _thread_redactions(self, room_id: str, root_id: str, gone: set[str], candidates: set[str]) -> set[str]:
-        """The redacted events of a thread (its redactions that apply)."""
-        ids = await self.store.relations.get_redacted_thread_events(room_id, root_id)
+    async def _ignored(self, user_id: str) -> frozenset[str]:
+        """Whom the user ignores (their children are in no aggregation)."""
+        ignored = getattr(self.source, "ignored", None)
+        return await ignored.get(user_id) if ignored is not None else frozenset()
+
+    async def _thread_redactions(
+        self, room_id: str, root_id: str, gone: set[str], candidates: set[str], ignored: frozenset[str] = frozenset()
+    ) -> set[str]:
+        """The redacted events of a thread (its redactions that apply), but for those of
+        ignored senders (not counted at all)."""
+        ids = await self.store.relations.get_redacted_thread_events(room_id, root_id, ignored)
         unknown = [i for i in ids if i not in candidates]
         if unknown:
             gone = gone | await self._redacted(room_id, unknown)

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from fedserver.background import log_background_failure
 from fedserver.events.model import Event
 from fedserver.handlers.rooms.client_events import (
     HISTORY_VISIBILITY_KEY,
@@ -218,7 +219,7 @@ class RoomsHandler:
         """``RoomPipeline.on_persisted`` callback: index new redactions (from any server)
         so that the events they redact are served redacted."""
         if any(e.type == "m.room.redaction" for e, _ in taken):
-            self.store.rooms.index_redactions().addErrback(lambda f: log.failure("Indexing redactions failed", f))
+            self.store.rooms.index_redactions().addErrback(log_background_failure, "Indexing redactions failed", logger=log)
 
     # -- createRoom ---------------------------------------------------------------------------
 

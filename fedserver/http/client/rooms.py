@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from fedserver.background import STORAGE_RETRY_S
 from fedserver.handlers.rooms.client_events import ClientEventSource
 from fedserver.handlers.rooms.directory import DirectoryHandler
 from fedserver.handlers.rooms.membership import MembershipHandler, RoomEvents
@@ -18,6 +19,7 @@ from fedserver.handlers.rooms.relations import RelationsHandler
 from fedserver.handlers.rooms.rooms import RoomsHandler
 from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.rooms.upgrade import RoomUpgradeHandler
+from fedserver.handlers.client.ignored_users import IgnoredUsers
 from fedserver.handlers.client.sync import SyncHandler
 from fedserver.http.client.relations import register_relations_routes
 from fedserver.http.client.timeline import register_timeline_routes
@@ -25,6 +27,7 @@ from fedserver.http.client.upgrade import register_upgrade_routes
 from fedserver.errors import bad_json, forbidden, invalid_param, missing_param, too_large
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
+from fedserver.storage.interface import StorageUnavailableError
 
 log = Logger()
 
@@ -51,6 +54,10 @@ class RoomServices:
     relations: RelationsHandler
     upgrades: RoomUpgradeHandler
     relations_catch_up: Optional["defer.Deferred[Any]"] = None
+    #: whom each user ignores; its ``invalidate`` must hear of account data writes.
+    ignored: Optional[IgnoredUsers] = None
+    #: ``callLater`` (background work retried after storage faults).
+    clock: Any = None
 
     def startup(self) -> "defer.Deferred[int]":
         """Catch up the redaction index (redactions persisted while it was not running,
@@ -60,9 +67,25 @@ class RoomServices:
         store = self.events.store
         relations = getattr(store, "relations", None)
         if relations is not None:
-            self.relations_catch_up = relations.catch_up()
-            self.relations_catch_up.addErrback(lambda f: log.failure("Indexing relations failed", f))
+            self.relations_catch_up = defer.ensureDeferred(self._catch_up_relations(relations))
+            self.relations_catch_up.addErrback(lambda f: None if f.check(defer.CancelledError) else f)
         return store.rooms.index_redactions()
+
+    async def _catch_up_relations(self, relations: Any) -> int:
+        """The relations catch-up, tried again while the database is unavailable (it
+        logs that once per episode); cancelled when the server stops."""
+        while True:
+            try:
+                return await relations.catch_up()
+            except StorageUnavailableError:
+                if self.clock is None:
+                    return 0
+                await task.deferLater(self.clock, STORAGE_RETRY_S, lambda: None)
+            except defer.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged; the next start tries again
+                log.failure("Indexing relations failed")
+                return 0
 
 
 def build_room_services(
@@ -99,6 +122,7 @@ def build_room_services(
     notifier = Notifier(clock)
     events = RoomEvents(store, creator, pipeline, server_name, signing_key)
     source = ClientEventSource(store, clock)
+    ignored = source.ignored = IgnoredUsers(store)
     directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
     membership = MembershipHandler(events, directory, remote=remote, notifier=notifier)
     rooms = RoomsHandler(
@@ -113,7 +137,10 @@ def build_room_services(
     membership.on_joined.append(upgrades.on_joined)
     pipeline.on_persisted.append(notifier.on_persisted)
     pipeline.on_persisted.append(rooms.on_persisted)
-    return RoomServices(events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades)
+    return RoomServices(
+        events, notifier, source, directory, membership, rooms, sync, timeline, relations, upgrades, ignored=ignored,
+        clock=clock,
+    )
 
 
 # -- request helpers ----------------------------------------------------------------------------
