@@ -150,12 +150,13 @@ class CreateRoomTests(RoomsTestCase):
 
     async def test_remote_invitee_goes_through_remote_hook(self):
         """With a remote-membership path, createRoom hands remote invitees to it with
-        the room's stripped state."""
+        the room's stripped state, which includes the inviter's membership event and no
+        other member's."""
         calls = []
 
         class Remote:
             async def invite(self, room_id, rv, *, sender, target, prepare, invite_room_state, content):
-                calls.append((room_id, sender, target, [s["type"] for s in invite_room_state]))
+                calls.append((room_id, sender, target, [s["type"] for s in invite_room_state], invite_room_state))
 
         self.membership.remote = Remote()
         alice = await self.user("alice")
@@ -164,6 +165,9 @@ class CreateRoomTests(RoomsTestCase):
         self.assertEqual(calls[0][:3], (room_id, alice.user_id, "@bob:elsewhere.test"))
         self.assertIn("m.room.name", calls[0][3])
         self.assertIn("m.room.create", calls[0][3])
+        # The inviter's own membership goes along (who invites; Synapse sends it too).
+        members = [(s["state_key"], s["content"]["membership"]) for s in calls[0][4] if s["type"] == "m.room.member"]
+        self.assertEqual(members, [(alice.user_id, "join")])
 
 
 class SendTests(RoomsTestCase):

@@ -94,7 +94,7 @@ class IncrementalSyncTests(RoomsTestCase):
 
     async def test_invite_join_and_leave_sections(self):
         """An invite arrives under rooms.invite with stripped state (including the invite
-        itself); once joined the room arrives in full under join; after being kicked it
+        itself and the inviter's membership); once joined the room arrives in full under join; after being kicked it
         arrives under leave with the kick; a forgotten room is not listed."""
         alice = await self.user("alice")
         bob = await self.user("bob")
@@ -107,6 +107,9 @@ class IncrementalSyncTests(RoomsTestCase):
         types = {(e["type"], e["state_key"]) for e in invite_state}
         self.assertIn(("m.room.name", ""), types)
         self.assertIn(("m.room.member", bob.user_id), types)
+        # Who invites: the inviter's own membership (clients name the invite after it).
+        inviter = [e for e in invite_state if (e["type"], e["state_key"]) == ("m.room.member", alice.user_id)]
+        self.assertEqual([e["content"]["membership"] for e in inviter], ["join"])
         self.assertTrue(all(set(e) == {"content", "sender", "state_key", "type"} for e in invite_state))
         await self.membership.join(bob.user_id, room_id)
         s2 = await self.sync(bob, since=s1["next_batch"])

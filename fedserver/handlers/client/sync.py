@@ -17,10 +17,10 @@ from twisted.logger import Logger
 from fedserver.events.canonical import CanonicalJSONError, parse_json
 from fedserver.events.model import Event
 from fedserver.handlers.rooms.client_events import (
-    STRIPPED_STATE_TYPES,
     ClientEventSource,
     joined_bounds,
     stripped_state,
+    stripped_state_keys,
     transaction_scope,
 )
 from fedserver.handlers.client.notifier import Notifier
@@ -307,7 +307,9 @@ class SyncHandler:
             own = await store.get_event(m.event_id)
             if m.membership == "invite" and own is not None and own.sender in ignored:
                 continue
-            state = await store.get_current_state_events(m.room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
+            # An invite shows its sender's membership too (who invites: stripped_state_keys).
+            inviter = own.sender if own is not None and m.membership == "invite" and own.sender != own.state_key else None
+            state = await store.get_current_state_events(m.room_id, stripped_state_keys(inviter))
             events = [stripped_state(e) for _, e in sorted(state.items())]
             if own is not None:
                 events.append(stripped_state(own))

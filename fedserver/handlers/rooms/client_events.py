@@ -109,6 +109,21 @@ def client_event(
     return out
 
 
+def stripped_state_keys(inviter: Optional[str] = None) -> list[tuple[str, str]]:
+    """The state keys of a room's stripped state (spec "Stripped state": the recommended
+    types), plus the inviter's own ``m.room.member`` event for an invite.
+
+    The spec lets a server include more than the recommended events ("The server might
+    include events not described here"); the inviter's membership is what clients show
+    an invite by (its name and avatar: Hydrogen names a direct chat invite after it,
+    "Unknown DM Name" without it), and Synapse sends it too.
+    """
+    keys = [(t, "") for t in STRIPPED_STATE_TYPES]
+    if inviter is not None:
+        keys.append(("m.room.member", inviter))
+    return keys
+
+
 def stripped_state(event: Event) -> dict[str, Any]:
     """The stripped state form of a state event: ``content``, ``sender``, ``state_key``,
     ``type`` (spec "Stripped state")."""

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from fedserver.events.builder import build_event
 from fedserver.events.model import Event
 from fedserver.events.validation import EventTooLarge, InvalidEvent
-from fedserver.handlers.rooms.client_events import STRIPPED_STATE_TYPES, stripped_state
+from fedserver.handlers.rooms.client_events import STRIPPED_STATE_TYPES, stripped_state, stripped_state_keys
 from fedserver.handlers.rooms.directory import current_power, split_alias
 from fedserver.handlers.federation.handshakes import federation_stripped_state
 from fedserver.handlers.federation.served import ServedPdus
@@ -270,10 +270,11 @@ class RoomEvents:
         except InvalidEvent as e:
             raise bad_json(f"Invalid event: {e}") from None
 
-    async def federation_room_state(self, room_id: str) -> list[dict[str, Any]]:
+    async def federation_room_state(self, room_id: str, inviter: Optional[str] = None) -> list[dict[str, Any]]:
         """The room's stripped state as sent to an invitee's server (``invite_room_state``):
-        full PDUs since Matrix 1.16, redacted where a redaction applies."""
-        state = await self.store.get_current_state_events(room_id, [(t, "") for t in STRIPPED_STATE_TYPES])
+        full PDUs since Matrix 1.16, redacted where a redaction applies; with the
+        ``inviter``'s membership event (:func:`stripped_state_keys`)."""
+        state = await self.store.get_current_state_events(room_id, stripped_state_keys(inviter))
         return await federation_stripped_state(self._served, [e for _, e in sorted(state.items())])
 
     async def stripped_room_state(self, room_id: str, extra: Iterable[Event] = ()) -> list[dict[str, Any]]:
@@ -559,7 +560,7 @@ class MembershipHandler:
             sender=sender,
             target=target,
             prepare=self.events.creator.prepare,
-            invite_room_state=await self.events.federation_room_state(room_id),
+            invite_room_state=await self.events.federation_room_state(room_id, inviter=sender),
             content=content,
         )
 
