@@ -996,16 +996,24 @@ def install_stdlib_logging_bridge(level: str) -> StdlibToTwistedHandler:
     return handler
 
 
-def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
-    """Build the log observer twistd would have made, filtered to ``level``; ``None`` if a
-    custom ``--logger`` was given or twistd's logger cannot be reproduced."""
+def _twistd_observer(twistd_options: Any) -> Any:
+    """The log observer twistd would have made; ``None`` if a custom ``--logger`` was given
+    (or no twistd options) or twistd's logger cannot be reproduced."""
     if twistd_options is None or not hasattr(twistd_options, "get") or twistd_options.get("logger"):
         return None
     try:
         from twisted.scripts.twistd import _SomeApplicationRunner
 
-        base = _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
+        return _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
     except Exception:
+        return None
+
+
+def _level_filtered_twistd_observer(twistd_options: Any, level: str) -> Any:
+    """Build the log observer twistd would have made, filtered to ``level``; ``None`` if a
+    custom ``--logger`` was given or twistd's logger cannot be reproduced."""
+    base = _twistd_observer(twistd_options)
+    if base is None:
         return None
     if not ILogObserver.providedBy(base):
         base = LegacyLogObserverWrapper(base)
@@ -1038,13 +1046,8 @@ def build_log_observer(twistd_options: Any, config: Config, reactor: Any = None)
         signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_sighup))
     if out is not None:
         return build_observer(out, config.log_format, config.log_level)
-    if twistd_options is None or not hasattr(twistd_options, "get") or twistd_options.get("logger"):
-        return None
-    try:
-        from twisted.scripts.twistd import _SomeApplicationRunner
-
-        base = _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
-    except Exception:
+    base = _twistd_observer(twistd_options)
+    if base is None:
         return None
     out_file = getattr(base, "_outFile", None)  # twisted.logger.FileLogObserver's file
     if out_file is None:

@@ -177,6 +177,21 @@ def make_unwritable(database: Any, unwritable: bool = True) -> Any:
     return database.run_with_connection(lambda conn: conn.execute(sql))
 
 
+
+def io_fault(database: Any) -> Exception:
+    """An exception the engine of ``database`` (a :class:`~fedserver.storage.database.Database`)
+    raises for an I/O error, to raise from inside a transaction in a test: storage turns
+    it into ``StorageUnavailableError("io")`` and rolls the transaction back."""
+    from fedserver.storage.dialect import SQLITE
+
+    if database.dialect is SQLITE:
+        import sqlite3
+
+        return sqlite3.OperationalError("disk I/O error")
+    import psycopg.errors
+
+    return psycopg.errors.IoError("could not read block: Input/output error")
+
 class _TestConnection:
     def __init__(self, conn: Any, dialect: Any) -> None:
         self._conn = conn

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from fedserver.handlers.rooms.rooms import RoomsHandler
 from fedserver.storage.interface import StorageUnavailableError
+from fedserver.testing import io_fault
 from tests.test_rooms_support import RoomsTestCase
 
 
@@ -31,7 +31,7 @@ class ClientTxnDurabilityTests(RoomsTestCase):
             # The event's own rows are written by now, in this transaction.
             (count,) = txn.execute("SELECT COUNT(*) FROM events WHERE event_id = ?", (args[4],)).fetchone()
             calls.append(count)
-            raise sqlite3.OperationalError("disk I/O error")
+            raise io_fault(self.store.database)
 
         self.patch(self.store.rooms, "store_client_txn_txn", failing)
         with self.assertRaises(StorageUnavailableError):

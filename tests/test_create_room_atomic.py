@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from fedserver.events.status import OutcomeStatus
 from fedserver.storage.interface import StorageUnavailableError
+from fedserver.testing import io_fault
 from tests.test_rooms_support import RoomsTestCase, uid
 
 
@@ -77,7 +77,7 @@ class CreateRoomAtomicTests(RoomsTestCase):
             out = real(txn, batch, received_txn)
             if any(entry.event.type == "m.room.power_levels" for entry in batch):
                 faults.append(len(batch))
-                raise sqlite3.OperationalError("disk I/O error")
+                raise io_fault(self.store.database)
             return out
 
         self.patch(self.store, "persist_events_txn", failing)

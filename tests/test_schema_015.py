@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR
+from fedserver.testing import connect_test_database
 from tests.test_storage_support import StoreTestCase
 
 
@@ -26,7 +26,7 @@ class Schema015Tests(StoreTestCase):
         sender's transaction_id), and the same txn id can then be used on a real path."""
         path = self.db_path()
         store = await self.open(path, schema_dir=self.schema_before_015())
-        conn = sqlite3.connect(path)
+        conn = connect_test_database(path)
         conn.execute(
             "INSERT INTO client_transactions (user_id, scope, txn_id, room_id, event_id, created_ts)"
             " VALUES ('@a:hs', 'DEV', 't1', '!r:hs', '$old', 5)"

@@ -236,6 +236,12 @@ def read_json_object(request: IRequest) -> dict[str, Any]:
     return value
 
 
+
+def read_json_object_or_empty(request: IRequest) -> dict[str, Any]:
+    """:func:`read_json_object`, or ``{}`` when the body is empty (``POST /logout``,
+    ``DELETE /devices/...``, admin deletions are often sent without one)."""
+    return read_json_object(request) if _has_body(request) else {}
+
 def query_string(request: IRequest, name: str, default: Any = _MISSING) -> str:
     """Return the single query parameter ``name`` decoded as UTF-8 (first one if repeated).
 

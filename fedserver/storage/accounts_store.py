@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Database, Txn, check_int, check_text, lookup_text
+from fedserver.storage.database import Database, Txn, check_int, check_text, deferred_errors, lookup_text
 from fedserver.storage.interface import InvalidDataError, StorageError
 
 #: Profile fields that have their own column.
@@ -79,19 +78,6 @@ class AccountDataChanges:
     stream_id: int
 
 
-def _deferred(method: Callable[..., Deferred]) -> Callable[..., Deferred]:
-    """Report bad arguments through the returned Deferred, like every other error."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kw: Any) -> Deferred:
-        try:
-            return method(*args, **kw)
-        except Exception:
-            return fail()
-
-    return wrapper
-
-
 def _encode_object(value: Any, what: str) -> bytes:
     if type(value) is not dict:
         raise InvalidDataError(f"{what} must be a JSON object")
@@ -137,7 +123,7 @@ class AccountStore:
 
     # -- users ------------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def create_user(
         self,
         user_id: str,
@@ -212,7 +198,7 @@ class AccountStore:
             return None
         return self.add_access_token_txn(txn, user_id, device_id, token_hash, device_display_name, ip)
 
-    @_deferred
+    @deferred_errors
     def get_user(self, user_id: str) -> "Deferred[Optional[UserInfo]]":
         """The user's row, or ``None`` if there is no such local user."""
         return self._db.run_read(self.get_user_txn, user_id)
@@ -230,14 +216,14 @@ class AccountStore:
             return None
         return UserInfo(row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), row[6])
 
-    @_deferred
+    @deferred_errors
     def count_users(self) -> "Deferred[int]":
         """How many local users exist (deactivated ones included)."""
         return self._db.run_read(
             lambda txn: txn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
         )
 
-    @_deferred
+    @deferred_errors
     def set_admin(self, user_id: str, admin: bool) -> "Deferred[None]":
         """Make the user a server admin or not.
 
@@ -254,7 +240,7 @@ class AccountStore:
 
         return self._db.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def set_deactivated(self, user_id: str, deactivated: bool = True) -> "Deferred[None]":
         """Deactivate (or reactivate) the user; deactivating also deletes every access
         token and device of the user.
@@ -274,7 +260,7 @@ class AccountStore:
 
         return self._db.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def set_password_hash(
         self, user_id: str, password_hash: Optional[str], *, keep_token_id: Optional[int] = None, logout_devices: bool = False
     ) -> "Deferred[None]":
@@ -300,7 +286,7 @@ class AccountStore:
 
     # -- access tokens and devices ----------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def add_access_token(
         self,
         user_id: str,
@@ -355,7 +341,7 @@ class AccountStore:
         )
         return token_id
 
-    @_deferred
+    @deferred_errors
     def get_token(self, token_hash: str) -> "Deferred[Optional[TokenInfo]]":
         """Who the token with this hash belongs to, or ``None`` if it is unknown or its
         user is deactivated. Answers from memory when it can."""
@@ -392,13 +378,13 @@ class AccountStore:
         txn.call_after_commit(self._token_cache.invalidate, hashes)
         return len(hashes)
 
-    @_deferred
+    @deferred_errors
     def delete_device(self, user_id: str, device_id: Optional[str], token_id: Optional[int] = None) -> "Deferred[None]":
         """Log a device out: delete its tokens and the device (``POST /logout``). A token
         without a device is deleted by ``token_id``."""
         return self._db.run_write(self.delete_devices_txn, user_id, [device_id] if device_id else [], token_id)
 
-    @_deferred
+    @deferred_errors
     def delete_devices(self, user_id: str, device_ids: Iterable[str]) -> "Deferred[None]":
         """Delete devices and their access tokens (unknown ids are ignored)."""
         return self._db.run_write(self.delete_devices_txn, user_id, list(device_ids), None)
@@ -419,7 +405,7 @@ class AccountStore:
             check_int(token_id, "token_id")
             self._delete_tokens_where_txn(txn, "user_id = ? AND token_id = ?", (user_id, token_id))
 
-    @_deferred
+    @deferred_errors
     def delete_all_tokens(self, user_id: str, *, except_token_id: Optional[int] = None) -> "Deferred[int]":
         """Delete every access token and device of the user (``POST /logout/all``),
         except the token ``except_token_id`` and its device.
@@ -452,7 +438,7 @@ class AccountStore:
         self._devices_changed_txn(txn, user_id, gone, True)
         return n
 
-    @_deferred
+    @deferred_errors
     def get_devices(self, user_id: str) -> "Deferred[list[DeviceInfo]]":
         """The user's devices, by device id."""
         def txn_func(txn: Txn) -> list[DeviceInfo]:
@@ -467,7 +453,7 @@ class AccountStore:
 
         return self._db.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_device(self, user_id: str, device_id: str) -> "Deferred[Optional[DeviceInfo]]":
         """One device of the user, or ``None``."""
         def txn_func(txn: Txn) -> Optional[DeviceInfo]:
@@ -482,7 +468,7 @@ class AccountStore:
 
         return self._db.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def set_device_display_name(self, user_id: str, device_id: str, display_name: Optional[str]) -> "Deferred[bool]":
         """Rename a device; ``False`` if the user has no such device."""
         check_text(user_id, "user_id")
@@ -502,7 +488,7 @@ class AccountStore:
 
     # -- profiles ---------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def get_profile(self, user_id: str) -> "Deferred[Optional[dict[str, Optional[str]]]]":
         """``{"displayname": ..., "avatar_url": ...}`` (values may be ``None``) of a local
         user, or ``None`` if there is no such user."""
@@ -518,7 +504,7 @@ class AccountStore:
 
         return self._db.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def set_profile_field(self, user_id: str, field: str, value: Optional[str]) -> "Deferred[None]":
         """Set (or with ``None`` clear) ``displayname`` or ``avatar_url``.
 
@@ -543,7 +529,7 @@ class AccountStore:
 
     # -- account data -----------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def set_account_data(
         self, user_id: str, room_id: Optional[str], data_type: str, content: dict[str, Any]
     ) -> "Deferred[int]":
@@ -570,7 +556,7 @@ class AccountStore:
         )
         return stream_id
 
-    @_deferred
+    @deferred_errors
     def get_account_data(self, user_id: str, room_id: Optional[str], data_type: str) -> "Deferred[Optional[dict]]":
         """The content stored for ``(user, room or global, type)``, or ``None``."""
         def txn_func(txn: Txn) -> Optional[dict]:
@@ -588,7 +574,7 @@ class AccountStore:
 
         return self._db.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_account_data_since(self, user_id: str, since_stream_id: int = 0) -> "Deferred[AccountDataChanges]":
         """The user's account data written after ``since_stream_id`` (all of it from 0),
         for ``/sync``."""
@@ -616,14 +602,14 @@ class AccountStore:
         row = txn.execute("SELECT last_value FROM sequences WHERE name = 'account_data'").fetchone()
         return 0 if row is None else row[0]
 
-    @_deferred
+    @deferred_errors
     def get_max_account_data_stream_id(self) -> "Deferred[int]":
         """The newest account data stream position (0 before any write)."""
         return self._db.run_read(self._max_stream_txn)
 
     # -- filters ----------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def add_filter(self, user_id: str, filter_json: dict[str, Any]) -> "Deferred[int]":
         """Store a filter for the user; the same filter stored twice gets the same id.
 
@@ -651,7 +637,7 @@ class AccountStore:
 
         return self._db.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_filter(self, user_id: str, filter_id: int) -> "Deferred[Optional[dict]]":
         """The user's filter ``filter_id``, or ``None``."""
         check_int(filter_id, "filter_id")

@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import collections
+import functools
 import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from fedserver.storage.dialect import SQLITE, Dialect
@@ -137,6 +138,21 @@ def check_texts(values: Sequence[Any], what: str) -> None:
         return
     for v in values:
         check_text(v, what)
+
+
+def deferred_errors(method: Callable[..., Deferred]) -> Callable[..., Deferred]:
+    """Decorate a store method that returns a Deferred so that bad arguments (an exception
+    raised before the Deferred exists) are reported through a failed Deferred too, like
+    every other error."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kw: Any) -> Deferred:
+        try:
+            return method(*args, **kw)
+        except Exception:
+            return fail()
+
+    return wrapper
 
 
 def check_int(value: Any, what: str, *, nullable: bool = False) -> None:

@@ -8,13 +8,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 
 from fedserver.events.model import Event
-from fedserver.storage.database import Txn, check_text, lookup_ids, lookup_text
+from fedserver.storage.database import Txn, check_text, deferred_errors, lookup_ids, lookup_text
 from fedserver.storage.interface import StateKey
 
 #: ``(depth, event_nid)``: a place in a room's topological order.
@@ -34,19 +33,6 @@ _VISIBLE = "outlier = 0 AND rejected = 0 AND soft_failed = 0"
 _STREAM = _VISIBLE + " AND history = 0"
 
 _REDACTION_INDEXER = "redactions"
-
-
-def _deferred(method: Callable[..., Deferred]) -> Callable[..., Deferred]:
-    """Report bad arguments through the returned Deferred, like every other error."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kw: Any) -> Deferred:
-        try:
-            return method(*args, **kw)
-        except Exception:
-            return fail()
-
-    return wrapper
 
 
 class AliasInfo(NamedTuple):
@@ -108,7 +94,7 @@ class RoomsStore:
 
     # -- aliases ------------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def create_alias(self, room_alias: str, room_id: str, creator: Optional[str]) -> "Deferred[bool]":
         """Map ``room_alias`` to ``room_id``.
 
@@ -130,7 +116,7 @@ class RoomsStore:
 
         return self._store.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_alias(self, room_alias: str) -> "Deferred[Optional[AliasInfo]]":
         """The alias's row, or ``None``."""
 
@@ -145,7 +131,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def delete_alias(self, room_alias: str) -> "Deferred[bool]":
         """Remove the alias; ``False`` if there was none."""
 
@@ -156,7 +142,7 @@ class RoomsStore:
 
         return self._store.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_aliases_for_room(self, room_id: str) -> "Deferred[list[str]]":
         """The local aliases of ``room_id``, oldest first."""
 
@@ -173,7 +159,7 @@ class RoomsStore:
 
     # -- client transaction ids ---------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def get_client_txn(self, user_id: str, scope: str, txn_id: str, *, path: str = "") -> "Deferred[Optional[str]]":
         """The event id a client transaction produced, or ``None``.
 
@@ -194,7 +180,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def store_client_txn(
         self, user_id: str, scope: str, txn_id: str, room_id: str, event_id: str, *, path: str = ""
     ) -> "Deferred[str]":
@@ -224,7 +210,7 @@ class RoomsStore:
             (user_id, scope, path, txn_id),
         ).fetchone()[0]
 
-    @_deferred
+    @deferred_errors
     def get_client_txn_ids(
         self, user_id: str, scope: str, event_ids: Iterable[str]
     ) -> "Deferred[dict[str, str]]":
@@ -245,7 +231,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def prune_client_txns(self, before_ts: int) -> "Deferred[int]":
         """Forget client transaction ids recorded before ``before_ts``; fires with how
         many."""
@@ -257,7 +243,7 @@ class RoomsStore:
 
     # -- streams ------------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def get_stream_position(self) -> "Deferred[int]":
         """The newest event nid (0 for an empty database)."""
 
@@ -267,7 +253,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_rooms_changed(self, room_ids: Iterable[str], from_nid: int, to_nid: int) -> "Deferred[set[str]]":
         """Which of ``room_ids`` have events a client may see with ``from_nid < nid <=
         to_nid`` (one range read of the events table)."""
@@ -295,7 +281,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_room_timelines(
         self, ranges: Mapping[str, tuple[int, int]], limit: int
     ) -> "Deferred[dict[str, Timeline]]":
@@ -327,7 +313,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_state_keys_changed(self, room_id: str, from_nid: int, to_nid: int) -> "Deferred[set[StateKey]]":
         """The ``(type, state_key)`` of the room's accepted state events with ``from_nid <
         nid <= to_nid`` (what changed in a /sync gap)."""
@@ -344,7 +330,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_event_state_groups(self, event_ids: Iterable[str]) -> "Deferred[dict[str, tuple[int, int]]]":
         """``{event_id: (state group before, state group after)}`` for the events that
         have state recorded (outliers have none)."""
@@ -362,7 +348,7 @@ class RoomsStore:
 
     # -- topological order --------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def paginate(
         self,
         room_id: str,
@@ -414,7 +400,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_topological_position_at(self, room_id: str, stream_nid: int) -> "Deferred[Optional[TopoPos]]":
         """The topological position of the room's newest client-visible event with
         ``nid <= stream_nid`` (to turn a /sync token into a /messages boundary), or
@@ -434,7 +420,7 @@ class RoomsStore:
 
     # -- memberships --------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def get_memberships_for_user(self, user_id: str) -> "Deferred[list[Membership]]":
         """The user's membership in every room whose current state has one."""
 
@@ -451,7 +437,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_membership(self, room_id: str, user_id: str) -> "Deferred[Optional[Membership]]":
         """The user's current membership in one room, or ``None``."""
 
@@ -468,7 +454,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_joined_presence(self, room_id: str, server_name: str) -> "Deferred[tuple[bool, bool]]":
         """Whether anyone is joined to the room, and whether a user of ``server_name`` is,
         reading only as far as the first match (not every member of a big room)."""
@@ -487,7 +473,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_room_members_summary(self, room_ids: Iterable[str], heroes: int = 6) -> "Deferred[dict[str, RoomMembers]]":
         """Joined and invited counts and the first ``heroes`` members of each room."""
         ids = lookup_ids(room_ids)
@@ -522,7 +508,7 @@ class RoomsStore:
 
         return self._store.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_current_state_for_rooms(
         self, room_ids: Iterable[str], types: Sequence[str]
     ) -> "Deferred[dict[str, dict[str, Event]]]":
@@ -554,7 +540,7 @@ class RoomsStore:
 
     # -- forgotten rooms ----------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def forget_room(self, user_id: str, room_id: str, membership_nid: int) -> "Deferred[None]":
         """Record that the user forgot the room while their membership event was
         ``membership_nid``."""
@@ -570,7 +556,7 @@ class RoomsStore:
 
         return self._store.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_forgotten_rooms(self, user_id: str) -> "Deferred[dict[str, int]]":
         """``{room_id: membership_nid}`` of the rooms the user forgot."""
 
@@ -586,7 +572,7 @@ class RoomsStore:
 
     # -- redactions ---------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def index_redactions(self, batch: int = 1000) -> "Deferred[int]":
         """Index the accepted ``m.room.redaction`` events persisted since the last call
         (by the event they redact), in batches of ``batch`` events, all in one write.
@@ -635,7 +621,7 @@ class RoomsStore:
 
         return self._store.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_redactions(self, event_ids: Iterable[str]) -> "Deferred[dict[str, list[str]]]":
         """``{event_id: [redaction event ids]}`` for those of ``event_ids`` that have
         indexed redactions (of the same room)."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 
-import functools
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from fedserver.events.model import Event
@@ -18,7 +17,7 @@ from fedserver.storage.deactivation_store import DeactivationStore
 from fedserver.storage.devices_store import DevicesStore
 from fedserver.storage.key_backup_store import KeyBackupStore
 from fedserver.storage.to_device_store import ToDeviceStore
-from fedserver.storage.database import Database, Txn, check_text, connect_pool, lookup_ids, storable_text
+from fedserver.storage.database import Database, Txn, check_text, connect_pool, deferred_errors, lookup_ids, storable_text
 from fedserver.storage.distribution_store import DistributionStore
 from fedserver.storage.dialect import POSTGRESQL
 from fedserver.storage.postgres import PostgresConfig, check_server, connect_pools
@@ -54,19 +53,6 @@ from fedserver.storage.user_directory_store import UserDirectoryStore
 from fedserver.state.statemap import StateMap
 
 T = TypeVar("T")
-
-
-def _deferred(method: Callable[..., Deferred]) -> Callable[..., Deferred]:
-    """Report bad arguments through the returned Deferred, like every other error."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kw: Any) -> Deferred:
-        try:
-            return method(*args, **kw)
-        except Exception:
-            return fail()
-
-    return wrapper
 
 
 def open_store(
@@ -231,7 +217,7 @@ class SQLiteStore:
 
     # -- events -----------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def persist_events(
         self, batch: Sequence[PersistEntry], *, received_txn: Optional[ReceivedTxn] = None
     ) -> "Deferred[dict[str, PersistedEvent]]":
@@ -284,7 +270,7 @@ class SQLiteStore:
             self.store_received_txn_txn(txn, *received_txn)
         return outcome
 
-    @_deferred
+    @deferred_errors
     def get_events(
         self, event_ids: Iterable[str], *, allow_rejected: bool = True
     ) -> "Deferred[dict[str, Event]]":
@@ -309,7 +295,7 @@ class SQLiteStore:
             return succeed(done({}))
         return self._db.run_read(self._events.get_events_txn, missing).addCallback(done)
 
-    @_deferred
+    @deferred_errors
     def get_event(self, event_id: str, *, allow_rejected: bool = True) -> "Deferred[Optional[Event]]":
         """One event, or ``None``."""
         check_text(event_id, "event id")
@@ -323,23 +309,23 @@ class SQLiteStore:
         found.update(self._events.get_events_txn(txn, [i for i in ids if i not in found]))
         return found
 
-    @_deferred
+    @deferred_errors
     def have_events(self, event_ids: Iterable[str]) -> "Deferred[set[str]]":
         """The ids among ``event_ids`` that are stored (outliers and rejected included)."""
         return self._db.run_read(self._events.have_events_txn, list(event_ids))
 
-    @_deferred
+    @deferred_errors
     def get_event_meta(self, event_ids: Iterable[str]) -> "Deferred[dict[str, EventMeta]]":
         """Nid, room, depth and outlier / rejected / soft-failed flags of stored events."""
         return self._db.run_read(self._events.get_event_meta_txn, list(event_ids))
 
-    @_deferred
+    @deferred_errors
     def get_rejection(self, event_id: str) -> "Deferred[Optional[Refusal]]":
         """Why ``event_id`` was rejected (reason, rule, plugin), or ``None`` if it was not
         (or is not stored)."""
         return self._db.run_read(self._events.get_rejection_txn, event_id)
 
-    @_deferred
+    @deferred_errors
     def get_refused_events(
         self,
         room_id: Optional[str] = None,
@@ -358,29 +344,29 @@ class SQLiteStore:
             self._events.get_refused_events_txn, room_id, kind, limit, before_nid
         )
 
-    @_deferred
+    @deferred_errors
     def get_auth_chain_ids(self, event_ids: Iterable[str]) -> "Deferred[set[str]]":
         """The auth chain of ``event_ids`` (one recursive query per 500 ids): every stored
         event reachable through ``auth_events``."""
         return self._db.run_read(self._events.get_auth_chain_ids_txn, list(event_ids))
 
-    @_deferred
+    @deferred_errors
     def get_forward_extremities(self, room_id: str) -> "Deferred[list[str]]":
         """The room's forward extremities (events with no accepted child), deepest first."""
         return self._db.run_read(self._events.get_forward_extremities_txn, room_id)
 
-    @_deferred
+    @deferred_errors
     def get_max_depth(self, event_ids: Iterable[str]) -> "Deferred[int]":
         """The greatest depth among stored ``event_ids`` (0 if none), e.g. of the
         forward extremities when building an event."""
         return self._db.run_read(self._events.get_max_depth_txn, list(event_ids))
 
-    @_deferred
+    @deferred_errors
     def get_prev_event_ids(self, event_ids: Iterable[str]) -> "Deferred[dict[str, list[str]]]":
         """``{event_id: prev event ids}`` for the stored ``event_ids``."""
         return self._db.run_read(self._events.get_prev_event_ids_txn, list(event_ids))
 
-    @_deferred
+    @deferred_errors
     def get_backfill(
         self, room_id: str, from_event_ids: Iterable[str], limit: int
     ) -> "Deferred[list[Event]]":
@@ -389,7 +375,7 @@ class SQLiteStore:
         first."""
         return self._db.run_read(self._events.get_backfill_txn, room_id, list(from_event_ids), limit)
 
-    @_deferred
+    @deferred_errors
     def get_missing_events(
         self,
         room_id: str,
@@ -412,7 +398,7 @@ class SQLiteStore:
 
     # -- rooms ------------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def store_room(
         self,
         room_id: str,
@@ -432,12 +418,12 @@ class SQLiteStore:
             self._events.store_room_txn, room_id, room_version, creator, is_public, ts
         )
 
-    @_deferred
+    @deferred_errors
     def get_room(self, room_id: str) -> "Deferred[Optional[RoomInfo]]":
         """The room's row, or ``None`` if we do not know the room."""
         return self._db.run_read(self._events.get_room_txn, room_id)
 
-    @_deferred
+    @deferred_errors
     def get_room_version(self, room_id: str) -> "Deferred[Optional[RoomVersion]]":
         """The room's version, or ``None`` if we do not know the room.
 
@@ -447,7 +433,7 @@ class SQLiteStore:
         d = self.get_room(room_id)
         return d.addCallback(lambda info: None if info is None else info.room_version)
 
-    @_deferred
+    @deferred_errors
     def set_room_public(self, room_id: str, is_public: bool) -> "Deferred[bool]":
         """Show or hide the room in the public directory; ``False`` if the room is unknown."""
         check_text(room_id, "room id")
@@ -459,7 +445,7 @@ class SQLiteStore:
 
         return self._db.run_write(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_public_room_ids(self) -> "Deferred[list[str]]":
         """Rooms shown in the public directory."""
 
@@ -471,7 +457,7 @@ class SQLiteStore:
 
     # -- state ------------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def store_state_group(
         self,
         room_id: str,
@@ -508,7 +494,7 @@ class SQLiteStore:
         """:meth:`store_state_group` inside the caller's transaction."""
         return self._state_groups.store_state_group_txn(txn, room_id, state, prev_group, delta)
 
-    @_deferred
+    @deferred_errors
     def get_state_group(self, group: int) -> "Deferred[StateMap]":
         """The full state of a group: a read-only mapping ``{(type, state_key): event_id}``
         (call ``dict()`` on it for a mutable copy). Shared and cached: reading the state
@@ -522,7 +508,7 @@ class SQLiteStore:
                 return succeed(cached)
         return self._db.run_read(self._state_groups.get_state_group_txn, group)
 
-    @_deferred
+    @deferred_errors
     def get_state_groups(self, groups: Iterable[int]) -> "Deferred[dict[int, StateMap]]":
         """:meth:`get_state_group` for several groups at once: the cached ones from memory,
         the rest in one read transaction.
@@ -552,7 +538,7 @@ class SQLiteStore:
         """:meth:`get_state_group` inside the caller's transaction."""
         return self._state_groups.get_state_group_txn(txn, group)
 
-    @_deferred
+    @deferred_errors
     def get_state_ids_for_events(
         self, event_ids: Iterable[str], *, after: bool = False
     ) -> "Deferred[dict[str, int]]":
@@ -572,12 +558,12 @@ class SQLiteStore:
 
         return self._db.run_read(txn_func)
 
-    @_deferred
+    @deferred_errors
     def get_current_state_ids(self, room_id: str) -> "Deferred[dict[StateKey, str]]":
         """The room's current state ``{(type, state_key): event_id}`` (a fresh dict)."""
         return self._db.run_read(self._events.get_current_state_ids_txn, room_id)
 
-    @_deferred
+    @deferred_errors
     def get_current_state_events(
         self, room_id: str, types: Optional[Iterable[str | tuple[str, Optional[str]]]] = None
     ) -> "Deferred[dict[StateKey, Event]]":
@@ -593,7 +579,7 @@ class SQLiteStore:
         d = self._db.run_read(self._events.get_current_state_ids_txn, room_id, types_list)
         return d.addCallback(got_ids)
 
-    @_deferred
+    @deferred_errors
     def update_current_state(
         self, room_id: str, delta: Mapping[StateKey, Optional[str]]
     ) -> "Deferred[None]":
@@ -601,12 +587,12 @@ class SQLiteStore:
         after state resolution); ``None`` values remove keys."""
         return self._db.run_write(self._events.apply_current_state_delta_txn, room_id, delta)
 
-    @_deferred
+    @deferred_errors
     def get_room_members(self, room_id: str, membership: str = "join") -> "Deferred[list[str]]":
         """User ids whose current membership in the room is ``membership``."""
         return self._db.run_read(self._events.get_room_members_txn, room_id, membership)
 
-    @_deferred
+    @deferred_errors
     def get_joined_hosts(self, room_id: str) -> "Deferred[set[str]]":
         """Server names of the room's currently joined members (where to send events).
 
@@ -620,7 +606,7 @@ class SQLiteStore:
 
     # -- server keys ------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def store_server_keys(
         self,
         server_name: str,
@@ -640,7 +626,7 @@ class SQLiteStore:
             self._federation.store_server_keys_txn, server_name, list(keys), key_json, fetched_ts
         )
 
-    @_deferred
+    @deferred_errors
     def get_server_keys(
         self, server_name: str, key_ids: Iterable[str]
     ) -> "Deferred[dict[str, dict[str, Any]]]":
@@ -648,7 +634,7 @@ class SQLiteStore:
         for the stored ones among ``key_ids``."""
         return self._db.run_read(self._federation.get_server_keys_txn, server_name, list(key_ids))
 
-    @_deferred
+    @deferred_errors
     def get_server_key_json(self, server_name: str) -> "Deferred[list[bytes]]":
         """The stored signed key documents of ``server_name``, newest fetch first."""
         return self._db.run_read(self._federation.get_server_key_json_txn, server_name)
@@ -678,14 +664,14 @@ class SQLiteStore:
         """:meth:`store_received_txn` inside the caller's transaction."""
         return self._federation.store_received_txn_txn(txn, origin, txn_id, code, body_json, ts)
 
-    @_deferred
+    @deferred_errors
     def prune_received_txns(self, before_ts: int) -> "Deferred[int]":
         """Forget transaction answers recorded before ``before_ts``; fires with how many."""
         return self._db.run_write(self._federation.prune_received_txns_txn, before_ts)
 
     # -- outbound ---------------------------------------------------------------------
 
-    @_deferred
+    @deferred_errors
     def enqueue_outbound(
         self, destinations: Iterable[str], pdus: Iterable[Any] = (), edus: Iterable[Any] = ()
     ) -> "Deferred[int]":
@@ -708,7 +694,7 @@ class SQLiteStore:
         it sends)."""
         return self._federation.enqueue_outbound_txn(txn, destinations, pdus, edus, self._clock_ms())
 
-    @_deferred
+    @deferred_errors
     def get_outbound_batch(
         self, destination: str, max_pdus: int = 50, max_edus: int = 100
     ) -> "Deferred[list[OutboundItem]]":
@@ -717,23 +703,23 @@ class SQLiteStore:
         Acknowledge them with :meth:`ack_outbound` up to the last ``queue_id``."""
         return self._db.run_read(self._federation.get_outbound_batch_txn, destination, max_pdus, max_edus)
 
-    @_deferred
+    @deferred_errors
     def ack_outbound(self, destination: str, up_to_queue_id: int) -> "Deferred[int]":
         """Drop what was sent to ``destination``, up to and including ``up_to_queue_id``;
         fires with how many items went."""
         return self._db.run_write(self._federation.ack_outbound_txn, destination, up_to_queue_id)
 
-    @_deferred
+    @deferred_errors
     def next_txn_id(self, destination: str) -> "Deferred[str]":
         """A transaction id for ``destination``, unique across restarts."""
         return self._db.run_write(self._federation.next_txn_id_txn, destination, self._clock_ms())
 
-    @_deferred
+    @deferred_errors
     def get_destination_retry(self, destination: str) -> "Deferred[Optional[DestinationRetry]]":
         """The destination's back-off state, or ``None`` if it is not backing off."""
         return self._db.run_read(self._federation.get_destination_retry_txn, destination)
 
-    @_deferred
+    @deferred_errors
     def set_destination_retry(
         self, destination: str, failure_ts: int, retry_interval_ms: int
     ) -> "Deferred[None]":
@@ -746,12 +732,12 @@ class SQLiteStore:
             self._clock_ms(),
         )
 
-    @_deferred
+    @deferred_errors
     def clear_destination_retry(self, destination: str) -> "Deferred[None]":
         """The destination is reachable again."""
         return self._db.run_write(self._federation.clear_destination_retry_txn, destination)
 
-    @_deferred
+    @deferred_errors
     def requeue_unsent_local_events(self, server_name: str) -> "Deferred[dict[str, frozenset[str]]]":
         """Once after the upgrade to schema 005: queue again the forward extremities this
         server made in each room, for the room's other servers (see
@@ -762,7 +748,7 @@ class SQLiteStore:
         """
         return self._db.run_write(self._distribution.requeue_unsent_local_events_txn, server_name)
 
-    @_deferred
+    @deferred_errors
     def destinations_with_pending(self) -> "Deferred[list[str]]":
         """Destinations with queued items (to restart their senders after a restart)."""
         return self._db.run_read(self._federation.destinations_with_pending_txn)

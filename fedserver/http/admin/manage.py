@@ -9,7 +9,7 @@ from twisted.web.iweb import IRequest
 
 from fedserver import __version__
 from fedserver.errors import bad_json, forbidden, invalid_param
-from fedserver.http.resource import JsonResource, query_int, query_string, read_json_object
+from fedserver.http.resource import JsonResource, query_int, query_string, read_json_object, read_json_object_or_empty
 
 #: ``authenticate(request)`` fires with the caller's Requester (401 without a valid token).
 Authenticate = Callable[[IRequest], Awaitable[Any]]
@@ -60,15 +60,6 @@ def _direction(request: IRequest) -> bool:
         raise invalid_param("dir", "dir must be f or b")
     return direction == "b"
 
-
-def _optional_body(request: IRequest) -> dict[str, Any]:
-    content = request.content
-    if content is None:
-        return {}
-    content.seek(0)
-    if not content.read(1):
-        return {}
-    return read_json_object(request)
 
 
 @dataclass
@@ -133,7 +124,7 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
         return {}
 
     async def deactivate(request: IRequest, admin_id: str, user_id: str) -> Any:
-        body = _optional_body(request)
+        body = read_json_object_or_empty(request)
         return await users.deactivate(user_id, erase=body.get("erase", False))
 
     async def reset_password(request: IRequest, admin_id: str, user_id: str) -> Any:
@@ -177,7 +168,7 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
         return await rooms.set_block(room_id, read_json_object(request).get("block"), admin_id)
 
     async def purge(request: IRequest, admin_id: str, room_id: str, event_id: Optional[str] = None) -> Any:
-        body = _optional_body(request)
+        body = read_json_object_or_empty(request)
         delete_local = body.get("delete_local_events", False)
         if type(delete_local) is not bool:
             raise bad_json("delete_local_events must be a boolean")
@@ -190,10 +181,10 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
         return rooms.job_status("purge", purge_id)
 
     async def delete_v1(request: IRequest, admin_id: str, room_id: str) -> Any:
-        return await rooms.delete_room(room_id, _optional_body(request), admin_id)
+        return await rooms.delete_room(room_id, read_json_object_or_empty(request), admin_id)
 
     async def delete_v2(request: IRequest, admin_id: str, room_id: str) -> Any:
-        return rooms.delete_room_in_background(room_id, _optional_body(request), admin_id)
+        return rooms.delete_room_in_background(room_id, read_json_object_or_empty(request), admin_id)
 
     async def delete_status(request: IRequest, admin_id: str, delete_id: str) -> Any:
         return rooms.job_status("delete", delete_id)

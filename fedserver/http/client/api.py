@@ -29,7 +29,7 @@ from fedserver.errors import (
     not_found,
     too_large,
 )
-from fedserver.http.resource import JsonResource, query_string, query_strings, read_json_object
+from fedserver.http.resource import JsonResource, query_string, query_strings, read_json_object, read_json_object_or_empty
 from fedserver.ratelimit import RateLimiter, rules_from_config
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.interface import InvalidDataError
@@ -105,17 +105,6 @@ async def _resolve(result: Any) -> Any:
         return await result
     return result
 
-
-def _body_or_empty(request: IRequest) -> dict[str, Any]:
-    """The JSON object body, or ``{}`` when the body is empty (``POST /logout``,
-    ``DELETE /devices/...`` are often sent without one)."""
-    content = request.content
-    if content is None:
-        return {}
-    content.seek(0)
-    if not content.read(1):
-        return {}
-    return read_json_object(request)
 
 
 def _capped_object(request: IRequest, limit: int) -> dict[str, Any]:
@@ -464,7 +453,7 @@ class ClientAPI(JsonResource):
         return {}
 
     async def _delete_device(self, request: IRequest, requester: Requester, device_id: str) -> Any:
-        body = _body_or_empty(request)
+        body = read_json_object_or_empty(request)
         await self.accounts.delete_devices(requester, [device_id], body.get("auth"))
         return {}
 

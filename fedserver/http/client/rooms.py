@@ -24,7 +24,7 @@ from fedserver.handlers.client.sync import PartialStateSection, SyncHandler
 from fedserver.http.client.relations import register_relations_routes
 from fedserver.http.client.timeline import register_timeline_routes
 from fedserver.http.client.upgrade import register_upgrade_routes
-from fedserver.errors import bad_json, forbidden, invalid_param, missing_param, too_large
+from fedserver.errors import bad_json, invalid_param, missing_param, too_large
 from fedserver.http.resource import query_int, query_string, query_strings, read_json_object
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry
 from fedserver.storage.interface import StorageUnavailableError
