@@ -28,6 +28,7 @@ from fedserver.handlers.push.threads import thread_of
 from fedserver.handlers.rooms.client_events import transaction_scope
 from fedserver.handlers.rooms.directory import current_power
 from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_notify
+from fedserver.push.rules import default_rules_single_out
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
 
@@ -146,13 +147,25 @@ class NotificationsHandler:
                 member_events = await self._store.get_events([m for m in local.values() if m])
             sender_level = power.user_level(event.sender)
             ignorers = getattr(self._source, "ignored", None)
+            # Read for all the targets at once (one query each for those not in memory).
+            ignored = await ignorers.get_many(targets) if ignorers is not None else {}
+            rulesets = await self._rules.get_rulesets(targets)
+            # Users with the server-default rules whom they do not single out for this
+            # event all get the same verdict: evaluated once, for the first of them.
+            singled_out = default_rules_single_out(as_dict)
+            shared: Optional[tuple[Optional[list]]] = None
             for user_id, member_id in targets.items():
-                if ignorers is not None and event.sender in await ignorers.get(user_id):
+                if event.sender in ignored.get(user_id, ()):
                     continue  # spec "Ignoring Users": nothing of theirs reaches the user
-                ruleset = await self._rules.get_ruleset(user_id)
-                name = _display_name(member_events.get(member_id)) if member_events and member_id else None
-                ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
-                actions = evaluate(ruleset, as_dict, ctx)
+                ruleset = rulesets.get(user_id)
+                if ruleset is None and singled_out is not None and user_id not in singled_out and shared is not None:
+                    actions = shared[0]
+                else:
+                    name = _display_name(member_events.get(member_id)) if member_events and member_id else None
+                    ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
+                    actions = evaluate(ruleset or self._rules.default_ruleset(user_id), as_dict, ctx)
+                    if ruleset is None and singled_out is not None and user_id not in singled_out:
+                        shared = (actions,)
                 if not is_notify(actions):
                     continue
                 assert actions is not None
