@@ -404,8 +404,9 @@ class HandshakeHandler:
         if outcome.status != ACCEPTED:
             reason = outcome.refusal.reason if outcome.refusal else outcome.status
             raise _forbidden(f"Not allowed: {reason}")
-        hosts = await self._store.get_joined_hosts(room_id)
         if membership == "join":
+            # With partial state, servers_in_room are those before the join (read above).
+            hosts = hosts_before if hosts_before is not None else await self._store.get_joined_hosts(room_id)
             return await self._join_response(room_id, event, pdu, hosts, hosts_before)
         if membership == "knock":
             return {"knock_room_state": await self._stripped_room_state(room_id)}
@@ -480,7 +481,7 @@ class HandshakeHandler:
             if own is not None:
                 ids.append(own)
             if ("m.room.name", "") not in state_ids and ("m.room.canonical_alias", "") not in state_ids:
-                ids.extend(await self._hero_member_ids(state_ids, event.state_key))
+                ids.extend(await self._hero_member_ids(room_id, state_ids, event.state_key))
             ids = list(dict.fromkeys(ids))
         else:
             ids = list(state_ids.values())
@@ -505,9 +506,24 @@ class HandshakeHandler:
             "servers_in_room": servers,
         }
 
-    async def _hero_member_ids(self, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
+    async def _hero_member_ids(self, room_id: str, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
         """The member events of the room's heroes (client-server spec, ``m.heroes``: the
         first 5 joined or invited members by stream ordering, never the user asking)."""
+        # The room's current members, in storing order, are read from the database at
+        # once when their member events are those of ``state_ids`` (the state before the
+        # join: nothing but the join itself has changed a membership since, as a rule):
+        # else each member event's position is looked up (one row per member).
+        current = await self._pipeline.current_state(room_id)
+
+        def members(state: Mapping[StateKey, str]) -> dict[StateKey, str]:
+            return {k: v for k, v in state.items() if k[0] == "m.room.member" and k[1] != joiner}
+
+        before = members(state_ids)
+        if members(current) == before:
+            rows = await self._store.get_earliest_members(room_id, ("join", "invite"), 6)
+            # (Checked again: no membership may have changed while the rows were read.)
+            if members(await self._pipeline.current_state(room_id)) == before:
+                return [event_id for user_id, event_id in rows if user_id != joiner][:5]
         member_ids = {v: k[1] for k, v in state_ids.items() if k[0] == "m.room.member" and k[1] != joiner}
         meta = await self._store.get_event_meta(member_ids)
         ordered = sorted(meta, key=lambda i: meta[i].event_nid)

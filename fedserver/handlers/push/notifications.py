@@ -34,6 +34,8 @@ from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
 
 log = Logger()
 
+#: User ids whose server is remembered (see ``_is_local``).
+LOCAL_MEMO_SIZE = 200_000
 #: ``GET /notifications`` page size: default and most.
 DEFAULT_NOTIFICATIONS_LIMIT = 20
 MAX_NOTIFICATIONS_LIMIT = 100
@@ -79,6 +81,7 @@ class NotificationsHandler:
     def __init__(self, store: Any, server_name: str, clock: Any, notifier: Any, rules: Any, source: Any) -> None:
         self._store = store
         self._server_name = server_name
+        self._local_memo: dict[str, bool] = {}
         self._clock = clock
         self._notifier = notifier
         self._rules = rules
@@ -92,7 +95,14 @@ class NotificationsHandler:
         return int(self._clock.seconds() * 1000)
 
     def _is_local(self, user_id: str) -> bool:
-        return server_of(user_id) == self._server_name
+        # Asked for every member of a room on each event: remembered (a user id's server
+        # never changes), up to a bound.
+        known = self._local_memo.get(user_id)
+        if known is None:
+            if len(self._local_memo) >= LOCAL_MEMO_SIZE:
+                self._local_memo.clear()
+            known = self._local_memo[user_id] = server_of(user_id) == self._server_name
+        return known
 
     # -- evaluation ---------------------------------------------------------------------------
 
