@@ -74,3 +74,38 @@ class ManyMembersTests(DailyUseTestCase):
         e3 = await encrypted("e3")
         self.assertNotIn(e3, await self._notified(a, dt))
         self.assertIn(e3, await self._notified(a, at))
+
+
+class PresenceIntroductionTests(DailyUseTestCase):
+    async def _introduced(self, few_online: int) -> None:
+        from fedserver.handlers.ephemeral import presence
+
+        self.patch(presence, "FEW_ONLINE", few_online)
+        a = await self.server()
+        alice, at = await a.register("alice", "Alice")
+        carol, ct = await a.register("carol")
+        room = (await a.ok("POST", "/createRoom", {"preset": "public_chat"}, at))["room_id"]
+        await a.ok("POST", f"/rooms/{q(room)}/join", {}, ct)
+        await a.ok("POST", f"/rooms/{q(room)}/leave", {}, ct)
+        await a.ok("PUT", f"/presence/{q(alice)}/status", {"presence": "online", "status_msg": "here"}, at)
+        await a.ok("PUT", f"/presence/{q(carol)}/status", {"presence": "online", "status_msg": "elsewhere"}, ct)
+        handler = a.svc.ephemeral.presence
+        await handler.flush()
+        sent: list[tuple[str, dict, list]] = []
+        self.patch(handler, "_send", lambda edu_type, content, hosts, **kw: sent.append((edu_type, content, hosts)))
+        # What a join of a user of another server into the room sets off (on_persisted).
+        await handler._introduce(room, "other.example")
+        self.assertEqual([(t, [e["user_id"] for e in c["push"]], h) for t, c, h in sent],
+                         [("m.presence", [alice], ["other.example"])])
+        self.assertEqual(sent[0][1]["push"][0]["status_msg"], "here")
+
+    async def test_few_online_read_one_by_one(self):
+        """A server whose user joins a room of ours is told the presence of our online
+        users joined to it (Alice), not of those who left it (Carol), when few
+        of our users are online (their memberships read one by one)."""
+        await self._introduced(20)
+
+    async def test_many_online_read_from_member_list(self):
+        """The same when more of our users are online than that bound (the room's member
+        list read)."""
+        await self._introduced(0)

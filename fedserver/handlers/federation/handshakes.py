@@ -524,8 +524,10 @@ class HandshakeHandler:
         before = members(state_ids)
         if members(current) == before:
             rows = await self._store.get_earliest_members(room_id, ("join", "invite"), 6)
-            # (Checked again: no membership may have changed while the rows were read.)
-            if members(await self._pipeline.current_state(room_id)) == before:
+            # (Checked again: no membership may have changed while the rows were read. The
+            # pipeline's map is replaced on every change: the same map, nothing changed.)
+            now = await self._pipeline.current_state(room_id)
+            if now is current or members(now) == before:
                 return [event_id for user_id, event_id in rows if user_id != joiner][:5]
         member_ids = {v: k[1] for k, v in state_ids.items() if k[0] == "m.room.member" and k[1] != joiner}
         meta = await self._store.get_event_meta(member_ids)
