@@ -29,6 +29,7 @@ from fedserver.handlers.rooms.lazy_members import SentMembers, member_keys, pick
 from fedserver.handlers.rooms.rooms import EventFilter, topo_token
 from fedserver.errors import invalid_param
 from fedserver.storage.rooms_store import Membership, Timeline
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -142,7 +143,7 @@ class SyncHandler:
 
     async def sync(
         self,
-        requester: Any,
+        requester: Requester,
         *,
         since: Optional[str] = None,
         timeout_ms: int = 0,
@@ -169,7 +170,7 @@ class SyncHandler:
                     end()
 
     async def _sync(
-        self, requester: Any, since: Optional[str], timeout_ms: int, full_state: bool, filter_param: Optional[str]
+        self, requester: Requester, since: Optional[str], timeout_ms: int, full_state: bool, filter_param: Optional[str]
     ) -> dict[str, Any]:
         user_id = requester.user_id
         flt = await self.load_filter(user_id, filter_param)
@@ -196,7 +197,7 @@ class SyncHandler:
     # -- building -----------------------------------------------------------------------------
 
     async def _compute(
-        self, requester: Any, flt: SyncFilter, since: Optional[SyncToken], full_state: bool
+        self, requester: Requester, flt: SyncFilter, since: Optional[SyncToken], full_state: bool
     ) -> tuple[dict[str, Any], list[str], bool]:
         """The answer, the rooms to wait on, and whether a section added anything."""
         user_id = requester.user_id
@@ -437,7 +438,7 @@ class SyncHandler:
         room_data: Mapping[str, Any],
         *,
         end_nid: int,
-        requester: Any = None,
+        requester: Requester = None,
         whole: bool = False,
     ) -> dict[str, Any]:
         """One room's entry: timeline (visible, filtered), state, account data.

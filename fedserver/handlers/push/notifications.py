@@ -30,6 +30,7 @@ from fedserver.handlers.rooms.directory import current_power
 from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_notify
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -183,7 +184,7 @@ class NotificationsHandler:
     # -- GET /notifications -------------------------------------------------------------------
 
     async def get_notifications(
-        self, requester: Any, *, from_token: Optional[str], limit: Optional[int], only: Optional[str]
+        self, requester: Requester, *, from_token: Optional[str], limit: Optional[int], only: Optional[str]
     ) -> dict[str, Any]:
         """``GET /notifications``: the user's notifications, newest first.
 

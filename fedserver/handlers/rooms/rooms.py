@@ -32,6 +32,7 @@ from fedserver.errors import (
 )
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 from fedserver.storage.rooms_store import TopoPos
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -224,7 +225,7 @@ class RoomsHandler:
 
     # -- createRoom ---------------------------------------------------------------------------
 
-    async def create_room(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_room(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /createRoom``: the events in the spec's order (create, the creator's
         join, power levels, canonical alias, the preset's join rules / history visibility /
         guest access, ``initial_state``, name and topic, invites), then the directory.
@@ -374,7 +375,7 @@ class RoomsHandler:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, path: str, make) -> str:
+    async def _with_txn(self, requester: Requester, txn_id: str, room_id: str, path: str, make) -> str:
         """Run ``make(key)`` (returning the new event id) once per client transaction id and
         request path (spec "Transaction identifiers": "a retransmission if the transaction
         ID is the same as a previous request, and the path of the HTTP request is the
@@ -402,7 +403,7 @@ class RoomsHandler:
         return await self._txn_locks.run(key, run)
 
     async def send_event(
-        self, requester: Any, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
+        self, requester: Requester, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
     ) -> str:
         """``PUT /rooms/{roomId}/send/{eventType}/{txnId}``.
 
@@ -428,7 +429,7 @@ class RoomsHandler:
         return await self._with_txn(requester, txn_id, room_id, f"/rooms/{room_id}/send/{event_type}", make)
 
     async def set_state(
-        self, requester: Any, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
+        self, requester: Requester, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
     ) -> str:
         """``PUT /rooms/{roomId}/state/{eventType}/{stateKey}``. Setting a state to the
         content it already has (from the same sender) returns the existing event.
@@ -505,7 +506,7 @@ class RoomsHandler:
             raise forbidden("You may not redact other users' events")
 
     async def redact(
-        self, requester: Any, room_id: str, event_id: str, txn_id: str, reason: Optional[str] = None
+        self, requester: Requester, room_id: str, event_id: str, txn_id: str, reason: Optional[str] = None
     ) -> str:
         """``PUT /rooms/{roomId}/redact/{eventId}/{txnId}``.
 
@@ -551,7 +552,7 @@ class RoomsHandler:
             return await self.events.pipeline.current_state(room_id)
         raise forbidden("You are not in this room")
 
-    async def get_state(self, requester: Any, room_id: str) -> list[dict[str, Any]]:
+    async def get_state(self, requester: Requester, room_id: str) -> list[dict[str, Any]]:
         """``GET /rooms/{roomId}/state``: every state event, client format."""
         state = await self.readable_state(room_id, requester.user_id)
         events = await self.store.get_events(state.values())
@@ -559,7 +560,7 @@ class RoomsHandler:
         return await self.source.serialize(ordered, user_id=requester.user_id, scope=transaction_scope(requester))
 
     async def get_state_event(
-        self, requester: Any, room_id: str, event_type: str, state_key: str, *, format: str = "content"
+        self, requester: Requester, room_id: str, event_type: str, state_key: str, *, format: str = "content"
     ) -> dict[str, Any]:
         """``GET /rooms/{roomId}/state/{eventType}/{stateKey}``: the content (or, with
         ``format=event``, the whole event).
@@ -574,7 +575,7 @@ class RoomsHandler:
         [served] = await self.source.serialize([event], user_id=requester.user_id, scope=transaction_scope(requester))
         return served if format == "event" else served["content"]
 
-    async def joined_rooms(self, requester: Any) -> dict[str, Any]:
+    async def joined_rooms(self, requester: Requester) -> dict[str, Any]:
         """``GET /joined_rooms``."""
         rows = await self.store.rooms.get_memberships_for_user(requester.user_id)
         return {"joined_rooms": sorted(m.room_id for m in rows if m.membership == "join")}

@@ -39,6 +39,7 @@ from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param, mi
 from fedserver.handlers.rooms.directory import current_power
 from fedserver.handlers.rooms.membership import valid_user_id
 from fedserver.room_versions import RoomVersionRegistry, UnknownRoomVersion
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -78,7 +79,7 @@ class RoomUpgradeHandler:
         self.room_versions = room_versions
         self._locks: dict[str, defer.DeferredLock] = {}
 
-    async def upgrade(self, requester: Any, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def upgrade(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Upgrade ``room_id`` (see the module comment).
 
         :returns: ``{"replacement_room": new room id}``.
