@@ -105,6 +105,7 @@ from fedserver.http.site import StartingResource, build_client_root, build_feder
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.interface import StorageUnavailableError
+from fedserver.storage.plugin_view import PluginStoreView
 from fedserver.storage.sqlite import open_store
 
 log = Logger()
@@ -482,7 +483,7 @@ class FedserverService(service.MultiService):
         # Plugins that need the running server (e.g. a policy server client) set up now.
         self.plugin_manager.hook.fedserver_on_start(
             reactor=self.reactor, server_name=self.config.server_name,
-            federation_client=self.federation_client, store=self.store,
+            federation_client=self.federation_client, store=PluginStoreView(self.store),
             plugin_manager=self.plugin_manager, plugin_config=self.config.plugin_config,
         )
         self.engine.reload_hooks()
