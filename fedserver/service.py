@@ -106,6 +106,7 @@ from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.plugin_view import PluginStoreView
+from fedserver.storage.server_lock import ServerLock, ServerLockError, acquire_server_lock
 from fedserver.storage.sqlite import open_store
 
 log = Logger()
@@ -433,6 +434,7 @@ class FedserverService(service.MultiService):
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
+        self._server_lock: ServerLock | None = None
         self._ready_waiters: list[defer.Deferred] = []
 
     def setServiceParent(self, parent: Any) -> None:
@@ -477,6 +479,8 @@ class FedserverService(service.MultiService):
         d.addCallbacks(self._started, self._start_failed)
 
     async def _finish_start(self) -> None:
+        # One server per database: a second one refuses to start (see server_lock).
+        self._server_lock = await acquire_server_lock(self.config.store_target(), self.reactor)
         self.store = await open_store(self.config.store_target(), self.reactor, registry=self.room_versions)
         self._wire_federation(self.store)
         await self._wire_rooms(self.store)
@@ -882,10 +886,20 @@ class FedserverService(service.MultiService):
         self._set_ready(self)
 
     def _start_failed(self, failure: Failure) -> None:
-        log.failure("fedserver failed to start", failure=failure, level=LogLevel.critical)
+        if failure.check(ServerLockError):
+            log.critical("fedserver failed to start: {reason}", reason=str(failure.value))
+        else:
+            log.failure("fedserver failed to start", failure=failure, level=LogLevel.critical)
+        if self.store is None:
+            self._release_server_lock()
         if self._on_fatal is not None:
             self._on_fatal(failure)
         self._set_ready(failure)
+
+    def _release_server_lock(self) -> None:
+        lock, self._server_lock = self._server_lock, None
+        if lock is not None:
+            lock.release()
 
     def stopService(self) -> defer.Deferred:
         """Stop the sender first (what it was sending stays queued), then listening, the
@@ -938,6 +952,7 @@ class FedserverService(service.MultiService):
         close = getattr(store, "close", None)
         if close is not None:
             steps.append(("the store", close))
+        steps.append(("the server lock", self._release_server_lock))
 
         d: defer.Deferred = defer.succeed(None)
         for name, step in steps:
