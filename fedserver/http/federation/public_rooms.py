@@ -9,16 +9,7 @@ from twisted.web.iweb import IRequest
 
 from fedserver.errors import invalid_param
 from fedserver.handlers.rooms.directory import MAX_PUBLIC_ROOMS_PAGE, public_rooms_request
-from fedserver.http.resource import query_int, query_string, read_json_body
-
-
-def _bool_param(request: IRequest, name: str) -> bool:
-    value = query_string(request, name, None)
-    if value is None:
-        return False
-    if value not in ("true", "false"):
-        raise invalid_param(name, f"{name} must be true or false")
-    return value == "true"
+from fedserver.http.resource import query_bool, query_int, query_string, read_json_body
 
 
 def register_public_rooms_routes(
@@ -49,7 +40,7 @@ def register_public_rooms_routes(
     async def get_public_rooms(request: IRequest, origin: str) -> Any:
         # "limit ... Defaults to 0 (no limit)": 0 is our largest page (next_batch follows).
         limit = query_int(request, "limit", None, minimum=0, maximum=MAX_PUBLIC_ROOMS_PAGE)
-        all_networks = _bool_param(request, "include_all_networks")
+        all_networks = query_bool(request, "include_all_networks")
         instance = query_string(request, "third_party_instance_id", None)
         if instance is not None and all_networks:
             raise invalid_param("third_party_instance_id", "third_party_instance_id cannot be used with include_all_networks")
