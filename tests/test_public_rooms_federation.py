@@ -12,14 +12,24 @@ from urllib.parse import quote
 from signedjson.key import generate_signing_key
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 
+from fedserver.auth.engine import AuthEngine
+from fedserver.auth.plugins import make_plugin_manager
 from fedserver.federation.acl import ServerAcls
 from fedserver.federation.client import FederationUnreachable, HttpResponseError, RequestTimedOut
+from fedserver.handlers.client.accounts import AccountHandler, PasswordHasher
+from fedserver.handlers.client.profile import ProfileHandler
+from fedserver.handlers.rooms.creator import EventCreator
+from fedserver.handlers.rooms.pipeline import RoomPipeline
+from fedserver.http.client.api import ClientAPI
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.federation.keys import ServerKeyDocument, ServerKeyResource
 from fedserver.http.federation.public_rooms import register_public_rooms_routes
 from fedserver.http.federation.transport import FederationResource
 from fedserver.http.site import build_client_root, build_federation_root
+from fedserver.storage.sqlite import open_store
+from fedserver.testing import database_for_test
 from tests.test_client_rooms import SERVER, ClientRoomsTestCase
 from tests.test_federation_support import FED, stub_request
 
@@ -64,21 +74,18 @@ class PublicRoomsTestCase(ClientRoomsTestCase):
     federation resource of the same server."""
 
     async def _set_up(self) -> None:
-        await super()._set_up()
-        # The base built the services without federation; build them again with it.
-        from fedserver.auth.engine import AuthEngine
-        from fedserver.auth.plugins import make_plugin_manager
-        from fedserver.handlers.rooms.creator import EventCreator
-        from fedserver.handlers.rooms.pipeline import RoomPipeline
-        from fedserver.http.client.api import ClientAPI
-
+        self.store = await open_store(database_for_test(self, self.mktemp()), reactor)
+        self.addCleanup(self.store.close)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
         pm = make_plugin_manager(load_entrypoints=False)
         pipeline = RoomPipeline(self.store, AuthEngine(pm), pm)
         key = generate_signing_key("1")
         creator = EventCreator(self.clock, self.store, pipeline, SERVER, key)
+        accounts = AccountHandler(self.store, SERVER, PasswordHasher(reactor, log_n=4), self.clock, enable_registration=True)
+        self.api = ClientAPI(accounts=accounts, profiles=ProfileHandler(self.store, None, SERVER), default_room_version="12")
         self.federation = FakeFederation()
         self.blocked: set[str] = set()
-        self.api = ClientAPI(accounts=self.api.accounts, profiles=self.api.profiles, default_room_version="12")
         self.services = build_room_services(
             store=self.store, pipeline=pipeline, creator=creator, server_name=SERVER, signing_key=key,
             clock=self.clock, federation_client=self.federation, is_room_blocked=self.blocked.__contains__,
