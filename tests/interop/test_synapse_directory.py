@@ -1,7 +1,8 @@
-"""The room directory across servers with a real Synapse: Synapse's client lists
-fedserver's published rooms through ``/publicRooms?server=`` (Synapse asks our
+"""The room directory and spaces across servers with a real Synapse: Synapse's client
+lists fedserver's published rooms through ``/publicRooms?server=`` (Synapse asks our
 ``/_matrix/federation/v1/publicRooms``, GET and POST), and fedserver's client lists
-Synapse's (we ask its federation endpoint).
+Synapse's (we ask its federation endpoint); the hierarchy of a space spanning both
+servers, seen from each (each asks the other's ``/_matrix/federation/v1/hierarchy``).
 
 Both servers run as child processes (tests/interop/peers.py), started once for this
 module. Skipped without ``FEDSERVER_SYNAPSE_PYTHON`` unless ``FEDSERVER_INTEROP=require``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from twisted.trial.unittest import TestCase
 
@@ -106,6 +108,46 @@ class DirectoryInteropTests(TestCase):
         with self.assertRaises(HTTPError) as caught:
             self.fedserver.client("GET", path, params={"server": server})
         self.assertEqual((caught.exception.status, caught.exception.body.get("errcode")), (401, "M_MISSING_TOKEN"))
+
+    def test_space_spanning_both_servers(self):
+        """A public space on Synapse with a public room of each server as children (each
+        ``via`` its own server): Synapse's client sees fedserver's room in the hierarchy
+        (Synapse asked our federation hierarchy), and once fedserver's user joined the
+        space, fedserver's client sees Synapse's room (we asked Synapse's), with names
+        and the space's children_state; ``max_depth=0`` is the space alone."""
+        tag = uuid.uuid4().hex[:10]
+        carol = self.synapse.register("spc" + tag[:6])
+        dave = self.fedserver.user("spd" + tag[:6])
+        v3 = "/_matrix/client/v3"
+        space = self.synapse.client("POST", v3 + "/createRoom", {
+            "preset": "public_chat", "name": f"Space {tag}", "creation_content": {"type": "m.space"},
+        }, as_user=carol)["room_id"]
+        syn_room = self.synapse.client("POST", v3 + "/createRoom", {"preset": "public_chat", "name": f"Syn {tag}"},
+                                       as_user=carol)["room_id"]
+        fed_room = self.fedserver.client("POST", v3 + "/createRoom", {"preset": "public_chat", "name": f"Fed {tag}"},
+                                         as_user=dave)["room_id"]
+        for child, server in ((fed_room, self.fedserver.server_name), (syn_room, self.synapse.server_name)):
+            self.synapse.client("PUT", f"{v3}/rooms/{quote(space, safe='')}/state/m.space.child/{quote(child, safe='')}",
+                                {"via": [server]}, as_user=carol)
+        path = f"/_matrix/client/v1/rooms/{quote(space, safe='')}/hierarchy"
+        expected = {space: f"Space {tag}", fed_room: f"Fed {tag}", syn_room: f"Syn {tag}"}
+
+        def seen_by(peer: Any, user: str) -> Any:
+            got = peer.client("GET", path, as_user=user)
+            return got if {r["room_id"]: r.get("name") for r in got["rooms"]} == expected else None
+
+        got = wait_until(lambda: seen_by(self.synapse, carol), CONVERGE, "Synapse's hierarchy to show fedserver's room")
+        self.assertEqual(got["rooms"][0]["room_id"], space)
+        self.fedserver.client("POST", v3 + "/join/" + quote(space, safe=""), {}, as_user=dave,
+                              params={"server_name": [self.synapse.server_name]})
+        got = wait_until(lambda: seen_by(self.fedserver, dave), CONVERGE, "fedserver's hierarchy to show Synapse's room")
+        top = got["rooms"][0]
+        self.assertEqual((top["room_id"], top["room_type"]), (space, "m.space"))
+        self.assertEqual({c["state_key"] for c in top["children_state"]}, {fed_room, syn_room})
+        syn_entry = next(r for r in got["rooms"] if r["room_id"] == syn_room)
+        self.assertEqual((syn_entry["join_rule"], syn_entry["num_joined_members"]), ("public", 1))
+        alone = self.fedserver.client("GET", path, as_user=dave, params={"max_depth": 0})
+        self.assertEqual([r["room_id"] for r in alone["rooms"]], [space])
 
 
 __all__ = ["DirectoryInteropTests"]
