@@ -205,6 +205,23 @@ class ClientHierarchyTests(HierarchyTestCase):
         self.clock.advance(3600)
         self.assertError(await self.get(r["space"], f"?limit=2&from={q(first_token)}", token=self.alice), 400, "M_INVALID_PARAM")
 
+    async def test_remote_requests_per_page(self):
+        """A space of 12 remote children on 12 unreachable servers: the first page stops
+        after 10 requests with a next_batch, the next page asks the last 2 and ends;
+        a server that failed is not asked again in the same walk."""
+        self.alice = await self.register("alice")
+        space = await self.room(self.alice, "Big", creation_content={"type": "m.space"}, preset="public_chat")
+        for i in range(12):
+            await self.add_child(space, f"!r{i}:s{i}.test", via=[f"s{i}.test"], order=f"{i:02d}")
+        await self.add_child(space, "!again:s0.test", via=["s0.test"], order="99")
+        self.federation.answers += [FederationUnreachable("down")] * 12
+        code, page = await self.get(space, token=self.alice)
+        self.assertEqual((code, [x["name"] for x in page["rooms"]], len(self.federation.calls)), (200, ["Big"], 10))
+        code, rest = await self.get(space, f"?from={q(page['next_batch'])}", token=self.alice)
+        self.assertEqual((code, rest["rooms"], len(self.federation.calls)), (200, [], 12))
+        self.assertNotIn("next_batch", rest)
+        self.assertEqual({c[1] for c in self.federation.calls}, {f"s{i}.test" for i in range(12)})
+
     async def test_forbidden(self):
         """A root the user may not see (invite only, not a member), an unknown room and
         a blocked one are 403 M_FORBIDDEN; no access token is 401 M_MISSING_TOKEN."""

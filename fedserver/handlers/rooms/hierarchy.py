@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Optional
 from twisted.logger import Logger
 
 from fedserver.errors import forbidden, invalid_param, not_found
-from fedserver.federation.client import FederationClientError, fed_path
+from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
 from fedserver.federation.xmatrix import is_valid_server_name
 from fedserver.handlers.rooms.client_events import WORLD_READABLE, history_visibility
 
@@ -47,7 +47,10 @@ MAX_CHILDREN = 500
 TOKEN_LIFETIME_MS = 10 * 60 * 1000
 MAX_SESSIONS = 1000
 #: Seconds to wait for another server's hierarchy, and the largest answer taken.
-REMOTE_TIMEOUT_S = 20
+REMOTE_TIMEOUT_S = 10
+#: The most requests to other servers for one page: past it the page ends early (with
+#: ``next_batch``), so a space of many remote children cannot hold a request for long.
+MAX_REMOTE_REQUESTS_PER_PAGE = 10
 MAX_REMOTE_BYTES = 4 * 1024 * 1024
 
 #: The state read for a room's summary (room_summary.yaml); ``m.space.child`` comes apart.
@@ -179,7 +182,15 @@ class _Walk:
     seen: set[str] = field(default_factory=set)
     remote: dict[str, RoomNode] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
+    #: servers that failed during this walk (not asked again).
+    dead_servers: set[str] = field(default_factory=set)
     expires_ms: int = 0
+    #: requests to other servers left for the current page.
+    budget: int = MAX_REMOTE_REQUESTS_PER_PAGE
+
+
+class _OutOfBudget(Exception):
+    """The page made its share of requests to other servers."""
 
 
 def _clean_summary(raw: Any) -> Optional[dict[str, Any]]:
@@ -391,8 +402,11 @@ class SpaceHierarchy:
         for server in via:
             if tried >= MAX_VIA_TRIED:
                 break
-            if server == self._server_name or not is_valid_server_name(server):
+            if server == self._server_name or server in walk.dead_servers or not is_valid_server_name(server):
                 continue
+            if walk.budget <= 0:
+                raise _OutOfBudget()
+            walk.budget -= 1
             tried += 1
             try:
                 answer = await self._federation.get_json(
@@ -402,6 +416,8 @@ class SpaceHierarchy:
                 )
             except FederationClientError as e:
                 log.info("{server} did not describe {room_id}: {e}", server=server, room_id=room_id, e=e)
+                if not isinstance(e, HttpResponseError):
+                    walk.dead_servers.add(server)
                 continue
             if not isinstance(answer, dict):
                 continue
@@ -475,7 +491,7 @@ class SpaceHierarchy:
             # A copy: the same token may be asked again (a client retrying) for the same page.
             walk = _Walk(
                 kept.user_id, kept.root, kept.suggested_only, kept.max_depth, list(kept.stack), set(kept.seen),
-                dict(kept.remote), set(kept.unreachable),
+                dict(kept.remote), set(kept.unreachable), set(kept.dead_servers),
             )
             if (walk.user_id, walk.root, walk.suggested_only) != (user_id, room_id, suggested_only) or (
                 max_depth is not None and depth_limit != walk.max_depth
@@ -483,16 +499,22 @@ class SpaceHierarchy:
                 raise invalid_param("from", "suggested_only and max_depth cannot change during pagination")
         else:
             walk = _Walk(user_id, room_id, suggested_only, depth_limit, [(room_id, 0, [])])
-            root = await self._room(walk, room_id, [])
+            root = await self._room(walk, room_id, [])  # no via: never out of budget
             if root is None or not await self.user_may_see(user_id, root):
                 raise forbidden("You may not see this room, or it is unknown")
+        walk.budget = MAX_REMOTE_REQUESTS_PER_PAGE
         rooms: list[dict[str, Any]] = []
         while walk.stack and len(rooms) < limit and len(walk.seen) < MAX_ROOMS_WALKED:
-            current, depth, via = walk.stack.pop(0)
+            current, depth, via = walk.stack[0]
             if current in walk.seen:
+                walk.stack.pop(0)
                 continue
+            try:
+                node = await self._room(walk, current, via)
+            except _OutOfBudget:
+                break  # this room first on the next page
+            walk.stack.pop(0)
             walk.seen.add(current)
-            node = await self._room(walk, current, via)
             if node is None or not await self.user_may_see(user_id, node):
                 continue
             rooms.append(node.entry())
