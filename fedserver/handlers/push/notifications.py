@@ -92,6 +92,10 @@ class NotificationsHandler:
         return int(self._clock.seconds() * 1000)
 
     def _is_local(self, user_id: str) -> bool:
+        # Called several times per event and user: a remote id is told apart by its
+        # server part at once; only ids that look local get the full grammar check.
+        if type(user_id) is not str or user_id.partition(":")[2] != self._server_name:
+            return False
         return server_of(user_id) == self._server_name
 
     # -- evaluation ---------------------------------------------------------------------------
