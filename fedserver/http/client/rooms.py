@@ -197,14 +197,25 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     also under ``/r0/``). ``createRoom`` then defaults to the room version the API
     advertises in ``/capabilities``.
     """
-    rooms, membership, directory, sync = services.rooms, services.membership, services.directory, services.sync
+    rooms = services.rooms
     advertised = getattr(client_api, "default_room_version", None)
     if isinstance(advertised, str) and advertised in rooms.room_versions:
         rooms.default_room_version = rooms.room_versions.get(advertised)
-    authed = client_api.add_authed_route
-    public = client_api.add_public_route
+    _register_event_routes(client_api, rooms)
+    register_timeline_routes(client_api, services.timeline)
+    register_relations_routes(client_api, services.relations)
+    register_upgrade_routes(client_api, services.upgrades)
+    _register_membership_routes(client_api, services.membership)
+    _register_directory_routes(client_api, services.directory)
+    _register_sync_routes(client_api, services.sync)
 
-    # -- rooms and events -----------------------------------------------------------------
+
+def _register_event_routes(client_api: Any, rooms: RoomsHandler) -> None:
+    """Rooms and their events: client-server API "Rooms", "Creation" (``POST
+    /createRoom``), "Sending events to a room" (``PUT .../send``, ``PUT .../state``),
+    "Getting events for a room" (``GET .../state``), "Redactions" (``PUT .../redact``),
+    "Room membership" (``GET /joined_rooms``)."""
+    authed = client_api.add_authed_route
 
     async def create_room(request, requester):
         return await rooms.create_room(requester, _body(request, MAX_CREATE_ROOM_BODY))
@@ -240,11 +251,13 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("GET", "/v3/rooms/{room_id}/state/{event_type}", get_state_event)
     authed("PUT", "/v3/rooms/{room_id}/redact/{event_id}/{txn_id}", redact)
     authed("GET", "/v3/joined_rooms", joined_rooms)
-    register_timeline_routes(client_api, services.timeline)
-    register_relations_routes(client_api, services.relations)
-    register_upgrade_routes(client_api, services.upgrades)
 
-    # -- membership ------------------------------------------------------------------------
+
+def _register_membership_routes(client_api: Any, membership: MembershipHandler) -> None:
+    """Client-server API "Room membership": "Joining rooms" (``/join``, ``/invite``),
+    "Knocking on rooms" (``/knock``), "Leaving rooms" (``/leave``, ``/forget``,
+    ``/kick``), "Banning users in a room" (``/ban``, ``/unban``)."""
+    authed = client_api.add_authed_route
 
     async def join_any(request, requester, room_id_or_alias):
         body = _body(request, optional=True)
@@ -298,7 +311,13 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("POST", "/v3/knock/{room_id_or_alias}", knock)
     authed("POST", "/v3/rooms/{room_id}/forget", forget)
 
-    # -- directory -------------------------------------------------------------------------
+
+def _register_directory_routes(client_api: Any, directory: DirectoryHandler) -> None:
+    """Client-server API "Room aliases" (``/directory/room/{roomAlias}``,
+    ``/rooms/{roomId}/aliases``) and "Published room directory"
+    (``/directory/list/room/{roomId}``, ``/publicRooms``)."""
+    authed = client_api.add_authed_route
+    public = client_api.add_public_route
 
     async def put_alias(request, requester, room_alias):
         body = _body(request)
@@ -334,21 +353,9 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
         )
 
     async def post_public_rooms(request, requester):
-        body = _body(request, optional=True)
-        limit = body.get("limit")
-        if limit is not None and type(limit) is not int:
-            raise bad_json("limit must be an integer")
-        since = body.get("since")
-        if since is not None and not isinstance(since, str):
-            raise bad_json("since must be a string")
-        flt = body.get("filter") or {}
-        if not isinstance(flt, dict):
-            raise bad_json("filter must be an object")
-        term = flt.get("generic_search_term")
-        if term is not None and not isinstance(term, str):
-            raise bad_json("generic_search_term must be a string")
+        limit, since, term = _public_rooms_query(_body(request, optional=True))
         return await directory.public_rooms(
-            limit=limit, since=since, search_term=term or None, server=query_string(request, "server", None)
+            limit=limit, since=since, search_term=term, server=query_string(request, "server", None)
         )
 
     authed("PUT", "/v3/directory/room/{room_alias}", put_alias)
@@ -360,7 +367,31 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     public("GET", "/v3/publicRooms", get_public_rooms)
     authed("POST", "/v3/publicRooms", post_public_rooms)
 
-    # -- sync --------------------------------------------------------------------------------
+
+def _public_rooms_query(body: dict[str, Any]) -> tuple[Optional[int], Optional[str], Optional[str]]:
+    """``limit``, ``since`` and ``filter.generic_search_term`` of a ``POST /publicRooms``
+    body (``None`` for each one absent; an empty search term is none).
+
+    :raises MatrixError: 400 ``M_BAD_JSON`` for a field of the wrong type.
+    """
+    limit = body.get("limit")
+    if limit is not None and type(limit) is not int:
+        raise bad_json("limit must be an integer")
+    since = body.get("since")
+    if since is not None and not isinstance(since, str):
+        raise bad_json("since must be a string")
+    flt = body.get("filter") or {}
+    if not isinstance(flt, dict):
+        raise bad_json("filter must be an object")
+    term = flt.get("generic_search_term")
+    if term is not None and not isinstance(term, str):
+        raise bad_json("generic_search_term must be a string")
+    return limit, since, term or None
+
+
+def _register_sync_routes(client_api: Any, sync: SyncHandler) -> None:
+    """Client-server API "Syncing" (``GET /sync``); a client that goes away ends its
+    long-poll."""
 
     async def do_sync(request, requester):
         full_state = query_string(request, "full_state", "false")
@@ -384,4 +415,4 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
         except defer.CancelledError:
             return None  # nobody is listening any more
 
-    authed("GET", "/v3/sync", do_sync)
+    client_api.add_authed_route("GET", "/v3/sync", do_sync)
