@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypeGuard
 
 from fedserver.push.glob import MAX_PATTERN_LENGTH, glob_matches, glob_matches_words
 from fedserver.push.rules import LEGACY_MENTION_RULES, iter_rules
@@ -70,7 +70,7 @@ def _split_path(key: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _is_mapping(value: Any) -> bool:
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
     # Events are plain dicts (parsed JSON): check that first, the ABC check is slow.
     return type(value) is dict or isinstance(value, Mapping)
 

@@ -203,14 +203,25 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     also under ``/r0/``). ``createRoom`` then defaults to the room version the API
     advertises in ``/capabilities``.
     """
-    rooms, membership, directory, sync = services.rooms, services.membership, services.directory, services.sync
+    rooms = services.rooms
     advertised = getattr(client_api, "default_room_version", None)
     if isinstance(advertised, str) and advertised in rooms.room_versions:
         rooms.default_room_version = rooms.room_versions.get(advertised)
-    authed = client_api.add_authed_route
-    public = client_api.add_public_route
+    _register_event_routes(client_api, rooms)
+    register_timeline_routes(client_api, services.timeline)
+    register_relations_routes(client_api, services.relations)
+    register_upgrade_routes(client_api, services.upgrades)
+    _register_membership_routes(client_api, services.membership)
+    _register_directory_routes(client_api, services.directory)
+    _register_sync_routes(client_api, services.sync)
 
-    # -- rooms and events -----------------------------------------------------------------
+
+def _register_event_routes(client_api: Any, rooms: RoomsHandler) -> None:
+    """Rooms and their events: client-server API "Rooms", "Creation" (``POST
+    /createRoom``), "Sending events to a room" (``PUT .../send``, ``PUT .../state``),
+    "Getting events for a room" (``GET .../state``), "Redactions" (``PUT .../redact``),
+    "Room membership" (``GET /joined_rooms``)."""
+    authed = client_api.add_authed_route
 
     async def create_room(request, requester):
         return await rooms.create_room(requester, _body(request, MAX_CREATE_ROOM_BODY))
@@ -246,11 +257,13 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("GET", "/v3/rooms/{room_id}/state/{event_type}", get_state_event)
     authed("PUT", "/v3/rooms/{room_id}/redact/{event_id}/{txn_id}", redact)
     authed("GET", "/v3/joined_rooms", joined_rooms)
-    register_timeline_routes(client_api, services.timeline)
-    register_relations_routes(client_api, services.relations)
-    register_upgrade_routes(client_api, services.upgrades)
 
-    # -- membership ------------------------------------------------------------------------
+
+def _register_membership_routes(client_api: Any, membership: MembershipHandler) -> None:
+    """Client-server API "Room membership": "Joining rooms" (``/join``, ``/invite``),
+    "Knocking on rooms" (``/knock``), "Leaving rooms" (``/leave``, ``/forget``,
+    ``/kick``), "Banning users in a room" (``/ban``, ``/unban``)."""
+    authed = client_api.add_authed_route
 
     async def join_any(request, requester, room_id_or_alias):
         body = _body(request, optional=True)
@@ -304,7 +317,13 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("POST", "/v3/knock/{room_id_or_alias}", knock)
     authed("POST", "/v3/rooms/{room_id}/forget", forget)
 
-    # -- directory -------------------------------------------------------------------------
+
+def _register_directory_routes(client_api: Any, directory: DirectoryHandler) -> None:
+    """Client-server API "Room aliases" (``/directory/room/{roomAlias}``,
+    ``/rooms/{roomId}/aliases``) and "Published room directory"
+    (``/directory/list/room/{roomId}``, ``/publicRooms``)."""
+    authed = client_api.add_authed_route
+    public = client_api.add_public_route
 
     async def put_alias(request, requester, room_alias):
         body = _body(request)
@@ -340,7 +359,10 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("PUT", "/v3/directory/list/room/{room_id}", put_visibility)
     register_public_rooms_routes(client_api, directory)
 
-    # -- sync --------------------------------------------------------------------------------
+
+def _register_sync_routes(client_api: Any, sync: SyncHandler) -> None:
+    """Client-server API "Syncing" (``GET /sync``); a client that goes away ends its
+    long-poll."""
 
     async def do_sync(request, requester):
         full_state = query_string(request, "full_state", "false")
@@ -364,4 +386,4 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
         except defer.CancelledError:
             return None  # nobody is listening any more
 
-    authed("GET", "/v3/sync", do_sync)
+    client_api.add_authed_route("GET", "/v3/sync", do_sync)
