@@ -81,6 +81,10 @@ from fedserver.http.client.ephemeral import build_ephemeral_services, register_e
 from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.federation.public_rooms import register_public_rooms_routes
+from fedserver.http.federation.hierarchy import register_federation_hierarchy_routes
+from fedserver.http.client.hierarchy import register_hierarchy_routes
+from fedserver.handlers.rooms.hierarchy import SpaceHierarchy
 from fedserver.http.client.deactivate import register_deactivation_routes
 from fedserver.handlers.client.deactivate import AccountDeactivation
 from fedserver.http.push_gateway import PushGatewayClient
@@ -660,7 +664,7 @@ class FedserverService(service.MultiService):
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
             remote_alias_query=self._query_remote_alias, backfill=self.backfill,
-            is_room_blocked=self.room_blocks.is_blocked,
+            is_room_blocked=self.room_blocks.is_blocked, federation_client=self.federation_client,
         )
         await self.rooms.startup()
         # Account data written wakes the user's waiting /sync (it is in the next answer),
@@ -676,9 +680,16 @@ class FedserverService(service.MultiService):
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
+        register_public_rooms_routes(self.federation_resource, self.rooms.directory, denied_rooms=self.acls.denied_rooms)
+        self.hierarchy = SpaceHierarchy(
+            store, name, reactor, federation_client=self.federation_client,
+            is_room_blocked=self.room_blocks.is_blocked, acl_allows=self.acls.is_allowed,
+        )
+        register_federation_hierarchy_routes(self.federation_resource, self.hierarchy)
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        register_hierarchy_routes(self.client_api, self.hierarchy)
         # Account deactivation (POST /account/deactivate; the admin API shares the routine).
         self.deactivation = AccountDeactivation(store, self.rooms.membership, self.accounts.accounts.check_password_uia)
         self.deactivation.on_deactivated.append(self.rooms.ignored.invalidate)  # erase drops account data

@@ -21,6 +21,7 @@ from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.rooms.upgrade import RoomUpgradeHandler
 from fedserver.handlers.client.ignored_users import IgnoredUsers
 from fedserver.handlers.client.sync import PartialStateSection, SyncHandler
+from fedserver.http.client.public_rooms import register_public_rooms_routes
 from fedserver.http.client.relations import register_relations_routes
 from fedserver.http.client.timeline import register_timeline_routes
 from fedserver.http.client.upgrade import register_upgrade_routes
@@ -102,6 +103,7 @@ def build_room_services(
     remote_alias_query: Optional[Callable[[str, str], Any]] = None,
     is_room_blocked: Optional[Callable[[str], bool]] = None,
     backfill: Any = None,
+    federation_client: Any = None,
 ) -> RoomServices:
     """Build the room handlers on ``store`` and attach them to ``pipeline.on_persisted``
     (the notifier that wakes /sync, and the redaction indexer).
@@ -118,6 +120,7 @@ def build_room_services(
         :class:`~fedserver.handlers.rooms.membership.MembershipHandler`).
     :param backfill: a :class:`~fedserver.handlers.federation.backfill.BackfillHandler`
         to fetch history from other servers for /messages (``None``: only what we hold).
+    :param federation_client: lists other servers' public rooms (``None``: not listed).
     """
     versions = room_versions if room_versions is not None else RoomVersionRegistry()
     if isinstance(default_room_version, str):
@@ -126,7 +129,10 @@ def build_room_services(
     events = RoomEvents(store, creator, pipeline, server_name, signing_key)
     source = ClientEventSource(store, clock)
     ignored = source.ignored = IgnoredUsers(store)
-    directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
+    directory = DirectoryHandler(
+        store, server_name, remote_query=remote_alias_query, federation_client=federation_client,
+        is_room_blocked=is_room_blocked,
+    )
     membership = MembershipHandler(events, directory, remote=remote, notifier=notifier, is_room_blocked=is_room_blocked)
     rooms = RoomsHandler(
         events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
@@ -345,48 +351,13 @@ def _register_directory_routes(client_api: Any, directory: DirectoryHandler) -> 
         await directory.set_visibility(requester.user_id, room_id, body.get("visibility", "public"))
         return {}
 
-    async def get_public_rooms(request):
-        return await directory.public_rooms(
-            limit=query_int(request, "limit", None, minimum=0, maximum=10_000),
-            since=query_string(request, "since", None),
-            server=query_string(request, "server", None),
-        )
-
-    async def post_public_rooms(request, requester):
-        limit, since, term = _public_rooms_query(_body(request, optional=True))
-        return await directory.public_rooms(
-            limit=limit, since=since, search_term=term, server=query_string(request, "server", None)
-        )
-
     authed("PUT", "/v3/directory/room/{room_alias}", put_alias)
     public("GET", "/v3/directory/room/{room_alias}", get_alias)
     authed("DELETE", "/v3/directory/room/{room_alias}", delete_alias)
     authed("GET", "/v3/rooms/{room_id}/aliases", room_aliases)
     public("GET", "/v3/directory/list/room/{room_id}", get_visibility)
     authed("PUT", "/v3/directory/list/room/{room_id}", put_visibility)
-    public("GET", "/v3/publicRooms", get_public_rooms)
-    authed("POST", "/v3/publicRooms", post_public_rooms)
-
-
-def _public_rooms_query(body: dict[str, Any]) -> tuple[Optional[int], Optional[str], Optional[str]]:
-    """``limit``, ``since`` and ``filter.generic_search_term`` of a ``POST /publicRooms``
-    body (``None`` for each one absent; an empty search term is none).
-
-    :raises MatrixError: 400 ``M_BAD_JSON`` for a field of the wrong type.
-    """
-    limit = body.get("limit")
-    if limit is not None and type(limit) is not int:
-        raise bad_json("limit must be an integer")
-    since = body.get("since")
-    if since is not None and not isinstance(since, str):
-        raise bad_json("since must be a string")
-    flt = body.get("filter") or {}
-    if not isinstance(flt, dict):
-        raise bad_json("filter must be an object")
-    term = flt.get("generic_search_term")
-    if term is not None and not isinstance(term, str):
-        raise bad_json("generic_search_term must be a string")
-    return limit, since, term or None
+    register_public_rooms_routes(client_api, directory)
 
 
 def _register_sync_routes(client_api: Any, sync: SyncHandler) -> None:
