@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 from twisted.application import service
@@ -112,6 +112,13 @@ from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.plugin_view import PluginStoreView
 from fedserver.storage.server_lock import ServerLock, ServerLockError, acquire_server_lock
 from fedserver.storage.sqlite import open_store
+
+if TYPE_CHECKING:  # the components' types, for readers and the type checker (no import cost)
+    from fedserver.federation.client import FederationClient
+    from fedserver.http.client.ephemeral import EphemeralServices
+    from fedserver.http.client.push import PushServices
+    from fedserver.storage.sqlite import SQLiteStore
+
 
 log = Logger()
 
@@ -418,23 +425,23 @@ class FedserverService(service.MultiService):
             )
             self.metrics_listener.setServiceParent(self)
 
-        self.store: Any = None
-        self.federation_client: Any = None
-        self.keyring: Any = None
-        self.notary: Any = None
-        self.authenticator: Any = None
-        self.acls: Any = None
-        self.ingest: Any = None
-        self.transactions: Any = None
-        self.sender: Any = None
-        self.profiles: Any = None
-        self.federation_resource: Any = None
-        self.ephemeral: Any = None
-        self.push: Any = None
-        self.push_gateway: Any = None
+        self.store: SQLiteStore | None = None
+        self.federation_client: FederationClient | None = None
+        self.keyring: Keyring | None = None
+        self.notary: NotaryService | None = None
+        self.authenticator: XMatrixAuthenticator | None = None
+        self.acls: ServerAcls | None = None
+        self.ingest: Ingest | None = None
+        self.transactions: TransactionHandler | None = None
+        self.sender: FederationSender | None = None
+        self.profiles: ProfileHandler | None = None
+        self.federation_resource: FederationResource | None = None
+        self.ephemeral: EphemeralServices | None = None
+        self.push: PushServices | None = None
+        self.push_gateway: PushGatewayClient | None = None
         self.well_known_resources: dict[str, Any] = {}
-        self.user_directory: Any = None
-        self.deactivation: Any = None
+        self.user_directory: UserDirectoryHandler | None = None
+        self.deactivation: AccountDeactivation | None = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
