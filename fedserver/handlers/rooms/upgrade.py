@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, unsupported_room_version
 from fedserver.handlers.rooms.directory import current_power
 from fedserver.handlers.rooms.membership import valid_user_id
+from fedserver.handlers.rooms.new_room import RoomDraft
 from fedserver.room_versions import RoomVersionRegistry, UnknownRoomVersion
 from fedserver.handlers.requester import Requester
 
@@ -143,16 +144,25 @@ class RoomUpgradeHandler:
         """The spec's server behaviour steps 1-6 (see the module comment), in order."""
         power = await self._check_may_upgrade(user_id, room_id)  # 1.
         old = await _OldState.load(self.store, room_id)
-        # 2. The replacement room, and the upgrader's join so that the rest can be sent.
+        # 2. The replacement room, and the upgrader's join so that the rest can be sent;
+        # 3. its transferred state. Built in memory and taken in all at once, as createRoom
+        # does (RoomDraft): a refusal or a storage fault half way leaves no half-made
+        # replacement room, and the old room untouched.
         content = await self._replacement_create_content(user_id, room_id, new_rv, extra_creators, old)
-        create = await self.events.create_room(new_rv, user_id, content)
-        new_room = create.room_id
+        draft = await RoomDraft.start(self.events, new_rv, user_id, content)
+        new_room = draft.room_id
         log.info("Upgrading {old} to {new} (version {v}) for {user}", old=room_id, new=new_room, v=new_rv.identifier, user=user_id)
-        send = self._sender(user_id, room_id, new_room)
+
+        async def add(event_type: str, body: Mapping[str, Any], state_key: str = "", room: str = new_room) -> bool:
+            await draft.add(event_type, user_id, body, state_key)
+            return True
+
         join = dict(await self.membership.member_profile(user_id))
         join["membership"] = "join"
-        await send("m.room.member", join, user_id)
-        await self._replicate_state(user_id, new_rv, power.user_level(user_id), content, old, send)  # 3.
+        await add("m.room.member", join, user_id)
+        await self._replicate_state(user_id, new_rv, power.user_level(user_id), content, old, add)  # 3.
+        await draft.commit()
+        send = self._sender(user_id, room_id, new_room)
         # 4. Local aliases, the canonical alias and the directory entry move.
         await self._move_aliases(room_id, new_room, old.current("m.room.canonical_alias"), send)
         # Invites so that the members of a room that is not public can follow.
