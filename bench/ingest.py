@@ -1,9 +1,12 @@
 """Benchmark: inbound /send transactions into a room with 1,000 members, fedserver and a real Synapse side by side.
 
 Run as ``python bench/ingest.py [--members 1000] [--pdus 10000] [--synapse-pdus 2000]
-[--runs 3] [--version 10]`` from the repository root, with ``FEDSERVER_SYNAPSE_PYTHON``
-naming a Python that has matrix-synapse (without it only fedserver is measured, and the
-output says so). Not a test: it prints figures, every one measured in this run.
+[--runs 3] [--version 10] [--backend sqlite|postgresql|both] [--postgres URL]`` from the
+repository root, with ``FEDSERVER_SYNAPSE_PYTHON`` naming a Python that has matrix-synapse
+(without it only fedserver is measured, and the output says so). fedserver is measured on
+SQLite and on PostgreSQL (a throwaway local cluster with PostgreSQL's default durability,
+unless ``--postgres`` names a server) in the same run by default. Not a test: it prints
+figures, every one measured in this run.
 
 1. Setup, in this process: a resident fedserver database with a public room of
    ``--members`` joined members of its own.
@@ -42,7 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, reactor, task  # noqa: E402
 
-from bench._common import cpu_seconds, load_line, now_ms, populated_room, rss, with_service  # noqa: E402
+from bench._common import (  # noqa: E402
+    Databases, add_backend_arguments, cpu_seconds, load_line, now_ms, populated_room, rss, with_service,
+)
 from fedserver.auth.selection import select_auth_events  # noqa: E402
 from fedserver.crypto import load_or_generate_signing_key  # noqa: E402
 from fedserver.events.builder import build_event  # noqa: E402
@@ -89,7 +94,13 @@ def make_pdus(rv, room: str, state: dict, prev: str, depth: int, server: str, ke
     return out
 
 
-def count_visible(kind: str, db_path: str, room: str, tag: str) -> int:
+def count_visible(kind: str, db_path: str, room: str, tag: str, dbs: Databases | None = None,
+                  options: dict | None = None) -> int:
+    """Messages of this run (``tag``) stored as accepted in the receiver's database."""
+    if kind == "fedserver-pg":
+        return dbs.query(options, "SELECT COUNT(*) FROM events WHERE room_id = ? AND type = 'm.room.message'"
+                                  " AND outlier = 0 AND rejected = 0 AND soft_failed = 0"
+                                  " AND convert_from(json, 'UTF8') LIKE ?", (room, f'%"{tag} message %'))[0][0]
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         if kind == "fedserver":
@@ -147,7 +158,15 @@ def tenth_rates(marks: list[float]) -> tuple[float, float]:
 
 
 async def run(args) -> None:
+    with Databases(args) as dbs:
+        await run_with(args, dbs)
+
+
+async def run_with(args, dbs: Databases) -> None:
     base = tempfile.mkdtemp(prefix="fedserver-bench-ingest-")
+    kinds = [{"sqlite": "fedserver", "postgresql": "fedserver-pg"}[b] for b in dbs.backends] + ["synapse"]
+    for b in dbs.backends:
+        print(f"fedserver{'' if b == 'sqlite' else '-pg'}: {dbs.describe(b)}")
     resident = Fedserver(os.path.join(base, "resident"), extra_config={"log_level": "warn", "serve_partial_state": False})
     os.makedirs(resident.directory, exist_ok=True)
     t0 = time.perf_counter()
@@ -167,13 +186,19 @@ async def run(args) -> None:
     try:
         n = 0
         for r in range(args.runs):
-            for kind in ("fedserver", "synapse"):
-                if (kind == "synapse" and not synapse_ok) or kind not in args.only:
+            for kind in kinds:
+                if (kind == "synapse" and not synapse_ok) or kind.split("-")[0] not in args.only:
                     continue
                 n += 1
-                if kind == "fedserver":
-                    receiver = Fedserver(os.path.join(base, f"recv-{n}"), extra_config={
-                        "log_level": "warn", "partial_state_joins": False})
+                options = None
+                if kind.startswith("fedserver"):
+                    directory = os.path.join(base, f"recv-{n}")
+                    if kind == "fedserver-pg":
+                        os.makedirs(directory, exist_ok=True)
+                        options = dbs.options("postgresql", directory)
+                        options.pop("database_path", None)
+                    receiver = Fedserver(directory, extra_config={
+                        "log_level": "warn", "partial_state_joins": False, **(options or {})})
                     receiver.start()
                     user = receiver.user("bob")
                     db_path = os.path.join(receiver.directory, "fedserver.db")
@@ -196,7 +221,7 @@ async def run(args) -> None:
                     total, marks, accepted, errors = await send_all(
                         client, receiver.server_name, resident.server_name, pdus, kind, db_path, room, tag)
                     cpu = cpu_seconds(receiver.proc.pid) - cpu0
-                    visible = count_visible(kind, db_path, room, tag)
+                    visible = count_visible(kind, db_path, room, tag, dbs, options)
                     first, last = tenth_rates(marks)
                     res = {"rate": visible / total if total == total else 0.0, "visible": visible, "sent": count,
                            "accepted": accepted, "first": first, "last": last, "cpu": cpu,
@@ -215,20 +240,21 @@ async def run(args) -> None:
     print()
     print(f"{args.members + 1:,}-member room, {PER_TXN}-PDU transactions, medians of {args.runs} alternating runs; "
           f"{load_line()}")
-    print(f"{'receiver':<11}{'PDUs':>8}{'visible':>9}{'PDU/s':>9}{'1st tenth':>11}{'last tenth':>12}{'last/1st':>10}"
+    print(f"{'receiver':<13}{'PDUs':>8}{'visible':>9}{'PDU/s':>9}{'1st tenth':>11}{'last tenth':>12}{'last/1st':>10}"
           f"{'PDU/CPU-s':>11}{'peak RSS':>10}")
     med = {}
-    for kind in ("fedserver", "synapse"):
+    for kind in kinds:
         rows = results.get(kind)
         if not rows:
             continue
         m = {k: statistics.median(r[k] for r in rows) for k in ("rate", "first", "last", "cpu", "peak", "visible")}
         med[kind] = m
-        print(f"{kind:<11}{rows[0]['sent']:>8,}{m['visible']:>9,.0f}{m['rate']:>9,.0f}{m['first']:>11,.0f}"
+        print(f"{kind:<13}{rows[0]['sent']:>8,}{m['visible']:>9,.0f}{m['rate']:>9,.0f}{m['first']:>11,.0f}"
               f"{m['last']:>12,.0f}{m['last'] / m['first'] - 1:>+10.1%}{m['visible'] / max(m['cpu'], 1e-9):>11,.0f}"
               f"{m['peak'] / 2**20:>8.0f}MB")
-    if "fedserver" in med and "synapse" in med:
-        print(f"fedserver/Synapse: {med['fedserver']['rate'] / med['synapse']['rate']:.0f}x the rate")
+    for kind in kinds[:-1]:
+        if kind in med and "synapse" in med:
+            print(f"{kind}/Synapse: {med[kind]['rate'] / med['synapse']['rate']:.0f}x the rate")
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
 
 
@@ -242,6 +268,7 @@ def main() -> None:
     parser.add_argument("--only", default="fedserver,synapse", type=lambda s: s.split(","),
                         help="receivers to measure (default both)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' files (for debugging)")
+    add_backend_arguments(parser)
     args = parser.parse_args()
     task.react(lambda _r: defer.ensureDeferred(run(args)))
 

@@ -143,7 +143,7 @@ def storage_unavailable(kind: str) -> MatrixError:
         "full": "its disk is full",
         "read-only": "it is read-only",
         "io": "of an I/O error",
-        "locked": "it is locked by another process",
+        "locked": "it is busy (a lock held elsewhere, a conflict or a cancelled statement)",
         "corrupt": "it is damaged",
         "closed": "the server is stopping",
     }.get(kind, "it is unavailable")

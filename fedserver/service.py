@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 from twisted.application import service
@@ -81,6 +81,10 @@ from fedserver.http.client.ephemeral import build_ephemeral_services, register_e
 from fedserver.http.client.push import build_push_services, register_push_routes
 from fedserver.http.client.rooms import build_room_services, register_room_routes
 from fedserver.http.client.user_data import register_tag_routes, register_user_directory_routes
+from fedserver.http.federation.public_rooms import register_public_rooms_routes
+from fedserver.http.federation.hierarchy import register_federation_hierarchy_routes
+from fedserver.http.client.hierarchy import register_hierarchy_routes
+from fedserver.handlers.rooms.hierarchy import SpaceHierarchy
 from fedserver.http.client.deactivate import register_deactivation_routes
 from fedserver.handlers.client.deactivate import AccountDeactivation
 from fedserver.http.push_gateway import PushGatewayClient
@@ -103,7 +107,16 @@ from fedserver.http.site import StartingResource, build_client_root, build_feder
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
 from fedserver.storage.interface import StorageUnavailableError
+from fedserver.storage.plugin_view import PluginStoreView
+from fedserver.storage.server_lock import ServerLock, ServerLockError, acquire_server_lock
 from fedserver.storage.sqlite import open_store
+
+if TYPE_CHECKING:  # the components' types, for readers and the type checker (no import cost)
+    from fedserver.federation.client import FederationClient
+    from fedserver.http.client.ephemeral import EphemeralServices
+    from fedserver.http.client.push import PushServices
+    from fedserver.storage.sqlite import SQLiteStore
+
 
 log = Logger()
 
@@ -415,26 +428,27 @@ class FedserverService(service.MultiService):
             )
             self.metrics_listener.setServiceParent(self)
 
-        self.store: Any = None
-        self.federation_client: Any = None
-        self.keyring: Any = None
-        self.notary: Any = None
-        self.authenticator: Any = None
-        self.acls: Any = None
-        self.ingest: Any = None
-        self.transactions: Any = None
-        self.sender: Any = None
-        self.profiles: Any = None
-        self.federation_resource: Any = None
-        self.ephemeral: Any = None
-        self.push: Any = None
-        self.push_gateway: Any = None
+        self.store: SQLiteStore | None = None
+        self.federation_client: FederationClient | None = None
+        self.keyring: Keyring | None = None
+        self.notary: NotaryService | None = None
+        self.authenticator: XMatrixAuthenticator | None = None
+        self.acls: ServerAcls | None = None
+        self.ingest: Ingest | None = None
+        self.transactions: TransactionHandler | None = None
+        self.sender: FederationSender | None = None
+        self.profiles: ProfileHandler | None = None
+        self.federation_resource: FederationResource | None = None
+        self.ephemeral: EphemeralServices | None = None
+        self.push: PushServices | None = None
+        self.push_gateway: PushGatewayClient | None = None
         self.well_known_resources: dict[str, Any] = {}
-        self.user_directory: Any = None
-        self.deactivation: Any = None
+        self.user_directory: UserDirectoryHandler | None = None
+        self.deactivation: AccountDeactivation | None = None
         self._prune_loop: LoopingCall | None = None
         self._dns: _SystemDnsResolver | None = None
         self._ready_result: Any = None
+        self._server_lock: ServerLock | None = None
         self._ready_waiters: list[defer.Deferred] = []
 
     def setServiceParent(self, parent: Any) -> None:
@@ -479,13 +493,15 @@ class FedserverService(service.MultiService):
         d.addCallbacks(self._started, self._start_failed)
 
     async def _finish_start(self) -> None:
+        # One server per database: a second one refuses to start (see server_lock).
+        self._server_lock = await acquire_server_lock(self.config.store_target(), self.reactor)
         self.store = await open_store(self.config.store_target(), self.reactor, registry=self.room_versions)
         self._wire_federation(self.store)
         await self._wire_rooms(self.store)
         # Plugins that need the running server (e.g. a policy server client) set up now.
         self.plugin_manager.hook.fedserver_on_start(
             reactor=self.reactor, server_name=self.config.server_name,
-            federation_client=self.federation_client, store=self.store,
+            federation_client=self.federation_client, store=PluginStoreView(self.store),
             plugin_manager=self.plugin_manager, plugin_config=self.config.plugin_config,
         )
         self.engine.reload_hooks()
@@ -660,7 +676,7 @@ class FedserverService(service.MultiService):
             signing_key=self.signing_key, clock=reactor, room_versions=self.room_versions,
             default_room_version=config.default_room_version, remote=self.remote_membership,
             remote_alias_query=self._query_remote_alias, backfill=self.backfill,
-            is_room_blocked=self.room_blocks.is_blocked,
+            is_room_blocked=self.room_blocks.is_blocked, federation_client=self.federation_client,
         )
         await self.rooms.startup()
         # Account data written wakes the user's waiting /sync (it is in the next answer),
@@ -676,9 +692,16 @@ class FedserverService(service.MultiService):
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
+        register_public_rooms_routes(self.federation_resource, self.rooms.directory, denied_rooms=self.acls.denied_rooms)
+        self.hierarchy = SpaceHierarchy(
+            store, name, reactor, federation_client=self.federation_client,
+            is_room_blocked=self.room_blocks.is_blocked, acl_allows=self.acls.is_allowed,
+        )
+        register_federation_hierarchy_routes(self.federation_resource, self.hierarchy)
         self.client_api = build_client_api(services=self.accounts, room_versions=self.room_versions,
                                            default_room_version=config.default_room_version)
         register_room_routes(self.client_api, self.rooms)
+        register_hierarchy_routes(self.client_api, self.hierarchy)
         # Account deactivation (POST /account/deactivate; the admin API shares the routine).
         self.deactivation = AccountDeactivation(store, self.rooms.membership, self.accounts.accounts.check_password_uia)
         self.deactivation.on_deactivated.append(self.rooms.ignored.invalidate)  # erase drops account data
@@ -886,10 +909,20 @@ class FedserverService(service.MultiService):
         self._set_ready(self)
 
     def _start_failed(self, failure: Failure) -> None:
-        log.failure("fedserver failed to start", failure=failure, level=LogLevel.critical)
+        if failure.check(ServerLockError):
+            log.critical("fedserver failed to start: {reason}", reason=str(failure.value))
+        else:
+            log.failure("fedserver failed to start", failure=failure, level=LogLevel.critical)
+        if self.store is None:
+            self._release_server_lock()
         if self._on_fatal is not None:
             self._on_fatal(failure)
         self._set_ready(failure)
+
+    def _release_server_lock(self) -> None:
+        lock, self._server_lock = self._server_lock, None
+        if lock is not None:
+            lock.release()
 
     def stopService(self) -> defer.Deferred:
         """Stop the sender first (what it was sending stays queued), then listening, the
@@ -942,6 +975,7 @@ class FedserverService(service.MultiService):
         close = getattr(store, "close", None)
         if close is not None:
             steps.append(("the store", close))
+        steps.append(("the server lock", self._release_server_lock))
 
         d: defer.Deferred = defer.succeed(None)
         for name, step in steps:

@@ -143,6 +143,9 @@ class TwoServersRoomsTests(TestCase):
             member = await b.user(f"m{i}")
             await b.rooms.membership.join(member.user_id, room)
         await c.rooms.membership.join(carl.user_id, room, server_names=[b.name])
+        # C joined with partial state (the default) and serves no make_join until its
+        # resync is done (it answers 404 meanwhile): wait for that.
+        await c.svc.pipeline.wait_full_state(room)
         honest = c.svc.handshakes._join_response
 
         async def partial(room_id, event, pdu, hosts, hosts_before):

@@ -114,3 +114,44 @@ class UpgradeTests(RoomsTestCase):
         await self.assertMatrixError(
             self.upgrades.upgrade(alice, room, {"new_version": "12", "additional_creators": ["nope"]}), 400, "M_INVALID_PARAM")
         await self.assertMatrixError(self.upgrades.upgrade(alice, "!unknown:here.test", {"new_version": "12"}), 403, "M_FORBIDDEN")
+
+    async def test_storage_fault_mid_replacement_leaves_old_room_untouched(self):
+        """The replacement room's first events (create, join, power levels, transferred
+        state) are taken in all at once: an I/O error while they are written fails the
+        upgrade with the fault, stores nothing of a new room, and leaves the old room as
+        it was (no tombstone, its power levels and aliases unchanged); once the fault is
+        over the same request upgrades it."""
+        from typing import Any
+
+        from fedserver.storage.interface import StorageUnavailableError
+        from fedserver.testing import io_fault
+
+        alice = await self.user("alice", admin=True)
+        old = await self.create(alice, preset="public_chat", room_version="10", name="Old", room_alias_name="hall")
+        before_state = await self.store.get_current_state_ids(old)
+        rooms_before = set(await self.store.presence.get_joined_rooms(alice.user_id))
+        real = self.store.persist_events_txn
+        faults = []
+
+        def failing(txn: Any, batch: Any, received_txn: Any = None) -> Any:
+            out = real(txn, batch, received_txn)
+            if any(entry.event.type == "m.room.create" for entry in batch):
+                faults.append([entry.event.type for entry in batch])
+                raise io_fault(self.store.database)
+            return out
+
+        self.patch(self.store, "persist_events_txn", failing)
+        with self.assertRaises(StorageUnavailableError):
+            await self.upgrades.upgrade(alice, old, {"new_version": "11"})
+        # One transaction held the create event, the join and the transferred state.
+        self.assertEqual(len(faults), 1)
+        self.assertEqual(faults[0][:2], ["m.room.create", "m.room.member"])
+        self.assertIn("m.room.name", faults[0])
+        self.assertEqual(await self.store.get_current_state_ids(old), before_state)
+        self.assertEqual(set(await self.store.presence.get_joined_rooms(alice.user_id)), rooms_before)
+        self.assertEqual((await self.directory.resolve_alias("#hall:here.test"))["room_id"], old)
+
+        self.patch(self.store, "persist_events_txn", real)
+        new = (await self.upgrades.upgrade(alice, old, {"new_version": "11"}))["replacement_room"]
+        self.assertEqual(await self.state_content(new, "m.room.name"), {"name": "Old"})
+        self.assertEqual((await self.state_content(old, "m.room.tombstone"))["replacement_room"], new)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fedserver.auth.verdict import Deny, SoftFail
     from fedserver.events.model import Event
     from fedserver.room_versions import RoomVersion
+    from fedserver.storage.plugin_view import PluginStoreView
 
 #: The project name shared by the markers, the plugin manager and the entry-point group.
 PROJECT = "fedserver"
@@ -425,7 +426,7 @@ def fedserver_on_start(
     reactor: Any,
     server_name: str,
     federation_client: Any,
-    store: Any,
+    store: PluginStoreView,
     plugin_manager: pluggy.PluginManager,
     plugin_config: Mapping[str, Mapping[str, Any]],
 ) -> None:
@@ -443,7 +444,8 @@ def fedserver_on_start(
     :param federation_client: the
         :class:`~fedserver.federation.client.FederationClient` (requests signed with
         X-Matrix as our server).
-    :param store: the :class:`~fedserver.storage.interface.Store`.
+    :param store: a :class:`~fedserver.storage.plugin_view.PluginStoreView`: read-only
+        access to rooms' events, current state and members (never the whole store).
     :param plugin_manager: this server's plugin manager.
     :param plugin_config: each plugin's options from the configuration, by plugin name
         (``{}`` for a plugin without any).

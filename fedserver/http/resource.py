@@ -260,6 +260,19 @@ def query_string(request: IRequest, name: str, default: Any = _MISSING) -> str:
         raise invalid_param(name, f"Query parameter {name} is not UTF-8") from None
 
 
+def query_bool(request: IRequest, name: str) -> bool:
+    """The boolean query parameter ``name``: ``true`` or ``false`` (absent: false).
+
+    :raises MatrixError: 400 ``M_INVALID_PARAM`` for any other value.
+    """
+    value = query_string(request, name, None)
+    if value is None:
+        return False
+    if value not in ("true", "false"):
+        raise invalid_param(name, f"Query parameter {name} must be true or false")
+    return value == "true"
+
+
 def query_strings(request: IRequest, name: str) -> list[str]:
     """Return every value of a repeated query parameter (e.g. ``ver`` on make_join).
 

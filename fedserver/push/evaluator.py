@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypeGuard
 
 from fedserver.push.glob import MAX_PATTERN_LENGTH, glob_matches, glob_matches_words
 from fedserver.push.rules import LEGACY_MENTION_RULES, iter_rules
@@ -41,6 +42,15 @@ def split_path(key: str) -> list[str]:
     """Spec appendix "Dot-separated property paths": ``content.m\\.relates_to`` is
     ``["content", "m.relates_to"]``; ``\\\\`` is a literal backslash, other escapes are
     kept as written."""
+    return list(_split_path(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_path(key: str) -> tuple[str, ...]:
+    # Rules name a few paths over and over (every event is checked against every rule):
+    # each is split once. Keys are bounded by the rules' size limits.
+    if "\\" not in key:
+        return tuple(key.split("."))
     parts: list[str] = []
     buf: list[str] = []
     i = 0
@@ -57,14 +67,19 @@ def split_path(key: str) -> list[str]:
             buf.append(c)
         i += 1
     parts.append("".join(buf))
-    return parts
+    return tuple(parts)
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    # Events are plain dicts (parsed JSON): check that first, the ABC check is slow.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def lookup(event: Mapping[str, Any], key: str) -> Any:
     """The value at a dot-separated path of the event, or a sentinel if absent."""
     value: Any = event
-    for part in split_path(key):
-        if not isinstance(value, Mapping) or part not in value:
+    for part in _split_path(key):
+        if not _is_mapping(value) or part not in value:
             return _ABSENT
         value = value[part]
     return value
@@ -153,7 +168,7 @@ def rule_matches(kind: str, rule: Mapping[str, Any], event: Mapping[str, Any], c
         return False
     if rule.get("rule_id") in LEGACY_MENTION_RULES:
         content = event.get("content")
-        if isinstance(content, Mapping) and "m.mentions" in content:
+        if _is_mapping(content) and "m.mentions" in content:
             return False
     if kind == "content":
         pattern = rule.get("pattern")
@@ -164,7 +179,7 @@ def rule_matches(kind: str, rule: Mapping[str, Any], event: Mapping[str, Any], c
     if kind == "sender":
         return event.get("sender") == rule.get("rule_id")
     conditions = rule.get("conditions") or []
-    return all(isinstance(c, Mapping) and condition_matches(c, event, ctx) for c in conditions)
+    return all(_is_mapping(c) and condition_matches(c, event, ctx) for c in conditions)
 
 
 def evaluate(ruleset: Mapping[str, list[dict[str, Any]]], event: Mapping[str, Any], ctx: PushContext) -> Optional[list[Any]]:

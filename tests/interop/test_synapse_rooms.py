@@ -62,6 +62,30 @@ def peers() -> tuple["Peer", "Peer"]:
     return _peers["synapse"], _peers["fedserver"]
 
 
+
+def _run_on_own_loop(make: Any) -> Any:
+    """Run the coroutine ``make()`` to its end on an asyncio loop of its own, in a new
+    thread: this thread may have a loop marked as running already (Playwright's
+    synchronous API does while the browser tests' shared Chromium is up), and
+    ``asyncio.run`` refuses to start inside one."""
+    import asyncio
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(make())
+        except BaseException as e:  # handed to the test's thread, raised there
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="matrix-nio", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
 class Peer:
     """One of the two servers, seen only through its client-server API."""
 
@@ -577,7 +601,7 @@ class Scenarios:
                 await client.close()
             return out
 
-        out = asyncio.run(asyncio.wait_for(scenario(), 120))
+        out = _run_on_own_loop(lambda: asyncio.wait_for(scenario(), 120))
         self.assertEqual(out["joined"], room)
         self.assertIn("hi nio", out["got"])
         self.assertEqual(out["members"], sorted([s, n]))

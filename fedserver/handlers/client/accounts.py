@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from fedserver.handlers.requester import Requester  # noqa: F401 - re-exported
 from fedserver.config import split_server_name
 from fedserver.errors import (
     M_FORBIDDEN,
@@ -189,21 +190,7 @@ class PasswordHasher:
 # -- who is calling ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Requester:
-    """The authenticated user behind a client request.
-
-    :ivar user_id: the user.
-    :ivar device_id: the device the access token belongs to (``None`` for a token without
-        one).
-    :ivar access_token_id: identifies the token (for logout), never the token itself.
-    :ivar is_guest: whether this is a guest account.
-    """
-
-    user_id: str
-    device_id: Optional[str]
-    access_token_id: int
-    is_guest: bool = False
+# Requester lives in fedserver.handlers.requester (imported above; re-exported here).
 
 
 def unknown_token(error: str = "Unknown access token") -> MatrixError:

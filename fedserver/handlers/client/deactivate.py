@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from fedserver.errors import MatrixError, bad_json
 from fedserver.storage.interface import StorageUnavailableError
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -56,7 +57,7 @@ class AccountDeactivation:
         #: callables ``(user_id)`` run once the account is shut (before rooms are left).
         self.on_deactivated: list[Callable[[str], Any]] = []
 
-    async def request(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def request(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /account/deactivate`` for the requester's own account.
 
         :raises InteractiveAuthRequired: until the current password is given.

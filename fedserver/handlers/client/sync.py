@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -29,6 +30,7 @@ from fedserver.handlers.rooms.lazy_members import SentMembers, member_keys, pick
 from fedserver.handlers.rooms.rooms import EventFilter, topo_token
 from fedserver.errors import invalid_param
 from fedserver.storage.rooms_store import Membership, Timeline
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -79,6 +81,24 @@ def _obj(value: Any) -> Optional[Mapping[str, Any]]:
     if not isinstance(value, Mapping):
         raise invalid_param("filter", "filter parts must be objects")
     return value
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What one /sync answer covers: who asks (and the transaction scope of their
+    device), with which filter, and the event stream positions from the client's token
+    (``None`` on an initial sync) to now."""
+
+    requester: Requester
+    scope: str
+    flt: SyncFilter
+    since_nid: Optional[int]
+    now_nid: int
+    full_state: bool
+
+    @property
+    def user_id(self) -> str:
+        return self.requester.user_id
 
 
 class SyncHandler:
@@ -142,7 +162,7 @@ class SyncHandler:
 
     async def sync(
         self,
-        requester: Any,
+        requester: Requester,
         *,
         since: Optional[str] = None,
         timeout_ms: int = 0,
@@ -169,7 +189,7 @@ class SyncHandler:
                     end()
 
     async def _sync(
-        self, requester: Any, since: Optional[str], timeout_ms: int, full_state: bool, filter_param: Optional[str]
+        self, requester: Requester, since: Optional[str], timeout_ms: int, full_state: bool, filter_param: Optional[str]
     ) -> dict[str, Any]:
         user_id = requester.user_id
         flt = await self.load_filter(user_id, filter_param)
@@ -196,132 +216,42 @@ class SyncHandler:
     # -- building -----------------------------------------------------------------------------
 
     async def _compute(
-        self, requester: Any, flt: SyncFilter, since: Optional[SyncToken], full_state: bool
+        self, requester: Requester, flt: SyncFilter, since: Optional[SyncToken], full_state: bool
     ) -> tuple[dict[str, Any], list[str], bool]:
-        """The answer, the rooms to wait on, and whether a section added anything."""
+        """The answer, the rooms to wait on, and whether a section added anything.
+
+        Built in the order of the spec's ``GET /sync`` response: ``rooms`` (``join``,
+        ``leave``, ``invite``, ``knock``), the global ``account_data``, then the other
+        areas' sections (``presence``, ``to_device``, ``device_lists``,
+        ``device_one_time_keys_count``, ...), and ``next_batch`` from the positions read
+        first.
+        """
         user_id = requester.user_id
         # Every section's position first: what happens while the answer is built is then
         # sent by the next sync, never skipped.
-        section_now = {}
-        for section in self._sections:
-            section_now[section.key] = await defer.maybeDeferred(section.current_position, user_id)
-        scope = transaction_scope(requester)
-        store = self.store
-        now_nid = await store.rooms.get_stream_position()
-        since_nid = since.events if since is not None else None
-        if since_nid is not None and since_nid > now_nid:
-            since_nid = now_nid  # a token from the future (another database?): start over from now
-        memberships = await store.rooms.get_memberships_for_user(user_id)
-        forgotten = await store.rooms.get_forgotten_rooms(user_id)
-        memberships = [
-            m for m in memberships if flt.rooms.allows_room(m.room_id) and forgotten.get(m.room_id) != m.event_nid
-        ]
-        accounts = getattr(store, "accounts", None)
-        ad_since = since.account_data if since is not None else 0
-        ad_now = ad_since
-        global_data: dict[str, Any] = {}
-        room_data: dict[str, dict[str, Any]] = {}
-        if accounts is not None:
-            changes = await accounts.get_account_data_since(user_id, ad_since)
-            global_data, room_data, ad_now = changes.global_data, changes.rooms, changes.stream_id
+        section_now = await self._section_positions(user_id)
+        window = await self._window(requester, flt, since, full_state)
+        memberships, forgotten = await self._memberships(user_id, flt)
+        global_data, room_data, ad_now = await self._account_data_since(user_id, since)
 
         joined = [m for m in memberships if m.membership == "join"]
         wait_rooms = [m.room_id for m in joined]
-        # Rooms joined with partial state are left out until their resync ends; then they
-        # are sent whole, as if just joined (MSC3902: without lazy-loaded members, "partial-
-        # state rooms are omitted from the response").
-        completed: set[str] = set()
-        if PARTIAL_STATE_SECTION in section_now:
-            ps_since = since.sections.get(PARTIAL_STATE_SECTION) if since is not None else None
-            partial, completed = await store.partial_state.get_sync_view(
-                [m.room_id for m in joined], ps_since, section_now[PARTIAL_STATE_SECTION]
-            )
-            joined = [m for m in joined if m.room_id not in partial]
-        # Which joined rooms have anything new, in one read.
-        if since_nid is None or full_state:
-            changed = {m.room_id for m in joined}
-        else:
-            changed = await store.rooms.get_rooms_changed([m.room_id for m in joined], since_nid, now_nid)
-
-        # -- joined rooms: the timeline ranges, all read in one transaction ---------------
-        ranges: dict[str, tuple[int, int]] = {}
-        fresh: set[str] = set()  # rooms whose full state is sent
-        for m in joined:
-            new_join = since_nid is None or m.event_nid > since_nid or m.room_id in completed
-            if new_join or full_state:
-                fresh.add(m.room_id)
-            if new_join:
-                ranges[m.room_id] = (0, now_nid)
-            elif m.room_id in changed or full_state:
-                ranges[m.room_id] = (since_nid, now_nid)
-        leaves = [
-            m for m in memberships
-            if m.membership in ("leave", "ban")
-            and ((since_nid is not None and m.event_nid > since_nid) or (since_nid is None and flt.include_leave))
-        ]
-        for m in leaves:
-            ranges[m.room_id] = (since_nid or 0, m.event_nid)
-            fresh.add(m.room_id)
-        limit = flt.timeline_limit
-        timelines = await store.rooms.get_room_timelines(ranges, limit) if ranges else {}
-        summaries = await store.rooms.get_room_members_summary([m.room_id for m in joined if m.room_id in ranges])
-
-        join_out: dict[str, Any] = {}
-        for m in joined:
-            if m.room_id not in ranges:
-                if m.room_id in room_data:
-                    join_out[m.room_id] = self._empty_joined(room_data[m.room_id], flt)
-                continue
-            join_out[m.room_id] = await self._room(
-                user_id, scope, m, timelines[m.room_id], since_nid, m.room_id in fresh, flt,
-                room_data.get(m.room_id, {}), end_nid=now_nid, requester=requester,
-                whole=ranges[m.room_id][0] == 0,
-            )
-            summary = summaries.get(m.room_id)
-            if summary is not None:
-                join_out[m.room_id]["summary"] = {
-                    "m.heroes": [u for u in summary.heroes if u != user_id][:5],
-                    "m.joined_member_count": summary.joined,
-                    "m.invited_member_count": summary.invited,
-                }
-        leave_out: dict[str, Any] = {}
-        for m in leaves:
-            room = await self._room(
-                user_id, scope, m, timelines[m.room_id], since_nid, True, flt, room_data.get(m.room_id, {}),
-                end_nid=m.event_nid, requester=requester,
-            )
-            leave_out[m.room_id] = {"timeline": room["timeline"], "state": room["state"], "account_data": room["account_data"]}
-
-        invite_out: dict[str, Any] = {}
-        knock_out: dict[str, Any] = {}
+        joined, completed = await self._without_partial_state(joined, since, section_now)
+        ranges, fresh, leaves = await self._timeline_ranges(window, memberships, joined, completed)
+        timelines = await self.store.rooms.get_room_timelines(ranges, flt.timeline_limit) if ranges else {}
+        join_out = await self._joined_rooms(window, joined, ranges, fresh, timelines, room_data)
+        leave_out = await self._left_rooms(window, leaves, timelines, room_data)
         # Spec "Ignoring Users": "Servers must not send room invites from ignored users
         # to clients" (the invite stays; it shows again if the user is un-ignored and the
         # client syncs from scratch).
         ignorers = getattr(self.source, "ignored", None)
         ignored = await ignorers.get(user_id) if ignorers is not None else frozenset()
-        for m in memberships:
-            if m.membership not in ("invite", "knock"):
-                continue
-            if since_nid is not None and m.event_nid <= since_nid:
-                continue
-            own = await store.get_event(m.event_id)
-            if m.membership == "invite" and own is not None and own.sender in ignored:
-                continue
-            # An invite shows its sender's membership too (who invites: stripped_state_keys).
-            inviter = own.sender if own is not None and m.membership == "invite" and own.sender != own.state_key else None
-            state = await store.get_current_state_events(m.room_id, stripped_state_keys(inviter))
-            events = [stripped_state(e) for _, e in sorted(state.items())]
-            if own is not None:
-                events.append(stripped_state(own))
-            if m.membership == "invite":
-                invite_out[m.room_id] = {"invite_state": {"events": events}}
-            else:
-                knock_out[m.room_id] = {"knock_state": {"events": events}}
-
+        invite_out, knock_out = await self._invited_and_knocked_rooms(window, memberships, ignored)
         local_nids = dict(forgotten)
         local_nids.update((m.room_id, m.event_nid) for m in memberships)
         await self._remote_memberships(
-            user_id, scope, since_nid, now_nid, flt, local_nids, invite_out, knock_out, leave_out, ignored,
+            user_id, window.scope, window.since_nid, window.now_nid, flt, local_nids, invite_out, knock_out,
+            leave_out, ignored,
         )
 
         result = {
@@ -343,8 +273,216 @@ class SyncHandler:
             joined=[m.room_id for m in joined], newly_joined={m.room_id for m in joined if m.room_id in fresh},
             left={m.room_id for m in leaves}, result=result,
             _empty_room=lambda: self._empty_joined({}, flt),
-            since_events=since_nid, now_events=now_nid,
+            since_events=window.since_nid, now_events=window.now_nid,
         )
+        positions, sections_changed = await self._contribute_sections(ctx, since, section_now, full_state)
+        result["next_batch"] = SyncToken(window.now_nid, ad_now, positions).render()
+        return result, wait_rooms + [m.room_id for m in memberships if m.membership in ("invite", "knock")], sections_changed
+
+    async def _section_positions(self, user_id: str) -> dict[str, int]:
+        """Each registered section's current position, by key (the ``next_batch`` parts
+        of the other areas)."""
+        section_now = {}
+        for section in self._sections:
+            section_now[section.key] = await defer.maybeDeferred(section.current_position, user_id)
+        return section_now
+
+    async def _window(
+        self, requester: Requester, flt: SyncFilter, since: Optional[SyncToken], full_state: bool
+    ) -> "_Window":
+        """The event stream positions the answer covers: from the client's ``since``
+        token (``None`` on an initial sync) to now."""
+        now_nid = await self.store.rooms.get_stream_position()
+        since_nid = since.events if since is not None else None
+        if since_nid is not None and since_nid > now_nid:
+            since_nid = now_nid  # a token from the future (another database?): start over from now
+        return _Window(requester, transaction_scope(requester), flt, since_nid, now_nid, full_state)
+
+    async def _memberships(self, user_id: str, flt: SyncFilter) -> tuple[list[Membership], dict[str, int]]:
+        """The user's memberships in the rooms the filter selects (``room.rooms``,
+        ``room.not_rooms``), less the forgotten ones, and the forgotten rooms (room ->
+        nid of the membership event forgotten)."""
+        memberships = await self.store.rooms.get_memberships_for_user(user_id)
+        forgotten = await self.store.rooms.get_forgotten_rooms(user_id)
+        memberships = [
+            m for m in memberships if flt.rooms.allows_room(m.room_id) and forgotten.get(m.room_id) != m.event_nid
+        ]
+        return memberships, forgotten
+
+    async def _account_data_since(
+        self, user_id: str, since: Optional[SyncToken]
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], int]:
+        """Spec ``GET /sync`` ``account_data`` ("The global private data created by this
+        user") and each room's ``account_data``, changed since the token.
+
+        :returns: ``(global data, room -> room data, account data position now)``.
+        """
+        accounts = getattr(self.store, "accounts", None)
+        ad_since = since.account_data if since is not None else 0
+        if accounts is None:
+            return {}, {}, ad_since
+        changes = await accounts.get_account_data_since(user_id, ad_since)
+        return changes.global_data, changes.rooms, changes.stream_id
+
+    async def _without_partial_state(
+        self, joined: list[Membership], since: Optional[SyncToken], section_now: Mapping[str, int]
+    ) -> tuple[list[Membership], set[str]]:
+        """Rooms joined with partial state are left out until their resync ends; then they
+        are sent whole, as if just joined (MSC3902: without lazy-loaded members, "partial-
+        state rooms are omitted from the response").
+
+        :returns: the joined rooms to send, and those whose resync ended since the token.
+        """
+        completed: set[str] = set()
+        if PARTIAL_STATE_SECTION in section_now:
+            ps_since = since.sections.get(PARTIAL_STATE_SECTION) if since is not None else None
+            partial, completed = await self.store.partial_state.get_sync_view(
+                [m.room_id for m in joined], ps_since, section_now[PARTIAL_STATE_SECTION]
+            )
+            joined = [m for m in joined if m.room_id not in partial]
+        return joined, completed
+
+    async def _timeline_ranges(
+        self, window: "_Window", memberships: Sequence[Membership], joined: Sequence[Membership], completed: set[str]
+    ) -> tuple[dict[str, tuple[int, int]], set[str], list[Membership]]:
+        """Which rooms of ``rooms.join`` and ``rooms.leave`` have a timeline, over which
+        stream range (all read in one transaction afterwards).
+
+        A room joined since the token (or whose partial-state resync ended) comes whole
+        from the start of the stream; a joined room with something new since the token,
+        from the token; a room left or banned from since the token (or any, for an
+        initial sync with ``include_leave``), from the token up to the leave.
+
+        :returns: ``(room -> (from, to) nids, rooms whose full state is sent, leaves)``.
+        """
+        since_nid, now_nid = window.since_nid, window.now_nid
+        # Which joined rooms have anything new, in one read.
+        if since_nid is None or window.full_state:
+            changed = {m.room_id for m in joined}
+        else:
+            changed = await self.store.rooms.get_rooms_changed([m.room_id for m in joined], since_nid, now_nid)
+        ranges: dict[str, tuple[int, int]] = {}
+        fresh: set[str] = set()  # rooms whose full state is sent
+        for m in joined:
+            new_join = since_nid is None or m.event_nid > since_nid or m.room_id in completed
+            if new_join or window.full_state:
+                fresh.add(m.room_id)
+            if new_join:
+                ranges[m.room_id] = (0, now_nid)
+            elif m.room_id in changed or window.full_state:
+                ranges[m.room_id] = (since_nid, now_nid)
+        leaves = [
+            m for m in memberships
+            if m.membership in ("leave", "ban")
+            and (
+                (since_nid is not None and m.event_nid > since_nid)
+                or (since_nid is None and window.flt.include_leave)
+            )
+        ]
+        for m in leaves:
+            ranges[m.room_id] = (since_nid or 0, m.event_nid)
+            fresh.add(m.room_id)
+        return ranges, fresh, leaves
+
+    async def _joined_rooms(
+        self,
+        window: "_Window",
+        joined: Sequence[Membership],
+        ranges: Mapping[str, tuple[int, int]],
+        fresh: set[str],
+        timelines: Mapping[str, Timeline],
+        room_data: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Spec ``GET /sync`` ``rooms.join``: "The rooms that the user has joined", each
+        with its timeline, state, account data and ``summary`` (``m.heroes``,
+        ``m.joined_member_count``, ``m.invited_member_count``); a room with nothing new
+        but its account data comes with that alone."""
+        user_id = window.user_id
+        summaries = await self.store.rooms.get_room_members_summary([m.room_id for m in joined if m.room_id in ranges])
+        join_out: dict[str, Any] = {}
+        for m in joined:
+            if m.room_id not in ranges:
+                if m.room_id in room_data:
+                    join_out[m.room_id] = self._empty_joined(room_data[m.room_id], window.flt)
+                continue
+            join_out[m.room_id] = await self._room(
+                user_id, window.scope, m, timelines[m.room_id], window.since_nid, m.room_id in fresh, window.flt,
+                room_data.get(m.room_id, {}), end_nid=window.now_nid, requester=window.requester,
+                whole=ranges[m.room_id][0] == 0,
+            )
+            summary = summaries.get(m.room_id)
+            if summary is not None:
+                # "The list must never include the client's own user ID"; "the first 5 members".
+                join_out[m.room_id]["summary"] = {
+                    "m.heroes": [u for u in summary.heroes if u != user_id][:5],
+                    "m.joined_member_count": summary.joined,
+                    "m.invited_member_count": summary.invited,
+                }
+        return join_out
+
+    async def _left_rooms(
+        self,
+        window: "_Window",
+        leaves: Sequence[Membership],
+        timelines: Mapping[str, Timeline],
+        room_data: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Spec ``GET /sync`` ``rooms.leave``: "The rooms that the user has left or been
+        banned from", each with "The timeline of messages and state changes in the room
+        up to the point when the user left", the state up to its start, and the room's
+        account data."""
+        leave_out: dict[str, Any] = {}
+        for m in leaves:
+            room = await self._room(
+                window.user_id, window.scope, m, timelines[m.room_id], window.since_nid, True, window.flt,
+                room_data.get(m.room_id, {}), end_nid=m.event_nid, requester=window.requester,
+            )
+            leave_out[m.room_id] = {"timeline": room["timeline"], "state": room["state"], "account_data": room["account_data"]}
+        return leave_out
+
+    async def _invited_and_knocked_rooms(
+        self, window: "_Window", memberships: Sequence[Membership], ignored: frozenset[str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Spec ``GET /sync`` ``rooms.invite`` and ``rooms.knock``: the invites and knocks
+        since the token, each with "The stripped state" of the room (``invite_state``,
+        ``knock_state``) and the membership event itself; invites from ``ignored`` users
+        are left out.
+
+        :returns: ``(rooms.invite, rooms.knock)``.
+        """
+        store = self.store
+        invite_out: dict[str, Any] = {}
+        knock_out: dict[str, Any] = {}
+        for m in memberships:
+            if m.membership not in ("invite", "knock"):
+                continue
+            if window.since_nid is not None and m.event_nid <= window.since_nid:
+                continue
+            own = await store.get_event(m.event_id)
+            if m.membership == "invite" and own is not None and own.sender in ignored:
+                continue
+            # An invite shows its sender's membership too (who invites: stripped_state_keys).
+            inviter = own.sender if own is not None and m.membership == "invite" and own.sender != own.state_key else None
+            state = await store.get_current_state_events(m.room_id, stripped_state_keys(inviter))
+            events = [stripped_state(e) for _, e in sorted(state.items())]
+            if own is not None:
+                events.append(stripped_state(own))
+            if m.membership == "invite":
+                invite_out[m.room_id] = {"invite_state": {"events": events}}
+            else:
+                knock_out[m.room_id] = {"knock_state": {"events": events}}
+        return invite_out, knock_out
+
+    async def _contribute_sections(
+        self, ctx: SyncContext, since: Optional[SyncToken], section_now: Mapping[str, int], full_state: bool
+    ) -> tuple[dict[str, int], bool]:
+        """The other areas' parts of the answer (spec ``GET /sync``: ``presence``,
+        ``to_device``, ``device_lists``, ``device_one_time_keys_count``, receipts and
+        typing in ``ephemeral``, ...), each from the client's position to the one read
+        first.
+
+        :returns: the positions for ``next_batch``, and whether a section added anything.
+        """
         positions: dict[str, int] = {}
         sections_changed = False
         for section in self._sections:
@@ -356,8 +494,7 @@ class SyncHandler:
             if await section.contribute(ctx, None if full_state else section_since, now):
                 sections_changed = True
             positions[key] = now
-        result["next_batch"] = SyncToken(now_nid, ad_now, positions).render()
-        return result, wait_rooms + [m.room_id for m in memberships if m.membership in ("invite", "knock")], sections_changed
+        return positions, sections_changed
 
     async def _remote_memberships(
         self,
@@ -437,7 +574,7 @@ class SyncHandler:
         room_data: Mapping[str, Any],
         *,
         end_nid: int,
-        requester: Any = None,
+        requester: Requester = None,
         whole: bool = False,
     ) -> dict[str, Any]:
         """One room's entry: timeline (visible, filtered), state, account data.
@@ -447,73 +584,22 @@ class SyncHandler:
             room was joined over federation, or is longer than the stream here) and the
             timeline is ``limited``, so that the client pages back with ``prev_batch``.
         """
-        store = self.store
-        room_id = membership.room_id
-        if membership.membership == "join":
-            joined_until, joined_since = joined_bounds(membership)
-        else:
-            joined_until, joined_since = await self.source.joined_bounds(room_id, user_id, membership)
-        items = await self.source.filter_for_user(
-            user_id, timeline.events, joined_until=joined_until, joined_since=joined_since
-        )
+        items = await self._visible_timeline(user_id, membership, timeline)
         shown = [e for _, e in items if flt.timeline.allows(e)]
-        # The state at the start of the timeline: before its first event, else at the end.
         first: Optional[Event] = timeline.events[0][1] if timeline.events else None
         limited = timeline.limited or (whole and first is not None and bool(first.prev_event_ids))
-        lazy = flt.lazy_load_members
-        # Spec "Lazy-loading room members": only the membership events of the senders of
-        # the timeline's events (and the user's own), not all members of the room.
-        lazy_keys = set(member_keys((e.sender for e in shown), also=user_id)) if lazy else set()
         state_events: list[Event] = []
-        if full or timeline.limited or (lazy and first is not None):
-            start_state: Mapping[tuple[str, str], str]
-            if first is not None:
-                groups = await store.rooms.get_event_state_groups([first.event_id])
-                pair = groups.get(first.event_id)
-                start_state = await store.get_state_group(pair[0]) if pair is not None else {}
-            elif membership.membership == "join":
-                start_state = await store.get_current_state_ids(room_id)
-            else:
-                groups = await store.rooms.get_event_state_groups([membership.event_id])
-                pair = groups.get(membership.event_id)
-                start_state = await store.get_state_group(pair[1]) if pair is not None else {}
-            if full:
-                wanted = dict(start_state)
-            elif not timeline.limited:
-                wanted = {}  # lazy loading only: the senders' members below
-            else:
-                # What changed in the gap between the token and the timeline.
-                first_nid = timeline.events[0][0] if timeline.events else end_nid + 1
-                keys = await store.rooms.get_state_keys_changed(room_id, since_nid or 0, first_nid - 1)
-                wanted = {k: start_state[k] for k in keys if k in start_state}
-            in_timeline = {e.event_id for _, e in timeline.events}
-            if lazy:
-                wanted = {k: v for k, v in wanted.items() if k[0] != "m.room.member"}
-                members = [v for v in pick_members(start_state, sorted(lazy_keys)) if v not in in_timeline]
-                if not flt.include_redundant_members and requester is not None:
-                    members = self.sent_members.unsent(requester, room_id, members)
-                    # Membership events in the timeline reach the client too.
-                    self.sent_members.unsent(requester, room_id, [e.event_id for e in shown if e.type == "m.room.member"])
-                keep = set(members)
-                for k in lazy_keys:
-                    v = start_state.get(k)
-                    if v in keep:
-                        wanted[k] = v
-            ids = [v for v in wanted.values() if v not in in_timeline]
-            loaded = await store.get_events(ids)
-            state_events = [loaded[v] for _, v in sorted(wanted.items()) if v in loaded and flt.state.allows(loaded[v])]
+        if full or timeline.limited or (flt.lazy_load_members and first is not None):
+            state_events = await self._room_state(
+                user_id, membership, timeline, since_nid, full, flt, shown, end_nid=end_nid, requester=requester
+            )
         # State events of the timeline the filter leaves out still change the room: send
         # them as state so that the client's view of the room is right.
         left_out = {e.state_tuple: e for _, e in items if e.state_key is not None and not flt.timeline.allows(e)}
         if left_out:
             kept = [e for e in state_events if e.state_tuple not in left_out]
             state_events = kept + [e for e in left_out.values() if flt.state.allows(e)]
-        if timeline.events:
-            first_nid, first_ev = timeline.events[0]
-            prev_batch = topo_token((first_ev.depth, first_nid - 1))
-        else:
-            pos = await store.rooms.get_topological_position_at(room_id, end_nid)
-            prev_batch = topo_token(pos if pos is not None else (0, 0))
+        prev_batch = await self._prev_batch(membership.room_id, timeline, end_nid)
         return {
             "timeline": {
                 # Spec "Aggregations of child events": bundled in /sync "when the relevant
@@ -533,6 +619,115 @@ class SyncHandler:
             },
             "unread_notifications": {"highlight_count": 0, "notification_count": 0},
         }
+
+    async def _visible_timeline(
+        self, user_id: str, membership: Membership, timeline: Timeline
+    ) -> list[tuple[int, Event]]:
+        """The timeline's events the user may see (spec "History visibility"), with their
+        nids, bounded by the user's membership in the room."""
+        room_id = membership.room_id
+        if membership.membership == "join":
+            joined_until, joined_since = joined_bounds(membership)
+        else:
+            joined_until, joined_since = await self.source.joined_bounds(room_id, user_id, membership)
+        return await self.source.filter_for_user(
+            user_id, timeline.events, joined_until=joined_until, joined_since=joined_since
+        )
+
+    async def _room_state(
+        self,
+        user_id: str,
+        membership: Membership,
+        timeline: Timeline,
+        since_nid: Optional[int],
+        full: bool,
+        flt: SyncFilter,
+        shown: Sequence[Event],
+        *,
+        end_nid: int,
+        requester: Requester = None,
+    ) -> list[Event]:
+        """Spec ``GET /sync`` a room's ``state``: "Updates to the state, between the time
+        indicated by the ``since`` parameter, and the **start** of the ``timeline`` (or all
+        state up to the **start** of the ``timeline``, if ``since`` is not given, or
+        ``full_state`` is true)"; with ``lazy_load_members``, of the ``m.room.member``
+        events only those "required to display the senders of the timeline events".
+        Events in the timeline are not repeated; the filter's ``room.state`` applies.
+        """
+        store = self.store
+        room_id = membership.room_id
+        start_state = await self._state_at_start(membership, timeline)
+        if full:
+            wanted = dict(start_state)
+        elif not timeline.limited:
+            wanted = {}  # lazy loading only: the senders' members below
+        else:
+            # What changed in the gap between the token and the timeline.
+            first_nid = timeline.events[0][0] if timeline.events else end_nid + 1
+            keys = await store.rooms.get_state_keys_changed(room_id, since_nid or 0, first_nid - 1)
+            wanted = {k: start_state[k] for k in keys if k in start_state}
+        in_timeline = {e.event_id for _, e in timeline.events}
+        if flt.lazy_load_members:
+            wanted = self._lazy_members(user_id, room_id, flt, start_state, wanted, shown, in_timeline, requester)
+        ids = [v for v in wanted.values() if v not in in_timeline]
+        loaded = await store.get_events(ids)
+        return [loaded[v] for _, v in sorted(wanted.items()) if v in loaded and flt.state.allows(loaded[v])]
+
+    async def _state_at_start(self, membership: Membership, timeline: Timeline) -> Mapping[tuple[str, str], str]:
+        """The room's state at the **start** of the timeline: before its first event; with
+        no events, the current state of a joined room, else the state after the user's
+        leave."""
+        store = self.store
+        if timeline.events:
+            first = timeline.events[0][1]
+            groups = await store.rooms.get_event_state_groups([first.event_id])
+            pair = groups.get(first.event_id)
+            return await store.get_state_group(pair[0]) if pair is not None else {}
+        if membership.membership == "join":
+            return await store.get_current_state_ids(membership.room_id)
+        groups = await store.rooms.get_event_state_groups([membership.event_id])
+        pair = groups.get(membership.event_id)
+        return await store.get_state_group(pair[1]) if pair is not None else {}
+
+    def _lazy_members(
+        self,
+        user_id: str,
+        room_id: str,
+        flt: SyncFilter,
+        start_state: Mapping[tuple[str, str], str],
+        wanted: Mapping[tuple[str, str], str],
+        shown: Sequence[Event],
+        in_timeline: set[str],
+        requester: Requester,
+    ) -> dict[tuple[str, str], str]:
+        """Spec "Lazy-loading room members": only the membership events of the senders of
+        the timeline's events (and the user's own), not all members of the room; unless
+        ``include_redundant_members``, only those not sent to this device before.
+
+        :returns: ``wanted`` with its ``m.room.member`` entries replaced by those.
+        """
+        lazy_keys = set(member_keys((e.sender for e in shown), also=user_id))
+        out = {k: v for k, v in wanted.items() if k[0] != "m.room.member"}
+        members = [v for v in pick_members(start_state, sorted(lazy_keys)) if v not in in_timeline]
+        if not flt.include_redundant_members and requester is not None:
+            members = self.sent_members.unsent(requester, room_id, members)
+            # Membership events in the timeline reach the client too.
+            self.sent_members.unsent(requester, room_id, [e.event_id for e in shown if e.type == "m.room.member"])
+        keep = set(members)
+        for k in lazy_keys:
+            v = start_state.get(k)
+            if v in keep:
+                out[k] = v
+        return out
+
+    async def _prev_batch(self, room_id: str, timeline: Timeline, end_nid: int) -> str:
+        """The timeline's ``prev_batch``: a token to page back (``/messages``) from its
+        first event, or from ``end_nid`` if it has none."""
+        if timeline.events:
+            first_nid, first_ev = timeline.events[0]
+            return topo_token((first_ev.depth, first_nid - 1))
+        pos = await self.store.rooms.get_topological_position_at(room_id, end_nid)
+        return topo_token(pos if pos is not None else (0, 0))
 
 
 #: The sync token part of the partial-state completions stream.

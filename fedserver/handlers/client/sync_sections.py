@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Protocol
 
 from twisted.internet.defer import Deferred
+from fedserver.handlers.requester import Requester
 
 #: A section key: one to three lowercase ASCII letters.
 _KEY = re.compile(r"^[a-z]{1,3}$")
@@ -90,7 +91,7 @@ class SyncContext:
     :ivar now_events: the event stream position the answer is built up to.
     """
 
-    requester: Any
+    requester: Requester
     filter: Any
     full_state: bool
     initial: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from fedserver.errors import bad_json, forbidden, invalid_param
+from fedserver.handlers.requester import Requester
 
 #: The room account data type holding a room's tags.
 TAG_TYPE = "m.tag"
@@ -27,7 +28,7 @@ class TagsHandler:
         self._notifier = notifier
 
     @staticmethod
-    def _check(requester: Any, user_id: str, room_id: str) -> None:
+    def _check(requester: Requester, user_id: str, room_id: str) -> None:
         if user_id != requester.user_id:
             raise forbidden("Cannot read or change another user's tags")
         if not room_id.startswith("!") or len(room_id.encode("utf-8", "surrogatepass")) > 255 or "\x00" in room_id:
@@ -38,7 +39,7 @@ class TagsHandler:
         tags = content.get("tags") if isinstance(content, dict) else None
         return dict(tags) if isinstance(tags, dict) else {}
 
-    async def get_tags(self, requester: Any, user_id: str, room_id: str) -> dict[str, Any]:
+    async def get_tags(self, requester: Requester, user_id: str, room_id: str) -> dict[str, Any]:
         """``GET /user/{userId}/rooms/{roomId}/tags``.
 
         :raises MatrixError: 403 for another user's tags.
@@ -46,7 +47,7 @@ class TagsHandler:
         self._check(requester, user_id, room_id)
         return {"tags": await self._tags(user_id, room_id)}
 
-    async def put_tag(self, requester: Any, user_id: str, room_id: str, tag: str, body: Mapping[str, Any]) -> None:
+    async def put_tag(self, requester: Requester, user_id: str, room_id: str, tag: str, body: Mapping[str, Any]) -> None:
         """``PUT /user/{userId}/rooms/{roomId}/tags/{tag}``: ``body`` is the tag's content
         (``order``: a number from 0 to 1, optional).
 
@@ -67,7 +68,7 @@ class TagsHandler:
         await self._store.accounts.set_account_data(user_id, room_id, TAG_TYPE, {"tags": tags})
         self._notifier.notify_user(user_id)
 
-    async def delete_tag(self, requester: Any, user_id: str, room_id: str, tag: str) -> None:
+    async def delete_tag(self, requester: Requester, user_id: str, room_id: str, tag: str) -> None:
         """``DELETE /user/{userId}/rooms/{roomId}/tags/{tag}`` (a tag that is not there
         is already deleted: 200)."""
         self._check(requester, user_id, room_id)

@@ -20,6 +20,7 @@ from fedserver.background import STORAGE_RETRY_S, log_background_failure
 from fedserver.errors import bad_json, invalid_param, missing_param
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.user_directory_store import DirectoryEntry
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -110,7 +111,7 @@ class UserDirectoryHandler:
         self._running.addBoth(finished)
         return d.addCallback(lambda _: self.flush())
 
-    async def search(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def search(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /user_directory/search``.
 
         :raises MatrixError: 400 ``M_MISSING_PARAM`` (no ``search_term``), ``M_BAD_JSON``

@@ -36,6 +36,7 @@ from fedserver.errors import MatrixError, bad_json, forbidden
 from fedserver.handlers.e2ee.devices import LocalDeviceLists, server_of
 from fedserver.handlers.e2ee.e2e_keys import E2eKeysHandler, key_error
 from fedserver.storage.database import Txn
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -63,7 +64,7 @@ class CrossSigningHandler:
 
     # -- /keys/device_signing/upload -------------------------------------------------------
 
-    async def upload_signing_keys(self, requester: Any, body: Mapping[str, Any]) -> None:
+    async def upload_signing_keys(self, requester: Requester, body: Mapping[str, Any]) -> None:
         """``POST /keys/device_signing/upload``.
 
         :raises InteractiveAuthRequired: when replacing keys, until the password is given.
@@ -123,7 +124,7 @@ class CrossSigningHandler:
 
     # -- /keys/signatures/upload -----------------------------------------------------------
 
-    async def upload_signatures(self, requester: Any, body: Any) -> dict[str, Any]:
+    async def upload_signatures(self, requester: Requester, body: Any) -> dict[str, Any]:
         """``POST /keys/signatures/upload``.
 
         :returns: ``{"failures": {user_id: {key_id: error}}}``.
@@ -243,20 +244,13 @@ class CrossSigningHandler:
         if server_of(user_id) == self._local.server_name:
             master = (await devices.get_cross_signing_keys([user_id], ("master",))).get(user_id, {}).get("master")
         else:
-            answer = await self._keys.query(_Viewer(signer), {"device_keys": {user_id: []}})
+            # Asked on the signer's behalf (no token of theirs is involved: access_token_id 0).
+            answer = await self._keys.query(Requester(signer, None, 0), {"device_keys": {user_id: []}})
             master = answer.get("master_keys", {}).get(user_id)
         if master is None or next(iter(master.get("keys", {}).values()), None) != key_id:
             return None
         pub = next(iter(usk["keys"].values()))
         return "other", master, {f"ed25519:{pub}": pub}
-
-
-class _Viewer:
-    """A requester for internal queries on behalf of ``user_id``."""
-
-    def __init__(self, user_id: str) -> None:
-        self.user_id = user_id
-        self.device_id = None
 
 
 __all__ = ["CrossSigningHandler"]

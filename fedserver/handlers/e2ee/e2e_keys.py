@@ -28,6 +28,7 @@ from fedserver.handlers.e2ee.device_lists import (
 )
 from fedserver.handlers.e2ee.devices import LocalDeviceLists, server_of
 from fedserver.storage.database import Txn
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -155,7 +156,7 @@ class E2eKeysHandler:
 
     # -- /keys/upload ---------------------------------------------------------------------
 
-    async def upload(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def upload(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /keys/upload``: the device's identity keys, one-time keys and fallback
         keys, each checked (HOSTILE row 34: keys signed by another device, or malformed,
         get 400 and nothing is stored).
@@ -210,7 +211,7 @@ class E2eKeysHandler:
 
     # -- /keys/query ----------------------------------------------------------------------
 
-    async def query(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def query(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /keys/query``: identity and cross-signing keys of local and remote users;
         servers that could not be reached are listed in ``failures``."""
         queries = check_query(body.get("device_keys"))
@@ -359,7 +360,7 @@ class E2eKeysHandler:
 
     # -- /keys/claim ----------------------------------------------------------------------
 
-    async def claim(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def claim(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /keys/claim``: one key per requested device, a one-time key while any
         is left, then the fallback key; remote devices through their servers."""
         claims = check_claims(body.get("one_time_keys"))

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 from fedserver.errors import MatrixError, bad_json, invalid_param, not_found
 from fedserver.storage.key_backup_store import BackupVersion, SessionKey
+from fedserver.handlers.requester import Requester
 
 #: Backup algorithms we accept (spec "Backup algorithm").
 ALGORITHMS = frozenset({"m.megolm_backup.v1.curve25519-aes-sha2"})
@@ -87,13 +88,13 @@ class KeyBackupHandler:
             raise bad_json("auth_data must be an object")
         return algorithm, auth_data
 
-    async def create_version(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_version(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /room_keys/version``: a new backup, the current one from now on."""
         algorithm, auth_data = self._check_version_body(body)
         version = await self._backups.create_version(requester.user_id, algorithm, auth_data)
         return {"version": str(version)}
 
-    async def get_version(self, requester: Any, version: Optional[str] = None) -> dict[str, Any]:
+    async def get_version(self, requester: Requester, version: Optional[str] = None) -> dict[str, Any]:
         """``GET /room_keys/version[/{version}]``.
 
         :raises MatrixError: 404 ``M_NOT_FOUND`` if there is no such (or no) backup.
@@ -104,7 +105,7 @@ class KeyBackupHandler:
             raise not_found("No current backup version" if version is None else "Unknown backup version")
         return _version_json(found)
 
-    async def update_version(self, requester: Any, version: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def update_version(self, requester: Requester, version: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """``PUT /room_keys/version/{version}``: only ``auth_data`` may change.
 
         :raises MatrixError: 400 ``M_INVALID_PARAM`` if the algorithm or the body's
@@ -123,7 +124,7 @@ class KeyBackupHandler:
             raise not_found("Unknown backup version")
         return {}
 
-    async def delete_version(self, requester: Any, version: str) -> dict[str, Any]:
+    async def delete_version(self, requester: Requester, version: str) -> dict[str, Any]:
         """``DELETE /room_keys/version/{version}``: the backup and its keys go; deleting
         one deleted before succeeds too (the spec asks for that)."""
         number = parse_version(version)
@@ -134,7 +135,7 @@ class KeyBackupHandler:
     # -- keys ----------------------------------------------------------------------------
 
     async def put_keys(
-        self, requester: Any, version: str, body: Any, room_id: Optional[str] = None, session_id: Optional[str] = None
+        self, requester: Requester, version: str, body: Any, room_id: Optional[str] = None, session_id: Optional[str] = None
     ) -> dict[str, Any]:
         """``PUT /room_keys/keys[/{roomId}[/{sessionId}]]?version=``.
 
@@ -164,7 +165,7 @@ class KeyBackupHandler:
         return {"etag": str(etag), "count": count}
 
     async def get_keys(
-        self, requester: Any, version: str, room_id: Optional[str] = None, session_id: Optional[str] = None
+        self, requester: Requester, version: str, room_id: Optional[str] = None, session_id: Optional[str] = None
     ) -> dict[str, Any]:
         """``GET /room_keys/keys[/{roomId}[/{sessionId}]]?version=``.
 
@@ -186,7 +187,7 @@ class KeyBackupHandler:
         return {"rooms": rooms}
 
     async def delete_keys(
-        self, requester: Any, version: str, room_id: Optional[str] = None, session_id: Optional[str] = None
+        self, requester: Requester, version: str, room_id: Optional[str] = None, session_id: Optional[str] = None
     ) -> dict[str, Any]:
         """``DELETE /room_keys/keys[/{roomId}[/{sessionId}]]?version=``."""
         number = parse_version(version)

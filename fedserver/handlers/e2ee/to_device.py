@@ -22,6 +22,7 @@ from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.handlers.e2ee.devices import server_of
 from fedserver.handlers.rooms.client_events import transaction_scope
 from fedserver.storage.database import Txn
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -101,7 +102,7 @@ class ToDeviceHandler:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, requester: Any, event_type: str, txn_id: str, body: Mapping[str, Any]) -> None:
+    async def send(self, requester: Requester, event_type: str, txn_id: str, body: Mapping[str, Any]) -> None:
         """``PUT /sendToDevice/{eventType}/{txnId}``: queue the messages for our users'
         devices and one ``m.direct_to_device`` EDU per other server, in one transaction
         with the transaction id (a retry does nothing more)."""

@@ -29,6 +29,7 @@ from fedserver.handlers.ephemeral import server_of
 from fedserver.handlers.rooms.rooms import EventFilter
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.presence_store import PresenceRow
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -175,7 +176,7 @@ class PresenceHandler:
     def _currently_active(self, row: PresenceRow) -> bool:
         return row.state == ONLINE and self._now_ms() - row.last_active_ts < ACTIVE_GRANULARITY_MS
 
-    async def set_status(self, requester: Any, user_id: str, body: Mapping[str, Any]) -> None:
+    async def set_status(self, requester: Requester, user_id: str, body: Mapping[str, Any]) -> None:
         """``PUT /presence/{userId}/status``.
 
         :raises MatrixError: 403 ``M_FORBIDDEN`` (another user); 400 ``M_INVALID_PARAM``
@@ -199,7 +200,7 @@ class PresenceHandler:
         self._local.setdefault(user_id, _Local(0, now))
         await self._update(user_id, state, status_msg or None, last_active)
 
-    async def get_status(self, requester: Any, user_id: str) -> dict[str, Any]:
+    async def get_status(self, requester: Requester, user_id: str) -> dict[str, Any]:
         """``GET /presence/{userId}/status``: the user's own, or of a user who shares a
         room with them.
 

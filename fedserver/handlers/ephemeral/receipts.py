@@ -23,6 +23,7 @@ from fedserver.handlers.ephemeral import ephemeral_filter_allows, server_of
 from fedserver.handlers.push.threads import thread_of
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.receipts_store import PRIVATE_READ, Receipt
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -73,7 +74,7 @@ class ReceiptsHandler:
     # -- client API -------------------------------------------------------------------------
 
     async def post_receipt(
-        self, requester: Any, room_id: str, receipt_type: str, event_id: str, body: Mapping[str, Any]
+        self, requester: Requester, room_id: str, receipt_type: str, event_id: str, body: Mapping[str, Any]
     ) -> None:
         """``POST /rooms/{roomId}/receipt/{receiptType}/{eventId}``.
 
@@ -103,7 +104,7 @@ class ReceiptsHandler:
                 raise invalid_param("thread_id", "The event is not in this thread")
         await self._store_local(room_id, receipt_type, user_id, thread_id, event_id)
 
-    async def set_read_markers(self, requester: Any, room_id: str, body: Mapping[str, Any]) -> None:
+    async def set_read_markers(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> None:
         """``POST /rooms/{roomId}/read_markers``: the fully read marker and, optionally,
         the read receipts, each as its own endpoint would set it.
 

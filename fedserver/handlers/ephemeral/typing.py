@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from fedserver.errors import bad_json, forbidden
 from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.handlers.ephemeral import ephemeral_filter_allows, server_of
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -83,7 +84,7 @@ class TypingHandler:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    async def set_typing(self, requester: Any, room_id: str, user_id: str, typing: Any, timeout: Any) -> None:
+    async def set_typing(self, requester: Requester, room_id: str, user_id: str, typing: Any, timeout: Any) -> None:
         """``PUT /rooms/{roomId}/typing/{userId}``.
 
         :raises MatrixError: 403 ``M_FORBIDDEN`` (another user, or not joined); 400

@@ -31,6 +31,7 @@ from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_not
 from fedserver.push.rules import default_rules_single_out
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -95,8 +96,11 @@ class NotificationsHandler:
         return int(self._clock.seconds() * 1000)
 
     def _is_local(self, user_id: str) -> bool:
-        # Asked for every member of a room on each event: remembered (a user id's server
-        # never changes), up to a bound.
+        # Called several times per event and user: a remote id is told apart by its
+        # server part at once; the full grammar check of ids that look local is
+        # remembered (a user id's server never changes), up to a bound.
+        if type(user_id) is not str or user_id.partition(":")[2] != self._server_name:
+            return False
         known = self._local_memo.get(user_id)
         if known is None:
             if len(self._local_memo) >= LOCAL_MEMO_SIZE:
@@ -206,7 +210,7 @@ class NotificationsHandler:
     # -- GET /notifications -------------------------------------------------------------------
 
     async def get_notifications(
-        self, requester: Any, *, from_token: Optional[str], limit: Optional[int], only: Optional[str]
+        self, requester: Requester, *, from_token: Optional[str], limit: Optional[int], only: Optional[str]
     ) -> dict[str, Any]:
         """``GET /notifications``: the user's notifications, newest first.
 

@@ -27,6 +27,7 @@ from fedserver.events.model import Event
 from fedserver.push.evaluator import tweaks
 from fedserver.handlers.push.notifications import log_unless_storage_fault
 from fedserver.storage.push_store import Pusher
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -86,7 +87,7 @@ class PushersHandler:
 
     # -- client API -----------------------------------------------------------------------------
 
-    async def get_pushers(self, requester: Any) -> dict[str, Any]:
+    async def get_pushers(self, requester: Requester) -> dict[str, Any]:
         """``GET /pushers``."""
         pushers = await self._store.push.get_pushers([requester.user_id])
         out = []
@@ -100,7 +101,7 @@ class PushersHandler:
             out.append(item)
         return {"pushers": out}
 
-    async def set_pusher(self, requester: Any, body: Mapping[str, Any]) -> None:
+    async def set_pusher(self, requester: Requester, body: Mapping[str, Any]) -> None:
         """``POST /pushers/set``.
 
         :raises MatrixError: 400 ``M_MISSING_PARAM`` / ``M_INVALID_PARAM`` / ``M_BAD_JSON``.

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
 from fedserver.handlers.rooms.redactions import RedactionLookup
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -135,7 +136,7 @@ def stripped_state(event: Event) -> dict[str, Any]:
     }
 
 
-def transaction_scope(requester: Any) -> str:
+def transaction_scope(requester: Requester) -> str:
     """The scope of a requester's client transaction ids (spec "Transaction identifiers":
     the device, or the access token for a token without a device)."""
     device_id = getattr(requester, "device_id", None)

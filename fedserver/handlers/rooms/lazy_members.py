@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional
+from fedserver.handlers.requester import Requester
 
 StateKey = tuple[str, str]
 
@@ -34,15 +35,15 @@ class SentMembers:
         self._devices: OrderedDict[tuple[str, str], OrderedDict[tuple[str, str], None]] = OrderedDict()
 
     @staticmethod
-    def _key(requester: Any) -> tuple[str, str]:
+    def _key(requester: Requester) -> tuple[str, str]:
         device = getattr(requester, "device_id", None) or "t" + str(getattr(requester, "access_token_id", ""))
         return requester.user_id, device
 
-    def forget(self, requester: Any) -> None:
+    def forget(self, requester: Requester) -> None:
         """The device starts again (an initial /sync): nothing was sent to it."""
         self._devices.pop(self._key(requester), None)
 
-    def unsent(self, requester: Any, room_id: str, event_ids: Iterable[str]) -> list[str]:
+    def unsent(self, requester: Requester, room_id: str, event_ids: Iterable[str]) -> list[str]:
         """Those of ``event_ids`` the device has not been sent for ``room_id``; they are
         remembered as sent from now on."""
         key = self._key(requester)

@@ -34,6 +34,7 @@ from fedserver.relations.aggregation import (
     parse_relation,
 )
 from fedserver.handlers.rooms.rooms import parse_topo_token, topo_token
+from fedserver.handlers.requester import Requester
 
 M_DUPLICATE_ANNOTATION = "M_DUPLICATE_ANNOTATION"
 
@@ -189,7 +190,7 @@ class RelationsHandler:
 
     async def relations(
         self,
-        requester: Any,
+        requester: Requester,
         room_id: str,
         event_id: str,
         *,
@@ -259,7 +260,7 @@ class RelationsHandler:
 
     async def threads(
         self,
-        requester: Any,
+        requester: Requester,
         room_id: str,
         *,
         include: str = "all",

@@ -32,6 +32,7 @@ from fedserver.errors import (
 )
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 from fedserver.storage.rooms_store import TopoPos
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -224,7 +225,7 @@ class RoomsHandler:
 
     # -- createRoom ---------------------------------------------------------------------------
 
-    async def create_room(self, requester: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_room(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /createRoom``: the events in the spec's order (create, the creator's
         join, power levels, canonical alias, the preset's join rules / history visibility /
         guest access, ``initial_state``, name and topic, invites), then the directory.
@@ -242,6 +243,26 @@ class RoomsHandler:
         """
         user_id = requester.user_id
         req = _CreateRequest(body, self.server_name, self.room_versions, self.default_room_version)
+        await self._check_create_request(req)
+        # Steps 1-7 are built in memory and taken in at once, so that a failure leaves
+        # no half-made room (see fedserver.handlers.rooms.new_room).
+        draft = await RoomDraft.start(self.events, req.room_version, user_id, self._create_content(user_id, req))
+        await self._draft_initial_state(draft, user_id, req)
+        await self._commit_claiming_alias(draft, user_id, req)
+        room_id = draft.room_id
+        await self._send_initial_invites(user_id, room_id, req)
+        if req.visibility == "public":
+            await self.store.set_room_public(room_id, True)
+        return {"room_id": room_id}
+
+    async def _check_create_request(self, req: "_CreateRequest") -> None:
+        """What ``createRoom`` refuses before any event is made: remote invitees when this
+        server cannot federate invites, unknown local invitees, an alias already taken
+        (spec ``POST /createRoom``, 400: "The room alias specified is already taken
+        (``errcode`` set to ``M_ROOM_IN_USE``)").
+
+        :raises MatrixError: 400 (``M_UNKNOWN``, ``M_ROOM_IN_USE``), 404.
+        """
         remote_invitees = [u for u in req.invite if domain_of(u) != self.server_name]
         if remote_invitees and self.membership.remote is None:
             raise MatrixError(400, M_UNKNOWN, "remote invites not supported yet")
@@ -252,9 +273,14 @@ class RoomsHandler:
                     raise not_found(f"Unknown user {u}")
         if req.alias is not None and await self.store.rooms.get_alias(req.alias) is not None:
             raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
-        rv = req.room_version
 
-        # 1. The m.room.create event.
+    def _create_content(self, user_id: str, req: "_CreateRequest") -> dict[str, Any]:
+        """The ``m.room.create`` content (spec ``POST /createRoom`` step 1, "The
+        ``m.room.create`` event itself"): ``creation_content`` with the room version and,
+        before v12, the creator; for ``trusted_private_chat`` in v12+ the invitees appended
+        to ``additional_creators`` (step 3's note).
+        """
+        rv = req.room_version
         content = dict(req.creation_content)
         content["room_version"] = rv.identifier
         if rv.implicit_room_creator:
@@ -267,32 +293,56 @@ class RoomsHandler:
             extra = content.get("additional_creators")
             extra = list(extra) if isinstance(extra, list) else []
             content["additional_creators"] = extra + [u for u in req.invite if u not in extra and u != user_id]
-        # Steps 1-7 are built in memory and taken in at once, so that a failure leaves
-        # no half-made room (see fedserver.handlers.rooms.new_room).
-        draft = await RoomDraft.start(self.events, rv, user_id, content)
-        room_id = draft.room_id
+        return content
 
-        async def state(event_type: str, content: Mapping[str, Any], state_key: str = "") -> None:
-            await draft.add(event_type, user_id, content, state_key)
-
-        # 2. The creator's join.
+    async def _draft_initial_state(self, draft: RoomDraft, user_id: str, req: "_CreateRequest") -> None:
+        """Spec ``POST /createRoom`` steps 2-7 into ``draft``, in the spec's order: the
+        creator's join, power levels, canonical alias, the preset's events,
+        ``initial_state``, name and topic.
+        """
+        # 2. "An m.room.member event for the creator to join the room."
         join = dict(await self.membership.member_profile(user_id))
         join["membership"] = "join"
-        await state("m.room.member", join, user_id)
-        # 3. Power levels.
+        await draft.add("m.room.member", user_id, join, user_id)
+        initial = await self._draft_power_levels(draft, user_id, req)
+        # 4. "An m.room.canonical_alias event if room_alias_name is given."
+        if req.alias is not None:
+            await draft.add("m.room.canonical_alias", user_id, {"alias": req.alias}, "")
+        await self._draft_preset(draft, user_id, req, initial)
+        await self._draft_given_state(draft, user_id, req, initial)
+
+    async def _draft_power_levels(
+        self, draft: RoomDraft, user_id: str, req: "_CreateRequest"
+    ) -> list[tuple[str, str, Mapping[str, Any]]]:
+        """Spec ``POST /createRoom`` step 3, "A default ``m.room.power_levels`` event.
+        Overridden by the ``power_level_content_override`` parameter": an
+        ``m.room.power_levels`` in ``initial_state`` replaces the default here (and is
+        not sent again at step 6), the override is applied over either.
+
+        :returns: ``initial_state`` without its power levels, for steps 5 and 6.
+        """
         initial = list(req.initial_state)
-        pl_content = self._power_levels(rv, user_id, req)
+        pl_content = self._power_levels(req.room_version, user_id, req)
         for i, (t, sk, c) in enumerate(initial):
             if (t, sk) == ("m.room.power_levels", ""):
                 pl_content = dict(c)
                 del initial[i]
                 break
         pl_content.update(req.power_level_override)
-        await state("m.room.power_levels", pl_content)
-        # 4. The canonical alias.
-        if req.alias is not None:
-            await state("m.room.canonical_alias", {"alias": req.alias})
-        # 5. The preset's events, unless initial_state sets them (it "takes precedence").
+        await draft.add("m.room.power_levels", user_id, pl_content, "")
+        return initial
+
+    async def _draft_preset(
+        self,
+        draft: RoomDraft,
+        user_id: str,
+        req: "_CreateRequest",
+        initial: Sequence[tuple[str, str, Mapping[str, Any]]],
+    ) -> None:
+        """Spec ``POST /createRoom`` step 5, "Events set by the ``preset``": join rules,
+        history visibility and guest access, each unless ``initial_state`` sets it (the
+        spec on ``initial_state``: "Takes precedence over events set by ``preset``").
+        """
         given = {(t, sk) for t, sk, _ in initial}
         preset = PRESETS[req.preset]
         for event_type, key in (
@@ -301,25 +351,44 @@ class RoomsHandler:
             ("m.room.guest_access", "guest_access"),
         ):
             if (event_type, "") not in given:
-                await state(event_type, {key: preset[key]})
-        # 6. initial_state, in order (name and topic given as keys override theirs).
+                await draft.add(event_type, user_id, {key: preset[key]}, "")
+
+    async def _draft_given_state(
+        self,
+        draft: RoomDraft,
+        user_id: str,
+        req: "_CreateRequest",
+        initial: Sequence[tuple[str, str, Mapping[str, Any]]],
+    ) -> None:
+        """Spec ``POST /createRoom`` steps 6 and 7: "Events listed in ``initial_state``,
+        in the order that they are listed" (a name or topic there "gets overridden by
+        ``name`` and ``topic`` keys"), then "Events implied by ``name`` and ``topic``".
+        """
         for t, sk, c in initial:
             if (t, sk) == ("m.room.name", "") and req.name is not None:
                 continue
             if (t, sk) == ("m.room.topic", "") and req.topic is not None:
                 continue
-            await state(t, c, sk)
-        # 7. Name and topic.
+            await draft.add(t, user_id, c, sk)
         if req.name is not None:
-            await state("m.room.name", {"name": req.name})
+            await draft.add("m.room.name", user_id, {"name": req.name}, "")
         if req.topic is not None:
-            await state(
+            await draft.add(
                 "m.room.topic",
+                user_id,
                 {"topic": req.topic, "m.topic": {"m.text": [{"body": req.topic, "mimetype": "text/plain"}]}},
+                "",
             )
-        # The alias is claimed before the events are stored (a race with another claim is
-        # lost here, with nothing stored) and given back if they cannot be.
-        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, room_id, user_id):
+
+    async def _commit_claiming_alias(self, draft: RoomDraft, user_id: str, req: "_CreateRequest") -> None:
+        """Store steps 1-7 at once, with the alias of step 4.
+
+        The alias is claimed before the events are stored (a race with another claim is
+        lost here, with nothing stored) and given back if they cannot be.
+
+        :raises MatrixError: 400 ``M_ROOM_IN_USE`` if the alias was claimed meanwhile.
+        """
+        if req.alias is not None and not await self.store.rooms.create_alias(req.alias, draft.room_id, user_id):
             raise MatrixError(400, M_ROOM_IN_USE, "Room alias already taken")
         try:
             await draft.commit()
@@ -330,14 +399,15 @@ class RoomsHandler:
                 except Exception:
                     log.failure("Giving back the alias {alias} of a room not made failed", alias=req.alias)
             raise
-        # 8. Invites.
+
+    async def _send_initial_invites(self, user_id: str, room_id: str, req: "_CreateRequest") -> None:
+        """Spec ``POST /createRoom`` step 8, "Invite events implied by ``invite``", once
+        the room exists (the creator inviting themself is skipped).
+        """
         for target in req.invite:
             if target == user_id:
                 continue
             await self.membership.invite(user_id, room_id, target, is_direct=req.is_direct)
-        if req.visibility == "public":
-            await self.store.set_room_public(room_id, True)
-        return {"room_id": room_id}
 
     def _power_levels(self, rv: RoomVersion, user_id: str, req: "_CreateRequest") -> dict[str, Any]:
         """The default ``m.room.power_levels`` content (spec ``createRoom`` step 3)."""
@@ -374,7 +444,7 @@ class RoomsHandler:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _with_txn(self, requester: Any, txn_id: str, room_id: str, path: str, make) -> str:
+    async def _with_txn(self, requester: Requester, txn_id: str, room_id: str, path: str, make) -> str:
         """Run ``make(key)`` (returning the new event id) once per client transaction id and
         request path (spec "Transaction identifiers": "a retransmission if the transaction
         ID is the same as a previous request, and the path of the HTTP request is the
@@ -402,7 +472,7 @@ class RoomsHandler:
         return await self._txn_locks.run(key, run)
 
     async def send_event(
-        self, requester: Any, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
+        self, requester: Requester, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
     ) -> str:
         """``PUT /rooms/{roomId}/send/{eventType}/{txnId}``.
 
@@ -428,7 +498,7 @@ class RoomsHandler:
         return await self._with_txn(requester, txn_id, room_id, f"/rooms/{room_id}/send/{event_type}", make)
 
     async def set_state(
-        self, requester: Any, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
+        self, requester: Requester, room_id: str, event_type: str, state_key: str, content: Mapping[str, Any]
     ) -> str:
         """``PUT /rooms/{roomId}/state/{eventType}/{stateKey}``. Setting a state to the
         content it already has (from the same sender) returns the existing event.
@@ -505,7 +575,7 @@ class RoomsHandler:
             raise forbidden("You may not redact other users' events")
 
     async def redact(
-        self, requester: Any, room_id: str, event_id: str, txn_id: str, reason: Optional[str] = None
+        self, requester: Requester, room_id: str, event_id: str, txn_id: str, reason: Optional[str] = None
     ) -> str:
         """``PUT /rooms/{roomId}/redact/{eventId}/{txnId}``.
 
@@ -551,7 +621,7 @@ class RoomsHandler:
             return await self.events.pipeline.current_state(room_id)
         raise forbidden("You are not in this room")
 
-    async def get_state(self, requester: Any, room_id: str) -> list[dict[str, Any]]:
+    async def get_state(self, requester: Requester, room_id: str) -> list[dict[str, Any]]:
         """``GET /rooms/{roomId}/state``: every state event, client format."""
         state = await self.readable_state(room_id, requester.user_id)
         events = await self.store.get_events(state.values())
@@ -559,7 +629,7 @@ class RoomsHandler:
         return await self.source.serialize(ordered, user_id=requester.user_id, scope=transaction_scope(requester))
 
     async def get_state_event(
-        self, requester: Any, room_id: str, event_type: str, state_key: str, *, format: str = "content"
+        self, requester: Requester, room_id: str, event_type: str, state_key: str, *, format: str = "content"
     ) -> dict[str, Any]:
         """``GET /rooms/{roomId}/state/{eventType}/{stateKey}``: the content (or, with
         ``format=event``, the whole event).
@@ -574,7 +644,7 @@ class RoomsHandler:
         [served] = await self.source.serialize([event], user_id=requester.user_id, scope=transaction_scope(requester))
         return served if format == "event" else served["content"]
 
-    async def joined_rooms(self, requester: Any) -> dict[str, Any]:
+    async def joined_rooms(self, requester: Requester) -> dict[str, Any]:
         """``GET /joined_rooms``."""
         rows = await self.store.rooms.get_memberships_for_user(requester.user_id)
         return {"joined_rooms": sorted(m.room_id for m in rows if m.membership == "join")}

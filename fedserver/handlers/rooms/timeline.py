@@ -36,6 +36,7 @@ from fedserver.handlers.rooms.rooms import (
     topo_token,
 )
 from fedserver.storage.rooms_store import POS_MAX, TopoPos
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -105,7 +106,7 @@ class TimelineHandler:
             return found if found is not None else (-1, -1)
         raise invalid_param("from", "Invalid pagination token")
 
-    async def _visible_event(self, requester: Any, room_id: str, event_id: str) -> tuple[Any, Event, tuple[float, Optional[int]]]:
+    async def _visible_event(self, requester: Requester, room_id: str, event_id: str) -> tuple[Any, Event, tuple[float, Optional[int]]]:
         """The event if the user may see it: ``(meta, event, bounds)``; 404 otherwise."""
         bounds = await self.bounds(room_id, requester.user_id)
         metas = await self.store.get_event_meta([event_id]) if isinstance(event_id, str) else {}
@@ -122,7 +123,7 @@ class TimelineHandler:
 
     # -- /event ----------------------------------------------------------------------------
 
-    async def get_event(self, requester: Any, room_id: str, event_id: str) -> dict[str, Any]:
+    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> dict[str, Any]:
         """``GET /rooms/{roomId}/event/{eventId}``: 404 if not found or not visible; with
         its bundled aggregations."""
         _, event, _ = await self._visible_event(requester, room_id, event_id)
@@ -152,7 +153,7 @@ class TimelineHandler:
 
     async def messages(
         self,
-        requester: Any,
+        requester: Requester,
         room_id: str,
         *,
         from_token: Optional[str] = None,
@@ -220,7 +221,7 @@ class TimelineHandler:
         return out
 
     async def _senders_members(
-        self, requester: Any, room_id: str, events: Sequence[Event], include_redundant: bool
+        self, requester: Requester, room_id: str, events: Sequence[Event], include_redundant: bool
     ) -> list[Event]:
         """The membership event of each sender of ``events`` as of their newest event
         there (spec "Lazy-loading room members"), less those the device was sent."""
@@ -243,7 +244,7 @@ class TimelineHandler:
     # -- /context --------------------------------------------------------------------------
 
     async def context(
-        self, requester: Any, room_id: str, event_id: str, *, limit: int = 10, event_filter: Optional[EventFilter] = None
+        self, requester: Requester, room_id: str, event_id: str, *, limit: int = 10, event_filter: Optional[EventFilter] = None
     ) -> dict[str, Any]:
         """``GET /rooms/{roomId}/context/{eventId}``: the event, up to ``limit`` events
         around it (history fetched before it if we lack it), tokens to paginate on both
@@ -303,7 +304,7 @@ class TimelineHandler:
 
     async def members(
         self,
-        requester: Any,
+        requester: Requester,
         room_id: str,
         *,
         at: Optional[str] = None,
@@ -370,7 +371,7 @@ class TimelineHandler:
         pair = groups.get(event.event_id)
         return await self.store.get_state_group(pair[1]) if pair is not None else readable
 
-    async def joined_members(self, requester: Any, room_id: str) -> dict[str, Any]:
+    async def joined_members(self, requester: Requester, room_id: str) -> dict[str, Any]:
         """``GET /rooms/{roomId}/joined_members``: for joined members only (403 else)."""
         m = await self.store.rooms.get_membership(room_id, requester.user_id)
         if m is None or m.membership != "join":

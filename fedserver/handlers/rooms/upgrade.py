@@ -30,7 +30,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Awaitable, Mapping, Optional, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -38,7 +39,9 @@ from twisted.logger import Logger
 from fedserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, unsupported_room_version
 from fedserver.handlers.rooms.directory import current_power
 from fedserver.handlers.rooms.membership import valid_user_id
+from fedserver.handlers.rooms.new_room import RoomDraft
 from fedserver.room_versions import RoomVersionRegistry, UnknownRoomVersion
+from fedserver.handlers.requester import Requester
 
 log = Logger()
 
@@ -63,6 +66,35 @@ REMOTE_INVITE_CONCURRENCY = 5
 FOLLOWED_ACCOUNT_DATA = ("m.tag",)
 
 
+class _Send(Protocol):
+    """Sends a state event as the upgrading user (to the new room unless ``room`` says
+    otherwise); answers whether it was taken."""
+
+    def __call__(
+        self, event_type: str, body: Mapping[str, Any], state_key: str = "", room: str = ...
+    ) -> Awaitable[bool]: ...
+
+
+@dataclass(frozen=True)
+class _OldState:
+    """The old room's current state when the upgrade starts: the event ids by key, and
+    the events of its ``""``-keyed state and of its memberships."""
+
+    state: Mapping[tuple[str, str], str]
+    events: Mapping[str, Any]
+
+    @classmethod
+    async def load(cls, store: Any, room_id: str) -> "_OldState":
+        state = await store.get_current_state_ids(room_id)
+        wanted = [v for (t, sk), v in state.items() if sk == "" or t == "m.room.member"]
+        return cls(state, await store.get_events(wanted))
+
+    def current(self, event_type: str) -> Optional[Any]:
+        """The current event of ``event_type`` with the empty state key, if any."""
+        event_id = self.state.get((event_type, ""))
+        return self.events.get(event_id) if event_id is not None else None
+
+
 class RoomUpgradeHandler:
     """``POST /rooms/{roomId}/upgrade`` and following a tombstone.
 
@@ -78,7 +110,7 @@ class RoomUpgradeHandler:
         self.room_versions = room_versions
         self._locks: dict[str, defer.DeferredLock] = {}
 
-    async def upgrade(self, requester: Any, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def upgrade(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Upgrade ``room_id`` (see the module comment).
 
         :returns: ``{"replacement_room": new room id}``.
@@ -109,32 +141,73 @@ class RoomUpgradeHandler:
                 del self._locks[room_id]
 
     async def _upgrade(self, user_id: str, room_id: str, new_rv: Any, extra_creators: list[str]) -> dict[str, Any]:
+        """The spec's server behaviour steps 1-6 (see the module comment), in order."""
+        power = await self._check_may_upgrade(user_id, room_id)  # 1.
+        old = await _OldState.load(self.store, room_id)
+        # 2. The replacement room, and the upgrader's join so that the rest can be sent;
+        # 3. its transferred state. Built in memory and taken in all at once, as createRoom
+        # does (RoomDraft): a refusal or a storage fault half way leaves no half-made
+        # replacement room, and the old room untouched.
+        content = await self._replacement_create_content(user_id, room_id, new_rv, extra_creators, old)
+        draft = await RoomDraft.start(self.events, new_rv, user_id, content)
+        new_room = draft.room_id
+        log.info("Upgrading {old} to {new} (version {v}) for {user}", old=room_id, new=new_room, v=new_rv.identifier, user=user_id)
+
+        async def add(event_type: str, body: Mapping[str, Any], state_key: str = "", room: str = new_room) -> bool:
+            await draft.add(event_type, user_id, body, state_key)
+            return True
+
+        join = dict(await self.membership.member_profile(user_id))
+        join["membership"] = "join"
+        await add("m.room.member", join, user_id)
+        await self._replicate_state(user_id, new_rv, power.user_level(user_id), content, old, add)  # 3.
+        await draft.commit()
+        send = self._sender(user_id, room_id, new_room)
+        # 4. Local aliases, the canonical alias and the directory entry move.
+        await self._move_aliases(room_id, new_room, old.current("m.room.canonical_alias"), send)
+        # Invites so that the members of a room that is not public can follow.
+        join_rules = old.current("m.room.join_rules")
+        rule = join_rules.content.get("join_rule") if join_rules is not None else "invite"
+        if rule != "public":
+            await self._invite_members(user_id, new_room, old.state, old.events)
+        await self._send_tombstone(user_id, room_id, new_room)  # 5.
+        await self._quiet_old_room(old.current("m.room.power_levels"), room_id, send)  # 6.
+        return {"replacement_room": new_room}
+
+    async def _check_may_upgrade(self, user_id: str, room_id: str) -> Any:
+        """Spec "Room Upgrades", server behaviour step 1: "Checks that the user has
+        permission to send ``m.room.tombstone`` events in the room" (and is in it).
+
+        :returns: the room's current power (of :func:`current_power`).
+        :raises MatrixError: 403 ``M_FORBIDDEN``.
+        """
         store = self.store
         old_rv = await self.events.room_version(room_id)
         membership = await store.rooms.get_membership(room_id, user_id) if old_rv is not None else None
         if membership is None or membership.membership != "join":
             raise forbidden("You are not in this room")
-        # 1. The permission to send m.room.tombstone.
         power = await current_power(store, room_id, user_id)
         if power.user_level(user_id) < power.power_levels.required_level("m.room.tombstone", True):
             raise forbidden("You may not upgrade this room (no permission to send m.room.tombstone)")
-        state = await store.get_current_state_ids(room_id)
-        wanted = [v for (t, sk), v in state.items() if sk == "" or t == "m.room.member"]
-        old = await store.get_events(wanted)
+        return power
 
-        def current(event_type: str) -> Optional[Any]:
-            event_id = state.get((event_type, ""))
-            return old.get(event_id) if event_id is not None else None
-
-        # 2. The replacement room's create event.
-        old_create = current("m.room.create")
+    async def _replacement_create_content(
+        self, user_id: str, room_id: str, new_rv: Any, extra_creators: list[str], old: "_OldState"
+    ) -> dict[str, Any]:
+        """Spec "Room Upgrades", server behaviour step 2: the replacement room's
+        ``m.room.create`` content, "containing a ``predecessor`` field, the applicable
+        ``room_version``, and a ``type`` field which is copied from the predecessor room"
+        (and ``m.federate``); from v12 the ``additional_creators`` given in the request
+        (those of the old room are not transferred).
+        """
+        old_create = old.current("m.room.create")
         content: dict[str, Any] = {}
         if old_create is not None:
             for key in CREATE_CONTENT_KEPT:
                 if key in old_create.content:
                     content[key] = old_create.content[key]
         predecessor: dict[str, Any] = {"room_id": room_id}
-        extremities = await store.get_forward_extremities(room_id)
+        extremities = await self.store.get_forward_extremities(room_id)
         if extremities:
             predecessor["event_id"] = extremities[0]  # "the last known event in the old room"
         content["predecessor"] = predecessor
@@ -145,26 +218,37 @@ class RoomUpgradeHandler:
             extra = [u for u in dict.fromkeys(extra_creators) if u != user_id]
             if extra:
                 content["additional_creators"] = extra
-        create = await self.events.create_room(new_rv, user_id, content)
-        new_room = create.room_id
-        log.info("Upgrading {old} to {new} (version {v}) for {user}", old=room_id, new=new_room, v=new_rv.identifier, user=user_id)
+        return content
+
+    def _sender(self, user_id: str, old_room: str, new_room: str) -> "_Send":
+        """A ``send(type, content, state_key="", room=new_room)`` for the steps after the
+        create event: it answers whether the event was taken, logging a refusal (an upgrade
+        carries on without a state event the new room refuses)."""
 
         async def send(event_type: str, body: Mapping[str, Any], state_key: str = "", room: str = new_room) -> bool:
             try:
                 await self.events.send(room, type=event_type, sender=user_id, content=body, state_key=state_key)
                 return True
             except MatrixError as e:
-                log.warn("Upgrade of {room_id}: {type} not sent to {room}: {e}", room_id=room_id, type=event_type, room=room, e=e.error)
+                log.warn("Upgrade of {room_id}: {type} not sent to {room}: {e}", room_id=old_room, type=event_type, room=room, e=e.error)
                 return False
 
-        join = dict(await self.membership.member_profile(user_id))
-        join["membership"] = "join"
-        await send("m.room.member", join, user_id)
-        # 3. Power levels that let the upgrader make the rest, the transferable state, the
-        # power levels as they were (adjusted to the new version's rules).
-        old_pl = current("m.room.power_levels")
+        return send
+
+    async def _replicate_state(
+        self, user_id: str, new_rv: Any, old_level: Any, content: Mapping[str, Any], old: "_OldState", send: "_Send"
+    ) -> None:
+        """Spec "Room Upgrades", server behaviour step 3: "Replicates transferable state
+        events to the new room" (the spec's recommended list, :data:`TRANSFERRED_STATE`,
+        and the power levels), and the bans.
+
+        Power levels that let the upgrader make the rest come first, then the
+        transferable state, then the power levels as they were (adjusted to the new
+        version's rules).
+        """
+        old_pl = old.current("m.room.power_levels")
         final_pl = self._power_levels(old_pl.content if old_pl is not None else None, new_rv, user_id,
-                                      power.user_level(user_id), content.get("additional_creators", []))
+                                      old_level, content.get("additional_creators", []))
         first_pl = dict(final_pl)
         if not new_rv.privileged_creators:
             needed = _needed_level(final_pl)
@@ -174,44 +258,55 @@ class RoomUpgradeHandler:
                 first_pl["users"] = users
         await send("m.room.power_levels", first_pl)
         for event_type in TRANSFERRED_STATE:
-            event = current(event_type)
+            event = old.current(event_type)
             if event is not None and event.content:
                 await send(event_type, dict(event.content))
-        # Bans carry over.
-        for (t, target), event_id in sorted(state.items()):
-            ev = old.get(event_id) if t == "m.room.member" else None
+        await self._carry_bans(user_id, old, send)
+        if first_pl != final_pl:
+            await send("m.room.power_levels", final_pl)
+
+    @staticmethod
+    async def _carry_bans(user_id: str, old: "_OldState", send: "_Send") -> None:
+        """Bans carry over, beyond the spec's list ("Membership events should not be
+        transferred", but a banned user stays banned): a new ban by the upgrader, with the
+        old reason."""
+        for (t, target), event_id in sorted(old.state.items()):
+            ev = old.events.get(event_id) if t == "m.room.member" else None
             if ev is not None and ev.membership == "ban" and target != user_id:
                 ban = {"membership": "ban"}
                 if isinstance(ev.content.get("reason"), str):
                     ban["reason"] = ev.content["reason"]
                 await send("m.room.member", ban, target)
-        if first_pl != final_pl:
-            await send("m.room.power_levels", final_pl)
-        # 4. Local aliases, the canonical alias and the directory entry move.
-        await self._move_aliases(room_id, new_room, current("m.room.canonical_alias"), send)
-        # Invites so that the members of a room that is not public can follow.
-        join_rules = current("m.room.join_rules")
-        rule = join_rules.content.get("join_rule") if join_rules is not None else "invite"
-        if rule != "public":
-            await self._invite_members(user_id, new_room, state, old)
-        # 5. The tombstone.
+
+    async def _send_tombstone(self, user_id: str, room_id: str, new_room: str) -> None:
+        """Spec "Room Upgrades", server behaviour step 5: "Sends a ``m.room.tombstone``
+        event to the old room".
+
+        :raises MatrixError: 403 ``M_FORBIDDEN`` if the old room refuses it.
+        """
         tombstone = {"body": "This room has been replaced", "replacement_room": new_room}
         try:
             await self.events.send(room_id, type="m.room.tombstone", sender=user_id, content=tombstone, state_key="")
         except MatrixError as e:
             raise forbidden(f"The tombstone was refused: {e.error}") from None
-        # 6. Quiet the old room.
-        if old_pl is not None:
-            restricted = dict(old_pl.content)
-            level = max(50, _int(restricted.get("users_default"), 0) + 1)
-            changed = False
-            for key in ("events_default", "invite"):
-                if _int(restricted.get(key), 0 if key != "invite" else 0) < level:
-                    restricted[key] = level
-                    changed = True
-            if changed:
-                await send("m.room.power_levels", restricted, room=room_id)
-        return {"replacement_room": new_room}
+
+    @staticmethod
+    async def _quiet_old_room(old_pl: Any, room_id: str, send: "_Send") -> None:
+        """Spec "Room Upgrades", server behaviour step 6: "the power levels in the old room
+        should also be modified to prevent sending of events and inviting new users":
+        ``events_default`` and ``invite`` raised to the greater of 50 and
+        ``users_default + 1``."""
+        if old_pl is None:
+            return
+        restricted = dict(old_pl.content)
+        level = max(50, _int(restricted.get("users_default"), 0) + 1)
+        changed = False
+        for key in ("events_default", "invite"):
+            if _int(restricted.get(key), 0 if key != "invite" else 0) < level:
+                restricted[key] = level
+                changed = True
+        if changed:
+            await send("m.room.power_levels", restricted, room=room_id)
 
     @staticmethod
     def _power_levels(

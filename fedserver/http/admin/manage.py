@@ -76,7 +76,6 @@ class AdminHandlers:
 def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: AdminAuth) -> None:
     """Add the users, rooms and destinations endpoints to the resource mounted at
     ``/_synapse/admin`` (see docs/admin-api.md; every one needs an admin's token)."""
-    users, rooms, dests = handlers.users, handlers.rooms, handlers.destinations
 
     def route(method: str, template: str, handler: Callable[..., Awaitable[Any]]) -> None:
         async def run(request: IRequest, **params: str) -> Any:
@@ -88,7 +87,20 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
     async def server_version(request: IRequest, admin_id: str) -> Any:
         return {"server_version": f"fedserver {__version__}"}
 
-    # -- users --------------------------------------------------------------------------------
+    route("GET", "/v1/server_version", server_version)  # docs/admin-api.md "Server"
+    _register_user_routes(route, handlers.users)
+    _register_room_routes(route, handlers.rooms)
+    _register_destination_routes(route, handlers.destinations)
+
+
+#: ``route(method, template, handler)`` adds an admin-only route whose handler is called
+#: with ``(request, admin_id, **path_params)``.
+_Route = Callable[[str, str, Callable[..., Awaitable[Any]]], None]
+
+
+def _register_user_routes(route: _Route, users: Any) -> None:
+    """docs/admin-api.md "Users": list, show, create or change, deactivate, reset a
+    password, devices, rooms of a user, the admin flag."""
 
     async def list_users(request: IRequest, admin_id: str) -> Any:
         offset, limit = _page(request)
@@ -132,7 +144,6 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
         await users.reset_password(user_id, body.get("new_password"), logout_devices=body.get("logout_devices", True))
         return {}
 
-    route("GET", "/v1/server_version", server_version)
     route("GET", "/v2/users", list_users)
     route("GET", "/v2/users/{user_id}", get_user)
     route("PUT", "/v2/users/{user_id}", put_user)
@@ -143,7 +154,10 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
     route("POST", "/v1/deactivate/{user_id}", deactivate)
     route("POST", "/v1/reset_password/{user_id}", reset_password)
 
-    # -- rooms --------------------------------------------------------------------------------
+
+def _register_room_routes(route: _Route, rooms: Any) -> None:
+    """docs/admin-api.md "Rooms": list, one room, members and state, block a room,
+    purge history, delete a room (at once or in the background, with its status)."""
 
     async def list_rooms(request: IRequest, admin_id: str) -> Any:
         offset, limit = _page(request)
@@ -206,7 +220,10 @@ def register_admin_routes(admin: JsonResource, handlers: AdminHandlers, auth: Ad
     route("GET", "/v2/rooms/delete_status/{delete_id}", delete_status)
     route("GET", "/v2/rooms/{room_id}/delete_status", delete_statuses)
 
-    # -- destinations ---------------------------------------------------------------------------
+
+def _register_destination_routes(route: _Route, dests: Any) -> None:
+    """docs/admin-api.md "Destinations (other servers)": list, one destination, reset
+    the connection (forget its backoff and send what is queued now)."""
 
     async def list_destinations(request: IRequest, admin_id: str) -> Any:
         offset, limit = _page(request)

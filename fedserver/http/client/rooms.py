@@ -21,6 +21,7 @@ from fedserver.handlers.rooms.timeline import TimelineHandler
 from fedserver.handlers.rooms.upgrade import RoomUpgradeHandler
 from fedserver.handlers.client.ignored_users import IgnoredUsers
 from fedserver.handlers.client.sync import PartialStateSection, SyncHandler
+from fedserver.http.client.public_rooms import register_public_rooms_routes
 from fedserver.http.client.relations import register_relations_routes
 from fedserver.http.client.timeline import register_timeline_routes
 from fedserver.http.client.upgrade import register_upgrade_routes
@@ -102,6 +103,7 @@ def build_room_services(
     remote_alias_query: Optional[Callable[[str, str], Any]] = None,
     is_room_blocked: Optional[Callable[[str], bool]] = None,
     backfill: Any = None,
+    federation_client: Any = None,
 ) -> RoomServices:
     """Build the room handlers on ``store`` and attach them to ``pipeline.on_persisted``
     (the notifier that wakes /sync, and the redaction indexer).
@@ -118,6 +120,7 @@ def build_room_services(
         :class:`~fedserver.handlers.rooms.membership.MembershipHandler`).
     :param backfill: a :class:`~fedserver.handlers.federation.backfill.BackfillHandler`
         to fetch history from other servers for /messages (``None``: only what we hold).
+    :param federation_client: lists other servers' public rooms (``None``: not listed).
     """
     versions = room_versions if room_versions is not None else RoomVersionRegistry()
     if isinstance(default_room_version, str):
@@ -126,7 +129,10 @@ def build_room_services(
     events = RoomEvents(store, creator, pipeline, server_name, signing_key)
     source = ClientEventSource(store, clock)
     ignored = source.ignored = IgnoredUsers(store)
-    directory = DirectoryHandler(store, server_name, remote_query=remote_alias_query)
+    directory = DirectoryHandler(
+        store, server_name, remote_query=remote_alias_query, federation_client=federation_client,
+        is_room_blocked=is_room_blocked,
+    )
     membership = MembershipHandler(events, directory, remote=remote, notifier=notifier, is_room_blocked=is_room_blocked)
     rooms = RoomsHandler(
         events, membership, directory, source, room_versions=versions, default_room_version=default_room_version
@@ -197,14 +203,25 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     also under ``/r0/``). ``createRoom`` then defaults to the room version the API
     advertises in ``/capabilities``.
     """
-    rooms, membership, directory, sync = services.rooms, services.membership, services.directory, services.sync
+    rooms = services.rooms
     advertised = getattr(client_api, "default_room_version", None)
     if isinstance(advertised, str) and advertised in rooms.room_versions:
         rooms.default_room_version = rooms.room_versions.get(advertised)
-    authed = client_api.add_authed_route
-    public = client_api.add_public_route
+    _register_event_routes(client_api, rooms)
+    register_timeline_routes(client_api, services.timeline)
+    register_relations_routes(client_api, services.relations)
+    register_upgrade_routes(client_api, services.upgrades)
+    _register_membership_routes(client_api, services.membership)
+    _register_directory_routes(client_api, services.directory)
+    _register_sync_routes(client_api, services.sync)
 
-    # -- rooms and events -----------------------------------------------------------------
+
+def _register_event_routes(client_api: Any, rooms: RoomsHandler) -> None:
+    """Rooms and their events: client-server API "Rooms", "Creation" (``POST
+    /createRoom``), "Sending events to a room" (``PUT .../send``, ``PUT .../state``),
+    "Getting events for a room" (``GET .../state``), "Redactions" (``PUT .../redact``),
+    "Room membership" (``GET /joined_rooms``)."""
+    authed = client_api.add_authed_route
 
     async def create_room(request, requester):
         return await rooms.create_room(requester, _body(request, MAX_CREATE_ROOM_BODY))
@@ -240,11 +257,13 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("GET", "/v3/rooms/{room_id}/state/{event_type}", get_state_event)
     authed("PUT", "/v3/rooms/{room_id}/redact/{event_id}/{txn_id}", redact)
     authed("GET", "/v3/joined_rooms", joined_rooms)
-    register_timeline_routes(client_api, services.timeline)
-    register_relations_routes(client_api, services.relations)
-    register_upgrade_routes(client_api, services.upgrades)
 
-    # -- membership ------------------------------------------------------------------------
+
+def _register_membership_routes(client_api: Any, membership: MembershipHandler) -> None:
+    """Client-server API "Room membership": "Joining rooms" (``/join``, ``/invite``),
+    "Knocking on rooms" (``/knock``), "Leaving rooms" (``/leave``, ``/forget``,
+    ``/kick``), "Banning users in a room" (``/ban``, ``/unban``)."""
+    authed = client_api.add_authed_route
 
     async def join_any(request, requester, room_id_or_alias):
         body = _body(request, optional=True)
@@ -298,7 +317,13 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
     authed("POST", "/v3/knock/{room_id_or_alias}", knock)
     authed("POST", "/v3/rooms/{room_id}/forget", forget)
 
-    # -- directory -------------------------------------------------------------------------
+
+def _register_directory_routes(client_api: Any, directory: DirectoryHandler) -> None:
+    """Client-server API "Room aliases" (``/directory/room/{roomAlias}``,
+    ``/rooms/{roomId}/aliases``) and "Published room directory"
+    (``/directory/list/room/{roomId}``, ``/publicRooms``)."""
+    authed = client_api.add_authed_route
+    public = client_api.add_public_route
 
     async def put_alias(request, requester, room_alias):
         body = _body(request)
@@ -326,41 +351,18 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
         await directory.set_visibility(requester.user_id, room_id, body.get("visibility", "public"))
         return {}
 
-    async def get_public_rooms(request):
-        return await directory.public_rooms(
-            limit=query_int(request, "limit", None, minimum=0, maximum=10_000),
-            since=query_string(request, "since", None),
-            server=query_string(request, "server", None),
-        )
-
-    async def post_public_rooms(request, requester):
-        body = _body(request, optional=True)
-        limit = body.get("limit")
-        if limit is not None and type(limit) is not int:
-            raise bad_json("limit must be an integer")
-        since = body.get("since")
-        if since is not None and not isinstance(since, str):
-            raise bad_json("since must be a string")
-        flt = body.get("filter") or {}
-        if not isinstance(flt, dict):
-            raise bad_json("filter must be an object")
-        term = flt.get("generic_search_term")
-        if term is not None and not isinstance(term, str):
-            raise bad_json("generic_search_term must be a string")
-        return await directory.public_rooms(
-            limit=limit, since=since, search_term=term or None, server=query_string(request, "server", None)
-        )
-
     authed("PUT", "/v3/directory/room/{room_alias}", put_alias)
     public("GET", "/v3/directory/room/{room_alias}", get_alias)
     authed("DELETE", "/v3/directory/room/{room_alias}", delete_alias)
     authed("GET", "/v3/rooms/{room_id}/aliases", room_aliases)
     public("GET", "/v3/directory/list/room/{room_id}", get_visibility)
     authed("PUT", "/v3/directory/list/room/{room_id}", put_visibility)
-    public("GET", "/v3/publicRooms", get_public_rooms)
-    authed("POST", "/v3/publicRooms", post_public_rooms)
+    register_public_rooms_routes(client_api, directory)
 
-    # -- sync --------------------------------------------------------------------------------
+
+def _register_sync_routes(client_api: Any, sync: SyncHandler) -> None:
+    """Client-server API "Syncing" (``GET /sync``); a client that goes away ends its
+    long-poll."""
 
     async def do_sync(request, requester):
         full_state = query_string(request, "full_state", "false")
@@ -384,4 +386,4 @@ def register_room_routes(client_api: Any, services: RoomServices) -> None:
         except defer.CancelledError:
             return None  # nobody is listening any more
 
-    authed("GET", "/v3/sync", do_sync)
+    client_api.add_authed_route("GET", "/v3/sync", do_sync)
