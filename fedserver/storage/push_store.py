@@ -97,10 +97,10 @@ class PushStore:
     def get_user_rules_many(self, user_ids: Iterable[str]) -> "Deferred[dict[str, dict[str, Any]]]":
         """:meth:`get_user_rules` of many users in one transaction: ``{user_id: rules}``
         for those who changed something (the others are left out)."""
-        ids = lookup_ids(user_ids)
+        wanted = list(user_ids)
 
         def txn(t: Txn) -> dict[str, dict[str, Any]]:
-            rows = t.select_in("SELECT user_id, rules FROM push_rules WHERE user_id IN ({})", ids)
+            rows = t.select_in("SELECT user_id, rules FROM push_rules WHERE user_id IN ({})", lookup_ids(wanted))
             return {user_id: json.loads(bytes(rules)) for user_id, rules in rows}
 
         return self._db.run_read(txn)
