@@ -161,6 +161,8 @@ async def populated_room(
     """A public room owned by ``owner`` (a local user) that every ``(user_id, server_name,
     signing_key)`` of ``joiners`` has joined, taken in through the room pipeline.
 
+    Push rule evaluation and presence are left out while the members join (see below).
+
     :returns: ``(room_id, current state ids, last event id, next depth)``.
     """
     content = {"room_version": rv.identifier}
