@@ -29,7 +29,7 @@ from fedserver.push.rules import (
 #: Users whose rulesets are kept in memory.
 CACHE_SIZE = 10_000
 #: Users known to have the server-default rules (a flag each).
-UNCHANGED_CACHE_SIZE = 500_000
+UNCHANGED_CACHE_SIZE = 200_000
 
 
 def _matrix_error(e: RuleError) -> MatrixError:
