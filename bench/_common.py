@@ -161,6 +161,8 @@ async def populated_room(
     """A public room owned by ``owner`` (a local user) that every ``(user_id, server_name,
     signing_key)`` of ``joiners`` has joined, taken in through the room pipeline.
 
+    Push rule evaluation and presence are left out while the members join (see below).
+
     :returns: ``(room_id, current state ids, last event id, next depth)``.
     """
     content = {"room_version": rv.identifier}
@@ -176,6 +178,24 @@ async def populated_room(
         await service.creator.send(room, rv, type=t, sender=owner, content=c, state_key=k)
     state = dict(await service.pipeline.current_state(room))
     prev = sorted(await service.pipeline.forward_extremities(room))
+    # The members' joins are the setup, not what is measured. Two reactions to each taken-in
+    # event scale with the room's local members and are left out while it is built: push
+    # rules evaluated for every local member on every join (quadratic: hours for 20,000
+    # local members, for no notification: member events notify nobody under the default
+    # rules), and presence, which would mark every member active just now (the room
+    # modelled is one of idle members; the resident then has no presence to announce).
+    # The room's events and state are the same.
+    hooks = service.pipeline.on_persisted
+    quiet = {id(getattr(service.push, "notifications", None)), id(getattr(service.ephemeral, "presence", None))}
+    saved = list(hooks)
+    hooks[:] = [h for h in hooks if id(getattr(h, "__self__", None)) not in quiet]
+    try:
+        return await _add_members(service, rv, room, state, prev, joiners, batch_size)
+    finally:
+        hooks[:] = saved
+
+
+async def _add_members(service, rv: RoomVersion, room: str, state: dict, prev: list, joiners, batch_size: int):
     depth, batch = 10, []
 
     async def flush():

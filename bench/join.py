@@ -1,6 +1,6 @@
 """Benchmark: joining a large room on another server, fedserver and a real Synapse side by side.
 
-Run as ``python bench/join.py [--members 20000] [--version 10] [--runs 3] [--modes full,partial]``
+Run as ``python bench/join.py [--members 20000] [--version 10] [--runs 3] [--modes full,partial,idle]``
 from the repository root, with ``FEDSERVER_SYNAPSE_PYTHON`` naming a Python that has
 matrix-synapse (without it only fedserver is measured, and the output says so). Not a test:
 it prints figures, every one measured in this run.
@@ -19,6 +19,8 @@ it prints figures, every one measured in this run.
    ``serve_partial_state: false``; Synapse then gets the whole state in its send_join).
    Mode ``partial``: it does; fedserver asks for it (``partial_state_joins``), Synapse
    always does as a joiner.
+   Mode ``idle``: no room and no join: a fresh server of each kind is started and its
+   resident memory read once idle (as in the other modes), and it is stopped.
 4. Per mode and server: the medians over the runs, and fedserver's figure against Synapse's.
 """
 
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,6 +99,21 @@ def run_fedserver(base: str, n: int, room: str, resident: str, expected: int, pa
     return {"to_200": to_200, "to_all": to_all, "peak": peak, "idle": idle, "after": after}
 
 
+def idle_rss(base: str, n: int, who: str, version: str) -> dict:
+    """Mode ``idle``: a fresh server's resident memory once idle (read as the join modes
+    read it), then the server is stopped."""
+    if who == "fedserver":
+        server: Any = Fedserver(os.path.join(base, f"idle-{n}"), extra_config={"log_level": "info"})
+    else:
+        server = Synapse(os.path.join(base, f"idle-{n}"), room_version=version)
+    server.start()
+    try:
+        time.sleep(1.0)
+        return {"idle": rss(server.proc.pid)}
+    finally:
+        server.stop()
+
+
 def run_synapse(base: str, n: int, room: str, resident: str, expected: int, version: str) -> dict:
     synapse = Synapse(os.path.join(base, f"synapse-{n}"), room_version=version)
     _running.append(synapse)
@@ -111,9 +129,12 @@ async def run(args) -> None:
     base = tempfile.mkdtemp(prefix="fedserver-bench-join-")
     resident = Fedserver(os.path.join(base, "resident"))
     os.makedirs(resident.directory, exist_ok=True)
-    t0 = time.perf_counter()
-    room = await build_room(resident.directory, resident.server_name, args.members, args.version)
-    print(f"setup: room {room} (v{args.version}) with {args.members + 1:,} members in {time.perf_counter() - t0:.1f}s")
+    joins = [m for m in args.modes if m != "idle"]
+    room = ""
+    if joins:
+        t0 = time.perf_counter()
+        room = await build_room(resident.directory, resident.server_name, args.members, args.version)
+        print(f"setup: room {room} (v{args.version}) with {args.members + 1:,} members in {time.perf_counter() - t0:.1f}s")
     synapse_ok = True
     try:
         Synapse(os.path.join(base, "probe"))
@@ -124,6 +145,16 @@ async def run(args) -> None:
     counter = 0
     try:
         for mode in args.modes:
+            if mode == "idle":
+                for r in range(args.runs):
+                    for who in ("fedserver", "synapse"):
+                        if who == "synapse" and not synapse_ok:
+                            continue
+                        counter += 1
+                        res = idle_rss(base, counter, who, args.version)
+                        print(f"  idle, run {r + 1}, {who}: {res['idle'] / 2**20:.1f} MB; {load_line()}", flush=True)
+                        results.setdefault((mode, who), []).append(res)
+                continue
             resident.stop()
             resident.extra_config = {"serve_partial_state": mode == "partial", "log_level": "warn"}
             resident.start()
@@ -153,10 +184,22 @@ async def run(args) -> None:
         return statistics.median(r[key] for r in rows)
 
     print()
-    print(f"{args.members + 1:,}-member room, medians of {args.runs} alternating runs; {load_line()}")
+    if joins:
+        print(f"{args.members + 1:,}-member room, medians of {args.runs} alternating runs; {load_line()}")
+    else:
+        print(f"medians of {args.runs} alternating runs; {load_line()}")
     print(f"{'mode':<8}{'server':<11}{'to 200':>9}{'to all members':>16}{'peak RSS':>10}"
           f"{'idle RSS':>10}{'RSS after':>11}")
     for mode in args.modes:
+        if mode == "idle":
+            for who in ("fedserver", "synapse"):
+                rows = results.get((mode, who))
+                if rows:
+                    print(f"{mode:<8}{who:<11}{'':>9}{'':>16}{'':>10}{med(rows, 'idle') / 2**20:>8.1f}MB")
+            f, s = results.get((mode, "fedserver")), results.get((mode, "synapse"))
+            if f and s:
+                print(f"{mode:<8}{'Synapse/fedserver':<19}{'':>35}{med(s, 'idle') / med(f, 'idle'):>9.1f}x")
+            continue
         for who in ("fedserver", "synapse"):
             rows = results.get((mode, who))
             if not rows:
@@ -177,10 +220,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=20_000)
     parser.add_argument("--version", default="10")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--modes", default="full,partial", type=lambda s: [m for m in s.split(",") if m])
+    parser.add_argument("--modes", default="full,partial", type=lambda s: [m for m in s.split(",") if m],
+                        help="full, partial (joins) and idle (memory of a fresh server, no room built)")
     args = parser.parse_args()
     for m in args.modes:
-        if m not in ("full", "partial"):
+        if m not in ("full", "partial", "idle"):
             parser.error(f"unknown mode {m!r}")
     task.react(lambda _r: defer.ensureDeferred(run(args)))
 

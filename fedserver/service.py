@@ -102,9 +102,7 @@ from fedserver.http.connections import (
     auto_max_connections,
     fd_limit,
 )
-from fedserver.http.metrics import build_metrics_root
 from fedserver.http.resource import MatrixSite
-from fedserver.metrics import Sample, ServerMetrics
 from fedserver.http.site import StartingResource, build_client_root, build_federation_root
 from fedserver.http.federation.xmatrix_auth import XMatrixAuthenticator
 from fedserver.room_versions import RoomVersionRegistry
@@ -414,9 +412,14 @@ class FedserverService(service.MultiService):
         self.federation_listener.setServiceParent(self)
         self.client_listener.setServiceParent(self)
         # Prometheus metrics on a listener of their own (off unless metrics_listen is set).
-        self.metrics: ServerMetrics | None = None
+        self.metrics: Any = None  # a fedserver.metrics.ServerMetrics when metrics are on
         self.metrics_listener: ListenerService | None = None
         if config.metrics_listen is not None:
+            # Imported here: prometheus_client and its exposition (http.server, wsgiref,
+            # gzip, ...) stay out of the memory of a server that does not serve metrics.
+            from fedserver.http.metrics import build_metrics_root
+            from fedserver.metrics import ServerMetrics
+
             self.metrics = ServerMetrics(reactor, self._metrics_sample)
             metrics_site = MatrixSite(build_metrics_root(self.metrics), log_name="metrics", reactor=reactor, access_log=False)
             self.metrics_listener = ListenerService(
@@ -620,7 +623,9 @@ class FedserverService(service.MultiService):
         })
         metrics.start()
 
-    async def _metrics_sample(self) -> Sample:
+    async def _metrics_sample(self) -> Any:
+        from fedserver.metrics import Sample
+
         figures = await self.store.admin.metrics_figures(self.config.server_name)
         return Sample(**figures)
 

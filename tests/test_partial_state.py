@@ -104,6 +104,33 @@ class PartialStateJoinTests(TestCase):
         members = {p["state_key"] for p in full["state"] if p["type"] == "m.room.member"}
         self.assertEqual(members, {u.user_id for u in users})
 
+    async def test_resident_answer_includes_heroes(self):
+        """In a room with neither a name nor a canonical alias, the partial send_join answer
+        holds the member events of its heroes: the first five members by storing order
+        whose membership is join or invite (an early invitee is one), leaving out one who
+        left and the joiner, and no other member event."""
+        a, b = await self.start(), await self.start()
+        names = ["bob", "carol", "dave", "erin", "frank", "gina", "hank"]
+        users = [await b.user(n) for n in names]
+        ivan = await b.user("ivan")
+        room = await b.create_room(users[0], "12", preset="public_chat")
+        await b.rooms.membership.invite(users[0].user_id, room, ivan.user_id)
+        for u in users[1:]:
+            await b.rooms.membership.join(u.user_id, room)
+        await b.rooms.membership.leave(users[1].user_id, room)
+        alice = await a.user("alice")
+        client, key = a.svc.federation_client, a.svc.signing_key
+        rv = a.svc.room_versions.get("12")
+        made = await client.get_json(
+            b.name, fed_path("/_matrix/federation/v1/make_join/{}/{}", room, alice.user_id), args={"ver": ["12"]}
+        )
+        event = build_from_template(made["event"], rv, origin_server_ts=1, server_name=a.name, signing_key=key)
+        path = fed_path("/_matrix/federation/v2/send_join/{}/{}", room, event.event_id)
+        resp = await client.put_json(b.name, path, event.pdu, args={"omit_members": "true"})
+        self.assertIs(resp["members_omitted"], True)
+        heroes = [p["state_key"] for p in resp["state"] if p["type"] == "m.room.member"]
+        self.assertEqual(sorted(heroes), sorted(u.user_id for u in (users[0], ivan, users[2], users[3], users[4])))
+
     async def test_partial_join_resync_and_member_lists(self):
         """A joins B's room with partial state: the join answers at once; until the resync
         ends the room is marked, member lists wait, /sync leaves the room out, and A sends

@@ -13,6 +13,7 @@ from fedserver.push.rules import (
     UserRules,
     build_ruleset,
     default_rules,
+    default_rules_single_out,
     delete_rule,
     find_rule,
     put_rule,
@@ -253,6 +254,48 @@ class EvaluationTests(unittest.TestCase):
         self.assertFalse(is_notify(self.actions(ev, rules=rule({"kind": "room_member_count", "is": "<5"}))))
         self.assertEqual(split_path("content.m\\.relates_to.a\\\\b\\x"), ["content", "m.relates_to", "a\\b\\x"])
         self.assertEqual(lookup({"a": {"b.c": 3}}, "a.b\\.c"), 3)
+
+    def test_single_out_shares_the_verdict(self):
+        """For an event without a body, the server-default rules decide the same for every
+        user that default_rules_single_out does not name (the invitee, the mentioned, the
+        sender are named), whatever their name or display name; events with a body name
+        everyone (None)."""
+        users = [f"@u{i}:example.org" for i in range(4)] + [ALICE, "@bob:x", "@carol:x", "@dave:other.org"]
+        names = [None, "Alice Liddell", "carol", "u1", "@room"]
+        events = [
+            {"type": "m.room.member", "state_key": "@carol:x", "sender": "@bob:x", "content": {"membership": "join"}},
+            {"type": "m.room.member", "state_key": ALICE, "sender": "@bob:x", "content": {"membership": "invite"}},
+            {"type": "m.room.encrypted", "sender": "@bob:x", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+            {"type": "m.room.encrypted", "sender": "@bob:x",
+             "content": {"algorithm": "x", "m.mentions": {"user_ids": [ALICE, 3], "room": True}}},
+            {"type": "m.reaction", "sender": "@bob:x", "content": {}},
+            {"type": "m.room.tombstone", "state_key": "", "sender": "@bob:x", "content": {"replacement_room": "!r:x"}},
+            {"type": "m.room.server_acl", "state_key": "", "sender": "@bob:x", "content": {}},
+            {"type": "m.call.invite", "sender": "@bob:x", "content": {"call_id": "c"}},
+            {"type": "org.example", "sender": "@bob:x", "content": "not an object"},
+        ]
+        for event in events:
+            named = default_rules_single_out(event)
+            self.assertIsNotNone(named, event)
+            self.assertIn(event["sender"], named)
+            for count in (2, 5):
+                for level in (0, 100):
+                    verdicts = set()
+                    for user in users:
+                        if user in named:
+                            continue
+                        for name in names:
+                            ctx = PushContext(user, display_name=name, member_count=count, sender_level=level,
+                                              notification_levels={"room": 50})
+                            got = evaluate(build_ruleset(user, UserRules()), event, ctx)
+                            verdicts.add(repr(got))
+                    self.assertEqual(len(verdicts), 1, (event, count, level, verdicts))
+        invite = events[1]
+        self.assertIn(ALICE, default_rules_single_out(invite))
+        self.assertTrue(is_notify(evaluate(build_ruleset(ALICE, UserRules()), invite, self.ctx)))
+        self.assertEqual(default_rules_single_out(events[3]), frozenset({"@bob:x", ALICE}))
+        self.assertIsNone(default_rules_single_out(message("hello")))
+        self.assertIsNone(default_rules_single_out({"type": "x", "sender": "@bob:x", "content": {"body": 3}}))
 
     def test_user_rules_come_first(self):
         """A user's room rule silencing a room beats the default message rule; the master

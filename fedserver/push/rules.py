@@ -450,6 +450,32 @@ def set_rule_attribute(user_rules: UserRules, user_id: str, kind: str, rule_id: 
     raise RuleError(404, "M_NOT_FOUND", "Push rule not found")
 
 
+def default_rules_single_out(event: Mapping[str, Any]) -> Optional[frozenset[str]]:
+    """The users for whom the server-default rules (:func:`default_rules`, no edits) may
+    decide about ``event`` otherwise than for any other user; ``None`` if that may be
+    everyone. Push rules are evaluated for every local member of a room on each event:
+    for the users left out, one evaluation serves them all.
+
+    Of the server-default rules, only these read who the user is: ``.m.rule.invite_for_me``
+    (``state_key`` is the user), ``.m.rule.is_user_mention`` (the user is in
+    ``content.m.mentions.user_ids``), and ``.m.rule.contains_display_name`` and
+    ``.m.rule.contains_user_name``, which match the user's display name or localpart in
+    ``content.body``; so for an event with a body, ``None``. Every other condition reads
+    the event or what is the same for all the room's members (member count, the sender's
+    power). The sender is singled out too (their own events never notify them).
+    """
+    content = event.get("content")
+    if not isinstance(content, Mapping):
+        content = {}
+    if "body" in content:
+        return None
+    out = {v for v in (event.get("state_key"), event.get("sender")) if isinstance(v, str)}
+    mentions = content.get("m.mentions")
+    if isinstance(mentions, Mapping) and isinstance(mentions.get("user_ids"), list):
+        out.update(u for u in mentions["user_ids"] if isinstance(u, str))
+    return frozenset(out)
+
+
 def iter_rules(ruleset: Mapping[str, list[dict[str, Any]]]) -> Iterable[tuple[str, dict[str, Any]]]:
     """``(kind, rule)`` in the order rules are checked."""
     for kind in KINDS:
@@ -469,6 +495,7 @@ __all__ = [
     "check_kind",
     "check_new_rule_id",
     "default_rules",
+    "default_rules_single_out",
     "delete_rule",
     "find_rule",
     "iter_rules",

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from twisted.internet.defer import Deferred, succeed
 
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Database, Txn, check_int, check_text, deferred_errors, lookup_text
+from fedserver.storage.database import Database, Txn, check_int, check_text, deferred_errors, lookup_ids, lookup_text
 from fedserver.storage.interface import InvalidDataError, StorageError
 
 #: Profile fields that have their own column.
@@ -571,6 +571,26 @@ class AccountStore:
                 (user_id, room_id or GLOBAL_ROOM, data_type),
             ).fetchone()
             return None if row is None else _decode(row[0])
+
+        return self._db.run_read(txn_func)
+
+    @deferred_errors
+    def get_account_data_many(
+        self, user_ids: Iterable[str], room_id: Optional[str], data_type: str
+    ) -> "Deferred[dict[str, dict]]":
+        """:meth:`get_account_data` of many users in one transaction: ``{user_id: content}``
+        for those who have it (the others are left out)."""
+        ids = lookup_ids(user_ids)
+        room = room_id or GLOBAL_ROOM
+
+        def txn_func(txn: Txn) -> dict[str, dict]:
+            if not (lookup_text(room, "room_id") and lookup_text(data_type, "type")):
+                return {}
+            rows = txn.select_in(
+                "SELECT user_id, content FROM account_data WHERE room_id = ? AND type = ? AND user_id IN ({})",
+                ids, (room, data_type),
+            )
+            return {user_id: _decode(content) for user_id, content in rows}
 
         return self._db.run_read(txn_func)
 

@@ -790,6 +790,25 @@ class EventStore:
                 rows.extend(txn.execute(f"{sql} AND ({where})", params).fetchall())
         return {(t, sk): e for t, sk, e in rows}
 
+    def get_earliest_members_txn(
+        self, txn: Txn, room_id: str, memberships: Sequence[str], limit: int
+    ) -> list[tuple[str, str]]:
+        """``(user_id, event_id)`` of the room's current members whose membership is one of
+        ``memberships``, in the order their member events were stored, at most ``limit``."""
+        if not lookup_text(room_id, "room id"):
+            return []
+        check_int(limit, "limit")
+        wanted = [m for m in memberships if lookup_text(m, "membership")]
+        if not wanted:
+            return []
+        rows = txn.execute(
+            "SELECT c.state_key, e.event_id FROM current_state c JOIN events e ON e.event_nid = c.event_nid"
+            " WHERE c.room_id = ? AND c.type = 'm.room.member' AND c.membership IN ({})"
+            " ORDER BY c.event_nid LIMIT ?".format(", ".join("?" * len(wanted))),
+            (room_id, *wanted, limit),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
     def get_room_members_txn(self, txn: Txn, room_id: str, membership: str) -> list[str]:
         """User ids whose current membership in the room is ``membership``."""
         if not (lookup_text(room_id, "room id") and lookup_text(membership, "membership")):

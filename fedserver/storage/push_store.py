@@ -94,6 +94,17 @@ class PushStore:
 
         return self._db.run_read(txn)
 
+    def get_user_rules_many(self, user_ids: Iterable[str]) -> "Deferred[dict[str, dict[str, Any]]]":
+        """:meth:`get_user_rules` of many users in one transaction: ``{user_id: rules}``
+        for those who changed something (the others are left out)."""
+        wanted = list(user_ids)
+
+        def txn(t: Txn) -> dict[str, dict[str, Any]]:
+            rows = t.select_in("SELECT user_id, rules FROM push_rules WHERE user_id IN ({})", lookup_ids(wanted))
+            return {user_id: json.loads(bytes(rules)) for user_id, rules in rows}
+
+        return self._db.run_read(txn)
+
     def set_user_rules(self, user_id: str, rules: dict[str, Any]) -> "Deferred[int]":
         """Replace what the user changed in their rules.
 

@@ -593,6 +593,14 @@ class SQLiteStore:
         return self._db.run_read(self._events.get_room_members_txn, room_id, membership)
 
     @deferred_errors
+    def get_earliest_members(
+        self, room_id: str, memberships: Sequence[str], limit: int
+    ) -> "Deferred[list[tuple[str, str]]]":
+        """``(user_id, event_id)`` of current members with one of ``memberships``, in the
+        order their member events were stored, at most ``limit``."""
+        return self._db.run_read(self._events.get_earliest_members_txn, room_id, memberships, limit)
+
+    @deferred_errors
     def get_joined_hosts(self, room_id: str) -> "Deferred[set[str]]":
         """Server names of the room's currently joined members (where to send events).
 

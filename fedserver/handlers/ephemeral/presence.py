@@ -53,6 +53,11 @@ MAX_STATUS_MSG = 1024
 EDU_TTL_MS = 5 * 60 * 1000
 
 
+#: Up to this many of our users online or away, a new server in a room is told of those
+#: joined to it by reading their memberships one by one.
+FEW_ONLINE = 20
+
+
 @dataclass
 class _Local:
     """In-memory bookkeeping of a local user."""
@@ -277,6 +282,16 @@ class PresenceHandler:
                     self._spawn(self._introduce(room_id, host))
 
     async def _introduce(self, room_id: str, host: str) -> None:
+        online = [u for u in self._current if self._is_local(u)]
+        if len(online) <= FEW_ONLINE:
+            # Few of our users are online or away: their memberships are read one by one
+            # rather than the room's member list (20,000 rows in a large room).
+            for user_id in online:
+                membership = await self._store.rooms.get_membership(room_id, user_id)
+                row = self._current.get(user_id)
+                if membership is not None and membership.membership == "join" and row is not None:
+                    self._send_presence(row, {host})
+            return
         members = await self._store.get_room_members(room_id, "join")
         for user_id in members:
             row = self._current.get(user_id)

@@ -191,7 +191,7 @@ class HandshakeHandler:
         """
         if _domain(user_id) != origin:
             raise _forbidden("The user is not on the requesting server")
-        rv = await self._visible_room(origin, room_id, user_id)
+        rv, _hosts = await self._visible_room(origin, room_id, user_id)
         if membership in ("join", "knock"):
             self._check_not_blocked(room_id)
         if versions is not None:
@@ -214,28 +214,30 @@ class HandshakeHandler:
         await self._check_template(rv, template, state, membership)
         return {"event": template, "room_version": rv.identifier}
 
-    async def _resident_room(self, room_id: str) -> RoomVersion:
+    async def _resident_room(self, room_id: str) -> tuple[RoomVersion, set[str]]:
+        """The room's version and its joined servers (ours among them), else 404."""
         rv = await self._store.get_room_version(room_id)
-        if rv is None or self._server_name not in await self._store.get_joined_hosts(room_id):
+        hosts = await self._store.get_joined_hosts(room_id) if rv is not None else set()
+        if rv is None or self._server_name not in hosts:
             raise _not_found()
         if await self._pipeline.is_partial_state(room_id):
             # We joined it with partial state and cannot tell the room's state yet: another
             # resident must serve the handshake (MSC3902). Answered as for a room we are
             # not in (whether the origin may see the room is not known yet either).
             raise _not_found()
-        return rv
+        return rv, hosts
 
-    async def _visible_room(self, origin: str, room_id: str, user_id: str) -> RoomVersion:
-        """The room's version, once it is known that the room is here, that ``user_id`` may
-        see it (else 404, as for a room that does not exist) and that its server ACL
-        allows ``origin`` (else 403), in that order."""
-        rv = await self._resident_room(room_id)
+    async def _visible_room(self, origin: str, room_id: str, user_id: str) -> tuple[RoomVersion, set[str]]:
+        """The room's version and its joined servers, once it is known that the room is
+        here, that ``user_id`` may see it (else 404, as for a room that does not exist)
+        and that its server ACL allows ``origin`` (else 403), in that order."""
+        rv, hosts = await self._resident_room(room_id)
         state = await self._pipeline.current_state(room_id)
         if not await self._access.user_may_see(state, user_id) and not await self._join_allowed(room_id, rv, user_id):
             raise _not_found()
         if self._acl_check is not None:
             await self._acl_check(origin, room_id)
-        return rv
+        return rv, hosts
 
     async def _restricted_authoriser(
         self, room_id: str, rv: RoomVersion, user_id: str, state: Mapping[StateKey, str]
@@ -369,7 +371,7 @@ class HandshakeHandler:
         # then the server ACL; then malformed for the room version (400) before anything
         # about authorization (403): the format, then what the auth rules read of the
         # content.
-        rv = await self._visible_room(origin, room_id, pdu["sender"])
+        rv, hosts_before = await self._visible_room(origin, room_id, pdu["sender"])
         checked, servers = _check_direct_event(pdu, rv)
         if _domain(pdu.get("sender")) != origin:
             raise _forbidden("The sender is not on the requesting server")
@@ -389,7 +391,6 @@ class HandshakeHandler:
             event = Event.from_pdu(pdu, rv, event.event_id)
         await self._verify(event, checked.signed_bytes, servers - {self._server_name})
         partial = omit_members and self._serve_partial_state
-        hosts_before = await self._store.get_joined_hosts(room_id) if partial else None
         verified = servers | await self._verify_optional(event, checked.signed_bytes, pdu, rv)
         # The other servers of the room get the event from us (spec "Joining Rooms": the
         # resident "sends the event to the other servers in the room"), queued in the
@@ -404,9 +405,12 @@ class HandshakeHandler:
         if outcome.status != ACCEPTED:
             reason = outcome.refusal.reason if outcome.refusal else outcome.status
             raise _forbidden(f"Not allowed: {reason}")
-        hosts = await self._store.get_joined_hosts(room_id)
         if membership == "join":
-            return await self._join_response(room_id, event, pdu, hosts, hosts_before)
+            # With partial state, servers_in_room are those before the join (read when the
+            # room was found here, above).
+            if partial:
+                return await self._join_response(room_id, event, pdu, hosts_before, hosts_before)
+            return await self._join_response(room_id, event, pdu, await self._store.get_joined_hosts(room_id), None)
         if membership == "knock":
             return {"knock_room_state": await self._stripped_room_state(room_id)}
         return {}
@@ -480,7 +484,7 @@ class HandshakeHandler:
             if own is not None:
                 ids.append(own)
             if ("m.room.name", "") not in state_ids and ("m.room.canonical_alias", "") not in state_ids:
-                ids.extend(await self._hero_member_ids(state_ids, event.state_key))
+                ids.extend(await self._hero_member_ids(room_id, state_ids, event.state_key))
             ids = list(dict.fromkeys(ids))
         else:
             ids = list(state_ids.values())
@@ -505,9 +509,26 @@ class HandshakeHandler:
             "servers_in_room": servers,
         }
 
-    async def _hero_member_ids(self, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
+    async def _hero_member_ids(self, room_id: str, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
         """The member events of the room's heroes (client-server spec, ``m.heroes``: the
         first 5 joined or invited members by stream ordering, never the user asking)."""
+        # The room's current members, in storing order, are read from the database at
+        # once when their member events are those of ``state_ids`` (the state before the
+        # join: nothing but the join itself has changed a membership since, as a rule):
+        # else each member event's position is looked up (one row per member).
+        current = await self._pipeline.current_state(room_id)
+
+        def members(state: Mapping[StateKey, str]) -> dict[StateKey, str]:
+            return {k: v for k, v in state.items() if k[0] == "m.room.member" and k[1] != joiner}
+
+        before = members(state_ids)
+        if members(current) == before:
+            rows = await self._store.get_earliest_members(room_id, ("join", "invite"), 6)
+            # (Checked again: no membership may have changed while the rows were read. The
+            # pipeline's map is replaced on every change: the same map, nothing changed.)
+            now = await self._pipeline.current_state(room_id)
+            if now is current or members(now) == before:
+                return [event_id for user_id, event_id in rows if user_id != joiner][:5]
         member_ids = {v: k[1] for k, v in state_ids.items() if k[0] == "m.room.member" and k[1] != joiner}
         meta = await self._store.get_event_meta(member_ids)
         ordered = sorted(meta, key=lambda i: meta[i].event_nid)

@@ -28,12 +28,15 @@ from fedserver.handlers.push.threads import thread_of
 from fedserver.handlers.rooms.client_events import transaction_scope
 from fedserver.handlers.rooms.directory import current_power
 from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_notify
+from fedserver.push.rules import default_rules_single_out
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
 from fedserver.handlers.requester import Requester
 
 log = Logger()
 
+#: User ids whose server is remembered (see ``_is_local``).
+LOCAL_MEMO_SIZE = 200_000
 #: ``GET /notifications`` page size: default and most.
 DEFAULT_NOTIFICATIONS_LIMIT = 20
 MAX_NOTIFICATIONS_LIMIT = 100
@@ -79,6 +82,7 @@ class NotificationsHandler:
     def __init__(self, store: Any, server_name: str, clock: Any, notifier: Any, rules: Any, source: Any) -> None:
         self._store = store
         self._server_name = server_name
+        self._local_memo: dict[str, bool] = {}
         self._clock = clock
         self._notifier = notifier
         self._rules = rules
@@ -93,10 +97,16 @@ class NotificationsHandler:
 
     def _is_local(self, user_id: str) -> bool:
         # Called several times per event and user: a remote id is told apart by its
-        # server part at once; only ids that look local get the full grammar check.
+        # server part at once; the full grammar check of ids that look local is
+        # remembered (a user id's server never changes), up to a bound.
         if type(user_id) is not str or user_id.partition(":")[2] != self._server_name:
             return False
-        return server_of(user_id) == self._server_name
+        known = self._local_memo.get(user_id)
+        if known is None:
+            if len(self._local_memo) >= LOCAL_MEMO_SIZE:
+                self._local_memo.clear()
+            known = self._local_memo[user_id] = server_of(user_id) == self._server_name
+        return known
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -151,13 +161,25 @@ class NotificationsHandler:
                 member_events = await self._store.get_events([m for m in local.values() if m])
             sender_level = power.user_level(event.sender)
             ignorers = getattr(self._source, "ignored", None)
+            # Read for all the targets at once (one query each for those not in memory).
+            ignored = await ignorers.get_many(targets) if ignorers is not None else {}
+            rulesets = await self._rules.get_rulesets(targets)
+            # Users with the server-default rules whom they do not single out for this
+            # event all get the same verdict: evaluated once, for the first of them.
+            singled_out = default_rules_single_out(as_dict)
+            shared: Optional[tuple[Optional[list]]] = None
             for user_id, member_id in targets.items():
-                if ignorers is not None and event.sender in await ignorers.get(user_id):
+                if event.sender in ignored.get(user_id, ()):
                     continue  # spec "Ignoring Users": nothing of theirs reaches the user
-                ruleset = await self._rules.get_ruleset(user_id)
-                name = _display_name(member_events.get(member_id)) if member_events and member_id else None
-                ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
-                actions = evaluate(ruleset, as_dict, ctx)
+                ruleset = rulesets.get(user_id)
+                if ruleset is None and singled_out is not None and user_id not in singled_out and shared is not None:
+                    actions = shared[0]
+                else:
+                    name = _display_name(member_events.get(member_id)) if member_events and member_id else None
+                    ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
+                    actions = evaluate(ruleset or self._rules.default_ruleset(user_id), as_dict, ctx)
+                    if ruleset is None and singled_out is not None and user_id not in singled_out:
+                        shared = (actions,)
                 if not is_notify(actions):
                     continue
                 assert actions is not None

@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from twisted.internet import defer
 
 from fedserver.errors import MatrixError, not_found
+from fedserver.storage.cache import LruCache
 from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.push.rules import (
     RuleError,
@@ -27,6 +28,8 @@ from fedserver.push.rules import (
 
 #: Users whose rulesets are kept in memory.
 CACHE_SIZE = 10_000
+#: Users known to have the server-default rules (a flag each).
+UNCHANGED_CACHE_SIZE = 200_000
 
 
 def _matrix_error(e: RuleError) -> MatrixError:
@@ -44,6 +47,12 @@ class PushRulesHandler:
         self._store = store
         self._notifier = notifier
         self._cache: "OrderedDict[str, dict[str, list[dict[str, Any]]]]" = OrderedDict()
+        #: users known to have changed nothing (their ruleset is the server default's):
+        #: a small entry each, so every local member of a large room fits.
+        self._unchanged: LruCache[str, bool] = LruCache(UNCHANGED_CACHE_SIZE)
+        #: bumped by every change, so that a read that started before one does not cache
+        #: what it read.
+        self._changes = 0
         self._locks: dict[str, defer.DeferredLock] = {}
         self.section = PushRulesSection(self)
 
@@ -60,6 +69,55 @@ class PushRulesHandler:
         self._cache[user_id] = ruleset
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+        return ruleset
+
+    async def get_rulesets(self, user_ids: Iterable[str]) -> dict[str, Optional[dict[str, list[dict[str, Any]]]]]:
+        """The rulesets of many users (push rules are evaluated for every local member of a
+        room on each event), the ones not in memory read in one query: ``{user_id:
+        ruleset}``, with ``None`` for a user who changed nothing (their ruleset is
+        ``build_ruleset(user_id, UserRules())``, the server-default rules)."""
+        out: dict[str, Optional[dict[str, list[dict[str, Any]]]]] = {}
+        missing: list[str] = []
+        for user_id in dict.fromkeys(user_ids):
+            if self._unchanged.get(user_id):
+                out[user_id] = None
+                continue
+            cached = self._cache.get(user_id)
+            if cached is not None:
+                self._cache.move_to_end(user_id)
+                out[user_id] = cached
+            else:
+                missing.append(user_id)
+        if not missing:
+            return out
+        changes = self._changes
+        stored = await self._store.push.get_user_rules_many(missing)
+        keep = changes == self._changes
+        for user_id in missing:
+            rules = UserRules.from_json(stored.get(user_id))
+            if not rules.own and not rules.defaults:
+                out[user_id] = None
+                if keep:
+                    self._unchanged.put(user_id, True)
+                continue
+            ruleset = out[user_id] = build_ruleset(user_id, rules)
+            if keep:
+                self._cache[user_id] = ruleset
+                if len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return out
+
+    def default_ruleset(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
+        """The ruleset of a user who changed nothing (``None`` from :meth:`get_rulesets`):
+        the server-default rules, built once while the user is in memory."""
+        cached = self._cache.get(user_id)
+        if cached is not None:
+            return cached
+        ruleset = build_ruleset(user_id, UserRules())
+        if self._unchanged.get(user_id):
+            self._cache[user_id] = ruleset
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
         return ruleset
 
     async def get_rule(self, user_id: str, kind: str, rule_id: str) -> dict[str, Any]:
@@ -85,7 +143,9 @@ class PushRulesHandler:
             except RuleError as e:
                 raise _matrix_error(e) from None
             await self._store.push.set_user_rules(user_id, new.to_json())
+            self._changes += 1
             self._cache.pop(user_id, None)
+            self._unchanged.invalidate([user_id])
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
