@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterable, Optional
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -415,28 +415,42 @@ def _is_room_id(value: Any) -> bool:
 
 def _public_chunk(room_id: str, state: dict[str, Any], joined: int) -> dict[str, Any]:
     """One ``PublishedRoomsChunk`` (spec ``public_rooms_chunk.yaml``)."""
+    return room_summary(room_id, state, joined)
 
-    def text(event_type: str, key: str) -> Optional[str]:
-        ev = state.get(event_type)
-        value = ev.content.get(key) if ev is not None else None
-        return value if isinstance(value, str) and value else None
 
-    join_rule = text("m.room.join_rules", "join_rule")
+def _state_text(state: Mapping[str, Any], event_type: str, key: str) -> Optional[str]:
+    ev = state.get(event_type)
+    value = ev.content.get(key) if ev is not None else None
+    return value if isinstance(value, str) and value else None
+
+
+#: Summary fields taken from a string in a state event's content: ``field: (type, key)``.
+_SUMMARY_TEXTS = {
+    "name": ("m.room.name", "name"),
+    "topic": ("m.room.topic", "topic"),
+    "canonical_alias": ("m.room.canonical_alias", "alias"),
+    "avatar_url": ("m.room.avatar", "url"),
+    "room_type": ("m.room.create", "type"),
+}
+
+
+def room_summary(room_id: str, state: Mapping[str, Any], joined: int, *, encryption: bool = False) -> dict[str, Any]:
+    """What the room directory and the space hierarchy say of a room (the spec's
+    ``PublishedRoomsChunk``, which the hierarchy's ``SpaceHierarchyRoomsChunk`` extends),
+    from its current state events with an empty state key, by type.
+
+    :param encryption: also the ``encryption`` algorithm (the hierarchy's field).
+    """
     chunk: dict[str, Any] = {
         "room_id": room_id,
         "num_joined_members": joined,
         "world_readable": history_visibility(state.get("m.room.history_visibility")) == WORLD_READABLE,
-        "guest_can_join": text("m.room.guest_access", "guest_access") == "can_join",
-        "join_rule": join_rule or "invite",
+        "guest_can_join": _state_text(state, "m.room.guest_access", "guest_access") == "can_join",
+        "join_rule": _state_text(state, "m.room.join_rules", "join_rule") or "invite",
     }
-    for key, (event_type, field) in {
-        "name": ("m.room.name", "name"),
-        "topic": ("m.room.topic", "topic"),
-        "canonical_alias": ("m.room.canonical_alias", "alias"),
-        "avatar_url": ("m.room.avatar", "url"),
-        "room_type": ("m.room.create", "type"),
-    }.items():
-        value = text(event_type, field)
+    texts = dict(_SUMMARY_TEXTS, encryption=("m.room.encryption", "algorithm")) if encryption else _SUMMARY_TEXTS
+    for key, (event_type, field) in texts.items():
+        value = _state_text(state, event_type, field)
         if value is not None:
             chunk[key] = value
     return chunk

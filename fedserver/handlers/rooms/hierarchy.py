@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from fedserver.errors import forbidden, invalid_param, not_found
 from fedserver.federation.client import FederationClientError, HttpResponseError, fed_path
 from fedserver.federation.xmatrix import is_valid_server_name
-from fedserver.handlers.rooms.client_events import WORLD_READABLE, history_visibility
+from fedserver.handlers.rooms.directory import room_summary
 
 log = Logger()
 
@@ -284,30 +284,9 @@ class SpaceHierarchy:
             return None
         members = await self._store.rooms.get_room_members_summary([room_id], heroes=0)
 
-        def text(event_type: str, key: str) -> Optional[str]:
-            ev = by_type.get(event_type)
-            value = ev.content.get(key) if ev is not None else None
-            return value if isinstance(value, str) and value else None
-
-        summary: dict[str, Any] = {
-            "room_id": room_id,
-            "num_joined_members": members[room_id].joined if room_id in members else 0,
-            "world_readable": history_visibility(by_type.get("m.room.history_visibility")) == WORLD_READABLE,
-            "guest_can_join": text("m.room.guest_access", "guest_access") == "can_join",
-            "join_rule": text("m.room.join_rules", "join_rule") or "invite",
-            "room_version": info.room_version.identifier,
-        }
-        for key, (event_type, fld) in {
-            "name": ("m.room.name", "name"),
-            "topic": ("m.room.topic", "topic"),
-            "canonical_alias": ("m.room.canonical_alias", "alias"),
-            "avatar_url": ("m.room.avatar", "url"),
-            "room_type": ("m.room.create", "type"),
-            "encryption": ("m.room.encryption", "algorithm"),
-        }.items():
-            value = text(event_type, fld)
-            if value is not None:
-                summary[key] = value
+        joined = members[room_id].joined if room_id in members else 0
+        summary = room_summary(room_id, by_type, joined, encryption=True)
+        summary["room_version"] = info.room_version.identifier
         if summary["join_rule"] in ("restricted", "knock_restricted"):
             jr = by_type.get("m.room.join_rules")
             allow = jr.content.get("allow") if jr is not None else None
