@@ -352,16 +352,42 @@ class AuthEngine:
         state: AuthState,
         cited: Sequence[Event] | None,
     ) -> AuthResult:
-        """The authorization rules after rule 1, in the spec's order.
+        """The authorization rules after rule 1, in the spec's order: here those that
+        apply to every event (v12 2-4: the room's create event, the cited auth events,
+        m.federate; v1-v5: the m.room.aliases rule), then :meth:`_run_member` or
+        :meth:`_run_non_member`.
 
         :param cited: the event's own auth events, for the rule on them (v12 3, before:
             2.1-2.3 and 2.5), or ``None`` to skip it.
         """
         args = {"event": event, "auth_state": state, "room_version": rv}
         call = self._call
-        denied = self._check_room_and_auth_events(event, rv, args, cited)
-        if denied is not None:
-            return denied
+        if rv.room_id_from_create_event:
+            # v12 rule 2: "If the event's room_id is not an event ID for an accepted (not
+            # rejected) m.room.create event, with the sigil ! instead of $, reject."
+            denials = call("fedserver_auth_room_create_event", args)
+            if denials:
+                return AuthResult(False, tuple(denials))
+            # v12 rule 3: "Considering the event's auth_events": the cited events themselves.
+            if cited is not None:
+                denials = call("fedserver_auth_auth_events", {
+                    "event": event, "auth_events": cited, "room_version": rv,
+                })
+                if denials:
+                    return AuthResult(False, tuple(denials))
+        else:
+            # Rule 2.1-2.3 and 2.5: the cited auth events themselves (one pass over them;
+            # 2.4, which looks at them as a whole, follows: the verdict is the same).
+            if cited is not None:
+                denials = call("fedserver_auth_auth_events", {
+                    "event": event, "auth_events": cited, "room_version": rv,
+                })
+                if denials:
+                    return AuthResult(False, tuple(denials))
+            # Rule 2.4: "If there is no m.room.create event among the entries, reject."
+            denials = call("fedserver_auth_room_create_event", args)
+            if denials:
+                return AuthResult(False, tuple(denials))
 
         # Rule 3 (v12: 4): m.federate.
         denials = call("fedserver_auth_federate", args)
@@ -372,10 +398,37 @@ class AuthEngine:
         if etype == _ALIASES and rv.special_case_aliases_auth:
             # v1-v5 rule 4: m.room.aliases has its own rule, then allow.
             return self._finish(call("fedserver_auth_aliases", args), args)
-
         if etype == MEMBER:
             return self._run_member(event, args)
+        return self._run_non_member(etype, rv, args)
 
+    def _run_member(self, event: Event, args: dict[str, Any]) -> AuthResult:
+        """Rule 5 (v6-v11: 4): "If type is m.room.member". In v12 numbering: 5.1 and 5.2
+        (the fields; v8+ join_authorised_via_users_server), then the rule for the
+        membership (5.3 join, 5.4 invite with 5.4.1 third_party_invite, 5.5 leave, 5.6 ban,
+        v7+ 5.7 knock) and 5.8: "Otherwise, the membership is unknown. Reject."
+        """
+        call = self._call
+        # 5.1, 5.2 and "unknown membership".
+        denials = call("fedserver_auth_member", args)
+        if denials:
+            return AuthResult(False, tuple(denials))
+        membership = event.membership
+        if membership == "invite" and "third_party_invite" in event.content:
+            hook = "fedserver_auth_member_third_party_invite"  # 5.4.1
+        else:
+            hook = _MEMBERSHIP_HOOKS.get(membership)  # type: ignore[arg-type]
+        if hook is None:
+            # Only reachable if the built-in rules were bypassed: fail closed.
+            return AuthResult.deny(Deny(f"unknown membership {membership!r}", "member"))
+        return self._finish(call(hook, args), args)
+
+    def _run_non_member(self, etype: str, rv: RoomVersion, args: dict[str, Any]) -> AuthResult:
+        """The rules after the m.room.member one (v12 numbering): 6, "If the sender's
+        current membership state is not join, reject"; 7, m.room.third_party_invite; 8,
+        the required power level; 9, state keys starting with @; 10, m.room.power_levels;
+        (v1-v2 11, m.room.redaction); and last, "Otherwise, allow"."""
+        call = self._call
         # Rule 6: the sender must be joined.
         denials = call("fedserver_auth_sender_in_room", args)
         if denials:
@@ -405,77 +458,6 @@ class AuthEngine:
 
         # Last rule: otherwise, allow.
         return self._finish([], args)
-
-    def _check_room_and_auth_events(
-        self,
-        event: Event,
-        rv: RoomVersion,
-        args: dict[str, Any],
-        cited: Sequence[Event] | None,
-    ) -> AuthResult | None:
-        """v12 rules 2 and 3; before v12, rule 2 ("Considering the event's auth_events").
-
-        v12 2: "If the event's room_id is not an event ID for an accepted (not rejected)
-        m.room.create event, with the sigil ! instead of $, reject."
-        v12 3: "Considering the event's auth_events: 1. If there are duplicate entries for
-        a given type and state_key pair, reject. 2. If there are entries whose type and
-        state_key don't match those specified by the auth events selection algorithm
-        described in the server specification, reject. 3. If there are entries which were
-        themselves rejected under the checks performed on receipt of a PDU, reject. ...
-        5. If any event in auth_events has a room_id which does not match that of the
-        event being authorised, reject."
-        Before v12, 2.4: "If there is no m.room.create event among the entries, reject."
-
-        :returns: the denial, or ``None`` to go on with the next rule.
-        """
-        call = self._call
-        if rv.room_id_from_create_event:
-            # v12 rule 2: the room id names an accepted create event.
-            denials = call("fedserver_auth_room_create_event", args)
-            if denials:
-                return AuthResult(False, tuple(denials))
-            # v12 rule 3: the cited auth events themselves.
-            if cited is not None:
-                denials = call("fedserver_auth_auth_events", {
-                    "event": event, "auth_events": cited, "room_version": rv,
-                })
-                if denials:
-                    return AuthResult(False, tuple(denials))
-            return None
-        # Rule 2.1-2.3 and 2.5: the cited auth events themselves (one pass over them;
-        # 2.4, which looks at them as a whole, follows: the verdict is the same).
-        if cited is not None:
-            denials = call("fedserver_auth_auth_events", {
-                "event": event, "auth_events": cited, "room_version": rv,
-            })
-            if denials:
-                return AuthResult(False, tuple(denials))
-        # Rule 2.4: a create event among them.
-        denials = call("fedserver_auth_room_create_event", args)
-        if denials:
-            return AuthResult(False, tuple(denials))
-        return None
-
-    def _run_member(self, event: Event, args: dict[str, Any]) -> AuthResult:
-        """Rule 5 (v6-v11: 4): "If type is m.room.member". In v12 numbering: 5.1 and 5.2
-        (the fields; v8+ join_authorised_via_users_server), then the rule for the
-        membership (5.3 join, 5.4 invite with 5.4.1 third_party_invite, 5.5 leave, 5.6 ban,
-        v7+ 5.7 knock) and 5.8: "Otherwise, the membership is unknown. Reject."
-        """
-        call = self._call
-        # 5.1, 5.2 and "unknown membership".
-        denials = call("fedserver_auth_member", args)
-        if denials:
-            return AuthResult(False, tuple(denials))
-        membership = event.membership
-        if membership == "invite" and "third_party_invite" in event.content:
-            hook = "fedserver_auth_member_third_party_invite"  # 5.4.1
-        else:
-            hook = _MEMBERSHIP_HOOKS.get(membership)  # type: ignore[arg-type]
-        if hook is None:
-            # Only reachable if the built-in rules were bypassed: fail closed.
-            return AuthResult.deny(Deny(f"unknown membership {membership!r}", "member"))
-        return self._finish(call(hook, args), args)
 
     def _finish(self, denials: list[Deny], args: dict[str, Any]) -> AuthResult:
         """The spec allowed the event unless ``denials``; then plugins' catch-all hook."""
