@@ -352,14 +352,23 @@ class AuthEngine:
         state: AuthState,
         cited: Sequence[Event] | None,
     ) -> AuthResult:
+        """The authorization rules after rule 1, in the spec's order: here those that
+        apply to every event (v12 2-4: the room's create event, the cited auth events,
+        m.federate; v1-v5: the m.room.aliases rule), then :meth:`_run_member` or
+        :meth:`_run_non_member`.
+
+        :param cited: the event's own auth events, for the rule on them (v12 3, before:
+            2.1-2.3 and 2.5), or ``None`` to skip it.
+        """
         args = {"event": event, "auth_state": state, "room_version": rv}
         call = self._call
         if rv.room_id_from_create_event:
-            # v12 rule 2: the room id names an accepted create event.
+            # v12 rule 2: "If the event's room_id is not an event ID for an accepted (not
+            # rejected) m.room.create event, with the sigil ! instead of $, reject."
             denials = call("fedserver_auth_room_create_event", args)
             if denials:
                 return AuthResult(False, tuple(denials))
-            # v12 rule 3: the cited auth events themselves.
+            # v12 rule 3: "Considering the event's auth_events": the cited events themselves.
             if cited is not None:
                 denials = call("fedserver_auth_auth_events", {
                     "event": event, "auth_events": cited, "room_version": rv,
@@ -375,7 +384,7 @@ class AuthEngine:
                 })
                 if denials:
                     return AuthResult(False, tuple(denials))
-            # Rule 2.4: a create event among them.
+            # Rule 2.4: "If there is no m.room.create event among the entries, reject."
             denials = call("fedserver_auth_room_create_event", args)
             if denials:
                 return AuthResult(False, tuple(denials))
@@ -389,22 +398,37 @@ class AuthEngine:
         if etype == _ALIASES and rv.special_case_aliases_auth:
             # v1-v5 rule 4: m.room.aliases has its own rule, then allow.
             return self._finish(call("fedserver_auth_aliases", args), args)
-
         if etype == MEMBER:
-            # Rule 5 (v6-v11: 4): membership events; 5.1, 5.2 and "unknown membership".
-            denials = call("fedserver_auth_member", args)
-            if denials:
-                return AuthResult(False, tuple(denials))
-            membership = event.membership
-            if membership == "invite" and "third_party_invite" in event.content:
-                hook = "fedserver_auth_member_third_party_invite"  # 5.4.1
-            else:
-                hook = _MEMBERSHIP_HOOKS.get(membership)  # type: ignore[arg-type]
-            if hook is None:
-                # Only reachable if the built-in rules were bypassed: fail closed.
-                return AuthResult.deny(Deny(f"unknown membership {membership!r}", "member"))
-            return self._finish(call(hook, args), args)
+            return self._run_member(event, args)
+        return self._run_non_member(etype, rv, args)
 
+    def _run_member(self, event: Event, args: dict[str, Any]) -> AuthResult:
+        """Rule 5 (v6-v11: 4): "If type is m.room.member". In v12 numbering: 5.1 and 5.2
+        (the fields; v8+ join_authorised_via_users_server), then the rule for the
+        membership (5.3 join, 5.4 invite with 5.4.1 third_party_invite, 5.5 leave, 5.6 ban,
+        v7+ 5.7 knock) and 5.8: "Otherwise, the membership is unknown. Reject."
+        """
+        call = self._call
+        # 5.1, 5.2 and "unknown membership".
+        denials = call("fedserver_auth_member", args)
+        if denials:
+            return AuthResult(False, tuple(denials))
+        membership = event.membership
+        if membership == "invite" and "third_party_invite" in event.content:
+            hook = "fedserver_auth_member_third_party_invite"  # 5.4.1
+        else:
+            hook = _MEMBERSHIP_HOOKS.get(membership)  # type: ignore[arg-type]
+        if hook is None:
+            # Only reachable if the built-in rules were bypassed: fail closed.
+            return AuthResult.deny(Deny(f"unknown membership {membership!r}", "member"))
+        return self._finish(call(hook, args), args)
+
+    def _run_non_member(self, etype: str, rv: RoomVersion, args: dict[str, Any]) -> AuthResult:
+        """The rules after the m.room.member one (v12 numbering): 6, "If the sender's
+        current membership state is not join, reject"; 7, m.room.third_party_invite; 8,
+        the required power level; 9, state keys starting with @; 10, m.room.power_levels;
+        (v1-v2 11, m.room.redaction); and last, "Otherwise, allow"."""
+        call = self._call
         # Rule 6: the sender must be joined.
         denials = call("fedserver_auth_sender_in_room", args)
         if denials:

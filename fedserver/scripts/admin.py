@@ -283,119 +283,157 @@ def _server_name(client: AdminClient) -> Optional[str]:
     return user.split(":", 1)[1] if ":" in user else None
 
 
+#: The admin API's prefix.
+_ADMIN = "/_synapse/admin"
+
+
 def _dispatch(args: argparse.Namespace, client: AdminClient, stdin: TextIO, prompt: Callable[[str], str],
               now: Callable[[], float]) -> Optional[tuple[str, Any]]:
-    admin = "/_synapse/admin"
-    if args.area == "login":
-        password = _read_password(args.password_file, stdin, lambda text: prompt(text))
-        identifier = {"type": "m.id.user", "user": args.user}
-        answer = client.call("POST", "/_matrix/client/v3/login", {
-            "type": "m.login.password", "identifier": identifier, "password": password,
-            "initial_device_display_name": "fedserver-admin",
-        })
-        return answer["access_token"], answer
-    if args.area == "users":
-        if args.action == "list":
-            answer = client.call("GET", f"{admin}/v2/users", params={
-                "name": args.name, "deactivated": args.deactivated or None, "admins": True if args.admins else None,
-                "limit": args.limit, "from": args.offset})
-            text = table(answer["users"], [("name", "USER"), ("displayname", "NAME"), ("admin", "ADMIN"),
-                                           ("deactivated", "DEACTIVATED"), ("creation_ts", "CREATED (s)")])
-            if answer.get("next_token"):
-                text += f"\nmore: --from {answer['next_token']} ({answer['total']} in all)"
-            return text, answer
-        user_id = _user_id(args.user, None if args.user.startswith("@") else _server_name(client))
-        path = f"{admin}/v2/users/{q(user_id)}"
-        if args.action == "show":
-            answer = client.call("GET", path)
-            return "\n".join(f"{k:<14}{'-' if v is None else v}" for k, v in answer.items() if not isinstance(v, list)), answer
-        if args.action == "devices":
-            answer = client.call("GET", f"{path}/devices")
-            return table(answer["devices"], [("device_id", "DEVICE"), ("display_name", "NAME"),
-                                             ("last_seen_ip", "LAST IP"), ("last_seen_ts", "LAST SEEN (ms)")]), answer
-        if args.action == "rooms":
-            answer = client.call("GET", f"{admin}/v1/users/{q(user_id)}/joined_rooms")
-            return "\n".join(answer["joined_rooms"]) or "(none)", answer
-        if args.action == "create":
-            body: dict[str, Any] = {"admin": args.admin}
-            if not args.no_password:
-                body["password"] = _read_password(args.password_file, stdin, prompt)
-            if args.displayname is not None:
-                body["displayname"] = args.displayname
-            answer = client.call("PUT", path, body)
-            return f"{user_id}: saved", answer
-        if args.action == "deactivate":
-            answer = client.call("POST", f"{admin}/v1/deactivate/{q(user_id)}", {"erase": args.erase})
-            return f"{user_id}: deactivated", answer
-        if args.action == "reset-password":
-            password = _read_password(args.password_file, stdin, prompt)
-            answer = client.call("POST", f"{admin}/v1/reset_password/{q(user_id)}",
-                                 {"new_password": password, "logout_devices": not args.keep_devices})
-            return f"{user_id}: password reset", answer
-    if args.area == "rooms":
-        if args.action == "list":
-            answer = client.call("GET", f"{admin}/v1/rooms", params={
-                "search_term": args.search, "order_by": args.order_by, "limit": args.limit, "from": args.offset})
-            text = table(answer["rooms"], [("room_id", "ROOM"), ("name", "NAME"), ("canonical_alias", "ALIAS"),
-                                           ("joined_members", "MEMBERS"), ("joined_local_members", "LOCAL"),
-                                           ("version", "VERSION")])
-            if answer.get("next_batch") is not None:
-                text += f"\nmore: --from {answer['next_batch']} ({answer['total_rooms']} in all)"
-            return text, answer
-        path = f"{admin}/v1/rooms/{q(args.room)}"
-        if args.action == "show":
-            answer = client.call("GET", path)
-            return "\n".join(f"{k:<20}{'-' if v is None else v}" for k, v in answer.items()), answer
-        if args.action == "members":
-            answer = client.call("GET", f"{path}/members")
-            return "\n".join(answer["members"]) or "(none)", answer
-        if args.action == "state":
-            answer = client.call("GET", f"{path}/state")
-            return "\n".join(f"{e['type']} {e.get('state_key')!r} {json.dumps(e['content'], ensure_ascii=False)}"
-                             for e in answer["state"]), answer
-        if args.action in ("block", "unblock"):
-            answer = client.call("PUT", f"{path}/block", {"block": args.action == "block"})
-            return f"{args.room}: {'blocked' if answer['block'] else 'not blocked'}", answer
-        if args.action == "purge":
-            body = {"delete_local_events": args.delete_local}
-            if args.before_event:
-                body["purge_up_to_event_id"] = args.before_event
-            elif args.before_ts is not None:
-                body["purge_up_to_ts"] = args.before_ts
-            else:
-                body["purge_up_to_ts"] = int((now() - args.older_than_days * 86400) * 1000)
-            started = client.call("POST", f"{admin}/v1/purge_history/{q(args.room)}", body)
-            deadline = time.monotonic() + PURGE_WAIT_S
-            while True:
-                status = client.call("GET", f"{admin}/v1/purge_history_status/{q(started['purge_id'])}")
-                if status["status"] != "active" or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            if status["status"] != "complete":
-                raise CliFailure(f"purge {started['purge_id']}: {status['status']} {status.get('error', '')}".rstrip(),
-                                 EXIT_REFUSED)
-            return (f"{args.room}: {status['deleted_events']} events deleted, "
-                    f"{status['kept_state_events']} older state events kept"), status
-        if args.action == "delete":
-            body = {"block": args.block, "purge": not args.no_purge}
-            if args.message:
-                body["message"] = args.message
-            answer = client.call("DELETE", path, body)
-            text = (f"{args.room}: deleted; {len(answer['kicked_users'])} of our users left"
-                    + (f", {len(answer['failed_to_kick_users'])} could not: {', '.join(answer['failed_to_kick_users'])}"
-                       if answer["failed_to_kick_users"] else "")
-                    + (f"; aliases removed: {', '.join(answer['local_aliases'])}" if answer["local_aliases"] else ""))
-            return text, answer
-    if args.area == "destinations":
-        if args.action == "list":
-            answer = client.call("GET", f"{admin}/v1/federation/destinations", params={"destination": args.name, "limit": 1000})
-            rows = [d for d in answer["destinations"] if d["retry_interval"] or not args.backing_off]
-            return table(rows, [("destination", "DESTINATION"), ("retry_interval", "BACKOFF (ms)"),
-                                ("failure_ts", "FAILING SINCE (ms)"), ("queued", "QUEUED")]), answer
-        if args.action == "reset":
-            answer = client.call("POST", f"{admin}/v1/federation/destinations/{q(args.destination)}/reset_connection", {})
-            return f"{args.destination}: backoff reset", answer
-    raise CliFailure("unknown command", EXIT_USAGE)  # pragma: no cover - argparse allows no other
+    """Run ``args``' command: the text to print and the server's answer (for ``--json``)."""
+    area = _AREAS.get(args.area)
+    out = area(args, client, stdin, prompt, now) if area is not None else None
+    if out is None:
+        raise CliFailure("unknown command", EXIT_USAGE)  # pragma: no cover - argparse allows no other
+    return out
+
+
+def _login(args: argparse.Namespace, client: AdminClient, stdin: TextIO, prompt: Callable[[str], str],
+           now: Callable[[], float]) -> Optional[tuple[str, Any]]:
+    """``login``: a password login (client-server API ``POST /login``) for an admin token."""
+    password = _read_password(args.password_file, stdin, lambda text: prompt(text))
+    identifier = {"type": "m.id.user", "user": args.user}
+    answer = client.call("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": identifier, "password": password,
+        "initial_device_display_name": "fedserver-admin",
+    })
+    return answer["access_token"], answer
+
+
+def _users(args: argparse.Namespace, client: AdminClient, stdin: TextIO, prompt: Callable[[str], str],
+           now: Callable[[], float]) -> Optional[tuple[str, Any]]:
+    """``users list|show|devices|rooms|create|deactivate|reset-password``."""
+    if args.action == "list":
+        answer = client.call("GET", f"{_ADMIN}/v2/users", params={
+            "name": args.name, "deactivated": args.deactivated or None, "admins": True if args.admins else None,
+            "limit": args.limit, "from": args.offset})
+        text = table(answer["users"], [("name", "USER"), ("displayname", "NAME"), ("admin", "ADMIN"),
+                                       ("deactivated", "DEACTIVATED"), ("creation_ts", "CREATED (s)")])
+        if answer.get("next_token"):
+            text += f"\nmore: --from {answer['next_token']} ({answer['total']} in all)"
+        return text, answer
+    user_id = _user_id(args.user, None if args.user.startswith("@") else _server_name(client))
+    path = f"{_ADMIN}/v2/users/{q(user_id)}"
+    if args.action == "show":
+        answer = client.call("GET", path)
+        return "\n".join(f"{k:<14}{'-' if v is None else v}" for k, v in answer.items() if not isinstance(v, list)), answer
+    if args.action == "devices":
+        answer = client.call("GET", f"{path}/devices")
+        return table(answer["devices"], [("device_id", "DEVICE"), ("display_name", "NAME"),
+                                         ("last_seen_ip", "LAST IP"), ("last_seen_ts", "LAST SEEN (ms)")]), answer
+    if args.action == "rooms":
+        answer = client.call("GET", f"{_ADMIN}/v1/users/{q(user_id)}/joined_rooms")
+        return "\n".join(answer["joined_rooms"]) or "(none)", answer
+    if args.action == "create":
+        body: dict[str, Any] = {"admin": args.admin}
+        if not args.no_password:
+            body["password"] = _read_password(args.password_file, stdin, prompt)
+        if args.displayname is not None:
+            body["displayname"] = args.displayname
+        answer = client.call("PUT", path, body)
+        return f"{user_id}: saved", answer
+    if args.action == "deactivate":
+        answer = client.call("POST", f"{_ADMIN}/v1/deactivate/{q(user_id)}", {"erase": args.erase})
+        return f"{user_id}: deactivated", answer
+    if args.action == "reset-password":
+        password = _read_password(args.password_file, stdin, prompt)
+        answer = client.call("POST", f"{_ADMIN}/v1/reset_password/{q(user_id)}",
+                             {"new_password": password, "logout_devices": not args.keep_devices})
+        return f"{user_id}: password reset", answer
+    return None
+
+
+def _rooms(args: argparse.Namespace, client: AdminClient, stdin: TextIO, prompt: Callable[[str], str],
+           now: Callable[[], float]) -> Optional[tuple[str, Any]]:
+    """``rooms list|show|members|state|block|unblock|purge|delete``."""
+    if args.action == "list":
+        answer = client.call("GET", f"{_ADMIN}/v1/rooms", params={
+            "search_term": args.search, "order_by": args.order_by, "limit": args.limit, "from": args.offset})
+        text = table(answer["rooms"], [("room_id", "ROOM"), ("name", "NAME"), ("canonical_alias", "ALIAS"),
+                                       ("joined_members", "MEMBERS"), ("joined_local_members", "LOCAL"),
+                                       ("version", "VERSION")])
+        if answer.get("next_batch") is not None:
+            text += f"\nmore: --from {answer['next_batch']} ({answer['total_rooms']} in all)"
+        return text, answer
+    path = f"{_ADMIN}/v1/rooms/{q(args.room)}"
+    if args.action == "show":
+        answer = client.call("GET", path)
+        return "\n".join(f"{k:<20}{'-' if v is None else v}" for k, v in answer.items()), answer
+    if args.action == "members":
+        answer = client.call("GET", f"{path}/members")
+        return "\n".join(answer["members"]) or "(none)", answer
+    if args.action == "state":
+        answer = client.call("GET", f"{path}/state")
+        return "\n".join(f"{e['type']} {e.get('state_key')!r} {json.dumps(e['content'], ensure_ascii=False)}"
+                         for e in answer["state"]), answer
+    if args.action in ("block", "unblock"):
+        answer = client.call("PUT", f"{path}/block", {"block": args.action == "block"})
+        return f"{args.room}: {'blocked' if answer['block'] else 'not blocked'}", answer
+    if args.action == "purge":
+        return _purge(args, client, now)
+    if args.action == "delete":
+        body = {"block": args.block, "purge": not args.no_purge}
+        if args.message:
+            body["message"] = args.message
+        answer = client.call("DELETE", path, body)
+        text = (f"{args.room}: deleted; {len(answer['kicked_users'])} of our users left"
+                + (f", {len(answer['failed_to_kick_users'])} could not: {', '.join(answer['failed_to_kick_users'])}"
+                   if answer["failed_to_kick_users"] else "")
+                + (f"; aliases removed: {', '.join(answer['local_aliases'])}" if answer["local_aliases"] else ""))
+        return text, answer
+    return None
+
+
+def _purge(args: argparse.Namespace, client: AdminClient, now: Callable[[], float]) -> tuple[str, Any]:
+    """``rooms purge``: starts the purge, then waits up to ``PURGE_WAIT_S`` for it to end."""
+    body = {"delete_local_events": args.delete_local}
+    if args.before_event:
+        body["purge_up_to_event_id"] = args.before_event
+    elif args.before_ts is not None:
+        body["purge_up_to_ts"] = args.before_ts
+    else:
+        body["purge_up_to_ts"] = int((now() - args.older_than_days * 86400) * 1000)
+    started = client.call("POST", f"{_ADMIN}/v1/purge_history/{q(args.room)}", body)
+    deadline = time.monotonic() + PURGE_WAIT_S
+    while True:
+        status = client.call("GET", f"{_ADMIN}/v1/purge_history_status/{q(started['purge_id'])}")
+        if status["status"] != "active" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if status["status"] != "complete":
+        raise CliFailure(f"purge {started['purge_id']}: {status['status']} {status.get('error', '')}".rstrip(),
+                         EXIT_REFUSED)
+    return (f"{args.room}: {status['deleted_events']} events deleted, "
+            f"{status['kept_state_events']} older state events kept"), status
+
+
+def _destinations(args: argparse.Namespace, client: AdminClient, stdin: TextIO, prompt: Callable[[str], str],
+                  now: Callable[[], float]) -> Optional[tuple[str, Any]]:
+    """``destinations list|reset``: federation destinations and their backoff."""
+    if args.action == "list":
+        answer = client.call("GET", f"{_ADMIN}/v1/federation/destinations", params={"destination": args.name, "limit": 1000})
+        rows = [d for d in answer["destinations"] if d["retry_interval"] or not args.backing_off]
+        return table(rows, [("destination", "DESTINATION"), ("retry_interval", "BACKOFF (ms)"),
+                            ("failure_ts", "FAILING SINCE (ms)"), ("queued", "QUEUED")]), answer
+    if args.action == "reset":
+        answer = client.call("POST", f"{_ADMIN}/v1/federation/destinations/{q(args.destination)}/reset_connection", {})
+        return f"{args.destination}: backoff reset", answer
+    return None
+
+
+_AREAS: dict[str, Callable[
+    [argparse.Namespace, AdminClient, TextIO, Callable[[str], str], Callable[[], float]],
+    Optional[tuple[str, Any]],
+]] = {"login": _login, "users": _users, "rooms": _rooms, "destinations": _destinations}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -96,12 +96,9 @@ def port_database(sqlite_path: str, target: Any, *, out: Callable[[str], None] =
         verify. Nothing is kept in the target.
     """
     import psycopg
-    from psycopg import sql
 
-    from fedserver.storage.dialect import POSTGRESQL, SQLITE
     from fedserver.storage.interface import SchemaError
-    from fedserver.storage.postgres import check_server
-    from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, build_schema, find_scripts, prepare_database
+    from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
 
     schema_dir = schema_dir or DEFAULT_SCHEMA_DIR
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -118,46 +115,8 @@ def port_database(sqlite_path: str, target: Any, *, out: Callable[[str], None] =
             src.execute("BEGIN IMMEDIATE")
         except (SchemaError, sqlite3.Error) as e:
             raise PortError(f"{sqlite_path}: {e}") from None
-        try:
-            dst = psycopg.connect(target.dsn, autocommit=True, connect_timeout=target.connect_timeout_s)
-        except psycopg.Error as e:
-            raise PortError(f"cannot connect to {target.describe()}: {str(e).strip()}") from None
-        try:
-            if target.schema is not None:
-                dst.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target.schema)))
-            try:
-                check_server(dst, target)
-            except SchemaError as e:
-                raise PortError(str(e)) from None
-            report = PortReport(version)
-            out(f"copying {sqlite_path} (schema version {version}) into {target.describe()}")
-            try:
-                with dst.cursor() as cur:
-                    cur.execute(POSTGRESQL.begin_write)
-                    existing = [r[0] for r in cur.execute(POSTGRESQL.list_tables_sql)]
-                    if existing:
-                        raise PortError(
-                            f"the target is not empty ({len(existing)} tables, e.g. {sorted(existing)[0]!r}): "
-                            "port into an empty database or schema"
-                        )
-                    build_schema(cur, find_scripts(schema_dir), now_ms, POSTGRESQL)
-                    order = _copy_order(src, cur, SQLITE)
-                    # The scripts may have put rows in (schema_version, seeded sequences):
-                    # the source holds their own, which are copied instead.
-                    for table in reversed(order):
-                        cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
-                    for table in order:
-                        report.tables.append(_copy_table(src, cur, table))
-                        t = report.tables[-1]
-                        out(f"  {t.name:<28} {t.rows:>10} rows  checksum {t.checksum[:16]}")
-                    _verify(src, cur, report)
-                    cur.execute("COMMIT")
-            except BaseException:
-                if POSTGRESQL.in_transaction(dst):
-                    dst.execute("ROLLBACK")
-                raise
-        finally:
-            dst.close()
+        report = PortReport(version)
+        _copy_into(src, sqlite_path, target, report, schema_dir, now_ms, out)
     except psycopg.Error as e:
         raise PortError(f"PostgreSQL: {str(e).strip()} (nothing was kept)") from None
     finally:
@@ -169,6 +128,70 @@ def port_database(sqlite_path: str, target: Any, *, out: Callable[[str], None] =
     out(f"events: {events.rows} rows, checksum sha256:{events.checksum} on both sides")
     out(f"done: {len(report.tables)} tables, {report.rows} rows copied and verified in {report.seconds:.1f} s")
     return report
+
+
+def _copy_into(src: sqlite3.Connection, sqlite_path: str, target: Any, report: PortReport, schema_dir: str,
+               now_ms: int, out: Callable[[str], None]) -> None:
+    """Connect to ``target``, check the server, then copy and verify in one transaction,
+    rolled back on any failure (the target is left as it was)."""
+    import psycopg
+    from psycopg import sql
+
+    from fedserver.storage.dialect import POSTGRESQL
+    from fedserver.storage.interface import SchemaError
+    from fedserver.storage.postgres import check_server
+
+    try:
+        dst = psycopg.connect(target.dsn, autocommit=True, connect_timeout=target.connect_timeout_s)
+    except psycopg.Error as e:
+        raise PortError(f"cannot connect to {target.describe()}: {str(e).strip()}") from None
+    try:
+        if target.schema is not None:
+            dst.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target.schema)))
+        try:
+            check_server(dst, target)
+        except SchemaError as e:
+            raise PortError(str(e)) from None
+        out(f"copying {sqlite_path} (schema version {report.schema_version}) into {target.describe()}")
+        try:
+            with dst.cursor() as cur:
+                cur.execute(POSTGRESQL.begin_write)
+                _copy_tables(src, cur, report, schema_dir, now_ms, out)
+                cur.execute("COMMIT")
+        except BaseException:
+            if POSTGRESQL.in_transaction(dst):
+                dst.execute("ROLLBACK")
+            raise
+    finally:
+        dst.close()
+
+
+def _copy_tables(src: sqlite3.Connection, cur: Any, report: PortReport, schema_dir: str, now_ms: int,
+                 out: Callable[[str], None]) -> None:
+    """Inside the target's transaction: refuse a target that is not empty, build the
+    schema, copy every table (each after those its foreign keys point at) and verify."""
+    from psycopg import sql
+
+    from fedserver.storage.dialect import POSTGRESQL, SQLITE
+    from fedserver.storage.schema import build_schema, find_scripts
+
+    existing = [r[0] for r in cur.execute(POSTGRESQL.list_tables_sql)]
+    if existing:
+        raise PortError(
+            f"the target is not empty ({len(existing)} tables, e.g. {sorted(existing)[0]!r}): "
+            "port into an empty database or schema"
+        )
+    build_schema(cur, find_scripts(schema_dir), now_ms, POSTGRESQL)
+    order = _copy_order(src, cur, SQLITE)
+    # The scripts may have put rows in (schema_version, seeded sequences):
+    # the source holds their own, which are copied instead.
+    for table in reversed(order):
+        cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+    for table in order:
+        report.tables.append(_copy_table(src, cur, table))
+        t = report.tables[-1]
+        out(f"  {t.name:<28} {t.rows:>10} rows  checksum {t.checksum[:16]}")
+    _verify(src, cur, report)
 
 
 def _copy_order(src: sqlite3.Connection, cur: Any, dialect: Any) -> list[str]:

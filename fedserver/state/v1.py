@@ -63,6 +63,36 @@ def resolve_state_v1(
         return {}
     if len(sets) == 1:
         return dict(sets[0])
+    resolved, conflicts = _split_conflicts(sets)
+    if not conflicts:
+        return resolved
+
+    graph = AuthGraph(get_event, room_id)
+    # The power levels, join rules and membership passes, each against R as it stands.
+    stages = (
+        [k for k in conflicts if k == (POWER_LEVELS, "")],
+        [k for k in conflicts if k[0] == JOIN_RULES],
+        [k for k in conflicts if k[0] == MEMBER],
+    )
+    done: set[StateKey] = set()
+    for keys in stages:
+        resolved.update(_auth_pass(sorted(keys), conflicts, resolved, graph, auth_check))
+        done.update(keys)
+    # All other conflicts.
+    others = sorted(k for k in conflicts if k not in done)
+    resolved.update(_other_conflicts(others, conflicts, resolved, graph, auth_check))
+    return resolved
+
+
+def _split_conflicts(
+    sets: list[Mapping[StateKey, str]]
+) -> tuple[dict[StateKey, str], dict[StateKey, set[str]]]:
+    """"Start by setting R to the union of the states to be resolved, excluding any
+    conflicting events." ("A conflict occurs between states where those states have
+    different event_ids for the same (event_type, state_key)".)
+
+    :returns: R, and the conflicting event ids by key.
+    """
     candidates: dict[StateKey, set[str]] = {}
     for s in sets:
         for key, eid in s.items():
@@ -74,50 +104,73 @@ def resolve_state_v1(
             resolved[key] = next(iter(ids))
         else:
             conflicts[key] = ids
-    if not conflicts:
-        return resolved
+    return resolved, conflicts
 
-    graph = AuthGraph(get_event, room_id)
 
-    def present(ids: set[str]) -> list[Event]:
-        out = []
-        for eid in ids:
-            ev = graph.event(eid)
-            if ev is not None and ev.rejected_reason is None:
-                out.append(ev)
-        return out
+def _present(graph: AuthGraph, ids: set[str]) -> list[Event]:
+    """The events of ``ids`` we have and did not reject."""
+    out = []
+    for eid in ids:
+        ev = graph.event(eid)
+        if ev is not None and ev.rejected_reason is None:
+            out.append(ev)
+    return out
 
-    def auth_pass(keys: list[StateKey]) -> dict[StateKey, str]:
-        chosen: dict[StateKey, str] = {}
-        for key in keys:
-            evs = _ascending_depth_descending_sha1(present(conflicts[key]))
-            if not evs:
-                continue
-            current: dict[StateKey, str] = {}
-            local = ChainMap(current, resolved)
-            prev = evs[0]
-            for ev in evs[1:]:
-                current[key] = prev.event_id
-                if not checked(auth_check, ev, AuthStateView(local, {}, graph)):
-                    break
-                prev = ev
-            chosen[key] = prev.event_id
-        return chosen
 
-    stages = (
-        [k for k in conflicts if k == (POWER_LEVELS, "")],
-        [k for k in conflicts if k[0] == JOIN_RULES],
-        [k for k in conflicts if k[0] == MEMBER],
-    )
-    done: set[StateKey] = set()
-    for keys in stages:
-        resolved.update(auth_pass(sorted(keys)))
-        done.update(keys)
+def _auth_pass(
+    keys: list[StateKey],
+    conflicts: dict[StateKey, set[str]],
+    resolved: dict[StateKey, str],
+    graph: AuthGraph,
+    auth_check: AuthCheck,
+) -> dict[StateKey, str]:
+    """One of the power levels, join rules and membership passes, for ``keys``:
 
+    "Assemble all the m.room.power_levels events from the states to be resolved into a
+    list. Sort the list by ascending depth then descending sha1(event_id). Add the first
+    event in the list to R. For each subsequent event in the list, check that the event
+    would be allowed by the authorisation rules for a room in state R. If the event would
+    be allowed, then update R with the event and continue with the next event in the list.
+    If it would not be allowed, stop and continue below with m.room.join_rules events."
+
+    :returns: the choice for each key (``resolved``, R before the pass, is not changed).
+    """
+    chosen: dict[StateKey, str] = {}
+    for key in keys:
+        evs = _ascending_depth_descending_sha1(_present(graph, conflicts[key]))
+        if not evs:
+            continue
+        current: dict[StateKey, str] = {}
+        local = ChainMap(current, resolved)
+        prev = evs[0]
+        for ev in evs[1:]:
+            current[key] = prev.event_id
+            if not checked(auth_check, ev, AuthStateView(local, {}, graph)):
+                break
+            prev = ev
+        chosen[key] = prev.event_id
+    return chosen
+
+
+def _other_conflicts(
+    keys: list[StateKey],
+    conflicts: dict[StateKey, set[str]],
+    resolved: Mapping[StateKey, str],
+    graph: AuthGraph,
+    auth_check: AuthCheck,
+) -> dict[StateKey, str]:
+    """"No other events affect the authorisation rules, so for all other conflicts, just
+    pick the event with the highest depth and lowest sha1(event_id) that passes
+    authentication in R and add it to R."
+
+    If none passes, the last of that order (the spec is silent; this is what Synapse does).
+
+    :returns: the choice for each key, all checked against ``resolved`` (not changed).
+    """
     others: dict[StateKey, str] = {}
     view = AuthStateView(resolved, {}, graph)
-    for key in sorted(k for k in conflicts if k not in done):
-        evs = _ascending_depth_descending_sha1(present(conflicts[key]))
+    for key in keys:
+        evs = _ascending_depth_descending_sha1(_present(graph, conflicts[key]))
         if not evs:
             continue
         winner = evs[0]  # the last in descending-depth order
@@ -126,5 +179,4 @@ def resolve_state_v1(
                 winner = ev
                 break
         others[key] = winner.event_id
-    resolved.update(others)
-    return resolved
+    return others

@@ -184,27 +184,11 @@ def resolve_state_v2(
         return unconflicted
 
     graph = AuthGraph(get_event, room_id, auth_order)
-    events = graph.events
-    conflicted = {graph.node(eid) for eid in conflicted_ids}
-    conflicted = {n for n in conflicted if events[n] is not None}
-
-    # Full conflicted set: conflicted state set + auth difference (+ v2.1: the conflicted
-    # state subgraph).
-    full = conflicted | graph.auth_difference(sets)
-    if v2_1:
-        full |= graph.conflicted_subgraph(conflicted)
+    full = _full_conflicted_set(graph, sets, conflicted_ids, v2_1)
 
     # Step 1: the power events of the full conflicted set and their auth chains within it,
     # in reverse topological power ordering.
-    chosen: set[int] = set()
-    stack = [n for n in full if is_power_event(events[n])]  # type: ignore[arg-type]
-    chosen.update(stack)
-    while stack:
-        n = stack.pop()
-        for p in graph.parents(n):
-            if p in full and p not in chosen:
-                chosen.add(p)
-                stack.append(p)
+    chosen = _power_events_closure(graph, full)
     power_order = reverse_topological_power_sort(graph, chosen, SenderPower(rv, graph))
 
     # Step 2: iterative auth checks from the unconflicted state map (v2.1: from nothing).
@@ -220,6 +204,49 @@ def resolve_state_v2(
     # Step 5: the unconflicted state map wins.
     partial.update(unconflicted)
     return partial
+
+
+def _full_conflicted_set(
+    graph: AuthGraph,
+    sets: list[Mapping[StateKey, str]],
+    conflicted_ids: set[str],
+    v2_1: bool,
+) -> set[int]:
+    """The "Full conflicted set": "the union of the conflicted state set and the auth
+    difference" (v2.1: "the union of the conflicted state set, the conflicted state
+    subgraph, and the auth difference"), as nodes of ``graph``.
+
+    Conflicted events ``graph`` cannot supply are left out.
+    """
+    events = graph.events
+    conflicted = {graph.node(eid) for eid in conflicted_ids}
+    conflicted = {n for n in conflicted if events[n] is not None}
+    full = conflicted | graph.auth_difference(sets)
+    if v2_1:
+        full |= graph.conflicted_subgraph(conflicted)
+    return full
+
+
+def _power_events_closure(graph: AuthGraph, full: set[int]) -> set[int]:
+    """Step 1's set X: "Select the set X of all power events that appear in the full
+    conflicted set. For each such power event P, enlarge X by adding the events in the
+    auth chain of P which also belong to the full conflicted set."
+
+    The auth chain is followed through the full conflicted set only (for v2.1 this is
+    exactly the spec's set).
+    """
+    events = graph.events
+    chosen: set[int] = set()
+    stack = [n for n in full if is_power_event(events[n])]  # type: ignore[arg-type]
+    chosen.update(stack)
+    parents = graph.parents
+    while stack:
+        n = stack.pop()
+        for p in parents(n):
+            if p in full and p not in chosen:
+                chosen.add(p)
+                stack.append(p)
+    return chosen
 
 
 def resolve_state_v2_1(

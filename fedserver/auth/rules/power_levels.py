@@ -16,6 +16,8 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion
 
 _SCALARS = tuple(SCALAR_DEFAULTS)
+_MAPS = ("events", "notifications")
+_EVENTS_ONLY = ("events",)
 
 
 def _levels(value: Any, rv: RoomVersion) -> dict[str, int] | None:
@@ -48,70 +50,119 @@ def _lenient_levels(value: Any, rv: RoomVersion) -> dict[str, int]:
 def check_power_levels(
     event: Event, auth_state: AuthState, room_version: RoomVersion
 ) -> Deny | None:
-    """If type is m.room.power_levels."""
+    """If type is m.room.power_levels.
+
+    The v12 numbering is quoted below (v10-v11 lack 10.4; before v10, 10.1, 10.2 and 10.4
+    do not exist; before v6 only ``events`` is checked in 10.7 and 10.8).
+    """
     rv = room_version
     content = event.content
-
-    def rule(name: str) -> str:
-        return rule_id(rv, "power_levels", name)
-
-    maps = ("events", "notifications")
-    if rv.integer_power_levels:
-        # v10+ 1: If any of the properties users_default, events_default, state_default,
-        # ban, redact, kick, or invite in content are present and not an integer, reject.
-        for key in _SCALARS:
-            if key in content and type(content[key]) is not int:
-                return Deny(f"{key} is not an integer", rule("scalar_types"))
-        # v10+ 2: If either of the properties events or notifications in content are
-        # present and not an object with values that are integers, reject.
-        for key in maps:
-            if key in content and _levels(content[key], rv) is None:
-                return Deny(f"{key} is not an object of integers", rule("map_types"))
-    # users: If the users property in content is not an object with keys that are valid
-    # user IDs with values that are integers (or, before v10, a string that is an
-    # integer), reject.  (Absent is an empty object.)
-    users_raw = content.get("users", {})
-    new_users = _levels(users_raw, rv)
-    if new_users is None or not all(is_valid_user_id(u) for u in new_users):
-        return Deny("users is not an object of user ids to power levels", rule("users"))
-    # v12 4: If the users property in content contains the sender of the m.room.create
-    # event or any of the additional_creators array (if present) from the content of the
-    # m.room.create event, reject.
-    if rv.privileged_creators:
-        creators = auth_state.creators
-        if any(u in creators for u in new_users):
-            return Deny("users lists a room creator", rule("creators"))
-    # If there is no previous m.room.power_levels event in the room, allow.
+    new_users = _check_content(content, auth_state, rv)
+    if isinstance(new_users, Deny):
+        return new_users
+    # 10.5: If there is no previous m.room.power_levels event in the room, allow.
     previous = auth_state.power_levels_event
     if previous is None:
         return None
     old = previous.content
     sender_level = auth_state.checked_user_level(event.sender)
-    checked_maps = maps if rv.limit_notifications_power_levels else ("events",)
 
     # Before v10 a value may be a string or a float; "added, changed or removed" is about
     # the level it stands for ("50" -> 50 is no change).  A value that is not a power
     # level at all (possible in a room's first power levels event before v10) cannot be
     # compared with the sender's level: if it is altered the event is rejected under the
     # rule that compares it; if it is left as it was, no rule compares it.
+    # 10.6-10.10 in order; 10.11: "Otherwise, allow." (each returns None when it allows).
+    return (
+        _check_scalar_changes(old, content, sender_level, rv)
+        or _check_map_changes(old, content, sender_level, rv)
+        or _check_user_changes(old, new_users, event.sender, sender_level, rv)
+    )
 
-    # For the properties users_default, events_default, state_default, ban, redact, kick,
-    # invite check if they were added, changed or removed. For each found alteration:
-    # if the current value is higher than the sender's current power level, reject; if the
-    # new value is higher than the sender's current power level, reject.
+
+def _rule(rv: RoomVersion, name: str) -> str:
+    """The spec's number in ``rv`` of the power levels sub-rule ``name``."""
+    return rule_id(rv, "power_levels", name)
+
+
+def _check_content(
+    content: dict[str, Any], auth_state: AuthState, rv: RoomVersion
+) -> dict[str, int] | Deny:
+    """v12 10.1-10.4, the new content on its own.
+
+    10.1 (v10+): "If any of the properties users_default, events_default, state_default,
+    ban, redact, kick, or invite in content are present and not an integer, reject."
+    10.2 (v10+): "If either of the properties events or notifications in content are
+    present and not an object with values that are integers, reject."
+    10.3: "If the users property in content is not an object with keys that are valid user
+    IDs with values that are integers, reject." (before v10, "or a string that is an
+    integer"; absent is an empty object).
+    10.4 (v12): "If the users property in content contains the sender of the m.room.create
+    event or any of the additional_creators array (if present) from the content of the
+    m.room.create event, reject."
+
+    :returns: the new ``users`` levels, or the :class:`Deny`.
+    """
+    if rv.integer_power_levels:
+        # 10.1
+        for key in _SCALARS:
+            if key in content and type(content[key]) is not int:
+                return Deny(f"{key} is not an integer", _rule(rv, "scalar_types"))
+        # 10.2
+        for key in _MAPS:
+            if key in content and _levels(content[key], rv) is None:
+                return Deny(f"{key} is not an object of integers", _rule(rv, "map_types"))
+    # 10.3
+    new_users = _levels(content.get("users", {}), rv)
+    if new_users is None or not all(is_valid_user_id(u) for u in new_users):
+        return Deny("users is not an object of user ids to power levels", _rule(rv, "users"))
+    # 10.4
+    if rv.privileged_creators:
+        creators = auth_state.creators
+        if any(u in creators for u in new_users):
+            return Deny("users lists a room creator", _rule(rv, "creators"))
+    return new_users
+
+
+def _check_scalar_changes(
+    old: dict[str, Any], content: dict[str, Any], sender_level: int | float, rv: RoomVersion
+) -> Deny | None:
+    """v12 10.6: "For the properties users_default, events_default, state_default, ban,
+    redact, kick, invite check if they were added, changed or removed. For each found
+    alteration: 1. If the current value is higher than the sender's current power level,
+    reject. 2. If the new value is higher than the sender's current power level, reject."
+    """
     for key in _SCALARS:
         altered, old_v, new_v = _alteration(old, content, key, rv)
         if not altered:
             continue
         if old_v is _UNREADABLE or new_v is _UNREADABLE:
-            return Deny(f"{key} is altered but is not a power level", rule("scalars"))
+            return Deny(f"{key} is altered but is not a power level", _rule(rv, "scalars"))
+        # 10.6.1
         if old_v is not None and old_v > sender_level:
-            return Deny(f"sender may not change {key} from {old_v}", rule("scalars"))
+            return Deny(f"sender may not change {key} from {old_v}", _rule(rv, "scalars"))
+        # 10.6.2
         if new_v is not None and new_v > sender_level:
-            return Deny(f"sender may not set {key} to {new_v}", rule("scalars"))
+            return Deny(f"sender may not set {key} to {new_v}", _rule(rv, "scalars"))
+    return None
 
+
+def _check_map_changes(
+    old: dict[str, Any], content: dict[str, Any], sender_level: int | float, rv: RoomVersion
+) -> Deny | None:
+    """v12 10.7 and 10.8 (before v6, ``events`` only).
+
+    10.7: "For each entry being changed in, or removed from, the events or notifications
+    properties: 1. If the current value is greater than the sender's current power level,
+    reject."
+    10.8: "For each entry being added to, or changed in, the events or notifications
+    properties: 1. If the new value is greater than the sender's current power level,
+    reject."
+
+    Every 10.7 denial comes before any 10.8 one.
+    """
     changes = []
-    for key in checked_maps:
+    for key in _MAPS if rv.limit_notifications_power_levels else _EVENTS_ONLY:
         # A property that is not an object (possible before v10) has no entries.
         old_map, new_map = old.get(key), content.get(key)
         old_map = old_map if isinstance(old_map, dict) else {}
@@ -120,42 +171,52 @@ def check_power_levels(
             altered, old_v, new_v = _alteration(old_map, new_map, name, rv)
             if altered:
                 changes.append((key, name, old_v, new_v))
-    # For each entry being changed in, or removed from, the events (v6+: or notifications)
-    # property: if the current value is greater than the sender's current power level,
-    # reject.
+    # 10.7
     for key, name, old_v, _new_v in changes:
         if old_v is _UNREADABLE:
-            return Deny(f"{key}[{name!r}] is altered but is not a power level", rule("maps_removed"))
+            return Deny(
+                f"{key}[{name!r}] is altered but is not a power level", _rule(rv, "maps_removed")
+            )
         if old_v is not None and old_v > sender_level:
             return Deny(
-                f"sender may not change {key}[{name!r}] from {old_v}", rule("maps_removed")
+                f"sender may not change {key}[{name!r}] from {old_v}", _rule(rv, "maps_removed")
             )
-    # For each entry being added to, or changed in, the events (v6+: or notifications)
-    # property: if the new value is greater than the sender's current power level, reject.
+    # 10.8
     for key, name, _old_v, new_v in changes:
         if new_v is _UNREADABLE:
-            return Deny(f"{key}[{name!r}] is not a power level", rule("maps_added"))
+            return Deny(f"{key}[{name!r}] is not a power level", _rule(rv, "maps_added"))
         if new_v is not None and new_v > sender_level:
-            return Deny(f"sender may not set {key}[{name!r}] to {new_v}", rule("maps_added"))
+            return Deny(
+                f"sender may not set {key}[{name!r}] to {new_v}", _rule(rv, "maps_added")
+            )
+    return None
 
+
+def _check_user_changes(
+    old: dict[str, Any], new_users: dict[str, int], sender: str, sender_level: int | float,
+    rv: RoomVersion,
+) -> Deny | None:
+    """v12 10.9 and 10.10.
+
+    10.9: "For each entry being changed in, or removed from, the users property, other than
+    the sender's own entry: 1. If the current value is greater than or equal to the
+    sender's current power level, reject."
+    10.10: "For each entry being added to, or changed in, the users property: 1. If the new
+    value is greater than the sender's current power level, reject."
+    """
     old_users = _lenient_levels(old.get("users"), rv)
-    sender = event.sender
-    # For each entry being changed in, or removed from, the users property, other than
-    # the sender's own entry: if the current value is greater than or equal to the
-    # sender's current power level, reject.
+    # 10.9
     for user, old_v in old_users.items():
         if user != sender and new_users.get(user) != old_v and old_v >= sender_level:
             return Deny(
-                f"sender may not change the power level of {user}", rule("users_removed")
+                f"sender may not change the power level of {user}", _rule(rv, "users_removed")
             )
-    # For each entry being added to, or changed in, the users property: if the new value
-    # is greater than the sender's current power level, reject.
+    # 10.10
     for user, new_v in new_users.items():
         if old_users.get(user) != new_v and new_v > sender_level:
             return Deny(
-                f"sender may not give {user} power level {new_v}", rule("users_added")
+                f"sender may not give {user} power level {new_v}", _rule(rv, "users_added")
             )
-    # Otherwise, allow.
     return None
 
 

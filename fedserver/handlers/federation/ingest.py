@@ -95,67 +95,10 @@ class Ingest:
         batch = CheckedBatch()
         if room_versions is None:
             room_versions = await self.room_versions(pdus)
-        checked: list[tuple[Event, bool, frozenset[str]]] = []
-        requests = []
-        owners: list[int] = []
-        for pdu in pdus:
-            room_id = pdu.get("room_id") if type(pdu) is dict else None
-            rv: RoomVersion | None = room_versions.get(room_id) if type(room_id) is str else None
-            if rv is None:
-                # Step 1 needs the room version; a PDU for a room we are not in is ignored.
-                log.debug("Ignoring PDU from {origin} for unknown room {room_id!r:.100}", origin=origin, room_id=room_id)
-                continue
-            if room_id in denied_rooms:
-                eid = _event_id_of(pdu, rv)
-                if eid is not None:
-                    batch.results[eid] = {"error": "Server is banned from this room by its server ACL"}
-                continue
-            try:
-                c = check_pdu(pdu, rv)
-                servers = required_signature_servers(pdu, rv)
-            except (InvalidEvent, SignatureServersError) as e:
-                # Step 1: not a valid event: dropped, with an error if it has an id.
-                eid = _event_id_of(pdu, rv)
-                log.info("Dropping invalid PDU {event_id} from {origin}: {why}", event_id=eid, origin=origin, why=e)
-                if eid is not None:
-                    batch.results[eid] = {"error": f"Invalid event: {e}"}
-                continue
-            index = len(checked)
-            checked.append((c.event, c.content_hash_ok, frozenset(servers)))
-            sigs = pdu.get("signatures")
-            sigs = sigs if type(sigs) is dict else {}
-            minimum = key_validity_minimum(c.event.origin_server_ts, rv)
-            for server in servers:
-                requests.append((server, c.signed_bytes, sigs.get(server), minimum))
-                owners.append(index)
-            # Signatures the auth rules may need (not the spec's signature check): one
-            # that is missing or bad leaves the server unverified, for the rules to judge.
-            for server in optional_signature_servers(pdu, rv):
-                if sigs.get(server) is not None:
-                    requests.append((server, c.signed_bytes, sigs.get(server), minimum))
-                    owners.append(-1 - index)
+        checked, requests, owners = _check_formats(origin, pdus, denied_rooms, room_versions, batch)
         verdicts = (await self._keyring.verify_signatures(requests)) if requests else []
-        failed: dict[int, str] = {}
-        also_verified: dict[int, set[str]] = {}
-        for (server, *_), index, verdict in zip(requests, owners, verdicts):
-            if index < 0:
-                if verdict is True:
-                    also_verified.setdefault(-1 - index, set()).add(server)
-            elif verdict is not True and index not in failed:
-                failed[index] = str(verdict)
-        for index, (event, hash_ok, servers) in enumerate(checked):
-            if index in failed:
-                # Step 2: signature check failed: dropped.
-                log.info("Dropping {event_id} from {origin}: bad signature: {why}", event_id=event.event_id, origin=origin, why=failed[index])
-                batch.results[event.event_id] = {"error": f"Signature check failed: {failed[index]}"}
-                continue
-            if not hash_ok:
-                # Step 3: a content hash mismatch means we keep only the redacted form.
-                log.info("Content hash mismatch on {event_id} from {origin}; keeping it redacted", event_id=event.event_id, origin=origin)
-                event = Event.from_pdu(redact(event.pdu, event.room_version), event.room_version, event.event_id)
-            batch.results[event.event_id] = {}
-            batch.entries.append(PersistEntry(event=event, outlier=True))
-            batch.verified[event.event_id] = servers | also_verified.get(index, set())
+        failed, also_verified = _sort_verdicts(requests, owners, verdicts)
+        _settle(origin, batch, checked, failed, also_verified)
         return batch
 
     async def room_versions(self, pdus: Iterable[Any]) -> dict[str, RoomVersion]:
@@ -174,3 +117,118 @@ class Ingest:
             if rv is not None:
                 found[room_id] = rv
         return found
+
+
+#: A PDU that passed step 1: its event, whether its content hash matched, and the servers
+#: whose signatures step 2 requires.
+_Checked = tuple[Event, bool, frozenset[str]]
+
+#: One signature for the keyring: server, signed bytes, the signature block, key
+#: validity minimum.
+_SignatureRequest = tuple[str, bytes, Any, int]
+
+
+def _check_formats(
+    origin: str,
+    pdus: list[Any],
+    denied_rooms: Collection[str],
+    room_versions: Mapping[str, RoomVersion],
+    batch: CheckedBatch,
+) -> tuple[list[_Checked], list[_SignatureRequest], list[int]]:
+    """Step 1, "Is a valid event, otherwise it is dropped. For an event to be valid, it
+    must comply with the event format of that room version.", and the signatures step 2
+    will check.
+
+    PDUs for rooms we do not know are ignored; those of ``denied_rooms`` and invalid ones
+    get their error in ``batch.results``.
+
+    :returns: the valid PDUs, the signatures to verify, and for each signature the index
+        of its PDU in the first list (``-1 - index`` for an optional one: the auth rules
+        may need it, the spec's signature check does not).
+    """
+    checked: list[_Checked] = []
+    requests: list[_SignatureRequest] = []
+    owners: list[int] = []
+    for pdu in pdus:
+        room_id = pdu.get("room_id") if type(pdu) is dict else None
+        rv: RoomVersion | None = room_versions.get(room_id) if type(room_id) is str else None
+        if rv is None:
+            # Step 1 needs the room version; a PDU for a room we are not in is ignored.
+            log.debug("Ignoring PDU from {origin} for unknown room {room_id!r:.100}", origin=origin, room_id=room_id)
+            continue
+        if room_id in denied_rooms:
+            eid = _event_id_of(pdu, rv)
+            if eid is not None:
+                batch.results[eid] = {"error": "Server is banned from this room by its server ACL"}
+            continue
+        try:
+            c = check_pdu(pdu, rv)
+            servers = required_signature_servers(pdu, rv)
+        except (InvalidEvent, SignatureServersError) as e:
+            # Step 1: not a valid event: dropped, with an error if it has an id.
+            eid = _event_id_of(pdu, rv)
+            log.info("Dropping invalid PDU {event_id} from {origin}: {why}", event_id=eid, origin=origin, why=e)
+            if eid is not None:
+                batch.results[eid] = {"error": f"Invalid event: {e}"}
+            continue
+        index = len(checked)
+        checked.append((c.event, c.content_hash_ok, frozenset(servers)))
+        sigs = pdu.get("signatures")
+        sigs = sigs if type(sigs) is dict else {}
+        minimum = key_validity_minimum(c.event.origin_server_ts, rv)
+        for server in servers:
+            requests.append((server, c.signed_bytes, sigs.get(server), minimum))
+            owners.append(index)
+        # Signatures the auth rules may need (not the spec's signature check): one
+        # that is missing or bad leaves the server unverified, for the rules to judge.
+        for server in optional_signature_servers(pdu, rv):
+            if sigs.get(server) is not None:
+                requests.append((server, c.signed_bytes, sigs.get(server), minimum))
+                owners.append(-1 - index)
+    return checked, requests, owners
+
+
+def _sort_verdicts(
+    requests: list[_SignatureRequest], owners: list[int], verdicts: list[Any]
+) -> tuple[dict[int, str], dict[int, set[str]]]:
+    """Step 2, "Passes signature checks": the keyring's verdicts by PDU.
+
+    :returns: the first failure of each PDU whose required signatures did not all verify,
+        and the servers whose optional signatures verified, by PDU index.
+    """
+    failed: dict[int, str] = {}
+    also_verified: dict[int, set[str]] = {}
+    for (server, *_), index, verdict in zip(requests, owners, verdicts):
+        if index < 0:
+            if verdict is True:
+                also_verified.setdefault(-1 - index, set()).add(server)
+        elif verdict is not True and index not in failed:
+            failed[index] = str(verdict)
+    return failed, also_verified
+
+
+def _settle(
+    origin: str,
+    batch: CheckedBatch,
+    checked: list[_Checked],
+    failed: dict[int, str],
+    also_verified: dict[int, set[str]],
+) -> None:
+    """Steps 2 and 3 applied: "2. Passes signature checks, otherwise it is dropped. 3.
+    Passes hash checks, otherwise it is redacted before being processed further."
+
+    Fills ``batch`` in ``checked``'s order.
+    """
+    for index, (event, hash_ok, servers) in enumerate(checked):
+        if index in failed:
+            # Step 2: signature check failed: dropped.
+            log.info("Dropping {event_id} from {origin}: bad signature: {why}", event_id=event.event_id, origin=origin, why=failed[index])
+            batch.results[event.event_id] = {"error": f"Signature check failed: {failed[index]}"}
+            continue
+        if not hash_ok:
+            # Step 3: a content hash mismatch means we keep only the redacted form.
+            log.info("Content hash mismatch on {event_id} from {origin}; keeping it redacted", event_id=event.event_id, origin=origin)
+            event = Event.from_pdu(redact(event.pdu, event.room_version), event.room_version, event.event_id)
+        batch.results[event.event_id] = {}
+        batch.entries.append(PersistEntry(event=event, outlier=True))
+        batch.verified[event.event_id] = servers | also_verified.get(index, set())
