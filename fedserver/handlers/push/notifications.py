@@ -41,9 +41,9 @@ LOCAL_MEMO_SIZE = 200_000
 DEFAULT_NOTIFICATIONS_LIMIT = 20
 MAX_NOTIFICATIONS_LIMIT = 100
 
-#: Called with ``(user_id, event, actions, room_id)`` for every event that notified a
-#: local user (push gateway delivery).
-NotifyListener = Callable[[str, Event, list, str], Any]
+#: Called with the ``(user_id, event, actions, room_id)`` of every event that notified a
+#: local user, in a list per batch of events evaluated together (push gateway delivery).
+NotifyListener = Callable[[list[tuple[str, Event, list, str]]], Any]
 
 
 def _as_dict(event: Event) -> dict[str, Any]:
@@ -195,10 +195,11 @@ class NotificationsHandler:
         await self._store.push.record_actions(actions_out, read_marks)
         for user_id in {a.user_id for a in actions_out} | {m[0] for m in read_marks}:
             self._notifier.notify_user(user_id)
-        for user_id, event, actions in notified:
+        if notified:
+            batch = [(user_id, event, actions, room_id) for user_id, event, actions in notified]
             for listener in list(self.on_notify):
                 try:
-                    listener(user_id, event, actions, room_id)
+                    listener(batch)
                 except Exception:
                     log.failure("Notification listener failed")
 
