@@ -231,6 +231,9 @@ class EvaluationTests(unittest.TestCase):
         ]
         events = [
             message("hello"), message("hi Alice"), message("cake", msgtype="m.notice"),
+            message("alice @room", **{"m.mentions": {}}), message("Alice Liddell @room"),
+            message("x", **{"m.mentions": {"user_ids": [ALICE], "room": True}}),
+            message("* fixed", **{"m.relates_to": {"rel_type": "m.replace", "event_id": "$x"}}),
             {"type": "M.Room.Message", "sender": "@bob:x", "content": {"body": "x"}},
             {"type": "org.k", "sender": "@bob:x", "content": {"body": "k"}},
             {"type": "m.reaction", "sender": "@bob:x", "content": {}},
@@ -259,7 +262,7 @@ class EvaluationTests(unittest.TestCase):
             compiled.candidates(f"t{i}")
         self.assertLessEqual(len(compiled._by_type), MAX_TYPES_REMEMBERED)
         # disabled and ruled-out rules are left out
-        ids = [r["rule_id"] for _, r in compiled.candidates("m.room.message")]
+        ids = [c[1]["rule_id"] for c in compiled.candidates("m.room.message")]
         self.assertNotIn(".m.rule.master", ids)
         self.assertNotIn(".m.rule.member_event", ids)
         self.assertIn(".m.rule.message", ids)
