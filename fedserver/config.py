@@ -126,6 +126,7 @@ class Config:
     federation_client_timeout: float = 60.0
     partial_state_joins: bool = True
     serve_partial_state: bool = True
+    public_rooms_over_federation: bool = True
     send_join_max_response_size: int = DEFAULT_SEND_JOIN_MAX_RESPONSE_SIZE
     outbound_max_retry_interval: float = 3600.0
     plugins: tuple[str, ...] = ()
@@ -636,6 +637,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("serve_partial_state", _v_bool,
            "Answer other servers' joins to our rooms with partial state when they ask (send_join\n"
            "omit_members): the room's members are left out and fetched by them afterwards."),
+    Option("public_rooms_over_federation", _v_bool,
+           "Show the room directory (the rooms published with visibility public) to other servers\n"
+           "(GET/POST /_matrix/federation/v1/publicRooms). False answers them 403."),
     Option("send_join_max_response_size", _v_int(1024 * 1024),
            "Largest send_join or /state answer accepted when joining a room, in bytes (read and stored as\n"
            "it arrives, never held whole). The default fits the largest public rooms."),

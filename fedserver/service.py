@@ -692,7 +692,10 @@ class FedserverService(service.MultiService):
         )
         register_membership_routes(self.federation_resource, self.federation_v2_resource, self.handshakes)
         self.federation_resource.enable_directory(self.rooms.directory)
-        register_public_rooms_routes(self.federation_resource, self.rooms.directory, denied_rooms=self.acls.denied_rooms)
+        register_public_rooms_routes(
+            self.federation_resource, self.rooms.directory, denied_rooms=self.acls.denied_rooms,
+            enabled=config.public_rooms_over_federation,
+        )
         self.hierarchy = SpaceHierarchy(
             store, name, reactor, federation_client=self.federation_client,
             is_room_blocked=self.room_blocks.is_blocked, acl_allows=self.acls.is_allowed,

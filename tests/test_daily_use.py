@@ -198,6 +198,23 @@ class AcrossServersTests(DailyUseTestCase):
         loner, lt = await a.register("loner")
         self.assertError(await a.call("GET", f"/presence/{q(bob)}/status", token=lt), 403, "M_FORBIDDEN")
 
+    async def test_presence_announced_on_joining_a_remote_room(self):
+        """Alice sets her presence before she shares any room with Bob's server; when she
+        joins Bob's room, Bob sees her presence at once (A announces it to the room's
+        servers on her join), without her changing it again."""
+        a, b = await self.server(), await self.server()
+        alice, at = await a.register("alice", "Alice")
+        bob, bt = await b.register("bob")
+        await a.ok("PUT", f"/presence/{q(alice)}/status", {"presence": "online", "status_msg": "just arrived"}, at)
+        await self.shared_room(b, bt, a, at, "porch")
+
+        async def bob_sees_presence():
+            status = await b.ok("GET", f"/presence/{q(alice)}/status", token=bt)
+            return status if status.get("status_msg") == "just arrived" else None
+
+        status = await self.until(bob_sees_presence, "Alice's presence to reach Bob after her join")
+        self.assertEqual(status["presence"], "online")
+
     async def test_edus_about_users_of_other_servers_are_ignored(self):
         """m.receipt, m.typing and m.presence EDUs from server B about a user of server A
         (or of a third server) change nothing: Server-Server API, the sender's own users

@@ -172,6 +172,26 @@ class PartialStateJoinTests(TestCase):
 
         await self.until(carol_found, "carol in A's user directory")
 
+    async def test_device_lists_name_the_members_the_resync_brings(self):
+        """Client-server "device_lists.changed" names users who "now share an encrypted
+        room with the client": the members a partial-state join's resync brings are
+        named in the first incremental /sync after the resync (the room itself is sent
+        then, as if just joined), so the client fetches their keys."""
+        a, b = await self.start(), await self.start()
+        room, users = await self.room_with_members(b, ["bob", "carol"])
+        gate = _Gate(b)
+        alice = await a.user("alice")
+        await a.rooms.membership.join(alice.user_id, room, server_names=[b.name])
+        await self.until(lambda: defer.succeed(gate.asked), "the resync to ask B")
+        during = await a.sync(alice)
+        self.assertNotIn(room, during["rooms"]["join"])
+        gate.open()
+        await a.svc.pipeline.wait_full_state(room)
+        after = await a.sync(alice, since=during["next_batch"])
+        self.assertIn(room, after["rooms"]["join"])
+        self.assertLessEqual({u.user_id for u in users}, set(after["device_lists"]["changed"]))
+        self.assertNotIn(alice.user_id, after["device_lists"]["changed"])
+
     async def test_restart_in_the_middle_of_a_resync_resumes_it(self):
         """A stops while its resync waits for B; started again on the same database, A
         finds the room still marked, resumes the resync and completes it."""

@@ -241,6 +241,22 @@ class FederationServingTests(PublicRoomsTestCase):
         self.assertEqual((code, body["errcode"]), (400, "M_NOT_JSON"))
 
 
+    async def test_switched_off(self):
+        """With ``public_rooms_over_federation: false`` both forms answer 403 M_FORBIDDEN
+        and list nothing; our own clients still see the directory."""
+        rooms = await self.make_rooms()
+        resource = FederationResource(StubAuthenticator(), acls=ServerAcls(self.store))
+        register_public_rooms_routes(resource, self.services.directory, enabled=False)
+        keys = ServerKeyResource(ServerKeyDocument(SERVER, generate_signing_key("us"), reactor, 86_400_000))
+        closed = StubTreq(build_federation_root(server_keys=keys, federation_v1=resource))
+        for method, body in (("GET", None), ("POST", {})):
+            code, parsed, _ = await stub_request(closed, method, FED + "/publicRooms", body, {})
+            self.assertEqual((code, parsed["errcode"]), (403, "M_FORBIDDEN"), method)
+            self.assertNotIn("chunk", parsed)
+        code, body = await self.call("GET", "/publicRooms")
+        self.assertEqual(code, 200)
+        self.assertIn(rooms["big"], {c["room_id"] for c in body["chunk"]})
+
 class RemoteListingTests(PublicRoomsTestCase):
     PAGE = {
         "chunk": [

@@ -237,6 +237,41 @@ class ClientHierarchyTests(HierarchyTestCase):
         )
 
 
+    async def test_remote_invite_shows_an_invite_only_room(self):
+        """A remote room that is invite only and not world readable is not shown to bob,
+        until bob holds an invite to it received over federation (kept apart from room
+        memberships: we are not in that room)."""
+        from signedjson.key import generate_signing_key as key_for
+
+        from fedserver import room_versions
+        from fedserver.events.builder import build_event
+        from fedserver.storage.interface import PersistEntry
+
+        r = await self.build()
+        closed = self.remote_answer()
+        closed["children"][0]["world_readable"] = False
+        self.federation.answers.append(closed)
+        code, body = await self.get(r["space"])
+        self.assertEqual(code, 200, body)
+        self.assertNotIn("Remote child", [room.get("name") for room in body["rooms"]])
+        self.assertEqual(body["rooms"][-1]["name"], "Remote space")
+
+        bob = f"@bob:{SERVER}"
+        invite = build_event(
+            room_versions.V10, room_id=REMOTE_CHILD, type="m.room.member", sender="@x:remote.test",
+            content={"membership": "invite"}, state_key=bob, prev_event_ids=["$p" + "A" * 42],
+            auth_event_ids=[], depth=5, origin_server_ts=1_700_000_000_005,
+            server_name=REMOTE, signing_key=key_for("1"),
+        )
+        await self.store.persist_events([PersistEntry(event=invite, outlier=True)])
+        await self.store.federation_extras.set_remote_membership(
+            bob, REMOTE_CHILD, "invite", invite.event_id, "@x:remote.test", []
+        )
+        self.federation.answers.append(closed)
+        code, body = await self.get(r["space"])
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["rooms"][-1]["name"], "Remote child")
+
 class FederationHierarchyTests(HierarchyTestCase):
     async def test_serve(self):
         """The space with its children_state; children the asking server may see (pub,

@@ -356,14 +356,17 @@ class DeviceListChanges:
         incremental sync."""
         if since is None:
             return False
-        changed, left = await self.changes(ctx.user_id, since, now, ctx.since_events, ctx.now_events)
+        changed, left = await self.changes(
+            ctx.user_id, since, now, ctx.since_events, ctx.now_events, sent_whole=ctx.newly_joined
+        )
         if not changed and not left:
             return False
         ctx.result["device_lists"] = {"changed": sorted(changed), "left": sorted(left)}
         return True
 
     async def changes(
-        self, user_id: str, since: int, now: int, since_events: Optional[int], now_events: int
+        self, user_id: str, since: int, now: int, since_events: Optional[int], now_events: int,
+        sent_whole: Iterable[str] = (),
     ) -> tuple[set[str], set[str]]:
         """``(changed, left)`` for ``user_id`` between device-list positions ``(since,
         now]`` and event positions ``(since_events, now_events]``.
@@ -372,8 +375,14 @@ class DeviceListChanges:
         devices or cross-signing keys changed; users who joined one of their rooms; the
         members of rooms they joined. ``left``: members of rooms they or the members left
         who share no room with them any more.
+
+        :param sent_whole: rooms this ``/sync`` sends whole, as if just joined: their
+            members count as new too (a room joined with partial state whose resync
+            ended since the token: its members arrived with the resync, not as member
+            events after the token).
         """
         devices = self._store.devices
+        whole = set(sent_whole)
 
         def txn_func(txn: Txn) -> tuple[set[str], set[str]]:
             moved = devices.get_changed_users_txn(txn, since, now) if now > since else set()
@@ -401,6 +410,8 @@ class DeviceListChanges:
                     still = devices.filter_users_sharing_room_txn(txn, user_id, candidates)
                     left = candidates - still
                 changed -= left
+            if whole:
+                changed |= devices.get_joined_members_txn(txn, whole) - {user_id} - left
             return changed, left
 
         return await devices.run_read(txn_func)

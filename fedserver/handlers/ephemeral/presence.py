@@ -268,18 +268,38 @@ class PresenceHandler:
 
     def on_persisted(self, room_id: str, taken: list) -> None:
         """``RoomPipeline.on_persisted``: our users' events are pro-active actions; a user
-        of another server joining a room with our users gets their presence."""
+        of another server joining a room with our users gets their presence, and the
+        servers of a room one of our users joins get that user's."""
         if not self.enabled:
             return
         for event, outcome in taken:
             if not outcome.accepted or outcome.duplicate:
                 continue
+            joined = (
+                event.type == "m.room.member" and event.state_key == event.sender
+                and event.content.get("membership") == "join"
+            )
             if self._is_local(event.sender):
                 self.bump_active(event.sender)
-            elif event.type == "m.room.member" and event.state_key == event.sender and event.content.get("membership") == "join":
+                if joined:
+                    self._spawn(self._announce(room_id, event.sender))
+            elif joined:
                 host = server_of(event.sender)
                 if host is not None:
                     self._spawn(self._introduce(room_id, host))
+
+    async def _announce(self, room_id: str, user_id: str) -> None:
+        """One of our users joined a room: the other servers in it get that user's
+        presence now, not at its next change (they would show them offline until then).
+        In a room joined with partial state the servers are the resident's
+        ``servers_in_room``."""
+        row = self._current.get(user_id)
+        if row is None:
+            return  # offline: nothing to tell
+        hosts = set(await self._store.get_joined_hosts(room_id))
+        hosts.discard(self._server_name)
+        if hosts:
+            self._send_presence(row, hosts)
 
     async def _introduce(self, room_id: str, host: str) -> None:
         online = [u for u in self._current if self._is_local(u)]

@@ -319,6 +319,11 @@ class SpaceHierarchy:
         membership = await self._store.rooms.get_membership(room.room_id, user_id)
         if membership is not None and membership.membership in ("join", "invite"):
             return True
+        # An invite to a room we are not in is kept apart from room memberships (the
+        # invite's stripped state is all we hold of the room).
+        remote = await self._store.federation_extras.get_remote_membership(user_id, room.room_id)
+        if remote is not None and remote.membership == "invite":
+            return True
         if room.join_rule in ("restricted", "knock_restricted"):
             for allowed in room.allowed_room_ids:
                 m = await self._store.rooms.get_membership(allowed, user_id)

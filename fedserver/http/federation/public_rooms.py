@@ -7,7 +7,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.web.iweb import IRequest
 
-from fedserver.errors import invalid_param
+from fedserver.errors import forbidden, invalid_param
 from fedserver.handlers.rooms.directory import MAX_PUBLIC_ROOMS_PAGE, public_rooms_request
 from fedserver.http.resource import query_bool, query_int, query_string, read_json_body
 
@@ -17,6 +17,7 @@ def register_public_rooms_routes(
     directory: Any,
     *,
     denied_rooms: Callable[[str, Iterable[str]], Awaitable[Iterable[str]]] | None = None,
+    enabled: bool = True,
 ) -> None:
     """Serve our published rooms to other servers (signed requests only).
 
@@ -29,6 +30,8 @@ def register_public_rooms_routes(
     :param directory: the :class:`~fedserver.handlers.rooms.directory.DirectoryHandler`.
     :param denied_rooms: ``denied_rooms(origin, room_ids)``: those whose ACL denies
         ``origin`` (:meth:`fedserver.federation.acl.ServerAcls.denied_rooms`).
+    :param enabled: ``False`` (option ``public_rooms_over_federation``): every request is
+        answered 403 ``M_FORBIDDEN`` (after its signature is checked).
     """
     authenticated = federation_resource.authenticated
 
@@ -37,7 +40,12 @@ def register_public_rooms_routes(
             return None
         return lambda room_ids: denied_rooms(origin, room_ids)
 
+    def check_enabled() -> None:
+        if not enabled:
+            raise forbidden("This server does not share its room directory with other servers")
+
     async def get_public_rooms(request: IRequest, origin: str) -> Any:
+        check_enabled()
         # "limit ... Defaults to 0 (no limit)": 0 is our largest page (next_batch follows).
         limit = query_int(request, "limit", None, minimum=0, maximum=MAX_PUBLIC_ROOMS_PAGE)
         all_networks = query_bool(request, "include_all_networks")
@@ -50,6 +58,7 @@ def register_public_rooms_routes(
         )
 
     async def post_public_rooms(request: IRequest, origin: str) -> Any:
+        check_enabled()
         params = public_rooms_request(read_json_body(request))
         return await directory.public_rooms(**params, hide=hide_for(origin))
 
