@@ -6,7 +6,10 @@ import re
 
 from twisted.trial import unittest
 
-from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_notify, lookup, split_path, tweaks
+from fedserver.push.evaluator import (
+    MAX_TYPES_REMEMBERED, CompiledRuleset, PushContext, evaluate, evaluate_compiled, is_highlight,
+)
+from fedserver.push.evaluator import is_notify, lookup, split_path, tweaks
 from fedserver.push.glob import glob_matches, glob_matches_words
 from fedserver.push.rules import (
     RuleError,
@@ -197,7 +200,72 @@ class EvaluationTests(unittest.TestCase):
         self.ctx = PushContext(ALICE, display_name="Alice Liddell", member_count=5, sender_level=0)
 
     def actions(self, event, ctx=None, rules=None):
-        return evaluate(rules or self.rules, event, ctx or self.ctx)
+        got = evaluate(rules or self.rules, event, ctx or self.ctx)
+        # Every verdict here is also the compiled ruleset's.
+        self.assertEqual(evaluate_compiled(CompiledRuleset(rules or self.rules), event, ctx or self.ctx), got)
+        return got
+
+    def test_compiled_ruleset_agrees(self):
+        """A CompiledRuleset gives the same actions as evaluate for every event, context
+        and ruleset tried: server defaults, a type condition with wildcards, one that
+        differs only in case (type patterns match case-insensitively, "M.ROOM.MESSAGE" and
+        a Kelvin sign too), rules disabled and enabled, events of any type (a missing or
+        non-string type included); its memory of event types stays bounded."""
+        def rule(conds, rule_id="r", kind="override", enabled=None, base=None):
+            ur = put_rule(base or UserRules(), ALICE, kind, rule_id, {"actions": ["notify", {"set_tweak": "x"}], "conditions": conds})
+            if enabled is not None:
+                ur = set_rule_attribute(ur, ALICE, kind, rule_id, "enabled", enabled)
+            return ur
+        rulesets = [
+            UserRules(),
+            rule([{"kind": "event_match", "key": "type", "pattern": "m.room.*"}]),
+            rule([{"kind": "event_match", "key": "type", "pattern": "M.ROOM.MESSAGE"}], kind="underride"),
+            rule([{"kind": "event_match", "key": "type", "pattern": "o?g.\u212a"},
+                  {"kind": "event_match", "key": "content.body", "pattern": "*"}]),
+            rule([{"kind": "event_match", "key": "type", "pattern": "m.room.message"}], enabled=False),
+            rule([{"kind": "event_match", "key": "type", "pattern": "m.reaction"}, {"kind": "mystery"}]),
+            set_rule_attribute(UserRules(), ALICE, "override", ".m.rule.master", "enabled", True),
+            set_rule_attribute(UserRules(), ALICE, "override", ".m.rule.reaction", "enabled", False),
+            set_rule_attribute(UserRules(), ALICE, "underride", ".m.rule.message", "enabled", False),
+            put_rule(UserRules(), ALICE, "content", "cake", {"pattern": "cake", "actions": ["notify"]}),
+        ]
+        events = [
+            message("hello"), message("hi Alice"), message("cake", msgtype="m.notice"),
+            message("alice @room", **{"m.mentions": {}}), message("Alice Liddell @room"),
+            message("x", **{"m.mentions": {"user_ids": [ALICE], "room": True}}),
+            message("* fixed", **{"m.relates_to": {"rel_type": "m.replace", "event_id": "$x"}}),
+            {"type": "M.Room.Message", "sender": "@bob:x", "content": {"body": "x"}},
+            {"type": "org.k", "sender": "@bob:x", "content": {"body": "k"}},
+            {"type": "m.reaction", "sender": "@bob:x", "content": {}},
+            {"type": "m.room.member", "state_key": ALICE, "sender": "@bob:x", "content": {"membership": "invite"}},
+            {"type": "m.room.encrypted", "sender": "@bob:x", "content": {}},
+            {"type": "m.room.tombstone", "state_key": "", "sender": "@bob:x", "content": {}},
+            {"type": "m.call.invite", "sender": "@bob:x", "content": {"call_id": "c"}},
+            {"sender": "@bob:x", "content": {"body": "no type"}},
+            {"type": 3, "sender": "@bob:x", "content": {"body": "number"}},
+        ]
+        contexts = [self.ctx, PushContext(ALICE, member_count=2), PushContext(ALICE, sender_level=100)]
+        matched = set()
+        for ur in rulesets:
+            ruleset = build_ruleset(ALICE, ur)
+            compiled = CompiledRuleset(ruleset)
+            for event in events:
+                for ctx in contexts:
+                    want = evaluate(ruleset, event, ctx)
+                    self.assertEqual(evaluate_compiled(compiled, event, ctx), want, (ur, event, ctx))
+                    if want and {"set_tweak": "x"} in want:
+                        matched.add(event.get("type"))
+        # the user rules above did match (case-insensitively, Kelvin sign included)
+        self.assertTrue({"m.room.message", "M.Room.Message", "org.k"} <= matched, matched)
+        compiled = CompiledRuleset(self.rules)
+        for i in range(MAX_TYPES_REMEMBERED * 2):
+            compiled.candidates(f"t{i}")
+        self.assertLessEqual(len(compiled._by_type), MAX_TYPES_REMEMBERED)
+        # disabled and ruled-out rules are left out
+        ids = [c[1]["rule_id"] for c in compiled.candidates("m.room.message")]
+        self.assertNotIn(".m.rule.master", ids)
+        self.assertNotIn(".m.rule.member_event", ids)
+        self.assertIn(".m.rule.message", ids)
 
     def test_default_rules_decide(self):
         """A message notifies without highlight; a notice and a reaction do not notify; a

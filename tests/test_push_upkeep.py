@@ -188,3 +188,42 @@ class GatewayLogTests(TestCase):
         handler.stop()
         self.assertTrue(any("1 notification(s) not delivered" in m for m in self.messages()), self.messages())
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _CountingStore(_Store):
+    """``_Store`` that records each pushers read (only ``@a:x`` has a pusher)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[list[str]] = []
+
+    async def get_pushers(self, user_ids: Any) -> list[Pusher]:
+        self.reads.append(list(user_ids))
+        return [p for p in await super().get_pushers(user_ids) if p.user_id in self.reads[-1]]
+
+
+class BatchDeliveryTests(TestCase):
+    def test_batch_reads_pushers_once_and_delivers_each(self):
+        """A batch of notifications for several users reads the pushers once (all the
+        users together) and posts one notification per event of each user who has a
+        pusher; users without pushers get nothing."""
+        store = _CountingStore()
+        posted: list[dict] = []
+
+        def post(url, body):
+            posted.append(body)
+            return defer.succeed((200, {}))
+
+        class _Event2(_Event):
+            event_id = "$f"
+
+        handler = PushersHandler(store, Clock(), post)
+        handler.on_notify_many([
+            ("@a:x", _Event(), ["notify"], "!r:x"),
+            ("@c:x", _Event(), ["notify"], "!r:x"),
+            ("@a:x", _Event2(), ["notify"], "!r:x"),
+        ])
+        self.assertEqual(store.reads, [["@a:x", "@c:x"]])
+        self.assertEqual([b["notification"]["event_id"] for b in posted], ["$e", "$f"])
+        self.assertEqual([b["notification"]["devices"][0]["pushkey"] for b in posted], ["key", "key"])
+        self.assertEqual(handler._in_flight, set())

@@ -122,10 +122,11 @@ def condition_matches(condition: Mapping[str, Any], event: Mapping[str, Any], ct
         # The name as a literal (its '*' and '?' are not wildcards), at word boundaries.
         return _contains_words(body, name)
     if kind == "room_member_count":
-        m = _MEMBER_COUNT.match(condition.get("is", "") if isinstance(condition.get("is"), str) else "")
-        if m is None:
+        is_ = condition.get("is")
+        parsed = _member_count_test(is_ if isinstance(is_, str) else "")
+        if parsed is None:
             return False
-        op, n = m.group(1) or "==", int(m.group(2))
+        op, n = parsed
         count = ctx.member_count
         return {
             "==": count == n, "<": count < n, ">": count > n, "<=": count <= n, ">=": count >= n,
@@ -137,6 +138,13 @@ def condition_matches(condition: Mapping[str, Any], event: Mapping[str, Any], ct
         required = ctx.notification_levels.get(key, 50)
         return ctx.sender_level >= required
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _member_count_test(is_: str) -> Optional[tuple[str, int]]:
+    # Parsed once per distinct ``is`` (rules repeat a few; bounded by the cache size).
+    m = _MEMBER_COUNT.match(is_)
+    return None if m is None else (m.group(1) or "==", int(m.group(2)))
 
 
 def _is_word_char(c: str) -> bool:
@@ -194,6 +202,90 @@ def evaluate(ruleset: Mapping[str, list[dict[str, Any]]], event: Mapping[str, An
     return None
 
 
+#: Event types whose candidate rules a :class:`CompiledRuleset` remembers (types are
+#: chosen by senders: the memory is bounded, and emptied when full).
+MAX_TYPES_REMEMBERED = 256
+
+_NO_CONTEXT = PushContext("")
+
+
+class CompiledRuleset:
+    """A ruleset prepared for evaluating many events: the same verdicts as
+    :func:`evaluate`, found sooner.
+
+    A rule's conditions must all hold (spec "Conditions": "all the conditions must
+    match"), and an ``event_match`` condition on the key ``type`` reads nothing but the
+    event's type. So for each event type, the rules that such a condition rules out, and
+    the disabled rules, are left out once, and in the others those conditions (known to
+    hold) are not checked again; the rest is checked in order, as :func:`evaluate` does.
+    The ruleset must not change afterwards (the handlers' cached rulesets never do).
+    """
+
+    def __init__(self, ruleset: Mapping[str, list[dict[str, Any]]]) -> None:
+        self.ruleset = ruleset
+        rules: list[tuple[str, dict[str, Any], Optional[list[Any]], tuple[Mapping[str, Any], ...]]] = []
+        for kind, rule in iter_rules(ruleset):
+            if rule.get("enabled") is False:
+                continue  # never matches
+            conditions = rule.get("conditions") if kind not in ("content", "room", "sender") else None
+            on_type: tuple[Mapping[str, Any], ...] = ()
+            if isinstance(conditions, list):
+                on_type = tuple(
+                    c for c in conditions
+                    if _is_mapping(c) and c.get("kind") == "event_match" and c.get("key") == "type"
+                )
+            else:
+                conditions = None  # (not a list: rule_matches decides)
+            rules.append((kind, rule, conditions, on_type))
+        self._rules = rules
+        self._by_type: dict[str, tuple[_Candidate, ...]] = {}
+        self._all = tuple(
+            (kind, rule, None, rule.get("rule_id") in LEGACY_MENTION_RULES) for kind, rule, _, _ in rules
+        )
+
+    def candidates(self, event_type: Any) -> tuple["_Candidate", ...]:
+        """``(kind, rule, conditions left to check or None, legacy mention rule)`` of the
+        rules that may match an event of this type, in order (``None``: check the whole
+        rule with :func:`rule_matches`)."""
+        if type(event_type) is not str:
+            return self._all
+        found = self._by_type.get(event_type)
+        if found is None:
+            probe = {"type": event_type}
+            out: list[_Candidate] = []
+            for kind, rule, conditions, on_type in self._rules:
+                if not all(condition_matches(c, probe, _NO_CONTEXT) for c in on_type):
+                    continue
+                rest = None if conditions is None else tuple(
+                    c for c in conditions if not any(c is t for t in on_type)
+                )
+                out.append((kind, rule, rest, rule.get("rule_id") in LEGACY_MENTION_RULES))
+            found = tuple(out)
+            if len(self._by_type) >= MAX_TYPES_REMEMBERED:
+                self._by_type.clear()
+            self._by_type[event_type] = found
+        return found
+
+
+_Candidate = tuple[str, dict[str, Any], Optional[tuple[Any, ...]], bool]
+
+
+def evaluate_compiled(compiled: CompiledRuleset, event: Mapping[str, Any], ctx: PushContext) -> Optional[list[Any]]:
+    """:func:`evaluate` with a :class:`CompiledRuleset` (the same answer)."""
+    if event.get("sender") == ctx.user_id:
+        return None
+    content = event.get("content")
+    has_mentions = _is_mapping(content) and "m.mentions" in content
+    for kind, rule, rest, legacy in compiled.candidates(event.get("type")):
+        if rest is None:
+            if not rule_matches(kind, rule, event, ctx):
+                continue
+        elif (legacy and has_mentions) or not all(_is_mapping(c) and condition_matches(c, event, ctx) for c in rest):
+            continue
+        return [a for a in rule.get("actions") or [] if a not in ("dont_notify", "coalesce")]
+    return None
+
+
 def is_notify(actions: Optional[list[Any]]) -> bool:
     """Whether the actions notify."""
     return bool(actions) and "notify" in actions  # type: ignore[operator]
@@ -215,9 +307,11 @@ def is_highlight(actions: Optional[list[Any]]) -> bool:
 
 
 __all__ = [
+    "CompiledRuleset",
     "PushContext",
     "condition_matches",
     "evaluate",
+    "evaluate_compiled",
     "is_highlight",
     "is_notify",
     "lookup",

@@ -27,7 +27,7 @@ from fedserver.handlers.ephemeral import server_of
 from fedserver.handlers.push.threads import thread_of
 from fedserver.handlers.rooms.client_events import transaction_scope
 from fedserver.handlers.rooms.directory import current_power
-from fedserver.push.evaluator import PushContext, evaluate, is_highlight, is_notify
+from fedserver.push.evaluator import CompiledRuleset, PushContext, evaluate_compiled, is_highlight, is_notify
 from fedserver.push.rules import default_rules_single_out
 from fedserver.storage.interface import StorageUnavailableError
 from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
@@ -37,13 +37,15 @@ log = Logger()
 
 #: User ids whose server is remembered (see ``_is_local``).
 LOCAL_MEMO_SIZE = 200_000
+#: Rulesets kept compiled (see ``_compiled``); emptied when full.
+COMPILED_MEMO_SIZE = 1024
 #: ``GET /notifications`` page size: default and most.
 DEFAULT_NOTIFICATIONS_LIMIT = 20
 MAX_NOTIFICATIONS_LIMIT = 100
 
-#: Called with ``(user_id, event, actions, room_id)`` for every event that notified a
-#: local user (push gateway delivery).
-NotifyListener = Callable[[str, Event, list, str], Any]
+#: Called with the ``(user_id, event, actions, room_id)`` of every event that notified a
+#: local user, in a list per batch of events evaluated together (push gateway delivery).
+NotifyListener = Callable[[list[tuple[str, Event, list, str]]], Any]
 
 
 def _as_dict(event: Event) -> dict[str, Any]:
@@ -83,6 +85,10 @@ class NotificationsHandler:
         self._store = store
         self._server_name = server_name
         self._local_memo: dict[str, bool] = {}
+        #: ``id(ruleset) -> CompiledRuleset`` of the rulesets the rules handler hands out
+        #: (cached there and never changed; the entry keeps its ruleset, so the id is not
+        #: reused while it is here).
+        self._compiled_memo: dict[int, CompiledRuleset] = {}
         self._clock = clock
         self._notifier = notifier
         self._rules = rules
@@ -107,6 +113,14 @@ class NotificationsHandler:
                 self._local_memo.clear()
             known = self._local_memo[user_id] = server_of(user_id) == self._server_name
         return known
+
+    def _compiled(self, ruleset: Any) -> CompiledRuleset:
+        compiled = self._compiled_memo.get(id(ruleset))
+        if compiled is None or compiled.ruleset is not ruleset:
+            if len(self._compiled_memo) >= COMPILED_MEMO_SIZE:
+                self._compiled_memo.clear()
+            compiled = self._compiled_memo[id(ruleset)] = CompiledRuleset(ruleset)
+        return compiled
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -177,7 +191,7 @@ class NotificationsHandler:
                 else:
                     name = _display_name(member_events.get(member_id)) if member_events and member_id else None
                     ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
-                    actions = evaluate(ruleset or self._rules.default_ruleset(user_id), as_dict, ctx)
+                    actions = evaluate_compiled(self._compiled(ruleset or self._rules.default_ruleset(user_id)), as_dict, ctx)
                     if ruleset is None and singled_out is not None and user_id not in singled_out:
                         shared = (actions,)
                 if not is_notify(actions):
@@ -195,10 +209,11 @@ class NotificationsHandler:
         await self._store.push.record_actions(actions_out, read_marks)
         for user_id in {a.user_id for a in actions_out} | {m[0] for m in read_marks}:
             self._notifier.notify_user(user_id)
-        for user_id, event, actions in notified:
+        if notified:
+            batch = [(user_id, event, actions, room_id) for user_id, event, actions in notified]
             for listener in list(self.on_notify):
                 try:
-                    listener(user_id, event, actions, room_id)
+                    listener(batch)
                 except Exception:
                     log.failure("Notification listener failed")
 

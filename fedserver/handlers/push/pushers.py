@@ -155,14 +155,37 @@ class PushersHandler:
     # -- delivery -------------------------------------------------------------------------------
 
     def on_notify(self, user_id: str, event: Event, actions: list, room_id: str) -> None:
-        """``NotificationsHandler.on_notify``: send the notification to the user's gateways."""
-        if self._post is None or self._stopped:
+        """Send one notification to the user's gateways."""
+        self.on_notify_many([(user_id, event, actions, room_id)])
+
+    def on_notify_many(self, notifications: list[tuple[str, Event, list, str]]) -> None:
+        """``NotificationsHandler.on_notify``: send each ``(user_id, event, actions,
+        room_id)`` to the user's gateways. The pushers of all the users are read at once
+        (one read for a batch of events, not one per notification)."""
+        if self._post is None or self._stopped or not notifications:
             return
-        d = defer.ensureDeferred(self._deliver(user_id, event, actions, room_id))
+        d = defer.ensureDeferred(self._deliver_many(notifications))
+        self._track(d, notifications[0][0])
+
+    def _track(self, d: defer.Deferred, user_id: str) -> None:
         self._in_flight.add(d)
         d.addBoth(self._finished, d)
         d.addErrback(lambda f: None if f.check(defer.CancelledError) else f)  # stop() counted it
         d.addErrback(log_unless_storage_fault, "Push delivery for {user_id} failed", user_id=user_id)
+
+    async def _deliver_many(self, notifications: list[tuple[str, Event, list, str]]) -> None:
+        users = sorted({n[0] for n in notifications})
+        by_user: dict[str, list[Pusher]] = defaultdict(list)
+        for p in await self._store.push.get_pushers(users):
+            if p.kind == "http":
+                by_user[p.user_id].append(p)
+        if self._stopped:
+            return
+        for user_id, event, actions, room_id in notifications:
+            pushers = by_user.get(user_id)
+            if pushers:
+                # Each delivery on its own (a slow gateway holds up no other).
+                self._track(defer.ensureDeferred(self._deliver(user_id, event, actions, room_id, pushers)), user_id)
 
     def _finished(self, result: Any, d: defer.Deferred) -> Any:
         self._in_flight.discard(d)
@@ -182,10 +205,7 @@ class PushersHandler:
         for d in list(self._in_flight):
             d.cancel()
 
-    async def _deliver(self, user_id: str, event: Event, actions: list, room_id: str) -> None:
-        pushers = [p for p in await self._store.push.get_pushers([user_id]) if p.kind == "http"]
-        if not pushers:
-            return
+    async def _deliver(self, user_id: str, event: Event, actions: list, room_id: str, pushers: list[Pusher]) -> None:
         unread = await self._store.push.count_unread_notifications(user_id)
         full = await self._full_notification(user_id, event, room_id)
         groups: dict[tuple[str, bool], list[Pusher]] = defaultdict(list)

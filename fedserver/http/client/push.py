@@ -44,7 +44,7 @@ def build_push_services(
     rules = PushRulesHandler(store, notifier)
     notifications = NotificationsHandler(store, server_name, clock, notifier, rules, source)
     pushers = PushersHandler(store, clock, post_json, allow_http=allow_http_gateways)
-    notifications.on_notify.append(pushers.on_notify)
+    notifications.on_notify.append(pushers.on_notify_many)
     return PushServices(rules, notifications, pushers)
 
 
