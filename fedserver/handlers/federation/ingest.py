@@ -10,10 +10,10 @@ from fedserver.events.hashing import compute_event_id
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
 from fedserver.events.signing import (
-    SignatureServersError, optional_signature_servers, required_signature_servers,
+    SignatureServersError, required_signature_servers,
 )
 from fedserver.events.validation import InvalidEvent, check_pdu
-from fedserver.federation.keyring import key_validity_minimum
+from fedserver.handlers.federation.receipt import add_signature_requests
 from fedserver.room_versions import EventFormat, RoomVersion, UnknownRoomVersion
 from fedserver.storage.interface import PersistEntry
 
@@ -173,18 +173,7 @@ def _check_formats(
             continue
         index = len(checked)
         checked.append((c.event, c.content_hash_ok, frozenset(servers)))
-        sigs = pdu.get("signatures")
-        sigs = sigs if type(sigs) is dict else {}
-        minimum = key_validity_minimum(c.event.origin_server_ts, rv)
-        for server in servers:
-            requests.append((server, c.signed_bytes, sigs.get(server), minimum))
-            owners.append(index)
-        # Signatures the auth rules may need (not the spec's signature check): one
-        # that is missing or bad leaves the server unverified, for the rules to judge.
-        for server in optional_signature_servers(pdu, rv):
-            if sigs.get(server) is not None:
-                requests.append((server, c.signed_bytes, sigs.get(server), minimum))
-                owners.append(-1 - index)
+        add_signature_requests(requests, owners, index, pdu, rv, c.signed_bytes, c.event.origin_server_ts, servers)
     return checked, requests, owners
 
 

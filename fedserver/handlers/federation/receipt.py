@@ -65,17 +65,7 @@ async def check_received(keyring, pdus: Iterable[Any], rv: RoomVersion, *, room_
             continue
         index = len(checked)
         checked.append((c, servers))
-        sigs = pdu.get("signatures", {})
-        minimum = key_validity_minimum(c.event.origin_server_ts, rv)
-        for server in servers:
-            requests.append((server, c.signed_bytes, sigs.get(server), minimum))
-            owners.append(index)
-        # Signatures the auth rules may need (not the spec's signature check): one that
-        # is missing or bad leaves the server unverified, for the rules to judge.
-        for server in optional_signature_servers(pdu, rv):
-            if sigs.get(server) is not None:
-                requests.append((server, c.signed_bytes, sigs.get(server), minimum))
-                owners.append(-1 - index)
+        add_signature_requests(requests, owners, index, pdu, rv, c.signed_bytes, c.event.origin_server_ts, servers)
     verdicts = (await keyring.verify_signatures(requests)) if requests else []
     failed: dict[int, str] = {}
     also_verified: dict[int, set[str]] = {}
@@ -101,3 +91,24 @@ async def check_received(keyring, pdus: Iterable[Any], rv: RoomVersion, *, room_
         out.events.append(event)
         out.verified[event.event_id] = frozenset(servers) | frozenset(also_verified.get(index, ()))
     return out
+
+
+def add_signature_requests(
+    requests: list, owners: list, index: int, pdu: dict[str, Any], rv: RoomVersion, signed_bytes: bytes,
+    origin_server_ts: int, servers: Iterable[str],
+) -> None:
+    """Queue the signature checks of one PDU (the ``index``-th checked) for
+    ``Keyring.verify_signatures``: ``servers``, the signatures the spec requires (owner
+    ``index``), then those the auth rules may need (owner ``-1 - index``: not the spec's
+    signature check; one that is missing or bad leaves the server unverified, for the
+    rules to judge). Keys must be valid at the PDU's time (room versions 5+)."""
+    sigs = pdu.get("signatures")
+    sigs = sigs if type(sigs) is dict else {}
+    minimum = key_validity_minimum(origin_server_ts, rv)
+    for server in servers:
+        requests.append((server, signed_bytes, sigs.get(server), minimum))
+        owners.append(index)
+    for server in optional_signature_servers(pdu, rv):
+        if sigs.get(server) is not None:
+            requests.append((server, signed_bytes, sigs.get(server), minimum))
+            owners.append(-1 - index)
