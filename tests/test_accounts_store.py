@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from fedserver.storage import InvalidDataError
-from fedserver.storage.accounts_store import TokenInfo, UnknownUserError, UserExistsError
+from fedserver.storage.users.accounts_store import TokenInfo, UnknownUserError, UserExistsError
 from fedserver.testing import connect_test_database
 from tests.test_storage_support import StoreTestCase
 

@@ -4,8 +4,8 @@ on real SQLite files."""
 from __future__ import annotations
 
 from fedserver.storage.interface import InvalidDataError
-from fedserver.storage.push_store import PushAction, Pusher
-from fedserver.storage.user_directory_store import like_pattern, search_text
+from fedserver.storage.users.push_store import PushAction, Pusher
+from fedserver.storage.users.user_directory_store import like_pattern, search_text
 from tests.test_federation_support import StoreTestCase
 
 ROOM = "!room:us.test"

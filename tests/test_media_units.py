@@ -36,7 +36,7 @@ from fedserver.handlers.media.thumbnails import (
 )
 from fedserver.storage import open_store
 from fedserver.testing import database_for_test
-from fedserver.storage.media_store import (
+from fedserver.storage.operations.media_store import (
     MediaAlreadyUploaded,
     MediaNotFound,
     MediaNotOwned,

@@ -10,7 +10,7 @@ import time
 from twisted.trial.unittest import TestCase
 
 from fedserver.http.media_responses import Unsatisfiable, parse_byte_range
-from fedserver.storage.media_store import RemoteMedia
+from fedserver.storage.operations.media_store import RemoteMedia
 from tests.test_media_support import MediaServerTestCase
 
 

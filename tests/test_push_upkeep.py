@@ -11,7 +11,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from fedserver.handlers.push.pushers import MAX_ATTEMPTS, PushersHandler
-from fedserver.storage.push_store import Pusher
+from fedserver.storage.users.push_store import Pusher
 from tests.test_daily_use import DailyUseTestCase, q
 from tests.test_ephemeral_storage import ROOM, action
 from tests.test_federation_support import StoreTestCase

@@ -1,4 +1,4 @@
-"""Tests for the partial-state marks of fedserver.storage.partial_state_store on real
+"""Tests for the partial-state marks of fedserver.storage.rooms.partial_state_store on real
 SQLite files: the sync view of rooms whose resync ends while an answer is built."""
 
 from __future__ import annotations

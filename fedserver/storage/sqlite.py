@@ -10,22 +10,22 @@ from twisted.python.failure import Failure
 
 from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
-from fedserver.storage.admin_store import AdminStore
-from fedserver.storage.accounts_store import AccountStore
-from fedserver.storage.backfill_store import BackfillStore
-from fedserver.storage.deactivation_store import DeactivationStore
-from fedserver.storage.devices_store import DevicesStore
-from fedserver.storage.key_backup_store import KeyBackupStore
-from fedserver.storage.to_device_store import ToDeviceStore
+from fedserver.storage.operations.admin_store import AdminStore
+from fedserver.storage.users.accounts_store import AccountStore
+from fedserver.storage.rooms.backfill_store import BackfillStore
+from fedserver.storage.users.deactivation_store import DeactivationStore
+from fedserver.storage.users.devices_store import DevicesStore
+from fedserver.storage.users.key_backup_store import KeyBackupStore
+from fedserver.storage.users.to_device_store import ToDeviceStore
 from fedserver.storage.database import Database, Txn, check_text, connect_pool, deferred_errors, lookup_ids, storable_text
-from fedserver.storage.distribution_store import DistributionStore
+from fedserver.storage.rooms.distribution_store import DistributionStore
 from fedserver.storage.dialect import POSTGRESQL
 from fedserver.storage.postgres import PostgresConfig, check_server, connect_pools
-from fedserver.storage.events_store import EventStore
-from fedserver.storage.federation_extras_store import FederationExtrasStore
-from fedserver.storage.media_store import MediaStore
-from fedserver.storage.federation_store import FederationStore
-from fedserver.storage.history_store import HistoryStore
+from fedserver.storage.rooms.events_store import EventStore
+from fedserver.storage.federation.federation_extras_store import FederationExtrasStore
+from fedserver.storage.operations.media_store import MediaStore
+from fedserver.storage.federation.federation_store import FederationStore
+from fedserver.storage.rooms.history_store import HistoryStore
 from fedserver.storage.interface import (
     DestinationRetry,
     EventMeta,
@@ -41,15 +41,15 @@ from fedserver.storage.interface import (
     StorageUnavailableError,
 )
 from fedserver.storage.nids import StateKeyInterner
-from fedserver.storage.partial_state_store import PartialStateStore
-from fedserver.storage.relations_store import RelationsStore
-from fedserver.storage.presence_store import PresenceStore
-from fedserver.storage.push_store import PushStore
-from fedserver.storage.receipts_store import ReceiptsStore
-from fedserver.storage.rooms_store import RoomsStore
+from fedserver.storage.rooms.partial_state_store import PartialStateStore
+from fedserver.storage.rooms.relations_store import RelationsStore
+from fedserver.storage.users.presence_store import PresenceStore
+from fedserver.storage.users.push_store import PushStore
+from fedserver.storage.users.receipts_store import ReceiptsStore
+from fedserver.storage.rooms.rooms_store import RoomsStore
 from fedserver.storage.schema import DEFAULT_SCHEMA_DIR, prepare_database
-from fedserver.storage.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
-from fedserver.storage.user_directory_store import UserDirectoryStore
+from fedserver.storage.rooms.state_groups import DEFAULT_MAX_CHAIN, StateGroupStore
+from fedserver.storage.users.user_directory_store import UserDirectoryStore
 from fedserver.state.statemap import StateMap
 
 T = TypeVar("T")
@@ -471,7 +471,7 @@ class SQLiteStore:
         from ``state`` unless ``delta`` is given; ``None`` values in a delta remove a
         key), or a full snapshot when the delta chain would grow past its bound or the
         delta is more than half the state (see
-        :class:`~fedserver.storage.state_groups.StateGroupStore`). If the state equals
+        :class:`~fedserver.storage.rooms.state_groups.StateGroupStore`). If the state equals
         ``prev_group``'s, that id is returned and nothing is written.
 
         :returns: Deferred firing with the group id.
@@ -749,7 +749,7 @@ class SQLiteStore:
     def requeue_unsent_local_events(self, server_name: str) -> "Deferred[dict[str, frozenset[str]]]":
         """Once after the upgrade to schema 005: queue again the forward extremities this
         server made in each room, for the room's other servers (see
-        :meth:`fedserver.storage.distribution_store.DistributionStore.requeue_unsent_local_events_txn`).
+        :meth:`fedserver.storage.rooms.distribution_store.DistributionStore.requeue_unsent_local_events_txn`).
         Later calls find nothing to do.
 
         :returns: Deferred firing with ``{room_id: servers}`` for what was queued.

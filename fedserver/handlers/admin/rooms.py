@@ -210,7 +210,7 @@ class AdminRooms:
     ) -> dict[str, Any]:
         """Delete the room's history before a point (an event: everything of lower depth;
         or a time in ms), keeping what the room's state needs (see
-        :meth:`fedserver.storage.admin_store.AdminStore.purge_history`); our users' events
+        :meth:`fedserver.storage.operations.admin_store.AdminStore.purge_history`); our users' events
         too unless ``delete_local``.
 
         :returns: ``{"purge_id"}`` at once; the purge runs in the background (status:

@@ -14,7 +14,7 @@ class AccountDataHandler:
     committed before the callbacks of :attr:`on_changed` run, so a /sync they wake reads
     it (e.g. :meth:`fedserver.handlers.client.notifier.Notifier.notify_user`).
 
-    :param store: the :class:`fedserver.storage.accounts_store.AccountStore` (or a store
+    :param store: the :class:`fedserver.storage.users.accounts_store.AccountStore` (or a store
         with it as its ``accounts`` attribute).
     """
 

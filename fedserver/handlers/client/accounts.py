@@ -31,7 +31,7 @@ from fedserver.errors import (
     missing_param,
 )
 from fedserver.ratelimit import ADMIN_REGISTER_FAILED_IP, LOGIN_FAILED_USER, LOGIN_IP, REGISTER_IP, RateLimiter
-from fedserver.storage.accounts_store import UserExistsError
+from fedserver.storage.users.accounts_store import UserExistsError
 
 log = Logger()
 
@@ -348,7 +348,7 @@ class LoginResult:
 class AccountHandler:
     """Registration, password login, logout, tokens, devices and passwords of local users.
 
-    :param store: has an ``accounts`` attribute: :class:`fedserver.storage.accounts_store.AccountStore`.
+    :param store: has an ``accounts`` attribute: :class:`fedserver.storage.users.accounts_store.AccountStore`.
     :param server_name: our server name (the domain of local user ids).
     :param hasher: the :class:`PasswordHasher`.
     :param clock: provides ``seconds()`` (UIA sessions).
@@ -381,7 +381,7 @@ class AccountHandler:
 
     @property
     def store(self) -> Any:
-        """The :class:`~fedserver.storage.accounts_store.AccountStore`."""
+        """The :class:`~fedserver.storage.users.accounts_store.AccountStore`."""
         return self._store
 
     def _limit(self, action: str, key: Any) -> None:

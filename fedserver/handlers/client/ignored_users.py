@@ -46,7 +46,7 @@ def parse_ignored_users(content: Optional[Mapping[str, Any]]) -> frozenset[str]:
 class IgnoredUsers:
     """The ignored users of local users.
 
-    :param store: has ``accounts`` (:class:`~fedserver.storage.accounts_store.AccountStore`).
+    :param store: has ``accounts`` (:class:`~fedserver.storage.users.accounts_store.AccountStore`).
     """
 
     def __init__(self, store: Any, *, cache_size: int = CACHE_SIZE) -> None:

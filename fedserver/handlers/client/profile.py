@@ -8,7 +8,7 @@ from twisted.logger import Logger
 
 from fedserver.handlers.client.accounts import Requester, split_user_id
 from fedserver.errors import M_UNKNOWN, MatrixError, bad_json, forbidden, invalid_param, not_found
-from fedserver.storage.accounts_store import PROFILE_FIELDS, UnknownUserError
+from fedserver.storage.users.accounts_store import PROFILE_FIELDS, UnknownUserError
 
 log = Logger()
 
@@ -24,7 +24,7 @@ class ProfileHandler:
     Only ``displayname`` and ``avatar_url`` are stored; other (custom, spec v1.14) keys
     are not supported yet: reading one finds nothing, writing one is refused.
 
-    :param store: has an ``accounts`` attribute (:class:`fedserver.storage.accounts_store.AccountStore`).
+    :param store: has an ``accounts`` attribute (:class:`fedserver.storage.users.accounts_store.AccountStore`).
     :param federation_client: has ``get_json(destination, path, args=...)``; ``None``:
         remote profiles are not looked up (404).
     :param server_name: our server name.

@@ -29,7 +29,7 @@ from fedserver.handlers.client.sync_sections import SyncContext, SyncSection, Sy
 from fedserver.handlers.rooms.lazy_members import SentMembers, member_keys, pick_members
 from fedserver.handlers.rooms.rooms import EventFilter, topo_token
 from fedserver.errors import invalid_param
-from fedserver.storage.rooms_store import Membership, Timeline
+from fedserver.storage.rooms.rooms_store import Membership, Timeline
 from fedserver.handlers.requester import Requester
 
 log = Logger()

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from fedserver.background import STORAGE_RETRY_S, log_background_failure
 from fedserver.errors import bad_json, invalid_param, missing_param
 from fedserver.storage.interface import StorageUnavailableError
-from fedserver.storage.user_directory_store import DirectoryEntry
+from fedserver.storage.users.user_directory_store import DirectoryEntry
 from fedserver.handlers.requester import Requester
 
 log = Logger()

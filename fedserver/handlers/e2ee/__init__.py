@@ -18,6 +18,6 @@
 - :mod:`.key_backup`: ``/room_keys/*``.
 
 The key checks themselves are pure (:mod:`fedserver.e2ee.keys`); SQL lives in
-:mod:`fedserver.storage.devices_store`, :mod:`fedserver.storage.to_device_store` and
-:mod:`fedserver.storage.key_backup_store`.
+:mod:`fedserver.storage.users.devices_store`, :mod:`fedserver.storage.users.to_device_store` and
+:mod:`fedserver.storage.users.key_backup_store`.
 """

@@ -167,7 +167,7 @@ class LocalDeviceLists:
     # -- hooks ---------------------------------------------------------------------------
 
     def on_devices_changed_txn(self, txn: Txn, user_id: str, device_ids: list[str], deleted: bool) -> None:
-        """:attr:`~fedserver.storage.accounts_store.AccountStore.device_change_hooks`:
+        """:attr:`~fedserver.storage.users.accounts_store.AccountStore.device_change_hooks`:
         devices of our user were deleted (logout, ``DELETE /devices``, password change,
         deactivation) or renamed, in the transaction ``txn``. A deleted device's keys,
         one-time keys and waiting to-device messages go with it."""

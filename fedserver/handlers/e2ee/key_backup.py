@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from fedserver.errors import MatrixError, bad_json, invalid_param, not_found
-from fedserver.storage.key_backup_store import BackupVersion, SessionKey
+from fedserver.storage.users.key_backup_store import BackupVersion, SessionKey
 from fedserver.handlers.requester import Requester
 
 #: Backup algorithms we accept (spec "Backup algorithm").

@@ -28,7 +28,7 @@ from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.handlers.ephemeral import server_of
 from fedserver.handlers.rooms.rooms import EventFilter
 from fedserver.storage.interface import StorageUnavailableError
-from fedserver.storage.presence_store import PresenceRow
+from fedserver.storage.users.presence_store import PresenceRow
 from fedserver.handlers.requester import Requester
 
 log = Logger()

@@ -22,7 +22,7 @@ from fedserver.handlers.client.sync_sections import SyncContext
 from fedserver.handlers.ephemeral import ephemeral_filter_allows, server_of
 from fedserver.handlers.push.threads import thread_of
 from fedserver.storage.interface import StorageUnavailableError
-from fedserver.storage.receipts_store import PRIVATE_READ, Receipt
+from fedserver.storage.users.receipts_store import PRIVATE_READ, Receipt
 from fedserver.handlers.requester import Requester
 
 log = Logger()

@@ -101,7 +101,7 @@ class HistoryHandler:
     :param store: the :class:`fedserver.storage.interface.Store`.
     :param server_name: our server name (the ``origin`` of the transactions we answer).
     :param clock: gives ``origin_server_ts``.
-    :param history_store: the :class:`fedserver.storage.history_store.HistoryStore`
+    :param history_store: the :class:`fedserver.storage.rooms.history_store.HistoryStore`
         (``store.history`` by default).
     :param served: the :class:`ServedPdus` (one on ``store`` by default).
 
@@ -308,7 +308,7 @@ class EventStatusHandler:
     """Answers the operator's question "what happened to this event, and why?".
 
     :param store: the :class:`fedserver.storage.interface.Store`.
-    :param history_store: the :class:`fedserver.storage.history_store.HistoryStore`
+    :param history_store: the :class:`fedserver.storage.rooms.history_store.HistoryStore`
         (``store.history`` by default).
     """
 

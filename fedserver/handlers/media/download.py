@@ -35,7 +35,7 @@ from fedserver.handlers.media.common import (
 from fedserver.handlers.media.files import MediaFiles, SpoolTooLarge, UploadSpool
 from fedserver.handlers.media.multipart import MultipartError, MultipartReader, boundary_from_content_type
 from fedserver.handlers.media.upload import UploadWaiters
-from fedserver.storage.media_store import RemoteMedia
+from fedserver.storage.operations.media_store import RemoteMedia
 
 log = Logger()
 
@@ -112,7 +112,7 @@ class _FetchedPart:
 class MediaDownloader:
     """Finds media to serve: ours, or another server's (fetched once, then cached).
 
-    :param store: has ``media`` (:class:`fedserver.storage.media_store.MediaStore`).
+    :param store: has ``media`` (:class:`fedserver.storage.operations.media_store.MediaStore`).
     :param files: the :class:`MediaFiles`.
     :param server_name: our server name.
     :param reactor: clock and thread pool.

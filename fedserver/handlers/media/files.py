@@ -163,7 +163,7 @@ class MediaFiles:
     def place(self, spool: UploadSpool) -> None:
         """Link a synced spool into its content-addressed place (nothing to do if a file
         with the same content is there already) and make the link durable. Runs inside the
-        recording transaction (see :mod:`fedserver.storage.media_store`)."""
+        recording transaction (see :mod:`fedserver.storage.operations.media_store`)."""
         final = self.path_for(spool.sha256)
         directory = os.path.dirname(final)
         os.makedirs(directory, exist_ok=True)

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from fedserver.errors import MatrixError, M_TOO_LARGE, M_UNKNOWN, invalid_param
 from fedserver.handlers.media.common import ServableMedia
 from fedserver.handlers.media.files import MediaFiles
-from fedserver.storage.media_store import Thumbnail
+from fedserver.storage.operations.media_store import Thumbnail
 
 log = Logger()
 
@@ -222,7 +222,7 @@ class Thumbnailer:
     """Serves thumbnails of media: cached, or made in a thread (at most ``concurrency`` at
     once) and cached.
 
-    :param store: has ``media`` (:class:`fedserver.storage.media_store.MediaStore`).
+    :param store: has ``media`` (:class:`fedserver.storage.operations.media_store.MediaStore`).
     :param files: the :class:`MediaFiles`.
     :param reactor: clock and thread pool.
     :param server_name: our server name (local media's thumbnails are keyed by it).

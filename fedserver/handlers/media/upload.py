@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from fedserver.errors import MatrixError, M_FORBIDDEN, forbidden, limit_exceeded, not_found, too_large
 from fedserver.handlers.media.common import clean_upload_name, new_media_id, sanitise_content_type
 from fedserver.handlers.media.files import MediaFiles, UploadSpool
-from fedserver.storage.media_store import (
+from fedserver.storage.operations.media_store import (
     MediaAlreadyUploaded,
     MediaIdTaken,
     MediaNotFound,
@@ -64,7 +64,7 @@ class MediaUploader:
     """Stores our users' uploads (spec "Content repository", ``POST /_matrix/media/v3/upload``,
     ``POST /_matrix/media/v1/create``, ``PUT /_matrix/media/v3/upload/{serverName}/{mediaId}``).
 
-    :param store: has ``media`` (:class:`fedserver.storage.media_store.MediaStore`).
+    :param store: has ``media`` (:class:`fedserver.storage.operations.media_store.MediaStore`).
     :param files: the :class:`MediaFiles`.
     :param server_name: our server name (the mxc authority).
     :param reactor: clock (``seconds``, ``callLater``) and thread pool (fsync off the reactor).

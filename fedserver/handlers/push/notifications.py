@@ -30,7 +30,7 @@ from fedserver.handlers.rooms.directory import current_power
 from fedserver.push.evaluator import CompiledRuleset, PushContext, evaluate_compiled, is_highlight, is_notify
 from fedserver.push.rules import default_rules_single_out
 from fedserver.storage.interface import StorageUnavailableError
-from fedserver.storage.push_store import MAIN, UNTHREADED, PushAction
+from fedserver.storage.users.push_store import MAIN, UNTHREADED, PushAction
 from fedserver.handlers.requester import Requester
 
 log = Logger()

@@ -26,7 +26,7 @@ from fedserver.errors import bad_json, invalid_param, missing_param
 from fedserver.events.model import Event
 from fedserver.push.evaluator import tweaks
 from fedserver.handlers.push.notifications import log_unless_storage_fault
-from fedserver.storage.push_store import Pusher
+from fedserver.storage.users.push_store import Pusher
 from fedserver.handlers.requester import Requester
 
 log = Logger()

@@ -210,7 +210,7 @@ class ClientEventSource:
     redactions and one for transaction ids.
 
     :param store: the store (with ``store.rooms``, a
-        :class:`~fedserver.storage.rooms_store.RoomsStore`).
+        :class:`~fedserver.storage.rooms.rooms_store.RoomsStore`).
     :param clock: ``seconds()`` for ``unsigned.age``.
     """
 
@@ -300,7 +300,7 @@ class ClientEventSource:
         :meth:`filter_for_user`.
 
         :param membership: the user's current
-            :class:`~fedserver.storage.rooms_store.Membership` if already read (``None``:
+            :class:`~fedserver.storage.rooms.rooms_store.Membership` if already read (``None``:
             they have none); read from storage if not given.
         """
         if membership is False:
@@ -371,7 +371,7 @@ class ClientEventSource:
 
 def joined_bounds(membership: Optional[Any], previous_membership: Optional[str] = None) -> tuple[float, Optional[int]]:
     """``(joined_until, joined_since)`` for :meth:`ClientEventSource.filter_for_user` from
-    the user's current membership (a :class:`~fedserver.storage.rooms_store.Membership`)
+    the user's current membership (a :class:`~fedserver.storage.rooms.rooms_store.Membership`)
     and, for a user who is not joined, their membership just before it."""
     if membership is None:
         return -1, None

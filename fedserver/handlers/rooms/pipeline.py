@@ -17,7 +17,7 @@ from fedserver.room_versions import RoomVersion
 from fedserver.state.compute import state_before_event
 from fedserver.keyed_lock import KeyedLock
 from fedserver.storage.interface import Distribution, PersistEntry, Refusal, StateKey
-from fedserver.storage.partial_state_store import StateRewrite
+from fedserver.storage.rooms.partial_state_store import StateRewrite
 from fedserver.state.statemap import StateMap
 
 log = Logger()

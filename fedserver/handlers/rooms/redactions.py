@@ -31,7 +31,7 @@ class RedactionLookup:
     senders' servers differ.
 
     :param store: the store (with ``store.rooms``, a
-        :class:`~fedserver.storage.rooms_store.RoomsStore` holding the redaction index).
+        :class:`~fedserver.storage.rooms.rooms_store.RoomsStore` holding the redaction index).
     """
 
     def __init__(self, store: Any) -> None:

@@ -31,7 +31,7 @@ from fedserver.errors import (
     unsupported_room_version,
 )
 from fedserver.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, RoomVersionRegistry, UnknownRoomVersion
-from fedserver.storage.rooms_store import TopoPos
+from fedserver.storage.rooms.rooms_store import TopoPos
 from fedserver.handlers.requester import Requester
 
 log = Logger()

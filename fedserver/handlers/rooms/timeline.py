@@ -35,7 +35,7 @@ from fedserver.handlers.rooms.rooms import (
     parse_topo_token,
     topo_token,
 )
-from fedserver.storage.rooms_store import POS_MAX, TopoPos
+from fedserver.storage.rooms.rooms_store import POS_MAX, TopoPos
 from fedserver.handlers.requester import Requester
 
 log = Logger()

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from fedserver.events.model import Event
 from fedserver.events.status import OutcomeStatus
 from fedserver.storage.database import Txn, lookup_ids, lookup_text
-from fedserver.storage.events_store import _AUTH_CHAIN_SQL
+from fedserver.storage.rooms.events_store import _AUTH_CHAIN_SQL
 from fedserver.storage.interface import InvalidDataError, StateKey
 
 _HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")

@@ -22,7 +22,7 @@ from fedserver.storage.interface import (
     UnknownEventsError,
 )
 from fedserver.storage.nids import EventRef, check_state_key, resolve_event_nids_txn
-from fedserver.storage.state_groups import StateGroupStore
+from fedserver.storage.rooms.state_groups import StateGroupStore
 
 #: How far persisting walks back through soft-failed / rejected prev events to drop the
 #: forward extremities they descend from.

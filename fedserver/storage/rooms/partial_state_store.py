@@ -44,9 +44,9 @@ class PartialStateStore:
     :param run_read: ``(func, *args) -> Deferred`` running ``func(txn, ...)`` in a read
         transaction.
     :param run_write: the same in a write transaction.
-    :param events: the :class:`~fedserver.storage.events_store.EventStore` (current state,
+    :param events: the :class:`~fedserver.storage.rooms.events_store.EventStore` (current state,
         event cache).
-    :param state_groups: the :class:`~fedserver.storage.state_groups.StateGroupStore`.
+    :param state_groups: the :class:`~fedserver.storage.rooms.state_groups.StateGroupStore`.
     :param clock_ms: the current time in milliseconds.
     """
 

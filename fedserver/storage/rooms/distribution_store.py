@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Callable, Mapping, Optional, Sequence
 
 from fedserver.storage.database import Txn, check_text
-from fedserver.storage.events_store import EventStore
-from fedserver.storage.federation_store import FederationStore
+from fedserver.storage.rooms.events_store import EventStore
+from fedserver.storage.federation.federation_store import FederationStore
 from fedserver.storage.interface import Distribution, InvalidDataError, PersistedEvent, PersistEntry
-from fedserver.storage.partial_state_store import PartialStateStore
+from fedserver.storage.rooms.partial_state_store import PartialStateStore
 
 
 def server_of(user_id: str) -> Optional[str]:

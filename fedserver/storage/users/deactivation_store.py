@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import Deferred
 
-from fedserver.storage.accounts_store import UnknownUserError
+from fedserver.storage.users.accounts_store import UnknownUserError
 from fedserver.storage.database import Database, Txn, check_text
 
 if TYPE_CHECKING:
-    from fedserver.storage.accounts_store import AccountStore
+    from fedserver.storage.users.accounts_store import AccountStore
 
 #: ``hook(txn, user_id, erase)`` run inside the deactivation transaction.
 DeactivationHook = Callable[[Txn, str, bool], None]
@@ -20,7 +20,7 @@ class DeactivationStore:
     """Deactivating local users.
 
     :param db: the database.
-    :param accounts: the :class:`~fedserver.storage.accounts_store.AccountStore` (tokens
+    :param accounts: the :class:`~fedserver.storage.users.accounts_store.AccountStore` (tokens
         and devices go through it, so that its token cache and device hooks follow).
     """
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.defer import Deferred
 
 from fedserver.storage.database import Database, Txn, check_int, check_text, lookup_text
-from fedserver.storage.devices_store import decode_json, encode_json
+from fedserver.storage.users.devices_store import decode_json, encode_json
 
 #: The sequence of inbox positions.
 TO_DEVICE_SEQUENCE = "to_device"

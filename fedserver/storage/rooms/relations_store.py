@@ -143,7 +143,7 @@ class RelationsStore:
         limit: int = 50,
     ) -> "Deferred[list[tuple[TopoPos, str, str]]]":
         """Children of ``parent_ids`` in topological order from a boundary (as
-        :meth:`fedserver.storage.rooms_store.RoomsStore.paginate`: backwards, the
+        :meth:`fedserver.storage.rooms.rooms_store.RoomsStore.paginate`: backwards, the
         children at or before ``from_pos``, newest first; forwards, those after it).
 
         :returns: Deferred firing with ``[((depth, nid), child id, parent id)]``.

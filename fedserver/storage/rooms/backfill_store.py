@@ -50,7 +50,7 @@ class BackfillStore:
     @staticmethod
     def on_persisted_txn(txn: Txn, batch: Sequence[PersistEntry], persisted: dict[str, PersistedEvent]) -> None:
         """Index the redactions among history events in their own transaction: the
-        redaction indexer of :class:`~fedserver.storage.rooms_store.RoomsStore` follows
+        redaction indexer of :class:`~fedserver.storage.rooms.rooms_store.RoomsStore` follows
         the stream, which history (negative event numbers) never enters."""
         rows = []
         for entry in batch:
