@@ -13,7 +13,7 @@ from fedserver.events.signing import (
     SignatureServersError, required_signature_servers,
 )
 from fedserver.events.validation import InvalidEvent, check_pdu
-from fedserver.handlers.federation.receipt import add_signature_requests
+from fedserver.handlers.federation.receipt import add_signature_requests, sort_signature_verdicts
 from fedserver.room_versions import EventFormat, RoomVersion, UnknownRoomVersion
 from fedserver.storage.interface import PersistEntry
 
@@ -97,7 +97,7 @@ class Ingest:
             room_versions = await self.room_versions(pdus)
         checked, requests, owners = _check_formats(origin, pdus, denied_rooms, room_versions, batch)
         verdicts = (await self._keyring.verify_signatures(requests)) if requests else []
-        failed, also_verified = _sort_verdicts(requests, owners, verdicts)
+        failed, also_verified = sort_signature_verdicts(requests, owners, verdicts)
         _settle(origin, batch, checked, failed, also_verified)
         return batch
 
@@ -175,25 +175,6 @@ def _check_formats(
         checked.append((c.event, c.content_hash_ok, frozenset(servers)))
         add_signature_requests(requests, owners, index, pdu, rv, c.signed_bytes, c.event.origin_server_ts, servers)
     return checked, requests, owners
-
-
-def _sort_verdicts(
-    requests: list[_SignatureRequest], owners: list[int], verdicts: list[Any]
-) -> tuple[dict[int, str], dict[int, set[str]]]:
-    """Step 2, "Passes signature checks": the keyring's verdicts by PDU.
-
-    :returns: the first failure of each PDU whose required signatures did not all verify,
-        and the servers whose optional signatures verified, by PDU index.
-    """
-    failed: dict[int, str] = {}
-    also_verified: dict[int, set[str]] = {}
-    for (server, *_), index, verdict in zip(requests, owners, verdicts):
-        if index < 0:
-            if verdict is True:
-                also_verified.setdefault(-1 - index, set()).add(server)
-        elif verdict is not True and index not in failed:
-            failed[index] = str(verdict)
-    return failed, also_verified
 
 
 def _settle(

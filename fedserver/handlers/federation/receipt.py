@@ -67,14 +67,7 @@ async def check_received(keyring, pdus: Iterable[Any], rv: RoomVersion, *, room_
         checked.append((c, servers))
         add_signature_requests(requests, owners, index, pdu, rv, c.signed_bytes, c.event.origin_server_ts, servers)
     verdicts = (await keyring.verify_signatures(requests)) if requests else []
-    failed: dict[int, str] = {}
-    also_verified: dict[int, set[str]] = {}
-    for (server, *_), index, verdict in zip(requests, owners, verdicts):
-        if index < 0:
-            if verdict is True:
-                also_verified.setdefault(-1 - index, set()).add(server)
-        elif verdict is not True and index not in failed:
-            failed[index] = str(verdict)
+    failed, also_verified = sort_signature_verdicts(requests, owners, verdicts)
     seen: set[str] = set()
     for index, (c, servers) in enumerate(checked):
         event = c.event
@@ -112,3 +105,23 @@ def add_signature_requests(
         if sigs.get(server) is not None:
             requests.append((server, signed_bytes, sigs.get(server), minimum))
             owners.append(-1 - index)
+
+
+def sort_signature_verdicts(
+    requests: list, owners: list[int], verdicts: list[Any]
+) -> tuple[dict[int, str], dict[int, set[str]]]:
+    """Receipt step 2, "Passes signature checks": the keyring's verdicts on the requests
+    queued by :func:`add_signature_requests`, by PDU.
+
+    :returns: the first failure of each PDU whose required signatures did not all verify,
+        and the servers whose optional signatures verified, by PDU index.
+    """
+    failed: dict[int, str] = {}
+    also_verified: dict[int, set[str]] = {}
+    for (server, *_), index, verdict in zip(requests, owners, verdicts):
+        if index < 0:
+            if verdict is True:
+                also_verified.setdefault(-1 - index, set()).add(server)
+        elif verdict is not True and index not in failed:
+            failed[index] = str(verdict)
+    return failed, also_verified
