@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -52,6 +52,9 @@ class Outcome:
     duplicate: bool = False
     stored: bool = False
     queued_for: frozenset[str] = frozenset()
+    #: its stream position once committed (for the ``on_persisted`` callbacks; not part
+    #: of the verdict, so outcomes compare equal with or without it)
+    event_nid: Optional[int] = field(default=None, compare=False)
 
     @property
     def accepted(self) -> bool:
@@ -817,11 +820,13 @@ class RoomPipeline:
             raise
         queued: set[str] = set()
         for eid, done in (persisted or {}).items():
-            if done.queued_for and eid in b.outcomes:
-                queued |= done.queued_for
-                b.outcomes[eid] = replace(b.outcomes[eid], queued_for=done.queued_for)
-        if queued:
+            if eid in b.outcomes:
+                if done.queued_for:
+                    queued |= done.queued_for
+                b.outcomes[eid] = replace(b.outcomes[eid], queued_for=done.queued_for, event_nid=done.event_nid)
+        if persisted:
             b.accepted_in_order = [(e, b.outcomes[e.event_id]) for e, _ in b.accepted_in_order]
+        if queued:
             self._wake(frozenset(queued))
         room = b.room
         if room is None:
