@@ -115,8 +115,8 @@ class JoinedMembersOfServerTests(DailyUseTestCase):
     async def test_count_and_members_of_one_server(self):
         """get_joined_members_of_server gives the room's joined count and the joined members
         whose id ends with ``:server`` with their member event ids: a member who left is
-        neither counted nor listed; another server name lists nobody, and LIKE's
-        wildcards in it match nothing (they are escaped)."""
+        neither counted nor listed; another server name, a pattern's wildcards, or a name
+        one character longer or shorter list nobody (the suffix is compared exactly)."""
         a = await self.server()
         alice, at = await a.register("alice")
         bob, bt = await a.register("bob")
@@ -141,4 +141,6 @@ class JoinedMembersOfServerTests(DailyUseTestCase):
         self.assertEqual(await push.get_joined_members_of_server(room, "other.example"), (2, []))
         self.assertEqual(await push.get_joined_members_of_server(room, "%"), (2, []))
         self.assertEqual(await push.get_joined_members_of_server(room, "_" * len(a.name)), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server(room, "x" + a.name), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server(room, a.name[1:]), (2, []))
         self.assertEqual(await push.get_joined_members_of_server("!unknown:" + a.name, a.name), (0, []))
