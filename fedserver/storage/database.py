@@ -87,10 +87,10 @@ def placeholders(n: int) -> str:
 def storable_text(value: str) -> bool:
     """Whether ``value`` can be stored as TEXT (UTF-8): lone surrogates cannot (nor, on
     PostgreSQL, U+0000), so such an id cannot be stored and a lookup of it finds nothing."""
+    if value.isascii():
+        return "\x00" not in value or not getattr(_thread_rules, "no_nul", False)
     if getattr(_thread_rules, "no_nul", False) and "\x00" in value:
         return False
-    if value.isascii():
-        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
