@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import sqlite3
 import threading
 import time
@@ -77,6 +78,20 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     """``items`` in slices of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+#: One encoder for every JSON column: ``json.dumps`` given options builds a new encoder
+#: on each call, which costs about as much as encoding a small event.
+_STORED_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def encode_stored_json(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON with sorted keys, as JSON columns hold it.
+
+    :raises TypeError, ValueError, UnicodeError, RecursionError: as :func:`json.dumps`
+        (a non-JSON type, NaN or infinity, a lone surrogate, too deep).
+    """
+    return _STORED_JSON.encode(value).encode("utf-8")
 
 
 def placeholders(n: int) -> str:

@@ -9,7 +9,7 @@ from fedserver.events.model import Event
 from fedserver.events.status import REFUSAL_KINDS, OutcomeStatus
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Txn, check_int, check_text, check_texts, lookup_ids, lookup_text
+from fedserver.storage.database import Txn, check_int, check_text, check_texts, encode_stored_json, lookup_ids, lookup_text
 from fedserver.storage.interface import (
     EventMeta,
     InvalidDataError,
@@ -82,9 +82,7 @@ def _encode_pdu(pdu: dict[str, Any]) -> bytes:
     # Canonical JSON (appendix "Canonical JSON": sorted keys, no insignificant whitespace,
     # UTF-8). The PDU was validated before it got here, so the number checks of
     # fedserver.events.canonical are not repeated: they cost more than the encoding.
-    return json.dumps(
-        pdu, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
-    ).encode("utf-8")
+    return encode_stored_json(pdu)
 
 
 def _refusal(value: Any, what: str) -> Optional[Refusal]:
