@@ -146,6 +146,28 @@ class AuthGraph:
             self._orders[n] = d
         return d
 
+    def _orders_of(self, nodes: Iterable[int]) -> list[int]:
+        """:meth:`order` of each of ``nodes``, in one pass (it runs for every event of the
+        state sets).
+
+        :raises KeyError: as :meth:`order`.
+        """
+        orders = self._orders
+        auth_order = self._auth_order
+        ids = self.ids
+        out = []
+        for n in nodes:
+            d = orders.get(n)
+            if d is None:
+                if auth_order is None:
+                    raise KeyError(ids[n])
+                d = auth_order(ids[n])
+                if type(d) is not int:
+                    raise KeyError(ids[n])
+                orders[n] = d
+            out.append(d)
+        return out
+
     # -- reachability --------------------------------------------------------------------
 
     def partial_nodes(self, starts: Sequence[Iterable[int]]) -> set[int]:
@@ -187,19 +209,23 @@ class AuthGraph:
         orders = self._orders
         order = self.order
         parents = self.parents
-        heap = [(-order(n), n) for n in mask]
+        heap = [(-d, n) for n, d in zip(mask, self._orders_of(mask))]
         heapq.heapify(heap)
         heappop = heapq.heappop
         heappush = heapq.heappush
         queued = set(mask)
         pending = sum(1 for m in mask.values() if m != full)
+        known_parents = self._parents
         while heap and pending:
             negd, n = heappop(heap)
             queued.discard(n)
             m = mask[n]
             if m != full:
                 pending -= 1
-            for p in parents(n):
+            ps = known_parents[n]
+            if ps is None:
+                ps = parents(n)
+            for p in ps:
                 dp = orders.get(p)
                 if dp is None:
                     dp = order(p)
@@ -257,8 +283,17 @@ class AuthGraph:
 
         :returns: nodes.
         """
-        node = self.node
-        return self.partial_nodes([[node(eid) for eid in s.values()] for s in state_sets])
+        return self.partial_nodes([self.nodes(s.values()) for s in state_sets])
+
+    def nodes(self, event_ids: Iterable[str]) -> list[int]:
+        """:meth:`node` of each of ``event_ids``."""
+        index = self.index
+        new_node = self._new_node
+        out = []
+        for eid in event_ids:
+            n = index.get(eid)
+            out.append(new_node(eid) if n is None else n)
+        return out
 
     def conflicted_subgraph(self, conflicted: set[int]) -> set[int]:
         """Room v12 "Conflicted state subgraph": every event on an ``auth_events`` path from a
@@ -277,12 +312,16 @@ class AuthGraph:
         region = None
         if self._auth_order is not None:
             try:
-                region = self._region_above(present, min(self.order(n) for n in present))
+                region = self._region_above(present, min(self._orders_of(present)))
             except KeyError:
                 region = None
         if region is None:
             region = self._region_above(present, None)
         assert region is not None
+        if self._auth_order is not None:
+            found = self._leading_by_order(region, present)
+            if found is not None:
+                return found
         # leads[n]: some conflicted event is reachable from n (n itself included), decided
         # in post-order over the region; a back edge of a cycle counts as "does not lead".
         leads: dict[int, bool] = {}
@@ -306,6 +345,38 @@ class AuthGraph:
         # Every region node is reachable from a conflicted event; it is on a path between
         # two if it also leads to one.
         return {n for n in region if leads.get(n, False)}
+
+    def _leading_by_order(
+        self, region: dict[int, list[int]], targets: list[int]
+    ) -> set[int] | None:
+        """The nodes of ``region`` from which one of ``targets`` is reachable (themselves
+        included), in one pass by ascending auth order: each node's parents, which have
+        smaller orders, are decided before it. ``None`` if an edge of the region does not
+        decrease the auth order (then the depth-first walk decides).
+
+        Room v12 "Conflicted state subgraph": "Starting from an event in the conflicted
+        state set and following auth_events edges may lead to another event in the
+        conflicted state set. The union of all such paths between any pair of events in
+        the conflicted state set (including endpoints) forms a subgraph": ``region`` is
+        what the conflicted events reach, this pass keeps what leads back to one.
+        """
+        orders = self._orders
+        try:
+            ranked = sorted(region, key=orders.__getitem__)
+        except KeyError:
+            return None
+        leads = set(targets)
+        for n in ranked:
+            dn = orders[n]
+            hit = n in leads
+            for p in region[n]:
+                if orders[p] >= dn:
+                    return None
+                if p in leads:
+                    hit = True
+            if hit:
+                leads.add(n)
+        return leads
 
     def _region_above(
         self, starts: list[int], min_order: int | None
