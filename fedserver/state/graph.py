@@ -404,10 +404,32 @@ class AuthGraph:
         assert auth_order is not None
         events = self.events
         index = self.index
+        orders = self._orders
+        order = self.order
+        known_parents = self._parents
         while stack:
             n = stack.pop()
-            dn = self.order(n)
+            dn = orders.get(n)
+            if dn is None:
+                dn = order(n)
             ps = region[n]
+            edges = known_parents[n]
+            if edges is not None:
+                # The edges were read already (by the auth difference, mostly): present,
+                # de-duplicated events, nothing left to fetch.
+                for p in edges:
+                    dp = orders.get(p)
+                    if dp is None:
+                        dp = order(p)
+                    if dp >= dn:
+                        return None
+                    if p in region:
+                        ps.append(p)
+                    elif dp >= min_order:
+                        ps.append(p)
+                        region[p] = []
+                        stack.append(p)
+                continue
             for aid in events[n].auth_event_ids:  # type: ignore[union-attr]
                 if not isinstance(aid, str):
                     continue
