@@ -209,16 +209,18 @@ class AuthGraph:
         orders = self._orders
         order = self.order
         parents = self.parents
-        heap = [(-d, n) for n, d in zip(mask, self._orders_of(mask))]
+        known_parents = self._parents
+        # One int per heap entry, (order, node) packed as order * 2**32 + node and negated
+        # (a max-heap): cheaper to compare than tuples. Nodes are list indexes (< 2**32).
+        heap = [-((d << 32) | n) for n, d in zip(mask, self._orders_of(mask))]
         heapq.heapify(heap)
         heappop = heapq.heappop
         heappush = heapq.heappush
-        queued = set(mask)
         pending = sum(1 for m in mask.values() if m != full)
-        known_parents = self._parents
         while heap and pending:
-            negd, n = heappop(heap)
-            queued.discard(n)
+            key = -heappop(heap)
+            n = key & 0xFFFFFFFF
+            dn = key >> 32
             m = mask[n]
             if m != full:
                 pending -= 1
@@ -229,21 +231,22 @@ class AuthGraph:
                 dp = orders.get(p)
                 if dp is None:
                     dp = order(p)
-                if -dp <= negd:
+                if dp >= dn:
                     return None  # auth orders do not order this graph: no shortcut
-                old = mask.get(p, 0)
-                new = old | m
-                if new == old:
+                # Nodes leave the heap by descending order and a parent's order is below
+                # its child's, so a parent met here is still in the heap if it has a mask.
+                old = mask.get(p)
+                if old is None:
+                    mask[p] = m
+                    heappush(heap, -((dp << 32) | p))
+                    if m != full:
+                        pending += 1
                     continue
-                mask[p] = new
-                if p in queued:
+                new = old | m
+                if new != old:
+                    mask[p] = new
                     if new == full:
                         pending -= 1
-                else:
-                    queued.add(p)
-                    heappush(heap, (-dp, p))
-                    if new != full:
-                        pending += 1
         return mask
 
     def _partial_by_walks(self, start: dict[int, int], full: int) -> set[int]:
