@@ -139,9 +139,9 @@ def auth_event_fallback(
     if parents is not None and len(parents) == len(aids):
         events = graph.events
         for p in parents:
-            a = events[p]
-            if a.rejected_reason is None and a.state_key is not None:  # type: ignore[union-attr]
-                fallback[(a.type, a.state_key)] = a  # type: ignore[union-attr,index]
+            pe = events[p]  # never None: edges lead to present events only
+            if pe is not None and pe.rejected_reason is None and pe.state_key is not None:
+                fallback[(pe.type, pe.state_key)] = pe
     else:
         for aid in aids:
             if not isinstance(aid, str):

@@ -109,16 +109,9 @@ def mainline_sort(graph: AuthGraph, nodes: set[int], power_levels_id: str | None
     memo: dict[int, int] = {}
     pl_parent = graph.power_levels_parent
 
-    def position(n: int) -> int:
-        # Spec: "Find the smallest index j >= 1 for which e_j belongs to the mainline of
-        # P. If such a j exists, then e_j = P_i for some unique index i >= 0. Otherwise
-        # set i = infinity". e_0 (the event itself) is not considered.
-        p = pl_parent(n)
-        if p is None:
-            return _NO_MAINLINE
-        pos = mainline_index.get(p)
-        if pos is not None:
-            return pos  # the usual case: based on a mainline event
+    def position(first: int) -> int:
+        # The mainline position of an event whose e_1 is ``first``, off the mainline.
+        p: int | None = first
         walked: list[int] = []
         pos = _NO_MAINLINE
         while p is not None:
@@ -145,8 +138,18 @@ def mainline_sort(graph: AuthGraph, nodes: set[int], power_levels_id: str | None
     # than y's event_id": one sort key per event.
     keyed = []
     for n in nodes:
+        # Spec: "Find the smallest index j >= 1 for which e_j belongs to the mainline of
+        # P. If such a j exists, then e_j = P_i for some unique index i >= 0. Otherwise
+        # set i = infinity". e_0 (the event itself) is not considered.
+        p = pl_parent(n)
+        if p is None:
+            pos = _NO_MAINLINE
+        else:
+            pos = mainline_index.get(p)  # the usual case: e_1 is on the mainline
+            if pos is None:
+                pos = position(p)
         ts = events[n].origin_server_ts  # type: ignore[union-attr]
-        keyed.append((-position(n), ts if type(ts) is int else 0, ids[n], n))
+        keyed.append((-pos, ts if type(ts) is int else 0, ids[n], n))
     keyed.sort()
     return [k[3] for k in keyed]
 
