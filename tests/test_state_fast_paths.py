@@ -244,15 +244,30 @@ class IterativeLookupTests(SynchronousTestCase):
                 self.assertNotIn((TOPIC, ""), out, rv.identifier)
 
     def test_shared_lookups_follow_the_state(self):
-        """Views sharing one lookup cache answer like views without it, as the partial
-        state changes: rejected entries fall back to the event's own auth events."""
-        room = self._room()
-        room.send("t", TOPIC, BOB, {"topic": "t"}, "", after="pl1")
-        room.ev("pl1").rejected_reason = "test"
+        """Views sharing one lookup cache (and, from room v12, finding the create event
+        without building the fallbacks) answer like views without either, as the partial
+        state changes: rejected entries fall back to the event's own auth events; an
+        event citing a create event falls back on it, and a rejected create event is never
+        used."""
+        for rv in (V11, V12):
+            for cites_create, create_rejected in ((False, False), (True, False), (False, True)):
+                room = RoomBuilder(rv)
+                last = room.standard_room(users={BOB: 50})
+                room.join("bob_join", BOB, after=last)
+                room.send("pl1", PL, ALICE, room.power_levels({ALICE: 100, BOB: 60}), "",
+                          after="bob_join")
+                auth = ["bob_join", "pl1"] + (["create"] if cites_create else [])
+                room.send("t", TOPIC, BOB, {"topic": "t"}, "", after="pl1", auth=auth)
+                room.ev("pl1").rejected_reason = "test"
+                if create_rejected:
+                    room.ev("create").rejected_reason = "test"
+                self._compare_views(rv, room, (rv.identifier, cites_create, create_rejected))
+
+    def _compare_views(self, rv, room, label):
         graph = AuthGraph(room.get_event)
         ev = room.ev("t")
         n = graph.node(ev.event_id)
-        partial = room.state("jr0")
+        partial = {k: v for k, v in room.state("jr0").items() if k[0] != "m.room.create"}
         shared: dict = {}
         keys = [(PL, ""), (MEMBER, BOB), (MEMBER, ALICE), ("m.room.create", ""), (TOPIC, "")]
         for step in (None, "pl1", "bob_join", "pl0"):
@@ -262,11 +277,16 @@ class IterativeLookupTests(SynchronousTestCase):
                 shared.pop((e.type, e.state_key), None)  # as iterative_auth_checks updates it
                 if e.rejected_reason is None:
                     shared[(e.type, e.state_key)] = e
-            fresh = AuthStateView(partial, None, graph, V11, ev)
-            cached = AuthStateView(partial, None, graph, V11, ev, n, shared)
+            fresh = AuthStateView(partial, None, graph, rv, ev)
+            cached = AuthStateView(partial, None, graph, rv, ev, n, shared)
             for k in keys:
-                self.assertIs(cached.get(k), fresh.get(k), (step, k))
-            self.assertEqual(dict(cached), dict(fresh))
+                self.assertIs(cached.get(k), fresh.get(k), (label, step, k))
+            self.assertEqual(dict(cached), dict(fresh), (label, step))
+            create = fresh.get(("m.room.create", ""))
+            if room.ev("create").rejected_reason is not None:
+                self.assertIsNone(create, label)
+            elif label[1] or rv.room_id_from_create_event:
+                self.assertIs(create, room.ev("create"), label)
 
 
 _DENY_BOB_TOPICS = '''

@@ -44,7 +44,7 @@ class AuthGraph:
 
     __slots__ = (
         "_get_event", "_room_id", "_auth_order", "_orders", "index", "ids", "events",
-        "_parents", "_pl_parent",
+        "_parents", "_pl_parent", "room_creates",
     )
 
     def __init__(
@@ -65,6 +65,9 @@ class AuthGraph:
         self.events: list[Event | None] = []
         self._parents: list[tuple[int, ...] | None] = []
         self._pl_parent: dict[int, int] = {}
+        #: room id -> its create event (room v12: named by the room id), or None; see
+        #: :func:`fedserver.state.power.create_event_of_room`
+        self.room_creates: dict[str, Event | None] = {}
 
     # -- nodes ---------------------------------------------------------------------------
 
