@@ -235,7 +235,7 @@ class PartialStateJoinTests(TestCase):
         original_response = handshakes._join_response
 
         async def without_servers(*args, **kwargs):
-            body = await original_response(*args, **kwargs)
+            body = await (await original_response(*args, **kwargs)).collect()
             body.pop("servers_in_room", None)
             return body
 

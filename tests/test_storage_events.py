@@ -534,6 +534,35 @@ class CurrentStateTests(StoreTestCase):
         await store.update_current_state(room_id, {("m.room.join_rules", ""): None})
         self.assertNotIn(("m.room.join_rules", ""), await store.get_current_state_ids(room_id))
 
+    async def test_joined_hosts_are_kept_until_the_members_change(self):
+        """A room's joined servers are read once and then answered from memory, until a
+        committed change of its members (a join, a removal from the current state, a
+        partial-state join's servers_in_room) makes the next call read them again."""
+        store = await self.open()
+        room_id, events = make_room(V12)
+        out = await store.persist_events(linear_entries(events))
+        group = out[events[-1].event_id].state_group_after
+        self.assertEqual(await store.get_joined_hosts(room_id), {"a.example"})
+        reads = []
+        real = store._distribution.joined_servers_txn
+        store._distribution.joined_servers_txn = lambda txn, r: reads.append(r) or real(txn, r)
+        hosts = await store.get_joined_hosts(room_id)
+        self.assertEqual((hosts, reads), ({"a.example"}, []))
+        hosts.add("mutated.example")  # the caller's copy: the kept value is not touched
+        self.assertEqual(await store.get_joined_hosts(room_id), {"a.example"})
+        carol = make_event(V12, room_id, "m.room.member", "@carol:c.example", {"membership": "join"}, "@carol:c.example", depth=5)
+        await store.persist_events([PersistEntry(
+            carol, state_group_before=group, update_current_state={("m.room.member", "@carol:c.example"): carol.event_id}
+        )])
+        self.assertEqual(await store.get_joined_hosts(room_id), {"a.example", "c.example"})
+        self.assertEqual(reads, [room_id])
+        await store.update_current_state(room_id, {("m.room.topic", ""): None})  # not a member: kept
+        self.assertEqual(await store.get_joined_hosts(room_id), {"a.example", "c.example"})
+        self.assertEqual(reads, [room_id])
+        await store.update_current_state(room_id, {("m.room.member", "@carol:c.example"): None})
+        self.assertEqual(await store.get_joined_hosts(room_id), {"a.example"})
+        self.assertEqual(reads, [room_id, room_id])
+
     async def test_current_state_must_name_stored_events_of_the_room(self):
         """A current state delta naming an unknown event or an event of another room is
         refused and changes nothing."""

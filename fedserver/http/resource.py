@@ -34,7 +34,9 @@ from fedserver.errors import (
     unknown,
     unrecognized,
 )
+from fedserver.http.streamed_responses import write_streamed
 from fedserver.storage.interface import StorageUnavailableError
+from fedserver.streamed import StreamedJSON
 
 log = Logger()
 #: The access log (one line per request) and the slow-request warnings.
@@ -42,7 +44,8 @@ access_log = Logger(namespace="fedserver.access")
 
 #: What a handler may return (directly, as a Deferred or from a coroutine):
 #: a JSON-able value (status 200), ``bytes`` that are already-encoded JSON (200),
-#: ``None`` (200 ``{}``), or a ``(status, value_or_bytes)`` tuple.
+#: ``None`` (200 ``{}``), a :class:`~fedserver.streamed.StreamedJSON` (written as it is
+#: produced), or a ``(status, value_or_bytes)`` tuple.
 HandlerResult = Any
 Handler = Callable[..., "HandlerResult | Awaitable[HandlerResult] | defer.Deferred[HandlerResult]"]
 
@@ -153,7 +156,7 @@ def respond_failure(request: IRequest, failure: Failure) -> None:
     respond_error(request, unknown())
 
 
-def _send_result(result: HandlerResult, request: IRequest) -> None:
+def _send_result(result: HandlerResult, request: IRequest) -> Any:
     code = 200
     if type(result) is tuple:
         if len(result) != 2 or type(result[0]) is not int:
@@ -161,7 +164,10 @@ def _send_result(result: HandlerResult, request: IRequest) -> None:
         code, result = result
     if result is None:
         result = b"{}"
+    if isinstance(result, StreamedJSON):
+        return defer.ensureDeferred(write_streamed(request, code, result))
     respond_json(request, code, result)
+    return None
 
 
 def _call_handler(handler: Handler, request: IRequest, params: Mapping[str, str]) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import sqlite3
 import threading
 import time
@@ -79,6 +80,20 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
+#: One encoder for every JSON column: ``json.dumps`` given options builds a new encoder
+#: on each call, which costs about as much as encoding a small event.
+_STORED_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def encode_stored_json(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON with sorted keys, as JSON columns hold it.
+
+    :raises TypeError, ValueError, UnicodeError, RecursionError: as :func:`json.dumps`
+        (a non-JSON type, NaN or infinity, a lone surrogate, too deep).
+    """
+    return _STORED_JSON.encode(value).encode("utf-8")
+
+
 def placeholders(n: int) -> str:
     """``?, ?, ...`` for ``n`` parameters."""
     return ", ".join("?" * n)
@@ -87,10 +102,10 @@ def placeholders(n: int) -> str:
 def storable_text(value: str) -> bool:
     """Whether ``value`` can be stored as TEXT (UTF-8): lone surrogates cannot (nor, on
     PostgreSQL, U+0000), so such an id cannot be stored and a lookup of it finds nothing."""
+    if value.isascii():
+        return "\x00" not in value or not getattr(_thread_rules, "no_nul", False)
     if getattr(_thread_rules, "no_nul", False) and "\x00" in value:
         return False
-    if value.isascii():
-        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

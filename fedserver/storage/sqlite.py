@@ -609,8 +609,9 @@ class SQLiteStore:
         federation transactions while it synchronises the full state").
         """
 
-        # The same computation as where events are queued in the storing transaction.
-        return self._db.run_read(self._distribution.joined_servers_txn, room_id)
+        # The same computation as where events are queued in the storing transaction
+        # (which reads the table itself: it may be changing the members).
+        return self._distribution.cached_joined_servers(self._db.run_read, room_id)
 
     # -- server keys ------------------------------------------------------------------
 

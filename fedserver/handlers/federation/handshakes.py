@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Collection, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,11 +22,15 @@ from fedserver.handlers.rooms.pipeline import ACCEPTED, MISSING, RoomPipeline
 from fedserver.errors import MatrixError
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry, UnknownRoomVersion
 from fedserver.storage.interface import PersistEntry, StateKey
+from fedserver.streamed import StreamedJSON
 
 log = Logger()
 
 #: State event types shown to an invitee or knocker before they are in the room (the
 #: client-server spec's "stripped state" recommendation).
+#: Events read, served and written at a time in a send_join answer.
+JOIN_ANSWER_CHUNK = 500
+
 STRIPPED_STATE_TYPES = (
     "m.room.create",
     "m.room.name",
@@ -336,7 +340,7 @@ class HandshakeHandler:
 
     async def send_membership(
         self, origin: str, room_id: str, event_id: str, pdu: Any, membership: str, *, omit_members: bool = False
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | StreamedJSON:
         """Accept a signed membership event (``send_join`` / ``send_leave`` /
         ``send_knock``), take it into the room, pass it on, and answer.
 
@@ -463,7 +467,7 @@ class HandshakeHandler:
 
     async def _join_response(
         self, room_id: str, event: Event, pdu: dict, hosts: Collection[str], hosts_before: Optional[Collection[str]]
-    ) -> dict[str, Any]:
+    ) -> StreamedJSON:
         """The send_join answer: the state before the join and its auth chain.
 
         With ``omit_members`` (``hosts_before`` given; server-server spec, send_join v2,
@@ -473,6 +477,13 @@ class HandshakeHandler:
         that of what is returned, without the events ``state`` already holds;
         ``members_omitted`` is true and ``servers_in_room`` lists the servers with joined
         members before the join.
+
+        The ids are read here; the events themselves are read, turned into the PDUs we
+        serve and written :data:`JOIN_ANSWER_CHUNK` at a time as the answer goes out (a
+        20,000-member room's answer is ~13 MB: the joining server starts checking it at
+        once, and neither side holds it whole). Members are written in sorted order, so
+        ``auth_chain`` comes before ``state``: a joining server has the auth events of
+        the state before the state itself.
         """
         groups = await self._store.get_state_ids_for_events([event.event_id])
         group = groups.get(event.event_id)
@@ -491,23 +502,28 @@ class HandshakeHandler:
         chain = await self._store.get_auth_chain_ids(ids + [event.event_id])
         if partial:
             chain -= set(ids)
-        events = await self._store.get_events(set(ids) | set(chain))
-        state = await self._served.pdus([events[i] for i in ids if i in events])
-        auth_chain = await self._served.pdus([events[i] for i in chain if i in events])
         servers = sorted(set(hosts_before if partial else hosts) | {self._server_name})
         log.info(
             "send_join of {user} to {room_id}: {how} state ({n} events of {total}), auth chain of {c}",
             user=event.state_key, room_id=room_id, how="partial (members omitted)" if partial else "full",
-            n=len(state), total=len(state_ids), c=len(auth_chain),
+            n=len(ids), total=len(state_ids), c=len(chain),
         )
-        return {
-            "origin": self._server_name,
-            "event": pdu,
-            "state": state,
-            "auth_chain": auth_chain,
-            "members_omitted": partial,
-            "servers_in_room": servers,
-        }
+        return StreamedJSON(
+            {
+                "origin": self._server_name,
+                "event": pdu,
+                "members_omitted": partial,
+                "servers_in_room": servers,
+            },
+            {"state": lambda: self._served_chunks(ids), "auth_chain": lambda: self._served_chunks(list(chain))},
+        )
+
+    async def _served_chunks(self, ids: Sequence[str]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The PDUs we serve for ``ids`` (those we have), read a chunk at a time."""
+        for start in range(0, len(ids), JOIN_ANSWER_CHUNK):
+            part = ids[start:start + JOIN_ANSWER_CHUNK]
+            events = await self._store.get_events(part)
+            yield await self._served.pdus([events[i] for i in part if i in events])
 
     async def _hero_member_ids(self, room_id: str, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
         """The member events of the room's heroes (client-server spec, ``m.heroes``: the

@@ -6,6 +6,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from fedserver.events.model import Event
 from fedserver.handlers.federation.receipt import ReceivedEvents, check_received
@@ -20,12 +21,36 @@ class IntakeError(Exception):
     """The events fetched cannot make the room's state (e.g. a wrong create event)."""
 
 
+#: Batches taken by :meth:`OutlierIntake.feed` whose storing has not finished before the
+#: next ``feed`` is held back (reading from the network pauses).
+BATCHES_IN_FLIGHT = 2
+
+
+def _observed(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred firing (with ``None``, or the failure) when ``d`` does, leaving ``d``'s
+    own result to its consumer (a Deferred awaited twice gives the second awaiter
+    ``None``)."""
+    out: defer.Deferred = defer.Deferred()
+
+    def pass_on(result: Any) -> Any:
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(None)
+        return result
+
+    d.addBoth(pass_on)
+    return out
+
+
 class OutlierIntake:
     """Checks (receipt steps 1-3, signatures on the thread pool) and stores as outliers
     (step 4, through :meth:`RoomPipeline.process_outliers`) batches of events as they are
-    read from the network. Checking one batch overlaps storing the one before; while both
-    run, :meth:`feed`'s Deferred has not fired, so the reader is paused and memory holds
-    about two batches, not the whole answer.
+    read from the network, as a pipeline of three stages: while one batch is stored (the
+    database thread), the next has its signatures checked (the thread pool) and the one
+    after it is read and checked on the reactor. :meth:`feed`'s Deferred fires once fewer
+    than :data:`BATCHES_IN_FLIGHT` batches are waiting, so the reader is paused and memory
+    holds a few batches, not the whole answer. Batches are stored in the order fed.
 
     Events whose auth events come in a later batch (a resident that lists ``state``
     before ``auth_chain``) are kept and checked again by :meth:`finish`. Nothing is stored
@@ -59,6 +84,9 @@ class OutlierIntake:
         self._held: list[tuple[bool, ReceivedEvents]] = []
         self._pending: Optional[tuple[bool, ReceivedEvents, defer.Deferred]] = None
         self._retry: list[tuple[bool, Event, frozenset]] = []
+        #: the batches fed and not yet taken (checked and handed to storage), in order
+        self._window: list[defer.Deferred] = []
+        self._error: Optional[Exception] = None
         #: ``{(type, state_key): event_id}`` of the accepted events fed as state
         self.state: dict[StateKey, str] = {}
         #: ids of every event taken in (accepted or rejected), for checking references
@@ -68,13 +96,28 @@ class OutlierIntake:
 
     def feed(self, pdus: list, *, state: bool) -> defer.Deferred:
         """Take in a batch: ``state`` events (part of the room's state) or auth chain
-        events. :returns: a Deferred firing once the batch is checked and the batch before
-        it stored."""
-        return defer.ensureDeferred(self._feed(pdus, state))
+        events. Its checks on the reactor run now; its signatures are then checked on the
+        thread pool while the caller reads on.
 
-    async def _feed(self, pdus: list, state: bool) -> None:
+        :returns: a Deferred firing once there is room for another batch (failing with
+            the first error of any batch fed so far).
+        """
+        if self._error is not None:
+            return defer.fail(self._error)
         self.received += len(pdus)
-        part = await check_received(self._keyring, pdus, self._rv, room_id=self._room_id)
+        checking = defer.ensureDeferred(check_received(self._keyring, pdus, self._rv, room_id=self._room_id))
+        before = _observed(self._window[-1]) if self._window else None
+        self._window.append(defer.ensureDeferred(self._take(checking, before, state)))
+        return defer.ensureDeferred(self._room_for_more(BATCHES_IN_FLIGHT - 1))
+
+    async def _take(self, checking: defer.Deferred, before: Optional[defer.Deferred], state: bool) -> None:
+        if before is not None:
+            try:
+                await before  # in order: the batch fed before is taken first
+            except BaseException:
+                checking.addErrback(lambda _f: None)
+                raise
+        part = await checking
         self.dropped += len(part.errors)
         if self.create is None:
             create = next((e for e in part.events if e.type == "m.room.create" and e.state_key == ""), None)
@@ -91,6 +134,25 @@ class OutlierIntake:
                 for s, p in held:
                     await self._submit(s, p, with_create=create)
         await self._submit(state, part)
+
+    async def _room_for_more(self, limit: int) -> None:
+        """Wait until at most ``limit`` fed batches are not taken yet. The first failure
+        of a batch is raised, now and by every later call (the batches fed after it fail
+        with it too: they are let go)."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if len(self._window) <= limit:
+                return
+            first = self._window.pop(0)
+            try:
+                await first
+            except Exception as e:
+                self._error = e
+                for d in self._window:
+                    d.addErrback(lambda _f: None)
+                self._window = []
+                raise
 
     async def _submit(self, state: bool, part: ReceivedEvents, with_create: Optional[Event] = None) -> None:
         if self._pending is not None:
@@ -126,6 +188,7 @@ class OutlierIntake:
 
         :raises IntakeError: if no create event came at all.
         """
+        await self._room_for_more(0)
         if self.create is None:
             raise IntakeError("the answer holds no create event")
         if self._pending is not None:

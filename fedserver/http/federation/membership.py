@@ -65,6 +65,8 @@ class _Routes:
             )
             if v1 and membership != "knock":
                 if membership == "join":
+                    # v1 answers [200, {...}]: the whole object, not streamed.
+                    body = await body.collect()
                     body = {k: body[k] for k in ("auth_chain", "state", "event", "origin") if k in body}
                 return [200, body]
             return body

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Optional
 
-from fedserver.storage.database import Txn, check_int, check_text, lookup_ids, lookup_text
+from fedserver.storage.database import Txn, check_int, check_text, encode_stored_json, lookup_ids, lookup_text
 from fedserver.storage.interface import DestinationRetry, InvalidDataError, OutboundItem
 
 
@@ -20,9 +19,7 @@ def encode_json(value: Any, what: str) -> bytes:
         check_text(value, what)
         return value.encode("utf-8")
     try:
-        return json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
-        ).encode("utf-8")
+        return encode_stored_json(value)
     except (TypeError, ValueError, UnicodeError, RecursionError) as e:
         raise InvalidDataError(f"{what} is not JSON-serialisable: {e}") from None
 

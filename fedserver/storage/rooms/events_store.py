@@ -9,7 +9,7 @@ from fedserver.events.model import Event
 from fedserver.events.status import REFUSAL_KINDS, OutcomeStatus
 from fedserver.room_versions import RoomVersion, RoomVersionRegistry
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Txn, check_int, check_text, check_texts, lookup_ids, lookup_text
+from fedserver.storage.database import Txn, check_int, check_text, check_texts, encode_stored_json, lookup_ids, lookup_text
 from fedserver.storage.interface import (
     EventMeta,
     InvalidDataError,
@@ -82,9 +82,7 @@ def _encode_pdu(pdu: dict[str, Any]) -> bytes:
     # Canonical JSON (appendix "Canonical JSON": sorted keys, no insignificant whitespace,
     # UTF-8). The PDU was validated before it got here, so the number checks of
     # fedserver.events.canonical are not repeated: they cost more than the encoding.
-    return json.dumps(
-        pdu, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
-    ).encode("utf-8")
+    return encode_stored_json(pdu)
 
 
 def _refusal(value: Any, what: str) -> Optional[Refusal]:
@@ -123,6 +121,10 @@ class EventStore:
         self._state_groups = state_groups
         self._clock_ms = clock_ms
         self.cache: LruCache[str, Event] = LruCache(cache_size)
+        #: ``{room_id: n}``: bumped after each commit that changed who is joined to the
+        #: room (its member state, or its partial-state servers): caches of what follows
+        #: from the members (the room's servers) keep a value only while it is unchanged.
+        self._membership_generation: dict[str, int] = {}
 
     # -- persisting -------------------------------------------------------------------
 
@@ -402,6 +404,20 @@ class EventStore:
         for room_id, delta in per_room.items():
             self.apply_current_state_delta_txn(txn, room_id, delta, known)
 
+    def membership_generation(self, room_id: str) -> int:
+        """How many committed changes of ``room_id``'s members this process has seen (see
+        :meth:`membership_changed_txn`)."""
+        return self._membership_generation.get(room_id, 0)
+
+    def membership_changed_txn(self, txn: Txn, room_id: str) -> None:
+        """Record that ``txn`` changes who is joined to ``room_id``: its generation moves
+        once the transaction commits (a cache filled from a read that began before then
+        sees the move and does not keep what it read)."""
+        txn.call_after_commit(self._bump_membership, room_id)
+
+    def _bump_membership(self, room_id: str) -> None:
+        self._membership_generation[room_id] = self._membership_generation.get(room_id, 0) + 1
+
     def apply_current_state_delta_txn(
         self,
         txn: Txn,
@@ -423,6 +439,8 @@ class EventStore:
             if v is not None
         ]
         deletes = [(room_id, k[0], k[1]) for k, v in delta.items() if v is None]
+        if any(k[0] == "m.room.member" for k in delta):
+            self.membership_changed_txn(txn, room_id)
         if upserts:
             txn.executemany(
                 "INSERT INTO current_state (room_id, type, state_key, event_nid, membership)"

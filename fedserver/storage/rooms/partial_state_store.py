@@ -83,6 +83,7 @@ class PartialStateStore:
             (room_id, join_event_id, resident, self._clock_ms()),
         )
         txn.execute("DELETE FROM partial_state_servers WHERE room_id = ?", (room_id,))
+        self._events.membership_changed_txn(txn, room_id)
         txn.executemany(
             "INSERT INTO partial_state_servers (room_id, server_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [(room_id, s) for s in names],
@@ -296,5 +297,6 @@ class PartialStateStore:
         txn.execute("INSERT INTO partial_state_completions (stream_id, room_id) VALUES (?, ?)", (stream_id, room_id))
         txn.execute("DELETE FROM partial_state_events WHERE room_id = ?", (room_id,))
         txn.execute("DELETE FROM partial_state_servers WHERE room_id = ?", (room_id,))
+        self._events.membership_changed_txn(txn, room_id)
         txn.execute("DELETE FROM partial_state_rooms WHERE room_id = ?", (room_id,))
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from twisted.internet.defer import Deferred, succeed
 
 from fedserver.storage.cache import LruCache
-from fedserver.storage.database import Database, Txn, check_int, check_text, deferred_errors, lookup_ids, lookup_text
+from fedserver.storage.database import Database, Txn, check_int, check_text, deferred_errors, encode_stored_json, lookup_ids, lookup_text
 from fedserver.storage.interface import InvalidDataError, StorageError
 
 #: Profile fields that have their own column.
@@ -82,9 +82,7 @@ def _encode_object(value: Any, what: str) -> bytes:
     if type(value) is not dict:
         raise InvalidDataError(f"{what} must be a JSON object")
     try:
-        return json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
-        ).encode("utf-8")
+        return encode_stored_json(value)
     except (TypeError, ValueError, UnicodeError, RecursionError) as e:
         raise InvalidDataError(f"{what} is not JSON-serialisable: {e}") from None
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from fedserver.storage.database import Database, Txn, check_int, check_text, lookup_ids, lookup_text
+from fedserver.storage.database import Database, Txn, check_int, check_text, encode_stored_json, lookup_ids, lookup_text
 
 #: The sequences this store allocates from.
 DEVICE_LIST_SEQUENCE = "device_list"
@@ -23,7 +23,7 @@ ONE_TIME_KEY_SEQUENCE = "e2e_one_time_keys"
 
 def encode_json(value: Any) -> bytes:
     """Canonical-ish JSON bytes for storage (sorted keys, compact, UTF-8)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True).encode("utf-8")
+    return encode_stored_json(value)
 
 
 def decode_json(data: Any) -> Any:

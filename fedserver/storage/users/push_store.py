@@ -7,7 +7,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from fedserver.storage.database import Database, Txn, check_int, check_text, lookup_ids, lookup_text
+from fedserver.storage.database import Database, Txn, check_int, check_text, encode_stored_json, lookup_ids, lookup_text
 from fedserver.storage.interface import InvalidDataError
 
 #: The thread id of unthreaded read positions.
@@ -18,7 +18,7 @@ MAIN = "main"
 
 def _encode(value: Any, what: str) -> bytes:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True).encode("utf-8")
+        return encode_stored_json(value)
     except (TypeError, ValueError, UnicodeError, RecursionError) as e:
         raise InvalidDataError(f"{what} is not JSON-serialisable: {e}") from None
 

@@ -7,7 +7,7 @@ from typing import Any, Iterable, NamedTuple, Optional
 
 from twisted.internet.defer import Deferred
 
-from fedserver.storage.database import Database, Txn, check_int, check_text, lookup_ids, lookup_text
+from fedserver.storage.database import Database, Txn, check_int, check_text, encode_stored_json, lookup_ids, lookup_text
 from fedserver.storage.interface import InvalidDataError
 
 #: The receipt type only the user who sent it may see (Client-Server "Private read receipts").
@@ -36,7 +36,7 @@ def _encode(data: Any) -> bytes:
     if type(data) is not dict:
         raise InvalidDataError("receipt data must be an object")
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True).encode("utf-8")
+        return encode_stored_json(data)
     except (TypeError, ValueError, UnicodeError, RecursionError) as e:
         raise InvalidDataError(f"receipt data is not JSON-serialisable: {e}") from None
 
