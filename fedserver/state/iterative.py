@@ -227,7 +227,13 @@ def iterative_auth_checks(
         if ev is None or ev.rejected_reason is not None or ev.state_key is None:
             continue
         view = AuthStateView(state, None, graph, rv, ev, n, resolved)
-        if checked(auth_check, ev, view):
+        try:  # checked(), inline: this loop runs once per event of the full conflicted set
+            allowed = auth_check(ev, view)
+        except Exception:  # noqa: BLE001 - see checked()
+            logger.warning("auth check raised for %s during state resolution", ev.event_id,
+                           exc_info=True)
+            allowed = False
+        if allowed:
             key = (ev.type, ev.state_key)
             state[key] = ev.event_id
             resolved[key] = ev
