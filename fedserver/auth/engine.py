@@ -147,6 +147,7 @@ class AuthEngine:
         self._spec_by_identifier = {v.identifier: v for v in SPEC_ROOM_VERSIONS}
         self._pl_cache: dict[str, tuple[Any, RoomVersion, PowerLevels]] = {}
         self._impls: dict[str, tuple[_Impl, ...]] = {}
+        self._join_rule_allows_hook = self._join_rule_allows  # bound once, used per check
         self.reload_hooks()
 
     # -- hook plumbing -----------------------------------------------------------------
@@ -274,7 +275,7 @@ class AuthEngine:
     ) -> AuthState:
         return AuthState.for_engine(
             rv, event, auth_map, create, verified_servers, self._is_spec_version(rv),
-            self.room_versions, self._pl_cache, self._join_rule_allows,
+            self.room_versions, self._pl_cache, self._join_rule_allows_hook,
         )
 
     # -- entry points ------------------------------------------------------------------
