@@ -222,11 +222,21 @@ def iterative_auth_checks(
     # What the views have looked up in ``state``, shared: an admitted event replaces its
     # key's entry below, so it always describes ``state`` as it is.
     resolved: dict[StateKey, Event | None] = {}
+    new_view = AuthStateView.__new__
     for n in nodes:
         ev = events[n]
         if ev is None or ev.rejected_reason is not None or ev.state_key is None:
             continue
-        view = AuthStateView(state, None, graph, rv, ev, n, resolved)
+        # AuthStateView(state, None, graph, rv, ev, n, resolved), without the call of
+        # __init__ and its defaults: once per event of the full conflicted set.
+        view = new_view(AuthStateView)
+        view._partial = state
+        view._fallback = None
+        view._graph = graph
+        view._rv = rv
+        view._event = ev
+        view._node = n
+        view._resolved = resolved
         try:  # checked(), inline: this loop runs once per event of the full conflicted set
             allowed = auth_check(ev, view)
         except Exception:  # noqa: BLE001 - see checked()
