@@ -333,3 +333,27 @@ class LateVetoTests(SynchronousTestCase):
         for order in (None, room.auth_order):
             after = resolve_state(V12, sets, room.get_event, check, auth_order=order)
             self.assertEqual(after[(TOPIC, "")], room.id("topic_a"))
+
+
+class VerdictTests(SynchronousTestCase):
+    def test_deny_and_result_are_still_frozen_dataclasses(self):
+        """Deny and AuthResult, built through their slots, keep what their dataclass
+        promised: defaults, equality, hashing, repr, dataclasses.replace and
+        immutability."""
+        import dataclasses
+
+        from fedserver.auth.verdict import ALLOWED, AuthResult
+
+        d = Deny("r", "v12 5.3.7")
+        self.assertEqual(d.plugin, "")
+        self.assertEqual(d, Deny("r", "v12 5.3.7", ""))
+        self.assertNotEqual(d, Deny("r", "v12 5.3.7", "p"))
+        self.assertEqual(hash(d), hash(Deny("r", "v12 5.3.7")))
+        self.assertEqual(repr(d), "Deny(reason='r', rule='v12 5.3.7', plugin='')")
+        self.assertEqual(dataclasses.replace(d, plugin="p"), Deny("r", "v12 5.3.7", "p"))
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, d, "reason", "x")
+        result = AuthResult(False, (d,))
+        self.assertEqual((result.allowed, result.rule, result.reason), (False, "v12 5.3.7", "r"))
+        self.assertEqual(result, AuthResult.deny(d))
+        self.assertEqual(AuthResult(True), ALLOWED)
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, result, "allowed", True)
