@@ -820,6 +820,7 @@ class FedserverService(service.MultiService):
             sync.register_section(section)
         sync.on_sync.append(lambda requester, set_presence: eph.presence.user_syncing(requester.user_id, set_presence))
         eph.receipts.on_read.append(push.notifications.on_read)
+        self.rooms.upgrades.on_followed.append(push.rules.copy_room_rules)
         self.transactions.register_edu_handler("m.receipt", eph.receipts.on_edu)
         self.transactions.register_edu_handler("m.typing", eph.typing.on_edu)
         self.transactions.register_edu_handler("m.presence", eph.presence.on_edu)

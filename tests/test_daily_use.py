@@ -317,6 +317,32 @@ class OneServerTests(DailyUseTestCase):
         self.assertError(await a.call("GET", "/pushrules/device/override/one", token=at), 404, "M_NOT_FOUND")
         self.assertError(await a.call("GET", "/pushrules/"), 401, "M_MISSING_TOKEN")
 
+    async def test_push_rules_follow_a_room_upgrade(self):
+        """A room's push rules follow its upgrade: the upgrader's at once, a member's when
+        they join the replacement room (client-server spec, "Room Upgrades": the user's
+        personalized settings are transferred), and /sync says the rules changed."""
+        a = await self.server()
+        alice, at = await a.register("alice")
+        bob, bt = await a.register("bob")
+        old = (await a.ok("POST", "/createRoom", {"preset": "public_chat", "room_version": "10"}, at))["room_id"]
+        await a.ok("POST", f"/rooms/{old}/join", {}, bt)
+        await a.ok("PUT", f"/pushrules/global/room/{old}", {"actions": []}, at)
+        def q(rule_id):
+            return quote(rule_id, safe="")
+
+        await a.ok("PUT", f"/pushrules/global/override/{q('quiet ' + old)}", {"actions": [], "conditions": [
+            {"kind": "event_match", "key": "room_id", "pattern": old}]}, bt)
+        bob_sync = await a.sync(bt)
+        new = (await a.ok("POST", f"/rooms/{old}/upgrade", {"new_version": "11"}, at))["replacement_room"]
+        self.assertEqual((await a.ok("GET", f"/pushrules/global/room/{new}", token=at))["rule_id"], new)
+        self.assertError(await a.call("GET", f"/pushrules/global/override/{q('quiet ' + new)}", token=bt), 404, "M_NOT_FOUND")
+        await a.ok("POST", f"/rooms/{new}/join", {}, bt)
+        copied = await a.ok("GET", f"/pushrules/global/override/{q('quiet ' + new)}", token=bt)
+        self.assertEqual(copied["conditions"], [{"kind": "event_match", "key": "room_id", "pattern": new}])
+        after = await a.sync(bt, bob_sync["next_batch"])
+        pushed = [e for e in after["account_data"]["events"] if e["type"] == "m.push_rules"]
+        self.assertIn(f"quiet {new}", [r["rule_id"] for r in pushed[0]["content"]["global"]["override"]])
+
     async def test_counts_threads_receipts_and_notifications(self):
         """Bob's messages notify Alice: a mention highlights, a thread reply counts in its
         thread when the filter asks for unread_thread_notifications (else in the room's

@@ -15,6 +15,7 @@ from fedserver.push.rules import (
     RuleError,
     UserRules,
     build_ruleset,
+    copy_room_rules,
     default_rules,
     default_rules_single_out,
     delete_rule,
@@ -142,6 +143,36 @@ class RulesetTests(unittest.TestCase):
         self.assertEqual(ids[:6], [".m.rule.master", "zero", "two", "one", "three", ".m.rule.suppress_notices"])
         one = find_rule(build_ruleset(ALICE, ur), "override", "one")
         self.assertEqual((one["actions"], one["default"], one["enabled"]), ([], False, True))
+
+    def test_room_rules_copied_for_a_replacement_room(self):
+        """After a room upgrade, the user's room rule and override/underride rules matching
+        exactly the old room are copied for the new room, each just before its original;
+        other rules, and rules the new room already has, are left alone; nothing to copy
+        gives None."""
+        old, new = "!old:example.org", "!new:example.org"
+        ur = UserRules()
+        ur = put_rule(ur, ALICE, "room", old, {"actions": ["notify"]})
+        ur = put_rule(ur, ALICE, "room", "!other:example.org", {"actions": []})
+        ur = put_rule(ur, ALICE, "override", f"mute {old}", {"actions": [], "conditions": [
+            {"kind": "event_match", "key": "room_id", "pattern": old},
+            {"kind": "event_match", "key": "type", "pattern": "m.room.message"}]})
+        ur = put_rule(ur, ALICE, "override", "cake", {"actions": ["notify"], "conditions": [
+            {"kind": "event_match", "key": "content.body", "pattern": "cake"}]})
+        ur = put_rule(ur, ALICE, "underride", f"{old} wildcard", {"actions": [], "conditions": [
+            {"kind": "event_match", "key": "room_id", "pattern": old + "*"}]})
+        copied = copy_room_rules(ur, old, new)
+        self.assertIsNotNone(copied)
+        self.assertEqual([r["rule_id"] for r in copied.own["room"]], ["!other:example.org", new, old])
+        self.assertEqual(find_rule(build_ruleset(ALICE, copied), "room", new)["actions"], ["notify"])
+        override_ids = [r["rule_id"] for r in copied.own["override"]]
+        self.assertEqual(override_ids, ["cake", f"mute {new}", f"mute {old}"])
+        mute = find_rule(build_ruleset(ALICE, copied), "override", f"mute {new}")
+        self.assertEqual(mute["conditions"][0]["pattern"], new)
+        self.assertEqual(mute["conditions"][1]["pattern"], "m.room.message")
+        self.assertEqual([r["rule_id"] for r in copied.own["underride"]], [f"{old} wildcard"])  # not an exact match
+        self.assertEqual(find_rule(build_ruleset(ALICE, ur), "override", f"mute {old}")["conditions"][0]["pattern"], old)
+        self.assertIsNone(copy_room_rules(copied, old, new))  # already there: nothing more
+        self.assertIsNone(copy_room_rules(UserRules(), old, new))
 
     def test_bad_requests(self):
         """Reserved ids, slashes, unknown kinds and actions, missing actions or pattern,

@@ -405,6 +405,57 @@ def put_rule(
     return out
 
 
+def copy_room_rules(user_rules: UserRules, old_room: str, new_room: str) -> Optional[UserRules]:
+    """Room upgrades: "When a user joins the new room, the server should automatically
+    transfer/replicate some of the user's personalized settings" (client-server spec,
+    "Room Upgrades", server behaviour), push rules among them. The user's own rules for
+    ``old_room`` are copied for ``new_room``, each placed just before its original: the
+    ``room`` rule whose id is the old room, and ``override`` / ``underride`` rules with an
+    ``event_match`` of ``room_id`` against exactly the old room (the copy's id has the old
+    room's id replaced, and it matches the new room). A rule the new room has already is
+    left as it is.
+
+    :returns: the new :class:`UserRules`, or ``None`` if there is nothing to copy.
+    """
+    out = user_rules.copy()
+    changed = False
+    for kind, rules in out.own.items():
+        taken = {r["rule_id"] for r in rules}
+        copied: list[dict[str, Any]] = []
+        for rule in rules:
+            copy_of: Optional[dict[str, Any]] = None
+            if kind == "room" and rule["rule_id"] == old_room:
+                copy_of = {**rule, "rule_id": new_room}
+            elif kind in CONDITION_KINDS and old_room in rule["rule_id"] and _matches_room(rule, old_room):
+                copy_of = {
+                    **rule,
+                    "rule_id": rule["rule_id"].replace(old_room, new_room),
+                    "conditions": [
+                        {**c, "pattern": new_room} if _is_room_condition(c, old_room) else c
+                        for c in rule.get("conditions", [])
+                    ],
+                }
+            if copy_of is not None and copy_of["rule_id"] not in taken:
+                taken.add(copy_of["rule_id"])
+                copied.append(copy_of)
+                changed = True
+            copied.append(rule)
+        out.own[kind] = copied
+    return out if changed else None
+
+
+def _is_room_condition(condition: Any, room_id: str) -> bool:
+    return (
+        isinstance(condition, dict) and condition.get("kind") == "event_match"
+        and condition.get("key") == "room_id" and condition.get("pattern") == room_id
+    )
+
+
+def _matches_room(rule: Mapping[str, Any], room_id: str) -> bool:
+    conditions = rule.get("conditions")
+    return isinstance(conditions, list) and any(_is_room_condition(c, room_id) for c in conditions)
+
+
 def delete_rule(user_rules: UserRules, kind: str, rule_id: str) -> UserRules:
     """Spec ``DELETE /pushrules/global/{kind}/{ruleId}``.
 

@@ -20,6 +20,7 @@ from fedserver.push.rules import (
     UserRules,
     build_ruleset,
     check_kind,
+    copy_room_rules,
     delete_rule,
     find_rule,
     put_rule,
@@ -134,7 +135,9 @@ class PushRulesHandler:
             raise not_found("Push rule not found")
         return rule
 
-    async def _change(self, user_id: str, change: Callable[[UserRules], UserRules]) -> None:
+    async def _change(self, user_id: str, change: Callable[[UserRules], Optional[UserRules]]) -> None:
+        """Apply ``change`` to the user's rules (one change at a time per user); a
+        ``change`` returning ``None`` changes nothing."""
         lock = self._locks.setdefault(user_id, defer.DeferredLock())
         await lock.acquire()
         try:
@@ -142,6 +145,8 @@ class PushRulesHandler:
                 new = change(await self._user_rules(user_id))
             except RuleError as e:
                 raise _matrix_error(e) from None
+            if new is None:
+                return
             await self._store.push.set_user_rules(user_id, new.to_json())
             self._changes += 1
             self._cache.pop(user_id, None)
@@ -162,6 +167,11 @@ class PushRulesHandler:
     async def delete_rule(self, user_id: str, kind: str, rule_id: str) -> None:
         """``DELETE /pushrules/global/{kind}/{ruleId}``."""
         await self._change(user_id, lambda ur: delete_rule(ur, kind, rule_id))
+
+    async def copy_room_rules(self, user_id: str, old_room: str, new_room: str) -> None:
+        """A room upgrade followed: the user's rules for ``old_room`` apply to ``new_room``
+        too (see :func:`fedserver.push.rules.copy_room_rules`)."""
+        await self._change(user_id, lambda ur: copy_room_rules(ur, old_room, new_room))
 
     async def set_attribute(self, user_id: str, kind: str, rule_id: str, attr: str, value: Any) -> None:
         """``PUT .../enabled`` or ``PUT .../actions``."""

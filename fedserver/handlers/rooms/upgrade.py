@@ -31,7 +31,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Mapping, Optional, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Optional, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -109,6 +109,10 @@ class RoomUpgradeHandler:
         self.membership = membership
         self.room_versions = room_versions
         self._locks: dict[str, defer.DeferredLock] = {}
+        #: ``callback(user_id, old_room, new_room)`` (awaited) when a local user joins a
+        #: replacement room (or made it by upgrading): other areas carry the user's
+        #: settings for the old room over (push rules).
+        self.on_followed: list[Callable[[str, str, str], Awaitable[None]]] = []
 
     async def upgrade(self, requester: Requester, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Upgrade ``room_id`` (see the module comment).
@@ -172,6 +176,9 @@ class RoomUpgradeHandler:
             await self._invite_members(user_id, new_room, old.state, old.events)
         await self._send_tombstone(user_id, room_id, new_room)  # 5.
         await self._quiet_old_room(old.current("m.room.power_levels"), room_id, send)  # 6.
+        # The upgrader joined the replacement room by making it: their settings follow as
+        # they do for a member joining it later.
+        await self.on_joined(user_id, new_room)
         return {"replacement_room": new_room}
 
     async def _check_may_upgrade(self, user_id: str, room_id: str) -> Any:
@@ -399,7 +406,8 @@ class RoomUpgradeHandler:
 
     async def on_joined(self, user_id: str, room_id: str) -> None:
         """A local user joined ``room_id``: if it replaces another room (its create event
-        names a ``predecessor``) copy the user's per-room settings (tags) from it (spec:
+        names a ``predecessor``) copy the user's per-room settings (tags here, push rules through
+        :attr:`on_followed`) from it (spec:
         "When a user joins the new room, the server should automatically
         transfer/replicate some of the user's personalized settings")."""
         accounts = getattr(self.store, "accounts", None)
@@ -417,6 +425,8 @@ class RoomUpgradeHandler:
             content = await accounts.get_account_data(user_id, old_room, data_type)
             if isinstance(content, dict):
                 await accounts.set_account_data(user_id, room_id, data_type, content)
+        for callback in list(self.on_followed):
+            await callback(user_id, old_room, room_id)
 
 
 def _int(value: Any, default: int) -> int:
