@@ -287,9 +287,124 @@ class AuthGraph:
         set that is in some sets' auth chains but not others', and making it part of the
         difference would only replay an event every set already agrees on.
 
+        With ``auth_order``, events present in every set (most of two states of one room)
+        are only fetched if the walk gets down to them: see :meth:`_difference_by_order`.
+
         :returns: nodes.
         """
+        if self._auth_order is not None and len(state_sets) > 1:
+            try:
+                found = self._difference_by_order(state_sets)
+            except KeyError:
+                found = None
+            if found is not None:
+                return found
         return self.partial_nodes([self.nodes(s.values()) for s in state_sets])
+
+    def _difference_by_order(self, state_sets: Sequence[Mapping[object, str]]) -> set[int] | None:
+        """:meth:`_masks_by_order`'s walk, with the events of every set (the "full" start
+        events) entering the heap only when the walk reaches their auth order.
+
+        The walk stops as soon as no event reachable from only some sets is left in the
+        heap; full start events below that point cannot change the answer (they and all
+        they reach are in every chain), so they are never fetched. Those above it are
+        merged into the heap before anything of lower order leaves it, so every mask is
+        complete when its event leaves, as in :meth:`_masks_by_order`.
+
+        :returns: the nodes reachable from some but not all sets, or ``None`` if the auth
+            orders do not order the graph.
+        :raises KeyError: if ``auth_order`` does not know an event.
+        """
+        full = (1 << len(state_sets)) - 1
+        by_id: dict[str, int] = {}
+        for i, s in enumerate(state_sets):
+            bit = 1 << i
+            for eid in s.values():
+                by_id[eid] = by_id.get(eid, 0) | bit
+        index = self.index
+        events = self.events
+        auth_order = self._auth_order
+        assert auth_order is not None
+        node = self.node
+        mask: dict[int, int] = {}
+        later: list[tuple[int, str]] = []  # full start events not fetched yet
+        for eid, m in by_id.items():
+            n = index.get(eid)
+            if m == full and n is None:
+                try:
+                    d = auth_order(eid)
+                except KeyError:
+                    d = None
+                if type(d) is int:
+                    later.append((d, eid))
+                    continue
+                if events[node(eid)] is not None:  # only missing events may lack an order
+                    raise KeyError(eid)
+                continue
+            if n is None:
+                n = node(eid)
+            if events[n] is not None:
+                mask[n] = m
+        later.sort()
+        orders = self._orders
+        order = self.order
+        parents = self.parents
+        known_parents = self._parents
+        ids = self.ids
+        heap = [-((d << 32) | n) for n, d in zip(mask, self._orders_of(mask))]
+        heapq.heapify(heap)
+        heappop = heapq.heappop
+        heappush = heapq.heappush
+        pending = sum(1 for m in mask.values() if m != full)
+        while pending:
+            # Full start events at or above the next event to leave the heap join it first.
+            while later and (not heap or later[-1][0] >= (-heap[0]) >> 32):
+                d, eid = later.pop()
+                n = node(eid)
+                if events[n] is None:
+                    continue
+                orders[n] = d
+                old = mask.get(n)
+                if old is None:
+                    mask[n] = full
+                    heappush(heap, -((d << 32) | n))
+                elif old != full:
+                    mask[n] = full  # met as an auth event already: in the heap
+                    pending -= 1
+            if not pending:
+                break
+            key = -heappop(heap)
+            n = key & 0xFFFFFFFF
+            dn = key >> 32
+            m = mask[n]
+            if m != full:
+                pending -= 1
+            ps = known_parents[n]
+            if ps is None:
+                ps = parents(n)
+            for p in ps:
+                dp = orders.get(p)
+                if dp is None:
+                    dp = order(p)
+                if dp >= dn:
+                    return None
+                old = mask.get(p)
+                if old is None:
+                    if by_id.get(ids[p]) == full:
+                        m_p = full  # a full start event met before its turn
+                    else:
+                        m_p = m
+                        if m != full:
+                            pending += 1
+                    mask[p] = m_p
+                    heappush(heap, -((dp << 32) | p))
+                    continue
+                new = old | m
+                if new != old:
+                    mask[p] = new
+                    if new == full:
+                        pending -= 1
+        return {n for n, m in mask.items() if m != full}
 
     def nodes(self, event_ids: Iterable[str]) -> list[int]:
         """:meth:`node` of each of ``event_ids``."""
