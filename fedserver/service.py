@@ -554,7 +554,7 @@ class FedserverService(service.MultiService):
             fetchers.append(NotaryKeyFetcher(client.post_json, notaries))
         self.keyring = Keyring(
             reactor, store, fetchers, name, {self.key_id: self.signing_key.verify_key},
-            threadpool=reactor.getThreadPool(), parallel_threshold=32,
+            threadpool=reactor.getThreadPool(), parallel_threshold=16,
         )
         self.notary = NotaryService(
             reactor, self.keyring, store, name, self.signing_key, own_key_document=self.key_document.current

@@ -139,6 +139,32 @@ class RoomEndpointTests(ClientRoomsTestCase):
         code, rooms = await self.call("GET", "/_matrix/client/r0/joined_rooms", token=bob)
         self.assertEqual(code, 200)
 
+    async def test_joined_members_read_in_chunks(self):
+        """/joined_members reads member events a chunk at a time (bounded memory in large
+        rooms): with a chunk of one event, every joined member is still listed with its
+        display name, and a member who left is not."""
+        from fedserver.handlers.rooms import timeline
+
+        self.patch(timeline, "JOINED_MEMBERS_CHUNK", 1)
+        alice = await self.register("alice")
+        code, body = await self.call("POST", "/createRoom", {"preset": "public_chat"}, token=alice)
+        self.assertEqual(code, 200, body)
+        room_id = body["room_id"]
+        for name in ("bob", "carol", "dave"):
+            token = await self.register(name)
+            code, _ = await self.call("PUT", f"/profile/@{name}:{SERVER}/displayname", {"displayname": name.title()}, token=token)
+            self.assertEqual(code, 200)
+            code, _ = await self.call("POST", f"/join/{q(room_id)}", {}, token=token)
+            self.assertEqual(code, 200)
+            if name == "carol":
+                code, _ = await self.call("POST", f"/rooms/{q(room_id)}/leave", {}, token=token)
+                self.assertEqual(code, 200)
+        code, joined = await self.call("GET", f"/rooms/{q(room_id)}/joined_members", token=alice)
+        self.assertEqual(code, 200, joined)
+        self.assertEqual(sorted(joined["joined"]), [f"@alice:{SERVER}", f"@bob:{SERVER}", f"@dave:{SERVER}"])
+        self.assertEqual(joined["joined"][f"@bob:{SERVER}"], {"display_name": "Bob"})
+        self.assertEqual(joined["joined"][f"@dave:{SERVER}"], {"display_name": "Dave"})
+
     async def test_power_levels_kick_ban_leave(self):
         """Setting the topic is 403 for a plain member until the power levels allow it;
         kick and ban need power; a banned user cannot rejoin; leave works."""

@@ -131,6 +131,28 @@ class IngestTests(StoreTestCase):
         batch = await self.ingest.check_pdus(self.peer.name, [self.peer.pdu(V10, ROOM, "more")])
         self.assertEqual((len(batch.entries), self.fetcher.calls), (1, 1))
 
+    async def test_fifty_pdus_each_verdict_on_its_own_pdu(self):
+        """A full transaction is checked in parts (the signatures of one part verified while
+        the next is checked): an invalid PDU in the first part, a forged one and one whose
+        content was altered in the second each get their own verdict, and the rest are
+        kept in the order received."""
+        forger = Peer("peer.test", "p1")
+        pdus = [self.peer.pdu(V10, ROOM, str(i)) for i in range(50)]
+        pdus[3]["content"]["n"] = 1.5
+        pdus[40] = forger.pdu(V10, ROOM, "forged")
+        pdus[30]["content"]["body"] = "tampered"
+        ids = [compute_event_id(p, V10) for p in pdus]
+        batch = await self.ingest.check_pdus(self.peer.name, pdus)
+        self.assertIn("Invalid event", batch.results[ids[3]]["error"])
+        self.assertIn("Signature check failed", batch.results[ids[40]]["error"])
+        self.assertEqual({i for i, eid in enumerate(ids) if batch.results[eid] != {}}, {3, 40})
+        kept = [eid for i, eid in enumerate(ids) if i not in (3, 40)]
+        self.assertEqual([e.event.event_id for e in batch.entries], kept)
+        self.assertEqual(batch.entries[29].event.content, {})  # pdus[30], redacted
+        self.assertEqual(batch.entries[30].event.content["body"], "31")
+        self.assertEqual(set(batch.verified), set(kept))
+        self.assertTrue(all(batch.verified[eid] == {"peer.test"} for eid in kept))
+
     async def test_room_versions_v1_and_v11(self):
         """Format V1 rooms take the PDU's own event_id (which the origin must sign too);
         other rooms compute it. A v1 PDU claiming another server's event id is refused."""

@@ -109,3 +109,38 @@ class PresenceIntroductionTests(DailyUseTestCase):
         """The same when more of our users are online than that bound (the room's member
         list read)."""
         await self._introduced(0)
+
+
+class JoinedMembersOfServerTests(DailyUseTestCase):
+    async def test_count_and_members_of_one_server(self):
+        """get_joined_members_of_server gives the room's joined count and the joined members
+        whose id ends with ``:server`` with their member event ids: a member who left is
+        neither counted nor listed; another server name, a pattern's wildcards, or a name
+        one character longer or shorter list nobody (the suffix is compared exactly)."""
+        a = await self.server()
+        alice, at = await a.register("alice")
+        bob, bt = await a.register("bob")
+        carol, ct = await a.register("carol")
+        room = (await a.ok("POST", "/createRoom", {"preset": "public_chat"}, at))["room_id"]
+        await a.ok("POST", f"/rooms/{q(room)}/join", {}, bt)
+        await a.ok("POST", f"/rooms/{q(room)}/join", {}, ct)
+        await a.ok("POST", f"/rooms/{q(room)}/leave", {}, ct)
+        push = a.svc.store.push
+        count, members = await push.get_joined_members_of_server(room, a.name)
+        self.assertEqual(count, 2)
+        member_ids = {}
+        for user in (alice, bob):
+            state = await a.ok("GET", f"/rooms/{q(room)}/state/m.room.member/{q(user)}", token=at)
+            self.assertEqual(state["membership"], "join")
+        for user, event_id in members:
+            member_ids[user] = event_id
+        self.assertEqual(set(member_ids), {alice, bob})
+        events = await a.svc.store.get_events(list(member_ids.values()))
+        self.assertEqual({e.state_key for e in events.values()}, {alice, bob})
+        self.assertEqual({e.content["membership"] for e in events.values()}, {"join"})
+        self.assertEqual(await push.get_joined_members_of_server(room, "other.example"), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server(room, "%"), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server(room, "_" * len(a.name)), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server(room, "x" + a.name), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server(room, a.name[1:]), (2, []))
+        self.assertEqual(await push.get_joined_members_of_server("!unknown:" + a.name, a.name), (0, []))

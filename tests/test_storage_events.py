@@ -33,6 +33,17 @@ def _count(path: str, table: str) -> int:
         conn.close()
 
 
+def _json_sizes(path: str, event_ids: list[str]) -> dict[str, int]:
+    conn = connect_test_database(path)
+    try:
+        rows = conn.execute(
+            f"SELECT event_id, json FROM events WHERE event_id IN ({', '.join('?' * len(event_ids))})", event_ids
+        ).fetchall()
+        return {r[0]: len(r[1]) for r in rows}
+    finally:
+        conn.close()
+
+
 class RoundTripTests(StoreTestCase):
     """Events come back exactly as they were stored, in every room version."""
 
@@ -71,6 +82,33 @@ class RoundTripTests(StoreTestCase):
                 self.assertEqual(await store.get_forward_extremities(room_id), [events[-1].event_id])
                 room = await store.get_room(room_id)
                 self.assertEqual(room.creator, events[0].sender)
+
+    async def test_event_cache_bounded_by_json_size(self):
+        """The event cache is bounded by the stored JSON length of its events, not their
+        count: loaded events are cached up to the bound (oldest dropped first), an event
+        larger than the whole bound is never cached, and every load still returns every
+        event (from the database when not cached)."""
+        path = self.db_path()
+        store = await self.open(path, event_cache_bytes=4000)
+        room_id, events = make_room(V10)
+        big = make_event(V10, room_id, "m.room.message", content={"body": "x" * 5000},
+                         prev=[events[-1].event_id], auth=[events[1].event_id], depth=9)
+        await store.persist_events(linear_entries([*events, big]))
+        # Reopened: nothing cached from persisting.
+        store.close()
+        store = await self.open(path, event_cache_bytes=4000)
+        cache = store._events.cache
+        ids = [e.event_id for e in events]
+        got = await store.get_events([*ids, big.event_id])
+        self.assertEqual(set(got), {*ids, big.event_id})
+        self.assertEqual(got[big.event_id].content["body"], "x" * 5000)
+        self.assertNotIn(big.event_id, cache)
+        self.assertGreater(len(cache), 0)
+        self.assertLessEqual(cache.weight, 4000)
+        sizes = _json_sizes(path, [e.event_id for e in events])
+        self.assertEqual(cache.weight, sum(sizes[i] for i in ids if i in cache))
+        again = await store.get_events([*ids, big.event_id])
+        self.assertEqual({k: v.pdu for k, v in again.items()}, {k: v.pdu for k, v in got.items()})
 
     async def test_plugin_room_version_uses_registry(self):
         """An event of a room version registered by a plugin is stored under its

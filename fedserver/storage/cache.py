@@ -55,9 +55,13 @@ class LruCache(Generic[K, V]):
                     found[key] = item[0]
         return found
 
-    def put(self, key: K, value: V) -> None:
-        """Store ``value`` under ``key``, dropping the least recently used beyond the bound."""
-        weight = 1 if self._weigher is None else self._weigher(value)
+    def put(self, key: K, value: V, weight: int | None = None) -> None:
+        """Store ``value`` under ``key``, dropping the least recently used beyond the bound.
+
+        :param weight: the value's weight when the caller knows it (e.g. the size of the
+            text it was decoded from); by default the weigher's."""
+        if weight is None:
+            weight = 1 if self._weigher is None else self._weigher(value)
         with self._lock:
             old = self._data.pop(key, _MISSING)
             if old is not _MISSING:

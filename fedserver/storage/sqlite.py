@@ -21,7 +21,7 @@ from fedserver.storage.database import Database, Txn, check_text, connect_pool, 
 from fedserver.storage.rooms.distribution_store import DistributionStore
 from fedserver.storage.dialect import POSTGRESQL
 from fedserver.storage.postgres import PostgresConfig, check_server, connect_pools
-from fedserver.storage.rooms.events_store import EventStore
+from fedserver.storage.rooms.events_store import DEFAULT_EVENT_CACHE_BYTES, EventStore
 from fedserver.storage.federation.federation_extras_store import FederationExtrasStore
 from fedserver.storage.operations.media_store import MediaStore
 from fedserver.storage.federation.federation_store import FederationStore
@@ -63,7 +63,7 @@ def open_store(
     schema_dir: str = DEFAULT_SCHEMA_DIR,
     synchronous: str = "NORMAL",
     busy_timeout_ms: int = 10_000,
-    event_cache_size: int = 5_000,
+    event_cache_bytes: int = DEFAULT_EVENT_CACHE_BYTES,
     state_cache_weight: int = 100_000,
     max_state_chain: int = DEFAULT_MAX_CHAIN,
 ) -> "Deferred[SQLiteStore]":
@@ -80,8 +80,9 @@ def open_store(
         loss with no committed transaction lost.
     :param busy_timeout_ms: how long to wait for a lock held by another process (SQLite;
         PostgreSQL has ``lock_timeout_ms`` in its config).
-    :param event_cache_size: how many loaded events to keep in memory (a small member
-        event takes about 3 KB as an Event).
+    :param event_cache_bytes: how many loaded events to keep in memory, as the total
+        length of their stored JSON (a small member event of 670 bytes takes about 3 KB
+        as an Event).
     :param state_cache_weight: how many state entries the state group cache may hold
         (about 250 bytes each).
     :param max_state_chain: the longest delta chain before a state snapshot.
@@ -105,7 +106,7 @@ def open_store(
             db,
             registry if registry is not None else RoomVersionRegistry(),
             now_ms,
-            event_cache_size=event_cache_size,
+            event_cache_bytes=event_cache_bytes,
             state_cache_weight=state_cache_weight,
             max_state_chain=max_state_chain,
         )
@@ -146,7 +147,7 @@ class SQLiteStore:
         registry: RoomVersionRegistry,
         clock_ms: Callable[[], int],
         *,
-        event_cache_size: int = 5_000,
+        event_cache_bytes: int = DEFAULT_EVENT_CACHE_BYTES,
         state_cache_weight: int = 100_000,
         max_state_chain: int = DEFAULT_MAX_CHAIN,
     ):
@@ -156,7 +157,7 @@ class SQLiteStore:
         self._state_groups = StateGroupStore(
             StateKeyInterner(), max_chain=max_state_chain, cache_weight=state_cache_weight
         )
-        self._events = EventStore(registry, self._state_groups, clock_ms, cache_size=event_cache_size)
+        self._events = EventStore(registry, self._state_groups, clock_ms, cache_bytes=event_cache_bytes)
         self._federation = FederationStore()
         self._distribution = DistributionStore(self._events, self._federation, clock_ms)
         self.history = HistoryStore(self)  # reads for serving history and refusals

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable, Collection, Mapping, Optional, Sequence
+from typing import Any, Awaitable, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,9 +28,6 @@ log = Logger()
 
 #: State event types shown to an invitee or knocker before they are in the room (the
 #: client-server spec's "stripped state" recommendation).
-#: Events read, served and written at a time in a send_join answer.
-JOIN_ANSWER_CHUNK = 500
-
 STRIPPED_STATE_TYPES = (
     "m.room.create",
     "m.room.name",
@@ -479,9 +476,9 @@ class HandshakeHandler:
         members before the join.
 
         The ids are read here; the events themselves are read, turned into the PDUs we
-        serve and written :data:`JOIN_ANSWER_CHUNK` at a time as the answer goes out (a
-        20,000-member room's answer is ~13 MB: the joining server starts checking it at
-        once, and neither side holds it whole). Members are written in sorted order, so
+        serve and written a chunk at a time (:meth:`ServedPdus.chunks`) as the answer goes
+        out (a 20,000-member room's answer is ~13 MB: the joining server starts checking
+        it at once, and neither side holds it whole). Members are written in sorted order, so
         ``auth_chain`` comes before ``state``: a joining server has the auth events of
         the state before the state itself.
         """
@@ -515,15 +512,8 @@ class HandshakeHandler:
                 "members_omitted": partial,
                 "servers_in_room": servers,
             },
-            {"state": lambda: self._served_chunks(ids), "auth_chain": lambda: self._served_chunks(list(chain))},
+            {"state": lambda: self._served.chunks(ids), "auth_chain": lambda: self._served.chunks(list(chain))},
         )
-
-    async def _served_chunks(self, ids: Sequence[str]) -> AsyncIterator[list[dict[str, Any]]]:
-        """The PDUs we serve for ``ids`` (those we have), read a chunk at a time."""
-        for start in range(0, len(ids), JOIN_ANSWER_CHUNK):
-            part = ids[start:start + JOIN_ANSWER_CHUNK]
-            events = await self._store.get_events(part)
-            yield await self._served.pdus([events[i] for i in part if i in events])
 
     async def _hero_member_ids(self, room_id: str, state_ids: Mapping[StateKey, str], joiner: Optional[str]) -> list[str]:
         """The member events of the room's heroes (client-server spec, ``m.heroes``: the

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from fedserver.events.model import Event
 from fedserver.events.status import REFUSAL_KINDS, OutcomeStatus
 from fedserver.handlers.federation.served import ServedPdus
+from fedserver.streamed import StreamedJSON
 from fedserver.handlers.federation.visibility import (
     HISTORY_VISIBILITY_KEY,
     WORLD_READABLE,
@@ -142,18 +143,19 @@ class HistoryHandler:
 
     async def get_state(
         self, origin: str, room_id: str, event_id: str, acl_check: Optional[AclCheck] = None
-    ) -> dict[str, Any]:
+    ) -> StreamedJSON:
         """``GET /state/{roomId}?event_id=``: the state before the event and its auth
-        chain, as PDUs.
+        chain, as PDUs, written as they are read (a 20,000-member room's state is a
+        partial-state joiner's resync: it starts on the first events at once, and the
+        answer is never held whole here).
 
-        :returns: ``{"pdus": [...], "auth_chain": [...]}``.
+        :returns: ``{"pdus": [...], "auth_chain": [...]}`` as a :class:`StreamedJSON`.
         """
         state_ids, chain_ids = await self._state_ids(origin, room_id, event_id, acl_check)
-        events = await self._store.get_events(state_ids + chain_ids, allow_rejected=False)
-        return {
-            "pdus": await self._served.pdus([events[i] for i in state_ids if i in events]),
-            "auth_chain": await self._served.pdus([events[i] for i in chain_ids if i in events]),
-        }
+        return StreamedJSON({}, {
+            "pdus": lambda: self._served.chunks(state_ids, allow_rejected=False),
+            "auth_chain": lambda: self._served.chunks(chain_ids, allow_rejected=False),
+        })
 
     async def get_state_ids(
         self, origin: str, room_id: str, event_id: str, acl_check: Optional[AclCheck] = None

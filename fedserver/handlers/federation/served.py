@@ -13,11 +13,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, Sequence
+from typing import Any, AsyncIterator, Collection, Sequence
 
 from fedserver.events.model import Event
 from fedserver.events.redaction import redact
 from fedserver.handlers.rooms.redactions import RedactionLookup
+
+
+#: Events read and served at a time in an answer written as it is produced (a send_join's
+#: state, a /state answer).
+SERVE_CHUNK = 500
 
 
 class ServedPdus:
@@ -30,7 +35,19 @@ class ServedPdus:
     """
 
     def __init__(self, store: Any, redactions: RedactionLookup | None = None) -> None:
+        self._store = store
         self._redactions = redactions if redactions is not None else RedactionLookup(store)
+
+    async def chunks(
+        self, event_ids: Sequence[str], *, allow_rejected: bool = True, size: int = SERVE_CHUNK
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The PDUs for ``event_ids`` (those we have, in order), read from the store and
+        served ``size`` at a time: for answers written as they are produced
+        (:class:`fedserver.streamed.StreamedJSON`), which never hold them all."""
+        for start in range(0, len(event_ids), size):
+            part = event_ids[start:start + size]
+            events = await self._store.get_events(part, allow_rejected=allow_rejected)
+            yield await self.pdus([events[i] for i in part if i in events])
 
     async def pdus(self, events: Sequence[Event], *, hidden: Collection[str] = ()) -> list[dict[str, Any]]:
         """The PDUs for ``events``, in the same order.

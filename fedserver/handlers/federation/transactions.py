@@ -115,13 +115,23 @@ class TransactionHandler:
         return len(self._locks)
 
     async def _process(self, origin: str, txn_id: str, pdus: list, edus: list) -> tuple[int, Any]:
-        previous = await self._store.get_received_txn(origin, txn_id)
+        # The replay check and the rooms' versions (one lookup per room, shared by the ACL
+        # check and ingest) are read together: the second costs no round trip of its own.
+        # A replay's room versions are not used.
+        versions = defer.ensureDeferred(
+            self._ingest.room_versions(pdus + [{"room_id": r} for e in edus for r in _edu_rooms(e)])
+        )
+        try:
+            previous = await self._store.get_received_txn(origin, txn_id)
+        except BaseException:
+            versions.addErrback(lambda _f: None)
+            raise
         if previous is not None:
+            versions.addErrback(lambda _f: None)
             log.info("Replayed transaction {txn_id} from {origin}: answering as before", txn_id=txn_id, origin=origin)
             self._tell(origin, "replayed", {}, 0)
             return previous
-        # One room version lookup per room, shared by the ACL check and ingest.
-        rooms = await self._ingest.room_versions(pdus + [{"room_id": r} for e in edus for r in _edu_rooms(e)])
+        rooms = await versions
         denied = await self._denied_rooms(origin, rooms)
         batch = await self._ingest.check_pdus(origin, pdus, denied, room_versions=rooms)
         response = {"pdus": batch.results}

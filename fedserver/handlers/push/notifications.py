@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -126,10 +126,10 @@ class NotificationsHandler:
 
     def on_persisted(self, room_id: str, taken: list) -> None:
         """``RoomPipeline.on_persisted``: evaluate the accepted events (not duplicates)."""
-        events = [e for e, outcome in taken if outcome.accepted and not outcome.duplicate]
-        if not events:
+        accepted = [(e, outcome.event_nid) for e, outcome in taken if outcome.accepted and not outcome.duplicate]
+        if not accepted:
             return
-        d = defer.ensureDeferred(self._evaluate(room_id, events))
+        d = defer.ensureDeferred(self._evaluate(room_id, [e for e, _ in accepted], [n for _, n in accepted]))
         self._pending.add(d)
         d.addBoth(self._finished, d)
         d.addErrback(log_unless_storage_fault, "Evaluating push rules in {room_id} failed", room_id=room_id)
@@ -142,11 +142,17 @@ class NotificationsHandler:
         """Fires once every evaluation started so far is stored."""
         return defer.DeferredList(list(self._pending), consumeErrors=True)
 
-    async def _evaluate(self, room_id: str, events: list[Event]) -> None:
-        members = await self._store.push.get_joined_members(room_id)
-        local = {u: member_id for u, member_id in members if self._is_local(u)}
-        nids = await self._store.push.get_event_nids([e.event_id for e in events])
-        power = await current_power(self._store, room_id, "")
+    async def _evaluate(self, room_id: str, events: list[Event], known_nids: Sequence[Optional[int]] = ()) -> None:
+        """Evaluate the push rules of the room's local members for ``events`` (accepted,
+        in order) and record the notifications. ``known_nids``: the events' stream
+        positions where the caller knows them (``Outcome.event_nid``), else read."""
+        member_count, candidates = await self._store.push.get_joined_members_of_server(room_id, self._server_name)
+        local = {u: member_id for u, member_id in candidates if self._is_local(u)}
+        nids = {e.event_id: nid for e, nid in zip(events, known_nids) if nid is not None}
+        unknown = [e.event_id for e in events if e.event_id not in nids]
+        if unknown:
+            nids.update(await self._store.push.get_event_nids(unknown))
+        power = await current_power(self._store, room_id, "", events[0].room_version)
         notification_levels = dict(power.power_levels.notifications)
         member_events: Optional[dict[str, Event]] = None
         actions_out: list[PushAction] = []
@@ -190,7 +196,7 @@ class NotificationsHandler:
                     actions = shared[0]
                 else:
                     name = _display_name(member_events.get(member_id)) if member_events and member_id else None
-                    ctx = PushContext(user_id, name, len(members), sender_level, notification_levels)
+                    ctx = PushContext(user_id, name, member_count, sender_level, notification_levels)
                     actions = evaluate_compiled(self._compiled(ruleset or self._rules.default_ruleset(user_id)), as_dict, ctx)
                     if ruleset is None and singled_out is not None and user_id not in singled_out:
                         shared = (actions,)
@@ -202,7 +208,7 @@ class NotificationsHandler:
                 )
                 notified.append((user_id, event, actions))
             if event.type == "m.room.power_levels" and event.state_key == "":
-                power = await current_power(self._store, room_id, "")
+                power = await current_power(self._store, room_id, "", event.room_version)
                 notification_levels = dict(power.power_levels.notifications)
         if not actions_out and not read_marks:
             return

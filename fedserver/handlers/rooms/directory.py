@@ -70,11 +70,13 @@ def valid_new_localpart(localpart: Any) -> bool:
     )
 
 
-async def current_power(store: Any, room_id: str, user_id: str) -> AuthState:
+async def current_power(store: Any, room_id: str, user_id: str, rv: Any = None) -> AuthState:
     """An :class:`AuthState` over the room's current power levels and create event, to ask
     ``user_level(user_id)`` and the levels required (creators are infinitely powerful
-    from room v12, as the auth rules say)."""
-    rv = await store.get_room_version(room_id)
+    from room v12, as the auth rules say). ``rv``: the room's version if the caller
+    knows it (an event of the room carries it), else read."""
+    if rv is None:
+        rv = await store.get_room_version(room_id)
     state = await store.get_current_state_events(room_id, [POWER_LEVELS_KEY, ("m.room.create", "")])
     create = state.get(("m.room.create", ""))
     pl = state.get(POWER_LEVELS_KEY)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 from twisted.internet import defer
@@ -52,6 +52,9 @@ class Outcome:
     duplicate: bool = False
     stored: bool = False
     queued_for: frozenset[str] = frozenset()
+    #: its stream position once committed (for the ``on_persisted`` callbacks; not part
+    #: of the verdict, so outcomes compare equal with or without it)
+    event_nid: Optional[int] = field(default=None, compare=False)
 
     @property
     def accepted(self) -> bool:
@@ -65,7 +68,7 @@ class _RoomState:
     the database; it is rebuilt from storage after any failed write.
     """
 
-    __slots__ = ("current", "extremities", "create", "partial")
+    __slots__ = ("current", "extremities", "create", "partial", "groups_after")
 
     def __init__(self, current: StateMap, extremities: set[str], create: Optional[Event], partial: bool = False):
         self.current = current
@@ -73,6 +76,9 @@ class _RoomState:
         self.create = create
         #: joined with partial state, resync not finished (MSC3902)
         self.partial = partial
+        #: state group after each forward extremity we committed (the next batch's prev
+        #: events, usually): not read again from storage
+        self.groups_after: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -571,7 +577,12 @@ class RoomPipeline:
             p for e in todo for p in e.prev_event_ids
             if p not in b.batch_events and (p not in meta or meta[p].room_id == room_id)
         }
-        b.groups = await store.get_state_ids_for_events(outside_prevs, after=True) if outside_prevs else {}
+        known = room.groups_after if room is not None else {}
+        groups = {p: known[p] for p in outside_prevs if p in known}
+        rest = [p for p in outside_prevs if p not in groups]
+        if rest:
+            groups.update(await store.get_state_ids_for_events(rest, after=True))
+        b.groups = groups
         b.group_states = await store.get_state_groups(set(b.groups.values())) if b.groups else {}
         wanted = {a for e in todo for a in e.auth_event_ids if a not in b.batch_events}
         initial_states: list[Mapping[StateKey, str]] = list(b.group_states.values()) + list(given_state.values())
@@ -817,11 +828,13 @@ class RoomPipeline:
             raise
         queued: set[str] = set()
         for eid, done in (persisted or {}).items():
-            if done.queued_for and eid in b.outcomes:
-                queued |= done.queued_for
-                b.outcomes[eid] = replace(b.outcomes[eid], queued_for=done.queued_for)
-        if queued:
+            if eid in b.outcomes:
+                if done.queued_for:
+                    queued |= done.queued_for
+                b.outcomes[eid] = replace(b.outcomes[eid], queued_for=done.queued_for, event_nid=done.event_nid)
+        if persisted:
             b.accepted_in_order = [(e, b.outcomes[e.event_id]) for e, _ in b.accepted_in_order]
+        if queued:
             self._wake(frozenset(queued))
         room = b.room
         if room is None:
@@ -832,6 +845,13 @@ class RoomPipeline:
                 room.current = b.current
             if room.create is None:
                 room.create = b.create
+        groups: dict[str, int] = {}
+        for eid in room.extremities:
+            done = (persisted or {}).get(eid)
+            group = done.state_group_after if done is not None else room.groups_after.get(eid)
+            if group is not None:
+                groups[eid] = group
+        room.groups_after = groups
         if partial_join is not None:
             room.partial = True
 

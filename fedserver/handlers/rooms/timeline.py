@@ -44,6 +44,9 @@ log = Logger()
 MEMBERSHIPS = frozenset({"join", "invite", "knock", "leave", "ban"})
 #: History fetches one /messages request may wait for.
 MAX_FILLS = 3
+#: Member events read at a time for ``/joined_members``: only two strings of each are
+#: kept, so a room of 20,000 members never holds all its member events decoded at once.
+JOINED_MEMBERS_CHUNK = 1000
 
 
 class TimelineHandler:
@@ -379,14 +382,15 @@ class TimelineHandler:
         await self.events.pipeline.wait_full_state(room_id)
         state = await self.events.pipeline.current_state(room_id)
         ids = [v for (t, _), v in state.items() if t == "m.room.member"]
-        events = await self.store.get_events(ids)
         joined: dict[str, Any] = {}
-        for ev in events.values():
-            if ev.membership == "join" and ev.state_key is not None:
-                entry = {}
-                for src, dst in (("displayname", "display_name"), ("avatar_url", "avatar_url")):
-                    v = ev.content.get(src)
-                    if isinstance(v, str):
-                        entry[dst] = v
-                joined[ev.state_key] = entry
+        for i in range(0, len(ids), JOINED_MEMBERS_CHUNK):
+            events = await self.store.get_events(ids[i : i + JOINED_MEMBERS_CHUNK])
+            for ev in events.values():
+                if ev.membership == "join" and ev.state_key is not None:
+                    entry = {}
+                    for src, dst in (("displayname", "display_name"), ("avatar_url", "avatar_url")):
+                        v = ev.content.get(src)
+                        if isinstance(v, str):
+                            entry[dst] = v
+                    joined[ev.state_key] = entry
         return {"joined": joined}

@@ -465,6 +465,31 @@ class PushStore:
 
         return self._db.run_read(txn)
 
+    def get_joined_members_of_server(self, room_id: str, server_name: str) -> "Deferred[tuple[int, list[tuple[str, str]]]]":
+        """How many members the room has joined, and ``(user_id, member event id)`` of the
+        joined members whose id ends with ``:server_name`` (the caller checks each id's
+        grammar). One read, without carrying every member of a large room to Python (push
+        evaluation runs for every /send transaction).
+        """
+
+        def txn(t: Txn) -> tuple[int, list[tuple[str, str]]]:
+            if not lookup_text(room_id, "room_id") or not lookup_text(server_name, "server_name"):
+                return 0, []
+            count = t.execute(
+                "SELECT COUNT(*) FROM current_state WHERE room_id = ? AND type = 'm.room.member' AND membership = 'join'",
+                (room_id,),
+            ).fetchone()[0]
+            suffix = ":" + server_name
+            rows = t.execute(
+                "SELECT c.state_key, e.event_id FROM current_state c JOIN events e ON e.event_nid = c.event_nid"
+                " WHERE c.room_id = ? AND c.type = 'm.room.member' AND c.membership = 'join'"
+                " AND substr(c.state_key, length(c.state_key) - ? + 1) = ?",
+                (room_id, len(suffix), suffix),
+            ).fetchall()
+            return count, [(r[0], r[1]) for r in rows]
+
+        return self._db.run_read(txn)
+
     def get_event_nids(self, event_ids: Iterable[str]) -> "Deferred[dict[str, int]]":
         """Stream positions of stored events."""
         ids = lookup_ids(event_ids)
