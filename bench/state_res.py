@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench._common import load_line  # noqa: E402
 from fedserver.auth.engine import AuthEngine  # noqa: E402
 from fedserver.auth.plugins import make_plugin_manager  # noqa: E402
 from fedserver.events.hashing import compute_event_id  # noqa: E402
@@ -190,6 +191,7 @@ def main(sizes: list[int]) -> None:
     print("fork that no state set holds (members who joined and left before); auth check:")
     print("the real engine or allow-all (the algorithm alone); depths: auth orders given.")
     print()
+    print(f"Start: {load_line()}")
     print(f"{'room':>5} {'N':>6} {'history':>7} {'conflicted':>10} {'full confl.':>11} "
           f"{'auth check':>10} {'depths':>6} {'ms':>9} {'peak MiB':>8}")
     results = {}
@@ -221,6 +223,7 @@ def main(sizes: list[int]) -> None:
                           f"{len(full):>11} {label:>10} {'yes' if depths else 'no':>6} "
                           f"{seconds * 1000:>9.1f} {peak / 2**20:>8.1f}")
     biggest = max(sizes)
+    print(f"End of the table: {load_line()}")
     print()
     print(f"Side by side, N={biggest}, real auth rules (fedserver: engine, with auth orders; best of runs, CPU time):")
     synapse_py = os.environ.get("FEDSERVER_SYNAPSE_PYTHON")
@@ -233,7 +236,7 @@ def main(sizes: list[int]) -> None:
             theirs, agree = synapse_time(synapse_py, rv, biggest)
             line += (f", Synapse {theirs * 1000:.0f} ms (its algorithm, auth difference given), "
                      f"Synapse/fedserver {theirs / ours:.1f}x; same resolved state: {'yes' if agree else 'NO'}")
-        print(line)
+        print(f"{line}; {load_line()}")
 
 
 def synapse_time(python: str, rv: RoomVersion, n: int) -> tuple[float, bool]:

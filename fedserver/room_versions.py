@@ -90,6 +90,12 @@ class RoomVersion:
     room_id_from_create_event: bool
     privileged_creators: bool
 
+    def __hash__(self) -> int:
+        # Equal versions have equal identifiers, so the identifier alone is a valid hash,
+        # and a cheap one (a str caches its hash): versions key lru_caches and dicts on
+        # the auth path (rule_ids), where hashing every field cost more than the lookup.
+        return hash(self.identifier)
+
     def derive(self, identifier: str, *, stable: bool = False, **changes) -> "RoomVersion":
         """A new version based on this one, e.g. for an experimental version registered by a
         plugin.

@@ -10,7 +10,7 @@ from fedserver.auth import plugins
 from fedserver.auth.auth_state import AuthState
 from fedserver.auth.power_levels import PowerLevels, UnreadablePowerLevel
 from fedserver.auth.rule_ids import redaction_is_auth_rule, rule_id
-from fedserver.auth.selection import CREATE, CREATE_KEY, MEMBER, auth_types_for_event
+from fedserver.auth.selection import CREATE, CREATE_KEY, MEMBER, select_from_state
 from fedserver.auth.verdict import ALLOWED, AuthResult, Deny
 from fedserver.events.model import Event
 from fedserver.room_versions import SPEC_ROOM_VERSIONS, RoomVersion, RoomVersionRegistry
@@ -73,6 +73,31 @@ _STANDARD_ARGS = ("event", "auth_state", "room_version")
 _Impl = tuple[str, Callable[..., Any], tuple[str, ...]]
 
 
+# Runs every implementation of one hook: (event, auth_state, room_version) -> denials.
+_Runner = Callable[[Event, AuthState, RoomVersion], tuple[Deny, ...]]
+
+
+def _no_denials(event: Event, auth_state: AuthState, rv: RoomVersion) -> tuple[Deny, ...]:
+    return ()
+
+
+def _raised(hook: str, plugin_name: str, e: Exception) -> Deny:
+    """The denial for an implementation that raised: a plugin bug must not crash
+    ingestion, so it fails closed."""
+    return Deny(f"{hook} raised {type(e).__name__}: {e}", f"{plugin_name} error", plugin_name)
+
+
+def _own_denial(hook: str, plugin_name: str, result: Any) -> Deny:
+    """An implementation's non-``None`` result as a denial in the name of the plugin it
+    was registered under (a result that is not a :class:`Deny` is itself a denial)."""
+    if type(result) is not Deny:
+        return Deny(
+            f"{hook} returned {type(result).__name__}, not None or Deny",
+            f"{plugin_name} error", plugin_name,
+        )
+    return Deny(result.reason, result.rule, plugin_name)
+
+
 class AuthHookError(Exception):
     """A plugin implements an auth hook in a way the engine cannot call (e.g. as a
     wrapper)."""
@@ -122,6 +147,7 @@ class AuthEngine:
         self._spec_by_identifier = {v.identifier: v for v in SPEC_ROOM_VERSIONS}
         self._pl_cache: dict[str, tuple[Any, RoomVersion, PowerLevels]] = {}
         self._impls: dict[str, tuple[_Impl, ...]] = {}
+        self._join_rule_allows_hook = self._join_rule_allows  # bound once, used per check
         self.reload_hooks()
 
     # -- hook plumbing -----------------------------------------------------------------
@@ -151,6 +177,43 @@ class AuthEngine:
             found.sort(key=lambda i: i[0] not in self._essential)
             impls[name] = tuple(found)
         self._impls = impls
+        self._runners = {name: self._make_runner(name, found) for name, found in impls.items()}
+        self._has_event_hook = bool(impls.get("fedserver_auth_event"))
+
+    def _make_runner(self, name: str, found: tuple[_Impl, ...]) -> _Runner:
+        """The function that runs every implementation of hook ``name`` for ``(event,
+        auth_state, room_version)`` and returns the denials (``()`` if none), as
+        :meth:`_call` does.
+
+        Built once per :meth:`reload_hooks`, not per check: a state resolution checks
+        thousands of events, each through four or five hooks. The usual case, one
+        implementation taking the standard arguments (the built-in rule alone), gets a
+        direct call; anything else goes through :meth:`_call`.
+        """
+        if not found:
+            return _no_denials
+        if len(found) > 1 or found[0][2] != _STANDARD_ARGS:
+            call = self._call
+
+            def run_all(event: Event, auth_state: AuthState, rv: RoomVersion) -> tuple[Deny, ...]:
+                return tuple(call(name, {"event": event, "auth_state": auth_state, "room_version": rv}))
+
+            return run_all
+        plugin_name, func, _ = found[0]
+        section_rule = self._section_rule
+
+        def run_one(event: Event, auth_state: AuthState, rv: RoomVersion) -> tuple[Deny, ...]:
+            try:
+                result = func(event, auth_state, rv)
+            except UnreadablePowerLevel as e:
+                return (Deny(str(e), section_rule(name, rv), plugin_name),)
+            except Exception as e:  # as in _call: fail closed
+                return (_raised(name, plugin_name, e),)
+            if result is None:
+                return ()
+            return (_own_denial(name, plugin_name, result),)
+
+        return run_one
 
     def _call(self, name: str, args: dict[str, Any]) -> list[Deny]:
         """Run every implementation of ``name``; the denials, plugin names filled in."""
@@ -168,20 +231,11 @@ class AuthEngine:
                                     plugin_name))
                 continue
             except Exception as e:  # a plugin bug must not crash ingestion: fail closed
-                denials.append(Deny(
-                    f"{name} raised {type(e).__name__}: {e}", f"{plugin_name} error",
-                    plugin_name,
-                ))
+                denials.append(_raised(name, plugin_name, e))
                 continue
             if result is None:
                 continue
-            if type(result) is not Deny:
-                denials.append(Deny(
-                    f"{name} returned {type(result).__name__}, not None or Deny",
-                    f"{plugin_name} error", plugin_name,
-                ))
-                continue
-            denials.append(Deny(result.reason, result.rule, plugin_name))
+            denials.append(_own_denial(name, plugin_name, result))
         return denials
 
     @staticmethod
@@ -219,13 +273,9 @@ class AuthEngine:
         create: Event | None,
         verified_servers: Collection[str] | None,
     ) -> AuthState:
-        return AuthState(
-            rv, event, auth_map, create,
-            verified_servers=verified_servers,
-            is_spec_version=self._is_spec_version(rv),
-            room_versions=self.room_versions,
-            power_levels_cache=self._pl_cache,
-            join_rule_allows=self._join_rule_allows,
+        return AuthState.for_engine(
+            rv, event, auth_map, create, verified_servers, self._is_spec_version(rv),
+            self.room_versions, self._pl_cache, self._join_rule_allows_hook,
         )
 
     # -- entry points ------------------------------------------------------------------
@@ -298,14 +348,12 @@ class AuthEngine:
         rv = room_version or event.room_version
         if event.type == CREATE:
             return self._check_create(event, rv, verified_servers)
-        keys = auth_types_for_event(rv, event.type, event.state_key, event.sender, event.content)
-        auth_map = {}
-        get = state.get
-        for key in keys:
-            ev = get(key)
-            if ev is not None:
-                auth_map[key] = ev
-        create = get(CREATE_KEY) or create_event
+        # The auth events selection (the keys of auth_types_for_event), from the state.
+        auth_map = select_from_state(rv, event, state)
+        if rv.room_id_from_create_event:
+            create = state.get(CREATE_KEY) or create_event
+        else:
+            create = auth_map.get(CREATE_KEY) or create_event  # selected: the same lookup
         auth_state = self._auth_state(event, rv, auth_map, create, verified_servers)
         return self._run(event, rv, auth_state, None)
 
@@ -338,12 +386,12 @@ class AuthEngine:
         self, event: Event, rv: RoomVersion, verified_servers: Collection[str] | None
     ) -> AuthResult:
         state = self._auth_state(event, rv, {}, event, verified_servers)
-        args = {"event": event, "auth_state": state, "room_version": rv}
+        runners = self._runners
         # Rule 1: m.room.create is judged by rule 1 alone.
-        denials = self._call("fedserver_auth_create", args)
+        denials = runners["fedserver_auth_create"](event, state, rv)
         if not denials:
-            denials = self._call("fedserver_auth_event", args)
-        return AuthResult(False, tuple(denials)) if denials else ALLOWED
+            denials = runners["fedserver_auth_event"](event, state, rv)
+        return AuthResult(False, denials) if denials else ALLOWED
 
     def _run(
         self,
@@ -360,59 +408,58 @@ class AuthEngine:
         :param cited: the event's own auth events, for the rule on them (v12 3, before:
             2.1-2.3 and 2.5), or ``None`` to skip it.
         """
-        args = {"event": event, "auth_state": state, "room_version": rv}
-        call = self._call
+        runners = self._runners
         if rv.room_id_from_create_event:
             # v12 rule 2: "If the event's room_id is not an event ID for an accepted (not
             # rejected) m.room.create event, with the sigil ! instead of $, reject."
-            denials = call("fedserver_auth_room_create_event", args)
+            denials = runners["fedserver_auth_room_create_event"](event, state, rv)
             if denials:
-                return AuthResult(False, tuple(denials))
+                return AuthResult(False, denials)
             # v12 rule 3: "Considering the event's auth_events": the cited events themselves.
             if cited is not None:
-                denials = call("fedserver_auth_auth_events", {
+                found = self._call("fedserver_auth_auth_events", {
                     "event": event, "auth_events": cited, "room_version": rv,
                 })
-                if denials:
-                    return AuthResult(False, tuple(denials))
+                if found:
+                    return AuthResult(False, tuple(found))
         else:
             # Rule 2.1-2.3 and 2.5: the cited auth events themselves (one pass over them;
             # 2.4, which looks at them as a whole, follows: the verdict is the same).
             if cited is not None:
-                denials = call("fedserver_auth_auth_events", {
+                found = self._call("fedserver_auth_auth_events", {
                     "event": event, "auth_events": cited, "room_version": rv,
                 })
-                if denials:
-                    return AuthResult(False, tuple(denials))
+                if found:
+                    return AuthResult(False, tuple(found))
             # Rule 2.4: "If there is no m.room.create event among the entries, reject."
-            denials = call("fedserver_auth_room_create_event", args)
+            denials = runners["fedserver_auth_room_create_event"](event, state, rv)
             if denials:
-                return AuthResult(False, tuple(denials))
+                return AuthResult(False, denials)
 
         # Rule 3 (v12: 4): m.federate.
-        denials = call("fedserver_auth_federate", args)
+        denials = runners["fedserver_auth_federate"](event, state, rv)
         if denials:
-            return AuthResult(False, tuple(denials))
+            return AuthResult(False, denials)
 
         etype = event.type
         if etype == _ALIASES and rv.special_case_aliases_auth:
             # v1-v5 rule 4: m.room.aliases has its own rule, then allow.
-            return self._finish(call("fedserver_auth_aliases", args), args)
+            return self._finish(runners["fedserver_auth_aliases"](event, state, rv), event, state, rv)
         if etype == MEMBER:
-            return self._run_member(event, args)
-        return self._run_non_member(etype, rv, args)
+            return self._run_member(event, state, rv)
+        return self._run_non_member(etype, event, state, rv)
 
-    def _run_member(self, event: Event, args: dict[str, Any]) -> AuthResult:
+    def _run_member(self, event: Event, state: AuthState, rv: RoomVersion) -> AuthResult:
         """Rule 5 (v6-v11: 4): "If type is m.room.member". In v12 numbering: 5.1 and 5.2
         (the fields; v8+ join_authorised_via_users_server), then the rule for the
         membership (5.3 join, 5.4 invite with 5.4.1 third_party_invite, 5.5 leave, 5.6 ban,
         v7+ 5.7 knock) and 5.8: "Otherwise, the membership is unknown. Reject."
         """
-        call = self._call
+        runners = self._runners
         # 5.1, 5.2 and "unknown membership".
-        denials = call("fedserver_auth_member", args)
+        denials = runners["fedserver_auth_member"](event, state, rv)
         if denials:
-            return AuthResult(False, tuple(denials))
+            return AuthResult(False, denials)
         membership = event.membership
         if membership == "invite" and "third_party_invite" in event.content:
             hook = "fedserver_auth_member_third_party_invite"  # 5.4.1
@@ -421,51 +468,56 @@ class AuthEngine:
         if hook is None:
             # Only reachable if the built-in rules were bypassed: fail closed.
             return AuthResult.deny(Deny(f"unknown membership {membership!r}", "member"))
-        return self._finish(call(hook, args), args)
+        return self._finish(runners[hook](event, state, rv), event, state, rv)
 
-    def _run_non_member(self, etype: str, rv: RoomVersion, args: dict[str, Any]) -> AuthResult:
+    def _run_non_member(
+        self, etype: str, event: Event, state: AuthState, rv: RoomVersion
+    ) -> AuthResult:
         """The rules after the m.room.member one (v12 numbering): 6, "If the sender's
         current membership state is not join, reject"; 7, m.room.third_party_invite; 8,
         the required power level; 9, state keys starting with @; 10, m.room.power_levels;
         (v1-v2 11, m.room.redaction); and last, "Otherwise, allow"."""
-        call = self._call
+        runners = self._runners
         # Rule 6: the sender must be joined.
-        denials = call("fedserver_auth_sender_in_room", args)
+        denials = runners["fedserver_auth_sender_in_room"](event, state, rv)
         if denials:
-            return AuthResult(False, tuple(denials))
+            return AuthResult(False, denials)
 
         if etype == _THIRD_PARTY_INVITE:
             # Rule 7: allowed iff the sender has the invite level.
-            return self._finish(call("fedserver_auth_third_party_invite_event", args), args)
+            return self._finish(
+                runners["fedserver_auth_third_party_invite_event"](event, state, rv), event, state, rv
+            )
 
         # Rule 8: the required power level for the event type.
-        denials = call("fedserver_auth_event_power", args)
+        denials = runners["fedserver_auth_event_power"](event, state, rv)
         if denials:
-            return AuthResult(False, tuple(denials))
+            return AuthResult(False, denials)
 
         # Rule 9: state keys starting with @ belong to that user.
-        denials = call("fedserver_auth_state_key_ownership", args)
+        denials = runners["fedserver_auth_state_key_ownership"](event, state, rv)
         if denials:
-            return AuthResult(False, tuple(denials))
+            return AuthResult(False, denials)
 
         if etype == _POWER_LEVELS:
             # Rule 10: power levels changes.
-            return self._finish(call("fedserver_auth_power_levels", args), args)
+            return self._finish(runners["fedserver_auth_power_levels"](event, state, rv), event, state, rv)
 
         if etype == _REDACTION and redaction_is_auth_rule(rv):
             # v1-v2 rule 11: redactions.
-            return self._finish(call("fedserver_auth_redaction", args), args)
+            return self._finish(runners["fedserver_auth_redaction"](event, state, rv), event, state, rv)
 
         # Last rule: otherwise, allow.
-        return self._finish([], args)
+        return self._finish((), event, state, rv)
 
-    def _finish(self, denials: list[Deny], args: dict[str, Any]) -> AuthResult:
+    def _finish(
+        self, denials: tuple[Deny, ...], event: Event, state: AuthState, rv: RoomVersion
+    ) -> AuthResult:
         """The spec allowed the event unless ``denials``; then plugins' catch-all hook."""
         if denials:
-            return AuthResult(False, tuple(denials))
-        if self._impls["fedserver_auth_event"]:
-            denials = self._call("fedserver_auth_event", args)
+            return AuthResult(False, denials)
+        if self._has_event_hook:
+            denials = self._runners["fedserver_auth_event"](event, state, rv)
             if denials:
-                return AuthResult(False, tuple(denials))
+                return AuthResult(False, denials)
         return ALLOWED
-

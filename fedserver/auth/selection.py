@@ -70,6 +70,68 @@ def auth_types_for_event(
     return keys
 
 
+def select_from_state(
+    rv: RoomVersion, event: Any, state: Mapping[tuple[str, str], Any]
+) -> dict[tuple[str, str], Any]:
+    """The entries of ``state`` at the keys :func:`auth_types_for_event` gives for
+    ``event`` (an :class:`~fedserver.events.model.Event` other than ``m.room.create``),
+    absent ones left out: the auth events an event is judged against when judged
+    against a state.
+
+    The same selection, looked up as it is decided instead of through a set of keys:
+    the auth engine does this once per check, and state resolution checks thousands of
+    events. ``tests/test_auth_selection_state.py`` holds it equal to
+    :func:`auth_types_for_event`.
+    """
+    get = state.get
+    found: dict[tuple[str, str], Any] = {}
+    value = get(POWER_LEVELS_KEY)
+    if value is not None:
+        found[POWER_LEVELS_KEY] = value
+    key: tuple[str, str] = (MEMBER, event.sender)
+    value = get(key)
+    if value is not None:
+        found[key] = value
+    if not rv.room_id_from_create_event:
+        value = get(CREATE_KEY)
+        if value is not None:
+            found[CREATE_KEY] = value
+    state_key = event.state_key
+    if event.type != MEMBER or not isinstance(state_key, str):
+        return found
+    key = (MEMBER, state_key)
+    if key not in found:
+        value = get(key)
+        if value is not None:
+            found[key] = value
+    content = event.content
+    membership = content.get("membership")
+    if membership in ("join", "invite", "knock"):
+        value = get(JOIN_RULES_KEY)
+        if value is not None:
+            found[JOIN_RULES_KEY] = value
+    if membership == "invite":
+        tpi = content.get("third_party_invite")
+        if isinstance(tpi, dict):
+            signed = tpi.get("signed")
+            if isinstance(signed, dict):
+                token = signed.get("token")
+                if isinstance(token, str):
+                    key = (THIRD_PARTY_INVITE, token)
+                    value = get(key)
+                    if value is not None:
+                        found[key] = value
+    elif membership == "join" and rv.restricted_joins:
+        via = content.get("join_authorised_via_users_server")
+        if isinstance(via, str):
+            key = (MEMBER, via)
+            if key not in found:
+                value = get(key)
+                if value is not None:
+                    found[key] = value
+    return found
+
+
 #: The order auth event ids are listed in when we build an event.
 _ORDER = {CREATE: 0, POWER_LEVELS: 1, JOIN_RULES: 2, MEMBER: 3, THIRD_PARTY_INVITE: 4}
 

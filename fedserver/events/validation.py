@@ -328,6 +328,8 @@ def _valid_id_with_domain(value: str) -> bool:
         return False
     if _SERVER_NAME.fullmatch(value, colon + 1) is None:
         return False
+    if value.isascii():  # one byte per character: no need to encode
+        return len(value) <= MAX_FIELD_BYTES
     try:
         return len(value.encode("utf-8")) <= MAX_FIELD_BYTES  # also refuses lone surrogates
     except UnicodeEncodeError:

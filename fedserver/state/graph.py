@@ -44,7 +44,7 @@ class AuthGraph:
 
     __slots__ = (
         "_get_event", "_room_id", "_auth_order", "_orders", "index", "ids", "events",
-        "_parents", "_pl_parent",
+        "_parents", "_pl_parent", "room_creates",
     )
 
     def __init__(
@@ -65,6 +65,9 @@ class AuthGraph:
         self.events: list[Event | None] = []
         self._parents: list[tuple[int, ...] | None] = []
         self._pl_parent: dict[int, int] = {}
+        #: room id -> its create event (room v12: named by the room id), or None; see
+        #: :func:`fedserver.state.power.create_event_of_room`
+        self.room_creates: dict[str, Event | None] = {}
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -146,6 +149,28 @@ class AuthGraph:
             self._orders[n] = d
         return d
 
+    def _orders_of(self, nodes: Iterable[int]) -> list[int]:
+        """:meth:`order` of each of ``nodes``, in one pass (it runs for every event of the
+        state sets).
+
+        :raises KeyError: as :meth:`order`.
+        """
+        orders = self._orders
+        auth_order = self._auth_order
+        ids = self.ids
+        out = []
+        for n in nodes:
+            d = orders.get(n)
+            if d is None:
+                if auth_order is None:
+                    raise KeyError(ids[n])
+                d = auth_order(ids[n])
+                if type(d) is not int:
+                    raise KeyError(ids[n])
+                orders[n] = d
+            out.append(d)
+        return out
+
     # -- reachability --------------------------------------------------------------------
 
     def partial_nodes(self, starts: Sequence[Iterable[int]]) -> set[int]:
@@ -187,37 +212,44 @@ class AuthGraph:
         orders = self._orders
         order = self.order
         parents = self.parents
-        heap = [(-order(n), n) for n in mask]
+        known_parents = self._parents
+        # One int per heap entry, (order, node) packed as order * 2**32 + node and negated
+        # (a max-heap): cheaper to compare than tuples. Nodes are list indexes (< 2**32).
+        heap = [-((d << 32) | n) for n, d in zip(mask, self._orders_of(mask))]
         heapq.heapify(heap)
         heappop = heapq.heappop
         heappush = heapq.heappush
-        queued = set(mask)
         pending = sum(1 for m in mask.values() if m != full)
         while heap and pending:
-            negd, n = heappop(heap)
-            queued.discard(n)
+            key = -heappop(heap)
+            n = key & 0xFFFFFFFF
+            dn = key >> 32
             m = mask[n]
             if m != full:
                 pending -= 1
-            for p in parents(n):
+            ps = known_parents[n]
+            if ps is None:
+                ps = parents(n)
+            for p in ps:
                 dp = orders.get(p)
                 if dp is None:
                     dp = order(p)
-                if -dp <= negd:
+                if dp >= dn:
                     return None  # auth orders do not order this graph: no shortcut
-                old = mask.get(p, 0)
-                new = old | m
-                if new == old:
+                # Nodes leave the heap by descending order and a parent's order is below
+                # its child's, so a parent met here is still in the heap if it has a mask.
+                old = mask.get(p)
+                if old is None:
+                    mask[p] = m
+                    heappush(heap, -((dp << 32) | p))
+                    if m != full:
+                        pending += 1
                     continue
-                mask[p] = new
-                if p in queued:
+                new = old | m
+                if new != old:
+                    mask[p] = new
                     if new == full:
                         pending -= 1
-                else:
-                    queued.add(p)
-                    heappush(heap, (-dp, p))
-                    if new != full:
-                        pending += 1
         return mask
 
     def _partial_by_walks(self, start: dict[int, int], full: int) -> set[int]:
@@ -255,10 +287,134 @@ class AuthGraph:
         set that is in some sets' auth chains but not others', and making it part of the
         difference would only replay an event every set already agrees on.
 
+        With ``auth_order``, events present in every set (most of two states of one room)
+        are only fetched if the walk gets down to them: see :meth:`_difference_by_order`.
+
         :returns: nodes.
         """
+        if self._auth_order is not None and len(state_sets) > 1:
+            try:
+                found = self._difference_by_order(state_sets)
+            except KeyError:
+                found = None
+            if found is not None:
+                return found
+        return self.partial_nodes([self.nodes(s.values()) for s in state_sets])
+
+    def _difference_by_order(self, state_sets: Sequence[Mapping[object, str]]) -> set[int] | None:
+        """:meth:`_masks_by_order`'s walk, with the events of every set (the "full" start
+        events) entering the heap only when the walk reaches their auth order.
+
+        The walk stops as soon as no event reachable from only some sets is left in the
+        heap; full start events below that point cannot change the answer (they and all
+        they reach are in every chain), so they are never fetched. Those above it are
+        merged into the heap before anything of lower order leaves it, so every mask is
+        complete when its event leaves, as in :meth:`_masks_by_order`.
+
+        :returns: the nodes reachable from some but not all sets, or ``None`` if the auth
+            orders do not order the graph.
+        :raises KeyError: if ``auth_order`` does not know an event.
+        """
+        full = (1 << len(state_sets)) - 1
+        by_id: dict[str, int] = {}
+        for i, s in enumerate(state_sets):
+            bit = 1 << i
+            for eid in s.values():
+                by_id[eid] = by_id.get(eid, 0) | bit
+        index = self.index
+        events = self.events
+        auth_order = self._auth_order
+        assert auth_order is not None
         node = self.node
-        return self.partial_nodes([[node(eid) for eid in s.values()] for s in state_sets])
+        mask: dict[int, int] = {}
+        later: list[tuple[int, str]] = []  # full start events not fetched yet
+        for eid, m in by_id.items():
+            n = index.get(eid)
+            if m == full and n is None:
+                try:
+                    d = auth_order(eid)
+                except KeyError:
+                    d = None
+                if type(d) is int:
+                    later.append((d, eid))
+                    continue
+                if events[node(eid)] is not None:  # only missing events may lack an order
+                    raise KeyError(eid)
+                continue
+            if n is None:
+                n = node(eid)
+            if events[n] is not None:
+                mask[n] = m
+        later.sort()
+        orders = self._orders
+        order = self.order
+        parents = self.parents
+        known_parents = self._parents
+        ids = self.ids
+        heap = [-((d << 32) | n) for n, d in zip(mask, self._orders_of(mask))]
+        heapq.heapify(heap)
+        heappop = heapq.heappop
+        heappush = heapq.heappush
+        pending = sum(1 for m in mask.values() if m != full)
+        while pending:
+            # Full start events at or above the next event to leave the heap join it first.
+            while later and (not heap or later[-1][0] >= (-heap[0]) >> 32):
+                d, eid = later.pop()
+                n = node(eid)
+                if events[n] is None:
+                    continue
+                orders[n] = d
+                old = mask.get(n)
+                if old is None:
+                    mask[n] = full
+                    heappush(heap, -((d << 32) | n))
+                elif old != full:
+                    mask[n] = full  # met as an auth event already: in the heap
+                    pending -= 1
+            if not pending:
+                break
+            key = -heappop(heap)
+            n = key & 0xFFFFFFFF
+            dn = key >> 32
+            m = mask[n]
+            if m != full:
+                pending -= 1
+            ps = known_parents[n]
+            if ps is None:
+                ps = parents(n)
+            for p in ps:
+                dp = orders.get(p)
+                if dp is None:
+                    dp = order(p)
+                if dp >= dn:
+                    return None
+                old = mask.get(p)
+                if old is None:
+                    if by_id.get(ids[p]) == full:
+                        m_p = full  # a full start event met before its turn
+                    else:
+                        m_p = m
+                        if m != full:
+                            pending += 1
+                    mask[p] = m_p
+                    heappush(heap, -((dp << 32) | p))
+                    continue
+                new = old | m
+                if new != old:
+                    mask[p] = new
+                    if new == full:
+                        pending -= 1
+        return {n for n, m in mask.items() if m != full}
+
+    def nodes(self, event_ids: Iterable[str]) -> list[int]:
+        """:meth:`node` of each of ``event_ids``."""
+        index = self.index
+        new_node = self._new_node
+        out = []
+        for eid in event_ids:
+            n = index.get(eid)
+            out.append(new_node(eid) if n is None else n)
+        return out
 
     def conflicted_subgraph(self, conflicted: set[int]) -> set[int]:
         """Room v12 "Conflicted state subgraph": every event on an ``auth_events`` path from a
@@ -277,12 +433,16 @@ class AuthGraph:
         region = None
         if self._auth_order is not None:
             try:
-                region = self._region_above(present, min(self.order(n) for n in present))
+                region = self._region_above(present, min(self._orders_of(present)))
             except KeyError:
                 region = None
         if region is None:
             region = self._region_above(present, None)
         assert region is not None
+        if self._auth_order is not None:
+            found = self._leading_by_order(region, present)
+            if found is not None:
+                return found
         # leads[n]: some conflicted event is reachable from n (n itself included), decided
         # in post-order over the region; a back edge of a cycle counts as "does not lead".
         leads: dict[int, bool] = {}
@@ -306,6 +466,38 @@ class AuthGraph:
         # Every region node is reachable from a conflicted event; it is on a path between
         # two if it also leads to one.
         return {n for n in region if leads.get(n, False)}
+
+    def _leading_by_order(
+        self, region: dict[int, list[int]], targets: list[int]
+    ) -> set[int] | None:
+        """The nodes of ``region`` from which one of ``targets`` is reachable (themselves
+        included), in one pass by ascending auth order: each node's parents, which have
+        smaller orders, are decided before it. ``None`` if an edge of the region does not
+        decrease the auth order (then the depth-first walk decides).
+
+        Room v12 "Conflicted state subgraph": "Starting from an event in the conflicted
+        state set and following auth_events edges may lead to another event in the
+        conflicted state set. The union of all such paths between any pair of events in
+        the conflicted state set (including endpoints) forms a subgraph": ``region`` is
+        what the conflicted events reach, this pass keeps what leads back to one.
+        """
+        orders = self._orders
+        try:
+            ranked = sorted(region, key=orders.__getitem__)
+        except KeyError:
+            return None
+        leads = set(targets)
+        for n in ranked:
+            dn = orders[n]
+            hit = n in leads
+            for p in region[n]:
+                if orders[p] >= dn:
+                    return None
+                if p in leads:
+                    hit = True
+            if hit:
+                leads.add(n)
+        return leads
 
     def _region_above(
         self, starts: list[int], min_order: int | None
@@ -333,10 +525,32 @@ class AuthGraph:
         assert auth_order is not None
         events = self.events
         index = self.index
+        orders = self._orders
+        order = self.order
+        known_parents = self._parents
         while stack:
             n = stack.pop()
-            dn = self.order(n)
+            dn = orders.get(n)
+            if dn is None:
+                dn = order(n)
             ps = region[n]
+            edges = known_parents[n]
+            if edges is not None:
+                # The edges were read already (by the auth difference, mostly): present,
+                # de-duplicated events, nothing left to fetch.
+                for p in edges:
+                    dp = orders.get(p)
+                    if dp is None:
+                        dp = order(p)
+                    if dp >= dn:
+                        return None
+                    if p in region:
+                        ps.append(p)
+                    elif dp >= min_order:
+                        ps.append(p)
+                        region[p] = []
+                        stack.append(p)
+                continue
             for aid in events[n].auth_event_ids:  # type: ignore[union-attr]
                 if not isinstance(aid, str):
                     continue

@@ -142,11 +142,17 @@ def create_event_id_of_room(room_id: str) -> str | None:
 
 
 def create_event_of_room(graph: AuthGraph, room_id: str) -> Event | None:
-    """Room v12: the room's create event, named by the room id; ``None`` if missing."""
+    """Room v12: the room's create event, named by the room id; ``None`` if missing.
+
+    Remembered in ``graph`` (every check of a v12 resolution asks for it)."""
+    if not isinstance(room_id, str):
+        return None
+    memo = graph.room_creates
+    if room_id in memo:
+        return memo[room_id]
     eid = create_event_id_of_room(room_id)
-    if eid is None:
-        return None
-    ev = graph.event(eid)
-    if ev is None or ev.type != CREATE or ev.state_key != "":
-        return None
+    ev = None if eid is None else graph.event(eid)
+    if ev is not None and (ev.type != CREATE or ev.state_key != ""):
+        ev = None
+    memo[room_id] = ev
     return ev

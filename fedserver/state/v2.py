@@ -109,11 +109,10 @@ def mainline_sort(graph: AuthGraph, nodes: set[int], power_levels_id: str | None
     memo: dict[int, int] = {}
     pl_parent = graph.power_levels_parent
 
-    def position(n: int) -> int:
-        # The smallest j >= 1 whose e_j is on the mainline gives the position of e_j there;
-        # e_0 (the event itself) is not considered.
+    def position(first: int) -> int:
+        # The mainline position of an event whose e_1 is ``first``, off the mainline.
+        p: int | None = first
         walked: list[int] = []
-        p = pl_parent(n)
         pos = _NO_MAINLINE
         while p is not None:
             if p in mainline_index:
@@ -133,7 +132,24 @@ def mainline_sort(graph: AuthGraph, nodes: set[int], power_levels_id: str | None
 
     events = graph.events
     ids = graph.ids
-    keyed = [(-position(n), _ts(events[n]), ids[n], n) for n in nodes]  # type: ignore[arg-type]
+    # Spec: "x < y if 1. the mainline position of x is greater than the mainline position
+    # of y ...; or 2. the mainline positions of the events are the same, but x's
+    # origin_server_ts is less than y's origin_server_ts; or 3. ... x's event_id is less
+    # than y's event_id": one sort key per event.
+    keyed = []
+    for n in nodes:
+        # Spec: "Find the smallest index j >= 1 for which e_j belongs to the mainline of
+        # P. If such a j exists, then e_j = P_i for some unique index i >= 0. Otherwise
+        # set i = infinity". e_0 (the event itself) is not considered.
+        p = pl_parent(n)
+        if p is None:
+            pos = _NO_MAINLINE
+        else:
+            pos = mainline_index.get(p)  # the usual case: e_1 is on the mainline
+            if pos is None:
+                pos = position(p)
+        ts = events[n].origin_server_ts  # type: ignore[union-attr]
+        keyed.append((-pos, ts if type(ts) is int else 0, ids[n], n))
     keyed.sort()
     return [k[3] for k in keyed]
 

@@ -67,9 +67,8 @@ def check_room_create_event(
     if rv.room_id_from_create_event:
         # v12 2: If the event's room_id is not an event ID for an accepted (not rejected)
         # m.room.create event, with the sigil ! instead of $, reject.
-        rule = rule_id(rv, "room_create")
         if create is None:
-            return Deny("the room's create event is not known", rule)
+            return Deny("the room's create event is not known", rule_id(rv, "room_create"))
         room_id = event.room_id
         if (
             create.type != CREATE
@@ -77,9 +76,9 @@ def check_room_create_event(
             or not room_id.startswith("!")
             or create.event_id != "$" + room_id[1:]
         ):
-            return Deny("room_id does not name the create event", rule)
+            return Deny("room_id does not name the create event", rule_id(rv, "room_create"))
         if create.rejected_reason is not None:
-            return Deny("the room's create event was rejected", rule)
+            return Deny("the room's create event was rejected", rule_id(rv, "room_create"))
         return None
     # 2.4: If there is no m.room.create event among the entries, reject.
     if create is None:

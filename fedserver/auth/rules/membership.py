@@ -13,11 +13,13 @@ from fedserver.events.model import Event
 from fedserver.room_versions import RoomVersion
 
 
+_MEMBERSHIPS = frozenset(("join", "invite", "leave", "ban"))
+_MEMBERSHIPS_KNOCKING = _MEMBERSHIPS | {"knock"}
+
+
 def known_memberships(rv: RoomVersion) -> frozenset[str]:
     """The memberships ``rv``'s rules define."""
-    if rv.knocking:
-        return frozenset(("join", "invite", "leave", "ban", "knock"))
-    return frozenset(("join", "invite", "leave", "ban"))
+    return _MEMBERSHIPS_KNOCKING if rv.knocking else _MEMBERSHIPS
 
 
 def known_join_rules(rv: RoomVersion) -> frozenset[str]:
